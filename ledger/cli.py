@@ -1,0 +1,362 @@
+"""The ``potd`` command line: parse arguments, make one library call, print.
+
+Errors: every :class:`~ledger.errors.PotdError` is caught in one place (:func:`main`),
+printed with its hint, and turned into an exit code: 1 for a failed verification or a
+storage/malformed-input failure, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import PotdError, UsageError
+
+
+def _b64(b: bytes) -> str:
+    from .note import b64encode
+
+    return b64encode(b)
+
+
+class PotdGroup(click.Group):
+    """A click group that reports PotdError cleanly instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PotdError as e:
+            click.secho(f"error: {e.message}", fg="red", err=True)
+            if e.hint:
+                click.echo(f"hint: {e.hint}", err=True)
+            ctx.exit(2 if isinstance(e, UsageError) else 1)
+
+
+@click.group(cls=PotdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="potd")
+def main() -> None:
+    """potd: proof of training data.
+
+    A signed, append-only Merkle log of training commitments (ledger, witness), the
+    trainer side that writes them (prover), and a third-party auditor that checks the
+    log and replays training steps (auditor).
+    """
+
+
+@main.group(cls=PotdGroup)
+def ledger() -> None:
+    """Run and inspect a log: keys, storage, checkpoints and proofs."""
+
+
+# -- keys ---------------------------------------------------------------------------
+
+def write_private_key(path: str, text: str, force: bool) -> None:
+    """Create ``path`` with mode 0600 holding a private key; never overwrite unless forced."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; refusing to overwrite a private key",
+                         hint="choose another path, or pass --force") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, 0o600)
+
+
+def read_signer(path: str) -> Any:
+    from .note import Signer
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read key file {path}: {e.strerror}") from None
+    return Signer.parse(text)
+
+
+def read_verifier(vkey: str) -> Any:
+    """A verifier key given inline or as a file holding it."""
+    from .note import Verifier
+
+    if os.path.isfile(vkey):
+        vkey = Path(vkey).read_text().strip()
+    return Verifier.parse(vkey)
+
+
+@ledger.command()
+@click.argument("name")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="File for the private key (created with mode 0600).")
+@click.option("--force", is_flag=True, help="Overwrite an existing key file.")
+def keygen(name: str, out: str, force: bool) -> None:
+    """Generate an Ed25519 log key named NAME (the log origin, e.g. potd.example/log1).
+
+    Writes the private key (Go note format, PRIVATE+KEY+...) to --out with mode 0600 and
+    <out>.pub with the verifier key, and prints the verifier key.
+    """
+    from .note import Signer
+
+    s = Signer.generate(name)
+    write_private_key(out, s.private_string(), force)
+    Path(out + ".pub").write_text(str(s.verifier) + "\n")
+    click.echo(str(s.verifier))
+
+
+# -- storage ------------------------------------------------------------------------
+
+def _open(db: str, key: str | None = None) -> Any:
+    from .log import Log
+
+    return Log.open(db, read_signer(key) if key else None)
+
+
+@ledger.command()
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="New SQLite file.")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The log's private key file; its name is the log origin.")
+def init(db: str, key: str) -> None:
+    """Create a new, empty log database and sign its first (empty) checkpoint."""
+    from .log import Log
+
+    log = Log.create(db, read_signer(key))
+    click.echo(str(log.checkpoint()), nl=False)
+
+
+def _iter_entries(files: tuple[str, ...], lines: bool) -> Iterator[bytes]:
+    if files:
+        for f in files:
+            try:
+                data = Path(f).read_bytes()
+            except OSError as e:
+                raise UsageError(f"cannot read {f}: {e.strerror}") from None
+            if lines:
+                yield from (ln for ln in data.splitlines() if ln)
+            else:
+                yield data
+    else:
+        for ln in sys.stdin.buffer:
+            ln = ln.rstrip(b"\r\n")
+            if ln:
+                yield ln
+
+
+@ledger.command()
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The log's private key file.")
+@click.option("--lines", is_flag=True,
+              help="Treat each non-empty line of each FILE as one entry (stdin is always "
+                   "read line by line).")
+@click.option("--batch", default=1000, show_default=True, help="Entries per transaction.")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def append(db: str, key: str, lines: bool, batch: int, files: tuple[str, ...]) -> None:
+    """Append entries: each FILE is one entry, or stdin lines are entries.
+
+    Prints JSON: the first index, the count and the new signed checkpoint.
+    """
+    log = _open(db, key)
+    first, count, buf = None, 0, []
+    for e in _iter_entries(files, lines):
+        buf.append(e)
+        if len(buf) >= batch:
+            r = log.append(buf)
+            first = r.first_index if first is None else first
+            count += len(buf)
+            buf = []
+    if buf:
+        r = log.append(buf)
+        first = r.first_index if first is None else first
+        count += len(buf)
+    click.echo(json.dumps({"first_index": first, "count": count,
+                           "checkpoint": str(log.checkpoint())}, indent=2))
+
+
+@ledger.command()
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--size", type=int, help="A past tree size (default: the latest checkpoint).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False),
+              help="Private key; needed only to sign a past size that has no stored checkpoint.")
+def checkpoint(db: str, size: int | None, key: str | None) -> None:
+    """Print the latest signed checkpoint (or the one of a past --size)."""
+    log = _open(db, key)
+    if size is None:
+        click.echo(str(log.checkpoint()), nl=False)
+        return
+    stored = log.store.checkpoint_at(size)
+    click.echo(stored if stored is not None else str(log.checkpoint_at(size)), nl=False)
+
+
+@ledger.group(cls=PotdGroup)
+def prove() -> None:
+    """Produce inclusion and consistency proofs as JSON."""
+
+
+def _checkpoint_text(log: Any, size: int) -> str:
+    stored = log.store.checkpoint_at(size)
+    if stored is not None:
+        return str(stored)
+    if log.signer is None:
+        raise UsageError(f"no stored checkpoint of size {size}",
+                         hint="pass --key to have the log sign one, or use a stored size")
+    return str(log.checkpoint_at(size))
+
+
+@prove.command("inclusion")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--index", required=True, type=int, help="Log index of the entry.")
+@click.option("--size", type=int, help="Tree size (default: latest).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False),
+              help="Private key, to sign a checkpoint for a size that has none stored.")
+def prove_inclusion(db: str, index: int, size: int | None, key: str | None) -> None:
+    """Inclusion proof of entry INDEX in the tree of --size, with the leaf and checkpoint."""
+    from .merkle import leaf_hash
+
+    log = _open(db, key)
+    size = log.size if size is None else size
+    proof = log.inclusion_proof(index, size)
+    entry = log.entries(index, index + 1)[0]
+    click.echo(json.dumps({"index": index, "size": size, "leaf_hash": _b64(leaf_hash(entry)),
+                           "hashes": [_b64(h) for h in proof],
+                           "checkpoint": _checkpoint_text(log, size)}, indent=2))
+
+
+@prove.command("consistency")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--from", "size1", required=True, type=int, help="The older tree size.")
+@click.option("--to", "size2", type=int, help="The newer tree size (default: latest).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False),
+              help="Private key, to sign checkpoints for sizes that have none stored.")
+def prove_consistency(db: str, size1: int, size2: int | None, key: str | None) -> None:
+    """Consistency proof between two tree sizes, with both checkpoints."""
+    log = _open(db, key)
+    size2 = log.size if size2 is None else size2
+    proof = log.consistency_proof(size1, size2)
+    click.echo(json.dumps({"from": size1, "to": size2, "hashes": [_b64(h) for h in proof],
+                           "old_checkpoint": _checkpoint_text(log, size1),
+                           "checkpoint": _checkpoint_text(log, size2)}, indent=2))
+
+
+@ledger.group(cls=PotdGroup)
+def verify() -> None:
+    """Verify proofs against signed checkpoints and a pinned log key (exit 1 on failure)."""
+
+
+def _load_json(path: str) -> dict[str, Any]:
+    from .errors import MalformedError
+
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = json.loads(raw)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MalformedError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise MalformedError(f"{path} must hold a JSON object")
+    return data
+
+
+def _field(d: dict[str, Any], name: str, kind: type) -> Any:
+    from .errors import MalformedError
+
+    v = d.get(name)
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise MalformedError(f"proof file field {name!r} is missing or not a {kind.__name__}")
+    return v
+
+
+def _hashes(d: dict[str, Any]) -> list[bytes]:
+    from .errors import MalformedError
+    from .merkle import check_hash
+    from .note import b64decode
+
+    hs = d.get("hashes")
+    if not isinstance(hs, list) or not all(isinstance(h, str) for h in hs):
+        raise MalformedError("proof file field 'hashes' must be a list of base64 strings")
+    return [check_hash(b64decode(h, f"proof hash #{i}"), f"proof hash #{i}")
+            for i, h in enumerate(hs)]
+
+
+@verify.command("inclusion")
+@click.option("--vkey", required=True, help="The log's verifier key (string or file).")
+@click.option("--proof", "proof_file", required=True,
+              help="JSON from `potd ledger prove inclusion` (or - for stdin).")
+@click.option("--checkpoint", "cp_file", type=click.Path(exists=True, dir_okay=False),
+              help="Signed checkpoint file to verify against (default: the one in the proof).")
+@click.option("--entry", type=click.Path(exists=True, dir_okay=False),
+              help="The entry's bytes; checked against the proof's leaf hash.")
+def verify_inclusion(vkey: str, proof_file: str, cp_file: str | None, entry: str | None) -> None:
+    """Check an inclusion proof against a signed checkpoint and a pinned log key."""
+    from .errors import InclusionError
+    from .merkle import check_hash, check_record, leaf_hash
+    from .note import b64decode, open_checkpoint
+
+    v = read_verifier(vkey)
+    d = _load_json(proof_file)
+    cp_text = Path(cp_file).read_text() if cp_file else _field(d, "checkpoint", str)
+    cp = open_checkpoint(cp_text, v)
+    index, size = _field(d, "index", int), _field(d, "size", int)
+    leaf = check_hash(b64decode(_field(d, "leaf_hash", str), "leaf_hash"), "leaf_hash")
+    if entry is not None and leaf_hash(Path(entry).read_bytes()) != leaf:
+        raise InclusionError(f"{entry} does not hash to the proof's leaf hash")
+    if size != cp.size:
+        raise InclusionError(f"the proof is for tree size {size}, the checkpoint is for "
+                             f"{cp.size}", hint="prove against the checkpoint's size")
+    check_record(_hashes(d), cp.size, cp.root, index, leaf)
+    click.echo(f"OK: entry {index} is in {cp.origin} at tree size {cp.size}")
+
+
+@verify.command("consistency")
+@click.option("--vkey", required=True, help="The log's verifier key (string or file).")
+@click.option("--proof", "proof_file", required=True,
+              help="JSON from `potd ledger prove consistency` (or - for stdin).")
+@click.option("--old", "old_file", type=click.Path(exists=True, dir_okay=False),
+              help="The older signed checkpoint you trust (default: the one in the proof).")
+@click.option("--new", "new_file", type=click.Path(exists=True, dir_okay=False),
+              help="The newer signed checkpoint (default: the one in the proof).")
+def verify_consistency(vkey: str, proof_file: str, old_file: str | None,
+                       new_file: str | None) -> None:
+    """Check that a newer checkpoint extends an older one (no fork, no rollback)."""
+    from .merkle import check_tree
+    from .note import open_checkpoint
+
+    v = read_verifier(vkey)
+    d = _load_json(proof_file)
+    old = open_checkpoint(Path(old_file).read_text() if old_file
+                          else _field(d, "old_checkpoint", str), v)
+    new = open_checkpoint(Path(new_file).read_text() if new_file
+                          else _field(d, "checkpoint", str), v)
+    check_tree(_hashes(d), new.size, new.root, old.size, old.root)
+    click.echo(f"OK: {new.origin} size {new.size} is consistent with size {old.size}")
+
+
+@ledger.command()
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the static tlog-tiles mirror.")
+def export(db: str, out: str) -> None:
+    """Write the log as a static C2SP tlog-tiles mirror (checkpoint, tiles, entry bundles)."""
+    from .export import export_static
+
+    log = _open(db)
+    export_static(log, out)
+    click.echo(f"exported {log.size} entries of {log.origin} to {out}")
+
+
+def _add_role_groups() -> None:
+    """Attach the other roles' groups, each defined in its own package."""
+    from auditor.cli import auditor
+    from prover.cli import prover
+
+    from .witness_cli import witness
+
+    for group in (witness, prover, auditor):
+        main.add_command(group)
+
+
+_add_role_groups()

@@ -1,0 +1,232 @@
+"""The sequencer: the only place where Merkle math, storage and signing meet.
+
+``Log.append(entries)`` hashes the entries onto the in-memory right edge of the tree
+(O(log n) per entry, never a rebuild), signs a checkpoint for the new size after
+checking it is consistent with the previous signed checkpoint, and commits entries,
+hashes and checkpoint in one storage transaction. It returns only after that commit, so
+an acknowledged entry survives a crash. If anything fails, the in-memory state is rolled
+back with the transaction.
+
+Checkpoints carry no extension lines unless ``timestamps=True``; then a given tree size
+has exactly one checkpoint without extensions (Ed25519 is deterministic), which
+:meth:`Log.checkpoint_at` can re-sign for any past size (the prover's beacon uses that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import MalformedError, StorageError, UsageError
+from .merkle import (
+    CompactRange,
+    check_tree,
+    prove_record,
+    prove_tree,
+    split_stored_hash_index,
+    tree_hash,
+)
+from .note import (
+    Checkpoint,
+    SignedCheckpoint,
+    Signer,
+    Verifier,
+    open_checkpoint,
+    sign_checkpoint,
+)
+from .store import SQLiteStore, Store
+from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, TILE_HEIGHT, TILE_WIDTH, Tile, encode_bundle
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Result of one append: the first index, the leaf hashes, the new signed checkpoint."""
+
+    first_index: int
+    leaf_hashes: tuple[bytes, ...]
+    checkpoint: SignedCheckpoint
+
+
+class _Overlay:
+    """HashReader over a batch's not-yet-committed hashes on top of the store.
+
+    ``levels[l]`` holds the batch's new level-``l`` hashes, the first being hash number
+    ``old_size >> l`` of that level.
+    """
+
+    def __init__(self, store: Store, old_size: int, levels: list[list[bytes]]) -> None:
+        self.store, self.old_size, self.levels = store, old_size, levels
+
+    def _pending(self, index: int) -> bytes | None:
+        level, n = split_stored_hash_index(index)
+        k = n - (self.old_size >> level)
+        if k >= 0 and level < len(self.levels) and k < len(self.levels[level]):
+            return self.levels[level][k]
+        return None
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        got = [self._pending(i) for i in indexes]
+        missing = [i for i, h in zip(indexes, got) if h is None]
+        old = iter(self.store.read_hashes(missing))
+        return [h if h is not None else next(old) for h in got]
+
+
+class Log:
+    """A signed, append-only Merkle log over a :class:`~ledger.store.Store`."""
+
+    def __init__(self, store: Store, signer: Signer | None, *, timestamps: bool = False) -> None:
+        """Open a log. With ``signer=None`` the log is read-only and its checkpoints are
+        verified against the verifier key recorded at creation."""
+        if signer is not None and signer.name != store.origin():
+            raise UsageError(f"key {signer.name!r} does not match the log origin "
+                             f"{store.origin()!r}", hint="use the key this log was created with")
+        self.store = store
+        self.signer = signer
+        self.verifier = signer.verifier if signer is not None else Verifier.parse(store.vkey())
+        if signer is not None and str(self.verifier) != store.vkey():
+            raise UsageError(f"key {self.verifier} is not the key this log was created with "
+                             f"({store.vkey()})", hint="use the log's own private key file")
+        self.timestamps = timestamps
+        self._lock = threading.Lock()
+        size = store.size()
+        edge = store.read_hashes(CompactRange.edge_indexes(size))
+        self._range = CompactRange(size, edge)
+        latest = store.latest_checkpoint()
+        if latest is None:
+            if signer is None:
+                raise StorageError("the log has no checkpoint yet; open it once with its key")
+            self._checkpoint = self._sign(0, self._range.root())
+            store.append(0, [], [], (0, str(self._checkpoint), _now_ms()))
+        else:
+            self._checkpoint = open_checkpoint(latest, self.verifier)
+            if self._checkpoint.size != size or self._checkpoint.root != self._range.root():
+                raise StorageError(
+                    f"latest checkpoint (size {self._checkpoint.size}) does not match the stored "
+                    f"tree (size {size}): the database was altered",
+                    hint="restore the database from a backup; do not sign over it")
+
+    @classmethod
+    def create(cls, path: str, signer: Signer, **kw: bool) -> Log:
+        store = SQLiteStore(path, create=(signer.name, str(signer.verifier)))
+        return cls(store, signer, **kw)
+
+    @classmethod
+    def open(cls, path: str, signer: Signer | None = None, **kw: bool) -> Log:
+        return cls(SQLiteStore(path), signer, **kw)
+
+    @property
+    def origin(self) -> str:
+        return self.verifier.name
+
+    def _signer(self) -> Signer:
+        if self.signer is None:
+            raise UsageError("this log was opened read-only", hint="pass the log's private key")
+        return self.signer
+
+    @property
+    def size(self) -> int:
+        return self._checkpoint.size
+
+    def checkpoint(self) -> SignedCheckpoint:
+        return self._checkpoint
+
+    def _sign(self, size: int, root: bytes) -> SignedCheckpoint:
+        ext = (f"timestamp {_now_ms()}",) if self.timestamps else ()
+        return sign_checkpoint(Checkpoint(self.origin, size, root, ext), self._signer())
+
+    # -- writing --------------------------------------------------------------
+
+    def append(self, entries: Sequence[bytes]) -> Appended:
+        """Sequence, integrate, sign and durably store ``entries`` as one batch."""
+        for i, e in enumerate(entries):
+            if not isinstance(e, (bytes, bytearray)):
+                raise MalformedError(f"entry #{i} is {type(e).__name__}, not bytes")
+            if len(e) > MAX_ENTRY_SIZE:
+                raise UsageError(f"entry #{i} has {len(e)} bytes; the limit is {MAX_ENTRY_SIZE}",
+                                 hint="tlog-tiles entry bundles length-prefix entries with 16 bits")
+        self._signer()
+        with self._lock:
+            old = self._checkpoint
+            rng = CompactRange(self._range.size, self._range.edge)
+            sha = hashlib.sha256
+            leaves = [sha(b"\x00" + e).digest() for e in entries]
+            levels = rng.extend(leaves)
+            if not entries:
+                return Appended(old.size, (), old)
+            new = self._sign(rng.size, rng.root())
+            if old.size:
+                proof = prove_tree(new.size, old.size, _Overlay(self.store, old.size, levels))
+                check_tree(proof, new.size, new.root, old.size, old.root)
+            self.store.append(old.size, [bytes(e) for e in entries], levels,
+                              (new.size, str(new), _now_ms()))
+            self._range = rng
+            self._checkpoint = new
+            return Appended(old.size, tuple(leaves), new)
+
+    def add_cosignatures(self, signed: SignedCheckpoint) -> None:
+        """Store a checkpoint note with extra cosignatures (same body as the stored one)."""
+        stored = self.store.checkpoint_at(signed.size)
+        if stored is None or open_checkpoint(stored, self.verifier).checkpoint != signed.checkpoint:
+            raise UsageError(f"no checkpoint with that body at size {signed.size}")
+        open_checkpoint(signed.to_bytes(), self.verifier)
+        self.store.replace_checkpoint(signed.size, str(signed))
+        with self._lock:
+            if self._checkpoint.size == signed.size:
+                self._checkpoint = signed
+
+    # -- reading --------------------------------------------------------------
+
+    def checkpoint_at(self, size: int) -> SignedCheckpoint:
+        """The log's signed checkpoint (no extension lines) for any size up to the current."""
+        self._check_size(size)
+        return sign_checkpoint(Checkpoint(self.origin, size, self.root_at(size)), self._signer())
+
+    def root_at(self, size: int) -> bytes:
+        self._check_size(size)
+        return tree_hash(size, self.store)
+
+    def _check_size(self, size: int) -> int:
+        current = self._checkpoint.size
+        if not 0 <= size <= current:
+            raise UsageError(f"tree size {size} is beyond the current size {current}")
+        return current
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        size = self._checkpoint.size if size is None else size
+        self._check_size(size)
+        return prove_record(size, index, self.store)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        size2 = self._checkpoint.size if size2 is None else size2
+        self._check_size(size2)
+        if size1 == 0:
+            return []
+        return prove_tree(size2, size1, self.store)
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        current = self._checkpoint.size
+        if not 0 <= start <= end <= current:
+            raise UsageError(f"entries [{start}, {end}) are outside the log of size {current}")
+        return self.store.read_entries(start, end)
+
+    def tile(self, tile: Tile) -> bytes:
+        """Tile contents as served by tlog-tiles; the width must exist in the current tree."""
+        if tile.height != TILE_HEIGHT:
+            raise UsageError(f"this log serves tiles of height {TILE_HEIGHT}")
+        size = self._checkpoint.size
+        start = tile.n * TILE_WIDTH
+        if tile.level == ENTRIES_LEVEL:
+            if start + tile.width > size:
+                raise UsageError(f"entry bundle {tile.path()} is beyond the tree size {size}")
+            return encode_bundle(self.store.read_entries(start, start + tile.width))
+        available = size >> (TILE_HEIGHT * tile.level)
+        if start + tile.width > available:
+            raise UsageError(f"tile {tile.path()} is beyond the tree size {size}")
+        return self.store.level_hashes(TILE_HEIGHT * tile.level, start, start + tile.width)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,445 @@
+"""C2SP signed-note, tlog-checkpoint and tlog-cosignature/v1, in Go's note key formats.
+
+Keys (Go ``golang.org/x/mod/sumdb/note``):
+  verifier  ``<name>+<hex8 key ID>+<base64(alg || pubkey32)>``
+  signer    ``PRIVATE+KEY+<name>+<hex8 key ID>+<base64(alg || seed32)>``
+  key ID    ``SHA-256(name || 0x0A || alg || pubkey32)[:4]`` (big-endian uint32)
+  alg 0x01 = Ed25519 note signature, 0x04 = tlog-cosignature/v1 (timestamped).
+
+A note is UTF-8 text ending in a newline, a blank line, then signature lines
+``— <name> <base64(key ID || signature)>``. Opening a note: unknown signatures are
+ignored; a known key whose signature is bad rejects the note; more than 100
+signatures reject it; at least one trusted signature must verify.
+
+Trusts: nothing but the verifier keys passed in. Private key material never appears in
+a ``repr`` or an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import nacl.exceptions
+import nacl.signing
+
+from .errors import MalformedError, SignatureError
+from .merkle import HASH_SIZE
+
+ALG_ED25519 = 0x01
+ALG_COSIGNATURE_V1 = 0x04
+MAX_SIGNATURES = 100
+MAX_TREE_SIZE = 2**64 - 1  # tree sizes are uint64 everywhere (Go ParseUint(s, 10, 64))
+DASH = "\u2014 "
+
+
+def b64decode(s: str | bytes, what: str = "base64 value") -> bytes:
+    """Strict base64 std decoding (padding required) -> MalformedError on any fault."""
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MalformedError(f"{what} is not valid base64: {e}",
+                             hint="use standard base64 with '=' padding") from None
+
+
+def b64encode(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates in a str
+        return False
+    return True
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "+" not in name and not any(c.isspace() for c in name) and all(
+        ord(c) >= 0x20 for c in name) and _encodable(name)
+
+
+def key_id(name: str, alg: int, pubkey: bytes) -> int:
+    """``SHA-256(name || '\\n' || alg || pubkey)[:4]`` as a big-endian integer."""
+    h = hashlib.sha256(name.encode() + b"\n" + bytes([alg]) + pubkey).digest()
+    return int.from_bytes(h[:4], "big")
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """A public key with its note name: verifies signatures made under (name, key ID)."""
+
+    name: str
+    key_id: int
+    alg: int
+    public_key: bytes
+
+    def __post_init__(self) -> None:
+        if not _valid_name(self.name):
+            raise MalformedError(f"invalid key name {self.name!r}",
+                                 hint="a key name is non-empty, with no '+', spaces or controls")
+        if self.alg not in (ALG_ED25519, ALG_COSIGNATURE_V1) or len(self.public_key) != 32:
+            raise MalformedError(f"unsupported verifier key for {self.name!r} (alg {self.alg})",
+                                 hint="potd supports Ed25519 (0x01) and cosignature/v1 (0x04)")
+        if key_id(self.name, self.alg, self.public_key) != self.key_id:
+            raise MalformedError(f"verifier key for {self.name!r}: key ID {self.key_id:08x} does "
+                                 "not match the key", hint="the key string was altered; re-copy it")
+
+    @classmethod
+    def parse(cls, vkey: str) -> Verifier:
+        """Parse ``name+hex8+base64``; split on the first two '+' only (base64 may hold '+')."""
+        if not isinstance(vkey, str):
+            raise MalformedError("verifier key must be a string")
+        vkey = vkey.strip()
+        parts = vkey.split("+", 2)
+        if len(parts) != 3:
+            raise MalformedError(f"malformed verifier key {vkey[:60]!r}",
+                                 hint="expected <name>+<8 hex digits>+<base64 key>")
+        name, hex8, b64 = parts
+        if not re.fullmatch(r"[0-9a-f]{8}", hex8):
+            raise MalformedError(f"verifier key for {name!r}: key ID {hex8!r} is not 8 lowercase "
+                                 "hex digits", hint="re-copy the key string exactly")
+        raw = b64decode(b64, f"verifier key for {name!r}")
+        if len(raw) != 33:
+            raise MalformedError(f"verifier key for {name!r} has {len(raw)} key bytes, expected 33",
+                                 hint="re-copy the key string exactly")
+        return cls(name, int(hex8, 16), raw[0], raw[1:])
+
+    def __str__(self) -> str:
+        return f"{self.name}+{self.key_id:08x}+{b64encode(bytes([self.alg]) + self.public_key)}"
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        try:
+            nacl.signing.VerifyKey(self.public_key).verify(message, signature)
+            return True
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            return False
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A private Ed25519 key with its note name. ``repr`` never shows the seed."""
+
+    name: str
+    key_id: int
+    alg: int
+    seed: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _valid_name(self.name):
+            raise MalformedError(f"invalid key name {self.name!r}",
+                                 hint="a key name is non-empty, with no '+', spaces or controls")
+        if self.alg not in (ALG_ED25519, ALG_COSIGNATURE_V1) or len(self.seed) != 32:
+            raise MalformedError(f"unsupported private key for {self.name!r}")
+        if key_id(self.name, self.alg, self.public_key) != self.key_id:
+            raise MalformedError(f"private key for {self.name!r}: key ID does not match the key",
+                                 hint="the key file was altered or truncated")
+
+    @classmethod
+    def generate(cls, name: str, alg: int = ALG_ED25519) -> Signer:
+        seed = bytes(nacl.signing.SigningKey.generate())
+        pub = bytes(nacl.signing.SigningKey(seed).verify_key)
+        if not _valid_name(name):
+            raise MalformedError(f"invalid key name {name!r}",
+                                 hint="a key name is non-empty, with no '+', spaces or controls")
+        return cls(name, key_id(name, alg, pub), alg, seed)
+
+    @classmethod
+    def parse(cls, skey: str) -> Signer:
+        """Parse ``PRIVATE+KEY+name+hex8+base64`` (split on the first four '+')."""
+        if not isinstance(skey, str):
+            raise MalformedError("private key must be a string")
+        parts = skey.strip().split("+", 4)
+        if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
+            raise MalformedError("malformed private key (contents not shown)",
+                                 hint="expected PRIVATE+KEY+<name>+<8 hex>+<base64>, as written "
+                                      "by `potd ledger keygen` or Go's note.GenerateKey")
+        name, hex8, b64 = parts[2], parts[3], parts[4]
+        if not re.fullmatch(r"[0-9a-f]{8}", hex8):
+            # fields may be shifted, so ``name`` may be a piece of the seed: don't show it
+            raise MalformedError("malformed private key: no 8-hex-digit key ID after the name "
+                                 "(contents not shown)",
+                                 hint="expected PRIVATE+KEY+<name>+<8 hex>+<base64>")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedError(f"private key for {name!r} is not valid base64 (contents not "
+                                 "shown)") from None
+        if len(raw) != 33:
+            raise MalformedError(f"private key for {name!r} has the wrong length")
+        return cls(name, int(hex8, 16), raw[0], raw[1:])
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(nacl.signing.SigningKey(self.seed).verify_key)
+
+    @property
+    def verifier(self) -> Verifier:
+        return Verifier(self.name, self.key_id, self.alg, self.public_key)
+
+    def private_string(self) -> str:
+        return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{b64encode(bytes([self.alg]) + self.seed)}"
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(nacl.signing.SigningKey(self.seed).sign(message).signature)
+
+    def __str__(self) -> str:
+        return f"Signer({self.name}+{self.key_id:08x})"
+
+
+@dataclass(frozen=True)
+class NoteSignature:
+    name: str
+    key_id: int
+    signature: bytes  # without the 4-byte key ID
+
+    def line(self) -> str:
+        return f"{DASH}{self.name} {b64encode(self.key_id.to_bytes(4, 'big') + self.signature)}\n"
+
+
+@dataclass(frozen=True)
+class Note:
+    """A note's text (ending in newline) and its signature lines, in order."""
+
+    text: str
+    signatures: tuple[NoteSignature, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_text(self.text)
+
+    def to_bytes(self) -> bytes:
+        return (self.text + "\n" + "".join(s.line() for s in self.signatures)).encode("utf-8")
+
+    def __str__(self) -> str:
+        return self.to_bytes().decode("utf-8")
+
+
+def _check_text(text: str) -> None:
+    if not text.endswith("\n"):
+        raise MalformedError("note text must end with a newline")
+    if "\n\n" in text:
+        raise MalformedError("note text must not contain a blank line")
+    for c in text:
+        if ord(c) < 0x20 and c != "\n":
+            raise MalformedError(f"note text contains control character {ord(c):#04x}")
+
+
+def sign_note(text: str, *signers: Signer, existing: Sequence[NoteSignature] = ()) -> Note:
+    """Sign ``text`` with each signer (Ed25519 notes); keep ``existing`` signatures after."""
+    _check_text(text)
+    msg = text.encode("utf-8")
+    sigs = [NoteSignature(s.name, s.key_id, s.sign(msg)) for s in signers]
+    ids = {(s.name, s.key_id) for s in sigs}
+    sigs += [s for s in existing if (s.name, s.key_id) not in ids]
+    return Note(text, tuple(sigs))
+
+
+def parse_note(data: bytes | str) -> Note:
+    """Split a signed note into text and signatures without verifying anything."""
+    if isinstance(data, bytes):
+        try:
+            s = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedError("signed note is not valid UTF-8") from None
+    else:
+        s = data
+        if not _encodable(s):
+            raise MalformedError("signed note is not valid UTF-8 (lone surrogate)")
+    for c in s:
+        if ord(c) < 0x20 and c != "\n":
+            raise MalformedError(f"signed note contains control character {ord(c):#04x}")
+    split = s.rfind("\n\n")
+    if split < 0:
+        raise MalformedError("signed note has no blank line before its signatures",
+                             hint="a note is text, a blank line, then '— name sig' lines")
+    text, rest = s[: split + 1], s[split + 2:]
+    if not rest.endswith("\n"):
+        raise MalformedError("signed note must end with a newline after its last signature")
+    lines = rest[:-1].split("\n")
+    if len(lines) > MAX_SIGNATURES:
+        raise MalformedError(f"signed note has {len(lines)} signatures; at most "
+                             f"{MAX_SIGNATURES} are accepted")
+    sigs = []
+    for line in lines:
+        if not line.startswith(DASH):
+            raise MalformedError(f"malformed signature line {line[:60]!r}",
+                                 hint="signature lines start with an em dash (U+2014) and a space")
+        body = line[len(DASH):]
+        name, sp, b64 = body.partition(" ")
+        if not sp or not _valid_name(name) or " " in b64:
+            raise MalformedError(f"malformed signature line {line[:60]!r}")
+        raw = b64decode(b64, f"signature by {name!r}")
+        if len(raw) < 5:
+            raise MalformedError(f"signature by {name!r} is too short")
+        sigs.append(NoteSignature(name, int.from_bytes(raw[:4], "big"), raw[4:]))
+    if not sigs:
+        raise MalformedError("signed note has no signatures")
+    return Note(text, tuple(sigs))
+
+
+def open_note(data: bytes | str, verifiers: Iterable[Verifier]) -> tuple[Note, list[Verifier]]:
+    """Parse and verify a note; return it and the verifiers whose signatures checked.
+
+    Only Ed25519 (0x01) verifiers are considered here; cosignatures are checked by
+    :func:`verify_cosignature`. Raises SignatureError if a known key's signature is bad
+    or if no known key signed.
+    """
+    note = parse_note(data)
+    known = {(v.name, v.key_id): v for v in verifiers if v.alg == ALG_ED25519}
+    msg = note.text.encode("utf-8")
+    good: list[Verifier] = []
+    for s in note.signatures:
+        v = known.get((s.name, s.key_id))
+        if v is None:
+            continue
+        if not v.verify(msg, s.signature):
+            raise SignatureError(f"invalid signature by {v.name}+{v.key_id:08x}",
+                                 hint="the note was altered after signing, or was forged")
+        if v not in good:  # a repeated signature line counts once
+            good.append(v)
+    if not good:
+        names = ", ".join(sorted({f"{s.name}+{s.key_id:08x}" for s in note.signatures}))
+        raise SignatureError(f"note is not signed by any trusted key (signed by: {names})",
+                             hint="pin the log's verifier key (vkey) for this origin")
+    return note, good
+
+
+# --- checkpoints (C2SP tlog-checkpoint) -------------------------------------------
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The body of a C2SP checkpoint: origin, tree size, root hash, extension lines."""
+
+    origin: str
+    size: int
+    root: bytes
+    extensions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (not self.origin or any(ord(c) < 0x20 for c in self.origin)
+                or not _encodable(self.origin)):
+            raise MalformedError(f"invalid checkpoint origin {self.origin!r}")
+        if not isinstance(self.size, int) or not 0 <= self.size <= MAX_TREE_SIZE:
+            raise MalformedError(f"invalid checkpoint size {self.size!r}")
+        if len(self.root) != HASH_SIZE:
+            raise MalformedError(f"checkpoint root must be 32 bytes, got {len(self.root)}")
+        for e in self.extensions:
+            if not e or any(ord(c) < 0x20 for c in e) or not _encodable(e):
+                raise MalformedError(f"invalid checkpoint extension line {e!r}")
+
+    def to_text(self) -> str:
+        lines = [self.origin, str(self.size), b64encode(self.root), *self.extensions]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> Checkpoint:
+        if not text.endswith("\n"):
+            raise MalformedError("checkpoint text must end with a newline")
+        lines = text[:-1].split("\n")
+        if len(lines) < 3:
+            raise MalformedError(f"checkpoint has {len(lines)} lines; needs origin, size and root",
+                                 hint="see C2SP tlog-checkpoint")
+        origin, size_s, root_s, *ext = lines
+        if not re.fullmatch(r"0|[1-9][0-9]{0,19}", size_s):
+            raise MalformedError(f"checkpoint size {size_s[:30]!r} is not a decimal number",
+                                 hint="the second line is the tree size, without leading zeros")
+        root = b64decode(root_s, "checkpoint root hash")
+        if len(root) != HASH_SIZE:
+            raise MalformedError(f"checkpoint root hash has {len(root)} bytes, expected 32")
+        return cls(origin, int(size_s), root, tuple(ext))
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        for e in self.extensions:
+            if e.startswith("timestamp ") and re.fullmatch(r"[0-9]{1,20}", e[10:]):
+                return int(e[10:])
+        return None
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    """A checkpoint with its full signed note (log signature and any cosignatures)."""
+
+    checkpoint: Checkpoint
+    note: Note
+
+    def to_bytes(self) -> bytes:
+        return self.note.to_bytes()
+
+    def __str__(self) -> str:
+        return str(self.note)
+
+    @property
+    def origin(self) -> str:
+        return self.checkpoint.origin
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.size
+
+    @property
+    def root(self) -> bytes:
+        return self.checkpoint.root
+
+
+def sign_checkpoint(cp: Checkpoint, signer: Signer) -> SignedCheckpoint:
+    return SignedCheckpoint(cp, sign_note(cp.to_text(), signer))
+
+
+def open_checkpoint(data: bytes | str, log_key: Verifier) -> SignedCheckpoint:
+    """Verify a signed checkpoint against the pinned log key; origin must be the key name."""
+    note, _ = open_note(data, [log_key])
+    cp = Checkpoint.from_text(note.text)
+    if cp.origin != log_key.name:
+        raise SignatureError(f"checkpoint origin {cp.origin!r} differs from the log key name "
+                             f"{log_key.name!r}", hint="pin the verifier key of this log's origin")
+    return SignedCheckpoint(cp, note)
+
+
+# --- cosignatures (C2SP tlog-cosignature v1) ---------------------------------------
+
+def cosignature_message(checkpoint_text: str, timestamp: int) -> bytes:
+    return f"cosignature/v1\ntime {timestamp}\n{checkpoint_text}".encode("utf-8")
+
+
+def cosign(cp_text: str, witness: Signer, timestamp: int | None = None) -> NoteSignature:
+    """A tlog-cosignature/v1 over ``cp_text``: sig bytes = timestamp u64 BE || Ed25519 sig."""
+    if witness.alg != ALG_COSIGNATURE_V1:
+        raise MalformedError(f"witness key {witness.name!r} is not a cosignature/v1 key (alg 0x04)",
+                             hint="generate it with `potd witness keygen`")
+    ts = int(time.time()) if timestamp is None else timestamp
+    sig = witness.sign(cosignature_message(cp_text, ts))
+    return NoteSignature(witness.name, witness.key_id, struct.pack(">Q", ts) + sig)
+
+
+def verify_cosignature(cp_text: str, sig: NoteSignature, witness: Verifier) -> int:
+    """Check one cosignature; return its timestamp. Raises SignatureError."""
+    if witness.alg != ALG_COSIGNATURE_V1:
+        raise MalformedError(f"{witness.name!r} is not a cosignature/v1 verifier key")
+    if (sig.name, sig.key_id) != (witness.name, witness.key_id):
+        raise SignatureError(f"cosignature is by {sig.name}, not {witness.name}")
+    if len(sig.signature) != 72:
+        raise SignatureError(f"cosignature by {sig.name} has {len(sig.signature)} bytes, want 72")
+    (ts,) = struct.unpack(">Q", sig.signature[:8])
+    if not witness.verify(cosignature_message(cp_text, ts), sig.signature[8:]):
+        raise SignatureError(f"invalid cosignature by {witness.name}+{witness.key_id:08x}")
+    return ts
+
+
+def count_cosignatures(note: Note, witnesses: Iterable[Verifier]) -> list[Verifier]:
+    """The witnesses (from ``witnesses``) with a valid cosignature on ``note``."""
+    by_id = {(w.name, w.key_id): w for w in witnesses}
+    ok = []
+    for s in note.signatures:
+        w = by_id.get((s.name, s.key_id))
+        if w is not None:
+            verify_cosignature(note.text, s, w)
+            if w not in ok:  # a repeated cosignature line counts once toward a quorum
+                ok.append(w)
+    return ok

@@ -1,0 +1,304 @@
+"""Storage for the log: the protocol every backend meets, and the SQLite backend.
+
+Layout. Entries are rows ``(idx, data)``. Stored hashes (Go tlog's stored hashes,
+addressed by :func:`~ledger.merkle.stored_hash_index`) are kept per tree level in blocks
+of 256: block ``c`` of level ``l`` holds level-``l`` hashes ``256c .. 256c+255``, so a
+tlog-tiles tile at level ``L`` is exactly the prefix of block ``(8L, N)`` and a proof
+reads each hash it needs by (level, n) with no recomputation. Checkpoint history keeps
+every signed checkpoint by size.
+
+Invariants: one append = one transaction (entries, hashes, checkpoint and size advance
+together or not at all); only full blocks are cached in memory (they are immutable), so
+memory stays flat as the log grows; a writer checks, inside its write transaction, that
+the stored size is the one it expects, so two sequencers on one file cannot interleave.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+import sqlite_utils
+
+from .errors import StorageError, UsageError
+from .merkle import HASH_SIZE, split_stored_hash_index
+
+BLOCK = 256
+SCHEMA_VERSION = 1
+
+
+class Store(Protocol):
+    """What the sequencer needs from storage. Reads may run concurrently with an append."""
+
+    def origin(self) -> str: ...
+
+    def vkey(self) -> str: ...
+
+    def size(self) -> int: ...
+
+    def append(self, old_size: int, entries: Sequence[bytes],
+               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int]) -> None:
+        """Atomically add ``entries`` (indexes ``old_size..``), the new stored hashes
+        (``level_hashes[l]`` = new level-``l`` hashes in order) and a signed checkpoint
+        ``(size, note, created_ms)``. Raises StorageError if the stored size is not
+        ``old_size``; on any error nothing is stored."""
+        ...
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]: ...
+
+    def level_hashes(self, level: int, start: int, end: int) -> bytes: ...
+
+    def read_entries(self, start: int, end: int) -> list[bytes]: ...
+
+    def latest_checkpoint(self) -> str | None: ...
+
+    def checkpoint_at(self, size: int) -> str | None: ...
+
+    def checkpoints(self, since: int = 0, limit: int = 1000) -> list[tuple[int, str, int]]: ...
+
+    def replace_checkpoint(self, size: int, note: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """The embedded default backend: one SQLite file in WAL mode, via sqlite-utils."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: tuple[str, str] | None = None,
+                 cache_blocks: int = 4096, synchronous: str = "FULL") -> None:
+        self.path = os.fspath(path)
+        exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if create is None and not exists:
+            raise StorageError(f"no log database at {self.path}",
+                               hint="create one with `potd ledger init --db FILE --key KEYFILE`")
+        if create is not None and exists:
+            raise StorageError(f"{self.path} already exists; refusing to overwrite a log",
+                               hint="choose a new file name, or open the existing log")
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.db = sqlite_utils.Database(conn)
+            if create is not None:
+                self._create(*create)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"cannot open log database {self.path}: {e}") from None
+        if int(meta.get("schema", 0)) != SCHEMA_VERSION:
+            raise StorageError(f"{self.path} has schema {meta.get('schema')}, this potd needs "
+                               f"{SCHEMA_VERSION}")
+        self.conn = conn
+        self._origin = str(meta["origin"])
+        self._vkey = str(meta["vkey"])
+        self._lock = threading.RLock()
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        # The last (partial) block of each level, as this process last wrote or read it.
+        self._tail: dict[tuple[int, int], bytes] = {}
+        self._cache_max = cache_blocks
+
+    def _create(self, origin: str, vkey: str) -> None:
+        db = self.db
+        with db.conn:
+            db.table("meta").create({"key": str, "value": str}, pk="key")
+            db.table("entries").create({"idx": int, "data": bytes}, pk="idx", not_null={"data"})
+            db.execute("CREATE TABLE hashes (level INTEGER NOT NULL, block INTEGER NOT NULL, "
+                       "data BLOB NOT NULL, PRIMARY KEY (level, block)) WITHOUT ROWID")
+            db.table("checkpoints").create({"size": int, "note": str, "created_ms": int}, pk="size",
+                                     not_null={"note", "created_ms"})
+            db.table("meta").insert_all([{"key": "schema", "value": str(SCHEMA_VERSION)},
+                                   {"key": "origin", "value": origin},
+                                   {"key": "vkey", "value": vkey},
+                                   {"key": "size", "value": "0"}])
+
+    # -- reads ------------------------------------------------------------------
+
+    def origin(self) -> str:
+        return self._origin
+
+    def vkey(self) -> str:
+        """The log's verifier key string, recorded at creation."""
+        return self._vkey
+
+    def size(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='size'").fetchone()
+        return int(row[0])
+
+    def _block(self, level: int, block: int) -> bytes:
+        key = (level, block)
+        data = self._cache.get(key)
+        if data is not None:
+            self._cache.move_to_end(key)
+            return data
+        data = self._tail.get(key)
+        if data is not None:
+            return data
+        row = self.conn.execute("SELECT data FROM hashes WHERE level=? AND block=?",
+                                key).fetchone()
+        data = row[0] if row else b""
+        if len(data) == BLOCK * HASH_SIZE:
+            self._cache[key] = data
+            if len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
+        return data
+
+    def _note_written(self, writes: list[tuple[int, int, bytes]]) -> None:
+        """After a commit: remember the new tail block of each written level."""
+        for level, block, data in writes:
+            for k in [k for k in self._tail if k[0] == level and k[1] <= block]:
+                del self._tail[k]
+            if len(data) < BLOCK * HASH_SIZE:
+                self._tail[(level, block)] = data
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        where = [split_stored_hash_index(i) for i in indexes]
+        with self._lock:
+            blocks: dict[tuple[int, int], bytes] = {}
+            missing = []
+            for level, n in where:
+                key = (level, n // BLOCK)
+                if key in blocks:
+                    continue
+                data = self._cache.get(key) or self._tail.get(key)
+                if data is None:
+                    missing.append(key)
+                    blocks[key] = b""
+                else:
+                    blocks[key] = data
+            if missing:
+                blocks.update(self._fetch_blocks(missing))
+        out = []
+        for i, (level, n) in zip(indexes, where):
+            data = blocks[(level, n // BLOCK)]
+            off = (n % BLOCK) * HASH_SIZE
+            if off + HASH_SIZE > len(data):
+                raise UsageError(f"stored hash {i} (level {level}, #{n}) is not in the log yet")
+            out.append(data[off:off + HASH_SIZE])
+        return out
+
+    def _fetch_blocks(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Read several blocks in one query; cache the full ones."""
+        got: dict[tuple[int, int], bytes] = {}
+        for k in range(0, len(keys), 400):
+            chunk = keys[k:k + 400]
+            q = ("SELECT level, block, data FROM hashes WHERE (level, block) IN (VALUES "
+                 + ",".join(["(?,?)"] * len(chunk)) + ")")
+            for level, block, data in self.conn.execute(q, [x for key in chunk for x in key]):
+                got[(level, block)] = data
+                if len(data) == BLOCK * HASH_SIZE:
+                    self._cache[(level, block)] = data
+                    if len(self._cache) > self._cache_max:
+                        self._cache.popitem(last=False)
+        return got
+
+    def level_hashes(self, level: int, start: int, end: int) -> bytes:
+        """Concatenated level-``level`` hashes ``start..end-1`` (within one block)."""
+        if not (0 <= start <= end and start // BLOCK == (end - 1) // BLOCK):
+            raise UsageError("level_hashes reads within one block")
+        with self._lock:
+            data = self._block(level, start // BLOCK)
+        lo, hi = (start % BLOCK) * HASH_SIZE, ((end - 1) % BLOCK + 1) * HASH_SIZE
+        if hi > len(data):
+            raise UsageError(f"level {level} hashes up to {end} are not in the log yet")
+        return data[lo:hi]
+
+    def read_entries(self, start: int, end: int) -> list[bytes]:
+        with self._lock:
+            rows = self.conn.execute("SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? "
+                                     "ORDER BY idx", (start, end)).fetchall()
+        if len(rows) != max(0, end - start) or (rows and rows[0][0] != start):
+            raise UsageError(f"entries {start}..{end} are not all in the log")
+        return [r[1] for r in rows]
+
+    def latest_checkpoint(self) -> str | None:
+        with self._lock:
+            row = self.conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
+                                    ).fetchone()
+        return row[0] if row else None
+
+    def checkpoint_at(self, size: int) -> str | None:
+        with self._lock:
+            row = self.conn.execute("SELECT note FROM checkpoints WHERE size=?", (size,)
+                                    ).fetchone()
+        return row[0] if row else None
+
+    def checkpoints(self, since: int = 0, limit: int = 1000) -> list[tuple[int, str, int]]:
+        with self._lock:
+            return [(r[0], r[1], r[2]) for r in self.conn.execute(
+                "SELECT size, note, created_ms FROM checkpoints WHERE size >= ? ORDER BY size "
+                "LIMIT ?", (since, limit)).fetchall()]
+
+    # -- writes -----------------------------------------------------------------
+
+    def append(self, old_size: int, entries: Sequence[bytes],
+               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int]) -> None:
+        conn = self.conn
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    stored = int(conn.execute("SELECT value FROM meta WHERE key='size'"
+                                              ).fetchone()[0])
+                    if stored != old_size:
+                        raise StorageError(
+                            f"log size in {self.path} is {stored}, the sequencer expected "
+                            f"{old_size}: another process is writing to this log",
+                            hint="run exactly one sequencer (potd ledger serve/append) per file")
+                    conn.executemany("INSERT INTO entries (idx, data) VALUES (?, ?)",
+                                     zip(range(old_size, old_size + len(entries)), entries))
+                    writes = []
+                    for level, new in enumerate(level_hashes):
+                        if new:
+                            writes.extend(self._merge_level(level, old_size >> level, new))
+                    conn.executemany("INSERT OR REPLACE INTO hashes (level, block, data) "
+                                     "VALUES (?, ?, ?)", writes)
+                    conn.execute("INSERT INTO checkpoints (size, note, created_ms) "
+                                 "VALUES (?, ?, ?)", checkpoint)
+                    conn.execute("UPDATE meta SET value=? WHERE key='size'",
+                                 (str(old_size + len(entries)),))
+                    conn.execute("COMMIT")
+                    self._note_written(writes)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StorageError(f"append to {self.path} failed and was rolled back: {e}") from None
+
+    def _merge_level(self, level: int, first: int, new: Sequence[bytes]
+                     ) -> list[tuple[int, int, bytes]]:
+        """Blocks to write so that level ``level`` gains ``new`` starting at hash ``first``."""
+        out = []
+        pos = 0
+        n = first
+        while pos < len(new):
+            block, off = divmod(n, BLOCK)
+            take = min(BLOCK - off, len(new) - pos)
+            head = b""
+            if off:
+                head = self._block(level, block)
+                if len(head) != off * HASH_SIZE:
+                    raise StorageError(f"hash block ({level}, {block}) has {len(head)} bytes, "
+                                       f"expected {off * HASH_SIZE}: the database is damaged")
+            data = head + b"".join(new[pos:pos + take])
+            out.append((level, block, data))
+            pos += take
+            n += take
+        return out
+
+    def replace_checkpoint(self, size: int, note: str) -> None:
+        """Replace the note of checkpoint ``size`` (same body, more cosignatures)."""
+        with self._lock:
+            try:
+                cur = self.conn.execute("UPDATE checkpoints SET note=? WHERE size=?", (note, size))
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot update checkpoint {size}: {e}") from None
+            if cur.rowcount != 1:
+                raise UsageError(f"no checkpoint of size {size} to update")
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()

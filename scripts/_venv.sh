@@ -1,0 +1,21 @@
+# Sourced by scripts/demo and scripts/test: create .venv if missing and install potd.
+# torch is installed first and pinned to the local CPU wheel, so nothing can pull a
+# multi-GB CUDA build.  Usage: . scripts/_venv.sh [extras]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+EXTRAS="${1:-}"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating $VENV"
+    python3 -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+[ -d /opt/wheels ] && PIP+=(--find-links /opt/wheels)
+stamp="$VENV/.potd-installed${EXTRAS:+-$EXTRAS}"
+if [ ! -f "$stamp" ] || [ "$ROOT/setup.cfg" -nt "$stamp" ]; then
+    echo "==> installing torch==2.13.0 (CPU) and potd${EXTRAS:+[$EXTRAS]} into .venv"
+    "${PIP[@]}" install "torch==2.13.0"
+    "${PIP[@]}" install -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    touch "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
