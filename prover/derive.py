@@ -1,0 +1,135 @@
+"""Seed commitment, beacon, seed, and everything derived from the seed (DESIGN §4).
+
+Pure functions over bytes and ints (no torch), so any implementation in any language
+can recompute them. All byte strings below are ASCII; integers are big-endian.
+
+* commitment  ``SHA-256("potd-seed-v1\\n" || s_rand)`` (hex in ``run.open``)
+* beacon      ``SHA-256(sig)`` where ``sig`` is the 64-byte Ed25519 signature of the log
+              key on the checkpoint of size index(run.open)+1 with no extension lines
+* seed        ``SHA-256("potd-seed-v1\\n" || dataset_root32 || s_rand32 || beacon32)``
+* stream(label)  ``SHA-256(seed || label || u64 counter)`` for counter = 0, 1, 2, ...
+  concatenated: an unbounded pseudo-random byte stream per label.
+* epoch order ``permutation(seed, n, e)``: Fisher–Yates over ``[0, n)`` driven by the
+  stream with label ``"order" || u64 e``: for ``i`` from ``n-1`` down to ``1``, read
+  u64 values ``r`` (8 bytes at a time) until ``r < 2**64 - (2**64 mod (i+1))``, set
+  ``j = r mod (i+1)`` and swap positions ``i`` and ``j``.
+* init seed   first 8 bytes of stream ``"init"`` as u64, masked to 63 bits
+  (``torch.manual_seed`` before building the model)
+* step seed   first 8 bytes of stream ``"step" || u64 step``, masked to 63 bits
+  (``torch.manual_seed`` before each step's forward pass: dropout, augmentation)
+
+A fixed vector for the permutation is in tests/test_derive.py and in the README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterator
+
+from ledger.errors import MalformedError, UsageError
+from ledger.note import SignedCheckpoint, Verifier, open_checkpoint
+
+SEED_DOMAIN = b"potd-seed-v1\n"
+
+
+def new_s_rand() -> bytes:
+    return os.urandom(32)
+
+
+def seed_commitment(s_rand: bytes) -> str:
+    if len(s_rand) != 32:
+        raise UsageError("s_rand must be 32 bytes")
+    return hashlib.sha256(SEED_DOMAIN + s_rand).hexdigest()
+
+
+def beacon_from_checkpoint(note_text: str | bytes, log_key: Verifier, expect_size: int) -> bytes:
+    """Verify the beacon checkpoint and return ``SHA-256(log signature)``.
+
+    The checkpoint must be signed by ``log_key``, have exactly ``expect_size`` entries and
+    no extension lines (so exactly one such checkpoint exists).
+    """
+    cp: SignedCheckpoint = open_checkpoint(note_text, log_key)
+    if cp.size != expect_size:
+        raise MalformedError(f"beacon checkpoint has size {cp.size}, expected {expect_size} "
+                             "(index of run.open + 1)")
+    if cp.checkpoint.extensions:
+        raise MalformedError("beacon checkpoint must have no extension lines")
+    for s in cp.note.signatures:
+        if (s.name, s.key_id) == (log_key.name, log_key.key_id):
+            return hashlib.sha256(s.signature).digest()
+    raise MalformedError("beacon checkpoint carries no log signature")  # unreachable
+
+
+def derive_seed(dataset_root: bytes, s_rand: bytes, beacon: bytes) -> bytes:
+    for what, v in (("dataset root", dataset_root), ("s_rand", s_rand), ("beacon", beacon)):
+        if len(v) != 32:
+            raise UsageError(f"{what} must be 32 bytes, got {len(v)}")
+    return hashlib.sha256(SEED_DOMAIN + dataset_root + s_rand + beacon).digest()
+
+
+def stream(seed: bytes, label: bytes) -> Iterator[bytes]:
+    """SHA-256 in counter mode: blocks of 32 bytes."""
+    counter = 0
+    while True:
+        yield hashlib.sha256(seed + label + struct.pack(">Q", counter)).digest()
+        counter += 1
+
+
+def _u64s(seed: bytes, label: bytes) -> Iterator[int]:
+    for block in stream(seed, label):
+        for k in range(0, 32, 8):
+            yield int.from_bytes(block[k:k + 8], "big")
+
+
+def permutation(seed: bytes, n: int, epoch: int) -> list[int]:
+    """The data order of ``epoch``: a permutation of ``range(n)`` (see module doc)."""
+    order = list(range(n))
+    rnd = _u64s(seed, b"order" + struct.pack(">Q", epoch))
+    two64 = 1 << 64
+    for i in range(n - 1, 0, -1):
+        m = i + 1
+        limit = two64 - (two64 % m)
+        r = next(rnd)
+        while r >= limit:
+            r = next(rnd)
+        j = r % m
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def _seed63(seed: bytes, label: bytes) -> int:
+    return int.from_bytes(next(stream(seed, label))[:8], "big") & ((1 << 63) - 1)
+
+
+def init_seed(seed: bytes) -> int:
+    return _seed63(seed, b"init")
+
+
+def step_seed(seed: bytes, step: int) -> int:
+    return _seed63(seed, b"step" + struct.pack(">Q", step))
+
+
+def schedule(n_examples: int, batch_size: int, epochs: int) -> list[tuple[int, int, int]]:
+    """Steps as ``(step, epoch, start offset in the epoch order)``; the last batch of an
+    epoch may be short (no example is dropped)."""
+    if batch_size < 1 or epochs < 1 or n_examples < 1:
+        raise UsageError("batch size, epochs and dataset size must be positive")
+    per_epoch = -(-n_examples // batch_size)
+    return [(e * per_epoch + b, e, b * batch_size) for e in range(epochs) for b in range(per_epoch)]
+
+
+def batch_indexes(seed: bytes, n_examples: int, batch_size: int, step: int,
+                  epoch: int, offset: int, _cache: dict[tuple[bytes, int, int], list[int]] | None
+                  = None) -> list[int]:
+    """Dataset indexes of one step's batch."""
+    key = (seed, n_examples, epoch)
+    if _cache is not None and key in _cache:
+        order = _cache[key]
+    else:
+        order = permutation(seed, n_examples, epoch)
+        if _cache is not None:
+            _cache.clear()
+            _cache[key] = order
+    return order[offset:offset + batch_size]

@@ -1,0 +1,192 @@
+"""The evidence store: weights and optimizer state as safetensors, content-addressed.
+
+Layout of an evidence directory (also servable as-is over HTTP)::
+
+    objects/<sha256 of file bytes>.safetensors
+    manifest.json            {"run": ..., "checkpoints": [{"step": t, "weights": name,
+                              "weights_hash": h, "optimizer": name, "optimizer_hash": h}]}
+
+Object names are the SHA-256 of the file, so any transport is untrusted: a reader
+checks every byte it gets against the name (and the caller checks the tensors' hash
+against the log). Only safetensors are ever parsed: a pickle payload is rejected as
+malformed, never loaded. Writes are atomic (temporary file + rename + fsync).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ledger.errors import MalformedError, PotdError, VerificationError
+
+if TYPE_CHECKING:
+    import torch
+
+_NAME = re.compile(r"^[0-9a-f]{64}\.safetensors$")
+MAX_OBJECT = 4 << 30
+
+
+class EvidenceError(VerificationError):
+    """An evidence file is missing, altered, not safetensors, or does not match the log."""
+
+    code = "bad_evidence"
+    hint = "the evidence does not match what the log committed; do not trust it"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Optimizer state as named tensors ``state.<param index>.<key>`` (scalars as 0-d)."""
+    import torch
+
+    out = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for key, v in st.items():
+            t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            out[f"state.{pid}.{key}"] = t.detach().clone()
+    return out
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Load state written by :func:`flatten_optimizer` into a freshly built optimizer."""
+    sd = opt.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        parts = name.split(".")
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
+            raise MalformedError(f"unexpected optimizer tensor {name!r}")
+        state.setdefault(int(parts[1]), {})[parts[2]] = t.clone()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+class EvidenceStore:
+    """Writer side: a local directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        (self.root / "objects").mkdir(parents=True, exist_ok=True)
+
+    def put(self, tensors: Mapping[str, torch.Tensor]) -> str:
+        from safetensors.torch import save
+
+        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+        name = hashlib.sha256(data).hexdigest() + ".safetensors"
+        path = self.root / "objects" / name
+        if not path.exists():
+            _atomic_write(path, data)
+        return name
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> str:
+        """Write manifest.json; return its SHA-256 (hex) for ``run.close``."""
+        data = manifest_bytes(manifest)
+        _atomic_write(self.root / "manifest.json", data)
+        return hashlib.sha256(data).hexdigest()
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+class EvidenceSource:
+    """Reader side: a directory path or an http(s) URL. Untrusted: everything is checked."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.is_url = urllib.parse.urlparse(location).scheme in ("http", "https")
+
+    def _fetch(self, rel: str) -> bytes:
+        where = f"{self.location.rstrip('/')}/{rel}"
+        if self.is_url:
+            import httpx
+
+            try:
+                r = httpx.get(where, timeout=60)
+            except httpx.HTTPError as e:
+                raise EvidenceError(f"cannot fetch evidence {where}: {e}", file=rel) from None
+            if r.status_code != 200:
+                raise EvidenceError(f"evidence {where}: HTTP {r.status_code}", file=rel)
+            return r.content
+        path = Path(self.location) / rel
+        try:
+            if path.stat().st_size > MAX_OBJECT:
+                raise EvidenceError(f"evidence file {path} is too large", file=rel)
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise EvidenceError(f"evidence file {path} is missing", file=rel,
+                                hint="the trainer must publish every object the log "
+                                     "names") from None
+        except OSError as e:
+            raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
+                                file=rel) from None
+
+    def manifest(self) -> tuple[dict[str, Any], str]:
+        """The manifest and its SHA-256 (the caller compares it with ``run.close``)."""
+        data = self._fetch("manifest.json")
+        try:
+            m = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvidenceError("manifest.json is not valid JSON", file="manifest.json") from None
+        if not isinstance(m, dict):
+            raise EvidenceError("manifest.json is not a JSON object", file="manifest.json")
+        return m, hashlib.sha256(data).hexdigest()
+
+    def get_bytes(self, name: str) -> bytes:
+        """The object's bytes, checked against its content address."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise EvidenceError(f"evidence object name {str(name)[:80]!r} is not "
+                                "<sha256>.safetensors", file=str(name))
+        data = self._fetch(f"objects/{name}")
+        got = hashlib.sha256(data).hexdigest()
+        if got != name[:64]:
+            raise EvidenceError(f"evidence file objects/{name} has SHA-256 {got}: its content "
+                                "is not what its name says", file=name)
+        return data
+
+    def load(self, name: str, expect_hash: str, algorithm: str) -> dict[str, torch.Tensor]:
+        """Load a safetensors object after checking its bytes and its tensor hash.
+
+        ``expect_hash`` is the hash the log committed to (weights or optimizer state).
+        """
+        from prover.hashing import hash_safetensors_bytes
+
+        data = self.get_bytes(name)
+        if data[:2] == b"\x80\x04" or data[:1] == b"\x80" or data[:2] == b"PK":
+            raise EvidenceError(f"evidence file objects/{name} is a pickle/zip, not "
+                                "safetensors; refusing to load it", file=name)
+        try:
+            got = hash_safetensors_bytes(data, algorithm)
+        except PotdError as e:
+            raise EvidenceError(f"evidence file objects/{name} is not valid safetensors: "
+                                f"{e.message}", file=name) from None
+        if got != expect_hash:
+            raise EvidenceError(f"evidence file objects/{name} holds tensors with hash {got}, "
+                                f"the log committed {expect_hash}", file=name)
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            return load(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise EvidenceError(f"evidence file objects/{name} is not valid safetensors: {e}",
+                                file=name) from None
