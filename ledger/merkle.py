@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import ConsistencyError, InclusionError, MalformedError, UsageError
 
@@ -288,7 +288,8 @@ def check_tree(proof: Sequence[bytes], size2: int, root2: bytes, size1: int, roo
     check_hash(root1, "first root hash")
     check_hash(root2, "second root hash")
     _check_proof_hashes(proof)
-    ev = dict(size1=size1, root1=root1, size2=size2, root2=root2, proof=list(proof))
+    ev: dict[str, Any] = dict(size1=size1, root1=root1, size2=size2, root2=root2,
+                              proof=list(proof))
     if not 0 <= size1 <= size2:
         raise ConsistencyError(f"sizes {size1} -> {size2} go backwards: a rollback", **ev)
     if size1 == 0:

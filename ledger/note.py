@@ -42,10 +42,14 @@ DASH = "\u2014 "
 def b64decode(s: str | bytes, what: str = "base64 value") -> bytes:
     """Strict base64 std decoding (padding required) -> MalformedError on any fault."""
     try:
-        return base64.b64decode(s, validate=True)
+        raw = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError) as e:
         raise MalformedError(f"{what} is not valid base64: {e}",
                              hint="use standard base64 with '=' padding") from None
+    if len(s) != len(base64.b64encode(raw)):  # CPython accepts "YWJj=" / "YWJj=="; Go does not
+        raise MalformedError(f"{what} is not valid base64: excess padding",
+                             hint="use standard base64 with '=' padding")
+    return raw
 
 
 def b64encode(b: bytes) -> str:
@@ -167,8 +171,8 @@ class Signer:
                                  "(contents not shown)",
                                  hint="expected PRIVATE+KEY+<name>+<8 hex>+<base64>")
         try:
-            raw = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
+            raw = b64decode(b64)
+        except MalformedError:
             raise MalformedError(f"private key for {name!r} is not valid base64 (contents not "
                                  "shown)") from None
         if len(raw) != 33:
@@ -405,7 +409,7 @@ def open_checkpoint(data: bytes | str, log_key: Verifier) -> SignedCheckpoint:
 # --- cosignatures (C2SP tlog-cosignature v1) ---------------------------------------
 
 def cosignature_message(checkpoint_text: str, timestamp: int) -> bytes:
-    return f"cosignature/v1\ntime {timestamp}\n{checkpoint_text}".encode("utf-8")
+    return f"cosignature/v1\ntime {timestamp}\n{checkpoint_text}".encode()
 
 
 def cosign(cp_text: str, witness: Signer, timestamp: int | None = None) -> NoteSignature:

@@ -76,11 +76,12 @@ def format_index(n: int) -> str:
     return "/".join(["x" + g for g in groups[:-1]] + [groups[-1]])
 
 
-_TILE_RE = re.compile(r"^((?:x\d{3}/)*)(\d{3})(?:\.p/(\d+))?$")
+_TILE_RE = re.compile(r"((?:x[0-9]{3}/)*)([0-9]{3})(?:\.p/([0-9]+))?", re.ASCII)
+_LEVEL_RE = re.compile(r"0|[1-9][0-9]{0,2}", re.ASCII)
 
 
 def _parse_index_width(rest: str, height: int, path: str) -> tuple[int, int]:
-    m = _TILE_RE.match(rest)
+    m = _TILE_RE.fullmatch(rest)
     if not m:
         raise MalformedError(f"malformed tile path {path!r}",
                              hint="expected N as 3-digit groups, e.g. x001/x234/067[.p/W]")
@@ -89,7 +90,7 @@ def _parse_index_width(rest: str, height: int, path: str) -> tuple[int, int]:
     width = 1 << height
     if m.group(3) is not None:
         w = m.group(3)
-        if w.startswith("0") or not 1 <= int(w) < width:
+        if w.startswith("0") or len(w) > 10 or not 1 <= int(w) < width:
             raise MalformedError(f"malformed partial tile width in {path!r}",
                                  hint=f"a partial width is 1..{width - 1} without leading zeros")
         width = int(w)
@@ -104,36 +105,44 @@ def parse_path(path: str) -> Tile:
     lv = parts[1]
     if lv == "entries":
         level = ENTRIES_LEVEL
-    elif lv.isdigit() and (lv == "0" or not lv.startswith("0")) and int(lv) <= 63:
+    elif _LEVEL_RE.fullmatch(lv) and int(lv) <= 63:
         level = int(lv)
     else:
         raise MalformedError(f"malformed tile level in {path!r}",
                              hint="the level is a decimal number 0..63 or 'entries'")
     n, width = _parse_index_width(parts[2], TILE_HEIGHT, path)
-    return Tile(level, n, width)
+    tile = Tile(level, n, width)
+    if tile.path() != path:
+        raise MalformedError(f"non-canonical tile path {path!r}; the canonical form is "
+                             f"{tile.path()!r}", hint="no leading x000 groups or zero padding")
+    return tile
 
 
 def parse_go_path(path: str) -> Tile:
     """Parse Go sumdb's ``tile/H/L/N[.p/W]`` / ``tile/H/data/N[.p/W]``."""
     parts = path.split("/", 3)
-    if len(parts) != 4 or parts[0] != "tile" or not parts[1].isdigit():
+    if len(parts) != 4 or parts[0] != "tile" or not _LEVEL_RE.fullmatch(parts[1]):
         raise MalformedError(f"malformed Go tile path {path!r}", hint="expected tile/H/L/N[.p/W]")
     height = int(parts[1])
     if not 1 <= height <= 30:
         raise MalformedError(f"tile height out of range in {path!r}")
     if parts[2] == "data":
         level = ENTRIES_LEVEL
-    elif parts[2].isdigit() and (parts[2] == "0" or not parts[2].startswith("0")):
+    elif _LEVEL_RE.fullmatch(parts[2]):
         level = int(parts[2])
     else:
         raise MalformedError(f"malformed tile level in {path!r}")
     n, width = _parse_index_width(parts[3], height, path)
-    return Tile(level, n, width, height)
+    tile = Tile(level, n, width, height)
+    if tile.go_path() != path:
+        raise MalformedError(f"non-canonical Go tile path {path!r} (canonical: "
+                             f"{tile.go_path()!r})")
+    return tile
 
 
 def tiles_for_size(size: int, height: int = TILE_HEIGHT) -> list[Tile]:
     """Every hash tile (full and the partial right edge) of a tree of ``size`` records."""
-    out = []
+    out: list[Tile] = []
     level = 0
     count = size  # hashes at tree level level*height
     while count > 0:
@@ -178,13 +187,28 @@ class TileHashReader:
 
     It does not authenticate tiles by itself: callers check what they compute from it
     (a tree hash against a signed checkpoint, a proof against a verified root).
-    Tiles are fetched at the smallest width that holds each hash; ``fetch`` may return a
-    longer tile, which is truncated.
+    With ``size``, tiles are fetched at the width they have in the tree of that size (full
+    tiles, or the one partial tile per level that a tlog-tiles log or static mirror
+    publishes for that size), as Go's reader does; without it, at the smallest width
+    that holds each hash. ``fetch`` may return a longer tile, which is truncated. Tiles
+    already fetched are reused for the lifetime of the reader.
     """
 
-    def __init__(self, fetch: Callable[[Tile], bytes], height: int = TILE_HEIGHT) -> None:
+    def __init__(self, fetch: Callable[[Tile], bytes], size: int | None = None, *,
+                 height: int = TILE_HEIGHT) -> None:
         self._fetch = fetch
+        self.size = size
         self.height = height
+        self._tiles: dict[tuple[int, int], bytes] = {}
+
+    def _width(self, level: int, n: int, at_least: int) -> int:
+        if self.size is None:
+            return at_least
+        count = self.size >> (self.height * level)  # hashes at this tile level
+        w = min(1 << self.height, count - (n << self.height))
+        if w < at_least:
+            raise MalformedError(f"hash requested beyond the tree of size {self.size}")
+        return w
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
         wants = [tile_for_stored_hash(i, self.height) for i in indexes]
@@ -192,8 +216,11 @@ class TileHashReader:
         for t, _, _ in wants:
             key = (t.level, t.n)
             need[key] = max(need.get(key, 0), t.width)
-        data = {}
+        data = self._tiles
         for (lv, n), w in need.items():
+            if len(data.get((lv, n), b"")) >= w * HASH_SIZE:
+                continue
+            w = self._width(lv, n, w)
             raw = self._fetch(Tile(lv, n, w, self.height))
             if len(raw) < w * HASH_SIZE:
                 raise MalformedError(f"tile {Tile(lv, n, w, self.height).path()} has "
@@ -216,7 +243,7 @@ def encode_bundle(entries: Iterable[bytes]) -> bytes:
 
 def decode_bundle(data: bytes, expect: int | None = None) -> list[bytes]:
     """Parse an entry bundle; with ``expect``, require exactly that many entries."""
-    entries = []
+    entries: list[bytes] = []
     i = 0
     while i < len(data):
         if i + 2 > len(data):

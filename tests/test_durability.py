@@ -24,7 +24,8 @@ b = log.size
 while True:
     r = log.append([b"batch %d entry %d" % (b, i) for i in range(1 + b % 37)])
     # acknowledged: the append returned, so the batch must survive any crash from now on
-    sys.stdout.write("%d %d %s\n" % (r.first_index, r.checkpoint.size, r.checkpoint.to_bytes().hex()))
+    cp = r.checkpoint.to_bytes().hex()
+    sys.stdout.write("%d %d %s\n" % (r.first_index, r.checkpoint.size, cp))
     sys.stdout.flush()
     b = r.checkpoint.size
 """

@@ -1,0 +1,307 @@
+"""A client for a potd log (or any C2SP tlog-tiles log) that never trusts the server.
+
+* Every checkpoint is opened against the pinned log key and checked to be consistent
+  with the last checkpoint this client verified for that origin (kept in memory and, with
+  ``state_dir``, on disk — written only after verification). A smaller size, or another
+  root at the same size, raises :class:`~ledger.errors.ConsistencyError` holding both
+  checkpoints and the proof.
+* Every proof received is verified; proofs can also be computed locally from tiles
+  (``proofs="tiles"``), so the client works against a static tile mirror.
+* Submissions retry with exponential backoff (with jitter) on connection errors, 429 and
+  503, honouring ``Retry-After``; any other rejection raises :class:`LogRejected` with the
+  server's error code and detail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import MalformedError, PotdError, PushbackError, VerificationError
+from .merkle import check_hash, check_record, check_tree, leaf_hash, prove_record, prove_tree
+from .note import SignedCheckpoint, Verifier, b64decode, b64encode, open_checkpoint
+from .tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, TileHashReader, decode_bundle
+
+
+class LogRejected(PotdError):
+    """The log refused a request (4xx other than 429). ``status``/``code``/``detail``."""
+
+    code = "rejected"
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"log rejected the request: HTTP {status} {code}: {detail}",
+                         hint=_REJECT_HINTS.get(status, "fix the request; retrying won't help"))
+        self.status, self.code, self.detail = status, code, detail
+
+
+_REJECT_HINTS = {
+    401: "the statement's signature does not verify: check the trainer key",
+    403: "the signer is not allowed on this log; ask the operator to `potd ledger allow` it",
+    409: "sequence conflict: another statement holds this place (already submitted?)",
+    413: "the entry is too large (max 65535 bytes)",
+}
+
+
+class LogUnavailable(PushbackError):
+    """The log could not be reached or kept pushing back past the retry budget."""
+
+    code = "unavailable"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof that a statement is in the log: verified by the client before it is returned."""
+
+    index: int
+    leaf_hash: bytes
+    checkpoint: SignedCheckpoint
+    proof: tuple[bytes, ...]
+    beacon_checkpoint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "leaf_hash": b64encode(self.leaf_hash),
+                             "checkpoint": str(self.checkpoint),
+                             "inclusion_proof": [b64encode(h) for h in self.proof]}
+        if self.beacon_checkpoint is not None:
+            d["beacon_checkpoint"] = self.beacon_checkpoint
+        return d
+
+
+def _state_name(origin: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in origin)
+    return f"{safe[:80]}-{hashlib.sha256(origin.encode()).hexdigest()[:12]}.checkpoint"
+
+
+class LogClient:
+    def __init__(self, url: str, log_key: Verifier | str, *, state_dir: str | None = None,
+                 proofs: str = "server", timeout: float = 30.0, retries: int = 8,
+                 backoff: float = 0.2, max_backoff: float = 10.0) -> None:
+        if proofs not in ("server", "tiles"):
+            raise MalformedError("proofs must be 'server' or 'tiles'")
+        self.url = url.rstrip("/")
+        self.log_key = Verifier.parse(log_key) if isinstance(log_key, str) else log_key
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.proofs = proofs
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self._http = httpx.Client(timeout=timeout)
+        self._lock = threading.Lock()
+        self._latest: SignedCheckpoint | None = self._load_state()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LogClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        return self.log_key.name
+
+    @property
+    def latest(self) -> SignedCheckpoint | None:
+        """The newest checkpoint this client has verified."""
+        return self._latest
+
+    def _state_path(self) -> Path | None:
+        return self.state_dir / _state_name(self.origin) if self.state_dir else None
+
+    def _load_state(self) -> SignedCheckpoint | None:
+        p = self._state_path()
+        if p is None or not p.exists():
+            return None
+        return open_checkpoint(p.read_bytes(), self.log_key)
+
+    def _save_state(self, cp: SignedCheckpoint) -> None:
+        p = self._state_path()
+        if p is None:
+            return
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_bytes(cp.to_bytes())
+        os.replace(tmp, p)
+
+    def _advance(self, cp: SignedCheckpoint) -> None:
+        """Accept ``cp`` only if it is consistent with the last verified checkpoint."""
+        with self._lock:
+            old = self._latest
+            if old is not None:
+                if cp.size < old.size:
+                    proof = self._consistency_hashes(cp.size, old.size, cp) if cp.size else []
+                    # a smaller tree is fine only if it is a prefix of what we saw
+                    check_tree(proof, old.size, old.root, cp.size, cp.root)
+                    return
+                proof = self._consistency_hashes(old.size, cp.size, cp) if old.size else []
+                try:
+                    check_tree(proof, cp.size, cp.root, old.size, old.root)
+                except VerificationError as e:
+                    e.evidence.update(old_checkpoint=str(old), new_checkpoint=str(cp))
+                    raise
+                if cp.size == old.size:
+                    return
+            self._latest = cp
+            self._save_state(cp)
+
+    # -- HTTP -----------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        delay = self.backoff
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._http.request(method, self.url + path, **kw)
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+                r = None
+            if r is not None:
+                if r.status_code < 400:
+                    return r
+                if r.status_code not in (429, 503):
+                    code, detail = "http_error", r.text[:500]
+                    try:
+                        body = r.json()
+                        code, detail = str(body.get("error", code)), str(body.get("detail", ""))
+                    except (json.JSONDecodeError, AttributeError):
+                        pass
+                    raise LogRejected(r.status_code, code, detail)
+                last = f"HTTP {r.status_code}"
+                ra = r.headers.get("Retry-After", "")
+                if ra.replace(".", "", 1).isdigit():
+                    delay = max(delay, float(ra))
+            if attempt == self.retries:
+                break
+            time.sleep(min(self.max_backoff, delay) * (0.5 + random.random()))
+            delay = min(self.max_backoff, delay * 2)
+        raise LogUnavailable(f"log {self.url} unavailable after {self.retries + 1} tries ({last})",
+                             hint="check that the log server is running; submissions spooled "
+                                  "locally are kept")
+
+    def _json(self, path: str, **params: Any) -> dict[str, Any]:
+        r = self._request("GET", path, params=params)
+        try:
+            d = r.json()
+        except json.JSONDecodeError:
+            raise MalformedError(f"{path}: the log answered with invalid JSON") from None
+        if not isinstance(d, dict):
+            raise MalformedError(f"{path}: expected a JSON object")
+        return d
+
+    # -- reads ----------------------------------------------------------------
+
+    def checkpoint(self) -> SignedCheckpoint:
+        """Fetch, verify and record the log's latest checkpoint."""
+        r = self._request("GET", "/checkpoint")
+        cp = open_checkpoint(r.content, self.log_key)
+        self._advance(cp)
+        return cp
+
+    def tile(self, tile: Tile) -> bytes:
+        data = self._request("GET", "/" + tile.path()).content
+        if tile.level != ENTRIES_LEVEL and len(data) != 32 * tile.width:
+            raise MalformedError(f"{tile.path()}: {len(data)} bytes, expected {32 * tile.width}")
+        return data
+
+    def entries(self, start: int, end: int, cp: SignedCheckpoint | None = None) -> list[bytes]:
+        """Entries ``[start, end)`` from entry bundles, each checked by inclusion in ``cp``."""
+        cp = cp or self.checkpoint()
+        if not 0 <= start <= end <= cp.size:
+            raise MalformedError(f"entries [{start}, {end}) are outside size {cp.size}")
+        out: list[bytes] = []
+        n = start // TILE_WIDTH
+        while start + len(out) < end:
+            width = min(TILE_WIDTH, cp.size - n * TILE_WIDTH)
+            bundle = decode_bundle(self.tile(Tile(ENTRIES_LEVEL, n, width)), expect=width)
+            lo = max(start, n * TILE_WIDTH) - n * TILE_WIDTH
+            hi = min(end, (n + 1) * TILE_WIDTH) - n * TILE_WIDTH
+            out.extend(bundle[lo:hi])
+            n += 1
+        reader = TileHashReader(self.tile, cp.size)
+        for i, e in enumerate(out):
+            check_record(prove_record(cp.size, start + i, reader), cp.size, cp.root, start + i,
+                         leaf_hash(e))
+        return out
+
+    def _hashes(self, d: dict[str, Any], key: str = "hashes") -> list[bytes]:
+        hs = d.get(key)
+        if not isinstance(hs, list):
+            raise MalformedError(f"log reply lacks a list {key!r}")
+        return [check_hash(b64decode(h, "proof hash") if isinstance(h, str) else b"", "proof hash")
+                for h in hs]
+
+    def _consistency_hashes(self, m: int, n: int, cp: SignedCheckpoint) -> list[bytes]:
+        if m == n:
+            return []
+        if self.proofs == "tiles":
+            return prove_tree(n, m, TileHashReader(self.tile, n))
+        return self._hashes(self._json("/proof/consistency", **{"from": m, "to": n}))
+
+    def inclusion_proof(self, index: int, leaf: bytes, cp: SignedCheckpoint) -> list[bytes]:
+        """A verified inclusion proof of ``leaf`` at ``index`` in checkpoint ``cp``."""
+        if self.proofs == "tiles":
+            proof = prove_record(cp.size, index, TileHashReader(self.tile, cp.size))
+        else:
+            proof = self._hashes(self._json("/proof/inclusion", index=index, size=cp.size))
+        check_record(proof, cp.size, cp.root, index, leaf)
+        return proof
+
+    def consistency_proof(self, old: SignedCheckpoint, new: SignedCheckpoint) -> list[bytes]:
+        """A verified consistency proof between two checkpoints."""
+        proof = self._consistency_hashes(old.size, new.size, new) if old.size else []
+        check_tree(proof, new.size, new.root, old.size, old.root)
+        return proof
+
+    def run_indexes(self, run: str) -> list[int]:
+        d = self._json(f"/runs/{run}")
+        idx = d.get("indexes")
+        if not isinstance(idx, list) or not all(isinstance(i, int) for i in idx):
+            raise MalformedError("log reply /runs lacks a list of integer indexes")
+        return idx
+
+    # -- writes ---------------------------------------------------------------
+
+    def _receipt(self, d: Any, entry: bytes) -> Receipt:
+        if not isinstance(d, dict) or not isinstance(d.get("index"), int):
+            raise MalformedError("log reply lacks an integer 'index'")
+        cp_text = d.get("checkpoint")
+        if not isinstance(cp_text, str):
+            raise MalformedError("log reply lacks a 'checkpoint'")
+        cp = open_checkpoint(cp_text, self.log_key)
+        lh = leaf_hash(entry)
+        if b64decode(str(d.get("leaf_hash", "")), "leaf_hash") != lh:
+            raise VerificationError("the log's leaf hash is not the hash of what we sent")
+        proof = self._hashes(d, "inclusion_proof")
+        check_record(proof, cp.size, cp.root, d["index"], lh)
+        self._advance(cp)
+        beacon = d.get("beacon_checkpoint")
+        return Receipt(d["index"], lh, cp, tuple(proof),
+                       beacon if isinstance(beacon, str) else None)
+
+    def add(self, statement: bytes) -> Receipt:
+        """Submit one statement; return a verified receipt (inclusion proven)."""
+        r = self._request("POST", "/add", content=statement,
+                          headers={"Content-Type": "application/json"})
+        return self._receipt(r.json(), statement)
+
+    def add_batch(self, statements: Sequence[bytes]) -> list[Receipt]:
+        """Submit statements all-or-nothing; return verified receipts in order."""
+        body = b"[" + b",".join(statements) + b"]"
+        r = self._request("POST", "/add-batch", content=body,
+                          headers={"Content-Type": "application/json"})
+        replies = r.json()
+        if not isinstance(replies, list) or len(replies) != len(statements):
+            raise MalformedError("add-batch reply is not one object per statement")
+        return [self._receipt(d, s) for d, s in zip(replies, statements)]

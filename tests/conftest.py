@@ -1,0 +1,34 @@
+"""Shared test helpers: where the public test vectors live, and how to skip without them.
+
+The vectors in ``../shared/vectors/`` (next to the repository, not inside it) are read in
+place and never copied into the project. When that folder is absent, every test that asks
+for them is skipped with :data:`VECTORS_SKIP_REASON`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VECTORS_DIR = REPO_ROOT.parent / "shared" / "vectors"
+VECTORS_SKIP_REASON = (
+    "../shared/vectors not present: public test vectors are not shipped with the repo"
+)
+
+
+def vectors_dir() -> Path:
+    """The public vectors folder, ``<repo>/../shared/vectors``; skips the caller if absent.
+
+    Works inside a test or fixture (the test is skipped) and at collection time (raises
+    ``pytest.skip.Exception``, which a collector can turn into a skipped parameter).
+    """
+    if not VECTORS_DIR.is_dir():
+        pytest.skip(VECTORS_SKIP_REASON)
+    return VECTORS_DIR
+
+
+@pytest.fixture(name="vectors_dir")
+def _vectors_dir_fixture() -> Path:
+    return vectors_dir()
