@@ -1,11 +1,181 @@
-"""``potd auditor``: the third party's commands (audit, verify-log, runs)."""
+"""``potd auditor``: the third party's commands (audit, verify-log, runs).
+
+Exit codes of ``audit``: 0 pass, 1 fail, 3 inconclusive, 2 usage.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import click
 
+from ledger.cli import PotdGroup, read_verifier
 
-@click.group()
+DEFAULT_STATE = str(Path.home() / ".potd" / "auditor")
+
+
+@click.group(cls=PotdGroup)
 def auditor() -> None:
-    """Verify a log and a training run, replay steps, report (not built yet: see the
-    auditor issue)."""
+    """Verify a log and a training run as an independent third party."""
+
+
+def _client(log: str, vkey: str, state: str | None) -> Any:
+    from ledger.client import LogClient
+
+    return LogClient(log, read_verifier(vkey), state_dir=state, proofs="tiles")
+
+
+class _Bars:
+    """One click progress bar per phase, on stderr (quiet when not a terminal)."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+        self.done: dict[str, int] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what not in self.bars:
+            label = {"entries": "fetching log entries", "replay": "replaying segments",
+                     "tiles": "checking tiles"}.get(what, what)
+            self.bars[what] = click.progressbar(length=total, label=label, file=sys.stderr,
+                                                show_pos=True)
+            self.bars[what].__enter__()
+            self.done[what] = 0
+        step = done if what == "entries" else done - self.done[what]
+        self.done[what] = done if what != "entries" else self.done[what] + done
+        self.bars[what].update(step)
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.__exit__(None, None, None)
+
+
+@auditor.command()
+@click.option("--log", "log_url", required=True, help="Log URL (or a static tile mirror).")
+@click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@click.option("--run", "run_id", required=True, help="Run id (hex) to audit.")
+@click.option("--evidence", required=True, help="Evidence directory or http(s) URL.")
+@click.option("--recipe", help="Recipe to replay with (default: the one the run names).")
+@click.option("--samples", "-r", default=4, show_default=True,
+              help="Segments (checkpoint to checkpoint) to replay.")
+@click.option("--public-challenge", is_flag=True,
+              help="Derive the sample from the log's checkpoint root (re-derivable by anyone) "
+                   "instead of auditor randomness.")
+@click.option("--workers", default=1, show_default=True, help="Replay in N processes.")
+@click.option("--memorization-segments", default=8, show_default=True,
+              help="Segments for the memorization test.")
+@click.option("--tolerance", type=float,
+              help="Compare replays by distance under this tolerance instead of exact hashes.")
+@click.option("--max-abandoned", default=0, show_default=True,
+              help="Earlier never-closed runs by the same signer to tolerate (seed grinding "
+                   "evidence) before failing.")
+@click.option("--state", default=DEFAULT_STATE, show_default=True,
+              help="Directory keeping the last verified checkpoint per log.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write an HTML "
+              "report with plots.")
+@click.option("--quiet", "-q", is_flag=True, help="No terminal summary.")
+def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
+          samples: int, public_challenge: bool, workers: int, memorization_segments: int,
+          tolerance: float | None, max_abandoned: int, state: str, json_out: str | None, html_out: str | None,
+          quiet: bool) -> None:
+    """Audit a training run: log, statements, seed, data order, replay, memorization.
+
+    Exit status 0 = pass, 1 = fail, 3 = inconclusive.
+    """
+    from .audit import Audit, AuditOptions
+
+    bars = _Bars()
+    opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, samples=samples,
+                        public_challenge=public_challenge, workers=workers,
+                        memorization_segments=memorization_segments, tolerance=tolerance,
+                        max_abandoned=max_abandoned)
+    with _client(log_url, vkey, state) as client:
+        report = Audit(client, opts, progress=bars).run()
+    bars.close()
+    _emit(report, json_out, html_out, quiet)
+    sys.exit({"pass": 0, "fail": 1, "inconclusive": 3}[report["verdict"]])
+
+
+def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
+          quiet: bool) -> None:
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if html_out:
+        from .render import write_html
+
+        write_html(report, html_out)
+    if not quiet:
+        from .render import render_terminal
+
+        render_terminal(report)
+        if html_out:
+            click.echo(f"HTML report: {Path(html_out).resolve()}")
+
+
+@auditor.command("verify-log")
+@click.option("--log", "log_url", required=True, help="Log URL (or a static tile mirror).")
+@click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@click.option("--state", default=DEFAULT_STATE, show_default=True,
+              help="Directory keeping the last verified checkpoint per log.")
+@click.option("--workers", default=8, show_default=True, help="Parallel HTTP fetches.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_log(log_url: str, vkey: str, state: str, workers: int, as_json: bool) -> None:
+    """Recompute the whole log from its entry bundles and tiles up to the checkpoint.
+
+    Checks the checkpoint signature, its consistency with the last checkpoint stored for
+    this log, that every entry rehashes to the signed root, and that every hash tile the
+    log serves equals the tile recomputed from the entries.
+    """
+    from .logview import fetch_entries, verify_tiles
+
+    t0 = time.perf_counter()
+    bars = _Bars()
+    with _client(log_url, vkey, state) as client:
+        prior = client.latest
+        cp = client.checkpoint()
+        snap = fetch_entries(client, cp, workers=workers,
+                             progress=lambda n: bars("entries", n, cp.size))
+        tiles = verify_tiles(client, snap, workers=workers,
+                             progress=lambda n: bars("tiles", n, len(snap.leaf_hashes)))
+    bars.close()
+    dt = time.perf_counter() - t0
+    res = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "tiles": tiles,
+           "previous_size": prior.size if prior else None, "seconds": round(dt, 3),
+           "entries_per_second": round(cp.size / dt) if dt > 0 else None, "ok": True}
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+    else:
+        click.echo(f"OK: {cp.origin} size {cp.size}: {cp.size} entries and {tiles} tiles "
+                   f"recomputed to the signed root in {dt:.2f}s"
+                   + (f"; consistent with the stored size {prior.size}" if prior else ""))
+
+
+@auditor.command()
+@click.option("--log", "log_url", required=True, help="Log URL (or a static tile mirror).")
+@click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@click.option("--state", default=DEFAULT_STATE, show_default=True,
+              help="Directory keeping the last verified checkpoint per log.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def runs(log_url: str, vkey: str, state: str, as_json: bool) -> None:
+    """List the training runs in a log with their signer, recipe, steps and status."""
+    from .logview import fetch_entries
+    from .runs import group_runs
+
+    with _client(log_url, vkey, state) as client:
+        cp = client.checkpoint()
+        snap = fetch_entries(client, cp)
+    found, foreign = group_runs(snap)
+    rows = [v.summary() for v in found.values()]
+    if as_json:
+        click.echo(json.dumps({"size": cp.size, "runs": rows, "foreign_entries": len(foreign)},
+                              indent=2))
+        return
+    click.echo(f"{cp.origin} at size {cp.size}: {len(rows)} runs"
+               + (f", {len(foreign)} entries that are not statements" if foreign else ""))
+    for r in rows:
+        click.echo(f"  {r['run'][:16]}…  {r['status']:7s} {str(r['recipe']):12s} "
+                   f"{r['steps']:5d} steps  signer {r['signer']}")

@@ -348,6 +348,89 @@ def export(db: str, out: str) -> None:
     click.echo(f"exported {log.size} entries of {log.origin} to {out}")
 
 
+@ledger.command()
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The log's SQLite file (from `potd ledger init`).")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The log's private key file.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True,
+              help="Port to listen on (0: any free port, printed at startup).")
+@click.option("--flush-ms", default=50.0, show_default=True,
+              help="Longest time a flush waits for requests still arriving to join it.")
+@click.option("--max-batch", default=10_000, show_default=True,
+              help="Most statements per flush (one transaction) and per add-batch request.")
+@click.option("--max-pending", default=50_000, show_default=True,
+              help="Statements allowed to wait; past it writes get 503 with Retry-After.")
+@click.option("--max-request-bytes", default=16 << 20, show_default=True,
+              help="Largest request body accepted (add-batch); larger gets 413.")
+@click.option("--open-registration", is_flag=True,
+              help="Accept statements from any signer, not only allow-listed ones.")
+@click.option("--timestamps", is_flag=True,
+              help="Add a 'timestamp <unix ms>' extension line to each checkpoint.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              help="uvicorn's log level.")
+def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
+          max_pending: int, max_request_bytes: int, open_registration: bool, timestamps: bool,
+          log_level: str) -> None:
+    """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
+
+    Writes are signed statements (POST /add, /add-batch) from allow-listed signers
+    (`potd ledger allow`) or, with --open-registration, from anyone. Each write is
+    answered only once it is durably stored and covered by a signed checkpoint. Stops
+    cleanly on Ctrl-C / SIGTERM, flushing pending writes first.
+    """
+    from .server import serve as run_server
+
+    def ready(h: str, p: int) -> None:
+        click.echo(f"potd ledger serve: listening on http://{h}:{p}", err=True)
+
+    signer = read_signer(key)
+    run_server(db, signer, host=host, port=port, timestamps=timestamps, log_level=log_level,
+               on_ready=ready, open_registration=open_registration, flush_ms=flush_ms,
+               max_batch=max_batch, max_pending=max_pending,
+               max_request_bytes=max_request_bytes)
+
+
+def _signer_list(db: str, vkey: str, allowed: bool) -> None:
+    from .store import SQLiteStore
+
+    v = read_verifier(vkey)
+    if v.alg != 0x01:
+        raise UsageError(f"{v} is not an Ed25519 (0x01) note key; trainers sign with those")
+    store = SQLiteStore(db)
+    try:
+        store.ensure_indexes()
+        changed = store.set_signer_allowed(str(v), allowed)
+    finally:
+        store.close()
+    state = "allowed" if allowed else "not allowed"
+    click.echo(f"{v}: {state}{'' if changed else ' (unchanged)'}")
+
+
+@ledger.command()
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("vkey")
+def allow(db: str, vkey: str) -> None:
+    """Allow the trainer key VKEY (verifier key string or file) to write statements.
+
+    Takes effect at once, also for a running server.
+    """
+    _signer_list(db, vkey, True)
+
+
+@ledger.command()
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("vkey")
+def deny(db: str, vkey: str) -> None:
+    """Remove the trainer key VKEY from the allow-list: its new statements get 403.
+
+    Statements already in the log stay (the log is append-only).
+    """
+    _signer_list(db, vkey, False)
+
+
 def _add_role_groups() -> None:
     """Attach the other roles' groups, each defined in its own package."""
     from auditor.cli import auditor

@@ -27,7 +27,13 @@ from typing import Any
 
 import httpx
 
-from .errors import MalformedError, PotdError, PushbackError, VerificationError
+from .errors import (
+    ConsistencyError,
+    MalformedError,
+    PotdError,
+    PushbackError,
+    VerificationError,
+)
 from .merkle import check_hash, check_record, check_tree, leaf_hash, prove_record, prove_tree
 from .note import SignedCheckpoint, Verifier, b64decode, b64encode, open_checkpoint
 from .tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, TileHashReader, decode_bundle
@@ -136,20 +142,30 @@ class LogClient:
         os.replace(tmp, p)
 
     def _advance(self, cp: SignedCheckpoint) -> None:
-        """Accept ``cp`` only if it is consistent with the last verified checkpoint."""
+        """Accept ``cp`` only if it is consistent with the last verified checkpoint.
+
+        A log never legitimately shows a smaller tree than it has shown before, so a
+        smaller size is a rollback; a log that cannot prove consistency from the size we
+        saw (the proof fails, or it cannot produce one) has forked.
+        """
         with self._lock:
             old = self._latest
             if old is not None:
+                ev = {"old_checkpoint": str(old), "new_checkpoint": str(cp)}
                 if cp.size < old.size:
-                    proof = self._consistency_hashes(cp.size, old.size, cp) if cp.size else []
-                    # a smaller tree is fine only if it is a prefix of what we saw
-                    check_tree(proof, old.size, old.root, cp.size, cp.root)
-                    return
-                proof = self._consistency_hashes(old.size, cp.size, cp) if old.size else []
+                    raise ConsistencyError(
+                        f"rollback: the log now shows size {cp.size}, after it showed "
+                        f"size {old.size}", **ev)
+                try:
+                    proof = self._consistency_hashes(old.size, cp.size, cp) if old.size else []
+                except (LogRejected, MalformedError) as e:
+                    raise ConsistencyError(
+                        f"the log cannot prove that size {cp.size} extends the size {old.size} "
+                        f"it showed before ({e.message})", **ev) from None
                 try:
                     check_tree(proof, cp.size, cp.root, old.size, old.root)
                 except VerificationError as e:
-                    e.evidence.update(old_checkpoint=str(old), new_checkpoint=str(cp))
+                    e.evidence.update(ev)
                     raise
                 if cp.size == old.size:
                     return

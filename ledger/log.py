@@ -14,6 +14,7 @@ has exactly one checkpoint without extensions (Ed25519 is deterministic), which
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import threading
 import time
@@ -23,10 +24,14 @@ from dataclasses import dataclass
 from .errors import MalformedError, StorageError, UsageError
 from .merkle import (
     CompactRange,
+    HashReader,
+    check_hash,
     check_tree,
+    node_hash,
     prove_record,
     prove_tree,
     split_stored_hash_index,
+    stored_hash_index,
     tree_hash,
 )
 from .note import (
@@ -69,7 +74,7 @@ class _Overlay:
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
         got = [self._pending(i) for i in indexes]
-        missing = [i for i, h in zip(indexes, got) if h is None]
+        missing = [i for i, h in zip(indexes, got, strict=True) if h is None]
         old = iter(self.store.read_hashes(missing))
         return [h if h is not None else next(old) for h in got]
 
@@ -139,8 +144,12 @@ class Log:
 
     # -- writing --------------------------------------------------------------
 
-    def append(self, entries: Sequence[bytes]) -> Appended:
-        """Sequence, integrate, sign and durably store ``entries`` as one batch."""
+    def append(self, entries: Sequence[bytes], *,
+               run_rows: Sequence[tuple[str, int, int]] = ()) -> Appended:
+        """Sequence, integrate, sign and durably store ``entries`` as one batch.
+
+        ``run_rows`` (``(run, seq, index)``, from the log server) are stored in the same
+        transaction as the entries; each index must fall inside this batch."""
         for i, e in enumerate(entries):
             if not isinstance(e, (bytes, bytearray)):
                 raise MalformedError(f"entry #{i} is {type(e).__name__}, not bytes")
@@ -156,12 +165,20 @@ class Log:
             levels = rng.extend(leaves)
             if not entries:
                 return Appended(old.size, (), old)
+            for row in run_rows:
+                if not old.size <= row[2] < rng.size:
+                    raise UsageError(f"run row {row} points outside the batch "
+                                     f"[{old.size}, {rng.size})")
             new = self._sign(rng.size, rng.root())
             if old.size:
                 proof = prove_tree(new.size, old.size, _Overlay(self.store, old.size, levels))
                 check_tree(proof, new.size, new.root, old.size, old.root)
-            self.store.append(old.size, [bytes(e) for e in entries], levels,
-                              (new.size, str(new), _now_ms()))
+            cp_row = (new.size, str(new), _now_ms())
+            if run_rows:
+                self.store.append(old.size, [bytes(e) for e in entries], levels, cp_row,
+                                  run_rows=run_rows)
+            else:
+                self.store.append(old.size, [bytes(e) for e in entries], levels, cp_row)
             self._range = rng
             self._checkpoint = new
             return Appended(old.size, tuple(leaves), new)
@@ -199,6 +216,16 @@ class Log:
         self._check_size(size)
         return prove_record(size, index, self.store)
 
+    def inclusion_proofs(self, indexes: Sequence[int], size: int | None = None
+                         ) -> list[list[bytes]]:
+        """Inclusion proofs of several records at one tree size, sharing the work.
+
+        Equal to ``[self.inclusion_proof(i, size) for i in indexes]``; the log server uses
+        it to answer a whole flush (all at the new checkpoint's size) at once."""
+        size = self._checkpoint.size if size is None else size
+        self._check_size(size)
+        return prove_records(size, indexes, self.store)
+
     def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
         size2 = self._checkpoint.size if size2 is None else size2
         self._check_size(size2)
@@ -230,3 +257,79 @@ class Log:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def prove_records(t: int, indexes: Sequence[int], reader: HashReader) -> list[list[bytes]]:
+    """Inclusion proofs (RFC 9162 audit paths, as :func:`~ledger.merkle.prove_record`) of
+    several records in the tree of size ``t``, reading every stored hash once.
+
+    Walks RFC 6962's recursive split once for all targets: a target in the left half
+    gets the right half's hash appended after its own path, and vice versa. Hashes of
+    complete, aligned subtrees are stored hashes; the others are computed and memoised.
+    """
+    for n in indexes:
+        if not 0 <= n < t:
+            raise UsageError(f"cannot prove inclusion of index {n} in a tree of size {t}",
+                             hint="the index must be below the tree size")
+    targets = sorted(set(indexes))
+    if not targets:
+        return []
+    stored: dict[tuple[int, int], tuple[int, int]] = {}  # complete (lo, hi) -> (level, n)
+
+    def need(lo: int, hi: int) -> None:
+        while lo < hi:  # the complete subtrees of [lo, hi), largest first
+            k = 1 << ((hi - lo).bit_length() - 1)
+            level = k.bit_length() - 1
+            stored[(lo, lo + k)] = (level, lo >> level)
+            lo += k
+
+    # Pass 1: which stored hashes the proofs need. targets[a:b] lie in [lo, hi).
+    splits: list[tuple[int, int, int, int, int, int]] = []  # (lo, mid, hi, a, m, b)
+    todo = [(0, t, 0, len(targets))]
+    while todo:
+        lo, hi, a, b = todo.pop()
+        if a == b:
+            need(lo, hi)
+            continue
+        if hi - lo == 1:
+            continue
+        mid = lo + (1 << ((hi - lo - 1).bit_length() - 1))
+        m = bisect.bisect_left(targets, mid, a, b)
+        if a < m < b:  # each side's hash is a sibling on the other side's paths
+            need(lo, mid)
+            need(mid, hi)
+        splits.append((lo, mid, hi, a, m, b))
+        todo.append((lo, mid, a, m))
+        todo.append((mid, hi, m, b))
+    keys = list(stored)
+    nodes = [stored[k] for k in keys]
+    read_nodes = getattr(reader, "read_nodes", None)
+    hashes = (read_nodes(nodes) if read_nodes is not None
+              else reader.read_hashes([stored_hash_index(lv, n) for lv, n in nodes]))
+    got = dict(zip(keys, hashes, strict=True))
+    for h in got.values():
+        check_hash(h, "stored hash")
+
+    def mth(lo: int, hi: int) -> bytes:
+        h = got.get((lo, hi))
+        if h is None:
+            k = 1 << ((hi - lo - 1).bit_length() - 1)
+            h = got[(lo, hi)] = node_hash(mth(lo, lo + k), mth(lo + k, hi))
+        return h
+
+    # Pass 2: splits were recorded top-down; appending bottom-up gives leaf-sibling-first.
+    proofs: list[list[bytes]] = [[] for _ in targets]
+    for lo, mid, hi, a, m, b in reversed(splits):
+        if a < m:
+            h = mth(mid, hi)
+            for j in range(a, m):
+                proofs[j].append(h)
+        if m < b:
+            h = mth(lo, mid)
+            for j in range(m, b):
+                proofs[j].append(h)
+    if len(indexes) == len(targets) and all(
+            a == b for a, b in zip(indexes, targets, strict=True)):
+        return proofs
+    pos = {n: j for j, n in enumerate(targets)}
+    return [list(proofs[pos[n]]) for n in indexes]

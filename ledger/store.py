@@ -11,15 +11,30 @@ Invariants: one append = one transaction (entries, hashes, checkpoint and size a
 together or not at all); only full blocks are cached in memory (they are immutable), so
 memory stays flat as the log grows; a writer checks, inside its write transaction, that
 the stored size is the one it expects, so two sequencers on one file cannot interleave.
+
+Server indexes (created by :meth:`SQLiteStore.ensure_indexes`, which the log server
+calls): ``leaves`` maps each leaf hash to its first index, ``run_entries`` maps
+``(run, seq)`` to the index of that statement, ``allowed_signers`` is the operator's
+allow-list. Once ``leaves`` exists, every append also indexes its leaves, and run rows
+are written in the append's own transaction, so the indexes never disagree with the tree.
+
+Concurrency: with ``read_connection=True`` reads from threads other than the one inside
+``append`` use a second connection (WAL readers never wait for the writer), so a server
+can answer proofs and tiles while a batch commits. Stored data only ever grows (a block
+row is replaced by a longer one with the same prefix), so any snapshot a reader sees
+holds at least the tree that was committed before the reader asked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import sqlite_utils
@@ -41,11 +56,13 @@ class Store(Protocol):
     def size(self) -> int: ...
 
     def append(self, old_size: int, entries: Sequence[bytes],
-               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int]) -> None:
+               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int],
+               run_rows: Sequence[tuple[str, int, int]] = ()) -> None:
         """Atomically add ``entries`` (indexes ``old_size..``), the new stored hashes
         (``level_hashes[l]`` = new level-``l`` hashes in order) and a signed checkpoint
-        ``(size, note, created_ms)``. Raises StorageError if the stored size is not
-        ``old_size``; on any error nothing is stored."""
+        ``(size, note, created_ms)``, and any run-index rows ``(run, seq, index)``.
+        Raises StorageError if the stored size is not ``old_size``; on any error nothing
+        is stored."""
         ...
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]: ...
@@ -65,11 +82,30 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class IndexedStore(Store, Protocol):
+    """A store with the log server's indexes: leaf hashes, runs and allowed signers."""
+
+    def ensure_indexes(self) -> None: ...
+
+    def leaf_index(self, leaf: bytes) -> int | None: ...
+
+    def run_indexes(self, run: str, start_seq: int = 0, limit: int = -1) -> list[int]: ...
+
+    def run_last(self, run: str) -> tuple[int, int] | None: ...
+
+    def run_index(self, run: str, seq: int) -> int | None: ...
+
+    def allowed_signers(self, vkeys: Iterable[str] | None = None) -> set[str]: ...
+
+    def set_signer_allowed(self, vkey: str, allowed: bool) -> bool: ...
+
+
 class SQLiteStore:
     """The embedded default backend: one SQLite file in WAL mode, via sqlite-utils."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: tuple[str, str] | None = None,
-                 cache_blocks: int = 4096, synchronous: str = "FULL") -> None:
+                 cache_blocks: int = 4096, synchronous: str = "FULL",
+                 read_connection: bool = False) -> None:
         self.path = os.fspath(path)
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if create is None and not exists:
@@ -100,6 +136,45 @@ class SQLiteStore:
         # The last (partial) block of each level, as this process last wrote or read it.
         self._tail: dict[tuple[int, int], bytes] = {}
         self._cache_max = cache_blocks
+        self._cache_lock = threading.Lock()
+        self._writer: int | None = None  # thread id inside append()
+        self._rconn: sqlite3.Connection | None = None
+        self._rlock = threading.Lock()
+        if read_connection:
+            try:
+                self._rconn = sqlite3.connect(self.path, isolation_level=None,
+                                              check_same_thread=False, timeout=30)
+                self._rconn.execute("PRAGMA query_only=1")
+            except sqlite3.DatabaseError as e:
+                raise StorageError(f"cannot open a reader on {self.path}: {e}") from None
+        self._indexing = self._has_table("leaves")
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                 (name,)).fetchone() is not None
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection (under its lock) that a read from this thread should use."""
+        if self._rconn is None or self._writer == threading.get_ident():
+            with self._lock:
+                yield self.conn
+        else:
+            with self._rlock:
+                yield self._rconn
+
+    def _cache_put(self, key: tuple[int, int], data: bytes) -> None:
+        with self._cache_lock:
+            self._cache[key] = data
+            if len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
+
+    def _cache_get(self, key: tuple[int, int]) -> bytes | None:
+        with self._cache_lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+            return data
 
     def _create(self, origin: str, vkey: str) -> None:
         db = self.db
@@ -128,22 +203,19 @@ class SQLiteStore:
         row = self.conn.execute("SELECT value FROM meta WHERE key='size'").fetchone()
         return int(row[0])
 
-    def _block(self, level: int, block: int) -> bytes:
+    def _block(self, level: int, block: int, conn: sqlite3.Connection | None = None) -> bytes:
         key = (level, block)
-        data = self._cache.get(key)
+        data = self._cache_get(key)
         if data is not None:
-            self._cache.move_to_end(key)
             return data
         data = self._tail.get(key)
         if data is not None:
             return data
-        row = self.conn.execute("SELECT data FROM hashes WHERE level=? AND block=?",
-                                key).fetchone()
+        row = (conn or self.conn).execute("SELECT data FROM hashes WHERE level=? AND block=?",
+                                          key).fetchone()
         data = row[0] if row else b""
         if len(data) == BLOCK * HASH_SIZE:
-            self._cache[key] = data
-            if len(self._cache) > self._cache_max:
-                self._cache.popitem(last=False)
+            self._cache_put(key, data)
         return data
 
     def _note_written(self, writes: list[tuple[int, int, bytes]]) -> None:
@@ -155,10 +227,13 @@ class SQLiteStore:
                 self._tail[(level, block)] = data
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
-        where = [split_stored_hash_index(i) for i in indexes]
-        with self._lock:
-            blocks: dict[tuple[int, int], bytes] = {}
-            missing = []
+        return self.read_nodes([split_stored_hash_index(i) for i in indexes])
+
+    def read_nodes(self, where: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Stored hashes by ``(level, n)``: node ``n`` of tree level ``level``."""
+        blocks: dict[tuple[int, int], bytes] = {}
+        missing = []
+        with self._cache_lock:
             for level, n in where:
                 key = (level, n // BLOCK)
                 if key in blocks:
@@ -169,75 +244,78 @@ class SQLiteStore:
                     blocks[key] = b""
                 else:
                     blocks[key] = data
-            if missing:
-                blocks.update(self._fetch_blocks(missing))
+        if missing:
+            with self._reading() as conn:
+                blocks.update(self._fetch_blocks(missing, conn))
         out = []
-        for i, (level, n) in zip(indexes, where):
+        for level, n in where:
             data = blocks[(level, n // BLOCK)]
             off = (n % BLOCK) * HASH_SIZE
             if off + HASH_SIZE > len(data):
-                raise UsageError(f"stored hash {i} (level {level}, #{n}) is not in the log yet")
+                raise UsageError(f"stored hash (level {level}, #{n}) is not in the log yet")
             out.append(data[off:off + HASH_SIZE])
         return out
 
-    def _fetch_blocks(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    def _fetch_blocks(self, keys: list[tuple[int, int]], conn: sqlite3.Connection
+                      ) -> dict[tuple[int, int], bytes]:
         """Read several blocks in one query; cache the full ones."""
         got: dict[tuple[int, int], bytes] = {}
         for k in range(0, len(keys), 400):
             chunk = keys[k:k + 400]
             q = ("SELECT level, block, data FROM hashes WHERE (level, block) IN (VALUES "
                  + ",".join(["(?,?)"] * len(chunk)) + ")")
-            for level, block, data in self.conn.execute(q, [x for key in chunk for x in key]):
+            for level, block, data in conn.execute(q, [x for key in chunk for x in key]):
                 got[(level, block)] = data
                 if len(data) == BLOCK * HASH_SIZE:
-                    self._cache[(level, block)] = data
-                    if len(self._cache) > self._cache_max:
-                        self._cache.popitem(last=False)
+                    self._cache_put((level, block), data)
         return got
 
     def level_hashes(self, level: int, start: int, end: int) -> bytes:
         """Concatenated level-``level`` hashes ``start..end-1`` (within one block)."""
         if not (0 <= start <= end and start // BLOCK == (end - 1) // BLOCK):
             raise UsageError("level_hashes reads within one block")
-        with self._lock:
-            data = self._block(level, start // BLOCK)
+        with self._reading() as conn:
+            data = self._block(level, start // BLOCK, conn)
         lo, hi = (start % BLOCK) * HASH_SIZE, ((end - 1) % BLOCK + 1) * HASH_SIZE
         if hi > len(data):
             raise UsageError(f"level {level} hashes up to {end} are not in the log yet")
         return data[lo:hi]
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
-        with self._lock:
-            rows = self.conn.execute("SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? "
-                                     "ORDER BY idx", (start, end)).fetchall()
+        with self._reading() as conn:
+            rows = conn.execute("SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? "
+                                "ORDER BY idx", (start, end)).fetchall()
         if len(rows) != max(0, end - start) or (rows and rows[0][0] != start):
             raise UsageError(f"entries {start}..{end} are not all in the log")
         return [r[1] for r in rows]
 
     def latest_checkpoint(self) -> str | None:
-        with self._lock:
-            row = self.conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
-                                    ).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
+                               ).fetchone()
         return row[0] if row else None
 
     def checkpoint_at(self, size: int) -> str | None:
-        with self._lock:
-            row = self.conn.execute("SELECT note FROM checkpoints WHERE size=?", (size,)
-                                    ).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT note FROM checkpoints WHERE size=?", (size,)).fetchone()
         return row[0] if row else None
 
     def checkpoints(self, since: int = 0, limit: int = 1000) -> list[tuple[int, str, int]]:
-        with self._lock:
-            return [(r[0], r[1], r[2]) for r in self.conn.execute(
+        with self._reading() as conn:
+            return [(r[0], r[1], r[2]) for r in conn.execute(
                 "SELECT size, note, created_ms FROM checkpoints WHERE size >= ? ORDER BY size "
                 "LIMIT ?", (since, limit)).fetchall()]
 
     # -- writes -----------------------------------------------------------------
 
     def append(self, old_size: int, entries: Sequence[bytes],
-               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int]) -> None:
+               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int],
+               run_rows: Sequence[tuple[str, int, int]] = ()) -> None:
+        """As :meth:`Store.append`; ``run_rows`` are ``(run, seq, index)`` rows for the
+        run index, written in the same transaction (needs :meth:`ensure_indexes`)."""
         conn = self.conn
         with self._lock:
+            self._writer = threading.get_ident()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -249,7 +327,8 @@ class SQLiteStore:
                             f"{old_size}: another process is writing to this log",
                             hint="run exactly one sequencer (potd ledger serve/append) per file")
                     conn.executemany("INSERT INTO entries (idx, data) VALUES (?, ?)",
-                                     zip(range(old_size, old_size + len(entries)), entries))
+                                     zip(range(old_size, old_size + len(entries)), entries,
+                                         strict=True))
                     writes = []
                     for level, new in enumerate(level_hashes):
                         if new:
@@ -260,13 +339,22 @@ class SQLiteStore:
                                  "VALUES (?, ?, ?)", checkpoint)
                     conn.execute("UPDATE meta SET value=? WHERE key='size'",
                                  (str(old_size + len(entries)),))
+                    if self._indexing:
+                        self._index_leaves(conn, old_size,
+                                           level_hashes[0] if level_hashes else [])
+                    if run_rows:
+                        conn.executemany("INSERT INTO run_entries (run, seq, idx) "
+                                         "VALUES (?, ?, ?)", run_rows)
                     conn.execute("COMMIT")
                     self._note_written(writes)
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
-                raise StorageError(f"append to {self.path} failed and was rolled back: {e}") from None
+                raise StorageError(f"append to {self.path} failed and was rolled back: {e}"
+                                   ) from None
+            finally:
+                self._writer = None
 
     def _merge_level(self, level: int, first: int, new: Sequence[bytes]
                      ) -> list[tuple[int, int, bytes]]:
@@ -279,7 +367,7 @@ class SQLiteStore:
             take = min(BLOCK - off, len(new) - pos)
             head = b""
             if off:
-                head = self._block(level, block)
+                head = self._block(level, block, self.conn)
                 if len(head) != off * HASH_SIZE:
                     raise StorageError(f"hash block ({level}, {block}) has {len(head)} bytes, "
                                        f"expected {off * HASH_SIZE}: the database is damaged")
@@ -302,3 +390,126 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+        if self._rconn is not None:
+            with self._rlock:
+                self._rconn.close()
+
+    # -- server indexes: leaf hashes, runs, allowed signers ---------------------------
+
+    def ensure_indexes(self) -> None:
+        """Create the server's index tables if missing and index any unindexed leaves."""
+        conn = self.conn
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("CREATE TABLE IF NOT EXISTS leaves (hash BLOB PRIMARY KEY, "
+                                 "idx INTEGER NOT NULL) WITHOUT ROWID")
+                    conn.execute("CREATE TABLE IF NOT EXISTS run_entries (run TEXT NOT NULL, "
+                                 "seq INTEGER NOT NULL, idx INTEGER NOT NULL, "
+                                 "PRIMARY KEY (run, seq)) WITHOUT ROWID")
+                    conn.execute("CREATE TABLE IF NOT EXISTS allowed_signers (vkey TEXT "
+                                 "PRIMARY KEY, added_ms INTEGER NOT NULL)")
+                    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES "
+                                 "('leaves_size', '0')")
+                    size = int(conn.execute("SELECT value FROM meta WHERE key='size'"
+                                            ).fetchone()[0])
+                    done = self._leaves_size(conn)
+                    step = 10000
+                    for start in range(done, size, step):
+                        rows = conn.execute("SELECT data FROM entries WHERE idx >= ? AND "
+                                            "idx < ? ORDER BY idx",
+                                            (start, min(size, start + step))).fetchall()
+                        self._index_leaves(conn, start, [hashlib.sha256(b"\x00" + r[0]).digest()
+                                                         for r in rows])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot create the server indexes in {self.path}: {e}"
+                                   ) from None
+            self._indexing = True
+
+    @staticmethod
+    def _leaves_size(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key='leaves_size'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _index_leaves(self, conn: sqlite3.Connection, first: int, leaves: Sequence[bytes]
+                      ) -> None:
+        """Inside a write transaction: index the leaf hashes of entries ``first..``."""
+        if self._leaves_size(conn) != first:
+            raise StorageError(f"the leaf index of {self.path} is out of step with the log",
+                               hint="restart the log server: it rebuilds the index on start")
+        conn.executemany("INSERT OR IGNORE INTO leaves (hash, idx) VALUES (?, ?)",
+                         zip(leaves, range(first, first + len(leaves)), strict=True))
+        conn.execute("UPDATE meta SET value=? WHERE key='leaves_size'",
+                     (str(first + len(leaves)),))
+
+    def _require_indexes(self) -> None:
+        if not self._indexing:
+            raise StorageError(f"{self.path} has no server indexes yet",
+                               hint="start `potd ledger serve` once on it, or run "
+                                    "`potd ledger allow`, which create them")
+
+    def leaf_index(self, leaf: bytes) -> int | None:
+        """The first log index whose leaf hash is ``leaf``, or None."""
+        self._require_indexes()
+        with self._reading() as conn:
+            row = conn.execute("SELECT idx FROM leaves WHERE hash=?", (leaf,)).fetchone()
+        return int(row[0]) if row else None
+
+    def run_indexes(self, run: str, start_seq: int = 0, limit: int = -1) -> list[int]:
+        """Log indexes of a run's statements from ``start_seq`` on, in seq order."""
+        self._require_indexes()
+        with self._reading() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT idx FROM run_entries WHERE run=? AND seq>=? ORDER BY seq LIMIT ?",
+                (run, start_seq, limit))]
+
+    def run_last(self, run: str) -> tuple[int, int] | None:
+        """``(seq, index)`` of a run's latest statement, or None for an unknown run."""
+        self._require_indexes()
+        with self._reading() as conn:
+            row = conn.execute("SELECT seq, idx FROM run_entries WHERE run=? ORDER BY seq "
+                               "DESC LIMIT 1", (run,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def run_index(self, run: str, seq: int) -> int | None:
+        """The log index of statement ``seq`` of ``run``, or None."""
+        self._require_indexes()
+        with self._reading() as conn:
+            row = conn.execute("SELECT idx FROM run_entries WHERE run=? AND seq=?",
+                               (run, seq)).fetchone()
+        return int(row[0]) if row else None
+
+    def allowed_signers(self, vkeys: Iterable[str] | None = None) -> set[str]:
+        """The allow-listed signer keys (all, or those among ``vkeys``)."""
+        self._require_indexes()
+        with self._reading() as conn:
+            if vkeys is None:
+                return {r[0] for r in conn.execute("SELECT vkey FROM allowed_signers")}
+            want = list(set(vkeys))
+            got: set[str] = set()
+            for k in range(0, len(want), 500):
+                chunk = want[k:k + 500]
+                got.update(r[0] for r in conn.execute(
+                    "SELECT vkey FROM allowed_signers WHERE vkey IN ("
+                    + ",".join("?" * len(chunk)) + ")", chunk))
+            return got
+
+    def set_signer_allowed(self, vkey: str, allowed: bool) -> bool:
+        """Add ``vkey`` to (or remove it from) the allow-list; True if that changed it."""
+        self._require_indexes()
+        with self._lock:
+            try:
+                if allowed:
+                    cur = self.conn.execute("INSERT OR IGNORE INTO allowed_signers (vkey, "
+                                            "added_ms) VALUES (?, ?)",
+                                            (vkey, int(time.time() * 1000)))
+                else:
+                    cur = self.conn.execute("DELETE FROM allowed_signers WHERE vkey=?", (vkey,))
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot update the allow-list in {self.path}: {e}") from None
+            return cur.rowcount == 1

@@ -1,11 +1,152 @@
-"""``potd prover``: the trainer's commands (train, resume, keygen)."""
+"""``potd prover``: the trainer's commands (keygen, train, resume, recipes)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
 
+from ledger.cli import PotdGroup, read_signer, read_verifier, write_private_key
 
-@click.group()
+
+@click.group(cls=PotdGroup)
 def prover() -> None:
-    """Train while committing seed, data and weights to a log (not built yet: see the
-    prover issue)."""
+    """Train while committing seed, data and weights to a log, step by step."""
+
+
+@prover.command()
+@click.argument("name")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="File for the private key (created with mode 0600).")
+@click.option("--force", is_flag=True, help="Overwrite an existing key file.")
+def keygen(name: str, out: str, force: bool) -> None:
+    """Generate a trainer's Ed25519 key named NAME (same format as `potd ledger keygen`).
+
+    Writes the private key to --out (mode 0600) and <out>.pub, and prints the verifier key
+    that the log operator allows with `potd ledger allow`.
+    """
+    from ledger.note import Signer
+
+    s = Signer.generate(name)
+    write_private_key(out, s.private_string(), force)
+    Path(out + ".pub").write_text(str(s.verifier) + "\n")
+    click.echo(str(s.verifier))
+
+
+@prover.command("recipes")
+def list_recipes() -> None:
+    """List the training recipes and their default settings."""
+    from prover.recipes import RECIPES, get_recipe
+
+    for name in sorted(RECIPES):
+        r = get_recipe(name)
+        click.echo(f"{name:12s} {json.dumps(r.config, sort_keys=True)}")
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    from ledger.errors import UsageError
+
+    out: dict[str, Any] = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep:
+            raise UsageError(f"--set {p!r} is not KEY=VALUE")
+        out[k] = int(v) if v.lstrip("-").isdigit() else v
+    return out
+
+
+@prover.command()
+@click.option("--recipe", required=True, help="Recipe name (see `potd prover recipes`).")
+@click.option("--log", "log_url", required=True, help="Log server URL, e.g. http://127.0.0.1:8080")
+@click.option("--vkey", required=True, help="The log's verifier key (string or file).")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The trainer's private key file.")
+@click.option("--evidence", required=True, type=click.Path(file_okay=False),
+              help="Evidence directory (weights/optimizer safetensors + manifest).")
+@click.option("--spool", type=click.Path(dir_okay=False),
+              help="Spool file (default: <evidence>/spool.db).")
+@click.option("--epochs", type=int, help="Override the recipe's epochs.")
+@click.option("--k", type=int, help="Checkpoint interval in steps.")
+@click.option("--batch-size", type=int, help="Override the recipe's batch size.")
+@click.option("--lr", help="Override the learning rate (decimal string).")
+@click.option("--set", "settings", multiple=True, help="Other recipe setting KEY=VALUE.")
+@click.option("--hash", "alg", type=click.Choice(["blake3", "sha256"]), default="blake3",
+              show_default=True, help="Weights hash algorithm.")
+@click.option("--no-per-step-weights", is_flag=True,
+              help="Hash weights only at checkpoints, not after every step.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Write a JSON summary of the run here.")
+def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: str | None,
+          epochs: int | None, k: int | None, batch_size: int | None, lr: str | None,
+          settings: tuple[str, ...], alg: str, no_per_step_weights: bool,
+          json_out: str | None) -> None:
+    """Train RECIPE, committing every step to the log at --log.
+
+    Statements are spooled to disk first and submitted in the background; if the log is
+    down, training goes on and the spool drains when it is back.
+    """
+    from ledger.client import LogClient
+    from prover.recipes import get_recipe
+    from prover.session import TrainingSession
+
+    over = _overrides(settings)
+    over.update({k_: v for k_, v in (("epochs", epochs), ("k", k), ("batch_size", batch_size),
+                                     ("lr", lr)) if v is not None})
+    r = get_recipe(recipe, **over)
+    client = LogClient(log_url, read_verifier(vkey))
+    spool_path = spool or str(Path(evidence) / "spool.db")
+    Path(evidence).mkdir(parents=True, exist_ok=True)
+    sess = TrainingSession(r, client, read_signer(key), evidence, spool_path,
+                           per_step_weights=not no_per_step_weights, weights_hash=alg)
+    sess.open()
+    click.echo(f"run {sess.run_id}")
+    with click.progressbar(length=len(sess.plan), label="training", show_pos=True,
+                           item_show_func=lambda _: f"loss {sess.losses[-1]:.4f}"
+                           if sess.losses else "") as bar:
+        for batch in sess.batches():
+            sess.train_step(batch)
+            bar.update(1)
+    sess.close()
+    total = len(sess.receipts)
+    last = sess.receipts[-1]
+    summary = {"run": sess.run_id, "recipe": r.name, "steps": len(sess.plan),
+               "final_loss": sess.losses[-1], "final_weights": sess.final_weights,
+               "statements": total, "first_index": sess.receipts[0].index,
+               "last_index": last.index, "checkpoint_size": last.checkpoint.size,
+               "evidence": str(Path(evidence).resolve()), "log_outages": sess.submitter.outages}
+    click.echo(f"logged {total} statements (indexes {summary['first_index']}..{last.index}), "
+               f"every inclusion proof verified")
+    click.echo(f"final loss {summary['final_loss']:.4f}, weights {sess.final_weights}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@prover.command()
+@click.option("--spool", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The spool file of the interrupted run.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to keep trying.")
+def resume(spool: str, timeout: float) -> None:
+    """Submit whatever an interrupted trainer spooled but the log has not acknowledged.
+
+    Every statement ends up in the log exactly once: statements the log already holds
+    (acknowledged before the crash but not recorded) are matched by leaf hash.
+    """
+    from ledger.client import LogClient
+    from ledger.errors import UsageError
+    from prover.spool import Spool, Submitter
+
+    sp = Spool(spool)
+    meta = sp.meta()
+    if "run" not in meta:
+        raise UsageError(f"{spool} is not a potd spool (no run recorded)")
+    client = LogClient(meta["log"], meta["log_vkey"])
+    before = sp.counts()
+    sub = Submitter(sp, client, meta["run"])
+    sub.start()
+    sub.drain(timeout)
+    sub.stop()
+    total, acked = sp.counts()
+    click.echo(f"run {meta['run']}: {acked - before[1]} statements submitted now, "
+               f"{acked}/{total} acknowledged")

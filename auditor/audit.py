@@ -1,0 +1,209 @@
+"""The audit of one training run (DESIGN §5), producing a report dict.
+
+Each check appends ``{"name", "status", "summary", "evidence"}`` with status ``pass``,
+``fail``, ``warn`` or ``skip``. The verdict is ``fail`` if any check failed,
+``inconclusive`` if a check that matters could not be completed (skipped replay, a
+replay only compared under tolerance that could not be calibrated), else ``pass``.
+
+Order matters for trust: the checkpoint is verified (and its consistency with the
+auditor's stored state) before any entry is read; entries are trusted only after the
+root recomputed from them equals the verified root; evidence only after its bytes match
+their content address and their tensors match the hash the log committed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import multiprocessing
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.client import LogClient
+from ledger.errors import PotdError, VerificationError
+from ledger.note import open_checkpoint
+from ledger.statement import Statement
+
+from .logview import LogSnapshot, fetch_entries
+from .runs import RunView, abandoned_opens, check_run, group_runs
+
+FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
+
+
+@dataclass
+class AuditOptions:
+    run: str
+    evidence: str
+    recipe: str | None = None
+    samples: int = 4
+    public_challenge: bool = False
+    workers: int = 1
+    memorization_segments: int = 8
+    tolerance: float | None = None     # force tolerance mode with this tolerance
+    seed: bytes | None = None          # auditor randomness (default: os.urandom)
+    max_abandoned: int = 0             # earlier unclosed runs by the signer tolerated
+
+
+class Audit:
+    def __init__(self, client: LogClient, opts: AuditOptions,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.client, self.opts = client, opts
+        self.progress = progress
+        self.checks: list[dict[str, Any]] = []
+        self.report: dict[str, Any] = {
+            "format": "potd-audit-report-v1", "run": opts.run, "recipe": opts.recipe,
+            "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "checks": self.checks, "replay": {"samples": 0, "segments": []},
+            "memorization": {"segments": [], "flagged": 0}, "losses": [], "timing": {}}
+
+    # -- helpers -------------------------------------------------------------
+
+    def check(self, name: str, status: str, summary: str, **evidence: Any) -> str:
+        self.checks.append({"name": name, "status": status, "summary": summary,
+                            "evidence": evidence})
+        return status
+
+    def _tick(self, what: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(what, done, total)
+
+    def verdict(self) -> str:
+        st = [c["status"] for c in self.checks]
+        if "fail" in st:
+            return "fail"
+        if any(c["status"] == "skip" and c["name"] in ("replay", "seed", "order", "init")
+               for c in self.checks):
+            return "inconclusive"
+        if self.report.get("inconclusive"):
+            return "inconclusive"
+        return "pass"
+
+    # -- the audit -------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            self._run()
+        except _Stop:
+            pass
+        self.report["verdict"] = self.verdict()
+        self.report["timing"]["total_seconds"] = round(time.perf_counter() - t0, 3)
+        return self.report
+
+    def _run(self) -> None:
+        c = self.client
+        prior = c.latest
+        try:
+            cp = c.checkpoint()
+        except VerificationError as e:
+            self.check("log.checkpoint", "fail", e.message, **_jsonable(e.evidence))
+            raise _Stop from None
+        self.report["log"] = {"url": c.url, "origin": cp.origin, "checkpoint_size": cp.size,
+                              "checkpoint_root": cp.root.hex(), "checkpoint": str(cp)}
+        self.check("log.checkpoint", "pass",
+                   f"checkpoint of size {cp.size} signed by the pinned log key"
+                   + (f", consistent with the stored checkpoint of size {prior.size}"
+                      if prior else " (first contact: no stored checkpoint to compare)"))
+        try:
+            snap = fetch_entries(c, cp, progress=lambda n: self._tick("entries", n, cp.size))
+        except (VerificationError, PotdError) as e:
+            self.check("log.entries", "fail", e.message)
+            raise _Stop from None
+        runs, foreign = group_runs(snap)
+        view = runs.get(self.opts.run)
+        if view is None:
+            self.check("run.inclusion", "fail",
+                       f"the log (size {cp.size}) holds no statement of run {self.opts.run}")
+            raise _Stop
+        self.check("run.inclusion", "pass",
+                   f"{len(view.statements)} statements of the run proven included at size "
+                   f"{cp.size} (all {cp.size} entries rehashed to the signed root)",
+                   indexes=[i for i, _ in view.statements][:10000])
+        self.report["signer"] = view.signer
+        problems = check_run(view, snap)
+        sig_problems = [p for p in problems if "signature" in p or "signed by" in p]
+        self.check("run.signatures", "fail" if sig_problems else "pass",
+                   sig_problems[0] if sig_problems else
+                   f"every statement verifies under the trainer key {view.signer}",
+                   problems=sig_problems)
+        chain = [p for p in problems if p not in sig_problems]
+        self.check("run.chain", "fail" if chain else "pass",
+                   chain[0] if chain else "seq, prev hash chain and step numbers are "
+                   "contiguous; one run.open, one run.close", problems=chain)
+        first = view.statements[0][0]
+        others = [r for r in abandoned_opens(runs, view.signer or "", view.run)
+                  if r["first_index"] < first]
+        tolerated = len(others) <= self.opts.max_abandoned
+        self.check("run.grinding", "pass" if not others else ("warn" if tolerated else "fail"),
+                   f"{len(others)} earlier run.open statement(s) by this signer were never "
+                   "closed: the trainer could have picked among their seeds (seed grinding)"
+                   if others else "no abandoned run.open by this signer before this run",
+                   runs=others, tolerated=self.opts.max_abandoned)
+        o = view.open
+        closes = [st for _, st in view.statements if st.kind == "run.close"]
+        if o is None or not closes:
+            self.check("replay", "skip", "the run is not complete (no open or no close): "
+                       "nothing to replay")
+            raise _Stop
+        self.report["losses"] = [[st.body.get("step"), _float(st.body.get("loss"))]
+                                 for _, st in view.steps]
+        from .replay_check import ReplayCheck
+
+        ReplayCheck(self, view, snap, o, closes[0], cp).run()
+
+
+class _Stop(Exception):
+    """Internal: stop the audit early (the failing check is already recorded)."""
+
+
+def _float(s: Any) -> float | None:
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bytes):
+            out[k] = v.hex()
+        elif isinstance(v, list):
+            out[k] = [x.hex() if isinstance(x, bytes) else x for x in v]
+        else:
+            out[k] = v if isinstance(v, (int, float, str, type(None))) else str(v)
+    return out
+
+
+def detection_probabilities(r: int) -> dict[str, float]:
+    """``1 - (1 - f)^R`` for a few forged fractions ``f``."""
+    return {str(f): round(1 - (1 - f) ** r, 4) for f in FRACTIONS}
+
+
+def challenge_seed(opts: AuditOptions, run: str, later_root: bytes, later_size: int) -> bytes:
+    if opts.public_challenge:
+        return hashlib.sha256(b"potd-challenge-v1\n" + bytes.fromhex(run) + later_root
+                              + later_size.to_bytes(8, "big")).digest()
+    return opts.seed if opts.seed is not None else os.urandom(32)
+
+
+def sample(seed: bytes, population: int, r: int) -> list[int]:
+    """``r`` distinct positions in ``range(population)`` from ``seed`` (sorted)."""
+    rnd = random.Random(seed)
+    return sorted(rnd.sample(range(population), min(r, population)))
+
+
+def pool_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> list[Any]:
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(j) for j in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        return list(ex.map(fn, jobs))
+
+
+__all__ = ["Audit", "AuditOptions", "LogSnapshot", "RunView", "Statement", "open_checkpoint"]

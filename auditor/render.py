@@ -1,0 +1,848 @@
+"""Human-readable renderings of an audit report (``potd-audit-report-v1``).
+
+:func:`render_terminal` prints a summary with ``rich``; :func:`render_html` builds one
+self-contained HTML page (inline CSS, plots as inline SVG, no JavaScript, no external
+resources) and :func:`write_html` saves it.
+
+Every string in a report may come from the audited party (recipe names, signer, check
+evidence copied from log entries), so nothing from the report is trusted as markup:
+
+* terminal: values are wrapped in :class:`rich.text.Text` (never parsed as rich markup) and
+  control / format characters (ANSI escapes, bidi overrides) are shown as ``\\xNN`` escapes;
+* HTML: the same cleaning, then :func:`html.escape`; plots contain only numbers; and the page
+  carries a Content-Security-Policy that forbids scripts as a second line of defence.
+
+matplotlib is imported lazily (only :func:`render_html` / :func:`plot_images` need it) and
+drives the Agg canvas directly, without pyplot or global backend state. When it is not
+installed the page says so instead of showing plots.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_images", "render_html", "render_terminal", "write_html"]
+
+# -- shared helpers ------------------------------------------------------------------------
+
+_VERDICT_STYLE = {"pass": "bold white on green", "fail": "bold white on red",
+                  "inconclusive": "bold black on yellow"}
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+_SYMBOLS_UTF = {"pass": "✓", "fail": "✗", "warn": "!", "skip": "–", "le": "≤", "arrow": "→",
+                "dot": "·", "dash": "—"}
+_SYMBOLS_ASCII = {"pass": "+", "fail": "x", "warn": "!", "skip": "-", "le": "<=", "arrow": "->",
+                  "dot": "|", "dash": "-"}
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+# colours shared by the HTML page and the plots
+_GREEN, _RED, _AMBER, _BLUE, _GREY = "#2e7d32", "#c62828", "#f9a825", "#1565c0", "#9e9e9e"
+_UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
+
+
+def _clean(value: Any, multiline: bool = False) -> str:
+    """``str(value)`` with control and format characters made visible as escapes.
+
+    Keeps ``\\n`` (and ``\\t``) only when ``multiline``; everything else in the Unicode
+    categories Cc, Cf, Cs, Co, Zl, Zp (ANSI escapes, carriage returns, bidi overrides...)
+    becomes ``\\xNN`` / ``\\uNNNN`` so it can neither drive a terminal nor reorder text.
+    """
+    s = value if isinstance(value, str) else str(value)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        if multiline and ch in "\n\t":
+            out.append(ch)
+        elif unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000
+                       else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _e(value: Any, multiline: bool = False) -> str:
+    """Cleaned and HTML-escaped text (safe in element content and quoted attributes)."""
+    return html.escape(_clean(value, multiline), quote=True)
+
+
+def _is_num(x: Any) -> TypeGuard[float]:
+    """A finite int or float (not a bool)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    """A compact number: ``—``-free (callers choose the placeholder) ``.3g`` formatting."""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if x == 0:
+            return "0"
+        return f"{x:.{digits}g}"
+    return _clean(x)
+
+
+def _opt(x: Any, placeholder: str = "—", digits: int = 3) -> str:
+    return placeholder if x is None or x == "" else _num(x, digits)
+
+
+def _dict(x: Any) -> dict[str, Any]:
+    return dict(x) if isinstance(x, Mapping) else {}
+
+
+def _list(x: Any) -> list[Any]:
+    return list(x) if isinstance(x, Sequence) and not isinstance(x, str | bytes) else []
+
+
+def _dicts(x: Any) -> list[dict[str, Any]]:
+    return [dict(i) for i in _list(x) if isinstance(i, Mapping)]
+
+
+def _steps(seg: Mapping[str, Any], sep: str = "..") -> str:
+    return f"{_opt(seg.get('start'), '?')}{sep}{_opt(seg.get('end'), '?')}"
+
+
+def _losses(report: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """``(step, loss)`` pairs with both parts finite numbers, in step order."""
+    pts = []
+    for item in _list(report.get("losses")):
+        pair = _list(item)
+        if len(pair) >= 2 and _is_num(pair[0]) and _is_num(pair[1]):
+            pts.append((float(pair[0]), float(pair[1])))
+    return sorted(pts)
+
+
+def _detection(replay: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """``(fraction, probability)`` from ``detection_probability``, by fraction."""
+    out = []
+    for k, v in _dict(replay.get("detection_probability")).items():
+        try:
+            f = float(k)
+        except ValueError:
+            continue
+        if _is_num(v) and math.isfinite(f):
+            out.append((f, float(v)))
+    return sorted(out)
+
+
+def _seconds(x: Any) -> str:
+    return f"{x:.2f}" if _is_num(x) else "—"
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.3g}%"
+
+
+def _detection_sentence(replay: Mapping[str, Any], arrow: str = "→") -> str | None:
+    probs = _detection(replay)
+    if not probs:
+        return None
+    parts = ", ".join(f"f={_pct(f)} {arrow} {_pct(p)}" for f, p in probs)
+    r = replay.get("samples")
+    tail = f" (1 − (1 − f)^R with R = {_num(r)} sampled segments)" if _is_num(r) else ""
+    if arrow != "→":
+        tail = tail.replace("−", "-")
+    return f"A forger of a fraction f of the segments is caught with probability {parts}{tail}."
+
+
+def _verdict(report: Mapping[str, Any]) -> str:
+    v = report.get("verdict")
+    return v if isinstance(v, str) and v in _VERDICT_STYLE else "unknown"
+
+
+def _status(check: Mapping[str, Any]) -> str:
+    s = check.get("status")
+    return s if isinstance(s, str) and s in _STATUS_STYLE else "unknown"
+
+
+def _distance_vs_tolerance(seg: Mapping[str, Any], mode: Any, le: str) -> str:
+    d, t = seg.get("distance"), seg.get("tolerance")
+    if not _is_num(d):
+        return "—"
+    if not _is_num(t):
+        return f"{_num(d)} (exact)" if mode == "exact" else _num(d)
+    return f"{_num(d)} {le if d <= t else '>'} {_num(t)}"
+
+
+def _first_mismatch(seg: Mapping[str, Any]) -> str:
+    if seg.get("error"):
+        return f"error: {_clean(seg['error'])}"
+    return _opt(seg.get("first_mismatch_step"))
+
+
+def _sparkline(values: Sequence[float], width: int = 40) -> str:
+    if not values:
+        return ""
+    if len(values) > width:  # bucket means, so long runs still fit on one line
+        n = len(values)
+        values = [sum(values[i * n // width:(i + 1) * n // width])
+                  / max(1, (i + 1) * n // width - i * n // width) for i in range(width)]
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(_SPARKS[min(len(_SPARKS) - 1, int((v - lo) / span * len(_SPARKS)))]
+                   for v in values)
+
+
+# -- terminal ------------------------------------------------------------------------------
+
+
+def render_terminal(report: dict[str, Any], console: Console | None = None) -> None:
+    """Print a summary of ``report``: verdict header, checks, replay, memorization, losses.
+
+    Works on any console: without a TTY or with ``no_color`` the status symbols and words
+    still carry the meaning; on a non-UTF-8 console ASCII symbols are used.
+    """
+    console = console or Console()
+    utf = console.encoding.lower().replace("-", "").startswith("utf")
+    sym = _SYMBOLS_UTF if utf else _SYMBOLS_ASCII
+    dot = f" {sym['dot']} "
+
+    def enc(text: str) -> str:
+        """``text`` in the console's encoding (ASCII look-alikes, else backslash escapes)."""
+        if utf:
+            return text
+        for a, b in (("—", "-"), ("−", "-"), ("→", "->"), ("≤", "<="), ("–", "-")):
+            text = text.replace(a, b)
+        codec = console.encoding or "ascii"
+        return text.encode(codec, "backslashreplace").decode(codec)
+
+    def txt(text: str = "", style: str = "") -> Text:
+        return Text(enc(text), style=style)
+
+    # header
+    verdict = _verdict(report)
+    log = _dict(report.get("log"))
+    head = txt()
+    head.append(enc(f" {verdict.upper()} "), style=_VERDICT_STYLE.get(verdict, "bold reverse"))
+    head.append(enc("  audit of run "))
+    head.append(enc(_clean(report.get("run", "?"))), style="bold")
+    head.append(enc(dot + "recipe "))
+    head.append(enc(_clean(report.get("recipe", "?"))), style="bold")
+    head.append(enc(dot + "log "))
+    head.append(enc(_clean(log.get("origin", "?"))), style="bold")
+    head.append(enc(f" at size {_opt(log.get('checkpoint_size'), '?')}"))
+    console.print(head)
+    sub = []
+    if report.get("signer"):
+        sub.append(f"signer {_clean(report['signer'])}")
+    if report.get("generated_at"):
+        sub.append(f"generated {_clean(report['generated_at'])}")
+    if log.get("url"):
+        sub.append(f"log url {_clean(log['url'])}")
+    if sub:
+        console.print(txt(dot.join(sub), style="dim"))
+
+    # checks
+    checks = _dicts(report.get("checks"))
+    counts: dict[str, int] = {}
+    for c in checks:
+        counts[_status(c)] = counts.get(_status(c), 0) + 1
+    console.print()
+    console.print(txt(
+        "Checks" + (" (" + dot.join(f"{n} {s}" for s, n in counts.items()) + ")"
+                    if counts else ": none recorded"), style="bold"))
+    if checks:
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+        t.add_column("check", no_wrap=True)
+        t.add_column("status", no_wrap=True)
+        t.add_column("summary", overflow="fold")
+        for c in checks:
+            s = _status(c)
+            t.add_row(txt(_clean(c.get("name", "?"))),
+                      txt(f"{sym.get(s, '?')} {s}", style=_STATUS_STYLE.get(s, "")),
+                      txt(_clean(c.get("summary", ""))))
+        console.print(t)
+
+    # replay
+    replay = _dict(report.get("replay"))
+    segs = _dicts(replay.get("segments"))
+    mode = replay.get("mode")
+    console.print()
+    if segs:
+        total = replay.get("segments_total")
+        desc = f"{len(segs)}" + (f" of {_num(total)}" if _is_num(total) else "") + " segments"
+        extra = [desc]
+        if mode:
+            extra.append(f"{_clean(mode)} mode")
+        challenge = _dict(replay.get("challenge"))
+        if challenge.get("kind"):
+            seed = f", seed {_clean(challenge['seed'])}" if challenge.get("seed") else ""
+            extra.append(f"{_clean(challenge['kind'])} challenge{seed}")
+        console.print(txt("Replay (" + dot.join(extra) + ")", style="bold"))
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        t.add_column("steps", no_wrap=True)
+        t.add_column("match", no_wrap=True)
+        t.add_column("first mismatch", overflow="fold")
+        t.add_column(f"distance {sym['le']} tolerance", no_wrap=True)
+        t.add_column("seconds", justify="right", no_wrap=True)
+        for seg in segs:
+            ok = seg.get("match") is True
+            t.add_row(txt(_steps(seg)),
+                      txt(f"{sym['pass']} yes" if ok else f"{sym['fail']} no",
+                           style="green" if ok else "bold red"),
+                      txt(_first_mismatch(seg)),
+                      txt(_distance_vs_tolerance(seg, mode, sym["le"])),
+                      txt(_seconds(seg.get("seconds"))))
+        console.print(t)
+    else:
+        console.print(txt("Replay: no segments replayed", style="bold"))
+    sentence = _detection_sentence(replay, sym["arrow"]) if segs else None
+    if sentence:
+        console.print(txt(sentence if utf else sentence.replace("−", "-")))
+
+    # memorization
+    mem = _dict(report.get("memorization"))
+    msegs = _dicts(mem.get("segments"))
+    console.print()
+    if msegs:
+        flagged = [s for s in msegs if s.get("flagged") is True]
+        line = txt(f"Memorization: {len(flagged)} of {len(msegs)} segments flagged",
+                    style="bold")
+        if flagged:
+            line.append(enc(" (" + ", ".join(_steps(s) for s in flagged) + ")"), style="red")
+        console.print(line)
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for col in ("steps", "train drop", "held-out drop", "statistic", "z", "flagged"):
+            t.add_column(col, no_wrap=True, justify="left" if col == "steps" else "right")
+        for ms in msegs:
+            fl = ms.get("flagged") is True
+            t.add_row(txt(_steps(ms)), txt(_opt(ms.get("train_drop"))),
+                      txt(_opt(ms.get("heldout_drop"))), txt(_opt(ms.get("statistic"))),
+                      txt(_opt(ms.get("z"))),
+                      txt(f"{sym['warn']} yes" if fl else "no", style="yellow" if fl else ""))
+        console.print(t)
+        if mem.get("note"):
+            console.print(txt(f"note: {_clean(mem['note'])}", style="dim"))
+    else:
+        console.print(txt("Memorization: no segments tested", style="bold"))
+
+    # losses and timing
+    pts = _losses(report)
+    if pts:
+        line = txt(f"Losses: {len(pts)} steps, {_num(pts[0][1])} at step {_num(pts[0][0])} "
+                    f"{sym['arrow']} {_num(pts[-1][1])} at step {_num(pts[-1][0])}")
+        if utf:
+            line.append(enc("  " + _sparkline([p[1] for p in pts])), style="cyan")
+        console.print(line)
+    else:
+        console.print(txt("Losses: none recorded"))
+    timing = _dict(report.get("timing"))
+    names = {"total_seconds": "total", "replay_seconds": "replay",
+             "train_seconds_committed": "committed training"}
+    parts = [f"{names.get(k, _clean(k))} {_num(v)} s" for k, v in timing.items() if _is_num(v)]
+    if parts:
+        console.print(txt("Timing: " + dot.join(parts), style="dim"))
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+
+def _style_axes(ax: Any) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(True, axis="y", color="#e0e0e0", linewidth=0.8)
+    ax.set_axisbelow(True)
+
+
+def _segment_ticks(ax: Any, labels: list[str], colours: list[str] | None = None) -> None:
+    n = len(labels)
+    every = max(1, math.ceil(n / 24))
+    idx = list(range(0, n, every))
+    ax.set_xticks(idx)
+    ax.set_xticklabels([labels[i] for i in idx], rotation=0 if n <= 8 else 45,
+                       ha="center" if n <= 8 else "right")
+    if colours:
+        for tick, i in zip(ax.get_xticklabels(), idx, strict=True):
+            tick.set_color(colours[i])
+            if colours[i] != "black":
+                tick.set_fontweight("bold")
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_xlabel("segment (steps)")
+
+
+def _legend(ax: Any, handles: list[Any]) -> None:
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              fontsize="small", borderaxespad=0)
+
+
+def _bar_width(n: int, full: float = 0.7) -> float:
+    """Bars stay slim when there are only a few segments."""
+    return min(full, 0.12 * n + 0.1) if n < 5 else full
+
+
+def _new_figure(height: float = 3.2) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _loss_figure(report: Mapping[str, Any]) -> Figure | None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    pts = _losses(report)
+    if not pts:
+        return None
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    handles: list[Any] = []
+    spans: dict[str, bool] = {}
+    failing: list[tuple[float, float]] = []
+    for seg in _dicts(_dict(report.get("replay")).get("segments")):
+        a, b = seg.get("start"), seg.get("end")
+        if not (_is_num(a) and _is_num(b)):
+            continue
+        ok = seg.get("match") is True
+        if not ok:
+            failing.append((float(a), float(b)))
+        ax.axvspan(a - 0.5, b + 0.5, color=_GREEN if ok else _RED, alpha=0.13 if ok else 0.22,
+                   linewidth=0, zorder=0)
+        spans["match" if ok else "mismatch"] = True
+        m = seg.get("first_mismatch_step")
+        if not ok and _is_num(m):
+            ax.axvline(m, color=_RED, linewidth=1.6, linestyle="--", zorder=3)
+            spans["first"] = True
+    ax.plot(xs, ys, color=_BLUE, linewidth=1.6, zorder=2,
+            marker="o" if len(xs) <= 60 else None, markersize=3.5)
+    handles.append(Line2D([], [], color=_BLUE, linewidth=1.6, label="committed loss"))
+    # the committed losses inside failing segments, drawn over the curve in red
+    red = [(x, y) for x, y in pts if any(a <= x <= b for a, b in failing)]
+    if red:
+        ax.plot([p[0] for p in red], [p[1] for p in red], linestyle="none", marker="o",
+                markersize=3.5, color=_RED, zorder=4)
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3.5,
+                              color=_RED, label="loss in a failing segment"))
+    if spans.get("match"):
+        handles.append(Patch(color=_GREEN, alpha=0.25, label="replayed: matches"))
+    if spans.get("mismatch"):
+        handles.append(Patch(color=_RED, alpha=0.35, label="replayed: differs"))
+    if spans.get("first"):
+        handles.append(Line2D([], [], color=_RED, linestyle="--", label="first mismatch"))
+    lo, hi = min(ys), max(ys)
+    if lo > 0 and hi / lo > 30:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss as committed in the log, with the replayed segments",
+                 loc="left", fontsize="medium")
+    _legend(ax, handles)
+    _style_axes(ax)
+    return fig
+
+
+def _replay_figure(report: Mapping[str, Any]) -> Figure | None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    replay = _dict(report.get("replay"))
+    segs = _dicts(replay.get("segments"))
+    if not segs:
+        return None
+    n = len(segs)
+    labels = [_steps(s, "–") for s in segs]
+    ok = [s.get("match") is True for s in segs]
+    colours = [_GREEN if m else _RED for m in ok]
+    dists = [s.get("distance") for s in segs]
+    tols = [s.get("tolerance") for s in segs]
+    exact = replay.get("mode") == "exact" or not any(_is_num(t) and t > 0 for t in tols)
+    vertical = n > 10
+    fig = _new_figure(2.4 if exact and not vertical else 3.2)
+    ax = fig.add_subplot()
+    width = _bar_width(n)
+    if exact:
+        ax.bar(range(n), [1] * n, color=colours, width=width)
+        for i, s in enumerate(segs):
+            if s.get("error"):
+                txt = "error"
+            elif ok[i]:
+                txt = "match"
+            else:
+                m = s.get("first_mismatch_step")
+                txt = f"differs\nfrom step {_num(m)}" if _is_num(m) else "differs"
+                d = dists[i]
+                if _is_num(d) and d > 0:
+                    txt += f"\nd = {_num(d)}"
+            ax.text(i, 0.5, txt, ha="center", va="center", color="white", fontweight="bold",
+                    fontsize="small" if n <= 16 else "x-small",
+                    rotation=90 if vertical else 0)
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.spines[["left"]].set_visible(False)
+        ax.set_title("Replay (exact mode): does each replayed segment reproduce the committed "
+                     "weights bit for bit?", loc="left", fontsize="medium")
+    else:
+        positive = [float(x) for x in dists + tols if _is_num(x) and x > 0]
+        floor = min(positive) / 10 if positive else 1e-12
+        heights = [float(d) if _is_num(d) and d > 0 else floor for d in dists]
+        ax.bar(range(n), heights, color=colours, width=width)
+        for i, t in enumerate(tols):
+            if _is_num(t):
+                ax.hlines(t, i - width * 0.65, i + width * 0.65, color="black", linewidth=2,
+                          zorder=3)
+        for i, s in enumerate(segs):
+            note = "error" if s.get("error") else "0" if _is_num(dists[i]) and dists[i] == 0 \
+                else None
+            if note:
+                ax.text(i, floor * 1.3, note, ha="center", va="bottom", fontsize="small")
+        ax.set_yscale("log")
+        ax.set_ylabel("relative distance")
+        ax.set_title("Replay: distance of the replayed weights from the committed ones, "
+                     "against the tolerance", loc="left", fontsize="medium")
+        _legend(ax, [Patch(color=_GREEN, label="within tolerance"),
+                     Patch(color=_RED, label="exceeds tolerance\nor error"),
+                     Line2D([], [], color="black", linewidth=2, label="tolerance")])
+        _style_axes(ax)
+        ax.spines[["top", "right"]].set_visible(False)
+    if exact:
+        ax.spines[["top", "right"]].set_visible(False)
+    _segment_ticks(ax, labels, [c if c == _RED else "black" for c in colours])
+    return fig
+
+
+def _memorization_figure(report: Mapping[str, Any]) -> Figure | None:
+    from matplotlib.patches import Patch
+
+    segs = _dicts(_dict(report.get("memorization")).get("segments"))
+    if not segs:
+        return None
+    n = len(segs)
+    fig = _new_figure(3.0)
+    ax = fig.add_subplot()
+    train = [float(s["train_drop"]) if _is_num(s.get("train_drop")) else 0.0 for s in segs]
+    held = [float(s["heldout_drop"]) if _is_num(s.get("heldout_drop")) else 0.0 for s in segs]
+    flagged = [s.get("flagged") is True for s in segs]
+    w = _bar_width(n, 0.72) / 2
+    for i, f in enumerate(flagged):
+        if f:
+            ax.axvspan(i - w - 0.1, i + w + 0.1, color=_AMBER, alpha=0.25, linewidth=0, zorder=0)
+    ax.bar([i - w / 2 for i in range(n)], train, width=w, color=_BLUE, zorder=2)
+    ax.bar([i + w / 2 for i in range(n)], held, width=w, color=_GREY, zorder=2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("loss drop over segment")
+    ax.set_title("Memorization: loss drop on the segment's own examples vs. held-out examples",
+                 loc="left", fontsize="medium")
+    handles = [Patch(color=_BLUE, label="own (train) examples"),
+               Patch(color=_GREY, label="held-out examples")]
+    if any(flagged):
+        handles.append(Patch(color=_AMBER, alpha=0.5, label="flagged: no learning signal"))
+    _legend(ax, handles)
+    top = max([*train, *held, 0.0])
+    bottom = min([*train, *held, 0.0])
+    pad = (top - bottom or 1.0) * 0.3
+    ax.set_ylim(bottom - (pad * 0.3 if bottom < 0 else 0), top + pad)
+    _style_axes(ax)
+    _segment_ticks(ax, [_steps(s, "–") for s in segs],
+                   ["#b26a00" if f else "black" for f in flagged])
+    return fig
+
+
+_PLOTS = (("loss", _loss_figure), ("replay", _replay_figure),
+          ("memorization", _memorization_figure))
+
+
+def plot_images(report: dict[str, Any], fmt: Literal["svg", "png"] = "svg") -> dict[str, bytes]:
+    """The report's plots as image bytes, keyed ``loss`` / ``replay`` / ``memorization``.
+
+    A plot without data (no losses, no replayed or tested segments) is left out. Raises
+    ``ImportError`` when matplotlib is not installed.
+    """
+    import io
+
+    import matplotlib
+
+    out: dict[str, bytes] = {}
+    for key, make in _PLOTS:
+        # a fixed hash salt makes the SVG ids (and so the page) deterministic
+        with matplotlib.rc_context({"svg.hashsalt": f"potd-{key}", "svg.fonttype": "path",
+                                    "font.size": 9.5}):
+            fig = make(report)
+            if fig is None:
+                continue
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, facecolor="white",
+                        metadata={"Date": None} if fmt == "svg" else {"Software": None})
+        out[key] = buf.getvalue()
+    return out
+
+
+_SVG_SIZE = re.compile(r'\s(?:width|height)="[^"]*"')
+
+
+_SVG_ID = re.compile(r'(\bid="|href="#|url\(#)([^"\)]+)')
+
+
+def _inline_svg(svg: bytes, key: str, label: str) -> str:
+    """matplotlib's SVG document as an element to inline in HTML5 (scaling with the page).
+
+    Its ids (glyphs, clip paths, markers) get the prefix ``key-`` so that several plots
+    on one page cannot collide.
+    """
+    text = _SVG_ID.sub(lambda m: f"{m.group(1)}{key}-{m.group(2)}", svg.decode("utf-8"))
+    start = text.index("<svg")
+    end = text.index(">", start)
+    tag = _SVG_SIZE.sub("", text[start:end])
+    return (f'{tag} class="plot" role="img" aria-label="{_e(label)}"'
+            + text[end:].rstrip())
+
+
+# -- HTML ----------------------------------------------------------------------------------
+
+_CSS = """
+:root { --green: #2e7d32; --red: #c62828; --amber: #f9a825; --grey: #757575; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: #212121; background: #fafafa; margin: 0; }
+main, .wrap { max-width: 1100px; margin: 0 auto; padding: 0 20px 40px; }
+.wrap { padding-bottom: 0; }
+.banner { padding: 18px 24px; color: white; margin-bottom: 20px; }
+.banner h1 { margin: 0; font-size: 26px; letter-spacing: 0.02em; }
+.banner p { margin: 4px 0 0; opacity: 0.95; }
+.v-pass { background: var(--green); } .v-fail { background: var(--red); }
+.v-inconclusive { background: var(--amber); color: #212121; }
+.v-unknown { background: var(--grey); }
+section { background: white; border: 1px solid #e0e0e0; border-radius: 6px;
+          padding: 14px 20px; margin: 16px 0; }
+h2 { font-size: 18px; margin: 0 0 10px; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid #eee;
+         vertical-align: top; }
+th { font-weight: 600; color: #555; border-bottom: 2px solid #ddd; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.meta th { width: 190px; border: none; font-weight: 500; }
+.meta td { border: none; }
+code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
+                   font-size: 13px; overflow-wrap: anywhere; }
+pre { background: #f5f5f5; padding: 8px 10px; border-radius: 4px; white-space: pre-wrap;
+      margin: 6px 0; max-height: 400px; overflow: auto; }
+details summary { cursor: pointer; color: #1565c0; font-size: 13px; }
+.pill { display: inline-block; min-width: 64px; padding: 1px 8px; border-radius: 10px;
+        font-size: 13px; font-weight: 600; text-align: center; }
+.s-pass { background: #e8f5e9; color: var(--green); }
+.s-fail { background: #ffebee; color: var(--red); }
+.s-warn { background: #fff8e1; color: #8d6e00; }
+.s-skip, .s-unknown { background: #eeeeee; color: var(--grey); }
+tr.bad td { background: #fff5f5; } tr.flag td { background: #fffbea; }
+.note { color: #666; font-size: 14px; }
+.detect { margin: 10px 0 4px; }
+svg.plot { width: 100%; height: auto; display: block; margin: 8px 0; }
+footer { color: #888; font-size: 12px; text-align: center; }
+"""
+
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def _pill(status: str, text: str | None = None) -> str:
+    return f'<span class="pill s-{_e(status)}">{_e(text or status)}</span>'
+
+
+def _meta_rows(report: Mapping[str, Any]) -> str:
+    log = _dict(report.get("log"))
+    replay = _dict(report.get("replay"))
+    timing = _dict(report.get("timing"))
+    challenge = _dict(replay.get("challenge"))
+    rows: list[tuple[str, Any, bool]] = [
+        ("run", report.get("run"), True), ("recipe", report.get("recipe"), False),
+        ("signer", report.get("signer"), True),
+        ("generated at", report.get("generated_at"), False),
+        ("log origin", log.get("origin"), False), ("log url", log.get("url"), True),
+        ("checkpoint size", log.get("checkpoint_size"), False),
+        ("checkpoint root", log.get("checkpoint_root"), True),
+    ]
+    if "witnesses" in log:
+        rows.append(("witnesses", len(_list(log.get("witnesses"))), False))
+    if replay.get("mode"):
+        rows.append(("replay mode", replay.get("mode"), False))
+    if challenge:
+        kind = challenge.get("kind")
+        seed = challenge.get("seed")
+        rows.append(("challenge", f"{_clean(kind or '?')}" + (f", seed {_clean(seed)}"
+                                                               if seed else ""), True))
+    cal = _dict(report.get("calibration"))
+    if cal:
+        rows.append(("tolerance calibration",
+                     f"noise {_opt(cal.get('noise'))}, tolerance {_opt(cal.get('tolerance'))}"
+                     + (f" ({_clean(cal['method'])})" if cal.get("method") else ""), False))
+    names = {"total_seconds": "total", "replay_seconds": "replay",
+             "train_seconds_committed": "committed training"}
+    t = ", ".join(f"{names.get(k, _clean(k))} {_num(v)} s" for k, v in timing.items()
+                  if _is_num(v))
+    if t:
+        rows.append(("timing", t, False))
+    rows.append(("report format", report.get("format"), False))
+    out = []
+    for name, value, mono in rows:
+        if value is None or value == "":
+            continue
+        cls = ' class="mono"' if mono else ""
+        out.append(f"<tr><th>{_e(name)}</th><td{cls}>{_e(_num(value))}</td></tr>")
+    return "\n".join(out)
+
+
+def _checks_html(report: Mapping[str, Any]) -> str:
+    checks = _dicts(report.get("checks"))
+    if not checks:
+        return '<p class="note">No checks recorded.</p>'
+    rows = []
+    for c in checks:
+        s = _status(c)
+        ev = c.get("evidence")
+        if ev not in (None, {}, [], ""):
+            dumped = json.dumps(ev, indent=2, ensure_ascii=False, default=str)
+            ev_html = (f"<details><summary>evidence</summary><pre>{_e(dumped, True)}</pre>"
+                       "</details>")
+        else:
+            ev_html = ""
+        cls = ' class="bad"' if s == "fail" else ""
+        rows.append(f"<tr{cls}><td><code>{_e(c.get('name', '?'))}</code></td>"
+                    f"<td>{_pill(s)}</td><td>{_e(c.get('summary', ''))}{ev_html}</td></tr>")
+    return ("<table><thead><tr><th>check</th><th>status</th><th>summary</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _replay_html(report: Mapping[str, Any], plot: str) -> str:
+    replay = _dict(report.get("replay"))
+    segs = _dicts(replay.get("segments"))
+    if not segs:
+        return '<p class="note">No segments were replayed.</p>'
+    mode = replay.get("mode")
+    total = replay.get("segments_total")
+    intro = (f"{len(segs)}" + (f" of {_e(_num(total))}" if _is_num(total) else "")
+             + " segments replayed" + (f" in <b>{_e(mode)}</b> mode" if mode else "") + ".")
+    rows = []
+    for s in segs:
+        ok = s.get("match") is True
+        cls = "" if ok else ' class="bad"'
+        rows.append(
+            f"<tr{cls}><td>{_e(_steps(s))}</td>"
+            f"<td>{_pill('pass', 'match') if ok else _pill('fail', 'differs')}</td>"
+            f"<td>{_e(_first_mismatch(s))}</td>"
+            f'<td class="num">{_e(_opt(s.get("distance")))}</td>'
+            f'<td class="num">{_e(_opt(s.get("tolerance")))}</td>'
+            f'<td class="num">{_e(_seconds(s.get("seconds")))}</td></tr>')
+    sentence = _detection_sentence(replay)
+    detect = f'<p class="detect">{_e(sentence)}</p>' if sentence else ""
+    return (f"<p>{intro}</p>{detect}{plot}<table><thead><tr><th>steps</th><th>result</th>"
+            '<th>first mismatch</th><th class="num">distance</th>'
+            '<th class="num">tolerance</th><th class="num">seconds</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _memorization_html(report: Mapping[str, Any], plot: str) -> str:
+    mem = _dict(report.get("memorization"))
+    segs = _dicts(mem.get("segments"))
+    if not segs:
+        return '<p class="note">No segments were tested.</p>'
+    flagged = [s for s in segs if s.get("flagged") is True]
+    intro = f"<b>{len(flagged)}</b> of {len(segs)} tested segments flagged"
+    if flagged:
+        intro += " (steps " + ", ".join(_e(_steps(s)) for s in flagged) + ")"
+    thr = mem.get("threshold_z")
+    if _is_num(thr):
+        intro += f"; a segment is flagged when z &lt; {_e(_num(thr))}"
+    note = f'<p class="note">{_e(mem["note"])}</p>' if mem.get("note") else ""
+    rows = []
+    for s in segs:
+        fl = s.get("flagged") is True
+        cells = "".join(f'<td class="num">{_e(_opt(s.get(k)))}</td>'
+                        for k in ("train_drop", "heldout_drop", "statistic", "z"))
+        cls = ' class="flag"' if fl else ""
+        rows.append(f"<tr{cls}><td>{_e(_steps(s))}</td>{cells}"
+                    f"<td>{_pill('warn', 'flagged') if fl else _pill('pass', 'ok')}</td></tr>")
+    return (f"<p>{intro}.</p>{note}{plot}<table><thead><tr><th>steps</th>"
+            '<th class="num">train drop</th><th class="num">held-out drop</th>'
+            '<th class="num">statistic</th><th class="num">z</th><th>flagged</th></tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (inline CSS and SVG, no scripts)."""
+    verdict = _verdict(report)
+    plot_note = ""
+    try:
+        images = plot_images(report, "svg")
+    except ImportError:
+        images = {}
+        plot_note = '<p class="note">Plots unavailable: matplotlib is not installed.</p>'
+    labels = {"loss": "training loss curve with replayed segments",
+              "replay": "replay distance against tolerance per segment",
+              "memorization": "memorization loss drops per segment"}
+    plots = {k: _inline_svg(v, k, labels[k]) for k, v in images.items()}
+
+    log = _dict(report.get("log"))
+    pts = _losses(report)
+    title = (f"potd audit: {verdict.upper()} {_clean(report.get('recipe', '?'))} run "
+             f"{_clean(report.get('run', '?'))}")
+    counts: dict[str, int] = {}
+    for c in _dicts(report.get("checks")):
+        counts[_status(c)] = counts.get(_status(c), 0) + 1
+    count_text = ", ".join(f"{n} {s}" for s, n in counts.items())
+    if pts:
+        loss_body = plots.get("loss", "") or plot_note
+        loss_body += (f'<p class="note">{len(pts)} steps; loss {_e(_num(pts[0][1]))} at step '
+                      f"{_e(_num(pts[0][0]))} → {_e(_num(pts[-1][1]))} at step "
+                      f"{_e(_num(pts[-1][0]))}.</p>")
+    else:
+        loss_body = '<p class="note">No losses recorded.</p>'
+    raw = json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header class="banner v-{verdict}">
+<div class="wrap">
+<h1>{_e(verdict.upper())}</h1>
+<p>Audit of run <code>{_e(report.get("run", "?"))}</code>, recipe <b>{_e(
+        report.get("recipe", "?"))}</b>, log <b>{_e(log.get("origin", "?"))}</b> at size
+{_e(_opt(log.get("checkpoint_size"), "?"))}.</p>
+</div>
+</header>
+<main>
+<section><h2>Metadata</h2><table class="meta">{_meta_rows(report)}</table></section>
+<section><h2>Checks{f" ({_e(count_text)})" if count_text else ""}</h2>
+{_checks_html(report)}</section>
+<section><h2>Replay</h2>{_replay_html(report, plots.get("replay", plot_note))}</section>
+<section><h2>Training loss</h2>{loss_body}</section>
+<section><h2>Memorization</h2>{_memorization_html(report, plots.get("memorization", plot_note))}
+</section>
+<section><details><summary>Full report (JSON)</summary><pre>{_e(raw, True)}</pre></details>
+</section>
+<footer>Generated by the potd auditor from a {_e(report.get("format", "?"))} report.</footer>
+</main>
+</body>
+</html>
+"""
+
+
+def write_html(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write :func:`render_html` of ``report`` to ``path`` (UTF-8); returns the path."""
+    p = Path(path)
+    p.write_text(render_html(report), encoding="utf-8")
+    return p

@@ -1,0 +1,175 @@
+"""Re-execution of committed training segments, and the memorization test.
+
+A *segment* runs from one committed checkpoint (or the seed-derived initial weights) to
+the next: steps ``start..end``. Replaying it loads the start state from the evidence
+store (bytes checked against their content address, tensors against the hash the log
+committed; safetensors only), re-runs the recipe's :func:`~prover.recipes.train_step`
+on the batches the seed dictates, and compares the weights hash after every step with
+the committed one (exact mode), or — when the auditor's environment differs from the
+trainer's — the distance of the final weights from the committed checkpoint against a
+tolerance calibrated from honest reproduction noise.
+
+Work units are plain data (:class:`SegmentJob`), so ``--workers N`` can run them in
+separate processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from prover.derive import batch_indexes
+from prover.evidence import EvidenceSource, restore_optimizer
+from prover.hashing import hash_tensors
+from prover.recipes import Data, Recipe, get_recipe, train_step
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    recipe: str
+    config: dict[str, Any]
+    seed: bytes
+    n_examples: int
+    algorithm: str
+    evidence: str
+    start: int                   # first step replayed
+    end: int                     # last step replayed
+    start_weights: str           # evidence object name of the weights before ``start``
+    start_weights_hash: str
+    start_optimizer: str | None  # None at the beginning of the run
+    start_optimizer_hash: str | None
+    step_hashes: tuple[str | None, ...]   # committed weights hash after each step (or None)
+    step_starts: tuple[tuple[int, int], ...]  # (epoch, offset in the epoch order) per step
+    end_weights: str | None = None        # committed checkpoint after ``end`` (for distance)
+    end_weights_hash: str | None = None
+    exact: bool = True
+    threads: int | None = None
+
+
+@dataclass
+class SegmentResult:
+    start: int
+    end: int
+    match: bool
+    first_mismatch_step: int | None
+    distance: float | None
+    tolerance: float | None
+    seconds: float
+    error: str | None = None
+    steps_checked: int = 0
+    detail: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _flat(sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([sd[k].detach().double().reshape(-1) for k in sorted(sd)])
+
+
+def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                      start: dict[str, torch.Tensor]) -> float:
+    """``||a - b|| / ||b - start||``: distance relative to how far the segment moved."""
+    fa, fb, fs = _flat(a), _flat(b), _flat(start)
+    moved = float(torch.linalg.vector_norm(fb - fs))
+    return float(torch.linalg.vector_norm(fa - fb)) / max(moved, 1e-12)
+
+
+def _data_cache() -> dict[tuple[str, str], Data]:
+    return {}
+
+
+_DATA: dict[tuple[str, str], Data] = _data_cache()
+
+
+def recipe_data(recipe: Recipe) -> Data:
+    key = (recipe.name, repr(sorted(recipe.config.items())))
+    if key not in _DATA:
+        _DATA[key] = recipe.data()
+    return _DATA[key]
+
+
+def replay_segment(job: SegmentJob) -> SegmentResult:
+    """Replay one segment; never raises for bad evidence (reported in ``error``)."""
+    from ledger.errors import PotdError
+
+    t0 = time.perf_counter()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    recipe = get_recipe(job.recipe, **job.config)
+    src = EvidenceSource(job.evidence)
+    try:
+        start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
+        model = recipe.model()
+        model.load_state_dict(start_sd)
+        opt = recipe.optimizer(model)
+        if job.start_optimizer is not None and job.start_optimizer_hash is not None:
+            restore_optimizer(opt, src.load(job.start_optimizer, job.start_optimizer_hash,
+                                            job.algorithm))
+        data = recipe_data(recipe)
+        first_bad = None
+        checked = 0
+        cache: dict[tuple[bytes, int, int], list[int]] = {}
+        for i, step in enumerate(range(job.start, job.end + 1)):
+            epoch, offset = job.step_starts[i]
+            idx = torch.tensor(batch_indexes(job.seed, job.n_examples, recipe.batch_size, step,
+                                             epoch, offset, cache))
+            train_step(recipe, model, opt, data.x[idx], data.y[idx], job.seed, step)
+            want = job.step_hashes[i]
+            if want is not None and job.exact:
+                checked += 1
+                if hash_tensors(model.state_dict(), job.algorithm) != want and first_bad is None:
+                    first_bad = step
+                    break
+        distance = tolerance = None
+        match = first_bad is None
+        if job.end_weights is not None and job.end_weights_hash is not None and (
+                not job.exact or not match):
+            end_sd = src.load(job.end_weights, job.end_weights_hash, job.algorithm)
+            if first_bad is None or not job.exact:
+                distance = relative_distance(model.state_dict(), end_sd, start_sd)
+        if job.exact and match and job.step_hashes and job.step_hashes[-1] is None:
+            match = False  # nothing to compare with: treated as a failure of the trainer
+        return SegmentResult(job.start, job.end, match, first_bad, distance, tolerance,
+                             time.perf_counter() - t0, steps_checked=checked)
+    except PotdError as e:
+        return SegmentResult(job.start, job.end, False, None, None, None,
+                             time.perf_counter() - t0, error=e.message)
+
+
+def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
+                 end_sd: dict[str, torch.Tensor], segment_examples: list[int],
+                 heldout: int = 256) -> dict[str, Any]:
+    """PoTD memorization statistic for one segment.
+
+    The loss drop (loss under the start weights minus loss under the end weights) of the
+    examples the segment trained on, against the drop of held-out examples. A segment
+    that really trained on its committed batches shows a larger drop on them (z > 0).
+    Returns train/held-out mean drops, their difference, a Welch z-score and the fraction
+    of segment examples whose drop exceeds the held-out median.
+    """
+    data = recipe_data(recipe)
+    model = recipe.model()
+    ids = torch.tensor(sorted(set(segment_examples)))
+    hx, hy = data.heldout_x[:heldout], data.heldout_y[:heldout]
+
+    def losses(sd: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model.load_state_dict(sd)
+        model.eval()
+        with torch.no_grad():
+            return recipe.per_example_loss(model, x, y).double()
+
+    dt = losses(start_sd, data.x[ids], data.y[ids]) - losses(end_sd, data.x[ids], data.y[ids])
+    dh = losses(start_sd, hx, hy) - losses(end_sd, hx, hy)
+    mt, mh = float(dt.mean()), float(dh.mean())
+    vt = float(dt.var()) if len(dt) > 1 else 0.0
+    vh = float(dh.var()) if len(dh) > 1 else 0.0
+    se = math.sqrt(vt / max(len(dt), 1) + vh / max(len(dh), 1))
+    z = (mt - mh) / se if se > 0 else 0.0
+    frac = float((dt > dh.median()).double().mean())
+    return {"train_drop": mt, "heldout_drop": mh, "statistic": mt - mh, "z": z,
+            "fraction_above_heldout_median": frac, "examples": len(ids), "heldout": len(dh)}

@@ -1,0 +1,406 @@
+"""Checks 3–5 of the audit: seed and data order, replay, memorization (DESIGN §5).
+
+Everything recomputed here comes from the recipe (whose source hash must match the one
+committed in ``run.open``), the data the auditor was given, the revealed ``s_rand``, the
+log's own signature (beacon) and evidence files checked against the log's hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ledger.errors import PotdError
+from ledger.merkle import check_tree
+from ledger.note import SignedCheckpoint, open_checkpoint
+from ledger.statement import Statement
+from prover.derive import (
+    batch_indexes,
+    beacon_from_checkpoint,
+    derive_seed,
+    init_seed,
+    schedule,
+    seed_commitment,
+)
+from prover.evidence import EvidenceError, EvidenceSource, manifest_bytes
+from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
+from prover.recipes import Recipe, get_recipe
+from prover.session import decimal_string, environment
+
+from .logview import LogSnapshot
+from .replay import SegmentJob, SegmentResult, memorization, replay_segment
+from .runs import RunView
+
+if TYPE_CHECKING:
+    from .audit import Audit
+
+# Stouffer-combined z below which the memorization test fails (see README: measured
+# honest runs of digits-mlp give combined z of about 3 to 6 over 8 segments).
+MEMORIZATION_THRESHOLD = 1.0
+
+
+class ReplayCheck:
+    def __init__(self, audit: Audit, view: RunView, snap: LogSnapshot, o: Statement,
+                 close: Statement, cp: SignedCheckpoint) -> None:
+        self.a, self.view, self.snap, self.o, self.close, self.cp = audit, view, snap, o, close, cp
+        self.steps = [st for _, st in view.steps]
+
+    def run(self) -> None:
+        from .audit import _Stop
+
+        a = self.a
+        recipe = self._recipe()
+        if recipe is None:
+            raise _Stop
+        seed = self._seed()
+        data_ok = self._dataset(recipe)
+        if seed is None or not data_ok:
+            a.check("order", "skip", "cannot derive the data order without the seed and data")
+            a.check("replay", "skip", "cannot replay without the seed and the committed data")
+            raise _Stop
+        self._order(recipe, seed)
+        self._hyperparameters(recipe)
+        self._init(recipe, seed)
+        ckpts = self._evidence()
+        if ckpts is None:
+            a.check("replay", "fail", "the evidence does not match the log; nothing can be "
+                    "replayed from it")
+            raise _Stop
+        self._replay(recipe, seed, ckpts)
+
+    # -- recipe, seed, data ----------------------------------------------------
+
+    def _recipe(self) -> Recipe | None:
+        a, o = self.a, self.o
+        rc = o.body.get("recipe")
+        if not isinstance(rc, dict) or not isinstance(rc.get("config"), dict):
+            a.check("recipe", "fail", "run.open carries no recipe name and config")
+            return None
+        name = str(rc.get("name"))
+        if a.opts.recipe and a.opts.recipe != name:
+            a.check("recipe", "fail", f"the run was trained with recipe {name!r}, not the "
+                    f"{a.opts.recipe!r} you asked to audit with")
+            return None
+        a.report["recipe"] = name
+        try:
+            recipe = get_recipe(name, **rc["config"])
+        except PotdError as e:
+            a.check("recipe", "fail", f"cannot instantiate recipe {name!r}: {e.message}")
+            return None
+        have = recipe.source_hash()
+        if have != rc.get("code_hash"):
+            a.check("recipe", "fail", f"recipe {name!r} here has source hash {have}, the run "
+                    f"committed {rc.get('code_hash')}: the recipe changed since run.open",
+                    committed=rc.get("code_hash"), local=have)
+            return None
+        a.check("recipe", "pass", f"recipe {name!r} source hash matches the commitment",
+                code_hash=have, config=rc["config"])
+        return recipe
+
+    def _seed(self) -> bytes | None:
+        a, o, close = self.a, self.o, self.close
+        s_hex = close.body.get("s_rand")
+        try:
+            s_rand = bytes.fromhex(str(s_hex))
+        except ValueError:
+            s_rand = b""
+        if len(s_rand) != 32 or seed_commitment(s_rand) != o.body.get("seed_commitment"):
+            a.check("seed", "fail", "the s_rand revealed in run.close does not match the seed "
+                    "commitment in run.open")
+            return None
+        if not self.steps or not isinstance(self.steps[0].body.get("beacon_checkpoint"), str):
+            a.check("seed", "fail", "the first step does not carry the beacon checkpoint")
+            return None
+        open_index = self.view.statements[0][0]
+        text = str(self.steps[0].body["beacon_checkpoint"])
+        try:
+            beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1)
+            bcp = open_checkpoint(text, a.client.log_key)
+            proof = a.client.consistency_proof(bcp, self.cp)
+            check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
+        except PotdError as e:
+            a.check("seed", "fail", f"beacon checkpoint rejected: {e.message}")
+            return None
+        root = self._committed_root()
+        if root is None:
+            a.check("seed", "fail", "run.open has no valid dataset root")
+            return None
+        seed = derive_seed(root, s_rand, beacon)
+        a.check("seed", "pass", "s_rand matches its commitment; the beacon is the log's "
+                f"signature on the checkpoint of size {open_index + 1}, consistent with size "
+                f"{self.cp.size}; seed recomputed", seed=seed.hex(), beacon=beacon.hex())
+        return seed
+
+    def _committed_root(self) -> bytes | None:
+        ds = self.o.body.get("dataset")
+        try:
+            root = bytes.fromhex(str(ds.get("root"))) if isinstance(ds, dict) else b""
+        except ValueError:
+            return None
+        return root if len(root) == 32 else None
+
+    def _dataset(self, recipe: Recipe) -> bool:
+        from .replay import recipe_data
+
+        a = self.a
+        data = recipe_data(recipe)
+        self.hashes = example_hashes(data.x, data.y)
+        root = merkle_root_hex(self.hashes)
+        held = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
+        ds, ho = self.o.body.get("dataset") or {}, self.o.body.get("heldout") or {}
+        assert isinstance(ds, dict) and isinstance(ho, dict)
+        if root != ds.get("root") or len(data.x) != ds.get("size"):
+            a.check("dataset", "fail", "the data given to the auditor does not match the "
+                    f"committed dataset root ({len(data.x)} examples, root {root[:16]}…, "
+                    f"committed {str(ds.get('root'))[:16]}…)", local=root,
+                    committed=ds.get("root"))
+            return False
+        if held != ho.get("root"):
+            a.check("dataset", "fail", "the held-out split does not match its commitment")
+            return False
+        a.check("dataset", "pass", f"{len(data.x)} training examples hash to the committed "
+                f"root; {len(data.heldout_x)} held-out examples match too", root=root)
+        return True
+
+    def _order(self, recipe: Recipe, seed: bytes) -> None:
+        a = self.a
+        n = len(self.hashes)
+        plan = schedule(n, recipe.batch_size, recipe.epochs)
+        self.plan = plan
+        bad = []
+        if len(plan) != len(self.steps):
+            bad.append(f"the recipe schedules {len(plan)} steps, the run logged "
+                       f"{len(self.steps)}")
+        cache: dict[tuple[bytes, int, int], list[int]] = {}
+        for (step, epoch, off), st in zip(plan, self.steps, strict=False):
+            idx = batch_indexes(seed, n, recipe.batch_size, step, epoch, off, cache)
+            root = merkle_root_hex(self.hashes[i] for i in idx)
+            if st.body.get("batch_root") != root or st.body.get("epoch") != epoch or \
+                    st.body.get("batch_size") != len(idx):
+                bad.append(f"step {step}: committed batch root/epoch/size differ from the "
+                           "seed-derived order")
+                if len(bad) > 20:
+                    break
+        a.check("order", "fail" if bad else "pass", bad[0] if bad else
+                f"all {len(self.steps)} batch roots equal the roots recomputed from the data "
+                "in the seed-derived order", problems=bad[:20])
+
+    def _hyperparameters(self, recipe: Recipe) -> None:
+        a = self.a
+        bad = []
+        for st in self.steps:
+            step = int(st.body.get("step", -1))  # type: ignore[arg-type]
+            if st.body.get("lr") != decimal_string(recipe.lr(step)):
+                bad.append(f"step {step}: logged lr {st.body.get('lr')} differs from the "
+                           f"committed schedule ({decimal_string(recipe.lr(step))})")
+                if len(bad) > 20:
+                    break
+        hp = self.o.body.get("hyperparameters") or {}
+        if isinstance(hp, dict) and str(hp.get("lr")) != str(recipe.config.get("lr")):
+            bad.insert(0, f"run.open hyperparameters lr {hp.get('lr')} differ from the recipe "
+                          f"config lr {recipe.config.get('lr')}")
+        a.check("hyperparameters", "fail" if bad else "pass", bad[0] if bad else
+                "every step's learning rate follows the committed schedule "
+                f"(lr {recipe.config.get('lr')}, batch {recipe.batch_size}, "
+                f"{recipe.epochs} epochs)", problems=bad[:20])
+
+    def _init(self, recipe: Recipe, seed: bytes) -> None:
+        a = self.a
+        torch.manual_seed(init_seed(seed))
+        model = recipe.model()
+        alg = str(self.o.body.get("weights_hash"))
+        h = hash_tensors(model.state_dict(), alg)
+        init = self.steps[0].body.get("init") if self.steps else None
+        want = init.get("weights_hash") if isinstance(init, dict) else None
+        self.alg = alg
+        self.init = init if isinstance(init, dict) else {}
+        if h != want:
+            a.check("init", "fail", "the initial weights are not the ones the seed dictates "
+                    f"(recomputed {h[:16]}…, committed {str(want)[:16]}…)")
+        else:
+            a.check("init", "pass", "initial weights recomputed from the seed match the "
+                    "committed hash", weights_hash=h)
+
+    # -- evidence, replay, memorization -----------------------------------------
+
+    def _evidence(self) -> list[dict[str, Any]] | None:
+        """Checkpoints committed in the log, cross-checked with the evidence manifest."""
+        a = self.a
+        src = EvidenceSource(a.opts.evidence)
+        ckpts = []
+        for st in self.steps:
+            c = st.body.get("checkpoint")
+            if isinstance(c, dict):
+                ckpts.append({"step": st.body["step"], **c})
+        try:
+            manifest, mhash = src.manifest()
+        except EvidenceError as e:
+            a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+            return None
+        if mhash != self.close.body.get("manifest"):
+            a.check("evidence", "fail", "manifest.json is not the manifest committed in "
+                    "run.close", file="manifest.json")
+            return None
+        listed = [{k: c.get(k) for k in ("step", "weights", "weights_hash", "optimizer",
+                                           "optimizer_hash")} for c in manifest.get(
+                                               "checkpoints", [])]
+        if listed != ckpts:
+            a.check("evidence", "fail", "the manifest's checkpoints differ from those "
+                    "committed in the step statements", file="manifest.json")
+            return None
+        try:
+            src.load(str(self.init.get("weights")), str(self.init.get("weights_hash")),
+                     self.alg)
+        except EvidenceError as e:
+            a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+            return None
+        a.check("evidence", "pass", f"manifest matches run.close; {len(ckpts)} checkpoints "
+                "committed (each file is verified when it is used)",
+                manifest=manifest_bytes(manifest).decode()[:200])
+        return ckpts
+
+    def _replay(self, recipe: Recipe, seed: bytes, ckpts: list[dict[str, Any]]) -> None:
+        from .audit import challenge_seed, detection_probabilities, pool_map, sample
+
+        a = self.a
+        bounds = [{"step": -1, "weights": self.init.get("weights"),
+                   "weights_hash": self.init.get("weights_hash"), "optimizer": None,
+                   "optimizer_hash": None}] + ckpts
+        segments = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+        if not segments:
+            a.check("replay", "skip", "no committed checkpoints: nothing to replay from")
+            return
+        env = self.o.body.get("environment") or {}
+        mine = environment()
+        exact = a.opts.tolerance is None and isinstance(env, dict) and all(
+            env.get(k) == mine[k] for k in ("torch", "device", "threads"))
+        cseed = challenge_seed(a.opts, self.view.run, self.cp.root, self.cp.size)
+        picks = sample(cseed, len(segments), a.opts.samples)
+        jobs = [self._job(recipe, seed, segments[i], exact) for i in picks]
+        t0 = time.perf_counter()
+        done = 0
+
+        def tick(r: SegmentResult) -> SegmentResult:
+            nonlocal done
+            done += 1
+            a._tick("replay", done, len(jobs))
+            return r
+
+        results = [tick(r) for r in pool_map(replay_segment, jobs, a.opts.workers)]
+        replay_s = time.perf_counter() - t0
+        tol = None
+        if not exact:
+            tol = a.opts.tolerance if a.opts.tolerance is not None else self._calibrate(
+                jobs[0])
+            for r in results:
+                r.tolerance = tol
+                if r.error is None and r.distance is not None:
+                    r.match = r.distance <= tol
+        bad = [r for r in results if not r.match]
+        segs = [r.to_json() for r in results]
+        a.report["replay"] = {
+            "samples": len(results), "mode": "exact" if exact else "tolerance",
+            "segments_total": len(segments),
+            "challenge": {"kind": "public" if a.opts.public_challenge else "auditor",
+                          "seed": cseed.hex(),
+                          "checkpoint_size": self.cp.size if a.opts.public_challenge else None},
+            "segments": segs, "detection_probability": detection_probabilities(len(results)),
+            "environment": {"run": env, "auditor": mine}}
+        a.report["timing"]["replay_seconds"] = round(replay_s, 3)
+        if bad:
+            r = bad[0]
+            where = (f"weights differ from the committed hash from step {r.first_mismatch_step}"
+                     if r.first_mismatch_step is not None else
+                     (r.error or f"distance {r.distance:.3g} exceeds tolerance {tol:.3g}"
+                      if r.distance is not None and tol is not None else
+                      r.error or "weights differ from the commitment"))
+            a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where}",
+                    segments=[x.to_json() for x in bad])
+        else:
+            a.check("replay", "pass", f"{len(results)} of {len(segments)} segments replayed "
+                    + ("bit-exactly (same environment)" if exact else
+                       f"within tolerance {tol:.3g} (environment differs)"),
+                    steps=sum(r.end - r.start + 1 for r in results))
+        self._memorization(recipe, segments, picks, seed)
+
+    def _job(self, recipe: Recipe, seed: bytes, seg: tuple[dict[str, Any], dict[str, Any]],
+             exact: bool) -> SegmentJob:
+        start, end = int(seg[0]["step"]) + 1, int(seg[1]["step"])
+        by_step = {int(st.body["step"]): st for st in self.steps}  # type: ignore[arg-type]
+        hashes = tuple(str(by_step[t].body["weights"]) if "weights" in by_step[t].body else None
+                       for t in range(start, end + 1))
+        return SegmentJob(
+            recipe=recipe.name, config=dict(recipe.config), seed=seed,
+            n_examples=len(self.hashes), algorithm=self.alg, evidence=self.a.opts.evidence,
+            start=start, end=end, start_weights=str(seg[0]["weights"]),
+            start_weights_hash=str(seg[0]["weights_hash"]),
+            start_optimizer=seg[0]["optimizer"], start_optimizer_hash=seg[0]["optimizer_hash"],
+            step_hashes=hashes, step_starts=tuple((self.plan[t][1], self.plan[t][2])
+                                                  for t in range(start, end + 1)),
+            end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
+            exact=exact)
+
+    def _calibrate(self, job: SegmentJob) -> float:
+        """Honest reproduction noise: the same segment replayed with 1 thread vs. the
+        default, distance between the two results; tolerance = 10x that, at least 1e-6."""
+        import dataclasses
+
+        r1 = replay_segment(dataclasses.replace(job, threads=1, exact=False))
+        r2 = replay_segment(dataclasses.replace(job, exact=False))
+        torch.set_num_threads(environment()["threads"])
+        noise = abs((r1.distance or 0.0) - (r2.distance or 0.0))
+        tol = max(10 * noise, 1e-6)
+        self.a.report.setdefault("calibration", {}).update(
+            {"noise": noise, "tolerance": tol, "method": "1 thread vs default threads, x10"})
+        return tol
+
+    def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
+                      dict[str, Any]]], picks: list[int], seed: bytes) -> None:
+        from .audit import sample
+
+        a = self.a
+        n = min(a.opts.memorization_segments, len(segments))
+        if n == 0:
+            a.check("memorization", "skip", "no segments to test")
+            return
+        chosen = sample(hashlib.sha256(seed + b"memorization").digest(), len(segments), n)
+        src = EvidenceSource(a.opts.evidence)
+        rows = []
+        cache: dict[tuple[bytes, int, int], list[int]] = {}
+        for i in chosen:
+            s0, s1 = segments[i]
+            try:
+                w0 = src.load(str(s0["weights"]), str(s0["weights_hash"]), self.alg)
+                w1 = src.load(str(s1["weights"]), str(s1["weights_hash"]), self.alg)
+            except EvidenceError as e:
+                a.check("memorization", "fail", e.message, file=e.evidence.get("file"))
+                return
+            examples: list[int] = []
+            for t in range(int(s0["step"]) + 1, int(s1["step"]) + 1):
+                step, epoch, off = self.plan[t]
+                examples += batch_indexes(seed, len(self.hashes), recipe.batch_size, step,
+                                          epoch, off, cache)
+            m = memorization(recipe, w0, w1, examples)
+            m.update(start=int(s0["step"]) + 1, end=int(s1["step"]), flagged=m["z"] < 0.0)
+            rows.append(m)
+        flagged = sum(1 for r in rows if r["flagged"])
+        combined = sum(r["z"] for r in rows) / math.sqrt(len(rows))
+        a.report["memorization"] = {
+            "segments": rows, "flagged": flagged, "combined_z": combined,
+            "threshold": MEMORIZATION_THRESHOLD,
+            "note": "per segment: loss drop of the segment's own examples vs held-out "
+                    "examples between the checkpoints around it, as a Welch z-score (Choi et "
+                    "al. 2023); flagged when z < 0; combined over segments by Stouffer's "
+                    "method. Weak with momentum or very small models."}
+        summary = (f"combined z = {combined:.2f} over {len(rows)} segments "
+                   f"({flagged} without a learning signal on their own data)")
+        if combined < MEMORIZATION_THRESHOLD:
+            a.check("memorization", "fail", "no learning signal: the committed batches were "
+                    "not learned more than held-out data; " + summary, combined_z=combined)
+        else:
+            a.check("memorization", "pass", "segments learned their own data more than "
+                    "held-out data; " + summary, combined_z=combined)

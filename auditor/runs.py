@@ -1,0 +1,123 @@
+"""Runs as the auditor reconstructs them from a verified log snapshot.
+
+Every entry is parsed as a statement (entries that are not statements are counted, not
+trusted); statements are grouped by run. :func:`check_run` verifies one run's structure:
+signatures, one signer (the one of ``run.open``), the ``run`` id equals the hash of the
+``run.open`` body, contiguous ``seq`` from 0, the ``prev`` hash chain, contiguous steps
+from 0, exactly one open and one close (last). Each finding raises nothing: it is
+returned as a list of problems, so the report can show all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.errors import PotdError
+from ledger.merkle import leaf_hash
+from ledger.statement import Statement, parse_statement, run_id, verify_statement_signature
+
+from .logview import LogSnapshot
+
+
+@dataclass
+class RunView:
+    run: str
+    statements: list[tuple[int, Statement]] = field(default_factory=list)  # (log index, st)
+
+    @property
+    def open(self) -> Statement | None:
+        for _, st in self.statements:
+            if st.kind == "run.open":
+                return st
+        return None
+
+    @property
+    def signer(self) -> str | None:
+        o = self.open
+        return o.signer if o is not None else (
+            self.statements[0][1].signer if self.statements else None)
+
+    @property
+    def closed(self) -> bool:
+        return any(st.kind == "run.close" for _, st in self.statements)
+
+    @property
+    def steps(self) -> list[tuple[int, Statement]]:
+        return [(i, st) for i, st in self.statements if st.kind == "step"]
+
+    def summary(self) -> dict[str, Any]:
+        o = self.open
+        return {"run": self.run, "signer": self.signer,
+                "status": "closed" if self.closed else ("open" if o else "orphan"),
+                "recipe": (o.body.get("recipe") or {}).get("name") if o else None,
+                "steps": len(self.steps), "first_index": self.statements[0][0],
+                "last_index": self.statements[-1][0]}
+
+
+def group_runs(snap: LogSnapshot) -> tuple[dict[str, RunView], list[int]]:
+    """Statements grouped by run (in log order), and indexes of entries that don't parse."""
+    runs: dict[str, RunView] = {}
+    foreign: list[int] = []
+    for i, e in enumerate(snap.entries):
+        try:
+            st = parse_statement(e)
+        except PotdError:
+            foreign.append(i)
+            continue
+        runs.setdefault(st.run, RunView(st.run)).statements.append((i, st))
+    return runs, foreign
+
+
+def check_run(view: RunView, snap: LogSnapshot) -> list[str]:
+    """Structural problems of one run (empty list = sound)."""
+    problems: list[str] = []
+    sts = view.statements
+    if not sts:
+        return ["the run has no statements in the log"]
+    first = sts[0][1]
+    if first.kind != "run.open":
+        problems.append(f"the run's first statement (index {sts[0][0]}) is {first.kind!r}, "
+                        "not run.open")
+    elif run_id(first.body) != view.run:
+        problems.append("the run id is not the hash of its run.open body")
+    signer = view.signer
+    prev = None
+    step_expected = 0
+    for n, (idx, st) in enumerate(sts):
+        try:
+            verify_statement_signature(st)
+        except PotdError as e:
+            problems.append(f"statement #{st.seq} (index {idx}): {e.message}")
+        if st.signer != signer:
+            problems.append(f"statement #{st.seq} (index {idx}) is signed by {st.signer}, "
+                            f"not by the run's signer {signer}")
+        if st.seq != n:
+            problems.append(f"statement at index {idx} has seq {st.seq}, expected {n}")
+        if n > 0:
+            if st.kind == "run.open":
+                problems.append(f"a second run.open at index {idx}")
+            if st.body.get("prev") != prev:
+                problems.append(f"statement #{st.seq} (index {idx}): prev does not match the "
+                                "leaf hash of the previous statement (chain broken)")
+        if st.kind == "step":
+            if st.body.get("step") != step_expected:
+                problems.append(f"statement #{st.seq} (index {idx}) is step "
+                                f"{st.body.get('step')}, expected step {step_expected}")
+            step_expected += 1
+        if st.kind == "run.close" and n != len(sts) - 1:
+            problems.append(f"statements follow run.close (index {idx})")
+        prev = leaf_hash(snap.entries[idx]).hex()
+    last = sts[-1][1]
+    if last.kind != "run.close":
+        problems.append("the run is not closed (no run.close)")
+    elif last.body.get("steps") != step_expected:
+        problems.append(f"run.close claims {last.body.get('steps')} steps, the log holds "
+                        f"{step_expected}")
+    return problems
+
+
+def abandoned_opens(runs: dict[str, RunView], signer: str, this_run: str) -> list[dict[str, Any]]:
+    """Other runs opened by ``signer`` that were never closed (seed-grinding evidence)."""
+    return [v.summary() for r, v in runs.items()
+            if r != this_run and v.signer == signer and v.open is not None and not v.closed]

@@ -1,0 +1,378 @@
+"""The log server's write path: pool concurrent submissions, flush them as one batch.
+
+A submission is one ``POST /add`` (one statement) or one ``POST /add-batch`` (several,
+all-or-nothing). Submissions wait in a pool; one flush at a time takes the pool (up to
+``max_batch`` statements, never splitting a submission) and, in a worker thread:
+
+1. verifies each statement's trainer signature (unless the caller did);
+2. checks its signer against the operator's allow-list (unless open registration);
+3. checks the run's state in order, so a ``run.open`` and its first steps may share a
+   flush: ``seq`` is the next one, ``body.prev`` is the run's last leaf hash, the signer
+   is the run's signer, the run is not closed;
+4. appends every admitted statement with ``Log.append`` - one SQLite transaction with
+   the run-index rows and one signed checkpoint for the whole flush;
+5. builds each reply (index, leaf hash, the new checkpoint, an inclusion proof at its
+   size, and for a ``run.open`` the beacon checkpoint of size index + 1).
+
+A rejected submission does not affect the others in its flush; a rejected statement
+rejects its whole ``add-batch``. Nothing is answered 200 before the commit returns, so an
+acknowledged statement survives a crash. If the commit fails, every submission of the
+flush gets a storage error and nothing of it is stored; the sequencer then reloads its
+state from the database. There is no merge delay: a flush starts as soon as the previous
+one ends, after gathering the submissions whose requests are already being read (for at
+most ``flush_ms``). The pool is bounded: past ``max_pending`` statements, ``submit``
+raises :class:`~ledger.errors.PushbackError`.
+
+Run states are cached in memory (bounded) and otherwise loaded from the run index; only
+the flush thread touches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, cast
+
+from .errors import MalformedError, PotdError, PushbackError, SignatureError, StorageError
+from .log import Log
+from .note import b64encode
+from .statement import Statement, parse_statement, verify_statement_signature
+from .store import IndexedStore
+
+
+class Rejected(PotdError):
+    """A well-formed, correctly signed statement that the log's state does not admit.
+
+    ``status`` is the HTTP status (403 or 409); ``extra`` holds fields for the client,
+    such as the index of an identical statement already in the log.
+    """
+
+    def __init__(self, message: str, *, code: str, status: int, hint: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.status = status
+        self.extra = extra
+
+
+@dataclass
+class RunState:
+    """What the log needs to know about a run to admit its next statement."""
+
+    signer: str
+    next_seq: int
+    last_leaf: bytes
+    closed: bool
+
+
+@dataclass
+class _Submission:
+    statements: list[Statement]
+    batch: bool
+    future: asyncio.Future[bytes]
+    error: PotdError | None = None
+    first: int = -1
+    states: dict[str, RunState] = field(default_factory=dict)
+    verified: bool = False
+
+
+def verify_signatures(statements: Sequence[Statement], batch: bool, start: int = 0) -> None:
+    """Verify each trainer signature; in a batch, the error names the statement."""
+    for k, st in enumerate(statements, start):
+        try:
+            verify_statement_signature(st)
+        except SignatureError as e:
+            if batch:
+                e.message = f"statement #{k}: {e.message}"
+                e.args = (e.message,)
+                setattr(e, "statement", k)  # noqa: B010
+            raise
+
+
+class Sequencer:
+    """Pools submissions and flushes them through one :class:`~ledger.log.Log`."""
+
+    def __init__(self, log: Log, *, open_registration: bool = False, flush_ms: float = 50.0,
+                 max_batch: int = 10_000, max_pending: int = 50_000,
+                 run_cache: int = 100_000) -> None:
+        if not hasattr(log.store, "run_last"):
+            raise StorageError("the log server needs a store with run and signer indexes",
+                               hint="serve a SQLite log (potd ledger init)")
+        self.log = log
+        self.open_registration = open_registration
+        self.flush_s = max(0.0, flush_ms) / 1000
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self._run_cache = run_cache
+        self._pool: list[_Submission] = []
+        self._pending = 0  # statements in the pool
+        self._arriving = 0  # requests being read that will submit
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "potd-flush")
+        self.flushes = 0  # successful flushes
+        self.flushed = 0  # statements they stored
+        self.flush_seconds = 0.0  # time spent in flushes (the worker thread)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop taking submissions, flush everything pooled, stop the worker."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request whose body is being read: a flush about to start waits for it
+        (at most ``flush_ms``) so that concurrent requests share one commit."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
+    async def submit(self, statements: Sequence[Statement], *, batch: bool,
+                     verified: bool = False) -> bytes:
+        """Pool ``statements``; return the JSON reply once they are stored and signed.
+
+        With ``verified=True`` the caller has already checked their signatures (the
+        server does, on the event loop, to keep the flush thread short)."""
+        n = len(statements)
+        if self._closing:
+            raise PushbackError("the log is shutting down", retry_after=5.0,
+                                hint="retry in a few seconds, against the restarted log")
+        if self._pending and self._pending + n > self.max_pending:
+            raise PushbackError(f"{self._pending} statements are waiting to be sequenced; "
+                                f"the limit is {self.max_pending}", retry_after=1.0)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pool.append(_Submission(list(statements), batch, fut, verified=verified))
+        self._pending += n
+        self._wake.set()
+        return await fut
+
+    # -- the flush loop (event loop side) ------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pool:
+                if self._closing:
+                    return
+                continue
+            started, spins = time.monotonic(), 0
+            while (self._arriving and self._pending < self.max_batch and not self._closing
+                   and time.monotonic() - started < self.flush_s):
+                spins += 1  # a few event-loop passes, then short naps (slow uploads)
+                await asyncio.sleep(0 if spins < 16 else 0.0005)
+            take: list[_Submission] = []
+            total = 0
+            while self._pool and (not take or total + len(self._pool[0].statements)
+                                  <= self.max_batch):
+                sub = self._pool.pop(0)
+                take.append(sub)
+                total += len(sub.statements)
+            self._pending -= total
+            t0 = time.perf_counter()
+            try:
+                replies = await loop.run_in_executor(self._executor, self._flush, take)
+            except BaseException as e:  # a bug: answer everyone, keep serving
+                err = e if isinstance(e, PotdError) else PotdError(f"internal error: {e!r}")
+                replies = [err] * len(take)
+            self.flush_seconds += time.perf_counter() - t0
+            for sub, reply in zip(take, replies, strict=True):
+                if sub.future.done():
+                    continue
+                if isinstance(reply, bytes):
+                    sub.future.set_result(reply)
+                else:
+                    sub.future.set_exception(reply)
+            if self._pool or self._closing:
+                self._wake.set()
+
+    # -- one flush (worker thread) ----------------------------------------------------
+
+    def _flush(self, subs: list[_Submission]) -> list[bytes | PotdError]:
+        for sub in subs:
+            if not sub.verified:
+                try:
+                    verify_signatures(sub.statements, sub.batch)
+                except SignatureError as e:
+                    sub.error = e
+        allowed: set[str] = set()
+        if not self.open_registration:
+            allowed = self._store().allowed_signers(
+                {st.signer for sub in subs if sub.error is None for st in sub.statements})
+        flush_states: dict[str, RunState] = {}
+        entries: list[bytes] = []
+        rows: list[tuple[str, int, int]] = []
+        base = self.log.size
+        for sub in subs:
+            if sub.error is not None:
+                continue
+            local: dict[str, RunState] = {}
+            try:
+                for k, st in enumerate(sub.statements):
+                    try:
+                        if not self.open_registration and st.signer not in allowed:
+                            raise Rejected(f"signer {st.signer} is not allowed to write to "
+                                           "this log", code="signer_not_allowed", status=403,
+                                           hint="ask the log operator to run `potd ledger "
+                                                "allow` with this verifier key")
+                        state = local.get(st.run) or flush_states.get(st.run)
+                        local[st.run] = self._admit(st, state or self._state(st.run))
+                    except PotdError as e:
+                        if sub.batch:
+                            e.message = f"statement #{k}: {e.message}"
+                            e.args = (e.message,)
+                            setattr(e, "statement", k)  # noqa: B010
+                        raise
+            except PotdError as e:
+                sub.error = e
+                continue
+            flush_states.update(local)
+            sub.first = base + len(entries)
+            for i, st in enumerate(sub.statements):
+                entries.append(st.raw)
+                rows.append((st.run, st.seq, sub.first + i))
+        if not entries:
+            return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
+        try:
+            appended = self.log.append(entries, run_rows=rows)
+        except StorageError as e:
+            self._recover()
+            return [s.error if s.error is not None else e for s in subs]
+        for run, state in flush_states.items():
+            self._remember(run, state)
+        self.flushes += 1
+        self.flushed += len(entries)
+        return self._replies(subs, appended.leaf_hashes, base)
+
+    def _replies(self, subs: list[_Submission], leaves: Sequence[bytes], base: int
+                 ) -> list[bytes | PotdError]:
+        log = self.log
+        cp = log.checkpoint()
+        size = cp.size
+        indexes = list(range(base, size))
+        proofs = log.inclusion_proofs(indexes, size)
+        quoted: dict[bytes, str] = {}
+        for p in proofs:
+            for h in p:
+                if h not in quoted:
+                    quoted[h] = f'"{b64encode(h)}"'
+        cp_json = json.dumps(str(cp))
+        out: list[bytes | PotdError] = []
+        for sub in subs:
+            if sub.error is not None:
+                out.append(sub.error)
+                continue
+            parts = []
+            for i, st in enumerate(sub.statements):
+                idx = sub.first + i
+                k = idx - base
+                proof = ",".join([quoted[h] for h in proofs[k]])
+                beacon = ""
+                if st.kind == "run.open":
+                    beacon = f'"beacon_checkpoint":{json.dumps(str(log.checkpoint_at(idx + 1)))},'
+                parts.append(f'{{{beacon}"checkpoint":{cp_json},"inclusion_proof":[{proof}],'
+                             f'"index":{idx},"leaf_hash":"{b64encode(leaves[k])}"}}')
+            body = ",".join(parts)
+            out.append((f"[{body}]" if sub.batch else body).encode())
+        return out
+
+    def _admit(self, st: Statement, state: RunState | None) -> RunState:
+        """The run's state after ``st``, or Rejected (403/409) if ``st`` may not follow."""
+        run = st.run[:16] + "..."
+        if st.kind == "run.open":
+            if state is not None:
+                self._duplicate(st, f"run {run} is already open", "run_exists")
+            return RunState(st.signer, 1, st.leaf_hash(), False)
+        if state is None:
+            raise Rejected(f"run {run} has no run.open in this log", code="unknown_run",
+                           status=409, hint="submit the run's run.open (seq 0) first")
+        if st.signer != state.signer:
+            raise Rejected(f"run {run} was opened by another signer; statement signed by "
+                           f"{st.signer}", code="wrong_signer", status=403,
+                           hint="sign every statement of a run with the key of its run.open")
+        if st.seq < state.next_seq:
+            self._duplicate(st, f"run {run} already has seq {st.seq}; the next is "
+                                f"{state.next_seq}")
+        if state.closed:
+            raise Rejected(f"run {run} is closed", code="run_closed", status=409,
+                           hint="a run ends with its run.close; open a new run")
+        if st.seq != state.next_seq:
+            raise Rejected(f"run {run}: seq {st.seq} is not the next one ({state.next_seq})",
+                           code="wrong_seq", status=409, expected_seq=state.next_seq,
+                           hint="submit a run's statements in order, without gaps")
+        if st.prev != state.last_leaf.hex():
+            raise Rejected(f"run {run}: body.prev {st.prev} is not the leaf hash of seq "
+                           f"{st.seq - 1} ({state.last_leaf.hex()})", code="wrong_prev",
+                           status=409, expected_prev=state.last_leaf.hex(),
+                           hint="prev = hex SHA-256(0x00 || previous statement's bytes)")
+        return RunState(state.signer, st.seq + 1, st.leaf_hash(), st.kind == "run.close")
+
+    def _store(self) -> IndexedStore:
+        return cast(IndexedStore, self.log.store)
+
+    def _duplicate(self, st: Statement, message: str, code: str = "wrong_seq") -> NoReturn:
+        """Raise the 409 for a (run, seq) that is taken, naming the index if identical."""
+        idx = self._store().run_index(st.run, st.seq)
+        if idx is not None and self.log.entries(idx, idx + 1)[0] == st.raw:
+            raise Rejected(f"this statement is already in the log at index {idx}",
+                           code="duplicate", status=409, index=idx,
+                           hint="nothing to do: fetch its proof with GET /proof/inclusion")
+        raise Rejected(message, code=code, status=409,
+                       hint="each (run, seq) is logged once; continue with the next seq")
+
+    def _state(self, run: str) -> RunState | None:
+        state = self._runs.get(run)
+        if state is not None:
+            self._runs.move_to_end(run)
+            return state
+        store = self._store()
+        last = store.run_last(run)
+        if last is None:
+            return None
+        seq, idx = last
+        tail = parse_statement(self.log.entries(idx, idx + 1)[0])
+        if seq == 0:
+            signer = tail.signer
+        else:
+            first = store.run_index(run, 0)
+            if first is None:
+                raise MalformedError(f"run index of {run} has no run.open")
+            signer = parse_statement(self.log.entries(first, first + 1)[0]).signer
+        state = RunState(signer, seq + 1, tail.leaf_hash(), tail.kind == "run.close")
+        self._remember(run, state)
+        return state
+
+    def _remember(self, run: str, state: RunState) -> None:
+        self._runs[run] = state
+        self._runs.move_to_end(run)
+        while len(self._runs) > self._run_cache:
+            self._runs.popitem(last=False)
+
+    def _recover(self) -> None:
+        """After a failed commit: reload the tree and forget cached run states."""
+        self._runs.clear()
+        try:
+            self.log = Log(self.log.store, self.log.signer, timestamps=self.log.timestamps)
+        except PotdError:
+            pass  # the next flush fails again and reports it

@@ -1,0 +1,448 @@
+"""The log server: thin HTTP over :class:`~ledger.log.Log` and the sequencer.
+
+Read API (C2SP tlog-tiles): ``GET /checkpoint``, ``GET /tile/<L>/<N>[.p/<W>]``,
+``GET /tile/entries/<N>[.p/<W>]``. Write and convenience API (JSON, DESIGN §2.5):
+``POST /add``, ``POST /add-batch``, ``GET /proof/inclusion``, ``GET /proof/consistency``,
+``GET /entries``, ``GET /runs/<run>``, plus ``GET /health`` and ``GET /openapi.json``.
+
+Every error is JSON ``{"error": code, "detail": text, "hint": text, ...}`` with the
+status of DESIGN §2.5: 400 malformed, 401 bad signature, 403 signer not allowed, 404, 409
+conflict, 413 too large, 503 pushback/storage with ``Retry-After``. A request that fails
+stores nothing. Full tiles and bundles are immutable and cached for a year; partial ones
+and the checkpoint are not cached long.
+
+One process, one sequencer (uvicorn with a single worker). Reads run on the event loop
+against the store's read connection (they never wait for a commit), except those that
+may read many entries, which run in a thread. Shutdown (SIGINT/SIGTERM) stops accepting
+connections, answers the requests in flight and flushes the pool before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import json
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .errors import (
+    MalformedError,
+    PotdError,
+    PushbackError,
+    SignatureError,
+    StorageError,
+    UsageError,
+)
+from .log import Log
+from .note import Signer, b64encode
+from .openapi import openapi_document
+from .sequencer import Rejected, Sequencer, verify_signatures
+from .statement import parse_statement, parse_statement_array
+from .store import SQLiteStore
+from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, parse_path
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+SHORT = "public, max-age=10"
+NO_CACHE = "no-cache"
+JSON_TYPE = "application/json"
+
+
+class TooLarge(PotdError):
+    code = "too_large"
+    hint = "entries are at most 65535 bytes; split large batches into smaller requests"
+
+
+class NotFound(PotdError):
+    code = "not_found"
+    hint = "check the path and parameters against the current tree size"
+
+
+def status_of(e: PotdError) -> int:
+    """The HTTP status DESIGN §2.5 gives an error."""
+    if isinstance(e, Rejected):
+        return e.status
+    for cls, status in ((TooLarge, 413), (NotFound, 404), (SignatureError, 401),
+                        (MalformedError, 400), (UsageError, 400), (PushbackError, 503),
+                        (StorageError, 503)):
+        if isinstance(e, cls):
+            return status
+    return 500
+
+
+def error_response(status: int, code: str, detail: str, hint: str = "",
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    body: dict[str, Any] = {"error": code, "detail": detail}
+    if hint:
+        body["hint"] = hint
+    body.update(extra)
+    return Response(json.dumps(body), status_code=status, media_type=JSON_TYPE,
+                    headers=headers)
+
+
+def error_payload(e: PotdError) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and extra headers for an error."""
+    status = status_of(e)
+    extra: dict[str, Any] = dict(e.extra) if isinstance(e, Rejected) else {}
+    pos = getattr(e, "statement", None)
+    if isinstance(pos, int):
+        extra["statement"] = pos
+    headers = {}
+    if isinstance(e, PushbackError):
+        headers["Retry-After"] = str(max(1, round(e.retry_after)))
+    elif isinstance(e, StorageError):
+        headers["Retry-After"] = "1"
+    code, message, hint = e.code, e.message, e.hint
+    if status == 500:
+        code, message, hint = "internal", "internal error; the log operator has the details", ""
+    body: dict[str, Any] = {"error": code, "detail": message}
+    if hint:
+        body["hint"] = hint
+    body.update(extra)
+    return status, json.dumps(body).encode(), headers
+
+
+def potd_error_response(e: PotdError) -> Response:
+    status, body, headers = error_payload(e)
+    return Response(body, status_code=status, media_type=JSON_TYPE, headers=headers)
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")), status_code=status,
+                    media_type=JSON_TYPE, headers={"Cache-Control": NO_CACHE})
+
+
+_UINT_RE = re.compile(r"0|[1-9][0-9]{0,18}")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _uint(request: Request, name: str, default: int | None = None) -> int:
+    v = request.query_params.get(name)
+    if v is None:
+        if default is None:
+            raise UsageError(f"missing query parameter {name!r}",
+                             hint=f"add ?{name}=<non-negative integer>")
+        return default
+    if not _UINT_RE.fullmatch(v):
+        raise UsageError(f"query parameter {name}={v[:30]!r} is not a non-negative decimal "
+                         "integer", hint="write it without sign, spaces or leading zeros")
+    return int(v)
+
+
+class LogServer:
+    """The ASGI application's state and handlers."""
+
+    def __init__(self, log: Log, *, open_registration: bool = False, flush_ms: float = 50.0,
+                 max_batch: int = 10_000, max_pending: int = 50_000,
+                 max_request_bytes: int = 16 << 20, entries_page: int = 1000) -> None:
+        store: Any = log.store
+        if hasattr(store, "ensure_indexes"):
+            store.ensure_indexes()
+        self.sequencer = Sequencer(log, open_registration=open_registration, flush_ms=flush_ms,
+                                   max_batch=max_batch, max_pending=max_pending)
+        self.max_request_bytes = max_request_bytes
+        self.max_batch = max_batch
+        self.entries_page = entries_page
+        self.openapi = json.dumps(openapi_document(log.origin, str(log.verifier))).encode()
+        self.starlette = self.app()
+
+    @property
+    def log(self) -> Log:
+        return self.sequencer.log  # replaced after a failed commit
+
+    # -- writes ---------------------------------------------------------------------
+
+    # The write endpoints are plain ASGI (the hot path skips Starlette's routing and
+    # middleware); __call__ dispatches POST /add and /add-batch to them directly.
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path == "/add":
+                return await self.add(scope, receive, send)
+            if path == "/add-batch":
+                return await self.add_batch(scope, receive, send)
+        await self.starlette(scope, receive, send)
+
+    async def _body(self, scope: Scope, receive: Receive, limit: int, what: str) -> bytes:
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                if not v.isdigit():
+                    raise MalformedError("invalid Content-Length header")
+                if int(v) > limit:
+                    raise TooLarge(f"{what} of {int(v)} bytes is over the limit of {limit} "
+                                   "bytes")
+        chunks, n = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                raise MalformedError("the client went away before sending its request body")
+            chunk = msg.get("body", b"")
+            n += len(chunk)
+            if n > limit:
+                raise TooLarge(f"{what} is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _reply(self, send: Send, status: int, body: bytes,
+                     headers: dict[str, str] | None = None) -> None:
+        h = [(b"content-type", b"application/json"),
+             (b"content-length", str(len(body)).encode())]
+        if headers:
+            h += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": h})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _write(self, send: Send, work: Awaitable[bytes]) -> None:
+        try:
+            body = await work
+        except PotdError as e:
+            if status_of(e) == 500:
+                _log_crash("POST", e)
+            await self._reply(send, *error_payload(e))
+            return
+        except Exception as e:  # a bug: report it, answer 500, keep serving
+            _log_crash("POST", e)
+            await self._reply(send, 500, json.dumps(
+                {"error": "internal", "detail": "internal error; the log operator has the "
+                                                "details"}).encode())
+            return
+        await self._reply(send, 200, body)
+
+    async def add(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._write(send, self._add(scope, receive))
+
+    async def _add(self, scope: Scope, receive: Receive) -> bytes:
+        seq = self.sequencer
+        with seq.arriving():
+            body = await self._body(scope, receive,
+                                    min(MAX_ENTRY_SIZE, self.max_request_bytes), "statement")
+            st = parse_statement(body)
+            verify_signatures([st], False)
+        return await seq.submit([st], batch=False, verified=True)
+
+    async def add_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._write(send, self._add_batch(scope, receive))
+
+    async def _add_batch(self, scope: Scope, receive: Receive) -> bytes:
+        seq = self.sequencer
+        with seq.arriving():
+            body = await self._body(scope, receive, self.max_request_bytes, "batch")
+            sts = parse_statement_array(body)
+            if len(sts) > self.max_batch:
+                raise TooLarge(f"batch of {len(sts)} statements; this log takes at most "
+                               f"{self.max_batch} per request",
+                               hint="split the batch into smaller requests")
+            for k, st in enumerate(sts):
+                if len(st.raw) > MAX_ENTRY_SIZE:
+                    e = TooLarge(f"statement #{k} has {len(st.raw)} bytes; the limit is "
+                                 f"{MAX_ENTRY_SIZE}")
+                    setattr(e, "statement", k)  # noqa: B010
+                    raise e
+            for k in range(0, len(sts), 64):  # let other requests run in between
+                verify_signatures(sts[k:k + 64], True, k)
+                await asyncio.sleep(0)
+        return await seq.submit(sts, batch=True, verified=True)
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def checkpoint(self, request: Request) -> Response:
+        return Response(str(self.log.checkpoint()), media_type="text/plain; charset=utf-8",
+                        headers={"Cache-Control": NO_CACHE})
+
+    async def tile(self, request: Request) -> Response:
+        path = "tile/" + request.path_params["path"]
+        tile = parse_path(path)
+        try:
+            if tile.level == ENTRIES_LEVEL:
+                data = await asyncio.to_thread(self.log.tile, tile)
+            else:
+                data = self.log.tile(tile)
+        except UsageError as e:
+            raise NotFound(e.message, hint="this tile is beyond the current tree") from None
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Cache-Control": IMMUTABLE if tile.full else SHORT})
+
+    async def inclusion(self, request: Request) -> Response:
+        log = self.log
+        size = _uint(request, "size", log.size)
+        hexleaf = request.query_params.get("leaf_hash")
+        if hexleaf is not None:
+            if "index" in request.query_params:
+                raise UsageError("give either index or leaf_hash, not both")
+            if not _HEX64_RE.fullmatch(hexleaf):
+                raise UsageError("leaf_hash must be 64 lowercase hex digits")
+            store: Any = log.store
+            found = store.leaf_index(bytes.fromhex(hexleaf))
+            if found is None or found >= size:
+                raise NotFound(f"no record with leaf hash {hexleaf} in the tree of size {size}")
+            index = int(found)
+        else:
+            index = _uint(request, "index")
+        if size > log.size:
+            raise UsageError(f"tree size {size} is beyond the current size {log.size}")
+        if index >= size:
+            raise UsageError(f"index {index} is not inside the tree of size {size}")
+        proof = log.inclusion_proof(index, size)
+        return _json({"index": index, "size": size, "hashes": [b64encode(h) for h in proof]})
+
+    async def consistency(self, request: Request) -> Response:
+        log = self.log
+        m = _uint(request, "from")
+        n = _uint(request, "to", log.size)
+        if not m <= n <= log.size:
+            raise UsageError(f"need from <= to <= {log.size} (the current size); got {m}, {n}")
+        proof = log.consistency_proof(m, n)
+        return _json({"from": m, "to": n, "hashes": [b64encode(h) for h in proof]})
+
+    async def entries(self, request: Request) -> Response:
+        log = self.log
+        size = log.size
+        start = _uint(request, "start")
+        end = _uint(request, "end", min(size, start + self.entries_page))
+        if not start <= end <= size:
+            raise UsageError(f"need start <= end <= {size} (the current size); got {start}, "
+                             f"{end}")
+        end = min(end, start + self.entries_page)
+        data = await asyncio.to_thread(log.entries, start, end)
+        return _json({"start": start, "entries": [b64encode(e) for e in data]})
+
+    async def run(self, request: Request) -> Response:
+        run = request.path_params["run"]
+        if not _HEX64_RE.fullmatch(run):
+            raise UsageError("a run id is 64 lowercase hex digits",
+                             hint="run = hex SHA-256 of the canonical JSON of the run.open body")
+        store: Any = self.log.store
+        indexes = await asyncio.to_thread(store.run_indexes, run)
+        if not indexes:
+            raise NotFound(f"no run {run} in this log")
+        return _json({"run": run, "indexes": indexes})
+
+    async def health(self, request: Request) -> Response:
+        seq = self.sequencer
+        return _json({"status": "ok", "origin": self.log.origin, "size": self.log.size,
+                      "pending": seq.pending, "flushes": seq.flushes, "flushed": seq.flushed,
+                      "flush_seconds": round(seq.flush_seconds, 3)})
+
+    async def openapi_json(self, request: Request) -> Response:
+        return Response(self.openapi, media_type=JSON_TYPE)
+
+    # -- the app ------------------------------------------------------------------
+
+    def app(self) -> Starlette:
+        """The Starlette application for everything but the hot write path."""
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            await self.sequencer.start()
+            try:
+                yield
+            finally:
+                await self.sequencer.close()
+
+        routes = [
+            Route("/checkpoint", self.checkpoint, methods=["GET"]),
+            Route("/tile/{path:path}", self.tile, methods=["GET"]),
+            # plain ASGI (a partial is not a function, so Starlette passes scope/receive/send)
+            Route("/add", functools.partial(self.add), methods=["POST"]),
+            Route("/add-batch", functools.partial(self.add_batch), methods=["POST"]),
+            Route("/proof/inclusion", self.inclusion, methods=["GET"]),
+            Route("/proof/consistency", self.consistency, methods=["GET"]),
+            Route("/entries", self.entries, methods=["GET"]),
+            Route("/runs/{run}", self.run, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/openapi.json", self.openapi_json, methods=["GET"]),
+        ]
+        handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+            PotdError: _on_potd_error, HTTPException: _on_http_error, Exception: _on_crash}
+        app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+        app.router.redirect_slashes = False  # an API: a wrong path is a 404, not a redirect
+        return app
+
+
+async def _on_potd_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PotdError)
+    if status_of(exc) == 500:
+        return await _on_crash(request, exc)
+    return potd_error_response(exc)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    hint = "see GET /openapi.json for the API" if exc.status_code in (404, 405) else ""
+    return error_response(exc.status_code, code, str(exc.detail), hint,
+                          dict(exc.headers) if exc.headers else None)
+
+
+def _log_crash(where: str, exc: BaseException) -> None:
+    print(f"potd ledger serve: internal error on {where}: {exc!r}", file=sys.stderr, flush=True)
+
+
+async def _on_crash(request: Request, exc: Exception) -> Response:
+    _log_crash(f"{request.method} {request.url.path}", exc)
+    return error_response(500, "internal", "internal error; the log operator has the details")
+
+
+def create_app(log: Log, **options: Any) -> LogServer:
+    """The ASGI app serving ``log`` (options as for :class:`LogServer`)."""
+    return LogServer(log, **options)
+
+
+def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 8080,
+          timestamps: bool = False, log_level: str = "warning",
+          on_ready: Callable[[str, int], None] | None = None, **options: Any) -> None:
+    """Open the log at ``db`` with its private key and serve it until SIGINT/SIGTERM."""
+    import uvicorn
+
+    signer = key if isinstance(key, Signer) else Signer.parse(key)
+    store = SQLiteStore(db, read_connection=True)
+    log = Log(store, signer, timestamps=timestamps)
+    app = create_app(log, **options)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        store.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}",
+                         hint="choose another --port, or stop what is using it") from None
+    bound = sock.getsockname()[1]
+    # A long-running server allocates many short-lived containers per request; fewer,
+    # later cyclic-GC passes (nothing here relies on them) cost less than frequent ones.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, workers=1,
+                            timeout_graceful_shutdown=30, backlog=2048, lifespan="on")
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        orig = server.startup
+
+        async def startup(sockets: list[socket.socket] | None = None) -> None:
+            await orig(sockets=sockets)
+            on_ready(host, bound)
+
+        server.startup = startup  # type: ignore[method-assign]
+    # uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown; with these handlers
+    # that ends here, so a clean shutdown exits 0 instead of dying by the signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        store.close()

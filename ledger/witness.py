@@ -1,0 +1,621 @@
+"""A C2SP tlog-witness: cosign a log's checkpoint only if it extends the last one cosigned.
+
+Protocol (c2sp.org/tlog-witness, ``POST <prefix>/add-checkpoint``): the body is
+``old <size>\\n``, up to 63 base64 consistency-proof lines, a blank line, then the signed
+checkpoint. Answers, in the spec's order of checks:
+
+  400  malformed body, or ``old`` larger than the checkpoint size
+  404  the checkpoint's origin is not a known log
+  403  no signature by a key pinned for that origin verifies
+  409  ``old`` is not the size last cosigned (0 for a fresh origin): body ``<size>\\n``,
+       ``Content-Type: text/x.tlog.size``
+  422  the consistency proof from the cosigned tree to the new one does not verify
+  409  (``text/plain``) same size as the cosigned tree but another root: a fork
+  200  one ``— <name> <base64>`` cosignature line (c2sp.org/tlog-cosignature, v1)
+
+Invariants:
+* For each origin the database holds the latest cosigned (size, root, note). It only moves
+  forward along a verified consistency proof, by a compare-and-swap
+  (``UPDATE ... WHERE origin=? AND size=? AND root=?`` inside ``BEGIN IMMEDIATE``), so two
+  requests racing from one state, in threads or processes, cannot both advance it, and a
+  slow request can never roll it back (the race described at the end of the spec).
+* The new state is committed (WAL, ``synchronous=FULL``) before the cosignature leaves.
+* A rejected request whose log signature verified (422, fork) is kept as evidence.
+
+Trusts: the log keys the operator pinned (``add_log``); nothing in a request. The witness
+private key never appears in a log line, ``repr`` or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .errors import (
+    ConsistencyError,
+    MalformedError,
+    PotdError,
+    SignatureError,
+    StorageError,
+    UsageError,
+)
+from .merkle import EMPTY_ROOT, HASH_SIZE, check_tree
+from .note import (
+    ALG_COSIGNATURE_V1,
+    ALG_ED25519,
+    Checkpoint,
+    Note,
+    NoteSignature,
+    SignedCheckpoint,
+    Signer,
+    Verifier,
+    b64decode,
+    b64encode,
+    cosign,
+    open_note,
+    parse_note,
+    verify_cosignature,
+)
+
+log = logging.getLogger("potd.witness")
+
+MAX_PROOF_LINES = 63
+MAX_BODY = 256 * 1024  # 63 proof lines + a note with at most 100 signatures fit easily
+MAX_SIZE = 2**63 - 1  # SQLite INTEGER; Go witnesses parse sizes as int64 too
+SIZE_CONTENT_TYPE = "text/x.tlog.size"
+WORKER_THREADS = 4  # add-checkpoint requests handled at once
+EVIDENCE_KEPT = 100  # rejected-but-signed requests kept per origin
+
+
+# --- errors: one class per status of the spec ----------------------------------------
+
+class WitnessError(PotdError):
+    """A refused add-checkpoint request; ``status`` is its HTTP status, ``evidence`` the
+    checkpoints (notes), sizes and proof involved, for logging."""
+
+    status = 500
+    code = "witness_error"
+    content_type = "text/plain; charset=utf-8"
+
+    def __init__(self, message: str, *, hint: str | None = None, **evidence: Any) -> None:
+        PotdError.__init__(self, message, hint=hint)
+        self.evidence = evidence
+
+    def body(self) -> bytes:
+        return (self.message + "\n").encode()
+
+
+class BadRequestError(WitnessError, MalformedError):
+    status = 400
+    code = "bad_request"
+    hint = "send 'old <size>', the proof lines, a blank line, then the signed checkpoint"
+
+
+class UnknownLogError(WitnessError):
+    status = 404
+    code = "unknown_log"
+    hint = "ask the witness operator to add the log (`potd witness add-log`)"
+
+
+class LogSignatureError(WitnessError, SignatureError):
+    status = 403
+    code = "bad_log_signature"
+    hint = "the checkpoint must be signed by the log key the witness pinned for its origin"
+
+
+class SizeConflictError(WitnessError):
+    """``old`` is not the witness's size for the origin: retry from :attr:`size`."""
+
+    status = 409
+    code = "size_conflict"
+    content_type = SIZE_CONTENT_TYPE
+    hint = "resend with 'old <size>' set to the witness's size and a proof from that size"
+
+    def __init__(self, message: str, *, size: int, hint: str | None = None,
+                 **evidence: Any) -> None:
+        super().__init__(message, hint=hint, **evidence)
+        self.size = size
+
+    def body(self) -> bytes:
+        return f"{self.size}\n".encode()
+
+
+class ProofError(WitnessError, ConsistencyError):
+    status = 422
+    code = "bad_consistency_proof"
+    hint = ("the proof does not link the cosigned tree to this one: a wrong proof, or a log "
+            "that rewrote its history; keep both checkpoints as evidence")
+
+
+class RootMismatchError(WitnessError, ConsistencyError):
+    """Same size as the cosigned tree, another root: the log forked (a split view)."""
+
+    status = 409
+    code = "fork"
+    hint = ("the log signed two different trees of the same size: keep both checkpoints "
+            "as evidence of a split view")
+
+
+class WitnessUnavailable(WitnessError):
+    """Client side: no answer, or an answer the spec does not define (``status`` 0 when no
+    HTTP response arrived)."""
+
+    code = "witness_unavailable"
+    hint = "check the witness URL and that it is running; retry later"
+
+    def __init__(self, message: str, *, status: int = 0, hint: str | None = None,
+                 **evidence: Any) -> None:
+        super().__init__(message, hint=hint, **evidence)
+        self.status = status
+
+
+_BY_STATUS: dict[int, type[WitnessError]] = {400: BadRequestError, 403: LogSignatureError,
+                                             404: UnknownLogError, 422: ProofError}
+
+
+# --- the request body ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AddCheckpointRequest:
+    old_size: int
+    proof: tuple[bytes, ...]
+    note: bytes  # the signed checkpoint, as sent
+
+    def to_bytes(self) -> bytes:
+        lines = [f"old {self.old_size}\n", *(b64encode(h) + "\n" for h in self.proof), "\n"]
+        return "".join(lines).encode() + self.note
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> AddCheckpointRequest:
+        """Parse a request body; raises :class:`BadRequestError` (400)."""
+        head, sep, note = body.partition(b"\n\n")
+        if not sep:
+            raise BadRequestError("request body has no blank line before the checkpoint")
+        lines = head.split(b"\n")
+        m = re.fullmatch(rb"old (0|[1-9][0-9]{0,18})", lines[0])
+        if not m:
+            raise BadRequestError(f"first line {lines[0][:40]!r} is not 'old <decimal size>'")
+        if len(lines) - 1 > MAX_PROOF_LINES:
+            raise BadRequestError(f"{len(lines) - 1} consistency proof lines; at most "
+                                  f"{MAX_PROOF_LINES} are allowed")
+        proof = []
+        for i, ln in enumerate(lines[1:]):
+            try:
+                h = b64decode(ln, f"consistency proof line {i + 1}")
+            except MalformedError as e:
+                raise BadRequestError(e.message) from None
+            if len(h) != HASH_SIZE:
+                raise BadRequestError(f"consistency proof line {i + 1} holds {len(h)} bytes, "
+                                      f"not {HASH_SIZE}")
+            proof.append(h)
+        return cls(int(m.group(1)), tuple(proof), note)
+
+
+def _note_bytes(checkpoint_note: bytes | str | SignedCheckpoint | Note) -> bytes:
+    if isinstance(checkpoint_note, (SignedCheckpoint, Note)):
+        return checkpoint_note.to_bytes()
+    return checkpoint_note.encode() if isinstance(checkpoint_note, str) else checkpoint_note
+
+
+# --- state --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LogState:
+    """What the witness last cosigned for one origin (size 0, empty root: nothing yet)."""
+
+    origin: str
+    size: int
+    root: bytes
+    note: str
+    keys: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"origin": self.origin, "size": self.size, "root": b64encode(self.root),
+                "keys": list(self.keys), "checkpoint": self.note or None}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS log_key (
+    origin TEXT NOT NULL,
+    vkey   TEXT NOT NULL,  -- note verifier key, Ed25519 (alg 0x01)
+    PRIMARY KEY (origin, vkey)
+);
+CREATE TABLE IF NOT EXISTS log_state (
+    origin  TEXT PRIMARY KEY,
+    size    INTEGER NOT NULL,
+    root    BLOB NOT NULL,
+    note    TEXT NOT NULL,     -- the checkpoint note last cosigned, as received
+    updated INTEGER NOT NULL   -- unix ms
+);
+CREATE TABLE IF NOT EXISTS evidence (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin  TEXT NOT NULL,
+    at      INTEGER NOT NULL,  -- unix ms
+    reason  TEXT NOT NULL,
+    detail  TEXT NOT NULL      -- JSON: both checkpoints, sizes and the proof
+);
+"""
+
+
+class WitnessState:
+    """The witness database (SQLite): pinned log keys and the latest cosigned checkpoint
+    per origin. Safe to share between threads (one connection per thread) and processes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        c: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if c is None:
+            try:
+                c = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                    check_same_thread=False)
+                c.execute("PRAGMA journal_mode=WAL")
+                c.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot open witness database {self.path}: {e}") from None
+            self._local.conn = c
+            with self._lock:
+                self._conns.append(c)
+        return c
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed if the block returns, rolled back
+        if it raises (SQLite errors become :class:`StorageError`)."""
+        c = self._conn()
+        # threads of this process queue here rather than in SQLite's busy handler, which
+        # sleeps up to 100 ms per retry; BEGIN IMMEDIATE still orders other processes
+        with self._write_lock:
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                yield c
+                c.execute("COMMIT")
+            except BaseException as e:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StorageError(f"witness database {self.path}: {e}") from None
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def add_log(self, origin: str, vkey: Verifier) -> None:
+        """Pin ``vkey`` for ``origin`` (several keys per origin are allowed). A new origin
+        starts at size 0; re-adding a known origin keeps its state."""
+        if vkey.alg != ALG_ED25519:
+            raise UsageError(f"{vkey.name} is not an Ed25519 log key (alg 0x01)",
+                             hint="pass the log's verifier key, e.g. from `potd ledger keygen`")
+        Checkpoint(origin, 0, EMPTY_ROOT)  # validates the origin line
+        with self._write() as c:
+            c.execute("INSERT OR IGNORE INTO log_key (origin, vkey) VALUES (?, ?)",
+                      (origin, str(vkey)))
+            c.execute("INSERT OR IGNORE INTO log_state (origin, size, root, note, updated) "
+                      "VALUES (?, 0, ?, '', ?)", (origin, EMPTY_ROOT, _now_ms()))
+
+    def keys(self, origin: str) -> list[Verifier]:
+        rows = self._conn().execute("SELECT vkey FROM log_key WHERE origin = ? ORDER BY vkey",
+                                    (origin,)).fetchall()
+        return [Verifier.parse(r[0]) for r in rows]
+
+    def get(self, origin: str) -> LogState | None:
+        row = self._conn().execute("SELECT size, root, note FROM log_state WHERE origin = ?",
+                                   (origin,)).fetchone()
+        if row is None:
+            return None
+        return LogState(origin, int(row[0]), bytes(row[1]), str(row[2]))
+
+    def logs(self) -> list[LogState]:
+        c = self._conn()
+        keys: dict[str, list[str]] = {}
+        for origin, vkey in c.execute("SELECT origin, vkey FROM log_key ORDER BY origin, vkey"):
+            keys.setdefault(origin, []).append(vkey)
+        rows = c.execute("SELECT origin, size, root, note FROM log_state ORDER BY origin")
+        return [LogState(o, int(s), bytes(r), str(n), tuple(keys.get(o, ())))
+                for o, s, r, n in rows]
+
+    def advance(self, origin: str, old: LogState, size: int, root: bytes, note: str) -> None:
+        """Compare-and-swap ``old`` -> (size, root, note). Raises :class:`SizeConflictError`
+        with the current size if the state is no longer ``old`` (another request won)."""
+        with self._write() as c:
+            cur = c.execute("UPDATE log_state SET size = ?, root = ?, note = ?, updated = ? "
+                            "WHERE origin = ? AND size = ? AND root = ?",
+                            (size, root, note, _now_ms(), origin, old.size, old.root))
+            if cur.rowcount != 1:
+                row = c.execute("SELECT size FROM log_state WHERE origin = ?",
+                                (origin,)).fetchone()
+                now = int(row[0]) if row else 0
+                raise SizeConflictError(
+                    f"{origin}: another request moved the witness from size {old.size} to "
+                    f"{now} first", size=now, origin=origin, old_size=old.size, new_size=size)
+
+    def record_evidence(self, origin: str, reason: str, detail: dict[str, Any]) -> None:
+        with self._write() as c:
+            c.execute("INSERT INTO evidence (origin, at, reason, detail) VALUES (?, ?, ?, ?)",
+                      (origin, _now_ms(), reason, json.dumps(detail, sort_keys=True)))
+            c.execute("DELETE FROM evidence WHERE origin = ? AND id NOT IN (SELECT id FROM "
+                      "evidence WHERE origin = ? ORDER BY id DESC LIMIT ?)",
+                      (origin, origin, EVIDENCE_KEPT))
+
+    def evidence(self, origin: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT origin, at, reason, detail FROM evidence"
+        args: tuple[str, ...] = ()
+        if origin is not None:
+            q, args = q + " WHERE origin = ?", (origin,)
+        return [{"origin": o, "at": a, "reason": r, **json.loads(d)}
+                for o, a, r, d in self._conn().execute(q + " ORDER BY id", args)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _json_evidence(ev: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in ev.items():
+        if isinstance(v, bytes):
+            out[k] = b64encode(v)
+        elif isinstance(v, list):
+            out[k] = [b64encode(x) if isinstance(x, bytes) else x for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+# --- the witness --------------------------------------------------------------------
+
+class Witness:
+    """Checks add-checkpoint requests against :class:`WitnessState` and cosigns."""
+
+    def __init__(self, state: WitnessState, signer: Signer,
+                 clock: Callable[[], float] = time.time) -> None:
+        if signer.alg != ALG_COSIGNATURE_V1:
+            raise UsageError(f"witness key {signer.name!r} is not a cosignature/v1 key",
+                             hint="generate one with `potd witness keygen`")
+        self.state = state
+        self.signer = signer
+        self.clock = clock
+
+    @property
+    def verifier(self) -> Verifier:
+        return self.signer.verifier
+
+    def add_checkpoint(self, body: bytes) -> bytes:
+        """Handle one request body; return the cosignature line(s) or raise a
+        :class:`WitnessError` whose ``status`` is the spec's answer."""
+        req = AddCheckpointRequest.from_bytes(body)
+        origin = self._origin(req.note)
+        keys = self.state.keys(origin)
+        if not keys:
+            raise UnknownLogError(f"unknown log origin {origin[:100]!r}", origin=origin)
+        try:
+            note, _ = open_note(req.note, keys)
+            cp = Checkpoint.from_text(note.text)
+        except SignatureError as e:
+            raise LogSignatureError(f"{origin}: {e.message}", origin=origin) from None
+        except MalformedError as e:
+            raise BadRequestError(e.message, origin=origin) from None
+        if cp.size > MAX_SIZE:
+            raise BadRequestError(f"checkpoint size {cp.size} is beyond 2^63-1")
+        ev: dict[str, Any] = dict(origin=origin, old_size=req.old_size, new_size=cp.size,
+                                  new_checkpoint=req.note.decode(), proof=list(req.proof))
+        if req.old_size > cp.size:
+            raise BadRequestError(f"old size {req.old_size} is larger than the checkpoint "
+                                  f"size {cp.size}", **ev)
+        cur = self.state.get(origin)
+        if cur is None:  # keys without a state row: only a hand-edited database
+            raise UnknownLogError(f"unknown log origin {origin!r}", origin=origin)
+        ev.update(cosigned_size=cur.size, cosigned_checkpoint=cur.note)
+        if req.old_size != cur.size:
+            raise SizeConflictError(f"{origin}: old size {req.old_size} is not the size last "
+                                    f"cosigned, {cur.size}", size=cur.size, **ev)
+        if cp.size == cur.size and cp.root != cur.root:
+            self._evidence("fork", ev)
+            raise RootMismatchError(f"{origin}: a second root for tree size {cp.size}: the "
+                                    "log forked", **ev)
+        try:
+            check_tree(req.proof, cp.size, cp.root, cur.size, cur.root)
+        except ConsistencyError as e:
+            self._evidence("bad_consistency_proof", ev)
+            raise ProofError(f"{origin}: {e.message}", **ev) from None
+        self.state.advance(origin, cur, cp.size, cp.root, req.note.decode())
+        sig = cosign(note.text, self.signer, int(self.clock()))
+        return sig.line().encode()
+
+    @staticmethod
+    def _origin(note: bytes) -> str:
+        first = note.split(b"\n", 1)[0]
+        try:
+            origin = first.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestError("checkpoint origin is not valid UTF-8") from None
+        if not origin:
+            raise BadRequestError("the checkpoint's first line (its origin) is empty")
+        return origin
+
+    def _evidence(self, reason: str, ev: dict[str, Any]) -> None:
+        detail = _json_evidence(ev)
+        log.warning("refused %s checkpoint: %s %s", ev["origin"], reason,
+                    json.dumps(detail, sort_keys=True))
+        try:
+            self.state.record_evidence(ev["origin"], reason, detail)
+        except (sqlite3.Error, StorageError) as e:
+            log.error("could not store evidence: %s", e)
+
+
+# --- HTTP (ASGI) --------------------------------------------------------------------
+
+def create_app(witness: Witness) -> Any:
+    """The Starlette app: ``POST /add-checkpoint``, ``GET /health``, ``GET /state``."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    # a few threads: libsodium and SQLite's fsync release the GIL, so they overlap; more
+    # only queue on the GIL and the write lock (measured with scripts/bench_witness.py)
+    pool = ThreadPoolExecutor(WORKER_THREADS, "witness")
+
+    async def add_checkpoint(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return Response(f"request body larger than {MAX_BODY} bytes\n", 413,
+                                media_type="text/plain")
+        try:
+            sig = await asyncio.get_running_loop().run_in_executor(
+                pool, witness.add_checkpoint, bytes(body))
+        except WitnessError as e:
+            if e.status >= 500:
+                log.error("add-checkpoint failed: %s", e)
+            return Response(e.body(), e.status, headers={"content-type": e.content_type})
+        except PotdError as e:  # storage trouble: nothing was cosigned
+            log.error("add-checkpoint failed: %s", e)
+            return Response(f"{e.message}\n", 500, media_type="text/plain")
+        except Exception:  # a bug or a database fault: report it, answer 500, keep serving
+            log.exception("add-checkpoint failed")
+            return Response("internal error; nothing was cosigned\n", 500,
+                            media_type="text/plain")
+        return Response(sig, 200, headers={"content-type": "text/plain; charset=utf-8"})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True, "witness": str(witness.verifier)})
+
+    async def state(request: Request) -> Response:
+        logs = await run_in_threadpool(witness.state.logs)
+        return JSONResponse({"witness": str(witness.verifier),
+                             "logs": [s.to_json() for s in logs]})
+
+    return Starlette(routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+                             Route("/health", health, methods=["GET"]),
+                             Route("/state", state, methods=["GET"])])
+
+
+def serve(db: str, signer: Signer, logs: Sequence[tuple[str, Verifier]] = (), *,
+          host: str = "127.0.0.1", port: int = 8081, log_level: str = "warning",
+          on_ready: Callable[[str, int], None] | None = None) -> None:
+    """Pin ``logs`` in ``db``, then serve the witness until SIGINT/SIGTERM."""
+    import socket
+
+    import uvicorn
+
+    state = WitnessState(db)
+    for origin, vkey in logs:
+        state.add_log(origin, vkey)
+    app = create_app(Witness(state, signer))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        state.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}",
+                         hint="choose another --port, or stop what is using it") from None
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, workers=1,
+                            backlog=2048, lifespan="off")
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        orig = server.startup
+
+        async def startup(sockets: list[socket.socket] | None = None) -> None:
+            await orig(sockets=sockets)
+            on_ready(host, bound)
+
+        server.startup = startup  # type: ignore[method-assign]
+    try:
+        server.run(sockets=[sock])
+    finally:
+        state.close()
+
+
+# --- client -------------------------------------------------------------------------
+
+def request_cosignature(url: str, old_size: int, proof: Sequence[bytes],
+                        checkpoint_note: bytes | str | SignedCheckpoint | Note, *,
+                        witness_key: Verifier | None = None,
+                        client: httpx.Client | None = None,
+                        timeout: float = 10.0) -> list[NoteSignature]:
+    """Ask the witness at ``url`` (its submission prefix) to cosign ``checkpoint_note``,
+    given the size it last cosigned and a consistency proof from that size.
+
+    Returns the cosignatures; with ``witness_key`` only that witness's, each verified (the
+    spec's client ignores unknown keys). Raises the :class:`WitnessError` matching the
+    status: on :class:`SizeConflictError`, ``e.size`` is the witness's size to retry from.
+    """
+    note = _note_bytes(checkpoint_note)
+    body = AddCheckpointRequest(old_size, tuple(proof), note).to_bytes()
+    endpoint = url if url.endswith("/add-checkpoint") else url.rstrip("/") + "/add-checkpoint"
+    http = client if client is not None else httpx.Client(timeout=timeout)
+    try:
+        r = http.post(endpoint, content=body, headers={"content-type": "text/plain"})
+    except httpx.HTTPError as e:
+        raise WitnessUnavailable(f"witness at {endpoint} did not answer: {e}",
+                                 url=endpoint) from None
+    finally:
+        if client is None:
+            http.close()
+    if r.status_code == 200:
+        return _parse_cosignatures(note, r.content, witness_key, endpoint)
+    detail = r.text.strip()[:300]
+    ctype = r.headers.get("content-type", "").split(";")[0].strip()
+    if r.status_code == 409 and ctype == SIZE_CONTENT_TYPE:
+        m = re.fullmatch(r"(0|[1-9][0-9]{0,19})\n", r.text)
+        if not m:
+            raise WitnessUnavailable(f"witness at {endpoint} sent a malformed size {detail!r}",
+                                     url=endpoint)
+        raise SizeConflictError(f"witness at {endpoint} has size {m.group(1)}, not {old_size}",
+                                size=int(m.group(1)), url=endpoint)
+    if r.status_code == 409:
+        raise RootMismatchError(f"witness at {endpoint} refused a second root for the same "
+                                f"size: {detail}", url=endpoint, checkpoint=note.decode())
+    cls = _BY_STATUS.get(r.status_code)
+    if cls is not None:
+        raise cls(f"witness at {endpoint}: HTTP {r.status_code}: {detail}", url=endpoint)
+    raise WitnessUnavailable(f"witness at {endpoint}: HTTP {r.status_code}: {detail}",
+                             status=r.status_code, url=endpoint)
+
+
+def _parse_cosignatures(note: bytes, resp: bytes, witness_key: Verifier | None,
+                        endpoint: str) -> list[NoteSignature]:
+    text = parse_note(note).text
+    try:
+        sigs = list(parse_note(text.encode() + b"\n" + resp).signatures)
+    except MalformedError as e:
+        raise WitnessUnavailable(f"witness at {endpoint} sent malformed cosignatures: "
+                                 f"{e.message}", url=endpoint) from None
+    if witness_key is None:
+        return sigs
+    mine = [s for s in sigs if (s.name, s.key_id) == (witness_key.name, witness_key.key_id)]
+    if not mine:
+        raise SignatureError(f"witness at {endpoint} returned no cosignature by {witness_key}",
+                             hint="check the witness key you pinned for this URL")
+    for s in mine:
+        verify_cosignature(text, s, witness_key)
+    return mine

@@ -1,0 +1,113 @@
+"""Dishonest trainers, built on the public prover API as a real attacker would build them.
+
+Each class is a :class:`~prover.session.TrainingSession` that cheats in one way from
+DESIGN §6 while producing well-formed, correctly signed statements that the log accepts.
+They exist to prove the auditor catches them (tests and ``scripts/attacks.py``); none of
+them is reachable from the ``potd prover`` commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prover.session import Batch, TrainingSession
+
+
+def _segment_step(sess: TrainingSession, fraction: float = 0.5) -> int:
+    """A checkpoint step roughly ``fraction`` into the run."""
+    k = sess.recipe.k
+    target = int(len(sess.plan) * fraction)
+    return max(k - 1, (target // k) * k + k - 1)
+
+
+class ForgedCheckpoint(TrainingSession):
+    """Trains honestly, but the weights committed at one checkpoint (and everything after)
+    are not what the committed steps produce: a perturbation is slipped in."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        if batch.step == _segment_step(self):
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(torch.randn_like(p) * 1e-3)
+        super()._record(batch, loss)
+
+
+class DataSubstitution(TrainingSession):
+    """Commits the honest batch roots but trains on other data (labels relabelled),
+    from the middle of the run on."""
+
+    def train_step(self, batch: Batch) -> float:
+        if batch.step >= len(self.plan) // 2:
+            batch = Batch(batch.step, batch.epoch, batch.indexes, batch.x,
+                          (batch.y + 1) % 10, batch.root)
+        return super().train_step(batch)
+
+
+class SkippedSteps(TrainingSession):
+    """Skips a stretch of steps: instead of training, moves the weights along a straight
+    line towards weights obtained elsewhere (here: a second, private model), committing
+    plausible-looking hashes and losses."""
+
+    def open(self) -> None:
+        super().open()
+        self._target = {k: v.detach().clone() + 0.01 * torch.randn_like(v)
+                        for k, v in self.model.state_dict().items()}
+        n = len(self.plan)
+        self._skip = range(n // 3, 2 * n // 3)
+
+    def train_step(self, batch: Batch) -> float:
+        if batch.step not in self._skip:
+            return super().train_step(batch)
+        self._wait_hashed()
+        frac = 1.0 / (self._skip.stop - batch.step)
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.lerp_(self._target[k], frac)
+        loss = self.losses[-1] * 0.99 if self.losses else 2.3
+        self._record(batch, loss)
+        return loss
+
+
+class ChosenOrder(TrainingSession):
+    """Ignores the seed-derived order and feeds the examples sorted by label (a curriculum
+    the trainer chose), committing the batch roots of the order it really used."""
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        y = self.data.y.tolist()
+        return sorted(range(len(y)), key=lambda i: (y[i], i))
+
+
+class TinyLearningRate(TrainingSession):
+    """Tiny-step spoofing: claims a tiny learning rate in its step statements (so that
+    any small weight change looks like an honest step) while nudging the weights towards
+    weights it obtained elsewhere."""
+
+    TINY = 1e-7
+
+    def statement_lr(self, step: int) -> float:
+        return self.TINY
+
+    def open(self) -> None:
+        super().open()
+        self._target = {k: v.detach().clone() + 0.01 * torch.randn_like(v)
+                        for k, v in self.model.state_dict().items()}
+
+    def train_step(self, batch: Batch) -> float:
+        self._wait_hashed()
+        frac = 1.0 / max(1, len(self.plan) - batch.step)
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.lerp_(self._target[k], frac)
+        self._record(batch, 2.3)
+        return 2.3
+
+
+ATTACKS: dict[str, Any] = {
+    "forged-checkpoint": ForgedCheckpoint,
+    "data-substitution": DataSubstitution,
+    "skipped-steps": SkippedSteps,
+    "chosen-order": ChosenOrder,
+    "tiny-lr": TinyLearningRate,
+}

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""The attack suite: one adversary per row of DESIGN §6, each against a real log server
+(SQLite, loopback port), a real training run and the real auditor.
+
+Prints a table (attack, expected check, verdict, the check that caught it) and exits
+non-zero if the honest run does not pass or any attack is not caught.
+
+    .venv/bin/python scripts/attacks.py            # all scenarios
+    .venv/bin/python scripts/attacks.py -k pickle  # those whose name contains "pickle"
+    .venv/bin/python scripts/attacks.py --json attacks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from auditor.audit import Audit, AuditOptions  # noqa: E402
+from ledger.client import LogClient, LogRejected  # noqa: E402
+from ledger.devserver import ServerProcess  # noqa: E402
+from ledger.log import Log  # noqa: E402
+from ledger.merkle import leaf_hash  # noqa: E402
+from ledger.note import Signer  # noqa: E402
+from ledger.statement import build_statement  # noqa: E402
+from prover.attacks import ATTACKS  # noqa: E402
+from prover.recipes import get_recipe  # noqa: E402
+from prover.session import TrainingSession  # noqa: E402
+
+RECIPE = {"epochs": 1}  # digits-mlp, 45 steps, a checkpoint every 5
+
+
+class Bench:
+    """A log operator, a trainer and an auditor, in one temporary directory."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.dir = root / name
+        self.dir.mkdir(parents=True)
+        self.log_key = Signer.generate("potd.example/attack-log")
+        (self.dir / "log.key").write_text(self.log_key.private_string())
+        self.db = str(self.dir / "log.db")
+        Log.create(self.db, self.log_key).store.close()
+        self.trainer = Signer.generate("trainer.example/alice")
+        self.server = ServerProcess(self.db, str(self.dir / "log.key"),
+                                    extra=["--open-registration"],
+                                    log_file=str(self.dir / "server.log")).start()
+        self.state = str(self.dir / "auditor-state")
+
+    def client(self) -> LogClient:
+        return LogClient(self.server.url, self.log_key.verifier)
+
+    def train(self, cls: type[TrainingSession] = TrainingSession, tag: str = "run",
+              trainer: Signer | None = None) -> tuple[str, str]:
+        ev = str(self.dir / f"evidence-{tag}")
+        sess = cls(get_recipe("digits-mlp", **RECIPE), self.client(), trainer or self.trainer,
+                   ev, str(self.dir / f"{tag}.spool"))
+        sess.open()
+        for b in sess.batches():
+            sess.train_step(b)
+        sess.close()
+        return sess.run_id, ev
+
+    def audit(self, run: str, evidence: str) -> dict[str, Any]:
+        client = LogClient(self.server.url, self.log_key.verifier, state_dir=self.state,
+                           proofs="tiles")
+        with client:
+            return Audit(client, AuditOptions(run=run, evidence=evidence, samples=1000,
+                                              seed=b"\x07" * 32)).run()
+
+    def restart_with(self, db: str) -> None:
+        """The operator swaps the database behind the same URL (port)."""
+        self.server.stop()
+        self.server = ServerProcess(db, str(self.dir / "log.key"), port=self.server.port,
+                                    extra=["--open-registration"],
+                                    log_file=str(self.dir / "server.log")).start()
+
+    def rebuild(self, entries: list[bytes], name: str) -> str:
+        """A new log with the same key holding ``entries``: a rewritten history."""
+        db = str(self.dir / name)
+        log = Log.create(db, self.log_key)
+        log.append(entries)
+        log.store.close()
+        return db
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+@dataclass
+class Scenario:
+    name: str
+    threat: str
+    expect: tuple[str, ...]          # checks that should catch it (any of them)
+    run: Callable[[Bench], dict[str, Any]]
+
+
+def _entries(b: Bench) -> list[bytes]:
+    log = Log.open(b.db)
+    out = log.entries(0, log.size)
+    log.store.close()
+    return out
+
+
+def honest(b: Bench) -> dict[str, Any]:
+    return b.audit(*b.train())
+
+
+def trainer_attack(name: str) -> Callable[[Bench], dict[str, Any]]:
+    def go(b: Bench) -> dict[str, Any]:
+        return b.audit(*b.train(ATTACKS[name]))
+    return go
+
+
+def seed_grinding(b: Bench) -> dict[str, Any]:
+    # open runs, look at the seed, abandon the ones the trainer does not like
+    for i in range(2):
+        s = TrainingSession(get_recipe("digits-mlp", **RECIPE), b.client(), b.trainer,
+                            str(b.dir / f"ev-ground-{i}"), str(b.dir / f"ground-{i}.spool"))
+        s.open()
+        s._shutdown()
+    return b.audit(*b.train())
+
+
+def forged_statement(b: Bench) -> dict[str, Any]:
+    run, ev = b.train()
+    entries = _entries(b)
+    mallory = Signer.generate("trainer.example/mallory")
+    victim = str(b.trainer.verifier)
+    # a statement for alice's run, signed by mallory but claiming alice as the signer:
+    # a copy of one of alice's steps with a better loss, appended after her run.close
+    step = json.loads(entries[len(entries) // 2])["body"]
+    step["loss"] = "0.001"
+    step["step"] = len(entries) - 2  # seq = step + 1
+    step["prev"] = leaf_hash(entries[-1]).hex()
+    forged = json.loads(build_statement("step", run, len(entries) - 1, step, mallory))
+    forged["signer"] = victim
+    data = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()
+    try:
+        b.client().add(data)
+        refused = None
+    except LogRejected as e:
+        refused = e.status
+    # an honest log refuses it; a colluding operator writes it anyway
+    db = b.rebuild(entries + [data], "colluding.db")
+    b.restart_with(db)
+    rep = b.audit(run, ev)
+    rep["log_refused_with"] = refused
+    return rep
+
+
+def operator_edit(b: Bench) -> dict[str, Any]:
+    run, ev = b.train()
+    first = b.audit(run, ev)  # the auditor stores the checkpoint it verified
+    entries = _entries(b)
+    i = len(entries) // 2
+    entries[i] = entries[i].replace(b'"loss":"', b'"loss":"0')
+    b.restart_with(b.rebuild(entries, "edited.db"))
+    rep = b.audit(run, ev)
+    rep["first_verdict"] = first["verdict"]
+    return rep
+
+
+def operator_remove(b: Bench) -> dict[str, Any]:
+    run, ev = b.train()
+    first = b.audit(run, ev)
+    entries = _entries(b)
+    del entries[len(entries) // 2]
+    b.restart_with(b.rebuild(entries, "removed.db"))
+    rep = b.audit(run, ev)
+    rep["first_verdict"] = first["verdict"]
+    return rep
+
+
+def operator_rollback(b: Bench) -> dict[str, Any]:
+    run, ev = b.train()
+    entries = _entries(b)
+    first = b.audit(run, ev)
+    b.restart_with(b.rebuild(entries[: len(entries) - 3], "rolled-back.db"))
+    rep = b.audit(run, ev)
+    rep["first_verdict"] = first["verdict"]
+    return rep
+
+
+class _Payload:
+    """Unpickling this would run code: it would create a marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def evidence_pickle(b: Bench) -> dict[str, Any]:
+    import pickle
+
+    run, ev = b.train()
+    manifest = json.loads((Path(ev) / "manifest.json").read_text())
+    target = Path(ev) / "objects" / manifest["checkpoints"][2]["weights"]
+    marker = b.dir / "PWNED"
+    target.write_bytes(pickle.dumps({"weights": _Payload(str(marker))}))
+    rep = b.audit(run, ev)
+    rep["code_executed"] = marker.exists()
+    return rep
+
+
+def evidence_wrong_hash(b: Bench) -> dict[str, Any]:
+    run, ev = b.train()
+    manifest = json.loads((Path(ev) / "manifest.json").read_text())
+    target = Path(ev) / "objects" / manifest["checkpoints"][3]["weights"]
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0x01
+    target.write_bytes(bytes(data))
+    return b.audit(run, ev)
+
+
+def split_view(b: Bench) -> dict[str, Any]:
+    return {"verdict": "not detectable without witnesses", "checks": [],
+            "note": "a log that shows two auditors two different trees is only caught by "
+                    "witness cosignatures (issue 7); until then this row is explicit"}
+
+
+SCENARIOS = [
+    Scenario("honest run", "-", (), honest),
+    Scenario("forged checkpoint", "weights not produced by the committed steps", ("replay",),
+             trainer_attack("forged-checkpoint")),
+    Scenario("data substitution", "trained on other data than committed", ("replay",),
+             trainer_attack("data-substitution")),
+    Scenario("skipped steps", "steps skipped, weights interpolated", ("replay",),
+             trainer_attack("skipped-steps")),
+    Scenario("chosen order", "the trainer chose its data order", ("order",),
+             trainer_attack("chosen-order")),
+    Scenario("seed grinding", "runs reopened until the seed suits", ("run.grinding",),
+             seed_grinding),
+    Scenario("tiny-lr spoofing", "tiny learning rate so any data looks right",
+             ("hyperparameters", "replay"), trainer_attack("tiny-lr")),
+    Scenario("forged statement", "a statement in another trainer's name",
+             ("run.signatures",), forged_statement),
+    Scenario("statement edited by operator", "history rewritten after logging",
+             ("log.checkpoint",), operator_edit),
+    Scenario("statement removed by operator", "history rewritten after logging",
+             ("log.checkpoint",), operator_remove),
+    Scenario("log rollback", "the log shrinks back to an older tree", ("log.checkpoint",),
+             operator_rollback),
+    Scenario("evidence: pickle payload", "malicious evidence file", ("evidence", "replay"),
+             evidence_pickle),
+    Scenario("evidence: wrong hash", "evidence altered after the fact", ("evidence", "replay"),
+             evidence_wrong_hash),
+    Scenario("split view", "two trees shown to two parties", ("witness",), split_view),
+]
+
+
+def caught_by(report: dict[str, Any]) -> list[str]:
+    return [c["name"] for c in report.get("checks", []) if c["status"] == "fail"]
+
+
+def outcome(s: Scenario, rep: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the scenario ended as it must, and why."""
+    if not s.expect:
+        return rep["verdict"] == "pass", "honest run must pass"
+    if rep["verdict"] == "not detectable without witnesses":
+        return True, "explicitly not detectable without witnesses"
+    if rep.get("code_executed"):
+        return False, "evidence file executed code"
+    fails = caught_by(rep)
+    ok = rep["verdict"] == "fail" and any(c in fails for c in s.expect)
+    return ok, ("caught by " + ", ".join(fails)) if fails else "NOT CAUGHT"
+
+
+def run_scenarios(names: list[Scenario], root: Path) -> list[dict[str, Any]]:
+    rows = []
+    for s in names:
+        t0 = time.perf_counter()
+        bench = Bench(root, s.name.replace(" ", "-").replace(":", ""))
+        try:
+            rep = s.run(bench)
+        finally:
+            bench.close()
+        ok, why = outcome(s, rep)
+        rows.append({"attack": s.name, "threat": s.threat,
+                     "expected": " / ".join(s.expect) or "pass", "verdict": rep["verdict"],
+                     "caught_by": caught_by(rep), "ok": ok, "why": why,
+                     "seconds": round(time.perf_counter() - t0, 1),
+                     "report": rep})
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'attack':32s} {'expected check':28s} {'verdict':34s} result")
+    print("-" * 110)
+    for r in rows:
+        print(f"{r['attack']:32s} {r['expected']:28s} {r['verdict']:34s} "
+              f"{'OK ' if r['ok'] else 'BAD'} {r['why']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("-k", help="only scenarios whose name contains this")
+    ap.add_argument("--json", help="write the rows (with full reports) here")
+    ap.add_argument("--keep", help="keep the working directories under this path")
+    args = ap.parse_args()
+    chosen = [s for s in SCENARIOS if not args.k or args.k in s.name]
+    root = Path(args.keep or tempfile.mkdtemp(prefix="potd-attacks-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = run_scenarios(chosen, root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    bad = [r for r in rows if not r["ok"]]
+    print(f"\n{len(rows) - len(bad)} of {len(rows)} scenarios ended as they must")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""Log server load benchmark (loopback only, bounded in count and time; not a test).
+
+Starts ``potd ledger serve`` on a free 127.0.0.1 port with a fresh SQLite log, then
+measures, each phase bounded by a statement count and a time limit:
+
+  add        C concurrent clients (default 64), each appending its own run statement
+             by statement with ``POST /add`` (keep-alive, one request in flight each)
+  add-batch  a few clients sending ``POST /add-batch`` of B statements (default 1,000)
+  proof      C clients asking ``GET /proof/inclusion`` for random indexes
+  tile       C clients fetching random full hash tiles and entry bundles
+
+and, in the same run, the baselines: the raw library rate (``Log.append`` of the same
+statement bytes in batches of the sizes the server saw) and the per-statement cost of
+parsing and verifying a statement (Ed25519), which bounds any signed write path.
+
+Statements are signed before the clock starts; the load generator is a separate
+process speaking plain HTTP/1.1 over asyncio streams, so the server and the generator
+each get one of the machine's cores.
+
+    .venv/bin/python scripts/bench_server.py              # the defaults below
+    .venv/bin/python scripts/bench_server.py --quick      # a few seconds per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ledger.log import Log  # noqa: E402
+from ledger.merkle import leaf_hash  # noqa: E402
+from ledger.note import Signer  # noqa: E402
+from ledger.statement import (  # noqa: E402
+    build_statement,
+    parse_statement,
+    run_id,
+    verify_statement_signature,
+)
+from ledger.store import SQLiteStore  # noqa: E402
+
+# --- statements -----------------------------------------------------------------------
+
+
+def make_run(trainer: Signer, tag: int, steps: int) -> list[bytes]:
+    """A run.open and ``steps`` steps, chained, with prover-like bodies (~600 bytes)."""
+    body = {"seed_commitment": os.urandom(32).hex(),
+            "dataset": {"root": os.urandom(32).hex(), "size": 60000, "example_hash": "v1"},
+            "recipe": {"name": "bench", "code_hash": os.urandom(32).hex(), "config": {}},
+            "weights_hash": "blake3", "tag": tag}
+    rid = run_id(body)
+    out = [build_statement("run.open", rid, 0, body, trainer)]
+    prev = leaf_hash(out[0]).hex()
+    for t in range(steps):
+        st = build_statement("step", rid, t + 1, {
+            "step": t, "epoch": 0, "batch_root": os.urandom(32).hex(), "batch_size": 64,
+            "loss": "2.302585", "lr": "0.001", "weights": os.urandom(32).hex(), "prev": prev,
+        }, trainer)
+        prev = leaf_hash(st).hex()
+        out.append(st)
+    return out
+
+
+def _make_runs_worker(args: tuple[str, int, int]) -> list[bytes]:
+    skey, tag, steps = args
+    return make_run(Signer.parse(skey), tag, steps)
+
+
+def make_runs(trainer: Signer, count: int, steps: int, tag0: int) -> list[list[bytes]]:
+    with mp.Pool(2) as pool:
+        return pool.map(_make_runs_worker, [(trainer.private_string(), tag0 + i, steps)
+                                            for i in range(count)])
+
+
+# --- the load generator (runs in a child process) ----------------------------------------
+
+async def _client(port: int, requests: list[bytes], deadline: float, lat: list[float],
+                  statuses: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for req in requests:
+            if time.perf_counter() > deadline:
+                break
+            t = time.perf_counter()
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            m = re.search(rb"(?i)content-length: *(\d+)", head)
+            if m:
+                await reader.readexactly(int(m.group(1)))
+            lat.append(time.perf_counter() - t)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 503:
+                await asyncio.sleep(0.05)
+    finally:
+        writer.close()
+
+
+def _load(port: int, per_client: list[list[bytes]], limit_s: float, out: Any) -> None:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def main() -> dict[str, Any]:
+        lat: list[float] = []
+        statuses: dict[int, int] = {}
+        t0 = time.perf_counter()
+        await asyncio.gather(*[_client(port, reqs, t0 + limit_s, lat, statuses)
+                               for reqs in per_client])
+        return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses}
+
+    out.put(asyncio.run(main()))
+
+
+def run_load(port: int, per_client: list[list[bytes]], limit_s: float) -> dict[str, Any]:
+    q: Any = mp.Queue()
+    p = mp.Process(target=_load, args=(port, per_client, limit_s, q))
+    p.start()
+    res: dict[str, Any] = q.get()
+    p.join()
+    return res
+
+
+def post(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+# --- reporting ----------------------------------------------------------------------------
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+
+def summarize(name: str, res: dict[str, Any], per_request: int = 1) -> dict[str, Any]:
+    ok = res["statuses"].get(200, 0)
+    lat = res["latencies"]
+    return {"phase": name, "requests": len(lat), "ok": ok, "statuses": res["statuses"],
+            "seconds": round(res["seconds"], 2),
+            "per_s": round(ok * per_request / res["seconds"]),
+            "req_per_s": round(len(lat) / res["seconds"]),
+            "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
+            "p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None}
+
+
+# --- baselines ----------------------------------------------------------------------------
+
+def library_rate(path: str, statements: list[bytes], batch: int) -> float:
+    log = Log.create(path, Signer.generate("bench.example/baseline"))
+    t = time.perf_counter()
+    for i in range(0, len(statements), batch):
+        log.append(statements[i:i + batch])
+    dt = time.perf_counter() - t
+    log.store.close()
+    return len(statements) / dt
+
+
+def verify_rate(statements: list[bytes]) -> float:
+    t = time.perf_counter()
+    for raw in statements:
+        verify_statement_signature(parse_statement(raw))
+    return len(statements) / (time.perf_counter() - t)
+
+
+# --- the server ---------------------------------------------------------------------------
+
+def start_server(d: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int, Signer]:
+    key = Signer.generate("bench.example/log")
+    Path(d, "log.key").write_text(key.private_string())
+    Log.create(os.path.join(d, "log.db"), key).store.close()
+    trainer = Signer.generate("trainer.bench")
+    store = SQLiteStore(os.path.join(d, "log.db"))
+    store.ensure_indexes()
+    store.set_signer_allowed(str(trainer.verifier), True)
+    store.close()
+    errf = open(os.path.join(d, "server.err"), "w+b")  # noqa: SIM115
+    p = subprocess.Popen([sys.executable, "-c", "from ledger.cli import main; main()", "ledger",
+                          "serve", "--db", os.path.join(d, "log.db"), "--key",
+                          os.path.join(d, "log.key"), "--port", "0", *extra],
+                         stderr=errf, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        errf.seek(0)
+        m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", errf.read())
+        if m:
+            return p, int(m.group(1)), trainer
+        if p.poll() is not None:
+            break
+        time.sleep(0.05)
+    p.kill()
+    errf.seek(0)
+    raise SystemExit("server did not start:\n" + errf.read().decode(errors="replace"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=64, help="concurrent clients (default 64)")
+    ap.add_argument("--adds", type=int, default=60_000,
+                    help="single adds in total, at most (default 60,000)")
+    ap.add_argument("--batch", type=int, default=1000, help="add-batch size (default 1000)")
+    ap.add_argument("--batches", type=int, default=60, help="add-batch requests (default 60)")
+    ap.add_argument("--batch-clients", type=int, default=4,
+                    help="concurrent add-batch clients (default 4)")
+    ap.add_argument("--reads", type=int, default=60_000,
+                    help="proof and tile requests per phase, at most (default 60,000)")
+    ap.add_argument("--seconds", type=float, default=20, help="time limit per phase (default 20)")
+    ap.add_argument("--quick", action="store_true", help="small counts, 5 s per phase")
+    ap.add_argument("--phases", default="add,batch,proof,tile",
+                    help="comma-separated subset of add,batch,proof,tile")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="extra argument for potd ledger serve (repeatable)")
+    ap.add_argument("--json", help="write the results as JSON to this file")
+    a = ap.parse_args()
+    if a.quick:
+        a.adds, a.batches, a.reads, a.seconds = 12_800, 12, 10_000, 5
+    rnd = random.Random(1)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="potd-bench-") as d:
+        proc, port, trainer = start_server(d, a.server_arg)
+        try:
+            steps = max(1, a.adds // a.clients - 1)
+            print(f"signing {a.clients} runs x {steps + 1} statements and "
+                  f"{a.batches} batches x {a.batch} ...", flush=True)
+            runs = make_runs(trainer, a.clients, steps, 0)
+            per_batch_client = -(-a.batches // a.batch_clients)
+            brun = make_runs(trainer, a.batch_clients, per_batch_client * a.batch - 1, 10_000)
+            sample = [s for r in runs for s in r][:20_000]
+            print(f"statement size: {statistics.mean(len(s) for s in sample):.0f} bytes",
+                  flush=True)
+
+            # baselines, measured while the server idles
+            verify_per_s = verify_rate(sample[:5000])
+            lib1 = library_rate(os.path.join(d, "b1.db"), sample, a.clients)
+            lib2 = library_rate(os.path.join(d, "b2.db"), [s for r in brun for s in r][:20_000],
+                                a.batch)
+
+            phases = set(a.phases.split(","))
+            if "add" in phases:
+                h0 = health(port)
+                res = run_load(port, [[post("/add", s) for s in r] for r in runs], a.seconds)
+                results.append(summarize(f"add ({a.clients} clients)", res))
+                h1 = health(port)
+                n, f = h1["flushes"] - h0["flushes"], h1["flush_seconds"] - h0["flush_seconds"]
+                print(f"add: {n} flushes, {(h1['flushed'] - h0['flushed']) / max(n, 1):.1f} "
+                      f"statements and {1000 * f / max(n, 1):.2f} ms each, busy "
+                      f"{100 * f / res['seconds']:.0f}% of the time", flush=True)
+            if "batch" in phases:
+                reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + a.batch]) + b"]")
+                         for i in range(0, len(r), a.batch)] for r in brun]
+                res = run_load(port, reqs, a.seconds)
+                results.append(summarize(f"add-batch of {a.batch}", res, a.batch))
+            if "add" not in phases and "batch" not in phases:  # something to read
+                run_load(port, [[post("/add-batch", b"[" + b",".join(r) + b"]")]
+                                for r in runs], a.seconds)
+
+            size = int(health(port)["size"])
+            per = max(1, a.reads // a.clients)
+            if "proof" in phases:
+                reqs = [[get(f"/proof/inclusion?index={rnd.randrange(size)}&size={size}")
+                         for _ in range(per)] for _ in range(a.clients)]
+                results.append(summarize("inclusion proof", run_load(port, reqs, a.seconds)))
+            full = size // 256
+            if "tile" in phases and full:
+                for name, prefix in (("hash tile (full)", "/tile/0/"),
+                                     ("entry bundle (full)", "/tile/entries/")):
+                    reqs = [[get(prefix + _fmt(rnd.randrange(full))) for _ in range(per)]
+                            for _ in range(a.clients)]
+                    results.append(summarize(name, run_load(port, reqs, a.seconds)))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print()
+    print(f"{'phase':26} {'requests':>9} {'ok':>7} {'s':>6} {'entries|req/s':>14} "
+          f"{'p50 ms':>8} {'p99 ms':>8}")
+    for r in results:
+        print(f"{r['phase']:26} {r['requests']:>9} {r['ok']:>7} {r['seconds']:>6} "
+              f"{r['per_s']:>14,} {r['p50_ms']:>8} {r['p99_ms']:>8}")
+    print(f"\nbaseline, same run: Log.append {lib1:,.0f} entries/s in batches of {a.clients}, "
+          f"{lib2:,.0f} in batches of {a.batch}; parse + verify one statement "
+          f"{verify_per_s:,.0f}/s on one core")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"phases": results, "library_per_s": {
+            str(a.clients): round(lib1), str(a.batch): round(lib2)},
+            "parse_verify_per_s": round(verify_per_s)}, indent=2) + "\n")
+
+
+def health(port: int) -> dict[str, Any]:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+        out: dict[str, Any] = json.loads(r.read())
+    return out
+
+
+def _fmt(n: int) -> str:
+    from ledger.tiles import format_index
+    return format_index(n)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Witness load benchmark (loopback only, bounded in count and time; not a test).
+
+Starts ``potd witness serve`` on a free 127.0.0.1 port with a fresh SQLite database
+pinning L logs (default 32), then measures ``POST /add-checkpoint``:
+
+  prepared  each log appends entries (B per checkpoint, default 4) and the requests
+            (``old``, consistency proof, signed checkpoint) are built before the clock
+            starts; a separate load-generator process (asyncio, keep-alive, one request
+            in flight per log, as a log does) sends them. This is the witness's rate.
+  live      L client threads, each appending to its own log, then asking for a
+            cosignature with ``request_cosignature`` (httpx, keep-alive): end to end,
+            including the log's own append and proof work in this process.
+  contend   C clients race from one state for one log with different valid
+            checkpoints; exactly one may win each round, the rest must get 409.
+
+Every 200 is a cosignature the server verified, persisted (WAL, synchronous=FULL) and
+signed. Target: >= 500 add-checkpoint requests/s.
+
+    .venv/bin/python scripts/bench_witness.py            # defaults below
+    .venv/bin/python scripts/bench_witness.py --quick    # a few seconds per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from ledger.log import Log  # noqa: E402
+from ledger.note import ALG_COSIGNATURE_V1, Signer  # noqa: E402
+from ledger.witness import (  # noqa: E402
+    AddCheckpointRequest,
+    SizeConflictError,
+    WitnessState,
+    request_cosignature,
+)
+
+# --- preparing requests (log appending) -------------------------------------------------
+
+
+def _prepare(args: tuple[str, str, int, int]) -> list[bytes]:
+    """Grow one log by ``per`` entries ``rounds`` times; one add-checkpoint body each."""
+    path, skey, rounds, per = args
+    log = Log.create(path, Signer.parse(skey))
+    out, old = [], 0
+    for r in range(rounds):
+        log.append([b"entry %d.%d" % (r, i) for i in range(per)])
+        out.append(AddCheckpointRequest(old, tuple(log.consistency_proof(old)),
+                                        log.checkpoint().to_bytes()).to_bytes())
+        old = log.size
+    log.store.close()
+    return out
+
+
+def http_post(body: bytes) -> bytes:
+    return (f"POST /add-checkpoint HTTP/1.1\r\nHost: bench\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+# --- the load generator (a child process) ------------------------------------------------
+
+async def _client(port: int, requests: list[bytes], deadline: float, lat: list[float],
+                  statuses: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for req in requests:
+            if time.perf_counter() > deadline:
+                break
+            t = time.perf_counter()
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            m = re.search(rb"(?i)content-length: *(\d+)", head)
+            if m:
+                await reader.readexactly(int(m.group(1)))
+            lat.append(time.perf_counter() - t)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status != 200:  # the next request would start from the wrong size
+                break
+    finally:
+        writer.close()
+
+
+def _load(port: int, per_client: list[list[bytes]], limit_s: float, out: Any) -> None:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def main() -> dict[str, Any]:
+        lat: list[float] = []
+        statuses: dict[int, int] = {}
+        t0 = time.perf_counter()
+        await asyncio.gather(*[_client(port, reqs, t0 + limit_s, lat, statuses)
+                               for reqs in per_client])
+        return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses}
+
+    out.put(asyncio.run(main()))
+
+
+def run_load(port: int, per_client: list[list[bytes]], limit_s: float) -> dict[str, Any]:
+    q: Any = mp.Queue()
+    p = mp.Process(target=_load, args=(port, [[http_post(b) for b in c] for c in per_client],
+                                       limit_s, q))
+    p.start()
+    res: dict[str, Any] = q.get()
+    p.join()
+    return res
+
+
+# --- live and contention phases (threads in this process) ---------------------------------
+
+def run_live(url: str, logs: list[Log], per: int, limit_s: float, max_requests: int
+             ) -> dict[str, Any]:
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+    budget = [max_requests]
+
+    def worker(log: Log) -> None:
+        old = log.size
+        with httpx.Client(timeout=30) as http:
+            while time.perf_counter() - t0 < limit_s:
+                with lock:
+                    if budget[0] <= 0:
+                        return
+                    budget[0] -= 1
+                log.append([b"live %d" % (log.size + i) for i in range(per)])
+                t = time.perf_counter()
+                try:
+                    request_cosignature(url, old, log.consistency_proof(old), log.checkpoint(),
+                                        client=http)
+                    code = 200
+                except SizeConflictError as e:
+                    code = 409
+                    old = e.size
+                else:
+                    old = log.size
+                with lock:
+                    lat.append(time.perf_counter() - t)
+                    statuses[code] = statuses.get(code, 0) + 1
+
+    threads = [threading.Thread(target=worker, args=(lg,)) for lg in logs]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses}
+
+
+def run_contend(url: str, log: Log, clients: int, rounds: int, limit_s: float
+                ) -> dict[str, Any]:
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    bad_rounds = 0
+    t0 = time.perf_counter()
+    https = [httpx.Client(timeout=30) for _ in range(clients)]
+    old = log.size
+    for _ in range(rounds):
+        if time.perf_counter() - t0 > limit_s:
+            break
+        bodies = []
+        for _ in range(clients):
+            log.append([b"contend %d" % log.size])
+            bodies.append((list(log.consistency_proof(old)), log.checkpoint()))
+        got: list[int] = []
+        round_state = (threading.Barrier(clients), threading.Lock(), old, bodies, got)
+
+        def go(i: int, rs: tuple[Any, ...] = round_state) -> None:
+            barrier, lock, start, reqs, out = rs
+            barrier.wait()
+            t = time.perf_counter()
+            try:
+                request_cosignature(url, start, reqs[i][0], reqs[i][1], client=https[i])
+                code = 200
+            except SizeConflictError:
+                code = 409
+            with lock:
+                lat.append(time.perf_counter() - t)
+                out.append(code)
+
+        ths = [threading.Thread(target=go, args=(i,)) for i in range(clients)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        for c in got:
+            statuses[c] = statuses.get(c, 0) + 1
+        bad_rounds += got.count(200) != 1
+        st = [s for s in httpx.get(url + "/state").json()["logs"] if s["origin"] == log.origin]
+        old = st[0]["size"]
+    for h in https:
+        h.close()
+    return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses,
+            "rounds_without_exactly_one_winner": bad_rounds}
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+
+def summarize(name: str, res: dict[str, Any]) -> dict[str, Any]:
+    lat = res["latencies"]
+    out = {"phase": name, "requests": len(lat), "statuses": res["statuses"],
+           "seconds": round(res["seconds"], 2),
+           "req_per_s": round(len(lat) / res["seconds"]),
+           "cosigned_per_s": round(res["statuses"].get(200, 0) / res["seconds"]),
+           "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
+           "p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None}
+    if "rounds_without_exactly_one_winner" in res:
+        out["rounds_without_exactly_one_winner"] = res["rounds_without_exactly_one_winner"]
+    print(f"{name:9s} {out['requests']:6d} requests in {out['seconds']:6.2f} s: "
+          f"{out['req_per_s']:5d} req/s, {out['cosigned_per_s']:5d} cosigned/s, "
+          f"p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, statuses {out['statuses']}",
+          flush=True)
+    return out
+
+
+# --- the server -----------------------------------------------------------------------------
+
+def start_witness(d: str) -> tuple[subprocess.Popen[bytes], str]:
+    key = Signer.generate("bench.example/witness", ALG_COSIGNATURE_V1)
+    Path(d, "w.key").write_text(key.private_string())
+    errf = open(Path(d, "witness.err"), "w+b")  # noqa: SIM115
+    p = subprocess.Popen([sys.executable, "-c", "from ledger.cli import main; main()",
+                          "witness", "serve", "--db", str(Path(d, "witness.db")), "--key",
+                          str(Path(d, "w.key")), "--port", "0"], stderr=errf, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        errf.seek(0)
+        m = re.search(rb"listening on (http://127\.0\.0\.1:\d+)", errf.read())
+        if m:
+            return p, m.group(1).decode()
+        if p.poll() is not None:
+            break
+        time.sleep(0.05)
+    p.kill()
+    errf.seek(0)
+    raise SystemExit("witness did not start:\n" + errf.read().decode(errors="replace"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logs", type=int, default=32, help="logs = concurrent clients (32)")
+    ap.add_argument("--requests", type=int, default=16_000,
+                    help="prepared requests in total, at most (default 16,000)")
+    ap.add_argument("--per", type=int, default=4, help="entries appended per checkpoint (4)")
+    ap.add_argument("--live", type=int, default=4000, help="live requests, at most (4,000)")
+    ap.add_argument("--contend", type=int, default=16, help="racing clients (16)")
+    ap.add_argument("--rounds", type=int, default=50, help="contention rounds (50)")
+    ap.add_argument("--seconds", type=float, default=20, help="time limit per phase (20)")
+    ap.add_argument("--quick", action="store_true", help="small counts, 5 s per phase")
+    ap.add_argument("--json", help="write the results as JSON to this file")
+    a = ap.parse_args()
+    if a.quick:
+        a.requests, a.live, a.rounds, a.seconds = 4000, 1000, 10, 5
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="potd-bench-witness-") as d:
+        signers = [Signer.generate(f"bench.example/log{i}") for i in range(a.logs + 1)]
+        st = WitnessState(str(Path(d, "witness.db")))
+        for s in signers:
+            st.add_log(s.name, s.verifier)
+        st.close()
+        rounds = max(1, a.requests // a.logs)
+        print(f"appending to {a.logs} logs: {rounds} checkpoints of {a.per} entries each ...",
+              flush=True)
+        t = time.perf_counter()
+        with mp.Pool(2) as pool:
+            per_client = pool.map(_prepare, [(str(Path(d, f"p{i}.db")), s.private_string(),
+                                              rounds, a.per)
+                                             for i, s in enumerate(signers[:a.logs])])
+        print(f"  prepared {rounds * a.logs} requests in {time.perf_counter() - t:.1f} s "
+              f"(mean body {statistics.mean(len(b) for b in per_client[0])} bytes)", flush=True)
+        proc, url = start_witness(d)
+        try:
+            port = int(url.rsplit(":", 1)[1])
+            results.append(summarize("prepared", run_load(port, per_client, a.seconds)))
+            # fresh origins: the prepared ones already moved on at the witness
+            spare = [Signer.generate(f"bench.example/live{i}") for i in range(a.logs)]
+            st = WitnessState(str(Path(d, "witness.db")))
+            for s in spare:
+                st.add_log(s.name, s.verifier)
+            st.close()
+            live_logs = [Log.create(str(Path(d, f"live{i}.db")), s) for i, s in enumerate(spare)]
+            results.append(summarize("live", run_live(url, live_logs, a.per, a.seconds,
+                                                      a.live)))
+            contend_log = Log.create(str(Path(d, "contend.db")), signers[a.logs])
+            results.append(summarize("contend", run_contend(url, contend_log, a.contend,
+                                                            a.rounds, a.seconds)))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

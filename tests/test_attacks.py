@@ -1,0 +1,40 @@
+"""Every row of DESIGN §6 as an adversary (scripts/attacks.py) against a real log server,
+real training and the real auditor: each must fail, naming the check that caught it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import attacks  # noqa: E402
+
+BY_NAME = {s.name: s for s in attacks.SCENARIOS}
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_scenario(name: str, tmp_path: Path) -> None:
+    s = BY_NAME[name]
+    [row] = attacks.run_scenarios([s], tmp_path)
+    assert row["ok"], (row["why"], row["report"].get("checks"))
+    rep = row["report"]
+    if name == "honest run":
+        assert rep["verdict"] == "pass"
+        return
+    if name == "split view":
+        pytest.skip("not detectable without witnesses: the witness issue adds this check")
+    assert rep["verdict"] == "fail"
+    assert set(s.expect) & set(row["caught_by"])
+    if name == "forged statement":
+        assert rep["log_refused_with"] in (401, 403), "an honest log must refuse it"
+    if name.startswith("statement") or name == "log rollback":
+        assert rep["first_verdict"] == "pass"
+        ev = next(c for c in rep["checks"] if c["name"] == "log.checkpoint")["evidence"]
+        assert "old_checkpoint" in ev and "new_checkpoint" in ev  # both kept as evidence
+    if name.startswith("evidence"):
+        assert not rep.get("code_executed")
+        failing = " ".join(c["summary"] for c in rep["checks"] if c["status"] == "fail")
+        assert "objects/" in failing  # the failure names the file

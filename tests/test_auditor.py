@@ -1,0 +1,158 @@
+"""The auditor: CLI and exit codes, public challenge, tolerance mode, workers, recipe
+tampering, tampered SQLite logs, full-log verification."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e import Env, checks, env  # noqa: F401  (fixture)
+
+from ledger.devserver import ServerProcess
+from ledger.log import Log
+from prover import recipes
+from prover.attacks import ForgedCheckpoint
+
+
+def potd(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ledger", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_cli_audit_exit_codes_json_and_html(env: Env) -> None:
+    s = env.train()
+    forged = env.train("forged", cls=ForgedCheckpoint)
+    vkey = str(env.log_key.verifier)
+    base = ["auditor", "audit", "--log", env.url, "--vkey", vkey, "--state",
+            str(env.dir / "st"), "--samples", "100"]
+    ok = potd(*base, "--run", s.run_id, "--evidence", str(env.dir / "ev-run"),
+              "--json", str(env.dir / "r.json"), "--html", str(env.dir / "r.html"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rep = json.loads((env.dir / "r.json").read_text())
+    assert rep["verdict"] == "pass" and rep["run"] == s.run_id
+    assert "PASS" in ok.stdout.upper() and "r.html" in ok.stdout
+    assert (env.dir / "r.html").read_text().count("<") > 50
+    bad = potd(*base, "--run", forged.run_id, "--evidence", str(env.dir / "ev-forged"),
+               "--json", str(env.dir / "f.json"))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert json.loads((env.dir / "f.json").read_text())["verdict"] == "fail"
+    usage = potd("auditor", "audit", "--log", env.url)
+    assert usage.returncode == 2
+
+
+def test_public_challenge_is_rederivable(env: Env) -> None:
+    s = env.train()
+    a = env.audit(s.run_id, env.dir / "ev-run", samples=3, public_challenge=True)
+    b = env.audit(s.run_id, env.dir / "ev-run", state="other", samples=3,
+                  public_challenge=True)
+    seg = [[x["start"] for x in r["replay"]["segments"]] for r in (a, b)]
+    assert seg[0] == seg[1] and len(seg[0]) == 3
+    assert a["replay"]["challenge"]["kind"] == "public"
+    # auditor randomness differs between audits (with overwhelming probability)
+    picks = {tuple(x["start"] for x in env.audit(s.run_id, env.dir / "ev-run", samples=2,
+                                                 state=f"s{i}")["replay"]["segments"])
+             for i in range(6)}
+    assert len(picks) > 1
+    assert a["replay"]["detection_probability"]["0.1"] == pytest.approx(1 - 0.9 ** 3, abs=1e-4)
+
+
+def test_tolerance_mode_and_parallel_workers(env: Env) -> None:
+    s = env.train()
+    forged = env.train("forged", cls=ForgedCheckpoint)
+    rep = env.audit(s.run_id, env.dir / "ev-run", tolerance=1e-4, workers=2, samples=4)
+    assert rep["verdict"] == "pass", checks(rep)
+    assert rep["replay"]["mode"] == "tolerance"
+    for seg in rep["replay"]["segments"]:
+        assert seg["distance"] is not None and seg["distance"] <= seg["tolerance"]
+    bad = env.audit(forged.run_id, env.dir / "ev-forged", tolerance=1e-4)
+    assert checks(bad)["replay"] == "fail"
+    worst = max(x["distance"] for x in bad["replay"]["segments"] if x["distance"] is not None)
+    assert worst > 1e-4
+
+
+def test_recipe_changed_since_run_open_is_refused(env: Env, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "custom_recipes"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    src = Path(recipes.__file__).parent / "digits_mlp.py"
+    (pkg / "mine.py").write_text(src.read_text().replace('name = "digits-mlp"',
+                                                         'name = "mine"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(recipes.RECIPES, "mine", "custom_recipes.mine:DigitsMLP")
+    s = env.train(recipe="mine")
+    assert env.audit(s.run_id, env.dir / "ev-run", samples=2)["verdict"] == "pass"
+    with (pkg / "mine.py").open("a") as f:
+        f.write("\n# a later edit: the training code is not what was committed\n")
+    rep = env.audit(s.run_id, env.dir / "ev-run", state="fresh")
+    assert checks(rep)["recipe"] == "fail" and rep["verdict"] == "fail"
+    assert "changed since run.open" in next(c for c in rep["checks"]
+                                             if c["name"] == "recipe")["summary"]
+
+
+def _rewrite_log(env: Env, entries: list[bytes], name: str) -> None:
+    db = env.dir / name
+    log = Log.create(str(db), env.log_key)
+    log.append(entries)
+    log.store.close()
+    port = env.server.port
+    env.server.stop()
+    env.server = ServerProcess(str(db), str(env.dir / "log.key"), port=port,
+                               extra=["--open-registration"]).start()
+
+
+def _entries(env: Env) -> list[bytes]:
+    log = Log.open(str(env.dir / "log.db"))
+    e = log.entries(0, log.size)
+    log.store.close()
+    return e
+
+
+def test_truncated_and_regrown_log_is_caught(env: Env) -> None:
+    s = env.train()
+    assert env.audit(s.run_id, env.dir / "ev-run", samples=1)["verdict"] == "pass"
+    entries = _entries(env)
+    # truncate the tree and regrow it past its old size with other entries
+    _rewrite_log(env, entries[:-5] + [b"other %d" % i for i in range(20)], "regrown.db")
+    rep = env.audit(s.run_id, env.dir / "ev-run", samples=1)
+    c = next(c for c in rep["checks"] if c["name"] == "log.checkpoint")
+    assert c["status"] == "fail" and rep["verdict"] == "fail"
+    assert c["evidence"]["old_checkpoint"] != c["evidence"]["new_checkpoint"]
+
+
+def test_verify_log_and_runs_commands(env: Env) -> None:
+    s = env.train()
+    vkey = str(env.log_key.verifier)
+    st = str(env.dir / "st")
+    r = potd("auditor", "verify-log", "--log", env.url, "--vkey", vkey, "--state", st,
+             "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["ok"] and res["size"] == len(s.plan) + 2
+    r = potd("auditor", "runs", "--log", env.url, "--vkey", vkey, "--state", st, "--json")
+    runs: list[dict[str, Any]] = json.loads(r.stdout)["runs"]
+    assert [(x["run"], x["status"], x["steps"]) for x in runs] == [
+        (s.run_id, "closed", len(s.plan))]
+    # a tampered hash tile (not on the right edge, so the server still starts) is caught
+    port = env.server.port
+    env.server.stop()
+    bad_db = env.dir / "tampered.db"
+    with sqlite3.connect(env.dir / "log.db") as src, sqlite3.connect(bad_db) as dst:
+        src.backup(dst)
+    conn = sqlite3.connect(bad_db)
+    row = conn.execute("SELECT data FROM hashes WHERE level = 0 AND block = 0").fetchone()
+    data = bytearray(row[0])
+    data[40] ^= 1  # leaf hash #1
+    conn.execute("UPDATE hashes SET data = ? WHERE level = 0 AND block = 0", (bytes(data),))
+    conn.commit()
+    conn.close()
+    env.server = ServerProcess(str(bad_db), str(env.dir / "log.key"), port=port,
+                               extra=["--open-registration"]).start()
+    r = potd("auditor", "verify-log", "--log", env.url, "--vkey", vkey, "--state", st)
+    assert r.returncode == 1
+    assert "tile/0/000" in r.stderr
