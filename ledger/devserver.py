@@ -42,6 +42,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.db, self.key = os.path.abspath(self.db), os.path.abspath(self.key)
+        if self.log_file:
+            self.log_file = os.path.abspath(self.log_file)
         cmd = [sys.executable, "-m", "ledger", "ledger", "serve",
                "--db", self.db, "--key", self.key, "--host", "127.0.0.1", "--port", str(self.port),
                *self.extra]

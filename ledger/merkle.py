@@ -107,10 +107,14 @@ def _maxpow2(n: int) -> tuple[int, int]:
     return 1 << level, level
 
 
-def _subtree_index(lo: int, hi: int, need: list[int]) -> list[int]:
+Node = tuple[int, int]  # (level, n): node n of tree level ``level``
+
+
+def _subtree_index(lo: int, hi: int, need: list[Node]) -> list[Node]:
+    """The maximal complete subtrees covering ``[lo, hi)``, as (level, n) nodes."""
     while lo < hi:
         k, level = _maxpow2(hi - lo + 1)
-        need.append(stored_hash_index(level, lo >> level))
+        need.append((level, lo >> level))
         lo += k
     return need
 
@@ -127,11 +131,22 @@ def _subtree_hash(lo: int, hi: int, hashes: list[bytes], pos: int) -> tuple[byte
     return th, pos + num
 
 
-def _read(reader: HashReader, indexes: list[int]) -> list[bytes]:
-    hashes = reader.read_hashes(indexes)
-    if len(hashes) != len(indexes):
-        raise MalformedError(f"hash reader returned {len(hashes)} hashes for {len(indexes)} indexes")
-    return [check_hash(h, "stored hash") for h in hashes]
+def _read(reader: HashReader, nodes: list[Node]) -> list[bytes]:
+    """Read nodes through ``reader``: by stored-hash index (Go's HashReader), or by
+    (level, n) directly when the reader offers ``read_nodes`` (saves the index round
+    trip for stores laid out by level)."""
+    read_nodes = getattr(reader, "read_nodes", None)
+    if read_nodes is not None:
+        hashes = read_nodes(nodes)
+    else:
+        hashes = reader.read_hashes([stored_hash_index(lv, n) for lv, n in nodes])
+    if len(hashes) != len(nodes):
+        raise MalformedError(f"hash reader returned {len(hashes)} hashes for {len(nodes)} "
+                             "indexes")
+    for h in hashes:
+        if len(h) != HASH_SIZE:
+            check_hash(h, "stored hash")
+    return list(hashes)
 
 
 def tree_hash(n: int, reader: HashReader) -> bytes:
@@ -147,10 +162,10 @@ def tree_hash(n: int, reader: HashReader) -> bytes:
 
 def tree_hash_indexes(n: int) -> list[int]:
     """Stored-hash indexes that :func:`tree_hash` reads for size ``n``."""
-    return _subtree_index(0, n, []) if n > 0 else []
+    return [stored_hash_index(lv, i) for lv, i in _subtree_index(0, n, [])] if n > 0 else []
 
 
-def _leaf_proof_index(lo: int, hi: int, n: int, need: list[int]) -> list[int]:
+def _leaf_proof_index(lo: int, hi: int, n: int, need: list[Node]) -> list[Node]:
     if lo + 1 == hi:
         return need
     k, _ = _maxpow2(hi - lo)
@@ -189,7 +204,7 @@ def prove_record(t: int, n: int, reader: HashReader) -> list[bytes]:
     return proof
 
 
-def _tree_proof_index(lo: int, hi: int, n: int, need: list[int]) -> list[int]:
+def _tree_proof_index(lo: int, hi: int, n: int, need: list[Node]) -> list[Node]:
     if n == hi:
         if lo == 0:
             return need
@@ -368,7 +383,7 @@ class CompactRange:
     @staticmethod
     def edge_indexes(size: int) -> list[int]:
         """Stored-hash indexes of the right edge of a tree of ``size`` records."""
-        return _subtree_index(0, size, [])
+        return [stored_hash_index(lv, n) for lv, n in _subtree_index(0, size, [])]
 
     @property
     def edge(self) -> list[bytes]:

@@ -100,6 +100,12 @@ class IndexedStore(Store, Protocol):
     def set_signer_allowed(self, vkey: str, allowed: bool) -> bool: ...
 
 
+def _tune_reads(conn: sqlite3.Connection) -> None:
+    """A bounded page cache (16 MiB): proofs read a few 8 KiB hash blocks at random
+    places in the file."""
+    conn.execute("PRAGMA cache_size=-16384")
+
+
 class SQLiteStore:
     """The embedded default backend: one SQLite file in WAL mode, via sqlite-utils."""
 
@@ -119,6 +125,7 @@ class SQLiteStore:
                                    timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
+            _tune_reads(conn)
             self.db = sqlite_utils.Database(conn)
             if create is not None:
                 self._create(*create)
@@ -145,9 +152,27 @@ class SQLiteStore:
                 self._rconn = sqlite3.connect(self.path, isolation_level=None,
                                               check_same_thread=False, timeout=30)
                 self._rconn.execute("PRAGMA query_only=1")
+                _tune_reads(self._rconn)
             except sqlite3.DatabaseError as e:
                 raise StorageError(f"cannot open a reader on {self.path}: {e}") from None
         self._indexing = self._has_table("leaves")
+        self._preload()
+
+    def _preload(self) -> None:
+        """Warm the block cache with the full blocks above level 0, highest levels first
+        (they are shared by most proofs), up to the cache bound."""
+        try:
+            rows = self.conn.execute(
+                "SELECT level, block, data FROM hashes WHERE level > 0 AND length(data) = ? "
+                "ORDER BY level DESC, block DESC LIMIT ?", (BLOCK * HASH_SIZE, self._cache_max))
+            for level, block, data in rows:
+                self._cache[(level, block)] = data
+            for level, block, data in self.conn.execute(
+                    "SELECT level, block, data FROM hashes WHERE length(data) < ?",
+                    (BLOCK * HASH_SIZE,)):
+                self._tail[(level, block)] = data
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"cannot read {self.path}: {e}") from None
 
     def _has_table(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
@@ -164,6 +189,11 @@ class SQLiteStore:
                 yield self._rconn
 
     def _cache_put(self, key: tuple[int, int], data: bytes) -> None:
+        """Cache a full (immutable) block. Level-0 blocks are not cached: a random proof
+        touches one of them and it is a single B-tree read, while the blocks of the
+        levels above are shared by many proofs (there are half as many of them in all)."""
+        if key[0] == 0 and self._cache_max < 1 << 20:
+            return
         with self._cache_lock:
             self._cache[key] = data
             if len(self._cache) > self._cache_max:
@@ -219,12 +249,15 @@ class SQLiteStore:
         return data
 
     def _note_written(self, writes: list[tuple[int, int, bytes]]) -> None:
-        """After a commit: remember the new tail block of each written level."""
+        """After a commit: remember the new tail block of each written level, and cache
+        the blocks above level 0 that just became full (immutable from now on)."""
         for level, block, data in writes:
             for k in [k for k in self._tail if k[0] == level and k[1] <= block]:
                 del self._tail[k]
             if len(data) < BLOCK * HASH_SIZE:
                 self._tail[(level, block)] = data
+            else:
+                self._cache_put((level, block), data)
 
     def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
         return self.read_nodes([split_stored_hash_index(i) for i in indexes])
@@ -260,10 +293,12 @@ class SQLiteStore:
                       ) -> dict[tuple[int, int], bytes]:
         """Read several blocks in one query; cache the full ones."""
         got: dict[tuple[int, int], bytes] = {}
-        for k in range(0, len(keys), 400):
-            chunk = keys[k:k + 400]
-            q = ("SELECT level, block, data FROM hashes WHERE (level, block) IN (VALUES "
-                 + ",".join(["(?,?)"] * len(chunk)) + ")")
+        for k in range(0, len(keys), 100):
+            chunk = keys[k:k + 100]
+            # OR of primary-key equalities: SQLite's multi-index OR does one B-tree
+            # search per term ((level, block) IN (VALUES ...) would scan the table)
+            q = ("SELECT level, block, data FROM hashes WHERE "
+                 + " OR ".join(["(level=? AND block=?)"] * len(chunk)))
             for level, block, data in conn.execute(q, [x for key in chunk for x in key]):
                 got[(level, block)] = data
                 if len(data) == BLOCK * HASH_SIZE:

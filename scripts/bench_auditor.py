@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Auditor cost: replay vs. original training time, and full-log verification speed.
+
+1. Replay: trains a recipe through the prover against a real log server (loopback),
+   timing every training step; then the auditor replays R segments and the time it takes
+   (checkpoint loading, hash checks and all) is compared with the original training time
+   of the same steps, measured in the same run.
+2. verify-log: builds a log of N entries with the library, serves it, and times the
+   auditor's full recomputation from entry bundles and hash tiles over HTTP.
+
+    .venv/bin/python scripts/bench_auditor.py                 # digits-mlp + 1M entries
+    .venv/bin/python scripts/bench_auditor.py --entries 200000 --recipe wide-mlp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from auditor.audit import Audit, AuditOptions  # noqa: E402
+from auditor.logview import fetch_entries, verify_tiles  # noqa: E402
+from ledger.client import LogClient  # noqa: E402
+from ledger.devserver import ServerProcess  # noqa: E402
+from ledger.log import Log  # noqa: E402
+from ledger.note import Signer  # noqa: E402
+from prover.recipes import get_recipe  # noqa: E402
+from prover.session import TrainingSession  # noqa: E402
+
+
+def replay_bench(d: Path, recipe: str, epochs: int, samples: int) -> dict[str, object]:
+    key = Signer.generate("bench.example/replay-log")
+    (d / "r.key").write_text(key.private_string())
+    Log.create(str(d / "r.db"), key).store.close()
+    with ServerProcess(str(d / "r.db"), str(d / "r.key"), extra=["--open-registration"]) as srv:
+        sess = TrainingSession(get_recipe(recipe, epochs=epochs),
+                               LogClient(srv.url, key.verifier),
+                               Signer.generate("bench.example/trainer"), d / "ev", d / "sp")
+        sess.open()
+        step_s: dict[int, float] = {}
+        for b in sess.batches():
+            t = time.perf_counter()
+            sess.train_step(b)
+            step_s[b.step] = time.perf_counter() - t
+        sess.close()
+        with LogClient(srv.url, key.verifier, proofs="tiles") as c:
+            rep = Audit(c, AuditOptions(run=sess.run_id, evidence=str(d / "ev"),
+                                        samples=samples, memorization_segments=0)).run()
+    segs = rep["replay"]["segments"]
+    replay_s = sum(s["seconds"] for s in segs)
+    train_s = sum(step_s[t] for s in segs for t in range(s["start"], s["end"] + 1))
+    steps = sum(s["end"] - s["start"] + 1 for s in segs)
+    return {"recipe": recipe, "verdict": rep["verdict"], "segments": len(segs),
+            "steps_replayed": steps, "replay_seconds": round(replay_s, 3),
+            "original_training_seconds": round(train_s, 3),
+            "ratio": round(replay_s / train_s, 3) if train_s else None}
+
+
+def verify_log_bench(d: Path, n: int) -> dict[str, object]:
+    key = Signer.generate("bench.example/big-log")
+    (d / "big.key").write_text(key.private_string())
+    log = Log.create(str(d / "big.db"), key)
+    t = time.perf_counter()
+    for k in range(0, n, 1000):
+        log.append([b"entry %09d " % i + b"x" * 180 for i in range(k, min(n, k + 1000))])
+    build_s = time.perf_counter() - t
+    log.store.close()
+    with ServerProcess(str(d / "big.db"), str(d / "big.key")) as srv:
+        with LogClient(srv.url, key.verifier) as c:
+            t = time.perf_counter()
+            cp = c.checkpoint()
+            snap = fetch_entries(c, cp)
+            t_entries = time.perf_counter() - t
+            tiles = verify_tiles(c, snap)
+            total = time.perf_counter() - t
+    return {"entries": n, "build_seconds": round(build_s, 2),
+            "fetch_and_rehash_seconds": round(t_entries, 2), "tiles": tiles,
+            "total_seconds": round(total, 2), "entries_per_second": round(n / total)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--recipe", default="digits-mlp")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as td:
+        d = Path(td)
+        r = replay_bench(d, args.recipe, args.epochs, args.samples)
+        print(f"replay   {r['recipe']}: {r['steps_replayed']} steps in {r['segments']} segments "
+              f"replayed in {r['replay_seconds']}s vs {r['original_training_seconds']}s of "
+              f"original training: ratio {r['ratio']} (verdict {r['verdict']})", flush=True)
+        v = verify_log_bench(d, args.entries)
+        print(f"verify-log {v['entries']:,} entries + {v['tiles']} tiles over HTTP in "
+              f"{v['total_seconds']}s: {v['entries_per_second']:,} entries/s "
+              f"(entries+rehash {v['fetch_and_rehash_seconds']}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"replay": r, "verify_log": v}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
