@@ -9,13 +9,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "==> creating $VENV"
     python3 -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
-[ -d /opt/wheels ] && PIP+=(--find-links /opt/wheels)
+PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check install)
+# a local wheel directory (where this machine keeps the CPU torch wheel), if present
+if [ -d /opt/wheels ]; then PIP+=(--find-links /opt/wheels); fi
 stamp="$VENV/.potd-installed${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$stamp" ] || [ "$ROOT/setup.cfg" -nt "$stamp" ]; then
     echo "==> installing torch==2.13.0 (CPU) and potd${EXTRAS:+[$EXTRAS]} into .venv"
-    "${PIP[@]}" install "torch==2.13.0"
-    "${PIP[@]}" install -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    "${PIP[@]}" "torch==2.13.0"
+    "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}"
     touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
