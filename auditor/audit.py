@@ -169,7 +169,7 @@ def _float(s: Any) -> float | None:
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, bytes):
             out[k] = v.hex()

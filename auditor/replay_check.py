@@ -87,7 +87,9 @@ class ReplayCheck:
             return None
         a.report["recipe"] = name
         try:
-            recipe = get_recipe(name, **rc["config"])
+            config = rc["config"]
+            assert isinstance(config, dict)
+            recipe = get_recipe(name, **config)
         except PotdError as e:
             a.check("recipe", "fail", f"cannot instantiate recipe {name!r}: {e.message}")
             return None

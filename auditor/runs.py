@@ -50,9 +50,14 @@ class RunView:
         o = self.open
         return {"run": self.run, "signer": self.signer,
                 "status": "closed" if self.closed else ("open" if o else "orphan"),
-                "recipe": (o.body.get("recipe") or {}).get("name") if o else None,
+                "recipe": _recipe_name(o),
                 "steps": len(self.steps), "first_index": self.statements[0][0],
                 "last_index": self.statements[-1][0]}
+
+
+def _recipe_name(o: Statement | None) -> str | None:
+    rc = o.body.get("recipe") if o is not None else None
+    return str(rc.get("name")) if isinstance(rc, dict) else None
 
 
 def group_runs(snap: LogSnapshot) -> tuple[dict[str, RunView], list[int]]:

@@ -430,7 +430,7 @@ def verify_cosignature(cp_text: str, sig: NoteSignature, witness: Verifier) -> i
         raise SignatureError(f"cosignature is by {sig.name}, not {witness.name}")
     if len(sig.signature) != 72:
         raise SignatureError(f"cosignature by {sig.name} has {len(sig.signature)} bytes, want 72")
-    (ts,) = struct.unpack(">Q", sig.signature[:8])
+    ts = int.from_bytes(sig.signature[:8], "big")
     if not witness.verify(cosignature_message(cp_text, ts), sig.signature[8:]):
         raise SignatureError(f"invalid cosignature by {witness.name}+{witness.key_id:08x}")
     return ts

@@ -102,6 +102,7 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
                            per_step_weights=not no_per_step_weights, weights_hash=alg)
     sess.open()
     click.echo(f"run {sess.run_id}")
+    bar: Any
     with click.progressbar(length=len(sess.plan), label="training", show_pos=True,
                            item_show_func=lambda _: f"loss {sess.losses[-1]:.4f}"
                            if sess.losses else "") as bar:

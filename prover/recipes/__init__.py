@@ -118,7 +118,7 @@ def train_step(recipe: Recipe, model: torch.nn.Module, opt: torch.optim.Optimize
     model.train()
     opt.zero_grad(set_to_none=True)
     loss = recipe.loss(model, x, y)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     opt.step()
     return loss.detach()
 
