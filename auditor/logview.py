@@ -12,6 +12,7 @@ Trusts: the pinned log key (and the checkpoint state kept by :class:`LogClient`)
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import http.client
 import threading
 import urllib.parse
@@ -20,11 +21,12 @@ from dataclasses import dataclass
 
 from ledger.client import LogClient
 from ledger.errors import MalformedError, VerificationError
-from ledger.merkle import HASH_SIZE, CompactRange, leaf_hash
+from ledger.merkle import CompactRange
 from ledger.note import SignedCheckpoint
 from ledger.tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, decode_bundle, tiles_for_size
 
 Progress = Callable[[int], None]
+_sha256 = hashlib.sha256
 
 
 @dataclass
@@ -32,6 +34,7 @@ class LogSnapshot:
     checkpoint: SignedCheckpoint
     entries: list[bytes]
     leaf_hashes: list[bytes]
+    levels: list[list[bytes]]  # levels[l]: every complete node hash of tree level l
 
 
 class TileFetcher:
@@ -96,24 +99,48 @@ def fetch_entries(client: LogClient, cp: SignedCheckpoint, *, workers: int = 4,
     bundles = _bundles(cp.size)
     fetch = TileFetcher(client)
 
-    def get(t: Tile) -> list[bytes]:
-        return decode_bundle(fetch(t), expect=t.width)
+    def get(t: Tile) -> tuple[list[bytes], list[bytes], bytes | None]:
+        """A bundle's entries, their leaf hashes and, for a full bundle, its subtree root
+        (hashing here overlaps with the other threads' network waits)."""
+        es = decode_bundle(fetch(t), expect=t.width)
+        lh = [_sha256(b"\x00" + e).digest() for e in es]
+        return es, lh, (_perfect_root(lh) if t.full else None)
 
     entries: list[bytes] = []
+    leaves: list[bytes] = []
+    roots: list[bytes] = []  # tree level 8: the root of every full bundle
+    tail: list[bytes] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for got in pool.map(get, bundles):
-            entries.extend(got)
+        for es, lh, root in pool.map(get, bundles):
+            entries.extend(es)
+            leaves.extend(lh)
+            if root is not None:
+                roots.append(root)
+            else:
+                tail = lh
             if progress:
-                progress(len(got))
-    leaves = [leaf_hash(e) for e in entries]
-    rng = CompactRange()
-    rng.extend(leaves)
+                progress(len(es))
+    # the tree = compact range of the bundle roots (levels 8 and up) + the partial tail
+    top = CompactRange()
+    upper = top.extend(roots)
+    rest = CompactRange()
+    rest.extend(tail)
+    rng = CompactRange(cp.size, top.edge + rest.edge)
+    levels: list[list[bytes]] = [leaves] + [[] for _ in range(7)] + upper
     if rng.root() != cp.root:
         raise VerificationError(
             f"the log's entries do not hash to the signed root of size {cp.size}",
             hint="the log serves entry bundles that differ from what it signed",
             checkpoint=str(cp), computed_root=rng.root().hex())
-    return LogSnapshot(cp, entries, leaves)
+    return LogSnapshot(cp, entries, leaves, levels)
+
+
+def _perfect_root(row: list[bytes]) -> bytes:
+    """Root of a perfect subtree (len(row) a power of two), level by level."""
+    while len(row) > 1:
+        row = [_sha256(b"\x01" + a + b).digest() for a, b in zip(row[::2], row[1::2],
+                                                                  strict=True)]
+    return row[0]
 
 
 def verify_tiles(client: LogClient, snap: LogSnapshot, *, workers: int = 4,
@@ -124,14 +151,8 @@ def verify_tiles(client: LogClient, snap: LogSnapshot, *, workers: int = 4,
     that differs.
     """
     size = snap.checkpoint.size
-    # level hashes at tree level 8L for L = 0, 1, ...: level 0 = leaf hashes
-    rows = [snap.leaf_hashes]
-    while len(rows[-1]) >= TILE_WIDTH:
-        prev = rows[-1]
-        nxt = []
-        for i in range(0, len(prev) - TILE_WIDTH + 1, TILE_WIDTH):
-            nxt.append(_subtree_root(prev[i:i + TILE_WIDTH]))
-        rows.append(nxt)
+    # tile level L holds the node hashes of tree level 8L, all computed while rehashing
+    rows = snap.levels[::8]
     tiles = tiles_for_size(size)
     fetch = TileFetcher(client)
 
@@ -147,12 +168,3 @@ def verify_tiles(client: LogClient, snap: LogSnapshot, *, workers: int = 4,
             if progress:
                 progress(1)
     return len(tiles)
-
-
-def _subtree_root(hashes: list[bytes]) -> bytes:
-    if len(hashes) != TILE_WIDTH or any(len(h) != HASH_SIZE for h in hashes):
-        raise MalformedError("internal: a full tile needs 256 hashes")
-    r = CompactRange()
-    r.extend(hashes)
-    return r.root()
-

@@ -248,6 +248,11 @@ class Log:
         if tile.level == ENTRIES_LEVEL:
             if start + tile.width > size:
                 raise UsageError(f"entry bundle {tile.path()} is beyond the tree size {size}")
+            if tile.full:
+                read_bundle = getattr(self.store, "read_bundle", None)
+                stored = read_bundle(tile.n) if read_bundle is not None else None
+                if stored is not None:
+                    return bytes(stored)
             return encode_bundle(self.store.read_entries(start, start + tile.width))
         available = size >> (TILE_HEIGHT * tile.level)
         if start + tile.width > available:

@@ -41,8 +41,10 @@ import sqlite_utils
 
 from .errors import StorageError, UsageError
 from .merkle import HASH_SIZE, split_stored_hash_index
+from .tiles import encode_bundle
 
 BLOCK = 256
+BUNDLE = 256  # entries per entry bundle (tlog-tiles)
 SCHEMA_VERSION = 1
 
 
@@ -98,6 +100,12 @@ class IndexedStore(Store, Protocol):
     def allowed_signers(self, vkeys: Iterable[str] | None = None) -> set[str]: ...
 
     def set_signer_allowed(self, vkey: str, allowed: bool) -> bool: ...
+
+
+# Full entry bundles (tlog-tiles tile/entries/N), written once, in the same transaction
+# as the entries that complete them: serving one is a single blob read.
+_BUNDLES_TABLE = ("CREATE TABLE IF NOT EXISTS bundles (n INTEGER PRIMARY KEY, "
+                  "data BLOB NOT NULL)")
 
 
 def _tune_reads(conn: sqlite3.Connection) -> None:
@@ -157,6 +165,13 @@ class SQLiteStore:
                 raise StorageError(f"cannot open a reader on {self.path}: {e}") from None
         self._indexing = self._has_table("leaves")
         self._preload()
+        try:
+            conn.execute(_BUNDLES_TABLE)
+            size = self.size()
+            # entries of the current partial bundle: with them, appends write full bundles
+            self._bundle_tail = self.read_entries(size - size % BUNDLE, size)
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"cannot read {self.path}: {e}") from None
 
     def _preload(self) -> None:
         """Warm the block cache with the full blocks above level 0, highest levels first
@@ -213,6 +228,7 @@ class SQLiteStore:
             db.table("entries").create({"idx": int, "data": bytes}, pk="idx", not_null={"data"})
             db.execute("CREATE TABLE hashes (level INTEGER NOT NULL, block INTEGER NOT NULL, "
                        "data BLOB NOT NULL, PRIMARY KEY (level, block)) WITHOUT ROWID")
+            db.execute(_BUNDLES_TABLE)
             db.table("checkpoints").create({"size": int, "note": str, "created_ms": int}, pk="size",
                                      not_null={"note", "created_ms"})
             db.table("meta").insert_all([{"key": "schema", "value": str(SCHEMA_VERSION)},
@@ -370,6 +386,8 @@ class SQLiteStore:
                             writes.extend(self._merge_level(level, old_size >> level, new))
                     conn.executemany("INSERT OR REPLACE INTO hashes (level, block, data) "
                                      "VALUES (?, ?, ?)", writes)
+                    tail, bundles = self._bundles(old_size, entries)
+                    conn.executemany("INSERT INTO bundles (n, data) VALUES (?, ?)", bundles)
                     conn.execute("INSERT INTO checkpoints (size, note, created_ms) "
                                  "VALUES (?, ?, ?)", checkpoint)
                     conn.execute("UPDATE meta SET value=? WHERE key='size'",
@@ -382,6 +400,7 @@ class SQLiteStore:
                                          "VALUES (?, ?, ?)", run_rows)
                     conn.execute("COMMIT")
                     self._note_written(writes)
+                    self._bundle_tail = tail
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
@@ -390,6 +409,32 @@ class SQLiteStore:
                                    ) from None
             finally:
                 self._writer = None
+
+    def _bundles(self, old_size: int, entries: Sequence[bytes]
+                 ) -> tuple[list[bytes], list[tuple[int, bytes]]]:
+        """The entry bundles that ``entries`` complete, and the new partial tail."""
+        tail = list(self._bundle_tail)
+        if len(tail) != old_size % BUNDLE:
+            raise StorageError(f"entry bundle tail of {self.path} is out of step with the size "
+                               f"{old_size}: the database is damaged")
+        out = []
+        n = old_size // BUNDLE
+        pos = 0
+        while pos < len(entries):
+            take = min(BUNDLE - len(tail), len(entries) - pos)
+            tail.extend(entries[pos:pos + take])
+            pos += take
+            if len(tail) == BUNDLE:
+                out.append((n, encode_bundle(tail)))
+                n += 1
+                tail = []
+        return tail, out
+
+    def read_bundle(self, n: int) -> bytes | None:
+        """Full entry bundle ``n`` as stored, or None (not full yet, or an older file)."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT data FROM bundles WHERE n=?", (n,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def _merge_level(self, level: int, first: int, new: Sequence[bytes]
                      ) -> list[tuple[int, int, bytes]]:

@@ -243,18 +243,19 @@ def encode_bundle(entries: Iterable[bytes]) -> bytes:
 
 def decode_bundle(data: bytes, expect: int | None = None) -> list[bytes]:
     """Parse an entry bundle; with ``expect``, require exactly that many entries."""
+    data = bytes(data)
     entries: list[bytes] = []
-    i = 0
-    while i < len(data):
-        if i + 2 > len(data):
+    append = entries.append
+    i, n = 0, len(data)
+    while i < n:
+        if i + 2 > n:
             raise MalformedError(f"entry bundle truncated in a length prefix at byte {i}")
-        (ln,) = struct.unpack_from(">H", data, i)
-        i += 2
-        if i + ln > len(data):
-            raise MalformedError(f"entry bundle truncated: entry #{len(entries)} claims {ln} "
-                                 f"bytes, {len(data) - i} remain")
-        entries.append(bytes(data[i:i + ln]))
-        i += ln
+        j = i + 2 + (data[i] << 8 | data[i + 1])
+        if j > n:
+            raise MalformedError(f"entry bundle truncated: entry #{len(entries)} claims "
+                                 f"{j - i - 2} bytes, {n - i - 2} remain")
+        append(data[i + 2:j])
+        i = j
     if expect is not None and len(entries) != expect:
         raise MalformedError(f"entry bundle holds {len(entries)} entries, expected {expect}")
     return entries

@@ -213,3 +213,24 @@ def test_memory_does_not_grow_with_log(tmp_path: Path, signer: Signer) -> None:
         log.append([b"%d" % i for i in range(k * 400, (k + 1) * 400)])
     assert len(log._range.edge) == bin(log.size).count("1")
     assert len(log.store._cache) <= log.store._cache_max  # type: ignore[attr-defined]
+
+
+def test_full_entry_bundles_are_stored_once_across_batches_and_reopens(
+        tmp_path: Path, signer: Signer) -> None:
+    path = str(tmp_path / "log.db")
+    log = Log.create(path, signer)
+    es = entries(0, 1000)
+    for k in range(0, 600, 97):
+        log.append(es[k:min(k + 97, 600)])
+    log.store.close()
+    log = Log.open(path, signer)  # the partial tail bundle is reloaded at open
+    log.append(es[600:1000])
+    store = log.store
+    assert isinstance(store, SQLiteStore)
+    for n in range(3):
+        stored = store.read_bundle(n)
+        assert stored is not None
+        assert decode_bundle(stored, expect=256) == es[n * 256:(n + 1) * 256]
+        assert log.tile(Tile(ENTRIES_LEVEL, n)) == stored
+    assert store.read_bundle(3) is None  # 1000 = 3 * 256 + 232: the fourth is partial
+    assert decode_bundle(log.tile(Tile(ENTRIES_LEVEL, 3, 232))) == es[768:1000]
