@@ -80,8 +80,8 @@ class _Bars:
 @click.option("--quiet", "-q", is_flag=True, help="No terminal summary.")
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
           samples: int, public_challenge: bool, workers: int, memorization_segments: int,
-          tolerance: float | None, max_abandoned: int, state: str, json_out: str | None, html_out: str | None,
-          quiet: bool) -> None:
+          tolerance: float | None, max_abandoned: int, state: str, json_out: str | None,
+          html_out: str | None, quiet: bool) -> None:
     """Audit a training run: log, statements, seed, data order, replay, memorization.
 
     Exit status 0 = pass, 1 = fail, 3 = inconclusive.
