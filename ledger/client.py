@@ -289,19 +289,24 @@ class LogClient:
 
     # -- writes ---------------------------------------------------------------
 
-    def _receipt(self, d: Any, entry: bytes) -> Receipt:
+    def _receipt(self, d: Any, entry: bytes,
+                 opened: dict[str, SignedCheckpoint] | None = None) -> Receipt:
         if not isinstance(d, dict) or not isinstance(d.get("index"), int):
             raise MalformedError("log reply lacks an integer 'index'")
         cp_text = d.get("checkpoint")
         if not isinstance(cp_text, str):
             raise MalformedError("log reply lacks a 'checkpoint'")
-        cp = open_checkpoint(cp_text, self.log_key)
+        cp = opened.get(cp_text) if opened is not None else None
+        if cp is None:
+            cp = open_checkpoint(cp_text, self.log_key)
+            self._advance(cp)
+            if opened is not None:  # a batch's replies share checkpoints: verify each once
+                opened[cp_text] = cp
         lh = leaf_hash(entry)
         if b64decode(str(d.get("leaf_hash", "")), "leaf_hash") != lh:
             raise VerificationError("the log's leaf hash is not the hash of what we sent")
         proof = self._hashes(d, "inclusion_proof")
         check_record(proof, cp.size, cp.root, d["index"], lh)
-        self._advance(cp)
         beacon = d.get("beacon_checkpoint")
         return Receipt(d["index"], lh, cp, tuple(proof),
                        beacon if isinstance(beacon, str) else None)
@@ -320,4 +325,5 @@ class LogClient:
         replies = r.json()
         if not isinstance(replies, list) or len(replies) != len(statements):
             raise MalformedError("add-batch reply is not one object per statement")
-        return [self._receipt(d, s) for d, s in zip(replies, statements)]
+        opened: dict[str, SignedCheckpoint] = {}
+        return [self._receipt(d, s, opened) for d, s in zip(replies, statements, strict=True)]

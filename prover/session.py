@@ -19,6 +19,7 @@ acknowledgment and re-verifies every receipt's inclusion proof.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from prover.recipes import Recipe, train_step
 from prover.spool import Spool, Submitter
 
 EXAMPLE_ENCODING = "potd-example-v1/sha256"
+# Below this many bytes of weights, hashing inline beats overlapping it in a thread.
+SMALL_STATE = 1 << 20
 
 
 def decimal_string(x: float) -> str:
@@ -67,7 +70,7 @@ class Batch:
     indexes: tuple[int, ...]
     x: torch.Tensor
     y: torch.Tensor
-    root: str
+    root: str | None  # batch root; None = computed off the training thread
 
 
 class TrainingSession:
@@ -85,7 +88,9 @@ class TrainingSession:
         self.progress = progress
         self.receipts: list[Receipt] = []
         self._hash_q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
+        self._write_q: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         self._pending = 0  # jobs queued or running in the hasher, under _cond
+        self._to_write = 0  # hashed steps not yet spooled, under _cond
         self._cond = threading.Condition()
         self._hash_error: BaseException | None = None
         self._checkpoints: list[dict[str, Any]] = []
@@ -105,6 +110,9 @@ class TrainingSession:
             self._shutdown()
 
     def open(self) -> None:
+        # background threads (hasher, writer, submitter) hand the GIL back sooner
+        if sys.getswitchinterval() > 0.001:
+            sys.setswitchinterval(0.001)
         r = self.recipe
         data = r.data()
         self.data = data
@@ -144,6 +152,8 @@ class TrainingSession:
         self.model = r.model()
         self.optimizer = r.optimizer(self.model)
         self.init_weights = hash_tensors(self.model.state_dict(), self.alg)
+        self._small = sum(t.numel() * t.element_size()
+                          for t in self.model.state_dict().values()) < SMALL_STATE
         self.init_evidence = self.evidence.put(self.model.state_dict())
         self._prev = leaf_hash(opened).hex()
         self._seq = 1
@@ -151,6 +161,9 @@ class TrainingSession:
         self.submitter.start()
         self._hasher = threading.Thread(target=self._hash_loop, name="potd-hasher", daemon=True)
         self._hasher.start()
+        self._writer = threading.Thread(target=self._write_loop, name="potd-writer",
+                                        daemon=True)
+        self._writer.start()
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The data order of ``epoch``: the seed-derived permutation (DESIGN §4)."""
@@ -164,8 +177,7 @@ class TrainingSession:
                 order, current = self.epoch_order(epoch), epoch
             idx = order[offset:offset + self.recipe.batch_size]
             t = torch.tensor(idx)
-            yield Batch(step, epoch, tuple(idx), self.data.x[t], self.data.y[t],
-                        merkle_root_hex(self.train_hashes[i] for i in idx))
+            yield Batch(step, epoch, tuple(idx), self.data.x[t], self.data.y[t], None)
 
     def statement_lr(self, step: int) -> float:
         """The learning rate logged for ``step``: the recipe's committed schedule."""
@@ -204,11 +216,31 @@ class TrainingSession:
             params = {n for n, _ in self.model.named_parameters()}
             state = {k: (v.detach() if k in params else v.detach().clone())
                      for k, v in self.model.state_dict().items()}
-        with self._cond:
-            self._pending += 1
-        self._hash_q.put((batch, loss, state, opt_state, last))
+        if state is not None and self._small:
+            # a small model hashes faster than a hand-over to another thread would take
+            prepared = self._hash_stage(batch, loss, state, opt_state, last)
+            with self._cond:
+                self._to_write += 1
+            self._write_q.put(prepared)
+        else:
+            with self._cond:
+                self._pending += 1
+            self._hash_q.put((batch, loss, state, opt_state, last))
         if self.progress:
             self.progress(batch.step + 1, len(self.plan))
+
+    def flush(self) -> None:
+        """Block until every recorded step's statement is durably spooled.
+
+        ``train_step``/``record`` return once the weights are hashed; signing and the
+        spool write follow in a background thread (several steps per transaction). A
+        crash before ``flush`` can lose the last few steps' statements — never a gap:
+        statements are spooled strictly in order, so what survives is a prefix of the run.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending == 0 and self._to_write == 0)
+        if self._hash_error is not None:
+            raise self._hash_error
 
     def _wait_hashed(self) -> None:
         with self._cond:
@@ -217,34 +249,74 @@ class TrainingSession:
             raise self._hash_error
 
     def _hash_loop(self) -> None:
+        """Stage 1: hash the weights, then release the next optimizer step at once; the
+        rest (evidence, statement, spool) goes to the writer thread."""
         while True:
             job = self._hash_q.get()
             if job is None:
+                self._write_q.put(None)
                 return
             try:
-                self._commit_step(*job)
+                prepared = self._hash_stage(*job)
             except BaseException as e:  # surfaced to the training thread
                 self._hash_error = e
+                prepared = None
             finally:
                 with self._cond:
                     self._pending -= 1
                     self._cond.notify_all()
+            if prepared is not None:
+                with self._cond:
+                    self._to_write += 1
+                self._write_q.put(prepared)
 
-    def _commit_step(self, batch: Batch, loss: float, state: dict[str, torch.Tensor] | None,
-                     opt_state: dict[str, torch.Tensor] | None, last: bool) -> None:
-        body: dict[str, Any] = {
-            "step": batch.step, "epoch": batch.epoch, "batch_root": batch.root,
-            "batch_size": len(batch.indexes), "loss": decimal_string(loss),
-            "lr": decimal_string(self.statement_lr(batch.step)), "prev": self._prev,
-        }
+    def _hash_stage(self, batch: Batch, loss: float, state: dict[str, torch.Tensor] | None,
+                    opt_state: dict[str, torch.Tensor] | None, last: bool
+                    ) -> tuple[Any, ...]:
+        w = None
         if state is not None:
             w = hash_tensors(state, self.alg)
-            body["weights"] = w
             if last:
                 self.final_weights = w
+            if opt_state is not None:  # evidence is written later: keep a copy
+                state = {k: v.detach().clone() for k, v in state.items()}
+        return batch, loss, w, state if opt_state is not None else None, opt_state
+
+    def _write_loop(self) -> None:
+        """Stage 2: evidence files, signed statements, and one spool transaction for all
+        the statements that are ready (group commit)."""
+        while True:
+            jobs = [self._write_q.get()]
+            while not self._write_q.empty() and jobs[-1] is not None:
+                jobs.append(self._write_q.get())
+            stop = jobs[-1] is None
+            try:
+                if self._hash_error is None:
+                    out = [self._statement(*j) for j in jobs if j is not None]
+                    self._spool_many(out)
+            except BaseException as e:
+                self._hash_error = e
+            with self._cond:
+                self._to_write -= len([j for j in jobs if j is not None])
+                self._cond.notify_all()
+            if stop:
+                return
+
+    def _statement(self, batch: Batch, loss: float, w: str | None,
+                   state: dict[str, torch.Tensor] | None,
+                   opt_state: dict[str, torch.Tensor] | None) -> tuple[str, dict[str, Any]]:
+        root = batch.root if batch.root is not None else merkle_root_hex(
+            self.train_hashes[i] for i in batch.indexes)
+        body: dict[str, Any] = {
+            "step": batch.step, "epoch": batch.epoch, "batch_root": root,
+            "batch_size": len(batch.indexes), "loss": decimal_string(loss),
+            "lr": decimal_string(self.statement_lr(batch.step)), "prev": "",
+        }
+        if w is not None:
+            body["weights"] = w
         if opt_state is not None and state is not None:
             entry = {"step": batch.step, "weights": self.evidence.put(state),
-                     "weights_hash": body["weights"], "optimizer": self.evidence.put(opt_state),
+                     "weights_hash": w, "optimizer": self.evidence.put(opt_state),
                      "optimizer_hash": hash_tensors(opt_state, self.alg)}
             self._checkpoints.append(entry)
             body["checkpoint"] = {k: v for k, v in entry.items() if k != "step"}
@@ -253,19 +325,30 @@ class TrainingSession:
             body["init"] = {"weights_hash": self.init_weights, "weights": self.init_evidence}
         if not self.per_step_weights and "checkpoint" not in body:
             body.pop("weights", None)
-        self._emit("step", body)
+        return "step", body
+
+    def _spool_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Sign statements in order (chaining ``prev``) and spool them in one transaction."""
+        if not items:
+            return
+        rows = []
+        for kind, body in items:
+            body["prev"] = self._prev
+            data = build_statement(kind, self.run_id, self._seq, body, self.trainer)
+            rows.append((self._seq, data))
+            self._prev = leaf_hash(data).hex()
+            self._seq += 1
+        self.spool.put_many(rows)
+        self.submitter.notify()
 
     def _emit(self, kind: str, body: dict[str, Any]) -> None:
-        data = build_statement(kind, self.run_id, self._seq, body, self.trainer)
-        self.spool.put(self._seq, data)
-        self._prev = leaf_hash(data).hex()
-        self._seq += 1
-        self.submitter.notify()
+        self._spool_many([(kind, body)])
 
     def close(self, timeout: float | None = 600) -> None:
         """Log ``run.close``, wait for every acknowledgment, verify every receipt."""
         self._hash_q.put(None)
         self._hasher.join()
+        self._writer.join()
         if self._hash_error is not None:
             raise self._hash_error
         manifest = {"run": self.run_id, "weights_hash": self.alg,

@@ -58,6 +58,26 @@ class Spool:
             self.conn.execute("INSERT INTO statements (seq, data, leaf_hash) VALUES (?, ?, ?)",
                               (seq, data, leaf_hash(data)))
 
+    def put_many(self, rows: list[tuple[int, bytes]]) -> None:
+        """Durably spool several statements in one transaction (one fsync)."""
+        with self._lock:
+            self.conn.execute("BEGIN")
+            try:
+                for seq, data in rows:
+                    row = self.conn.execute("SELECT data FROM statements WHERE seq=?",
+                                            (seq,)).fetchone()
+                    if row is not None:
+                        if row[0] != data:
+                            raise StorageError(f"spool already holds a different statement "
+                                               f"#{seq}")
+                        continue
+                    self.conn.execute("INSERT INTO statements (seq, data, leaf_hash) "
+                                      "VALUES (?, ?, ?)", (seq, data, leaf_hash(data)))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
     def pending(self, limit: int = 1000) -> list[tuple[int, bytes]]:
         with self._lock:
             return [(r[0], r[1]) for r in self.conn.execute(
@@ -92,10 +112,10 @@ class Submitter(threading.Thread):
     """Background thread draining a spool into a log."""
 
     def __init__(self, spool: Spool, client: LogClient, run: str, *, batch: int = 256,
-                 idle: float = 0.05, on_error: Callable[[Exception], None] | None = None) -> None:
+                 idle: float = 0.05, interval: float = 0.25, on_error: Callable[[Exception], None] | None = None) -> None:
         super().__init__(name="potd-submitter", daemon=True)
         self.spool, self.client, self.run_id = spool, client, run
-        self.batch, self.idle = batch, idle
+        self.batch, self.idle, self.interval = batch, idle, interval
         self.on_error = on_error
         self._wake = threading.Event()
         self._halt = threading.Event()
@@ -103,7 +123,7 @@ class Submitter(threading.Thread):
         self.outages = 0
 
     def notify(self) -> None:
-        self._wake.set()
+        """New statements were spooled (the submitter picks them up within ``interval``)."""
 
     def stop(self) -> None:
         self._halt.set()
@@ -122,14 +142,17 @@ class Submitter(threading.Thread):
                 raise LogUnavailable(f"{total - acked} statements still unacknowledged after "
                                      f"{timeout}s", hint="they stay in the spool; run "
                                                          "`potd prover resume` later")
-            self._wake.set()
+            self._wake.set()  # drain() wants them now
             time.sleep(0.02)
 
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                if not self.submit_once():
-                    self._wake.wait(self.idle)
+                sent = self.submit_once()
+                if sent < self.batch:
+                    # let statements accumulate: one request (and one receipt check per
+                    # checkpoint) for many steps keeps this thread off the trainer's GIL
+                    self._wake.wait(self.interval if sent else self.idle)
                     self._wake.clear()
             except LogUnavailable as e:
                 self.outages += 1
@@ -142,20 +165,20 @@ class Submitter(threading.Thread):
                     self.on_error(e)
                 return
 
-    def submit_once(self) -> bool:
-        """Send one batch; return False if there was nothing to send."""
+    def submit_once(self) -> int:
+        """Send one batch; return how many statements it held (0: nothing to send)."""
         pending = self.spool.pending(self.batch)
         if not pending:
-            return False
+            return 0
         try:
             receipts = self.client.add_batch([d for _, d in pending])
         except LogRejected as e:
             if e.status != 409:
                 raise
             self.reconcile()
-            return True
+            return len(pending)
         self.spool.ack([(seq, r) for (seq, _), r in zip(pending, receipts, strict=True)])
-        return True
+        return len(pending)
 
     def reconcile(self) -> None:
         """Mark statements the log already holds (matched by leaf hash) as acknowledged."""

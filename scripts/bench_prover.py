@@ -75,6 +75,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--recipes", default="digits-mlp,wide-mlp")
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--k-wide", type=int, default=100,
+                    help="checkpoint interval for wide-mlp (default 100: 80 MB of evidence "
+                         "per checkpoint)")
+    ap.add_argument("--k-digits", type=int, default=5, help="checkpoint interval for digits")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     out = {}
@@ -86,7 +90,8 @@ def main() -> None:
         with ServerProcess(str(d / "log.db"), str(d / "log.key"),
                            extra=["--open-registration"]) as srv:
             for name in args.recipes.split(","):
-                over = {"epochs": 50} if name == "wide-mlp" else {"epochs": 5}
+                over = ({"epochs": 50, "k": args.k_wide} if name == "wide-mlp"
+                        else {"epochs": 5, "k": args.k_digits})
                 plain(name, 5, over)  # warm-up
                 base = plain(name, args.steps, over)
                 with_p = proved(name, args.steps, over, srv.url, str(log_key.verifier), d)

@@ -111,7 +111,7 @@ s.open()
 for b in s.batches():
     s.train_step(b)
     if b.step == 30:
-        s._wait_hashed()
+        s.flush()
         print(s.run_id, flush=True)
         os.kill(os.getpid(), 9)
 """
