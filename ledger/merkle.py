@@ -43,7 +43,8 @@ def check_hash(h: bytes, what: str = "hash") -> bytes:
     if not isinstance(h, (bytes, bytearray)) or len(h) != HASH_SIZE:
         n = len(h) if isinstance(h, (bytes, bytearray)) else type(h).__name__
         raise MalformedError(f"{what} must be exactly 32 bytes, got {n}",
-                             hint="hashes are SHA-256 digests; check the encoding (base64 std or hex)")
+                             hint="hashes are SHA-256 digests; check the encoding "
+                                  "(base64 std or hex)")
     return bytes(h)
 
 
@@ -284,7 +285,9 @@ def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequenc
 
 
 def check_record(proof: Sequence[bytes], size: int, root: bytes, index: int, leaf: bytes) -> None:
-    """Verify that ``leaf`` is record ``index`` of the tree (``size``, ``root``). Raises on failure."""
+    """Verify that ``leaf`` is record ``index`` of the tree (``size``, ``root``).
+
+    Raises InclusionError on failure."""
     check_hash(root, "root hash")
     got = root_from_inclusion_proof(index, size, leaf, proof)
     if got != root:

@@ -188,7 +188,8 @@ class Signer:
         return Verifier(self.name, self.key_id, self.alg, self.public_key)
 
     def private_string(self) -> str:
-        return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{b64encode(bytes([self.alg]) + self.seed)}"
+        key = b64encode(bytes([self.alg]) + self.seed)
+        return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{key}"
 
     def sign(self, message: bytes) -> bytes:
         return bytes(nacl.signing.SigningKey(self.seed).sign(message).signature)

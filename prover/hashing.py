@@ -59,7 +59,8 @@ def new_hasher(algorithm: str) -> _Hasher:
     if algorithm == "blake3":
         import blake3
 
-        return blake3.blake3(max_threads=blake3.blake3.AUTO)  # type: ignore[no-any-return]
+        hasher: _Hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        return hasher
     raise UsageError(f"unknown hash algorithm {algorithm!r}",
                      hint=f"use one of {', '.join(HASH_ALGORITHMS)}")
 
@@ -82,7 +83,8 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     if sys.byteorder != "little" and c.element_size() > 1:
         c = c.view(torch.uint8).reshape(-1, c.element_size()).flip(1).reshape(-1)
     raw = c.view(torch.uint8) if c.dtype != torch.bool else c.to(torch.uint8)
-    return memoryview(raw.numpy()).cast("B")
+    arr: Any = raw.numpy()
+    return memoryview(arr).cast("B")
 
 
 def _frame(name: str, dtype: str, shape: Iterable[int], nbytes: int) -> bytes:

@@ -112,7 +112,8 @@ class Submitter(threading.Thread):
     """Background thread draining a spool into a log."""
 
     def __init__(self, spool: Spool, client: LogClient, run: str, *, batch: int = 256,
-                 idle: float = 0.05, interval: float = 0.25, on_error: Callable[[Exception], None] | None = None) -> None:
+                 idle: float = 0.05, interval: float = 0.25,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
         super().__init__(name="potd-submitter", daemon=True)
         self.spool, self.client, self.run_id = spool, client, run
         self.batch, self.idle, self.interval = batch, idle, interval

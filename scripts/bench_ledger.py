@@ -125,7 +125,8 @@ def main() -> None:
     print(f"raw sqlite executemany {res['raw_sqlite_per_s']:>10,} entries/s")
     print(f"potd Log.append        {res['library_per_s']:>10,} entries/s  "
           f"(ratio {res['ratio']:.2f} of raw)")
-    print(f"inclusion proof        p50 {res['inclusion_p50_us']} us   p99 {res['inclusion_p99_us']} us")
+    print(f"inclusion proof        p50 {res['inclusion_p50_us']} us   "
+          f"p99 {res['inclusion_p99_us']} us")
     print(f"consistency proof      p50 {res['consistency_p50_us']} us   "
           f"p99 {res['consistency_p99_us']} us")
     print(f"RSS during append (MB) {rss}")

@@ -108,7 +108,8 @@ def main() -> None:
                 params = sum(p_.numel() for p_ in get_recipe(name).model().parameters())
                 res["parameters"] = params
                 out[name] = res
-                print(f"{name:11s} {params:>10,} params  plain {res['plain_median_ms']:7.2f} ms/step"
+                print(f"{name:11s} {params:>10,} params  plain "
+                      f"{res['plain_median_ms']:7.2f} ms/step"
                       f"  with prover {res['prover_median_ms']:7.2f} ms/step  overhead "
                       f"{res['overhead_median'] * 100:+.1f}% (median), "
                       f"{res['overhead_mean'] * 100:+.1f}% (mean); close {close_s:.2f}s")

@@ -32,3 +32,7 @@ def vectors_dir() -> Path:
 @pytest.fixture(name="vectors_dir")
 def _vectors_dir_fixture() -> Path:
     return vectors_dir()
+
+
+# the end-to-end fixture (a real log server per test) for every test module
+from e2e import env  # noqa: E402,F401

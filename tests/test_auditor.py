@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import Env, checks, env  # noqa: F401  (fixture)
+from e2e import Env, checks  # noqa: F401
 
 from ledger.devserver import ServerProcess
 from ledger.log import Log

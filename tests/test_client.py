@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from e2e import Env, env  # noqa: F401  (fixture)
+from e2e import Env
 
 from ledger.client import LogClient, LogUnavailable
 from ledger.errors import ConsistencyError, SignatureError

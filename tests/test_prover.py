@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
-from e2e import Env, checks, env, make_env  # noqa: F401  (fixture)
+from e2e import Env, checks, make_env
 
 from ledger.client import LogClient
 from ledger.devserver import ServerProcess
