@@ -103,12 +103,17 @@ class Audit:
         except VerificationError as e:
             self.check("log.checkpoint", "fail", e.message, **_jsonable(e.evidence))
             raise _Stop from None
+        cosigned = [f"{w.name}+{w.key_id:08x}" for w in c.check_witnesses(cp)]
         self.report["log"] = {"url": c.url, "origin": cp.origin, "checkpoint_size": cp.size,
-                              "checkpoint_root": cp.root.hex(), "checkpoint": str(cp)}
+                              "checkpoint_root": cp.root.hex(), "checkpoint": str(cp),
+                              "witnesses": cosigned}
         self.check("log.checkpoint", "pass",
                    f"checkpoint of size {cp.size} signed by the pinned log key"
                    + (f", consistent with the stored checkpoint of size {prior.size}"
-                      if prior else " (first contact: no stored checkpoint to compare)"))
+                      if prior else " (first contact: no stored checkpoint to compare)")
+                   + (f"; cosigned by {len(cosigned)} of {len(c.witnesses)} witnesses "
+                      f"(quorum {c.quorum})" if c.witnesses else ""),
+                   witnesses=cosigned)
         try:
             snap = fetch_entries(c, cp, progress=lambda n: self._tick("entries", n, cp.size))
         except (VerificationError, PotdError) as e:

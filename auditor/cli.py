@@ -23,10 +23,27 @@ def auditor() -> None:
     """Verify a log and a training run as an independent third party."""
 
 
-def _client(log: str, vkey: str, state: str | None) -> Any:
+def _client(log: str, vkey: str, state: str | None, witness: tuple[str, ...] = (),
+            quorum: int | None = None) -> Any:
     from ledger.client import LogClient
+    from ledger.errors import UsageError
 
-    return LogClient(log, read_verifier(vkey), state_dir=state, proofs="tiles")
+    ws = [read_verifier(w) for w in witness]
+    q = len(ws) if quorum is None else quorum
+    if q > len(ws):
+        raise UsageError(f"--quorum {q} needs at least {q} --witness keys")
+    return LogClient(log, read_verifier(vkey), state_dir=state, proofs="tiles", witnesses=ws,
+                     quorum=q)
+
+
+def witness_options(f: Any) -> Any:
+    """--witness VKEY (repeatable) and --quorum K: the checkpoint policy."""
+    f = click.option("--quorum", type=int,
+                     help="Valid witness cosignatures a checkpoint needs (default: all "
+                          "--witness keys).")(f)
+    return click.option("--witness", multiple=True,
+                        help="A witness's cosignature verifier key (string or file); "
+                             "repeatable.")(f)
 
 
 class _Bars:
@@ -69,6 +86,7 @@ class _Bars:
               help="Segments for the memorization test.")
 @click.option("--tolerance", type=float,
               help="Compare replays by distance under this tolerance instead of exact hashes.")
+@witness_options
 @click.option("--max-abandoned", default=0, show_default=True,
               help="Earlier never-closed runs by the same signer to tolerate (seed grinding "
                    "evidence) before failing.")
@@ -80,8 +98,9 @@ class _Bars:
 @click.option("--quiet", "-q", is_flag=True, help="No terminal summary.")
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
           samples: int, public_challenge: bool, workers: int, memorization_segments: int,
-          tolerance: float | None, max_abandoned: int, state: str, json_out: str | None,
-          html_out: str | None, quiet: bool) -> None:
+          tolerance: float | None, witness: tuple[str, ...], quorum: int | None,
+          max_abandoned: int, state: str, json_out: str | None, html_out: str | None,
+          quiet: bool) -> None:
     """Audit a training run: log, statements, seed, data order, replay, memorization.
 
     Exit status 0 = pass, 1 = fail, 3 = inconclusive.
@@ -93,7 +112,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
                         public_challenge=public_challenge, workers=workers,
                         memorization_segments=memorization_segments, tolerance=tolerance,
                         max_abandoned=max_abandoned)
-    with _client(log_url, vkey, state) as client:
+    with _client(log_url, vkey, state, witness, quorum) as client:
         report = Audit(client, opts, progress=bars).run()
     bars.close()
     _emit(report, json_out, html_out, quiet)
@@ -119,11 +138,13 @@ def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
 @auditor.command("verify-log")
 @click.option("--log", "log_url", required=True, help="Log URL (or a static tile mirror).")
 @click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@witness_options
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--workers", default=8, show_default=True, help="Parallel HTTP fetches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify_log(log_url: str, vkey: str, state: str, workers: int, as_json: bool) -> None:
+def verify_log(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None,
+               state: str, workers: int, as_json: bool) -> None:
     """Recompute the whole log from its entry bundles and tiles up to the checkpoint.
 
     Checks the checkpoint signature, its consistency with the last checkpoint stored for
@@ -134,7 +155,7 @@ def verify_log(log_url: str, vkey: str, state: str, workers: int, as_json: bool)
 
     t0 = time.perf_counter()
     bars = _Bars()
-    with _client(log_url, vkey, state) as client:
+    with _client(log_url, vkey, state, witness, quorum) as client:
         prior = client.latest
         cp = client.checkpoint()
         snap = fetch_entries(client, cp, workers=workers,
@@ -157,15 +178,17 @@ def verify_log(log_url: str, vkey: str, state: str, workers: int, as_json: bool)
 @auditor.command()
 @click.option("--log", "log_url", required=True, help="Log URL (or a static tile mirror).")
 @click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@witness_options
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def runs(log_url: str, vkey: str, state: str, as_json: bool) -> None:
+def runs(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None, state: str,
+         as_json: bool) -> None:
     """List the training runs in a log with their signer, recipe, steps and status."""
     from .logview import fetch_entries
     from .runs import group_runs
 
-    with _client(log_url, vkey, state) as client:
+    with _client(log_url, vkey, state, witness, quorum) as client:
         cp = client.checkpoint()
         snap = fetch_entries(client, cp)
     found, foreign = group_runs(snap)

@@ -32,10 +32,18 @@ from .errors import (
     MalformedError,
     PotdError,
     PushbackError,
+    SignatureError,
     VerificationError,
 )
 from .merkle import check_hash, check_record, check_tree, leaf_hash, prove_record, prove_tree
-from .note import SignedCheckpoint, Verifier, b64decode, b64encode, open_checkpoint
+from .note import (
+    SignedCheckpoint,
+    Verifier,
+    b64decode,
+    b64encode,
+    count_cosignatures,
+    open_checkpoint,
+)
 from .tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, TileHashReader, decode_bundle
 
 
@@ -91,9 +99,14 @@ def _state_name(origin: str) -> str:
 class LogClient:
     def __init__(self, url: str, log_key: Verifier | str, *, state_dir: str | None = None,
                  proofs: str = "server", timeout: float = 30.0, retries: int = 8,
-                 backoff: float = 0.2, max_backoff: float = 10.0) -> None:
+                 backoff: float = 0.2, max_backoff: float = 10.0,
+                 witnesses: Sequence[Verifier] = (), quorum: int = 0) -> None:
         if proofs not in ("server", "tiles"):
             raise MalformedError("proofs must be 'server' or 'tiles'")
+        if not 0 <= quorum <= len(witnesses):
+            raise MalformedError(f"a quorum of {quorum} needs at least that many witnesses "
+                                 f"(got {len(witnesses)})")
+        self.witnesses, self.quorum = tuple(witnesses), quorum
         self.url = url.rstrip("/")
         self.log_key = Verifier.parse(log_key) if isinstance(log_key, str) else log_key
         self.state_dir = Path(state_dir) if state_dir else None
@@ -222,8 +235,23 @@ class LogClient:
         """Fetch, verify and record the log's latest checkpoint."""
         r = self._request("GET", "/checkpoint")
         cp = open_checkpoint(r.content, self.log_key)
+        self.check_witnesses(cp)
         self._advance(cp)
         return cp
+
+    def check_witnesses(self, cp: SignedCheckpoint) -> list[Verifier]:
+        """Enforce the witness policy: at least ``quorum`` valid cosignatures from the
+        listed witnesses. Returns the witnesses that cosigned."""
+        ok = count_cosignatures(cp.note, self.witnesses) if self.witnesses else []
+        if len(ok) < self.quorum:
+            names = ", ".join(f"{w.name}+{w.key_id:08x}" for w in self.witnesses)
+            raise SignatureError(
+                f"checkpoint of size {cp.size} has {len(ok)} of the {self.quorum} required "
+                f"witness cosignatures (witnesses: {names})",
+                hint="the log may be showing you a view nobody else checked (split view); "
+                     "do not trust it until witnesses cosign it",
+                checkpoint=str(cp))
+        return ok
 
     def tile(self, tile: Tile) -> bytes:
         data = self._request("GET", "/" + tile.path()).content

@@ -25,7 +25,13 @@ def test_scenario(name: str, tmp_path: Path) -> None:
         assert rep["verdict"] == "pass"
         return
     if name == "split view":
-        pytest.skip("not detectable without witnesses: the witness issue adds this check")
+        sv = rep["split_view"]
+        assert sv["same_size"] and sv["different_roots"]  # the evidence: two signed trees
+        assert sv["witness_refused_with"] in (409, 422)
+        assert sv["auditor_a_verdict"] == "pass"
+        assert sv["auditor_b_without_witnesses"] == "pass"  # why witnesses are needed
+        c = next(c for c in rep["checks"] if c["name"] == "log.checkpoint")
+        assert "witness cosignatures" in c["summary"]
     assert rep["verdict"] == "fail"
     assert set(s.expect) & set(row["caught_by"])
     if name == "forged statement":
