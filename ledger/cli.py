@@ -371,15 +371,23 @@ def export(db: str, out: str) -> None:
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               help="uvicorn's log level.")
+@click.option("--witness", multiple=True, metavar="URL=VKEY",
+              help="A witness to send checkpoints to (C2SP tlog-witness); repeatable.")
+@click.option("--witness-quorum", type=int,
+              help="Cosignatures a checkpoint needs before it is published (default: all).")
 def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
           max_pending: int, max_request_bytes: int, open_registration: bool, timestamps: bool,
-          log_level: str) -> None:
+          log_level: str, witness: tuple[str, ...], witness_quorum: int | None) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
     (`potd ledger allow`) or, with --open-registration, from anyone. Each write is
     answered only once it is durably stored and covered by a signed checkpoint. Stops
     cleanly on Ctrl-C / SIGTERM, flushing pending writes first.
+
+    With --witness URL=VKEY (repeatable), every new checkpoint is sent to the witnesses
+    and GET /checkpoint serves only checkpoints cosigned by --witness-quorum of them
+    (default: all). Writes do not wait for witnessing.
     """
     from .server import serve as run_server
 
@@ -390,7 +398,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
     run_server(db, signer, host=host, port=port, timestamps=timestamps, log_level=log_level,
                on_ready=ready, open_registration=open_registration, flush_ms=flush_ms,
                max_batch=max_batch, max_pending=max_pending,
-               max_request_bytes=max_request_bytes)
+               max_request_bytes=max_request_bytes, witnesses=witness,
+               witness_quorum=witness_quorum)
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:

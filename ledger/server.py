@@ -27,7 +27,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -53,6 +53,7 @@ from .sequencer import Rejected, Sequencer, verify_signatures
 from .statement import parse_statement, parse_statement_array
 from .store import SQLiteStore
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, parse_path
+from .witnessing import WitnessPublisher, WitnessTarget
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=10"
@@ -146,7 +147,8 @@ class LogServer:
 
     def __init__(self, log: Log, *, open_registration: bool = False, flush_ms: float = 50.0,
                  max_batch: int = 10_000, max_pending: int = 50_000,
-                 max_request_bytes: int = 16 << 20, entries_page: int = 1000) -> None:
+                 max_request_bytes: int = 16 << 20, entries_page: int = 1000,
+                 witnesses: Sequence[str] = (), witness_quorum: int | None = None) -> None:
         store: Any = log.store
         if hasattr(store, "ensure_indexes"):
             store.ensure_indexes()
@@ -156,6 +158,14 @@ class LogServer:
         self.max_batch = max_batch
         self.entries_page = entries_page
         self.openapi = json.dumps(openapi_document(log.origin, str(log.verifier))).encode()
+        self.publisher: WitnessPublisher | None = None
+        if witnesses:
+            targets = [WitnessTarget.parse(w) for w in witnesses]
+            q = len(targets) if witness_quorum is None else witness_quorum
+            if not 1 <= q <= len(targets):
+                raise UsageError(f"--witness-quorum {q} must be between 1 and the number of "
+                                 f"witnesses ({len(targets)})")
+            self.publisher = WitnessPublisher(log, targets, q)
         self.starlette = self.app()
 
     @property
@@ -260,7 +270,14 @@ class LogServer:
     # -- reads ----------------------------------------------------------------------
 
     async def checkpoint(self, request: Request) -> Response:
-        return Response(str(self.log.checkpoint()), media_type="text/plain; charset=utf-8",
+        if self.publisher is not None:  # only checkpoints that met the witness quorum
+            if self.publisher.published is None:
+                return error_response(503, "not_witnessed", "no checkpoint has met the "
+                                      "witness quorum yet", headers={"Retry-After": "1"})
+            cp = self.publisher.published
+        else:
+            cp = self.log.checkpoint()
+        return Response(str(cp), media_type="text/plain; charset=utf-8",
                         headers={"Cache-Control": NO_CACHE})
 
     async def tile(self, request: Request) -> Response:
@@ -347,9 +364,13 @@ class LogServer:
         @asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await self.sequencer.start()
+            if self.publisher is not None:
+                self.publisher.start()
             try:
                 yield
             finally:
+                if self.publisher is not None:
+                    await self.publisher.stop()
                 await self.sequencer.close()
 
         routes = [
