@@ -375,9 +375,13 @@ def export(db: str, out: str) -> None:
               help="A witness to send checkpoints to (C2SP tlog-witness); repeatable.")
 @click.option("--witness-quorum", type=int,
               help="Cosignatures a checkpoint needs before it is published (default: all).")
+@click.option("--wait-for-witnesses", is_flag=True,
+              help="Answer writes only once a witnessed checkpoint covers them (default: "
+                   "answer after durability and integration).")
 def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
           max_pending: int, max_request_bytes: int, open_registration: bool, timestamps: bool,
-          log_level: str, witness: tuple[str, ...], witness_quorum: int | None) -> None:
+          log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
+          wait_for_witnesses: bool) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
@@ -387,7 +391,7 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
 
     With --witness URL=VKEY (repeatable), every new checkpoint is sent to the witnesses
     and GET /checkpoint serves only checkpoints cosigned by --witness-quorum of them
-    (default: all). Writes do not wait for witnessing.
+    (default: all). Writes do not wait for witnessing unless --wait-for-witnesses.
     """
     from .server import serve as run_server
 
@@ -399,7 +403,7 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
                on_ready=ready, open_registration=open_registration, flush_ms=flush_ms,
                max_batch=max_batch, max_pending=max_pending,
                max_request_bytes=max_request_bytes, witnesses=witness,
-               witness_quorum=witness_quorum)
+               witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses)
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:

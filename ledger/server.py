@@ -148,7 +148,8 @@ class LogServer:
     def __init__(self, log: Log, *, open_registration: bool = False, flush_ms: float = 50.0,
                  max_batch: int = 10_000, max_pending: int = 50_000,
                  max_request_bytes: int = 16 << 20, entries_page: int = 1000,
-                 witnesses: Sequence[str] = (), witness_quorum: int | None = None) -> None:
+                 witnesses: Sequence[str] = (), witness_quorum: int | None = None,
+                 wait_for_witnesses: bool = False, witness_timeout: float = 30.0) -> None:
         store: Any = log.store
         if hasattr(store, "ensure_indexes"):
             store.ensure_indexes()
@@ -159,6 +160,7 @@ class LogServer:
         self.entries_page = entries_page
         self.openapi = json.dumps(openapi_document(log.origin, str(log.verifier))).encode()
         self.publisher: WitnessPublisher | None = None
+        self.wait_for_witnesses, self.witness_timeout = wait_for_witnesses, witness_timeout
         if witnesses:
             targets = [WitnessTarget.parse(w) for w in witnesses]
             q = len(targets) if witness_quorum is None else witness_quorum
@@ -242,7 +244,31 @@ class LogServer:
                                     min(MAX_ENTRY_SIZE, self.max_request_bytes), "statement")
             st = parse_statement(body)
             verify_signatures([st], False)
-        return await seq.submit([st], batch=False, verified=True)
+        return await self._witnessed(await seq.submit([st], batch=False, verified=True))
+
+    async def _witnessed(self, reply: bytes) -> bytes:
+        """With --wait-for-witnesses: hold a write's reply until a checkpoint covering it
+        met the witness quorum, and answer with that checkpoint and proofs at its size."""
+        pub = self.publisher
+        if pub is None or not self.wait_for_witnesses:
+            return reply
+        data = json.loads(reply)
+        items = data if isinstance(data, list) else [data]
+        need = max(int(it["index"]) for it in items) + 1
+        deadline = asyncio.get_running_loop().time() + self.witness_timeout
+        while pub.published is None or pub.published.size < need:
+            if asyncio.get_running_loop().time() > deadline:
+                raise PushbackError(f"stored at index {need - 1}, but no witnessed checkpoint "
+                                    f"covers it after {self.witness_timeout:.0f}s",
+                                    retry_after=5.0, hint="the entry is logged; its "
+                                    "witnessed checkpoint will follow at GET /checkpoint")
+            await asyncio.sleep(0.005)
+        cp = pub.published
+        for it in items:
+            it["checkpoint"] = str(cp)
+            it["inclusion_proof"] = [b64encode(h) for h in
+                                     self.log.inclusion_proof(int(it["index"]), cp.size)]
+        return json.dumps(data).encode()
 
     async def add_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._write(send, self._add_batch(scope, receive))
@@ -265,7 +291,7 @@ class LogServer:
             for k in range(0, len(sts), 64):  # let other requests run in between
                 verify_signatures(sts[k:k + 64], True, k)
                 await asyncio.sleep(0)
-        return await seq.submit(sts, batch=True, verified=True)
+        return await self._witnessed(await seq.submit(sts, batch=True, verified=True))
 
     # -- reads ----------------------------------------------------------------------
 

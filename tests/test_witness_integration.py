@@ -24,7 +24,8 @@ from ledger.note import ALG_COSIGNATURE_V1, Signer, count_cosignatures, open_che
 ROUNDS = int(os.environ.get("POTD_WITNESS_ROUNDS", "20"))
 
 
-def test_server_publishes_only_witnessed_checkpoints(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wait", [False, True], ids=["publish", "wait-for-witnesses"])
+def test_server_publishes_only_witnessed_checkpoints(tmp_path: Path, wait: bool) -> None:
     log_key = Signer.generate("potd.example/witnessed")
     (tmp_path / "log.key").write_text(log_key.private_string())
     Log.create(str(tmp_path / "log.db"), log_key).store.close()
@@ -45,13 +46,16 @@ def test_server_publishes_only_witnessed_checkpoints(tmp_path: Path) -> None:
                 time.sleep(0.05)
         srv = ServerProcess(str(tmp_path / "log.db"), str(tmp_path / "log.key"),
                             extra=["--open-registration", "--witness",
-                                   f"{wurl}={w.verifier}"]).start()
+                                   f"{wurl}={w.verifier}",
+                                   *(["--wait-for-witnesses"] if wait else [])]).start()
         try:
             trainer = Signer.generate("trainer.example/t")
             with LogClient(srv.url, log_key.verifier) as c:
                 latencies = []
                 for i in range(ROUNDS):
                     r = c.add(open_statement(trainer, f"w{i}"))
+                    if wait:  # the reply itself carries the witnessed checkpoint
+                        assert count_cosignatures(r.checkpoint.note, [w.verifier])
                     t0 = time.monotonic()
                     while True:  # the published checkpoint catches up, cosigned
                         cp = open_checkpoint(httpx.get(srv.url + "/checkpoint").content,
