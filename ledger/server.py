@@ -310,9 +310,10 @@ class LogServer:
         path = "tile/" + request.path_params["path"]
         tile = parse_path(path)
         try:
-            if tile.level == ENTRIES_LEVEL:
+            if tile.level == ENTRIES_LEVEL and not tile.full:
+                # a partial bundle is assembled from entry rows: off the event loop
                 data = await asyncio.to_thread(self.log.tile, tile)
-            else:
+            else:  # hash tiles and full bundles are single stored blobs
                 data = self.log.tile(tile)
         except UsageError as e:
             raise NotFound(e.message, hint="this tile is beyond the current tree") from None
