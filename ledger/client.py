@@ -154,21 +154,32 @@ class LogClient:
         tmp.write_bytes(cp.to_bytes())
         os.replace(tmp, p)
 
-    def _advance(self, cp: SignedCheckpoint) -> None:
-        """Accept ``cp`` only if it is consistent with the last verified checkpoint.
+    def _advance(self, cp: SignedCheckpoint) -> SignedCheckpoint:
+        """Accept ``cp`` only if it is consistent with the last verified checkpoint, and
+        return the newest verified checkpoint (``cp``, or the one we already had).
 
-        A log never legitimately shows a smaller tree than it has shown before, so a
-        smaller size is a rollback; a log that cannot prove consistency from the size we
-        saw (the proof fails, or it cannot produce one) has forked.
+        A log that cannot prove consistency from the size we saw (the proof fails, or it
+        cannot produce one) has forked. A smaller size is accepted only as a lagging
+        view: a log with witnesses answers writes with its newest checkpoint but publishes
+        it at ``/checkpoint`` only once witnessed, a moment later. The smaller checkpoint
+        must then be proven a prefix of the newer one we verified (which stays our state);
+        a log that rolled its history back cannot produce that proof.
         """
         with self._lock:
             old = self._latest
             if old is not None:
                 ev = {"old_checkpoint": str(old), "new_checkpoint": str(cp)}
                 if cp.size < old.size:
-                    raise ConsistencyError(
-                        f"rollback: the log now shows size {cp.size}, after it showed "
-                        f"size {old.size}", **ev)
+                    try:
+                        proof = (self._consistency_hashes(cp.size, old.size, old)
+                                 if cp.size else [])
+                        check_tree(proof, old.size, old.root, cp.size, cp.root)
+                    except (LogRejected, MalformedError, VerificationError) as e:
+                        raise ConsistencyError(
+                            f"rollback: the log now shows size {cp.size}, after it showed "
+                            f"size {old.size}, and cannot prove the smaller tree is a prefix "
+                            f"of the larger ({e.message})", **ev) from None
+                    return old
                 try:
                     proof = self._consistency_hashes(old.size, cp.size, cp) if old.size else []
                 except (LogRejected, MalformedError) as e:
@@ -181,9 +192,10 @@ class LogClient:
                     e.evidence.update(ev)
                     raise
                 if cp.size == old.size:
-                    return
+                    return cp
             self._latest = cp
             self._save_state(cp)
+            return cp
 
     # -- HTTP -----------------------------------------------------------------
 
@@ -232,12 +244,21 @@ class LogClient:
     # -- reads ----------------------------------------------------------------
 
     def checkpoint(self) -> SignedCheckpoint:
-        """Fetch, verify and record the log's latest checkpoint."""
+        """Fetch, verify and record the log's latest checkpoint.
+
+        Returns the newest checkpoint verified so far: the fetched one, or a newer one
+        this client already verified (a write receipt, the stored state) of which the
+        fetched one is proven a prefix, if that newer one meets the witness policy."""
         r = self._request("GET", "/checkpoint")
         cp = open_checkpoint(r.content, self.log_key)
         self.check_witnesses(cp)
-        self._advance(cp)
-        return cp
+        newest = self._advance(cp)
+        if newest is not cp:
+            try:
+                self.check_witnesses(newest)
+            except SignatureError:
+                return cp
+        return newest
 
     def check_witnesses(self, cp: SignedCheckpoint) -> list[Verifier]:
         """Enforce the witness policy: at least ``quorum`` valid cosignatures from the
@@ -327,6 +348,13 @@ class LogClient:
         cp = opened.get(cp_text) if opened is not None else None
         if cp is None:
             cp = open_checkpoint(cp_text, self.log_key)
+            try:
+                self.check_witnesses(cp)
+            except SignatureError as e:
+                e.hint = ("this log answers writes before its witnesses cosign: run it with "
+                          "`potd ledger serve --wait-for-witnesses`, or write with a client "
+                          "that has no witness policy")
+                raise
             self._advance(cp)
             if opened is not None:  # a batch's replies share checkpoints: verify each once
                 opened[cp_text] = cp

@@ -34,7 +34,7 @@ import concurrent.futures
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
@@ -121,6 +121,8 @@ class Sequencer:
         self.flushes = 0  # successful flushes
         self.flushed = 0  # statements they stored
         self.flush_seconds = 0.0  # time spent in flushes (the worker thread)
+        # called on the event loop with the tree size after each flush (the witnessing)
+        self.on_flush: Callable[[int], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -197,6 +199,8 @@ class Sequencer:
                 err = e if isinstance(e, PotdError) else PotdError(f"internal error: {e!r}")
                 replies = [err] * len(take)
             self.flush_seconds += time.perf_counter() - t0
+            if self.on_flush is not None:
+                self.on_flush(self.log.size)
             for sub, reply in zip(take, replies, strict=True):
                 if sub.future.done():
                     continue

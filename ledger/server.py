@@ -11,6 +11,13 @@ conflict, 413 too large, 503 pushback/storage with ``Retry-After``. A request th
 stores nothing. Full tiles and bundles are immutable and cached for a year; partial ones
 and the checkpoint are not cached long.
 
+With witnesses (``witnesses=["URL=VKEY", ...]``, :mod:`ledger.witnessing`), ``GET
+/checkpoint`` serves the newest checkpoint cosigned by ``witness_quorum`` of them (503
+until there is one). Writes are still answered after durability and integration, with
+the log-signed checkpoint of the flush (newer than the published one for a moment); with
+``wait_for_witnesses=True`` a write's reply waits (up to ``witness_timeout``, then 503)
+for a witnessed checkpoint covering it and carries that one, with proofs at its size.
+
 One process, one sequencer (uvicorn with a single worker). Reads run on the event loop
 against the store's read connection (they never wait for a commit), except those that
 may read many entries, which run in a thread. Shutdown (SIGINT/SIGTERM) stops accepting
@@ -149,7 +156,7 @@ class LogServer:
                  max_batch: int = 10_000, max_pending: int = 50_000,
                  max_request_bytes: int = 16 << 20, entries_page: int = 1000,
                  witnesses: Sequence[str] = (), witness_quorum: int | None = None,
-                 wait_for_witnesses: bool = False, witness_timeout: float = 30.0) -> None:
+                 wait_for_witnesses: bool = False, witness_timeout: float = 20.0) -> None:
         store: Any = log.store
         if hasattr(store, "ensure_indexes"):
             store.ensure_indexes()
@@ -167,7 +174,12 @@ class LogServer:
             if not 1 <= q <= len(targets):
                 raise UsageError(f"--witness-quorum {q} must be between 1 and the number of "
                                  f"witnesses ({len(targets)})")
-            self.publisher = WitnessPublisher(log, targets, q)
+            # the sequencer replaces its Log after a failed commit: follow it
+            self.publisher = WitnessPublisher(lambda: self.sequencer.log, targets, q)
+            self.sequencer.on_flush = self.publisher.notify
+        elif witness_quorum is not None or wait_for_witnesses:
+            raise UsageError("--witness-quorum and --wait-for-witnesses need --witness",
+                             hint="add --witness URL=VKEY for each witness")
         self.starlette = self.app()
 
     @property
@@ -254,21 +266,13 @@ class LogServer:
             return reply
         data = json.loads(reply)
         items = data if isinstance(data, list) else [data]
-        need = max(int(it["index"]) for it in items) + 1
-        deadline = asyncio.get_running_loop().time() + self.witness_timeout
-        while pub.published is None or pub.published.size < need:
-            if asyncio.get_running_loop().time() > deadline:
-                raise PushbackError(f"stored at index {need - 1}, but no witnessed checkpoint "
-                                    f"covers it after {self.witness_timeout:.0f}s",
-                                    retry_after=5.0, hint="the entry is logged; its "
-                                    "witnessed checkpoint will follow at GET /checkpoint")
-            await asyncio.sleep(0.005)
-        cp = pub.published
-        for it in items:
+        indexes = [int(it["index"]) for it in items]
+        cp = await pub.wait_for(max(indexes) + 1, self.witness_timeout)
+        proofs = await asyncio.to_thread(self.log.inclusion_proofs, indexes, cp.size)
+        for it, proof in zip(items, proofs, strict=True):
             it["checkpoint"] = str(cp)
-            it["inclusion_proof"] = [b64encode(h) for h in
-                                     self.log.inclusion_proof(int(it["index"]), cp.size)]
-        return json.dumps(data).encode()
+            it["inclusion_proof"] = [b64encode(h) for h in proof]
+        return json.dumps(data, separators=(",", ":")).encode()
 
     async def add_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._write(send, self._add_batch(scope, receive))
@@ -377,9 +381,13 @@ class LogServer:
 
     async def health(self, request: Request) -> Response:
         seq = self.sequencer
-        return _json({"status": "ok", "origin": self.log.origin, "size": self.log.size,
-                      "pending": seq.pending, "flushes": seq.flushes, "flushed": seq.flushed,
-                      "flush_seconds": round(seq.flush_seconds, 3)})
+        body: dict[str, Any] = {
+            "status": "ok", "origin": self.log.origin, "size": self.log.size,
+            "pending": seq.pending, "flushes": seq.flushes, "flushed": seq.flushed,
+            "flush_seconds": round(seq.flush_seconds, 3)}
+        if self.publisher is not None:
+            body["witnessing"] = self.publisher.stats()
+        return _json(body)
 
     async def openapi_json(self, request: Request) -> Response:
         return Response(self.openapi, media_type=JSON_TYPE)

@@ -1,59 +1,169 @@
 """The log side of witnessing: send each new checkpoint to the configured witnesses and
 publish only checkpoints that gathered a quorum of cosignatures (C2SP tlog-witness).
 
-A background task watches the log's size. When it grows, it sends the latest checkpoint
-to every witness with a consistency proof from the size that witness last cosigned (a
-409 answer tells the log that size; it retries from there), verifies the cosignatures it
-gets, stores them with the checkpoint (:meth:`~ledger.log.Log.add_cosignatures`) and, once
-``quorum`` witnesses have cosigned, makes it the checkpoint ``GET /checkpoint`` serves.
-Sequencing never waits for witnesses: an unreachable witness only delays publication
-(retried with backoff), and ``POST /add`` still answers after durability and
-integration, with the log-signed checkpoint of its entries.
+After every flush the sequencer calls :meth:`WitnessPublisher.notify`; one background
+task then takes the log's latest checkpoint and asks every witness at once (one worker
+thread each, keep-alive HTTP) to cosign it, with a consistency proof from the size that
+witness last cosigned (it starts at 0; a 409 tells the real size and the request is
+retried from there). The cosignatures that come back are verified against the pinned
+witness keys, appended after the log's own signature, stored with the checkpoint
+(:meth:`~ledger.log.Log.add_cosignatures`) and, once ``quorum`` witnesses have cosigned,
+the checkpoint becomes the one ``GET /checkpoint`` serves. Flushes that happen during a
+round are covered by the next round, which sends only the newest checkpoint.
+
+Invariants:
+* The published checkpoint was signed and stored by this log and cosigned by ``quorum``
+  pinned witnesses; it only moves forward. At startup it is the newest stored checkpoint
+  that meets the quorum (if any), so a restart keeps serving a witnessed checkpoint even
+  while the witnesses are unreachable.
+* Sequencing never waits for witnesses. A witness that fails (unreachable, an HTTP error,
+  a refusal) is retried with exponential backoff (0.1 s doubling to 30 s); meanwhile the
+  last published checkpoint stays published. A refusal for another root at a size it
+  cosigned, or for a bad proof, means this log's history differs from what the witness
+  saw before: it is reported as an error.
+* Nothing ends the background task but :meth:`WitnessPublisher.stop`: an unexpected
+  error is reported and the round retried.
+
+Trusts: the witness keys the operator configured; a cosignature is kept only after it
+verifies under one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
-from .errors import MalformedError
+import httpx
+
+from .errors import MalformedError, PotdError, PushbackError, SignatureError, UsageError
 from .log import Log
-from .note import Note, NoteSignature, SignedCheckpoint, Verifier
-from .witness import SizeConflictError, WitnessError, request_cosignature
+from .note import (
+    ALG_COSIGNATURE_V1,
+    Note,
+    NoteSignature,
+    SignedCheckpoint,
+    Verifier,
+    count_cosignatures,
+    open_checkpoint,
+)
+from .witness import ProofError, RootMismatchError, SizeConflictError, request_cosignature
+
+REQUEST_TIMEOUT = 10.0  # seconds per add-checkpoint request
+MAX_BACKOFF = 30.0
+STARTUP_SCAN = 65_536  # stored checkpoints searched (newest first) for a witnessed one
+LATENCIES_KEPT = 10_000
 
 
-@dataclass
+def _warn(message: str) -> None:
+    print(f"potd ledger serve: {message}", file=sys.stderr, flush=True)
+
+
 class WitnessTarget:
-    url: str
-    key: Verifier
-    size: int = 0  # the size this witness last cosigned, as far as the log knows
-    failures: int = 0
-    retry_at: float = 0.0
+    """One configured witness: its URL, its cosignature key, and what the log knows of it."""
+
+    def __init__(self, url: str, key: Verifier) -> None:
+        if key.alg != ALG_COSIGNATURE_V1:
+            raise UsageError(f"witness key {key.name}+{key.key_id:08x} is not a "
+                             "cosignature/v1 key (alg 0x04)",
+                             hint="use the key `potd witness keygen` printed (<name>.pub)")
+        self.url = url.rstrip("/")
+        self.key = key
+        self.size = 0  # the size this witness last cosigned, as far as the log knows
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.cosigned = 0  # cosignatures received since startup
+        self.http = httpx.Client(timeout=REQUEST_TIMEOUT)
 
     @classmethod
     def parse(cls, spec: str) -> WitnessTarget:
-        """``URL=VKEY``, split on the first ``=`` (a key's base64 may hold more)."""
+        """``URL=VKEY``, split on the first ``=`` (the key's base64 may hold more); VKEY
+        may also be a file holding the key."""
         url, sep, vkey = spec.partition("=")
-        if not sep or not url.startswith(("http://", "https://")):
-            raise MalformedError(f"witness {spec[:80]!r} is not URL=VKEY",
-                                 hint="e.g. http://127.0.0.1:8081=witness.example/w1+...")
-        return cls(url.rstrip("/"), Verifier.parse(vkey))
+        if not sep or not url.startswith(("http://", "https://")) or not vkey:
+            raise UsageError(f"witness {spec[:80]!r} is not URL=VKEY",
+                             hint="e.g. http://127.0.0.1:8081=witness.example/w1+1234abcd+BA...")
+        try:
+            if os.path.isfile(vkey):
+                vkey = Path(vkey).read_text().strip()
+            key = Verifier.parse(vkey)
+        except (MalformedError, OSError) as e:
+            raise UsageError(f"witness {url}: {getattr(e, 'message', e)}",
+                             hint="VKEY is the witness's verifier key, or a file holding "
+                                  "it") from None
+        return cls(url, key)
+
+    @property
+    def name(self) -> str:
+        return f"{self.key.name}+{self.key.key_id:08x}"
+
+    def status(self) -> dict[str, Any]:
+        return {"url": self.url, "key": self.name, "size": self.size,
+                "cosigned": self.cosigned, "failures": self.failures,
+                "last_error": self.last_error}
 
 
-@dataclass
+def latest_witnessed(log: Log, keys: Sequence[Verifier], quorum: int,
+                     scan: int = STARTUP_SCAN) -> SignedCheckpoint | None:
+    """The newest stored checkpoint with ``quorum`` valid cosignatures by ``keys``,
+    searching at most ``scan`` stored checkpoints back from the latest."""
+    rows_of: Callable[[int, int], list[tuple[int, str, int]]] | None = getattr(
+        log.store, "checkpoints", None)
+    if rows_of is None:
+        return None
+    hi, span, seen = log.size + 1, 256, 0  # sizes below hi are left to search
+    while hi > 0 and seen < scan:
+        lo = max(0, hi - span)
+        rows = [r for r in rows_of(lo, hi - lo) if r[0] < hi]
+        for _, note, _ in reversed(rows):
+            seen += 1
+            if note.count("\n\u2014 ") <= quorum:  # the log's line + fewer than quorum
+                continue
+            try:
+                cp = open_checkpoint(note, log.verifier)
+                if len(count_cosignatures(cp.note, keys)) >= quorum:
+                    return cp
+            except PotdError:
+                continue
+        hi, span = lo, span * 4
+    return None
+
+
 class WitnessPublisher:
-    log: Log
-    witnesses: list[WitnessTarget]
-    quorum: int
-    interval: float = 0.01
-    published: SignedCheckpoint | None = None
-    latencies: list[float] = field(default_factory=list)  # flush -> published, seconds
-    _task: asyncio.Task[None] | None = None
-    _seen: dict[int, float] = field(default_factory=dict)
+    """Collects cosignatures for the log's checkpoints and keeps the published one."""
+
+    def __init__(self, log: Log | Callable[[], Log], witnesses: Sequence[WitnessTarget],
+                 quorum: int) -> None:
+        if not witnesses:
+            raise UsageError("a witness publisher needs at least one witness")
+        if not 1 <= quorum <= len(witnesses):
+            raise UsageError(f"witness quorum {quorum} must be between 1 and the number of "
+                             f"witnesses ({len(witnesses)})")
+        self._log: Callable[[], Log] = (lambda: log) if isinstance(log, Log) else log
+        self.witnesses = list(witnesses)
+        self.quorum = quorum
+        self.keys = [w.key for w in self.witnesses]
+        self.published: SignedCheckpoint | None = latest_witnessed(self._log(), self.keys,
+                                                                   quorum)
+        self.rounds = 0  # rounds that published a checkpoint
+        self.latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)  # flush -> published
+        self._flushed: deque[tuple[int, float]] = deque(maxlen=100_000)  # (size, monotonic)
+        self._waiters: list[tuple[int, asyncio.Future[SignedCheckpoint]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pool = ThreadPoolExecutor(len(self.witnesses), "potd-witness")
+
+    # -- lifecycle (event loop) ------------------------------------------------------
 
     def start(self) -> None:
+        self._wake.set()  # a first round at once: the latest checkpoint may be unwitnessed
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -63,54 +173,142 @@ class WitnessPublisher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(PushbackError("the log is shutting down before a witnessed "
+                                                "checkpoint covered this write",
+                                                retry_after=5.0))
+        self._waiters.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for w in self.witnesses:
+            w.http.close()
 
-    def current(self) -> SignedCheckpoint:
-        """What ``GET /checkpoint`` serves: the newest checkpoint with a quorum."""
-        if self.published is None:
-            raise WitnessError("no checkpoint has been witnessed yet",
-                               hint="check that the witnesses are running and know this log")
-        return self.published
+    def notify(self, size: int) -> None:
+        """A flush produced the checkpoint of ``size``: witness it soon."""
+        self._flushed.append((size, time.monotonic()))
+        self._wake.set()
+
+    async def wait_for(self, size: int, timeout: float) -> SignedCheckpoint:
+        """The published checkpoint once its size is at least ``size``; raises
+        :class:`PushbackError` after ``timeout`` seconds."""
+        cp = self.published
+        if cp is not None and cp.size >= size:
+            return cp
+        fut: asyncio.Future[SignedCheckpoint] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise PushbackError(
+                f"stored, but no checkpoint of size {size} or more met the witness quorum "
+                f"({self.quorum} of {len(self.witnesses)}) within {timeout:.0f} s",
+                retry_after=5.0, hint="the write is durable in the log; its witnessed "
+                "checkpoint follows at GET /checkpoint once the witnesses answer") from None
+
+    def stats(self) -> dict[str, Any]:
+        """For ``GET /health``: the published size, each witness's state, and the time
+        from a flush to the publication of a witnessed checkpoint covering it."""
+        lat = sorted(self.latencies)
+
+        def ms(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
+
+        cp = self.published
+        return {"quorum": self.quorum, "published_size": cp.size if cp else None,
+                "rounds": self.rounds,
+                "publish_ms": {"count": len(lat), "p50": ms(0.5), "p99": ms(0.99),
+                               "max": ms(1.0)},
+                "witnesses": [w.status() for w in self.witnesses]}
+
+    # -- the rounds --------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            cp = self.log.checkpoint()
-            self._seen.setdefault(cp.size, time.monotonic())
-            if self.published is None or cp.size > self.published.size:
-                await self._witness(cp)
-            await asyncio.sleep(self.interval)
+            await self._wake.wait()
+            self._wake.clear()
+            cp = self._log().checkpoint()
+            if self.published is not None and cp.size <= self.published.size:
+                continue
+            try:
+                done = await self._round(cp)
+            except Exception as e:  # storage trouble or a bug: keep serving, retry
+                _warn(f"witnessing size {cp.size} failed: {e!r}")
+                done = False
+            if not done:
+                now = time.monotonic()
+                wait = min([w.retry_at for w in self.witnesses if w.retry_at > now] or [now])
+                await asyncio.sleep(max(0.05, wait - now))
+                self._wake.set()
 
-    async def _witness(self, cp: SignedCheckpoint) -> None:
+    async def _round(self, cp: SignedCheckpoint) -> bool:
+        loop = asyncio.get_running_loop()
         now = time.monotonic()
         todo = [w for w in self.witnesses if w.retry_at <= now]
-        results = await asyncio.gather(*(self._ask(w, cp) for w in todo))
-        sigs = [s for r in results for s in r]
-        if len({(s.name, s.key_id) for s in sigs}) < self.quorum:
-            return
-        own = [s for s in cp.note.signatures if (s.name, s.key_id) == (
-            self.log.verifier.name, self.log.verifier.key_id)]
-        signed = SignedCheckpoint(cp.checkpoint, Note(cp.note.text, tuple(own + sigs)))
-        await asyncio.to_thread(self.log.add_cosignatures, signed)
-        self.published = signed
-        start = self._seen.pop(cp.size, now)
-        self.latencies.append(time.monotonic() - start)
-        for size in [s for s in self._seen if s < cp.size]:
-            del self._seen[size]
+        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self._ask, w, cp)
+                                         for w in todo))
+        have = {(s.name, s.key_id) for s in cp.note.signatures}
+        merged = list(cp.note.signatures)  # the log's own signature first
+        for sigs in results:
+            for s in sigs:
+                if (s.name, s.key_id) not in have:
+                    have.add((s.name, s.key_id))
+                    merged.append(s)
+        note = Note(cp.note.text, tuple(merged))
+        if len(count_cosignatures(note, self.keys)) < self.quorum:
+            return False
+        signed = SignedCheckpoint(cp.checkpoint, note)
+        log = self._log()
+        await loop.run_in_executor(self._pool, log.add_cosignatures, signed)
+        self._publish(signed)
+        return True
 
-    async def _ask(self, w: WitnessTarget, cp: SignedCheckpoint) -> list[NoteSignature]:
-        for _ in range(2):  # a 409 tells us the witness's size: retry once from there
-            proof = self.log.consistency_proof(w.size, cp.size) if 0 < w.size < cp.size else []
-            try:
-                sigs = await asyncio.to_thread(request_cosignature, w.url, w.size, proof,
-                                               cp.to_bytes(), witness_key=w.key)
-            except SizeConflictError as e:
-                w.size = e.size
+    def _publish(self, cp: SignedCheckpoint) -> None:
+        self.published = cp
+        self.rounds += 1
+        now = time.monotonic()
+        while self._flushed and self._flushed[0][0] <= cp.size:
+            self.latencies.append(now - self._flushed.popleft()[1])
+        waiting = []
+        for size, fut in self._waiters:
+            if fut.done():
                 continue
-            except WitnessError as e:
-                w.failures += 1
-                w.retry_at = time.monotonic() + min(30.0, 0.1 * 2 ** w.failures)
-                print(f"potd: witness {w.url} did not cosign size {cp.size}: {e}",
-                      file=sys.stderr, flush=True)
-                return []
-            w.size, w.failures = cp.size, 0
-            return sigs
-        return []
+            if size <= cp.size:
+                fut.set_result(cp)
+            else:
+                waiting.append((size, fut))
+        self._waiters = waiting
+
+    def _ask(self, w: WitnessTarget, cp: SignedCheckpoint) -> list[NoteSignature]:
+        """One witness's cosignatures on ``cp`` (worker thread); [] if it did not cosign."""
+        try:
+            for _ in range(3):  # a 409 tells the witness's size: retry from there
+                if w.size > cp.size:
+                    raise UsageError(f"the witness has cosigned size {w.size}, beyond this "
+                                     f"log's {cp.size}: another log signs with this key, or "
+                                     "this log lost entries")
+                proof = self._log().consistency_proof(w.size, cp.size)
+                try:
+                    sigs = request_cosignature(w.url, w.size, proof, cp.to_bytes(),
+                                               witness_key=w.key, client=w.http)
+                except SizeConflictError as e:
+                    w.size = e.size
+                    continue
+                if w.failures:
+                    _warn(f"witness {w.url} cosigns again (size {cp.size})")
+                w.size, w.failures, w.last_error = cp.size, 0, ""
+                w.cosigned += 1
+                return sigs
+            raise UsageError("the witness kept answering 409 (its size keeps changing)")
+        except (PotdError, httpx.HTTPError) as e:
+            self._failed(w, cp, e)
+            return []
+
+    def _failed(self, w: WitnessTarget, cp: SignedCheckpoint, e: Exception) -> None:
+        w.failures += 1
+        w.retry_at = time.monotonic() + min(MAX_BACKOFF, 0.1 * 2 ** (w.failures - 1))
+        w.last_error = getattr(e, "message", str(e))
+        if isinstance(e, (RootMismatchError, ProofError, SignatureError)):
+            _warn(f"ERROR: witness {w.url} refused checkpoint size {cp.size}: {w.last_error}")
+        elif w.failures == 1 or w.failures % 20 == 0:
+            _warn(f"witness {w.url} did not cosign size {cp.size} ({w.failures} failures in "
+                  f"a row; retrying with backoff): {w.last_error}")

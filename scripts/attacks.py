@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,10 @@ from ledger.log import Log  # noqa: E402
 from ledger.merkle import leaf_hash  # noqa: E402
 from ledger.note import (  # noqa: E402
     ALG_COSIGNATURE_V1,
-    Note,
     SignedCheckpoint,
-    Signer,  # noqa: E402
+    Signer,
+    count_cosignatures,
+    open_checkpoint,
 )
 from ledger.statement import build_statement  # noqa: E402
 from ledger.witness import WitnessError, request_cosignature  # noqa: E402
@@ -86,11 +87,11 @@ class Bench:
             return Audit(client, AuditOptions(run=run, evidence=evidence, samples=1000,
                                               seed=b"\x07" * 32)).run()
 
-    def restart_with(self, db: str) -> None:
+    def restart_with(self, db: str, extra: Sequence[str] = ()) -> None:
         """The operator swaps the database behind the same URL (port)."""
         self.server.stop()
         self.server = ServerProcess(db, str(self.dir / "log.key"), port=self.server.port,
-                                    extra=["--open-registration"],
+                                    extra=["--open-registration", *extra],
                                     log_file=str(self.dir / "server.log")).start()
 
     def rebuild(self, entries: list[bytes], name: str) -> str:
@@ -259,17 +260,17 @@ class WitnessProcess:
         self.proc.wait(20)
 
 
-def _cosign_latest(b: Bench, db: str, w: WitnessProcess, old: int) -> SignedCheckpoint:
-    """The operator has its latest checkpoint cosigned and stores the cosignature."""
-    log = Log.open(db, b.log_key)
-    cp = log.checkpoint()
-    proof = log.consistency_proof(old, cp.size) if old else []
-    sigs = request_cosignature(w.url, old, proof, cp.to_bytes(), witness_key=w.key.verifier)
-    signed = SignedCheckpoint(cp.checkpoint, Note(cp.note.text, cp.note.signatures
-                                                  + tuple(sigs)))
-    log.add_cosignatures(signed)
-    log.store.close()
-    return signed
+def _published(b: Bench, size: int, w: WitnessProcess) -> SignedCheckpoint:
+    """The checkpoint of ``size`` once the log server publishes it, cosigned by ``w``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = httpx.get(b.server.url + "/checkpoint", timeout=10)
+        if r.status_code == 200:  # 503 until the witness has cosigned a checkpoint
+            cp = open_checkpoint(r.content, b.log_key.verifier)
+            if cp.size == size and count_cosignatures(cp.note, [w.key.verifier]):
+                return cp
+        time.sleep(0.02)
+    raise RuntimeError(f"the log did not publish a witnessed checkpoint of size {size}")
 
 
 def split_view(b: Bench) -> dict[str, Any]:
@@ -283,8 +284,10 @@ def split_view(b: Bench) -> dict[str, Any]:
         log = Log.open(b.db, b.log_key)
         log.append([b"operator note: A"])
         log.store.close()
-        honest = _cosign_latest(b, b.db, w, 0)
-        b.restart_with(b.db)
+        # the honest log sends its checkpoints to the witness itself and publishes them
+        # only once cosigned
+        b.restart_with(b.db, ["--witness", f"{w.url}={w.key.verifier}"])
+        honest = _published(b, len(entries) + 1, w)
         policy = {"witnesses": [w.key.verifier], "quorum": 1}
         rep_a = b.audit(run, ev, **policy)
         forked_db = b.rebuild(entries + [b"operator note: B"], "forked.db")

@@ -13,12 +13,21 @@ pinning L logs (default 32), then measures ``POST /add-checkpoint``:
             including the log's own append and proof work in this process.
   contend   C clients race from one state for one log with different valid
             checkpoints; exactly one may win each round, the rest must get 409.
+  publish   a real log server (``potd ledger serve --witness URL=VKEY``) in front of
+            this witness: N writes one after another, each waiting until the cosigned
+            checkpoint covering it is served at ``GET /checkpoint``. Reports the time
+            from the flush to publication (measured by the server, ``/health``) and
+            from the write's reply to a client seeing it; then the latency of writes
+            with ``--wait-for-witnesses`` against the same writes to a log without
+            witnesses.
 
 Every 200 is a cosignature the server verified, persisted (WAL, synchronous=FULL) and
-signed. Target: >= 500 add-checkpoint requests/s.
+signed. Targets: >= 500 add-checkpoint requests/s; witnessing adds <= 100 ms (p50) to
+the time a checkpoint takes to be published.
 
     .venv/bin/python scripts/bench_witness.py            # defaults below
     .venv/bin/python scripts/bench_witness.py --quick    # a few seconds per phase
+    .venv/bin/python scripts/bench_witness.py --only publish --flushes 200
 """
 
 from __future__ import annotations
@@ -42,8 +51,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
-from ledger.note import ALG_COSIGNATURE_V1, Signer  # noqa: E402
+from ledger.note import ALG_COSIGNATURE_V1, Signer, count_cosignatures, open_checkpoint  # noqa: E402
+from ledger.statement import build_statement  # noqa: E402
 from ledger.witness import (  # noqa: E402
     AddCheckpointRequest,
     SizeConflictError,
@@ -213,6 +224,108 @@ def run_contend(url: str, log: Log, clients: int, rounds: int, limit_s: float
             "rounds_without_exactly_one_winner": bad_rounds}
 
 
+# --- publication through a real log server -------------------------------------------------
+
+def _statements(n: int, tag: str) -> list[bytes]:
+    trainer = Signer.generate(f"bench.example/{tag}")
+    body = {"seed_commitment": "00" * 32, "dataset": {"root": "11" * 32, "size": 1},
+            "recipe": {"name": tag}, "hyperparameters": {}, "environment": {}}
+    return [build_statement("run.open", None, 0, {**body, "n": i}, trainer) for i in range(n)]
+
+
+def _log_server(d: str, tag: str, extra: list[str], pin: WitnessState
+                ) -> tuple[ServerProcess, Signer]:
+    """A log server process with a fresh log, pinned at the witness before it starts."""
+    key = Signer.generate(f"bench.example/{tag}")
+    pin.add_log(key.name, key.verifier)
+    Path(d, f"{tag}.key").write_text(key.private_string())
+    Log.create(str(Path(d, f"{tag}.db")), key).store.close()
+    srv = ServerProcess(str(Path(d, f"{tag}.db")), str(Path(d, f"{tag}.key")),
+                        extra=["--open-registration", *extra],
+                        log_file=str(Path(d, f"{tag}.log"))).start()
+    return srv, key
+
+
+def run_publish(d: str, wurl: str, wkey: Signer, flushes: int, limit_s: float
+                ) -> list[dict[str, Any]]:
+    """Publication delay with one local witness, then write latency with and without
+    waiting for witnesses."""
+    out = []
+    pin = WitnessState(str(Path(d, "witness.db")))
+    wspec = f"{wurl}={wkey.verifier}"
+    # 1. writes answered at once; the cosigned checkpoint follows at GET /checkpoint
+    srv, key = _log_server(d, "published", ["--witness", wspec], pin)
+    seen: list[float] = []
+    t_start = time.perf_counter()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            for st in _statements(flushes, "p"):
+                if time.perf_counter() - t_start > limit_s:
+                    break
+                r = http.post("/add", content=st, headers={"content-type": "application/json"})
+                r.raise_for_status()
+                t = time.perf_counter()
+                need = r.json()["index"] + 1
+                while True:
+                    got = http.get("/checkpoint")  # 503 until a first checkpoint is witnessed
+                    cp = open_checkpoint(got.content, key.verifier) if got.is_success else None
+                    if cp is not None and cp.size >= need:
+                        break
+                    if time.perf_counter() - t > 10:
+                        raise SystemExit("no witnessed checkpoint after 10 s")
+                    time.sleep(0.002)  # polling harder would slow the server it measures
+                assert count_cosignatures(cp.note, [wkey.verifier]) == [wkey.verifier]
+                seen.append(time.perf_counter() - t)
+            health = http.get("/health").json()["witnessing"]
+    finally:
+        srv.stop()
+    pub = health["publish_ms"]
+    row = {"phase": "publish", "flushes": len(seen), "flush_to_published_p50_ms": pub["p50"],
+           "flush_to_published_p99_ms": pub["p99"], "flush_to_published_max_ms": pub["max"],
+           "reply_to_visible_p50_ms": round(statistics.median(seen) * 1000, 2),
+           "reply_to_visible_p99_ms": round(pct(seen, 99) * 1000, 2)}
+    print(f"publish   {row['flushes']:6d} flushes, one at a time: flush -> cosigned checkpoint "
+          f"published p50 {pub['p50']} ms, p99 {pub['p99']} ms (server); add reply -> seen "
+          f"at /checkpoint p50 {row['reply_to_visible_p50_ms']} ms, p99 "
+          f"{row['reply_to_visible_p99_ms']} ms (client)", flush=True)
+    out.append(row)
+    # 2. write latency: --wait-for-witnesses against a log without witnesses
+    lat: dict[str, list[float]] = {}
+    for tag, extra in (("plain", []), ("waiting", ["--witness", wspec, "--wait-for-witnesses"])):
+        srv, key = _log_server(d, tag, extra, pin)
+        lat[tag] = []
+        t_start = time.perf_counter()
+        try:
+            with httpx.Client(base_url=srv.url, timeout=30) as http:
+                http.get("/health")
+                for st in _statements(flushes, tag):
+                    if time.perf_counter() - t_start > limit_s:
+                        break
+                    t = time.perf_counter()
+                    r = http.post("/add", content=st,
+                                  headers={"content-type": "application/json"})
+                    r.raise_for_status()
+                    lat[tag].append(time.perf_counter() - t)
+                    if extra:
+                        cp = open_checkpoint(r.json()["checkpoint"], key.verifier)
+                        assert count_cosignatures(cp.note, [wkey.verifier])
+        finally:
+            srv.stop()
+    pin.close()
+    p50 = {k: statistics.median(v) * 1000 for k, v in lat.items()}
+    p99 = {k: pct(v, 99) * 1000 for k, v in lat.items()}
+    row = {"phase": "wait", "writes": len(lat["waiting"]),
+           "plain_p50_ms": round(p50["plain"], 2), "plain_p99_ms": round(p99["plain"], 2),
+           "waiting_p50_ms": round(p50["waiting"], 2), "waiting_p99_ms": round(p99["waiting"], 2),
+           "added_p50_ms": round(p50["waiting"] - p50["plain"], 2)}
+    print(f"wait      {row['writes']:6d} writes, one at a time: POST /add p50 "
+          f"{row['plain_p50_ms']} ms without witnesses, {row['waiting_p50_ms']} ms with "
+          f"--wait-for-witnesses (+{row['added_p50_ms']} ms; p99 {row['plain_p99_ms']} -> "
+          f"{row['waiting_p99_ms']} ms)", flush=True)
+    out.append(row)
+    return out
+
+
 # --- reporting -----------------------------------------------------------------------------
 
 def pct(xs: list[float], p: float) -> float:
@@ -260,6 +373,25 @@ def start_witness(d: str) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("witness did not start:\n" + errf.read().decode(errors="replace"))
 
 
+def load_phases(a: argparse.Namespace, d: str, url: str, signers: list[Signer],
+                per_client: list[list[bytes]]) -> list[dict[str, Any]]:
+    results = []
+    port = int(url.rsplit(":", 1)[1])
+    results.append(summarize("prepared", run_load(port, per_client, a.seconds)))
+    # fresh origins: the prepared ones already moved on at the witness
+    spare = [Signer.generate(f"bench.example/live{i}") for i in range(a.logs)]
+    st = WitnessState(str(Path(d, "witness.db")))
+    for s in spare:
+        st.add_log(s.name, s.verifier)
+    st.close()
+    live_logs = [Log.create(str(Path(d, f"live{i}.db")), s) for i, s in enumerate(spare)]
+    results.append(summarize("live", run_live(url, live_logs, a.per, a.seconds, a.live)))
+    contend_log = Log.create(str(Path(d, "contend.db")), signers[a.logs])
+    results.append(summarize("contend", run_contend(url, contend_log, a.contend, a.rounds,
+                                                    a.seconds)))
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,12 +402,16 @@ def main() -> None:
     ap.add_argument("--live", type=int, default=4000, help="live requests, at most (4,000)")
     ap.add_argument("--contend", type=int, default=16, help="racing clients (16)")
     ap.add_argument("--rounds", type=int, default=50, help="contention rounds (50)")
+    ap.add_argument("--flushes", type=int, default=200,
+                    help="writes (= flushes) in the publish and wait phases (200)")
+    ap.add_argument("--only", choices=["load", "publish"],
+                    help="only the witness load phases, or only the publication phases")
     ap.add_argument("--seconds", type=float, default=20, help="time limit per phase (20)")
     ap.add_argument("--quick", action="store_true", help="small counts, 5 s per phase")
     ap.add_argument("--json", help="write the results as JSON to this file")
     a = ap.parse_args()
     if a.quick:
-        a.requests, a.live, a.rounds, a.seconds = 4000, 1000, 10, 5
+        a.requests, a.live, a.rounds, a.seconds, a.flushes = 4000, 1000, 10, 5, 50
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="potd-bench-witness-") as d:
         signers = [Signer.generate(f"bench.example/log{i}") for i in range(a.logs + 1)]
@@ -283,32 +419,26 @@ def main() -> None:
         for s in signers:
             st.add_log(s.name, s.verifier)
         st.close()
-        rounds = max(1, a.requests // a.logs)
-        print(f"appending to {a.logs} logs: {rounds} checkpoints of {a.per} entries each ...",
-              flush=True)
-        t = time.perf_counter()
-        with mp.Pool(2) as pool:
-            per_client = pool.map(_prepare, [(str(Path(d, f"p{i}.db")), s.private_string(),
-                                              rounds, a.per)
-                                             for i, s in enumerate(signers[:a.logs])])
-        print(f"  prepared {rounds * a.logs} requests in {time.perf_counter() - t:.1f} s "
-              f"(mean body {statistics.mean(len(b) for b in per_client[0])} bytes)", flush=True)
+        per_client: list[list[bytes]] = []
+        if a.only != "publish":
+            rounds = max(1, a.requests // a.logs)
+            print(f"appending to {a.logs} logs: {rounds} checkpoints of {a.per} entries "
+                  "each ...", flush=True)
+            t = time.perf_counter()
+            with mp.Pool(2) as pool:
+                per_client = pool.map(_prepare, [(str(Path(d, f"p{i}.db")), s.private_string(),
+                                                  rounds, a.per)
+                                                 for i, s in enumerate(signers[:a.logs])])
+            print(f"  prepared {rounds * a.logs} requests in {time.perf_counter() - t:.1f} s "
+                  f"(mean body {statistics.mean(len(b) for b in per_client[0])} bytes)",
+                  flush=True)
         proc, url = start_witness(d)
         try:
-            port = int(url.rsplit(":", 1)[1])
-            results.append(summarize("prepared", run_load(port, per_client, a.seconds)))
-            # fresh origins: the prepared ones already moved on at the witness
-            spare = [Signer.generate(f"bench.example/live{i}") for i in range(a.logs)]
-            st = WitnessState(str(Path(d, "witness.db")))
-            for s in spare:
-                st.add_log(s.name, s.verifier)
-            st.close()
-            live_logs = [Log.create(str(Path(d, f"live{i}.db")), s) for i, s in enumerate(spare)]
-            results.append(summarize("live", run_live(url, live_logs, a.per, a.seconds,
-                                                      a.live)))
-            contend_log = Log.create(str(Path(d, "contend.db")), signers[a.logs])
-            results.append(summarize("contend", run_contend(url, contend_log, a.contend,
-                                                            a.rounds, a.seconds)))
+            if a.only != "publish":
+                results += load_phases(a, d, url, signers, per_client)
+            if a.only != "load":
+                wkey = Signer.parse(Path(d, "w.key").read_text())
+                results += run_publish(d, url, wkey, a.flushes, a.seconds)
         finally:
             proc.terminate()
             proc.wait(10)
