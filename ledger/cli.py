@@ -69,6 +69,17 @@ def write_private_key(path: str, text: str, force: bool) -> None:
     os.chmod(path, 0o600)
 
 
+def keygen_to(name: str, out: str, force: bool, alg: int = 0x01) -> None:
+    """Generate a key named ``name`` (note alg ``alg``), write ``out`` (mode 0600) and
+    ``out.pub``, and print the verifier key. Shared by every role's ``keygen``."""
+    from .note import Signer
+
+    s = Signer.generate(name, alg)
+    write_private_key(out, s.private_string(), force)
+    Path(out + ".pub").write_text(str(s.verifier) + "\n")
+    click.echo(str(s.verifier))
+
+
 def read_signer(path: str) -> Any:
     from .note import Signer
 
@@ -99,12 +110,8 @@ def keygen(name: str, out: str, force: bool) -> None:
     Writes the private key (Go note format, PRIVATE+KEY+...) to --out with mode 0600 and
     <out>.pub with the verifier key, and prints the verifier key.
     """
-    from .note import Signer
 
-    s = Signer.generate(name)
-    write_private_key(out, s.private_string(), force)
-    Path(out + ".pub").write_text(str(s.verifier) + "\n")
-    click.echo(str(s.verifier))
+    keygen_to(name, out, force)
 
 
 # -- storage ------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from .errors import (
     UsageError,
 )
 from .log import Log
+from .netutil import listen
 from .note import Signer, b64encode
 from .openapi import openapi_document
 from .sequencer import Rejected, Sequencer, verify_signatures
@@ -467,16 +468,11 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
     store = SQLiteStore(db, read_connection=True)
     log = Log(store, signer, timestamps=timestamps)
     app = create_app(log, **options)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
+        sock = listen(host, port)
+    except UsageError:
         store.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}",
-                         hint="choose another --port, or stop what is using it") from None
+        raise
     bound = sock.getsockname()[1]
     # A long-running server allocates many short-lived containers per request; fewer,
     # later cyclic-GC passes (nothing here relies on them) cost less than frequent ones.

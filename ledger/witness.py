@@ -52,6 +52,7 @@ from .errors import (
     UsageError,
 )
 from .merkle import EMPTY_ROOT, HASH_SIZE, check_tree
+from .netutil import listen
 from .note import (
     ALG_COSIGNATURE_V1,
     ALG_ED25519,
@@ -527,16 +528,11 @@ def serve(db: str, signer: Signer, logs: Sequence[tuple[str, Verifier]] = (), *,
     for origin, vkey in logs:
         state.add_log(origin, vkey)
     app = create_app(Witness(state, signer))
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
+        sock = listen(host, port)
+    except UsageError:
         state.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}",
-                         hint="choose another --port, or stop what is using it") from None
+        raise
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, access_log=False, workers=1,
                             backlog=2048, lifespan="off")

@@ -71,13 +71,10 @@ def keygen(name: str, out: str, force: bool) -> None:
     <out>.pub with the verifier key, and prints the verifier key: give it to the logs
     and auditors that will check this witness's cosignatures.
     """
-    from .cli import write_private_key
-    from .note import ALG_COSIGNATURE_V1, Signer
+    from .cli import keygen_to
+    from .note import ALG_COSIGNATURE_V1
 
-    s = Signer.generate(name, ALG_COSIGNATURE_V1)
-    write_private_key(out, s.private_string(), force)
-    Path(out + ".pub").write_text(str(s.verifier) + "\n")
-    click.echo(str(s.verifier))
+    keygen_to(name, out, force, ALG_COSIGNATURE_V1)
 
 
 @witness.command(name="add-log")

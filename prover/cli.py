@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ledger.cli import PotdGroup, read_signer, read_verifier, write_private_key
+from ledger.cli import PotdGroup, keygen_to, read_signer, read_verifier
 
 
 @click.group(cls=PotdGroup)
@@ -27,12 +27,8 @@ def keygen(name: str, out: str, force: bool) -> None:
     Writes the private key to --out (mode 0600) and <out>.pub, and prints the verifier key
     that the log operator allows with `potd ledger allow`.
     """
-    from ledger.note import Signer
 
-    s = Signer.generate(name)
-    write_private_key(out, s.private_string(), force)
-    Path(out + ".pub").write_text(str(s.verifier) + "\n")
-    click.echo(str(s.verifier))
+    keygen_to(name, out, force)
 
 
 @prover.command("recipes")
