@@ -111,6 +111,132 @@ def hash_tensors(tensors: Mapping[str, torch.Tensor], algorithm: str = "blake3")
     return h.digest().hex()
 
 
+Parts = list[tuple[bytes, memoryview]]  # (frame, raw bytes) per tensor, in stream order
+
+
+def stream_size(parts: Parts) -> int:
+    """Length of the ``potd-tensors-v1`` stream made of ``parts``."""
+    return len(TENSORS_HEADER) + sum(len(f) + r.nbytes for f, r in parts)
+
+
+def write_stream(parts: Parts, dest: memoryview) -> int:
+    """Write the stream into ``dest`` (at least :func:`stream_size` bytes); return its size.
+    The stream's hash is the weights hash: ``new_hasher(alg).update(stream)``."""
+    o = len(TENSORS_HEADER)
+    dest[:o] = TENSORS_HEADER
+    for frame, raw in parts:
+        n = len(frame)
+        dest[o:o + n] = frame
+        o += n
+        n = raw.nbytes
+        dest[o:o + n] = raw
+        o += n
+    return o
+
+
+def parse_stream(data: bytes | memoryview) -> list[tuple[str, str, list[int], int, int]]:
+    """The tensors of a ``potd-tensors-v1`` stream: ``(name, dtype code, shape, offset of
+    the raw bytes, their length)``. Raises MalformedError unless the stream is exact."""
+    mv = memoryview(data)
+    if bytes(mv[:len(TENSORS_HEADER)]) != TENSORS_HEADER:
+        raise MalformedError("not a potd-tensors-v1 stream")
+    out = []
+    o = len(TENSORS_HEADER)
+    try:
+        while o < len(mv):
+            (n,) = struct.unpack_from(">H", mv, o)
+            name = bytes(mv[o + 2:o + 2 + n]).decode("utf-8")
+            o += 2 + n
+            dt = bytes(mv[o + 1:o + 1 + mv[o]]).decode("ascii")
+            o += 1 + mv[o]
+            nd = mv[o]
+            shape = list(struct.unpack_from(f">{nd}Q", mv, o + 1))
+            (nb,) = struct.unpack_from(">Q", mv, o + 1 + 8 * nd)
+            o += 9 + 8 * nd
+            if o + nb > len(mv):
+                raise MalformedError(f"tensor {name!r} runs past the end of the stream")
+            out.append((name, dt, shape, o, nb))
+            o += nb
+    except (struct.error, IndexError, UnicodeDecodeError):
+        raise MalformedError("truncated or garbled potd-tensors-v1 stream") from None
+    return out
+
+
+class StateHasher:
+    """:func:`hash_tensors` for the successive states of the same tensors (a model's
+    weights after every step), with the per-step work cut down to the bytes themselves.
+
+    * A tensor's framing and its byte view are computed once and reused while the same
+      tensor object keeps the same storage, dtype and shape, contiguously (in-place
+      updates, which is how optimizers change weights, keep all of these).
+    * Below ``contiguous_limit`` bytes the stream is assembled in one reusable buffer and
+      hashed in one call: BLAKE3 hashes one long input several times faster than many
+      short ones, whose odd boundaries break its SIMD batching.
+
+    BLAKE3 runs on ``threads`` threads (1: leave the other cores to training). The hash
+    is exactly :func:`hash_tensors` of the same tensors (tests/test_hashing.py).
+    """
+
+    def __init__(self, algorithm: str = "blake3", *, threads: int = 1,
+                 contiguous_limit: int = 1 << 20) -> None:
+        new_hasher(algorithm)  # reject an unknown algorithm now
+        self.algorithm, self.threads, self.contiguous_limit = algorithm, threads, contiguous_limit
+        self._views: dict[str, tuple[Any, ...]] = {}
+        self._buf = bytearray()
+
+    def new(self) -> _Hasher:
+        if self.algorithm == "blake3":
+            import blake3
+
+            h: _Hasher = blake3.blake3(max_threads=self.threads)
+            return h
+        return new_hasher(self.algorithm)
+
+    def _part(self, name: str, t: torch.Tensor) -> tuple[bytes, memoryview]:
+        e = self._views.get(name)
+        if (e is not None and e[0] is t and t.data_ptr() == e[1] and t.dtype is e[2]
+                and t.shape == e[3] and t.is_contiguous()):
+            return e[4], e[5]
+        import torch
+
+        raw = tensor_bytes(t)
+        frame = _frame(name, dtype_name(t), t.shape, raw.nbytes)
+        # cache only a view that aliases the tensor's own memory (not a converted copy)
+        if t.device.type == "cpu" and t.is_contiguous() and t.dtype != torch.bool and (
+                sys.byteorder == "little" or t.element_size() == 1):
+            self._views[name] = (t, t.data_ptr(), t.dtype, t.shape, frame, raw)
+        else:
+            self._views.pop(name, None)
+        return frame, raw
+
+    def parts(self, tensors: Mapping[str, torch.Tensor]) -> Parts:
+        """Frames and byte views of ``tensors`` in stream order. The views alias the
+        tensors: use them before the tensors change."""
+        names = sorted(tensors, key=lambda k: k.encode("utf-8"))
+        out = [self._part(n, tensors[n]) for n in names]
+        if len(self._views) > len(names):
+            for stale in set(self._views) - set(names):
+                del self._views[stale]
+        return out
+
+    def hash(self, tensors: Mapping[str, torch.Tensor] | Parts) -> str:
+        parts = self.parts(tensors) if isinstance(tensors, Mapping) else tensors
+        h = self.new()
+        size = stream_size(parts)
+        if size > self.contiguous_limit:
+            h.update(TENSORS_HEADER)
+            for frame, raw in parts:
+                h.update(frame)
+                h.update(raw)
+        else:
+            if len(self._buf) != size:
+                self._buf = bytearray(size)
+            mv = memoryview(self._buf)
+            write_stream(parts, mv)
+            h.update(mv)
+        return h.digest().hex()
+
+
 def hash_safetensors_bytes(data: bytes, algorithm: str = "blake3") -> str:
     """The same hash as :func:`hash_tensors`, computed from a safetensors file's bytes.
 

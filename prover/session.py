@@ -8,22 +8,33 @@ Usage — any PyTorch loop over a recipe adopts it in a few lines::
     print(run.run_id, run.final_weights)
 
 Order of events: hash the dataset; draw ``s_rand``; log ``run.open`` (synchronously: its
-reply carries the beacon checkpoint); derive the seed; build the model from it; then per
-step: train, hash the weights (in a background thread, overlapped with the next step's
-forward/backward — weights only change in ``optimizer.step()``), write evidence every
-``k`` steps, and spool the signed ``step`` statement, which a submitter thread sends to
-the log in batches. ``close()`` logs ``run.close`` (revealing ``s_rand``), waits for every
-acknowledgment and re-verifies every receipt's inclusion proof.
+reply carries the beacon checkpoint); derive the seed; build the model from it. Then per
+step, on the training thread: train, hash the weights after the step, and hand the step
+record to the commit process (:mod:`prover.committer`), which builds and signs the
+``step`` statement, spools it and submits it in batches. ``close()`` logs ``run.close``
+(revealing ``s_rand``), waits for every acknowledgment and re-verifies every receipt.
+
+Invariants:
+
+* The weights hashed for step ``t`` are exactly the weights after step ``t``: weights
+  and optimizer state change only in ``optimizer.step()``, and a pre-hook on it waits
+  until the previous step's hash (and, at a checkpoint, its raw snapshot) is done.
+  Small models are hashed inline; larger ones on a hasher thread, overlapped with the
+  next step's forward and backward passes (parameters in place; buffers, which a forward
+  pass may change, copied first).
+* ``train_step``/``record`` return before the statement is spooled. :meth:`flush` and
+  :meth:`close` wait until it is. A crash loses at most the steps recorded after the
+  last spool commit, never a step in the middle: records are spooled strictly in order,
+  so the spool always holds a prefix of the run (see :mod:`prover.committer`).
 """
 
 from __future__ import annotations
 
+import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +45,7 @@ from ledger.errors import PotdError, UsageError
 from ledger.merkle import check_record, leaf_hash
 from ledger.note import Signer, b64decode, open_checkpoint
 from ledger.statement import build_statement, run_id
+from prover.committer import Committer, client_settings, decimal_string
 from prover.derive import (
     beacon_from_checkpoint,
     derive_seed,
@@ -43,19 +55,27 @@ from prover.derive import (
     schedule,
     seed_commitment,
 )
-from prover.evidence import EvidenceStore, flatten_optimizer
-from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
+from prover.evidence import EvidenceStore
+from prover.hashing import (
+    TENSORS_HEADER,
+    Parts,
+    StateHasher,
+    example_hashes,
+    hash_tensors,
+    merkle_root_hex,
+    stream_size,
+    write_stream,
+)
 from prover.recipes import Recipe, train_step
-from prover.spool import Spool, Submitter
+from prover.spool import Spool
+
+__all__ = ["Batch", "TrainingSession", "decimal_string", "environment"]
 
 EXAMPLE_ENCODING = "potd-example-v1/sha256"
-# Below this many bytes of weights, hashing inline beats overlapping it in a thread.
+# Below this many bytes of weights, copying them into the commit process's ring (which
+# hashes them) beats hashing them on a thread here, overlapped with the next step.
 SMALL_STATE = 1 << 20
-
-
-def decimal_string(x: float) -> str:
-    """A real number as a plain decimal string (no exponent), exact for the float's repr."""
-    return format(Decimal(repr(float(x))), "f")
+RING_MIN, RING_MAX, RING_STEPS = 4 << 20, 64 << 20, 32
 
 
 def environment() -> dict[str, Any]:
@@ -70,7 +90,7 @@ class Batch:
     indexes: tuple[int, ...]
     x: torch.Tensor
     y: torch.Tensor
-    root: str | None  # batch root; None = computed off the training thread
+    root: str | None  # batch root; None = computed by the commit process
 
 
 class TrainingSession:
@@ -87,10 +107,12 @@ class TrainingSession:
         self.submit_batch = submit_batch
         self.progress = progress
         self.receipts: list[Receipt] = []
-        self._hash_q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
-        self._write_q: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
-        self._pending = 0  # jobs queued or running in the hasher, under _cond
-        self._to_write = 0  # hashed steps not yet spooled, under _cond
+        self._committer: Committer | None = None
+        self._hasher: threading.Thread | None = None
+        self._hooks: list[Any] = []
+        self._sd: dict[str, torch.Tensor] | None = None
+        self._hash_q: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._pending = 0  # records whose hash (and snapshot) is not done, under _cond
         self._cond = threading.Condition()
         self._hash_error: BaseException | None = None
         self._checkpoints: list[dict[str, Any]] = []
@@ -110,9 +132,16 @@ class TrainingSession:
             self._shutdown()
 
     def open(self) -> None:
-        # background threads (hasher, writer, submitter) hand the GIL back sooner
-        if sys.getswitchinterval() > 0.001:
-            sys.setswitchinterval(0.001)
+        # started first: the commit process imports while we hash the dataset
+        self._committer = Committer()
+        self.submitter = self._committer.submitter
+        try:
+            self._open(self._committer)
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def _open(self, committer: Committer) -> None:
         r = self.recipe
         data = r.data()
         self.data = data
@@ -151,19 +180,35 @@ class TrainingSession:
         torch.manual_seed(init_seed(self.seed))
         self.model = r.model()
         self.optimizer = r.optimizer(self.model)
-        self.init_weights = hash_tensors(self.model.state_dict(), self.alg)
-        self._small = sum(t.numel() * t.element_size()
-                          for t in self.model.state_dict().values()) < SMALL_STATE
-        self.init_evidence = self.evidence.put(self.model.state_dict())
+        state = self.model.state_dict()
+        self.init_weights = hash_tensors(state, self.alg)
+        self.init_evidence = self.evidence.put(state)
+        self._inline = sum(t.numel() * t.element_size() for t in state.values()) < SMALL_STATE
+        self._weights, self._opt_stream = StateHasher(self.alg), StateHasher(self.alg)
+        self._k = r.k
         self._prev = leaf_hash(opened).hex()
-        self._seq = 1
-        self.submitter = Submitter(self.spool, self.client, self.run_id, batch=self.submit_batch)
-        self.submitter.start()
-        self._hasher = threading.Thread(target=self._hash_loop, name="potd-hasher", daemon=True)
-        self._hasher.start()
-        self._writer = threading.Thread(target=self._write_loop, name="potd-writer",
-                                        daemon=True)
-        self._writer.start()
+        self._hooks = [reg(self._structure_changed) for reg in (
+            torch.nn.modules.module.register_module_parameter_registration_hook,
+            torch.nn.modules.module.register_module_buffer_registration_hook,
+            torch.nn.modules.module.register_module_module_registration_hook)]
+        ring = 0
+        if self._inline:
+            size = stream_size(self._weights.parts(self._state()))
+            ring = min(RING_MAX, max(RING_MIN, RING_STEPS * size))
+        committer.start({
+            "run": self.run_id, "prev": self._prev, "seq": 1,
+            "signer": self.trainer.private_string(), "weights_hash": self.alg,
+            "per_step_weights": self.per_step_weights,
+            "beacon_checkpoint": self.beacon_checkpoint,
+            "init": {"weights_hash": self.init_weights, "weights": self.init_evidence},
+            "evidence": str(self.evidence.root), "spool": self.spool.path,
+            "client": client_settings(self.client), "submit_batch": self.submit_batch,
+        }, self.train_hashes, ring)
+        if not self._inline:
+            self._hasher = threading.Thread(target=self._hash_loop, name="potd-hasher",
+                                            daemon=True)
+            self._hasher.start()
+        self._hooks.append(self.optimizer.register_step_pre_hook(self._before_update))
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The data order of ``epoch``: the seed-derived permutation (DESIGN §4)."""
@@ -186,13 +231,13 @@ class TrainingSession:
     def train_step(self, batch: Batch) -> float:
         """Run the recipe's step on ``batch`` and record it.
 
-        Hashing of this step's weights overlaps the next step's forward and backward
-        passes; the next ``optimizer.step()`` waits for it.
+        Its ``optimizer.step()`` first waits for the previous step's hash (see the
+        module's invariants); this step's hash may still be running when it returns.
         """
-        loss = _step_after(self.recipe, self.model, self.optimizer, batch, self.seed,
-                           self._wait_hashed)
-        self._record(batch, float(loss))
-        return float(loss)
+        loss = float(train_step(self.recipe, self.model, self.optimizer, batch.x, batch.y,
+                                self.seed, batch.step))
+        self._record(batch, loss)
+        return loss
 
     def record(self, batch: Batch, loss: float) -> None:
         """Commit a step trained by your own loop (hashes before returning)."""
@@ -200,173 +245,177 @@ class TrainingSession:
         self._wait_hashed()
 
     def _record(self, batch: Batch, loss: float) -> None:
-        """Hash (async), write evidence every k steps, spool the signed statement.
-
-        Parameters are hashed in place (only ``optimizer.step()`` changes them, and the
-        next one waits for the hash); buffers, which a forward pass may change, are copied.
-        """
+        """Hand the step to the committer with the weights after it: their stream copied
+        into the ring (small models), or their hash, computed on the hasher thread."""
         if self._hash_error is not None:
             raise self._hash_error
         self.losses.append(loss)
         last = batch.step == len(self.plan) - 1
-        ckpt = (batch.step + 1) % self.recipe.k == 0 or last
-        opt_state = flatten_optimizer(self.optimizer) if ckpt else None
-        state = None
+        ckpt = (batch.step + 1) % self._k == 0 or last
+        lr = float(self.statement_lr(batch.step))
+        state = opt = None
         if ckpt or self.per_step_weights:
-            params = {n for n, _ in self.model.named_parameters()}
-            state = {k: (v.detach() if k in params else v.detach().clone())
-                     for k, v in self.model.state_dict().items()}
-        if state is not None and self._small:
-            # a small model hashes faster than a hand-over to another thread would take
-            prepared = self._hash_stage(batch, loss, state, opt_state, last)
-            with self._cond:
-                self._to_write += 1
-            self._write_q.put(prepared)
+            state = self._state(check=ckpt)
+            if ckpt:
+                opt = _optimizer_tensors(self.optimizer)
+        if self._inline:
+            self._commit_inline(batch, loss, lr, state, opt, last)
         else:
+            if state is not None:  # parameters change only in optimizer.step(); buffers
+                state = {k: v if isinstance(v, torch.nn.Parameter) else v.detach().clone()
+                         for k, v in state.items()}  # may change in the next forward pass
             with self._cond:
                 self._pending += 1
-            self._hash_q.put((batch, loss, state, opt_state, last))
+            self._hash_q.put((batch, loss, lr, state, opt, last))
         if self.progress:
             self.progress(batch.step + 1, len(self.plan))
 
-    def flush(self) -> None:
-        """Block until every recorded step's statement is durably spooled.
+    def _state(self, check: bool = False) -> dict[str, torch.Tensor]:
+        """The model's state dict (parameters and buffers themselves), cached while no
+        module registers a parameter, buffer or submodule (torch's global registration
+        hooks tell us). ``check``: compare the cache with a fresh one."""
+        sd = self._sd
+        if sd is None or check:
+            fresh = self.model.state_dict(keep_vars=True)
+            if sd is not None and (sd.keys() != fresh.keys()
+                                   or any(fresh[k] is not v for k, v in sd.items())):
+                raise PotdError("the model's parameters or buffers were replaced without "
+                                "registering them (e.g. `del module.weight`)",
+                                hint="assign parameters and buffers as module attributes")
+            sd = self._sd = fresh
+        return sd
 
-        ``train_step``/``record`` return once the weights are hashed; signing and the
-        spool write follow in a background thread (several steps per transaction). A
-        crash before ``flush`` can lose the last few steps' statements — never a gap:
-        statements are spooled strictly in order, so what survives is a prefix of the run.
-        """
-        with self._cond:
-            self._cond.wait_for(lambda: self._pending == 0 and self._to_write == 0)
-        if self._hash_error is not None:
-            raise self._hash_error
+    def _structure_changed(self, *_: Any) -> None:
+        self._sd = None
+
+    def _commit_inline(self, batch: Batch, loss: float, lr: float,
+                       state: dict[str, torch.Tensor] | None,
+                       opt: dict[str, torch.Tensor] | None, last: bool) -> None:
+        c = self._committer
+        assert c is not None
+        w = ring = parts = None
+        if state is not None:
+            parts = self._weights.parts(state)
+            ring = c.stream_to_ring(parts, stream_size(parts))
+            if ring is None:  # the commit process is behind: hash here
+                w = self._weights.hash(parts)
+        where: dict[str, Any] | None = None
+        inline = bytearray()
+        if opt is not None and parts is not None:
+            oparts = self._opt_stream.parts(opt)
+            oring = c.stream_to_ring(oparts, stream_size(oparts))
+            where = {}
+            for group, loc, p in (("weights", ring, parts), ("optimizer", oring, oparts)):
+                if loc is not None:
+                    where[group] = ["ring", *loc]
+                else:
+                    data = bytearray(stream_size(p))
+                    write_stream(p, memoryview(data))
+                    where[group] = ["inline", len(inline), len(data)]
+                    inline += data
+        c.step(batch.step, batch.epoch, loss, lr, weights=w, ring=ring, indexes=batch.indexes,
+               root=batch.root, last=last, checkpoint=where, inline=bytes(inline))
+
+    def _commit_hashed(self, batch: Batch, loss: float, lr: float,
+                       state: dict[str, torch.Tensor] | None,
+                       opt: dict[str, torch.Tensor] | None, last: bool,
+                       release: Callable[[], None]) -> None:
+        """Hasher thread: hash, snapshot at a checkpoint, release the next optimizer
+        step, then send the record."""
+        w = where = None
+        if state is not None:
+            parts = self._weights.parts(state)
+            w = self._weights.hash(parts)
+            if opt is not None:
+                path = self.evidence.root / f".snapshot-{os.getpid()}-{batch.step}"
+                oparts = self._opt_stream.parts(opt)
+                with open(path, "wb") as f:
+                    n = _write_stream_file(f, parts)
+                    m = _write_stream_file(f, oparts)
+                where = {"weights": ["file", str(path), 0, n],
+                         "optimizer": ["file", str(path), n, m]}
+        release()
+        assert self._committer is not None
+        self._committer.step(batch.step, batch.epoch, loss, lr, weights=w, ring=None,
+                             indexes=batch.indexes, root=batch.root, last=last,
+                             checkpoint=where)
+
+    def _before_update(self, *_: Any) -> None:
+        self._wait_hashed()
 
     def _wait_hashed(self) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._pending == 0)
+        if self._pending:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending == 0)
         if self._hash_error is not None:
             raise self._hash_error
 
     def _hash_loop(self) -> None:
-        """Stage 1: hash the weights, then release the next optimizer step at once; the
-        rest (evidence, statement, spool) goes to the writer thread."""
+        def release() -> None:
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
         while True:
             job = self._hash_q.get()
-            if job is None:
-                self._write_q.put(None)
-                return
             try:
-                prepared = self._hash_stage(*job)
+                if job is None:
+                    return
+                if self._hash_error is None:  # after an error, nothing more is committed
+                    batch, loss, lr, state, opt, last = job
+                    self._commit_hashed(batch, loss, lr, state, opt, last, release)
+                else:
+                    release()
             except BaseException as e:  # surfaced to the training thread
                 self._hash_error = e
-                prepared = None
+                if self._pending:
+                    release()
             finally:
-                with self._cond:
-                    self._pending -= 1
-                    self._cond.notify_all()
-            if prepared is not None:
-                with self._cond:
-                    self._to_write += 1
-                self._write_q.put(prepared)
+                self._hash_q.task_done()
 
-    def _hash_stage(self, batch: Batch, loss: float, state: dict[str, torch.Tensor] | None,
-                    opt_state: dict[str, torch.Tensor] | None, last: bool
-                    ) -> tuple[Any, ...]:
-        w = None
-        if state is not None:
-            w = hash_tensors(state, self.alg)
-            if last:
-                self.final_weights = w
-            if opt_state is not None:  # evidence is written later: keep a copy
-                state = {k: v.detach().clone() for k, v in state.items()}
-        return batch, loss, w, state if opt_state is not None else None, opt_state
+    def flush(self) -> None:
+        """Block until every recorded step's statement is durably spooled.
 
-    def _write_loop(self) -> None:
-        """Stage 2: evidence files, signed statements, and one spool transaction for all
-        the statements that are ready (group commit)."""
-        while True:
-            jobs = [self._write_q.get()]
-            while not self._write_q.empty() and jobs[-1] is not None:
-                jobs.append(self._write_q.get())
-            stop = jobs[-1] is None
-            try:
-                if self._hash_error is None:
-                    out = [self._statement(*j) for j in jobs if j is not None]
-                    self._spool_many(out)
-            except BaseException as e:
-                self._hash_error = e
-            with self._cond:
-                self._to_write -= len([j for j in jobs if j is not None])
-                self._cond.notify_all()
-            if stop:
-                return
-
-    def _statement(self, batch: Batch, loss: float, w: str | None,
-                   state: dict[str, torch.Tensor] | None,
-                   opt_state: dict[str, torch.Tensor] | None) -> tuple[str, dict[str, Any]]:
-        root = batch.root if batch.root is not None else merkle_root_hex(
-            self.train_hashes[i] for i in batch.indexes)
-        body: dict[str, Any] = {
-            "step": batch.step, "epoch": batch.epoch, "batch_root": root,
-            "batch_size": len(batch.indexes), "loss": decimal_string(loss),
-            "lr": decimal_string(self.statement_lr(batch.step)), "prev": "",
-        }
-        if w is not None:
-            body["weights"] = w
-        if opt_state is not None and state is not None:
-            entry = {"step": batch.step, "weights": self.evidence.put(state),
-                     "weights_hash": w, "optimizer": self.evidence.put(opt_state),
-                     "optimizer_hash": hash_tensors(opt_state, self.alg)}
-            self._checkpoints.append(entry)
-            body["checkpoint"] = {k: v for k, v in entry.items() if k != "step"}
-        if batch.step == 0:
-            body["beacon_checkpoint"] = self.beacon_checkpoint
-            body["init"] = {"weights_hash": self.init_weights, "weights": self.init_evidence}
-        if not self.per_step_weights and "checkpoint" not in body:
-            body.pop("weights", None)
-        return "step", body
-
-    def _spool_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """Sign statements in order (chaining ``prev``) and spool them in one transaction."""
-        if not items:
-            return
-        rows = []
-        for kind, body in items:
-            body["prev"] = self._prev
-            data = build_statement(kind, self.run_id, self._seq, body, self.trainer)
-            rows.append((self._seq, data))
-            self._prev = leaf_hash(data).hex()
-            self._seq += 1
-        self.spool.put_many(rows)
-        self.submitter.notify()
-
-    def _emit(self, kind: str, body: dict[str, Any]) -> None:
-        self._spool_many([(kind, body)])
+        ``train_step``/``record`` return before that; a crash before ``flush`` loses the
+        statements not yet spooled — always the latest ones, never a gap.
+        """
+        if self._hasher is not None:
+            self._hash_q.join()
+        if self._hash_error is not None:
+            raise self._hash_error
+        assert self._committer is not None
+        self._committer.flush()
 
     def close(self, timeout: float | None = 600) -> None:
         """Log ``run.close``, wait for every acknowledgment, verify every receipt."""
-        self._hash_q.put(None)
-        self._hasher.join()
-        self._writer.join()
-        if self._hash_error is not None:
-            raise self._hash_error
-        manifest = {"run": self.run_id, "weights_hash": self.alg,
-                    "init": {"weights": self.init_evidence, "weights_hash": self.init_weights},
-                    "checkpoints": self._checkpoints}
-        manifest_hash = self.evidence.write_manifest(manifest)
-        self._emit("run.close", {"steps": len(self.plan), "final_weights": self.final_weights,
-                                 "s_rand": self._s_rand.hex(), "manifest": manifest_hash,
-                                 "prev": self._prev})
-        self.submitter.drain(timeout)
-        self.submitter.stop()
+        try:
+            self._stop_hasher()
+            if self._hash_error is not None:
+                raise self._hash_error
+            assert self._committer is not None
+            reply = self._committer.close_run({"steps": len(self.plan),
+                                               "s_rand": self._s_rand.hex()})
+            self._checkpoints, self.final_weights = reply["checkpoints"], reply["final_weights"]
+            self._committer.drain(timeout)
+        finally:
+            self._shutdown()
         self.verify_receipts()
         self.spool.close()
 
+    def _stop_hasher(self) -> None:
+        if self._hasher is not None:
+            self._hash_q.put(None)
+            self._hasher.join()
+            self._hasher = None
+
     def _shutdown(self) -> None:
-        self._hash_q.put(None)
-        if hasattr(self, "submitter"):
-            self.submitter.stop()
+        """Stop the hasher and the commit process (which spools what it holds)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self._stop_hasher()  # records already queued are still committed
+        if self._committer is not None:
+            self._committer.exit()
 
     def verify_receipts(self) -> None:
         """Every spooled statement has a receipt whose inclusion proof verifies."""
@@ -382,17 +431,19 @@ class TrainingSession:
             self.receipts.append(Receipt(index, b64decode(rj["leaf_hash"]), cp, tuple(proof)))
 
 
-def _step_after(recipe: Recipe, model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
-                seed: bytes, before_update: Callable[[], None]) -> torch.Tensor:
-    """:func:`train_step` with a hook that runs after backward, before ``optimizer.step()``."""
-    orig = opt.step
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """:func:`prover.evidence.flatten_optimizer` without the copies: names
+    ``state.<param index>.<key>``, the live tensors (scalars as new 0-d tensors)."""
+    out = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for key, v in st.items():
+            out[f"state.{pid}.{key}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    return out
 
-    def gated_step(*a: Any, **kw: Any) -> Any:
-        before_update()
-        return orig(*a, **kw)
 
-    opt.step = gated_step  # type: ignore[method-assign]
-    try:
-        return train_step(recipe, model, opt, batch.x, batch.y, seed, batch.step)
-    finally:
-        opt.step = orig  # type: ignore[method-assign]
+def _write_stream_file(f: Any, parts: Parts) -> int:
+    f.write(TENSORS_HEADER)
+    for frame, raw in parts:
+        f.write(frame)
+        f.write(raw)
+    return stream_size(parts)

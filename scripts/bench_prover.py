@@ -1,25 +1,36 @@
 #!/usr/bin/env python3
 """Prover overhead: training step time with and without the prover, in the same run.
 
-For each recipe (digits-mlp, and wide-mlp with ~10M parameters, batch 64) it trains the
-same steps twice from the same seed: once as a plain PyTorch loop (``train_step``), once
-through :class:`prover.session.TrainingSession` with per-step weight hashing (BLAKE3),
-evidence every k steps, statements spooled and streamed to a real log server on a
-loopback port. Reports the median and mean step time of each and the overhead ratio.
+For each recipe (digits-mlp; wide-mlp, ~10M parameters, batch 64) it opens one
+:class:`prover.session.TrainingSession` — per-step weight hashing (BLAKE3), evidence every
+k steps, statements spooled and streamed to a real log server on a loopback port — and
+trains it in alternating chunks on the *same* model and optimizer:
 
-    .venv/bin/python scripts/bench_prover.py
-    .venv/bin/python scripts/bench_prover.py --steps 40 --recipes wide-mlp
+* plain: the next chunk's steps as a bare PyTorch loop (``recipes.train_step``), timed;
+  then weights and optimizer state are restored, bit for bit, in place;
+* prover: the same steps through ``session.train_step``, timed; then ``flush()`` (timed
+  apart: the commit process catching up) and a wait until the log acknowledged all.
+
+Same tensors, same memory, same data, interleaved: machine drift and allocator luck
+(which moves this MLP's plain step time by 30% between processes) cancel out, and the
+run stays valid (the plain steps leave no trace). Reports per-step medians and means.
+
+    .venv/bin/python scripts/bench_prover.py --steps 400
+    .venv/bin/python scripts/bench_prover.py --recipes wide-mlp --steps 200 --json out.json
+    .venv/bin/python scripts/bench_prover.py --json          # JSON on stdout, table on stderr
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,59 +40,149 @@ from ledger.client import LogClient  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.note import Signer  # noqa: E402
-from prover.derive import batch_indexes, init_seed, schedule  # noqa: E402
 from prover.recipes import get_recipe, train_step  # noqa: E402
 from prover.session import TrainingSession  # noqa: E402
 
-
-def plain(recipe_name: str, steps: int, over: dict) -> list[float]:
-    r = get_recipe(recipe_name, **over)
-    data = r.data()
-    seed = bytes(32)
-    torch.manual_seed(init_seed(seed))
-    model = r.model()
-    opt = r.optimizer(model)
-    plan = schedule(len(data.x), r.batch_size, r.epochs)[:steps]
-    times = []
-    cache: dict = {}
-    for step, epoch, off in plan:
-        idx = torch.tensor(batch_indexes(seed, len(data.x), r.batch_size, step, epoch, off, cache))
-        t = time.perf_counter()
-        train_step(r, model, opt, data.x[idx], data.y[idx], seed, step)
-        times.append(time.perf_counter() - t)
-    return times
+MAX_STEPS = 5000
+OVERRIDES = {"digits-mlp": {"epochs": 200}, "wide-mlp": {"epochs": 50}}
+TARGETS = {"digits-mlp": 0.05, "wide-mlp": 0.10}
 
 
-def proved(recipe_name: str, steps: int, over: dict, url: str, vkey: str, d: Path) -> list[float]:
-    r = get_recipe(recipe_name, **over)
-    trainer = Signer.generate("bench.example/trainer")
-    client = LogClient(url, vkey)
-    sess = TrainingSession(r, client, trainer, d / f"ev-{recipe_name}", d / f"{recipe_name}.spool")
+def save_state(sess: TrainingSession) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    params = [v.detach().clone() for v in sess.model.state_dict().values()]
+    opt = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in st.items()}
+           for st in sess.optimizer.state.values()]
+    return params, opt
+
+
+def restore_state(sess: TrainingSession, saved: tuple[list[torch.Tensor], list[Any]]) -> None:
+    """Copy in place: same storage, so nothing downstream sees new tensors."""
+    params, opt = saved
+    with torch.no_grad():
+        for v, s in zip(sess.model.state_dict().values(), params, strict=True):
+            v.copy_(s)
+        for st, s in zip(sess.optimizer.state.values(), opt, strict=True):
+            for k, v in s.items():
+                if isinstance(v, torch.Tensor):
+                    st[k].copy_(v)
+                else:
+                    st[k] = v
+
+
+def wait_acked(sess: TrainingSession, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        total, acked = sess.spool.counts()
+        if acked == total:
+            return
+        time.sleep(0.01)
+    raise RuntimeError("the log did not acknowledge the statements in time")
+
+
+def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str,
+          d: Path) -> dict[str, Any]:
+    over = dict(OVERRIDES.get(name, {}))
+    if k is not None:
+        over["k"] = k
+    r = get_recipe(name, **over)
+    sess = TrainingSession(r, LogClient(url, vkey), Signer.generate("bench.example/trainer"),
+                           d / f"ev-{name}", d / f"{name}.spool")
     sess.open()
-    sess.plan = sess.plan[:steps]
-    times = []
-    for b in sess.batches():
-        t = time.perf_counter()
+    warm = 10
+    if len(sess.plan) < warm + steps:
+        raise SystemExit(f"{name} has only {len(sess.plan)} steps; lower --steps")
+    sess.plan = sess.plan[:warm + steps]
+    batches = list(sess.batches())
+    for b in batches[:warm]:  # optimizer state exists from here on; caches are warm
         sess.train_step(b)
-        times.append(time.perf_counter() - t)
+    sess.flush()
+    wait_acked(sess)
+    plain: list[float] = []
+    proved: list[float] = []
+    flush_s = 0.0
+    size = -(-steps // chunks)
+    for c in range(warm, warm + steps, size):
+        chunk = batches[c:c + size]
+        saved = save_state(sess)
+        for b in chunk:
+            t = time.perf_counter()
+            train_step(r, sess.model, sess.optimizer, b.x, b.y, sess.seed, b.step)
+            plain.append(time.perf_counter() - t)
+        restore_state(sess, saved)
+        for b in chunk:
+            t = time.perf_counter()
+            sess.train_step(b)
+            proved.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sess.flush()
+        flush_s += time.perf_counter() - t
+        wait_acked(sess)
     t = time.perf_counter()
     sess.close()
-    times.append(0.0)  # close() is reported separately
-    times[-1] = time.perf_counter() - t
-    return times
+    close_s = time.perf_counter() - t
+    res: dict[str, Any] = {
+        "parameters": sum(p.numel() for p in sess.model.parameters()),
+        "batch_size": r.batch_size, "k": r.k, "steps": len(proved), "chunks": chunks,
+        "plain_median_ms": statistics.median(plain) * 1e3,
+        "prover_median_ms": statistics.median(proved) * 1e3,
+        "plain_mean_ms": statistics.mean(plain) * 1e3,
+        "prover_mean_ms": statistics.mean(proved) * 1e3,
+        "flush_seconds": flush_s, "close_seconds": close_s, "receipts": len(sess.receipts),
+    }
+    res["overhead_median"] = res["prover_median_ms"] / res["plain_median_ms"] - 1
+    res["overhead_mean"] = res["prover_mean_ms"] / res["plain_mean_ms"] - 1
+    if name in TARGETS:
+        res["target"] = TARGETS[name]
+    return res
+
+
+def renice(pid: int, nice: int) -> None:
+    """Lower the priority of every thread of process ``pid`` (Linux: nice is per thread)."""
+    tasks = Path(f"/proc/{pid}/task")
+    for tid in [int(t.name) for t in tasks.iterdir()] if tasks.exists() else [pid]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:
+            pass
+
+
+def table(out: dict[str, dict[str, Any]]) -> str:
+    head = (f"{'recipe':<11} {'params':>10} {'steps':>5}  {'plain ms':>16}  {'prover ms':>16}"
+            f"  {'overhead':>17}  {'target':>6}  {'flush s':>7}  {'close s':>7}")
+    sub = (f"{'':<11} {'':>10} {'':>5}  {'median':>7} {'mean':>8}  {'median':>7} {'mean':>8}"
+           f"  {'median':>8} {'mean':>8}")
+    lines = [head, sub, "-" * len(head)]
+    for name, r in out.items():
+        target = f"{r['target'] * 100:.0f}%" if "target" in r else ""
+        lines.append(
+            f"{name:<11} {r['parameters']:>10,} {r['steps']:>5}  {r['plain_median_ms']:7.3f} "
+            f"{r['plain_mean_ms']:8.3f}  {r['prover_median_ms']:7.3f} {r['prover_mean_ms']:8.3f}"
+            f"  {r['overhead_median'] * 100:+7.1f}% {r['overhead_mean'] * 100:+7.1f}%"
+            f"  {target:>6}  {r['flush_seconds']:7.2f}  {r['close_seconds']:7.2f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--recipes", default="digits-mlp,wide-mlp")
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=200,
+                    help=f"timed steps per recipe, each way (at most {MAX_STEPS})")
+    ap.add_argument("--chunks", type=int, default=4,
+                    help="alternations of plain and prover chunks (default 4)")
     ap.add_argument("--k-wide", type=int, default=100,
                     help="checkpoint interval for wide-mlp (default 100: 80 MB of evidence "
                          "per checkpoint)")
     ap.add_argument("--k-digits", type=int, default=5, help="checkpoint interval for digits")
-    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--server-nice", type=int, default=19,
+                    help="niceness of the loopback log server (default 19: a real log runs "
+                         "elsewhere; 0 lets it compete with training for the CPU)")
+    ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                    help="write the results as JSON to PATH (no PATH: to stdout, and the "
+                         "table to stderr)")
     args = ap.parse_args()
-    out = {}
+    if not 1 <= args.steps <= MAX_STEPS or not 1 <= args.chunks <= args.steps:
+        ap.error(f"--steps must be 1..{MAX_STEPS} and --chunks 1..steps")
+    out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
         log_key = Signer.generate("bench.example/log")
@@ -89,31 +190,17 @@ def main() -> None:
         Log.create(str(d / "log.db"), log_key).store.close()
         with ServerProcess(str(d / "log.db"), str(d / "log.key"),
                            extra=["--open-registration"]) as srv:
+            if args.server_nice and srv.proc is not None:
+                renice(srv.proc.pid, args.server_nice)
             for name in args.recipes.split(","):
-                over = ({"epochs": 50, "k": args.k_wide} if name == "wide-mlp"
-                        else {"epochs": 5, "k": args.k_digits})
-                plain(name, 5, over)  # warm-up
-                base = plain(name, args.steps, over)
-                with_p = proved(name, args.steps, over, srv.url, str(log_key.verifier), d)
-                close_s = with_p.pop()
-                warm = 3
-                b, p = base[warm:], with_p[warm:]
-                res = {"steps": len(b), "plain_median_ms": statistics.median(b) * 1e3,
-                       "prover_median_ms": statistics.median(p) * 1e3,
-                       "plain_mean_ms": statistics.mean(b) * 1e3,
-                       "prover_mean_ms": statistics.mean(p) * 1e3,
-                       "close_seconds": close_s}
-                res["overhead_median"] = res["prover_median_ms"] / res["plain_median_ms"] - 1
-                res["overhead_mean"] = res["prover_mean_ms"] / res["plain_mean_ms"] - 1
-                params = sum(p_.numel() for p_ in get_recipe(name).model().parameters())
-                res["parameters"] = params
-                out[name] = res
-                print(f"{name:11s} {params:>10,} params  plain "
-                      f"{res['plain_median_ms']:7.2f} ms/step"
-                      f"  with prover {res['prover_median_ms']:7.2f} ms/step  overhead "
-                      f"{res['overhead_median'] * 100:+.1f}% (median), "
-                      f"{res['overhead_mean'] * 100:+.1f}% (mean); close {close_s:.2f}s")
-    if args.json:
+                k = args.k_wide if name == "wide-mlp" else args.k_digits
+                out[name] = bench(name, args.steps, args.chunks, k, srv.url,
+                                  str(log_key.verifier), d)
+    text = table(out)
+    print(text, file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json == "-":
+        print(json.dumps(out, indent=2))
+    elif args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 

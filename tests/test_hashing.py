@@ -72,3 +72,48 @@ def test_unknown_algorithm_and_bad_safetensors() -> None:
     for junk in (b"", b"\x05\x00", struct.pack("<Q", 99) + b"{}", struct.pack("<Q", 2) + b"[]"):
         with pytest.raises(MalformedError):
             hash_safetensors_bytes(junk)
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+@pytest.mark.parametrize("limit", [0, 1 << 20])  # streamed piecewise / one buffer
+def test_state_hasher_equals_hash_tensors_across_in_place_updates(algorithm: str,
+                                                                  limit: int) -> None:
+    from prover.hashing import StateHasher
+
+    g = torch.Generator().manual_seed(1)
+    sd = {"w": torch.randn(8, 8, generator=g), "b": torch.randn(8, generator=g),
+          "h": torch.randn(4, 4, generator=g).to(torch.bfloat16),
+          "n": torch.tensor(3), "m": torch.tensor([True, False]),
+          "t": torch.randn(6, 4, generator=g).t()}  # non-contiguous: never cached
+    sh = StateHasher(algorithm, contiguous_limit=limit)
+    for i in range(4):
+        assert sh.hash(sd) == hash_tensors(sd, algorithm), i
+        sd["w"].add_(0.5)  # in place: cached view must see the new bytes
+        sd["h"].mul_(1.5)
+        sd["n"] += 1
+    # replacing a tensor object (same name, new storage/shape) is picked up
+    sd["b"] = torch.zeros(3)
+    assert sh.hash(sd) == hash_tensors(sd, algorithm)
+    del sd["m"]
+    assert sh.hash(sd) == hash_tensors(sd, algorithm)
+
+
+def test_stream_round_trip_and_malformed() -> None:
+    from prover.hashing import StateHasher, parse_stream, stream_size, write_stream
+
+    sd = {"a": torch.arange(5, dtype=torch.int32), "bb": torch.ones(2, 3, dtype=torch.float16)}
+    parts = StateHasher().parts(sd)
+    buf = bytearray(stream_size(parts))
+    assert write_stream(parts, memoryview(buf)) == len(buf)
+    assert hash_tensors(sd, "sha256") == hashlib.sha256(bytes(buf)).hexdigest()
+    got = parse_stream(bytes(buf))
+    assert [(n, dt, shape, nb) for n, dt, shape, _, nb in got] == [
+        ("a", "I32", [5], 20), ("bb", "F16", [2, 3], 12)]
+    off, nb = got[0][3], got[0][4]
+    assert bytes(buf[off:off + nb]) == sd["a"].numpy().tobytes()
+    with pytest.raises(MalformedError):
+        parse_stream(b"not-a-stream")
+    with pytest.raises(MalformedError):
+        parse_stream(bytes(buf[:-3]))  # last tensor runs past the end
+    with pytest.raises(MalformedError):
+        parse_stream(bytes(buf[:len(buf) - 12 - 12]))  # cut inside a frame
