@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import struct
@@ -134,8 +135,13 @@ class Signer:
     key_id: int
     alg: int
     seed: bytes = field(repr=False)
+    _key: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.seed, bytes) or len(self.seed) != 32:
+            raise MalformedError(f"unsupported private key for {self.name!r}")
+        # derived once: deriving the key pair costs as much as a signature
+        object.__setattr__(self, "_key", nacl.signing.SigningKey(self.seed))
         if not _valid_name(self.name):
             raise MalformedError(f"invalid key name {self.name!r}",
                                  hint="a key name is non-empty, with no '+', spaces or controls")
@@ -181,9 +187,9 @@ class Signer:
 
     @property
     def public_key(self) -> bytes:
-        return bytes(nacl.signing.SigningKey(self.seed).verify_key)
+        return bytes(self._key.verify_key)
 
-    @property
+    @functools.cached_property
     def verifier(self) -> Verifier:
         return Verifier(self.name, self.key_id, self.alg, self.public_key)
 
@@ -192,7 +198,7 @@ class Signer:
         return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{key}"
 
     def sign(self, message: bytes) -> bytes:
-        return bytes(nacl.signing.SigningKey(self.seed).sign(message).signature)
+        return bytes(self._key.sign(message).signature)
 
     def __str__(self) -> str:
         return f"Signer({self.name}+{self.key_id:08x})"

@@ -603,7 +603,6 @@ class _Child:
         """Write the tensors of ``stream`` as a content-addressed safetensors object."""
         from safetensors import TensorSpec, serialize
 
-        from prover.evidence import _atomic_write
         from prover.hashing import parse_stream
 
         tensors = parse_stream(stream)
@@ -618,9 +617,7 @@ class _Child:
         finally:
             del anchor  # unpins the buffer
         name = hashlib.sha256(data).hexdigest() + ".safetensors"
-        obj = self.evidence.root / "objects" / name
-        if not obj.exists():
-            _atomic_write(obj, data)
+        self.evidence.put_bytes_deferred(name, data)  # durable in commit(), before spooling
         return name
 
     def commit(self, items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -630,6 +627,7 @@ class _Child:
         from ledger.merkle import leaf_hash
         from ledger.statement import build_statement
 
+        self.evidence.sync()  # evidence durable before the statements that name it
         rows = []
         for kind, body in items:
             body["prev"] = self.prev

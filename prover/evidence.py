@@ -40,7 +40,21 @@ class EvidenceError(VerificationError):
     hint = "the evidence does not match what the log committed; do not trust it"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def sync_dir(path: Path) -> None:
+    """fsync a directory, making the renames in it durable (POSIX; a no-op elsewhere)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, *, durable_name: bool = True) -> None:
+    """Write ``path`` atomically and durably: data fsynced before the rename, and the
+    directory fsynced after it (``durable_name=False``: the caller syncs the directory
+    once for several files with :func:`sync_dir`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
@@ -49,10 +63,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable_name:
+            sync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _syncfs(fd: int) -> bool:
+    """Linux syncfs(2): write out everything dirty on ``fd``'s file system in one go.
+    False where it is not available; raises OSError if the write-out failed."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    if fn(fd) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"syncfs: {os.strerror(e)}")
+    return True
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -86,6 +117,7 @@ class EvidenceStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
+        self._deferred: dict[str, str] = {}  # object name -> temporary file, see sync()
 
     def put(self, tensors: Mapping[str, torch.Tensor]) -> str:
         from safetensors.torch import save
@@ -96,6 +128,43 @@ class EvidenceStore:
         if not path.exists():
             _atomic_write(path, data)
         return name
+
+    def put_bytes_deferred(self, name: str, data: bytes) -> None:
+        """Queue a content-addressed object for :meth:`sync` (written to a temporary file
+        now; durable and visible under its name only after ``sync``)."""
+        path = self.root / "objects" / name
+        if name in self._deferred or path.exists():
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        self._deferred[name] = tmp
+
+    def sync(self) -> None:
+        """Make every deferred object durable under its name, with two syncs in all
+        rather than two per object: the contents (one syncfs of the file system, or an
+        fsync per file where syncfs is missing), then the renames, then one fsync of the
+        directory. A crash in between leaves only ``.tmp-`` files, never a named object
+        with incomplete contents."""
+        if not self._deferred:
+            return
+        objects = self.root / "objects"
+        fd = os.open(objects, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            if not _syncfs(fd):
+                for tmp in self._deferred.values():
+                    with open(tmp, "rb+") as f:
+                        os.fsync(f.fileno())
+            for name, tmp in self._deferred.items():
+                os.replace(tmp, objects / name)
+        finally:
+            os.close(fd)
+        sync_dir(objects)
+        self._deferred.clear()
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> str:
         """Write manifest.json; return its SHA-256 (hex) for ``run.close``."""

@@ -84,6 +84,7 @@ def test_log_outage_mid_run(env: Env) -> None:
     for b in batches[10:30]:
         s.train_step(b)
     assert time.perf_counter() - t0 < 20
+    s.flush()  # statements are spooled asynchronously; flush() waits for that, not the log
     total, acked = s.spool.counts()
     assert acked < total  # statements are waiting in the spool
     env.server = ServerProcess(str(env.dir / "log.db"), str(env.dir / "log.key"), port=port,

@@ -108,10 +108,23 @@ class Recipe:
         return h.hexdigest()
 
 
+def seed_rng(seed: int) -> None:
+    """``torch.manual_seed(seed)``, minus its cost on a machine whose accelerators are not
+    in use: with CUDA built in but not initialised, torch queues the device seeding for
+    later together with a formatted stack trace, ~60 µs per call here (per training
+    step; 1.5 µs this way). The CPU generator ends in the same state."""
+    cuda = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    if cuda or torch.backends.mps.is_available() or (
+            hasattr(torch, "xpu") and torch.xpu.is_available()):
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
 def train_step(recipe: Recipe, model: torch.nn.Module, opt: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor, seed: bytes, step: int) -> torch.Tensor:
     """One training step: reset the step RNG, set the lr, forward, backward, update."""
-    torch.manual_seed(step_seed(seed, step))
+    seed_rng(step_seed(seed, step))
     lr = recipe.lr(step)
     for group in opt.param_groups:
         group["lr"] = lr
