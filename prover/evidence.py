@@ -71,21 +71,6 @@ def _atomic_write(path: Path, data: bytes, *, durable_name: bool = True) -> None
         raise
 
 
-def _syncfs(fd: int) -> bool:
-    """Linux syncfs(2): write out everything dirty on ``fd``'s file system in one go.
-    False where it is not available; raises OSError if the write-out failed."""
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return False
-    if fn(fd) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"syncfs: {os.strerror(e)}")
-    return True
-
-
 def flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Optimizer state as named tensors ``state.<param index>.<key>`` (scalars as 0-d)."""
     import torch
@@ -145,24 +130,22 @@ class EvidenceStore:
         self._deferred[name] = tmp
 
     def sync(self) -> None:
-        """Make every deferred object durable under its name, with two syncs in all
-        rather than two per object: the contents (one syncfs of the file system, or an
-        fsync per file where syncfs is missing), then the renames, then one fsync of the
-        directory. A crash in between leaves only ``.tmp-`` files, never a named object
-        with incomplete contents."""
+        """Make every deferred object durable under its name: the contents (an fdatasync
+        per file, issued only after all were written, so the file system commits them
+        together: the first sync does the work, the rest find it done), then the
+        renames, then one fsync of the directory. A crash in between leaves only
+        ``.tmp-`` files, never a named object with incomplete contents."""
         if not self._deferred:
             return
         objects = self.root / "objects"
-        fd = os.open(objects, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            if not _syncfs(fd):
-                for tmp in self._deferred.values():
-                    with open(tmp, "rb+") as f:
-                        os.fsync(f.fileno())
-            for name, tmp in self._deferred.items():
-                os.replace(tmp, objects / name)
-        finally:
-            os.close(fd)
+        for tmp in self._deferred.values():
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                getattr(os, "fdatasync", os.fsync)(fd)
+            finally:
+                os.close(fd)
+        for name, tmp in self._deferred.items():
+            os.replace(tmp, objects / name)
         sync_dir(objects)
         self._deferred.clear()
 

@@ -8,12 +8,18 @@ trains it in alternating chunks on the *same* model and optimizer:
 
 * plain: the next chunk's steps as a bare PyTorch loop (``recipes.train_step``), timed;
   then weights and optimizer state are restored, bit for bit, in place;
-* prover: the same steps through ``session.train_step``, timed; then ``flush()`` (timed
-  apart: the commit process catching up) and a wait until the log acknowledged all.
+* hash only: the same steps, plus only the per-step weights hash (the same
+  :class:`prover.hashing.StateHasher`, inline for small models, overlapped with the next
+  step on a thread for large ones, exactly as the session does) — the floor any prover
+  that hashes every step pays here; then restored again;
+* prover: the same steps through ``session.train_step``, timed; then ``flush()`` (timed:
+  the commit process catching up) and a wait until the log acknowledged all.
 
 Same tensors, same memory, same data, interleaved: machine drift and allocator luck
 (which moves this MLP's plain step time by 30% between processes) cancel out, and the
-run stays valid (the plain steps leave no trace). Reports per-step medians and means.
+run stays valid (the plain steps leave no trace). Reports per-step medians and means,
+and the overhead both per step (mean) and including catch-up: (prover time + flush
+time) / plain time — a commit process that falls behind shows up there.
 
     .venv/bin/python scripts/bench_prover.py --steps 400
     .venv/bin/python scripts/bench_prover.py --recipes wide-mlp --steps 200 --json out.json
@@ -29,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +47,9 @@ from ledger.client import LogClient  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.note import Signer  # noqa: E402
+from prover.hashing import StateHasher  # noqa: E402
 from prover.recipes import get_recipe, train_step  # noqa: E402
-from prover.session import TrainingSession  # noqa: E402
+from prover.session import SMALL_STATE, TrainingSession  # noqa: E402
 
 MAX_STEPS = 5000
 OVERRIDES = {"digits-mlp": {"epochs": 200}, "wide-mlp": {"epochs": 50}}
@@ -67,6 +75,37 @@ def restore_state(sess: TrainingSession, saved: tuple[list[torch.Tensor], list[A
                     st[k].copy_(v)
                 else:
                     st[k] = v
+
+
+def hash_only(sess: TrainingSession, chunk: list[Any], hasher: StateHasher) -> list[float]:
+    """The chunk's plain steps plus the weights hash after each, as the session hashes
+    (inline below SMALL_STATE bytes, else on a thread, joined before the next update)."""
+    model, opt, r = sess.model, sess.optimizer, sess.recipe
+    state = model.state_dict(keep_vars=True)
+    inline = sum(t.numel() * t.element_size() for t in state.values()) < SMALL_STATE
+    pool = ThreadPoolExecutor(1)
+    pending: list[Future[str]] = []
+
+    def before_update(*_: Any) -> None:
+        while pending:
+            pending.pop().result()
+
+    hook = opt.register_step_pre_hook(before_update)
+    out = []
+    try:
+        for b in chunk:
+            t = time.perf_counter()
+            train_step(r, model, opt, b.x, b.y, sess.seed, b.step)
+            if inline:
+                hasher.hash(state)
+            else:
+                pending.append(pool.submit(hasher.hash, state))
+            out.append(time.perf_counter() - t)
+        before_update()
+    finally:
+        hook.remove()
+        pool.shutdown()
+    return out
 
 
 def wait_acked(sess: TrainingSession, timeout: float = 60) -> None:
@@ -98,7 +137,9 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
     sess.flush()
     wait_acked(sess)
     plain: list[float] = []
+    hashed: list[float] = []
     proved: list[float] = []
+    hasher = StateHasher(sess.alg)
     flush_s = 0.0
     size = -(-steps // chunks)
     for c in range(warm, warm + steps, size):
@@ -108,6 +149,8 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
             t = time.perf_counter()
             train_step(r, sess.model, sess.optimizer, b.x, b.y, sess.seed, b.step)
             plain.append(time.perf_counter() - t)
+        restore_state(sess, saved)
+        hashed += hash_only(sess, chunk, hasher)
         restore_state(sess, saved)
         for b in chunk:
             t = time.perf_counter()
@@ -125,12 +168,16 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
         "batch_size": r.batch_size, "k": r.k, "steps": len(proved), "chunks": chunks,
         "plain_median_ms": statistics.median(plain) * 1e3,
         "prover_median_ms": statistics.median(proved) * 1e3,
+        "hash_only_median_ms": statistics.median(hashed) * 1e3,
+        "hash_only_mean_ms": statistics.mean(hashed) * 1e3,
         "plain_mean_ms": statistics.mean(plain) * 1e3,
         "prover_mean_ms": statistics.mean(proved) * 1e3,
         "flush_seconds": flush_s, "close_seconds": close_s, "receipts": len(sess.receipts),
     }
     res["overhead_median"] = res["prover_median_ms"] / res["plain_median_ms"] - 1
     res["overhead_mean"] = res["prover_mean_ms"] / res["plain_mean_ms"] - 1
+    res["overhead_with_catch_up"] = (sum(proved) + flush_s) / sum(plain) - 1
+    res["hash_only_overhead_mean"] = res["hash_only_mean_ms"] / res["plain_mean_ms"] - 1
     if name in TARGETS:
         res["target"] = TARGETS[name]
     return res
@@ -148,17 +195,20 @@ def renice(pid: int, nice: int) -> None:
 
 def table(out: dict[str, dict[str, Any]]) -> str:
     head = (f"{'recipe':<11} {'params':>10} {'steps':>5}  {'plain ms':>16}  {'prover ms':>16}"
-            f"  {'overhead':>17}  {'target':>6}  {'flush s':>7}  {'close s':>7}")
+            f"  {'prover overhead':>24}  {'target':>6}  {'floor: hash only':>16}"
+            f"  {'flush s':>7}")
     sub = (f"{'':<11} {'':>10} {'':>5}  {'median':>7} {'mean':>8}  {'median':>7} {'mean':>8}"
-           f"  {'median':>8} {'mean':>8}")
+           f"  {'median':>7} {'mean':>7} {'+catch-up':>8}  {'':>6}  {'ms':>7} {'overh.':>8}")
     lines = [head, sub, "-" * len(head)]
     for name, r in out.items():
         target = f"{r['target'] * 100:.0f}%" if "target" in r else ""
         lines.append(
             f"{name:<11} {r['parameters']:>10,} {r['steps']:>5}  {r['plain_median_ms']:7.3f} "
             f"{r['plain_mean_ms']:8.3f}  {r['prover_median_ms']:7.3f} {r['prover_mean_ms']:8.3f}"
-            f"  {r['overhead_median'] * 100:+7.1f}% {r['overhead_mean'] * 100:+7.1f}%"
-            f"  {target:>6}  {r['flush_seconds']:7.2f}  {r['close_seconds']:7.2f}")
+            f"  {r['overhead_median'] * 100:+6.1f}% {r['overhead_mean'] * 100:+6.1f}%"
+            f" {r['overhead_with_catch_up'] * 100:+7.1f}%  {target:>6}"
+            f"  {r['hash_only_mean_ms']:7.3f} {r['hash_only_overhead_mean'] * 100:+7.1f}%"
+            f"  {r['flush_seconds']:7.2f}")
     return "\n".join(lines)
 
 
