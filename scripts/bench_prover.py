@@ -118,8 +118,17 @@ def wait_acked(sess: TrainingSession, timeout: float = 60) -> None:
     raise RuntimeError("the log did not acknowledge the statements in time")
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str,
-          d: Path) -> dict[str, Any]:
+          d: Path, server_pid: int | None) -> dict[str, Any]:
     over = dict(OVERRIDES.get(name, {}))
     if k is not None:
         over["k"] = k
@@ -141,6 +150,9 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
     proved: list[float] = []
     hasher = StateHasher(sess.alg)
     flush_s = 0.0
+    cpu = {"trainer": 0.0, "commit process": 0.0, "log server": 0.0}
+    assert sess._committer is not None
+    commit_pid = sess._committer.proc.pid
     size = -(-steps // chunks)
     for c in range(warm, warm + steps, size):
         chunk = batches[c:c + size]
@@ -152,6 +164,7 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
         restore_state(sess, saved)
         hashed += hash_only(sess, chunk, hasher)
         restore_state(sess, saved)
+        before = (time.process_time(), cpu_seconds(commit_pid), cpu_seconds(server_pid))
         for b in chunk:
             t = time.perf_counter()
             sess.train_step(b)
@@ -160,6 +173,9 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
         sess.flush()
         flush_s += time.perf_counter() - t
         wait_acked(sess)
+        after = (time.process_time(), cpu_seconds(commit_pid), cpu_seconds(server_pid))
+        for key, b0, b1 in zip(cpu, before, after):
+            cpu[key] += b1 - b0
     t = time.perf_counter()
     sess.close()
     close_s = time.perf_counter() - t
@@ -176,6 +192,8 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
     }
     res["overhead_median"] = res["prover_median_ms"] / res["plain_median_ms"] - 1
     res["overhead_mean"] = res["prover_mean_ms"] / res["plain_mean_ms"] - 1
+    res["cpu_us_per_prover_step"] = {key: v / len(proved) * 1e6 for key, v in cpu.items()}
+    res["torch_threads"] = torch.get_num_threads()
     res["overhead_with_catch_up"] = (sum(proved) + flush_s) / sum(plain) - 1
     res["hash_only_overhead_mean"] = res["hash_only_mean_ms"] / res["plain_mean_ms"] - 1
     if name in TARGETS:
@@ -209,6 +227,13 @@ def table(out: dict[str, dict[str, Any]]) -> str:
             f" {r['overhead_with_catch_up'] * 100:+7.1f}%  {target:>6}"
             f"  {r['hash_only_mean_ms']:7.3f} {r['hash_only_overhead_mean'] * 100:+7.1f}%"
             f"  {r['flush_seconds']:7.2f}")
+    lines.append("")
+    lines.append("CPU time per prover step (trainer incl. its torch threads; the log server's "
+                 "work is per statement):")
+    for name, r in out.items():
+        lines.append(f"  {name:<11} " + ", ".join(
+            f"{key} {v:,.0f} µs" for key, v in r["cpu_us_per_prover_step"].items())
+            + f"  (torch threads: {r['torch_threads']})")
     return "\n".join(lines)
 
 
@@ -245,7 +270,8 @@ def main() -> None:
             for name in args.recipes.split(","):
                 k = args.k_wide if name == "wide-mlp" else args.k_digits
                 out[name] = bench(name, args.steps, args.chunks, k, srv.url,
-                                  str(log_key.verifier), d)
+                                  str(log_key.verifier), d,
+                                  srv.proc.pid if srv.proc is not None else None)
     text = table(out)
     print(text, file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json == "-":
