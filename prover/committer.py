@@ -479,6 +479,8 @@ class _Child:
                 self.reported = self.consumed
             except BlockingIOError:  # the parent reads later; the count is cumulative
                 pass
+            except OSError:  # the parent is gone (EPIPE): what it sent is still committed
+                self.reported = self.consumed
 
     def init(self, f: bytes) -> None:
         from ledger.client import LogClient

@@ -148,6 +148,70 @@ def test_trainer_killed_then_resumed_submits_exactly_once(env: Env) -> None:
         assert h.get(f"{env.url}/runs/{run}").json()["indexes"] == list(range(32))
 
 
+KILLED_UNFLUSHED = r"""
+import sys, os
+from ledger.client import LogClient
+from ledger.note import Signer
+from prover.recipes import get_recipe
+from prover.session import TrainingSession
+url, vkey, tkey, d = sys.argv[1:5]
+s = TrainingSession(get_recipe("digits-mlp", epochs=1), LogClient(url, vkey),
+                    Signer.parse(open(tkey).read()), d + "/ev", d + "/run.spool")
+s.open()
+print(s.run_id, s._committer.proc.pid, flush=True)
+for b in s.batches():
+    s.train_step(b)
+    if b.step == 40:  # no flush: records are in flight to the commit process
+        os.kill(os.getpid(), 9)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_trainer_killed_unflushed_leaves_a_chained_prefix(env: Env) -> None:
+    """SIGKILL without flush: the commit process sees EOF, spools every complete record
+    it received (a prefix of the run, chained, its evidence on disk) and exits; resume
+    then logs exactly that prefix."""
+    tkey = env.dir / "trainer.key"
+    tkey.write_text(env.trainer.private_string())
+    p = subprocess.run([sys.executable, "-c", KILLED_UNFLUSHED, env.url,
+                        str(env.log_key.verifier), str(tkey), str(env.dir)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    run, child = p.stdout.split()[0], int(p.stdout.split()[1])
+    deadline = time.monotonic() + 30
+    while not _gone(child):
+        assert time.monotonic() < deadline, "the commit process outlived its parent"
+        time.sleep(0.05)
+    sp = Spool(env.dir / "run.spool")
+    rows = sp.conn.execute("SELECT seq, data FROM statements ORDER BY seq").fetchall()
+    sp.close()
+    seqs = [r[0] for r in rows]
+    # a prefix, no gap; at least the records the parent had written to the pipe (it
+    # writes every 32 records, or 5 ms), at most run.open + steps 0..40
+    assert seqs == list(range(len(seqs))) and 33 <= len(seqs) <= 42
+    prev = None
+    for seq, data in rows:
+        st = json.loads(data)
+        if seq:
+            assert st["body"]["prev"] == prev and st["body"]["step"] == seq - 1
+            ck = st["body"].get("checkpoint")
+            if ck:  # evidence named by a spooled statement is durable
+                for name in (ck["weights"], ck["optimizer"]):
+                    assert (env.dir / "ev" / "objects" / name).is_file()
+        prev = leaf_hash(data).hex()
+    r = subprocess.run([sys.executable, "-m", "ledger", "prover", "resume", "--spool",
+                        str(env.dir / "run.spool")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with httpx.Client() as h:
+        assert h.get(f"{env.url}/runs/{run}").json()["indexes"] == list(range(len(seqs)))
+
+
 def test_lost_acknowledgment_is_reconciled_not_duplicated(env: Env) -> None:
     """The log stored a batch but the trainer died before recording the 200: on resume
     the log answers 409 and the submitter matches the statements by leaf hash."""
