@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from e2e import Env, checks, make_env
 
 from ledger.client import LogClient
 from ledger.devserver import ServerProcess
+from ledger.errors import PotdError
 from ledger.log import Log
 from ledger.merkle import leaf_hash
 from prover.spool import Spool, Submitter
@@ -40,6 +42,44 @@ def test_honest_run_logs_every_statement_with_verified_receipts(env: Env) -> Non
         assert h.get(f"{env.url}/runs/{s.run_id}").json()["indexes"] == list(range(n + 2))
     report = env.audit(s.run_id, env.dir / "ev-run")
     assert report["verdict"] == "pass", checks(report)
+
+
+def test_large_model_path_hashes_on_a_thread_and_audits(env: Env) -> None:
+    """Above SMALL_STATE bytes the weights are hashed on the hasher thread, overlapped
+    with the next step, and checkpoints go through a snapshot file: the run must still
+    log every step with the true weights (the audit replays every segment exactly)."""
+    from prover.session import SMALL_STATE
+
+    s = env.session("big", overrides={"hidden": 4096, "epochs": 1, "k": 9})
+    s.open()
+    state = s.model.state_dict()
+    assert sum(t.numel() * t.element_size() for t in state.values()) > SMALL_STATE
+    assert not s._inline and s._hasher is not None
+    for b in s.batches():
+        s.train_step(b)
+    s.close()
+    assert not list((env.dir / "ev-big").glob(".snapshot-*"))  # snapshots cleaned up
+    report = env.audit(s.run_id, env.dir / "ev-big")
+    assert report["verdict"] == "pass", checks(report)
+    replay = next(c for c in report["checks"] if c["name"] == "replay")
+    assert "bit-exactly" in replay["summary"], replay
+
+
+def test_dead_commit_process_is_reported_not_hung(env: Env) -> None:
+    s = env.session("dead")
+    s.open()
+    batches = list(s.batches())
+    s.train_step(batches[0])
+    assert s._committer is not None
+    s._committer.proc.kill()
+    s._committer.proc.wait()
+    t0 = time.perf_counter()
+    with pytest.raises(PotdError, match="commit process"):
+        for b in batches[1:]:
+            s.train_step(b)
+        s.flush()
+    assert time.perf_counter() - t0 < 10
+    s._shutdown()
 
 
 def test_same_s_rand_and_beacon_give_identical_statements(tmp_path: Path) -> None:
