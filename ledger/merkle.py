@@ -359,11 +359,21 @@ def check_tree(proof: Sequence[bytes], size2: int, root2: bytes, size1: int, roo
 # --- in-memory helpers --------------------------------------------------------------
 
 def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
-    """RFC 6962 MTH over a list of leaf hashes, O(n) time, O(log n) memory."""
-    rng = CompactRange()
-    for h in leaf_hashes:
-        rng.append(h)
-    return rng.root()
+    """RFC 6962 MTH over a list of leaf hashes, O(n) time.
+
+    Computed level by level, an odd last node moving up unchanged: the same tree as
+    RFC 6962's split at the largest power of two below n (a left-balanced tree), with
+    one C call per node and no per-node Python frames."""
+    level = [check_hash(h, "leaf hash") for h in leaf_hashes]
+    if not level:
+        return EMPTY_ROOT
+    while len(level) > 1:
+        up = [_sha256(b"\x01" + level[i] + level[i + 1]).digest()
+              for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            up.append(level[-1])
+        level = up
+    return bytes(level[0])
 
 
 class CompactRange:

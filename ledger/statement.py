@@ -62,7 +62,38 @@ class NonCanonicalError(MalformedError):
 
 # --- canonical JSON ---------------------------------------------------------------
 
+def _valid(v: object) -> bool:
+    """True if ``v`` is allowed in canonical JSON (the fast path of :func:`_check_value`:
+    no error paths are built unless something is wrong)."""
+    t = type(v)
+    if t is str:
+        return v.isascii() or _utf8(v)  # type: ignore[attr-defined, arg-type]
+    if t is int:
+        return MIN_INT <= v <= MAX_INT  # type: ignore[operator]
+    if t is dict:
+        return all(type(k) is str and (k.isascii() or _utf8(k)) and _valid(x)
+                   for k, x in v.items())  # type: ignore[attr-defined]
+    if t is list:
+        return all(_valid(x) for x in v)  # type: ignore[attr-defined]
+    return v is None or t is bool
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
 def _check_value(v: object, where: str) -> None:
+    if _valid(v):
+        return
+    _explain(v, where)
+
+
+def _explain(v: object, where: str) -> None:
+    """Raise MalformedError naming where ``v`` breaks the canonical JSON rules."""
     if v is None or isinstance(v, bool):
         return
     if isinstance(v, int):
@@ -70,24 +101,22 @@ def _check_value(v: object, where: str) -> None:
             raise MalformedError(f"{where}: integer {v} is outside the signed 64-bit range")
         return
     if isinstance(v, str):
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise MalformedError(f"{where}: string holds a lone surrogate (not UTF-8)") from None
+        if not _utf8(v):
+            raise MalformedError(f"{where}: string holds a lone surrogate (not UTF-8)")
         return
     if isinstance(v, float):
         raise MalformedError(f"{where}: floats are not allowed ({v!r})",
                              hint="write real numbers as decimal strings, e.g. \"0.001\"")
     if isinstance(v, list):
         for i, x in enumerate(v):
-            _check_value(x, f"{where}[{i}]")
+            _explain(x, f"{where}[{i}]")
         return
     if isinstance(v, dict):
         for k, x in v.items():
             if not isinstance(k, str):
                 raise MalformedError(f"{where}: object key {k!r} is not a string")
-            _check_value(k, f"{where} key")
-            _check_value(x, f"{where}.{k}")
+            _explain(k, f"{where} key")
+            _explain(x, f"{where}.{k}")
         return
     raise MalformedError(f"{where}: {type(v).__name__} is not a JSON value")
 

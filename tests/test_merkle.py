@@ -636,3 +636,11 @@ def test_errors_share_the_base_class() -> None:
         assert issubclass(cls, PotdError)
     assert not issubclass(MalformedError, ValueError)
 
+
+
+def test_root_of_equals_the_rfc_definition() -> None:
+    leaves = [hashlib.sha256(bytes([i])).digest() for i in range(130)]
+    for n in range(131):
+        assert root_of(leaves[:n]) == mth(leaves[:n]), n
+    with pytest.raises(MalformedError):
+        root_of([leaves[0], b"short"])
