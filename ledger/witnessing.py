@@ -80,6 +80,7 @@ class WitnessTarget:
         self.retry_at = 0.0
         self.last_error = ""
         self.cosigned = 0  # cosignatures received since startup
+        self.busy = False  # a request to this witness is in flight (one at a time)
         self.http = httpx.Client(timeout=REQUEST_TIMEOUT)
 
     @classmethod
@@ -107,7 +108,7 @@ class WitnessTarget:
     def status(self) -> dict[str, Any]:
         return {"url": self.url, "key": self.name, "size": self.size,
                 "cosigned": self.cosigned, "failures": self.failures,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "in_flight": self.busy}
 
 
 def latest_witnessed(log: Log, keys: Sequence[Verifier], quorum: int,
@@ -158,7 +159,8 @@ class WitnessPublisher:
         self._waiters: list[tuple[int, asyncio.Future[SignedCheckpoint]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._pool = ThreadPoolExecutor(len(self.witnesses), "potd-witness")
+        # one thread per witness (one request each at most) and one to store cosignatures
+        self._pool = ThreadPoolExecutor(len(self.witnesses) + 1, "potd-witness")
 
     # -- lifecycle (event loop) ------------------------------------------------------
 
@@ -241,20 +243,34 @@ class WitnessPublisher:
                 self._wake.set()
 
     async def _round(self, cp: SignedCheckpoint) -> bool:
+        """Ask every available witness to cosign ``cp``; publish as soon as ``quorum``
+        cosigned. Slower witnesses are not waited for: their requests finish in the
+        background (a witness has at most one request in flight, so a hung one is
+        skipped by later rounds until its request times out)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        todo = [w for w in self.witnesses if w.retry_at <= now]
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self._ask, w, cp)
-                                         for w in todo))
-        have = {(s.name, s.key_id) for s in cp.note.signatures}
-        merged = list(cp.note.signatures)  # the log's own signature first
-        for sigs in results:
-            for s in sigs:
-                if (s.name, s.key_id) not in have:
-                    have.add((s.name, s.key_id))
-                    merged.append(s)
-        note = Note(cp.note.text, tuple(merged))
-        if len(count_cosignatures(note, self.keys)) < self.quorum:
+        todo = [w for w in self.witnesses if w.retry_at <= now and not w.busy]
+        for w in todo:
+            w.busy = True
+        got: dict[int, list[NoteSignature]] = {}
+
+        async def ask(i: int, w: WitnessTarget) -> None:
+            got[i] = await loop.run_in_executor(self._pool, self._ask, w, cp)
+
+        note = cp.note
+        for fut in asyncio.as_completed([ask(self.witnesses.index(w), w) for w in todo]):
+            await fut
+            have = {(s.name, s.key_id) for s in cp.note.signatures}
+            merged = list(cp.note.signatures)  # the log's own signature first, then the
+            for i in sorted(got):  # cosignatures in the order the witnesses are configured
+                for s in got[i]:
+                    if (s.name, s.key_id) not in have:
+                        have.add((s.name, s.key_id))
+                        merged.append(s)
+            note = Note(cp.note.text, tuple(merged))
+            if len(count_cosignatures(note, self.keys)) >= self.quorum:
+                break
+        else:
             return False
         signed = SignedCheckpoint(cp.checkpoint, note)
         log = self._log()
@@ -280,6 +296,12 @@ class WitnessPublisher:
 
     def _ask(self, w: WitnessTarget, cp: SignedCheckpoint) -> list[NoteSignature]:
         """One witness's cosignatures on ``cp`` (worker thread); [] if it did not cosign."""
+        try:
+            return self._ask_once(w, cp)
+        finally:
+            w.busy = False
+
+    def _ask_once(self, w: WitnessTarget, cp: SignedCheckpoint) -> list[NoteSignature]:
         try:
             for _ in range(3):  # a 409 tells the witness's size: retry from there
                 if w.size > cp.size:

@@ -210,6 +210,44 @@ def test_witness_outage_delays_publication_never_sequencing(tmp_path: Path) -> N
         w2.stop()
 
 
+def test_hung_witness_does_not_delay_a_quorum_of_the_others(tmp_path: Path) -> None:
+    """Quorum 1 of 2, one witness accepts connections and never answers: each round
+    publishes as soon as the live witness cosigned, not after the hung request's
+    timeout (10 s); the hung witness has one request in flight at a time."""
+    import socket
+
+    log_key = new_log(tmp_path)
+    w1 = WitnessProc(tmp_path, "w1", log_key).start()
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes handshakes; nobody ever reads or answers
+    dead = Signer.generate("witness.example/hung", ALG_COSIGNATURE_V1).verifier
+    hung = f"http://127.0.0.1:{hole.getsockname()[1]}={dead}"
+    srv = ServerProcess(str(tmp_path / "log.db"), str(tmp_path / "log.key"),
+                        extra=["--open-registration", "--witness", w1.spec, "--witness", hung,
+                               "--witness-quorum", "1"],
+                        log_file=str(tmp_path / "server.log")).start()
+    trainer = Signer.generate("trainer.example/t")
+    try:
+        with LogClient(srv.url, log_key.verifier) as c:
+            for i in range(4):
+                size = c.add(open_statement(trainer, f"h{i}")).index + 1
+                t0 = time.monotonic()
+                until(lambda n=size: (p := published(srv.url, log_key)) is not None
+                      and p.size >= n, what=f"entry {i} to be published", timeout=3)
+                assert time.monotonic() - t0 < 2
+        cp = published(srv.url, log_key)
+        assert cp is not None and count_cosignatures(cp.note, [w1.signer.verifier, dead]) == [
+            w1.signer.verifier]
+        health = httpx.get(srv.url + "/health").json()["witnessing"]
+        by_key = {x["key"]: x for x in health["witnesses"]}
+        assert by_key[f"{dead.name}+{dead.key_id:08x}"]["in_flight"] is True
+    finally:
+        srv.stop()
+        w1.stop()
+        hole.close()
+
+
 def test_serve_rejects_bad_witness_options(tmp_path: Path) -> None:
     new_log(tmp_path)
     cmd = [sys.executable, "-m", "ledger", "ledger", "serve", "--db", str(tmp_path / "log.db"),
