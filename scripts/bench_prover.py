@@ -251,12 +251,17 @@ def main() -> None:
     ap.add_argument("--server-nice", type=int, default=19,
                     help="niceness of the loopback log server (default 19: a real log runs "
                          "elsewhere; 0 lets it compete with training for the CPU)")
+    ap.add_argument("--threads", type=int,
+                    help="torch intra-op threads for every loop (default: torch's default, "
+                         "here one per core); the same for the plain and the prover loop")
     ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
                     help="write the results as JSON to PATH (no PATH: to stdout, and the "
                          "table to stderr)")
     args = ap.parse_args()
     if not 1 <= args.steps <= MAX_STEPS or not 1 <= args.chunks <= args.steps:
         ap.error(f"--steps must be 1..{MAX_STEPS} and --chunks 1..steps")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
