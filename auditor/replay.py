@@ -10,7 +10,9 @@ trainer's — the distance of the final weights from the committed checkpoint ag
 tolerance calibrated from honest reproduction noise.
 
 Work units are plain data (:class:`SegmentJob`), so ``--workers N`` can run them in
-separate processes.
+separate processes. A process builds a recipe's model once and refills it in place for
+every later segment (the data set is likewise loaded once per process): the start state
+of a segment is always exactly the checked evidence tensors, whatever ran before.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class SegmentJob:
     end_weights_hash: str | None = None
     exact: bool = True
     threads: int | None = None
+    # dataset indexes of each step's batch, derived from the seed by the orchestrator
+    # (which derives the order anyway); empty: derived here from ``step_starts``
+    batches: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -93,9 +98,33 @@ def recipe_data(recipe: Recipe) -> Data:
     return _DATA[key]
 
 
+_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def _model_holding(recipe: Recipe, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The recipe's model with exactly the tensors ``sd`` as its state (``sd`` itself is
+    left untouched). Built once per process (on the meta device: no random init), then
+    refilled in place while its state has the same names, dtypes and shapes as ``sd``."""
+    key = (recipe.name, repr(sorted(recipe.config.items())))
+    model = _MODELS.get(key)
+    if model is not None:
+        have = model.state_dict()
+        if have.keys() == sd.keys() and all(
+                have[k].dtype == v.dtype and have[k].shape == v.shape for k, v in sd.items()):
+            with torch.no_grad():
+                for k, v in sd.items():
+                    have[k].copy_(v)
+            return model
+    with torch.device("meta"):
+        model = recipe.model()
+    model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
+    _MODELS[key] = model
+    return model
+
+
 def replay_segment(job: SegmentJob) -> SegmentResult:
     """Replay one segment; never raises for bad evidence (reported in ``error``)."""
-    from ledger.errors import PotdError
+    from ledger.errors import PotdError, UsageError
 
     t0 = time.perf_counter()
     if job.threads:
@@ -108,21 +137,26 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                   if job.start_optimizer is not None and job.start_optimizer_hash is not None
                   else None)
         data = recipe_data(recipe)
+        steps = range(job.start, job.end + 1)
+        if job.batches:
+            batches = [torch.tensor(b) for b in job.batches]
+        else:
+            cache: dict[tuple[bytes, int, int], list[int]] = {}
+            batches = [torch.tensor(batch_indexes(job.seed, job.n_examples, recipe.batch_size,
+                                                  step, *job.step_starts[i], cache))
+                       for i, step in enumerate(steps)]
+        if len(batches) != len(steps):
+            raise UsageError(f"segment {job.start}..{job.end} has {len(batches)} batches")
 
         def run(per_step: bool) -> tuple[torch.nn.Module, int | None, int]:
             """Replay the segment; hash after every step, or only after the last."""
-            with torch.device("meta"):  # no random init: the weights come from evidence
-                model = recipe.model()
-            model.load_state_dict({k: v.clone() for k, v in start_sd.items()}, assign=True)
+            model = _model_holding(recipe, start_sd)
             opt = recipe.optimizer(model)
             if opt_sd is not None:
                 restore_optimizer(opt, opt_sd)
             checked = 0
-            cache: dict[tuple[bytes, int, int], list[int]] = {}
-            for i, step in enumerate(range(job.start, job.end + 1)):
-                epoch, offset = job.step_starts[i]
-                idx = torch.tensor(batch_indexes(job.seed, job.n_examples, recipe.batch_size,
-                                                 step, epoch, offset, cache))
+            for i, step in enumerate(steps):
+                idx = batches[i]
                 train_step(recipe, model, opt, data.x[idx], data.y[idx], job.seed, step)
                 want = job.step_hashes[i]
                 if want is not None and job.exact and (per_step or step == job.end):

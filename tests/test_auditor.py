@@ -156,3 +156,49 @@ def test_verify_log_and_runs_commands(env: Env) -> None:
     r = potd("auditor", "verify-log", "--log", env.url, "--vkey", vkey, "--state", st)
     assert r.returncode == 1
     assert "tile/0/000" in r.stderr
+
+
+def test_replay_reuses_one_model_without_carrying_state(env: Env) -> None:
+    """One process replays the segments of an honest and a forged run, interleaved: the
+    model is built once and refilled in place, yet every segment starts from exactly its
+    own checked evidence (no state leaks from the run replayed before)."""
+    honest = env.train()
+    forged = env.train("forged", cls=ForgedCheckpoint)
+    for i, (s, tag, verdict) in enumerate([(forged, "forged", "fail"), (honest, "run", "pass"),
+                                           (forged, "forged", "fail"),
+                                           (honest, "run", "pass")]):
+        rep = env.audit(s.run_id, env.dir / f"ev-{tag}", state=f"st{i}")
+        assert rep["verdict"] == verdict, checks(rep)
+        assert checks(rep)["replay"] == ("fail" if verdict == "fail" else "pass")
+        segs = rep["replay"]["segments"]
+        assert len(segs) == rep["replay"]["segments_total"] == 9
+        if verdict == "pass":
+            assert all(x["match"] and x["steps_checked"] == 1 for x in segs)
+
+
+def test_model_holding_refills_in_place_and_rebuilds_for_other_dtypes() -> None:
+    import torch
+
+    from auditor.replay import _model_holding
+
+    r = recipes.get_recipe("digits-mlp")
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append({k: v.clone() for k, v in r.model().state_dict().items()})
+    a, b = states
+    kept = {k: v.clone() for k, v in a.items()}
+    m = _model_holding(r, a)
+    assert all(torch.equal(m.state_dict()[k], a[k]) for k in a)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)  # training the model must not write into the evidence tensors
+    assert all(torch.equal(a[k], kept[k]) for k in a)
+    m2 = _model_holding(r, b)
+    assert m2 is m and all(torch.equal(m.state_dict()[k], b[k]) for k in b)
+    m3 = _model_holding(r, a)
+    assert m3 is m and all(torch.equal(m.state_dict()[k], kept[k]) for k in a)
+    wide = {k: v.double() for k, v in a.items()}
+    m4 = _model_holding(r, wide)
+    assert m4 is not m and all(v.dtype == torch.float64 for v in m4.state_dict().values())
+    assert all(torch.equal(m4.state_dict()[k], wide[k]) for k in a)
