@@ -17,8 +17,11 @@ of a segment is always exactly the checked evidence tensors, whatever ran before
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +29,7 @@ import torch
 
 from prover.derive import batch_indexes
 from prover.evidence import EvidenceSource, restore_optimizer
-from prover.hashing import hash_tensors
+from prover.hashing import StateHasher
 from prover.recipes import Data, Recipe, get_recipe, train_step
 
 
@@ -98,28 +101,100 @@ def recipe_data(recipe: Recipe) -> Data:
     return _DATA[key]
 
 
-_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+class Trainee:
+    """A recipe's model and optimizer, built once per process and refilled in place with
+    each segment's start state.
+
+    The model is built on the meta device (no random init) and takes the evidence tensors
+    (cloned); later it copies them into the same storage while names, dtypes and shapes
+    are the same, and is rebuilt otherwise. The optimizer likewise: restored with
+    :func:`~prover.evidence.restore_optimizer` when built, later refilled in place when
+    the evidence has exactly the state tensors it holds (its hyperparameters reset to
+    those it was built with); a run's first segment (no optimizer state) gets a fresh
+    one. Either way the start state is exactly the checked evidence, whatever ran before.
+    """
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.model: torch.nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.opt_model: torch.nn.Module | None = None
+        self.groups: list[dict[str, Any]] = []
+        self.hashers: dict[str, StateHasher] = {}
+
+    def load(self, sd: Mapping[str, torch.Tensor], opt_sd: Mapping[str, torch.Tensor] | None
+             ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """Model and optimizer holding ``sd`` and ``opt_sd`` (both left untouched)."""
+        model = self._model(sd)
+        return model, self._optimizer(model, opt_sd)
+
+    def _model(self, sd: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+        model = self.model
+        if model is not None:
+            have = model.state_dict(keep_vars=True)
+            if have.keys() == sd.keys() and all(
+                    have[k].dtype == v.dtype and have[k].shape == v.shape
+                    for k, v in sd.items()):
+                with torch.no_grad():
+                    for k, v in sd.items():
+                        have[k].copy_(v)
+                return model
+        with torch.device("meta"):
+            model = self.recipe.model()
+        model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
+        self.model = model
+        return model
+
+    def _optimizer(self, model: torch.nn.Module, opt_sd: Mapping[str, torch.Tensor] | None
+                   ) -> torch.optim.Optimizer:
+        opt = self.opt
+        if opt is not None and opt_sd is not None and self.opt_model is model:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            have = {f"state.{i}.{k}": v for i, p in enumerate(params)
+                    for k, v in opt.state.get(p, {}).items()}
+            if have.keys() == opt_sd.keys() and all(
+                    isinstance(have[k], torch.Tensor) and have[k].dtype == v.dtype
+                    and have[k].shape == v.shape for k, v in opt_sd.items()):
+                with torch.no_grad():
+                    for k, v in opt_sd.items():
+                        have[k].copy_(v)
+                for g, init in zip(opt.param_groups, self.groups, strict=True):
+                    g.update(copy.deepcopy(init))
+                return opt
+        opt = self.recipe.optimizer(model)
+        self.groups = [copy.deepcopy({k: v for k, v in g.items() if k != "params"})
+                       for g in opt.param_groups]
+        if opt_sd is not None:
+            restore_optimizer(opt, opt_sd)
+        self.opt, self.opt_model = opt, model
+        return opt
+
+    def weights_hash(self, algorithm: str) -> str:
+        """:func:`~prover.hashing.hash_tensors` of the model's state."""
+        import blake3
+
+        assert self.model is not None
+        if algorithm not in self.hashers:
+            self.hashers[algorithm] = StateHasher(algorithm, threads=blake3.blake3.AUTO)
+        return self.hashers[algorithm].hash(self.model.state_dict(keep_vars=True))
 
 
-def _model_holding(recipe: Recipe, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The recipe's model with exactly the tensors ``sd`` as its state (``sd`` itself is
-    left untouched). Built once per process (on the meta device: no random init), then
-    refilled in place while its state has the same names, dtypes and shapes as ``sd``."""
+_TRAINEES: dict[tuple[str, str], Trainee] = {}
+_HELPER: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _helper() -> concurrent.futures.ThreadPoolExecutor:
+    if not _HELPER:
+        _HELPER.append(concurrent.futures.ThreadPoolExecutor(1, "potd-evidence"))
+    return _HELPER[0]
+
+
+def trainee(recipe: Recipe) -> Trainee:
+    """This process's :class:`Trainee` for ``recipe`` (name and config)."""
     key = (recipe.name, repr(sorted(recipe.config.items())))
-    model = _MODELS.get(key)
-    if model is not None:
-        have = model.state_dict()
-        if have.keys() == sd.keys() and all(
-                have[k].dtype == v.dtype and have[k].shape == v.shape for k, v in sd.items()):
-            with torch.no_grad():
-                for k, v in sd.items():
-                    have[k].copy_(v)
-            return model
-    with torch.device("meta"):
-        model = recipe.model()
-    model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
-    _MODELS[key] = model
-    return model
+    if key not in _TRAINEES:
+        _TRAINEES[key] = Trainee(recipe)
+    return _TRAINEES[key]
 
 
 def replay_segment(job: SegmentJob) -> SegmentResult:
@@ -132,10 +207,19 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
     recipe = get_recipe(job.recipe, **job.config)
     src = EvidenceSource(job.evidence)
     try:
-        start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
-        opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
-                  if job.start_optimizer is not None and job.start_optimizer_hash is not None
-                  else None)
+        # the optimizer file is read, hash-checked and parsed on a helper thread while
+        # this one does the weights (hashing and reading release the GIL)
+        opt_f = (_helper().submit(src.load, job.start_optimizer, job.start_optimizer_hash,
+                                  job.algorithm)
+                 if job.start_optimizer is not None and job.start_optimizer_hash is not None
+                 else None)
+        try:
+            start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
+        except PotdError:
+            if opt_f is not None:  # the weights' error is the one reported
+                concurrent.futures.wait([opt_f])
+            raise
+        opt_sd = opt_f.result() if opt_f is not None else None
         data = recipe_data(recipe)
         steps = range(job.start, job.end + 1)
         if job.batches:
@@ -148,12 +232,11 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
         if len(batches) != len(steps):
             raise UsageError(f"segment {job.start}..{job.end} has {len(batches)} batches")
 
+        tr = trainee(recipe)
+
         def run(per_step: bool) -> tuple[torch.nn.Module, int | None, int]:
             """Replay the segment; hash after every step, or only after the last."""
-            model = _model_holding(recipe, start_sd)
-            opt = recipe.optimizer(model)
-            if opt_sd is not None:
-                restore_optimizer(opt, opt_sd)
+            model, opt = tr.load(start_sd, opt_sd)
             checked = 0
             for i, step in enumerate(steps):
                 idx = batches[i]
@@ -161,7 +244,7 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                 want = job.step_hashes[i]
                 if want is not None and job.exact and (per_step or step == job.end):
                     checked += 1
-                    if hash_tensors(model.state_dict(), job.algorithm) != want:
+                    if tr.weights_hash(job.algorithm) != want:
                         return model, step, checked
             return model, None, checked
 
