@@ -121,6 +121,7 @@ class Trainee:
         self.opt_model: torch.nn.Module | None = None
         self.groups: list[dict[str, Any]] = []
         self.hashers: dict[str, StateHasher] = {}
+        self.state_nbytes = 0  # bytes of the model's state (0 until built)
 
     def load(self, sd: Mapping[str, torch.Tensor], opt_sd: Mapping[str, torch.Tensor] | None
              ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -143,6 +144,7 @@ class Trainee:
             model = self.recipe.model()
         model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
         self.model = model
+        self.state_nbytes = sum(t.nbytes for t in model.state_dict().values())
         return model
 
     def _optimizer(self, model: torch.nn.Module, opt_sd: Mapping[str, torch.Tensor] | None
@@ -180,13 +182,18 @@ class Trainee:
 
 
 _TRAINEES: dict[tuple[str, str], Trainee] = {}
-_HELPER: list[concurrent.futures.ThreadPoolExecutor] = []
+_THREADS: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
 
-def _helper() -> concurrent.futures.ThreadPoolExecutor:
-    if not _HELPER:
-        _HELPER.append(concurrent.futures.ThreadPoolExecutor(1, "potd-evidence"))
-    return _HELPER[0]
+def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """A long-lived single worker thread of this process."""
+    if name not in _THREADS:
+        _THREADS[name] = concurrent.futures.ThreadPoolExecutor(1, name)
+    return _THREADS[name]
+
+
+# Parallel evidence loading pays off only when hashing dominates the thread hand-off.
+PARALLEL_LOAD_BYTES = 4 << 20
 
 
 def trainee(recipe: Recipe) -> Trainee:
@@ -198,28 +205,51 @@ def trainee(recipe: Recipe) -> Trainee:
 
 
 def replay_segment(job: SegmentJob) -> SegmentResult:
-    """Replay one segment; never raises for bad evidence (reported in ``error``)."""
+    """Replay one segment; never raises for bad evidence (reported in ``error``).
+
+    The work runs on this process's replay thread, whose call stack is a few frames
+    deep whoever calls: ``torch.manual_seed`` (once per step, in ``train_step``) formats
+    the whole Python stack on every call while CUDA/XPU/MTIA are not initialised, at
+    several microseconds per frame. ``seconds`` covers the hand-off too.
+    """
+    t0 = time.perf_counter()
+    # torch's thread count is per calling thread: the replay uses the caller's (or the
+    # job's), and leaves the caller's as it was
+    threads = job.threads or torch.get_num_threads()
+    r = _thread("potd-replay").submit(_replay_segment, job, threads, t0).result()
+    r.seconds = time.perf_counter() - t0
+    return r
+
+
+def _replay_segment(job: SegmentJob, threads: int, t0: float) -> SegmentResult:
     from ledger.errors import PotdError, UsageError
 
-    t0 = time.perf_counter()
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     recipe = get_recipe(job.recipe, **job.config)
     src = EvidenceSource(job.evidence)
+    tr = trainee(recipe)
     try:
-        # the optimizer file is read, hash-checked and parsed on a helper thread while
-        # this one does the weights (hashing and reading release the GIL)
-        opt_f = (_helper().submit(src.load, job.start_optimizer, job.start_optimizer_hash,
-                                  job.algorithm)
-                 if job.start_optimizer is not None and job.start_optimizer_hash is not None
-                 else None)
+        # for a large state, the optimizer file is read, hash-checked and parsed on a
+        # helper thread while this one does the weights (hashing and reading release
+        # the GIL); the weights' error, if any, is the one reported
+        opt_name, opt_hash = job.start_optimizer, job.start_optimizer_hash
+        opt_f = None
+        if opt_name is not None and opt_hash is not None and \
+                tr.state_nbytes >= PARALLEL_LOAD_BYTES:
+            opt_f = _thread("potd-evidence").submit(src.load, opt_name, opt_hash,
+                                                    job.algorithm)
         try:
             start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
         except PotdError:
-            if opt_f is not None:  # the weights' error is the one reported
+            if opt_f is not None:
                 concurrent.futures.wait([opt_f])
             raise
-        opt_sd = opt_f.result() if opt_f is not None else None
+        opt_sd = None
+        if opt_f is not None:
+            opt_sd = opt_f.result()
+        elif opt_name is not None and opt_hash is not None:
+            opt_sd = src.load(opt_name, opt_hash, job.algorithm)
         data = recipe_data(recipe)
         steps = range(job.start, job.end + 1)
         if job.batches:
@@ -231,8 +261,6 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                        for i, step in enumerate(steps)]
         if len(batches) != len(steps):
             raise UsageError(f"segment {job.start}..{job.end} has {len(batches)} batches")
-
-        tr = trainee(recipe)
 
         def run(per_step: bool) -> tuple[torch.nn.Module, int | None, int]:
             """Replay the segment; hash after every step, or only after the last."""
