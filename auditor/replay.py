@@ -176,8 +176,9 @@ class Trainee:
         import blake3
 
         assert self.model is not None
-        if algorithm not in self.hashers:
-            self.hashers[algorithm] = StateHasher(algorithm, threads=blake3.blake3.AUTO)
+        if algorithm not in self.hashers:  # BLAKE3's threads only pay off on large states
+            self.hashers[algorithm] = StateHasher(
+                algorithm, threads=blake3.blake3.AUTO if self.state_nbytes > 1 << 20 else 1)
         return self.hashers[algorithm].hash(self.model.state_dict(keep_vars=True))
 
 

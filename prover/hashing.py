@@ -53,13 +53,16 @@ class _Hasher(Protocol):
     def digest(self) -> bytes: ...
 
 
-def new_hasher(algorithm: str) -> _Hasher:
+def new_hasher(algorithm: str, threads: int | None = None) -> _Hasher:
+    """A hasher for ``algorithm``; BLAKE3 on ``threads`` threads (default: as many as
+    help; 1 is faster below about a megabyte)."""
     if algorithm == "sha256":
         return hashlib.sha256()
     if algorithm == "blake3":
         import blake3
 
-        hasher: _Hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher: _Hasher = blake3.blake3(
+            max_threads=blake3.blake3.AUTO if threads is None else threads)
         return hasher
     raise UsageError(f"unknown hash algorithm {algorithm!r}",
                      hint=f"use one of {', '.join(HASH_ALGORITHMS)}")
@@ -265,8 +268,8 @@ def hash_safetensors_bytes(data: bytes, algorithm: str = "blake3",
         if not (isinstance(a, int) and isinstance(b, int) and 0 <= a <= b <= len(body)):
             raise MalformedError(f"safetensors entry {name!r} has bad offsets")
         parts.append((_frame(name, str(dtype), [int(d) for d in shape], b - a), body[a:b]))
-    h = new_hasher(algorithm)
     size = stream_size(parts)
+    h = new_hasher(algorithm, 1 if size <= contiguous_limit else None)
     if size <= contiguous_limit:  # one long input hashes faster than many short ones
         buf = memoryview(bytearray(size))
         write_stream(parts, buf)
