@@ -254,10 +254,15 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
         if len(batches) != len(steps):
             raise UsageError(f"segment {job.start}..{job.end} has {len(batches)} batches")
 
-        def run(per_step: bool) -> tuple[torch.nn.Module, int | None, int]:
-            """Replay the segment; hash after every step, or only after the last."""
+        # compare once at the end of the segment; only a mismatch pays for replaying it
+        # again with a hash after every step, to name the first step that differs. (The
+        # loop is written out here, not in a helper: torch.manual_seed in train_step
+        # formats the whole call stack each step, so every frame costs every step.)
+        checked = 0
+        first_bad: int | None = None
+        for per_step in (False, True):
             model, opt = tr.load(start_sd, opt_sd)
-            checked = 0
+            first_bad = None
             for i, step in enumerate(steps):
                 idx = batches[i]
                 train_step(recipe, model, opt, data.x[idx], data.y[idx], job.seed, step)
@@ -265,15 +270,10 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                 if want is not None and job.exact and (per_step or step == job.end):
                     checked += 1
                     if tr.weights_hash(job.algorithm) != want:
-                        return model, step, checked
-            return model, None, checked
-
-        # compare once at the end of the segment; only a mismatch pays for replaying it
-        # again with a hash after every step, to name the first step that differs
-        model, first_bad, checked = run(per_step=False)
-        if first_bad is not None:
-            model, first_bad, more = run(per_step=True)
-            checked += more
+                        first_bad = step
+                        break
+            if first_bad is None:
+                break
         distance = tolerance = None
         match = first_bad is None
         if job.end_weights is not None and job.end_weights_hash is not None and (
