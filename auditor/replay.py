@@ -197,11 +197,11 @@ def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
 PARALLEL_LOAD_BYTES = 4 << 20
 
 
-def trainee(recipe: Recipe) -> Trainee:
-    """This process's :class:`Trainee` for ``recipe`` (name and config)."""
-    key = (recipe.name, repr(sorted(recipe.config.items())))
+def trainee(name: str, config: Mapping[str, Any]) -> Trainee:
+    """This process's :class:`Trainee` for the recipe ``name`` with ``config``."""
+    key = (name, repr(sorted(config.items())))
     if key not in _TRAINEES:
-        _TRAINEES[key] = Trainee(recipe)
+        _TRAINEES[key] = Trainee(get_recipe(name, **config))
     return _TRAINEES[key]
 
 
@@ -218,9 +218,9 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
     t0 = time.perf_counter()
     if job.threads:
         torch.set_num_threads(job.threads)
-    recipe = get_recipe(job.recipe, **job.config)
     src = EvidenceSource(job.evidence)
-    tr = trainee(recipe)
+    tr = trainee(job.recipe, job.config)
+    recipe = tr.recipe
     try:
         # for a large state, the optimizer file is read, hash-checked and parsed on a
         # helper thread while this one does the weights (hashing and reading release
