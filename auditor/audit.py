@@ -205,7 +205,7 @@ def sample(seed: bytes, population: int, r: int) -> list[int]:
 
 def pool_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> list[Any]:
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(j) for j in jobs]
+        return list(map(fn, jobs))  # no comprehension frame under the replay's steps
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
         return list(ex.map(fn, jobs))

@@ -10,13 +10,18 @@ trainer's — the distance of the final weights from the committed checkpoint ag
 tolerance calibrated from honest reproduction noise.
 
 Work units are plain data (:class:`SegmentJob`), so ``--workers N`` can run them in
-separate processes.
+separate processes. A process builds a recipe's model once and refills it in place for
+every later segment (the data set is likewise loaded once per process): the start state
+of a segment is always exactly the checked evidence tensors, whatever ran before.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +29,7 @@ import torch
 
 from prover.derive import batch_indexes
 from prover.evidence import EvidenceSource, restore_optimizer
-from prover.hashing import hash_tensors
+from prover.hashing import StateHasher
 from prover.recipes import Data, Recipe, get_recipe, train_step
 
 
@@ -48,6 +53,9 @@ class SegmentJob:
     end_weights_hash: str | None = None
     exact: bool = True
     threads: int | None = None
+    # dataset indexes of each step's batch, derived from the seed by the orchestrator
+    # (which derives the order anyway); empty: derived here from ``step_starts``
+    batches: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -93,50 +101,179 @@ def recipe_data(recipe: Recipe) -> Data:
     return _DATA[key]
 
 
+class Trainee:
+    """A recipe's model and optimizer, built once per process and refilled in place with
+    each segment's start state.
+
+    The model is built on the meta device (no random init) and takes the evidence tensors
+    (cloned); later it copies them into the same storage while names, dtypes and shapes
+    are the same, and is rebuilt otherwise. The optimizer likewise: restored with
+    :func:`~prover.evidence.restore_optimizer` when built, later refilled in place when
+    the evidence has exactly the state tensors it holds (its hyperparameters reset to
+    those it was built with); a run's first segment (no optimizer state) gets a fresh
+    one. Either way the start state is exactly the checked evidence, whatever ran before.
+    """
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.model: torch.nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.opt_model: torch.nn.Module | None = None
+        self.groups: list[dict[str, Any]] = []
+        self.hashers: dict[str, StateHasher] = {}
+        self.state_nbytes = 0  # bytes of the model's state (0 until built)
+
+    def load(self, sd: Mapping[str, torch.Tensor], opt_sd: Mapping[str, torch.Tensor] | None
+             ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """Model and optimizer holding ``sd`` and ``opt_sd`` (both left untouched)."""
+        model = self._model(sd)
+        return model, self._optimizer(model, opt_sd)
+
+    def _model(self, sd: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+        model = self.model
+        if model is not None:
+            have = model.state_dict(keep_vars=True)
+            if have.keys() == sd.keys() and all(
+                    have[k].dtype == v.dtype and have[k].shape == v.shape
+                    for k, v in sd.items()):
+                with torch.no_grad():
+                    for k, v in sd.items():
+                        have[k].copy_(v)
+                return model
+        with torch.device("meta"):
+            model = self.recipe.model()
+        model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
+        self.model = model
+        self.state_nbytes = sum(t.nbytes for t in model.state_dict().values())
+        return model
+
+    def _optimizer(self, model: torch.nn.Module, opt_sd: Mapping[str, torch.Tensor] | None
+                   ) -> torch.optim.Optimizer:
+        opt = self.opt
+        if opt is not None and opt_sd is not None and self.opt_model is model:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            have = {f"state.{i}.{k}": v for i, p in enumerate(params)
+                    for k, v in opt.state.get(p, {}).items()}
+            if have.keys() == opt_sd.keys() and all(
+                    isinstance(have[k], torch.Tensor) and have[k].dtype == v.dtype
+                    and have[k].shape == v.shape for k, v in opt_sd.items()):
+                with torch.no_grad():
+                    for k, v in opt_sd.items():
+                        have[k].copy_(v)
+                for g, init in zip(opt.param_groups, self.groups, strict=True):
+                    g.update(copy.deepcopy(init))
+                return opt
+        opt = self.recipe.optimizer(model)
+        self.groups = [copy.deepcopy({k: v for k, v in g.items() if k != "params"})
+                       for g in opt.param_groups]
+        if opt_sd is not None:
+            restore_optimizer(opt, opt_sd)
+        self.opt, self.opt_model = opt, model
+        return opt
+
+    def weights_hash(self, algorithm: str) -> str:
+        """:func:`~prover.hashing.hash_tensors` of the model's state."""
+        import blake3
+
+        assert self.model is not None
+        if algorithm not in self.hashers:  # BLAKE3's threads only pay off on large states
+            self.hashers[algorithm] = StateHasher(
+                algorithm, threads=blake3.blake3.AUTO if self.state_nbytes > 1 << 20 else 1)
+        return self.hashers[algorithm].hash(self.model.state_dict(keep_vars=True))
+
+
+_TRAINEES: dict[tuple[str, str], Trainee] = {}
+_THREADS: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """A long-lived single worker thread of this process."""
+    if name not in _THREADS:
+        _THREADS[name] = concurrent.futures.ThreadPoolExecutor(1, name)
+    return _THREADS[name]
+
+
+# Parallel evidence loading pays off only when hashing dominates the thread hand-off.
+PARALLEL_LOAD_BYTES = 4 << 20
+
+
+def trainee(name: str, config: Mapping[str, Any]) -> Trainee:
+    """This process's :class:`Trainee` for the recipe ``name`` with ``config``."""
+    key = (name, repr(sorted(config.items())))
+    if key not in _TRAINEES:
+        _TRAINEES[key] = Trainee(get_recipe(name, **config))
+    return _TRAINEES[key]
+
+
 def replay_segment(job: SegmentJob) -> SegmentResult:
-    """Replay one segment; never raises for bad evidence (reported in ``error``)."""
-    from ledger.errors import PotdError
+    """Replay one segment; never raises for bad evidence (reported in ``error``).
+
+    Runs on the calling thread. (Replaying on a separate thread with a shallow stack
+    makes ``torch.manual_seed``, which formats the caller's stack on every call, cheaper
+    — but torch then runs a second OpenMP thread team, and on 2 cores the calling
+    thread's later training steps were measured 25 % to 3x slower.)
+    """
+    from ledger.errors import PotdError, UsageError
 
     t0 = time.perf_counter()
     if job.threads:
         torch.set_num_threads(job.threads)
-    recipe = get_recipe(job.recipe, **job.config)
     src = EvidenceSource(job.evidence)
+    tr = trainee(job.recipe, job.config)
+    recipe = tr.recipe
     try:
-        start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
-        opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
-                  if job.start_optimizer is not None and job.start_optimizer_hash is not None
-                  else None)
+        # for a large state, the optimizer file is read, hash-checked and parsed on a
+        # helper thread while this one does the weights (hashing and reading release
+        # the GIL); the weights' error, if any, is the one reported
+        opt_name, opt_hash = job.start_optimizer, job.start_optimizer_hash
+        opt_f = None
+        if opt_name is not None and opt_hash is not None and \
+                tr.state_nbytes >= PARALLEL_LOAD_BYTES:
+            opt_f = _thread("potd-evidence").submit(src.load, opt_name, opt_hash,
+                                                    job.algorithm)
+        try:
+            start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
+        except PotdError:
+            if opt_f is not None:
+                concurrent.futures.wait([opt_f])
+            raise
+        opt_sd = None
+        if opt_f is not None:
+            opt_sd = opt_f.result()
+        elif opt_name is not None and opt_hash is not None:
+            opt_sd = src.load(opt_name, opt_hash, job.algorithm)
         data = recipe_data(recipe)
-
-        def run(per_step: bool) -> tuple[torch.nn.Module, int | None, int]:
-            """Replay the segment; hash after every step, or only after the last."""
-            with torch.device("meta"):  # no random init: the weights come from evidence
-                model = recipe.model()
-            model.load_state_dict({k: v.clone() for k, v in start_sd.items()}, assign=True)
-            opt = recipe.optimizer(model)
-            if opt_sd is not None:
-                restore_optimizer(opt, opt_sd)
-            checked = 0
+        steps = range(job.start, job.end + 1)
+        if job.batches:
+            batches = [torch.tensor(b) for b in job.batches]
+        else:
             cache: dict[tuple[bytes, int, int], list[int]] = {}
-            for i, step in enumerate(range(job.start, job.end + 1)):
-                epoch, offset = job.step_starts[i]
-                idx = torch.tensor(batch_indexes(job.seed, job.n_examples, recipe.batch_size,
-                                                 step, epoch, offset, cache))
+            batches = [torch.tensor(batch_indexes(job.seed, job.n_examples, recipe.batch_size,
+                                                  step, *job.step_starts[i], cache))
+                       for i, step in enumerate(steps)]
+        if len(batches) != len(steps):
+            raise UsageError(f"segment {job.start}..{job.end} has {len(batches)} batches")
+
+        # compare once at the end of the segment; only a mismatch pays for replaying it
+        # again with a hash after every step, to name the first step that differs. (The
+        # loop is written out here, not in a helper: torch.manual_seed in train_step
+        # formats the whole call stack each step, so every frame costs every step.)
+        checked = 0
+        first_bad: int | None = None
+        for per_step in (False, True):
+            model, opt = tr.load(start_sd, opt_sd)
+            first_bad = None
+            for i, step in enumerate(steps):
+                idx = batches[i]
                 train_step(recipe, model, opt, data.x[idx], data.y[idx], job.seed, step)
                 want = job.step_hashes[i]
                 if want is not None and job.exact and (per_step or step == job.end):
                     checked += 1
-                    if hash_tensors(model.state_dict(), job.algorithm) != want:
-                        return model, step, checked
-            return model, None, checked
-
-        # compare once at the end of the segment; only a mismatch pays for replaying it
-        # again with a hash after every step, to name the first step that differs
-        model, first_bad, checked = run(per_step=False)
-        if first_bad is not None:
-            model, first_bad, more = run(per_step=True)
-            checked += more
+                    if tr.weights_hash(job.algorithm) != want:
+                        first_bad = step
+                        break
+            if first_bad is None:
+                break
         distance = tolerance = None
         match = first_bad is None
         if job.end_weights is not None and job.end_weights_hash is not None and (

@@ -48,6 +48,7 @@ class ReplayCheck:
                  close: Statement, cp: SignedCheckpoint) -> None:
         self.a, self.view, self.snap, self.o, self.close, self.cp = audit, view, snap, o, close, cp
         self.steps = [st for _, st in view.steps]
+        self._job_orders: dict[tuple[bytes, int, int], list[int]] = {}
 
     def run(self) -> None:
         from .audit import _Stop
@@ -292,7 +293,10 @@ class ReplayCheck:
             a._tick("replay", done, len(jobs))
             return r
 
-        results = [tick(r) for r in pool_map(replay_segment, jobs, a.opts.workers)]
+        # in-process, map() calls replay_segment straight from C: no frame of ours
+        # between this one and the replayed steps (see replay_segment's loop)
+        results = list(map(tick, map(replay_segment, jobs) if a.opts.workers <= 1 else
+                           pool_map(replay_segment, jobs, a.opts.workers)))
         replay_s = time.perf_counter() - t0
         tol = None
         if not exact:
@@ -335,6 +339,9 @@ class ReplayCheck:
         by_step = {int(st.body["step"]): st for st in self.steps}  # type: ignore[arg-type]
         hashes = tuple(str(by_step[t].body["weights"]) if "weights" in by_step[t].body else None
                        for t in range(start, end + 1))
+        cache = self._job_orders  # jobs come in step order: one permutation per epoch
+        batches = tuple(tuple(batch_indexes(seed, len(self.hashes), recipe.batch_size,
+                                            *self.plan[t], cache)) for t in range(start, end + 1))
         return SegmentJob(
             recipe=recipe.name, config=dict(recipe.config), seed=seed,
             n_examples=len(self.hashes), algorithm=self.alg, evidence=self.a.opts.evidence,
@@ -344,7 +351,7 @@ class ReplayCheck:
             step_hashes=hashes, step_starts=tuple((self.plan[t][1], self.plan[t][2])
                                                   for t in range(start, end + 1)),
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
-            exact=exact)
+            exact=exact, batches=batches)
 
     def _calibrate(self, job: SegmentJob) -> float:
         """Honest reproduction noise: the same segment replayed with 1 thread vs. the

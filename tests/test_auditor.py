@@ -156,3 +156,64 @@ def test_verify_log_and_runs_commands(env: Env) -> None:
     r = potd("auditor", "verify-log", "--log", env.url, "--vkey", vkey, "--state", st)
     assert r.returncode == 1
     assert "tile/0/000" in r.stderr
+
+
+def test_replay_reuses_one_model_without_carrying_state(env: Env) -> None:
+    """One process replays the segments of an honest and a forged run, interleaved: the
+    model is built once and refilled in place, yet every segment starts from exactly its
+    own checked evidence (no state leaks from the run replayed before)."""
+    honest = env.train()
+    forged = env.train("forged", cls=ForgedCheckpoint)
+    for i, (s, tag, verdict) in enumerate([(forged, "forged", "fail"), (honest, "run", "pass"),
+                                           (forged, "forged", "fail"),
+                                           (honest, "run", "pass")]):
+        rep = env.audit(s.run_id, env.dir / f"ev-{tag}", state=f"st{i}")
+        assert rep["verdict"] == verdict, checks(rep)
+        assert checks(rep)["replay"] == ("fail" if verdict == "fail" else "pass")
+        segs = rep["replay"]["segments"]
+        assert len(segs) == rep["replay"]["segments_total"] == 9
+        if verdict == "pass":
+            assert all(x["match"] and x["steps_checked"] == 1 for x in segs)
+
+
+def test_trainee_refills_in_place_and_rebuilds_for_other_layouts() -> None:
+    import torch
+
+    from auditor.replay import Trainee
+    from prover.evidence import flatten_optimizer
+    from prover.hashing import hash_tensors
+
+    r = recipes.get_recipe("digits-mlp")
+    data = r.data()
+    states = []
+    for seed in (0, 1):  # two real (model, optimizer) states a few SGD steps apart
+        torch.manual_seed(seed)
+        model = r.model()
+        opt = r.optimizer(model)
+        for step in range(2 + seed):
+            recipes.train_step(r, model, opt, data.x[:32], data.y[:32], bytes(32), step)
+        states.append(({k: v.clone() for k, v in model.state_dict().items()},
+                       flatten_optimizer(opt)))
+    (a, oa), (b, ob) = states
+    kept = {k: v.clone() for k, v in {**a, **oa}.items()}
+    tr = Trainee(r)
+    m, o = tr.load(a, oa)
+    assert all(torch.equal(m.state_dict()[k], a[k]) for k in a)
+    assert tr.weights_hash("blake3") == hash_tensors(a) and tr.weights_hash("sha256") == \
+        hash_tensors(a, "sha256")
+    recipes.train_step(r, m, o, data.x[32:64], data.y[32:64], bytes(32), 9)
+    assert all(torch.equal(v, kept[k]) for k, v in {**a, **oa}.items())  # evidence intact
+    assert tr.weights_hash("blake3") == hash_tensors(m.state_dict())
+    o.param_groups[0]["momentum"] = 0.0  # a stray change must not survive a refill
+    m2, o2 = tr.load(b, ob)
+    assert m2 is m and o2 is o and o.param_groups[0]["momentum"] == 0.9
+    assert all(torch.equal(m.state_dict()[k], b[k]) for k in b)
+    assert all(torch.equal(flatten_optimizer(o)[k], ob[k]) for k in ob)
+    assert tr.weights_hash("blake3") == hash_tensors(b)
+    m3, o3 = tr.load(a, None)  # a run's first segment: no optimizer state at all
+    assert m3 is m and o3 is not o and flatten_optimizer(o3) == {}
+    wide = {k: v.double() for k, v in a.items()}
+    m4, o4 = tr.load(wide, None)
+    assert m4 is not m and all(v.dtype == torch.float64 for v in m4.state_dict().values())
+    assert all(torch.equal(m4.state_dict()[k], wide[k]) for k in a)
+    assert tr.weights_hash("blake3") == hash_tensors(wide)

@@ -31,6 +31,7 @@ def test_every_dtype_agrees_with_safetensors_bytes(dtype: torch.dtype, algorithm
           "b": torch.tensor(7).to(dtype), "z": torch.zeros(0, 2).to(dtype)}
     h = hash_tensors(sd, algorithm)
     assert h == hash_safetensors_bytes(save(sd), algorithm)
+    assert h == hash_safetensors_bytes(save(sd), algorithm, contiguous_limit=0)  # streamed
     assert len(h) == 64
 
 
