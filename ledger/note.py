@@ -102,14 +102,23 @@ class Verifier:
         if not isinstance(vkey, str):
             raise MalformedError("verifier key must be a string")
         vkey = vkey.strip()
+        # Until the key has a verifier's shape, nothing of it is echoed: it may be a
+        # (damaged) private key passed by mistake.
+        if vkey.startswith("PRIVATE+"):
+            raise MalformedError("this is a private key, not a verifier key (contents not "
+                                 "shown)", hint="pass the public key (the .pub file), and keep "
+                                                "the private key out of command lines")
         parts = vkey.split("+", 2)
         if len(parts) != 3:
-            raise MalformedError(f"malformed verifier key {vkey[:60]!r}",
+            raise MalformedError(f"malformed verifier key ({len(vkey)} characters, "
+                                 f"{vkey.count('+')} '+'; contents not shown)",
                                  hint="expected <name>+<8 hex digits>+<base64 key>")
         name, hex8, b64 = parts
         if not re.fullmatch(r"[0-9a-f]{8}", hex8):
-            raise MalformedError(f"verifier key for {name!r}: key ID {hex8!r} is not 8 lowercase "
-                                 "hex digits", hint="re-copy the key string exactly")
+            raise MalformedError("malformed verifier key: the field after the name is not an "
+                                 "8-hex-digit key ID (contents not shown)",
+                                 hint="expected <name>+<8 hex digits>+<base64 key>; re-copy "
+                                      "the key string exactly")
         raw = b64decode(b64, f"verifier key for {name!r}")
         if len(raw) != 33:
             raise MalformedError(f"verifier key for {name!r} has {len(raw)} key bytes, expected 33",
@@ -363,6 +372,10 @@ class Checkpoint:
         root = b64decode(root_s, "checkpoint root hash")
         if len(root) != HASH_SIZE:
             raise MalformedError(f"checkpoint root hash has {len(root)} bytes, expected 32")
+        if b64encode(root) != root_s:  # one text per tree: no second spelling of the root
+            raise MalformedError("checkpoint root hash is not canonical base64 (bits set "
+                                 "before the '=' padding)",
+                                 hint="encode the 32 bytes with standard base64")
         return cls(origin, int(size_s), root, tuple(ext))
 
     @property

@@ -262,6 +262,11 @@ def _private_key_mutations(s: Signer) -> list[str]:
         "PRIVATE+KEY+other+" + "+".join(parts[3:]),
         f"PRIVATE+KEY+{parts[2]}+{s.key_id ^ 1:08x}+{b64}",
         str(s.verifier),
+        # prefix damaged and fields run together (found by hypothesis): no "PRIVATE"
+        # marker left, and the seed's base64 after the only '+'
+        "QRIV" + parts[2][:8] + parts[3] + "+" + b64[:-1],
+        parts[3] + "+" + b64,
+        "x+" + parts[3] + "+" + b64,
     ]
     return muts
 
@@ -807,3 +812,17 @@ def test_mutated_verifier_keys(data: bytes) -> None:
     except MalformedError:
         return
     assert v == LOG.verifier  # only harmless changes parse (whitespace, unused base64 bits)
+
+
+def test_checkpoint_root_must_be_canonical_base64() -> None:
+    """Go's decoder (and b64decode, like it) accepts set bits before the '=' padding; a
+    checkpoint's root must not use them, so one tree has one checkpoint text."""
+    root = bytes(range(32))
+    good = b64encode(root)  # ends in "=": one base64 digit carries 2 unused bits
+    assert good.endswith("=")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    bad = good[:-2] + alphabet[alphabet.index(good[-2]) | 1] + "="
+    assert bad != good and b64decode(bad) == root
+    assert Checkpoint.from_text(f"o.example/log\n5\n{good}\n").root == root
+    with pytest.raises(MalformedError, match="not canonical base64"):
+        Checkpoint.from_text(f"o.example/log\n5\n{bad}\n")
