@@ -358,13 +358,17 @@ class ReplayCheck:
         default, distance between the two results; tolerance = 10x that, at least 1e-6."""
         import dataclasses
 
-        r1 = replay_segment(dataclasses.replace(job, threads=1, exact=False))
-        r2 = replay_segment(dataclasses.replace(job, exact=False))
-        torch.set_num_threads(environment()["threads"])
+        default = torch.get_num_threads()  # before replay_segment changes it
+        try:
+            r1 = replay_segment(dataclasses.replace(job, threads=1, exact=False))
+            r2 = replay_segment(dataclasses.replace(job, threads=default, exact=False))
+        finally:
+            torch.set_num_threads(default)
         noise = abs((r1.distance or 0.0) - (r2.distance or 0.0))
         tol = max(10 * noise, 1e-6)
         self.a.report.setdefault("calibration", {}).update(
-            {"noise": noise, "tolerance": tol, "method": "1 thread vs default threads, x10"})
+            {"noise": noise, "tolerance": tol, "threads": [1, default],
+             "method": f"1 thread vs {default} threads, x10"})
         return tol
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],

@@ -217,3 +217,24 @@ def test_trainee_refills_in_place_and_rebuilds_for_other_layouts() -> None:
     assert m4 is not m and all(v.dtype == torch.float64 for v in m4.state_dict().values())
     assert all(torch.equal(m4.state_dict()[k], wide[k]) for k in a)
     assert tr.weights_hash("blake3") == hash_tensors(wide)
+
+
+def test_calibrated_tolerance_compares_one_thread_with_the_default(env: Env) -> None:
+    """A run trained with another thread count is replayed under a tolerance calibrated
+    from 1 thread vs the default (two different counts), and the auditor's thread
+    count is left as it was."""
+    import torch
+
+    default = torch.get_num_threads()
+    if default < 2:
+        pytest.skip("needs 2 or more torch threads for the environments to differ")
+    torch.set_num_threads(1)
+    try:
+        s = env.train("onethread")
+    finally:
+        torch.set_num_threads(default)
+    rep = env.audit(s.run_id, env.dir / "ev-onethread", samples=2)
+    assert rep["replay"]["mode"] == "tolerance"
+    assert rep["calibration"]["threads"] == [1, default]
+    assert torch.get_num_threads() == default
+    assert rep["verdict"] == "pass", checks(rep)
