@@ -137,34 +137,41 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--recipe", default="digits-mlp")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=8,
+                    help="segments replayed per audit (0: skip the replay benchmark)")
     ap.add_argument("--threads", type=int,
                     help="torch threads for training, replay and the plain loop alike "
                          "(default: torch's default)")
     ap.add_argument("--repeats", type=int, default=5,
                     help="audits of the same run; medians are reported")
-    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--entries", type=int, default=1_000_000,
+                    help="log size for the verify-log benchmark (0: skip it)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
-        r = replay_bench(d, args.recipe, args.epochs, args.samples, args.repeats)
-        print(f"replay   {r['recipe']}: {r['steps_replayed']} steps in {r['segments']} segments "
-              f"replayed in {r['replay_seconds']}s vs {r['original_training_seconds']}s of "
-              f"original training: ratio {r['ratio']}; vs {r['plain_training_seconds']}s of "
-              f"plain training without the prover: ratio {r['ratio_vs_plain']} "
-              f"(medians of {r['repeats']} audits, ratios {r['ratios_vs_plain']}; "
-              f"{r['threads']} torch threads; verdict {r['verdict']})", flush=True)
-        v = verify_log_bench(d, args.entries)
-        print(f"verify-log {v['entries']:,} entries + {v['tiles']} tiles over HTTP in "
-              f"{v['total_seconds']}s: {v['entries_per_second']:,} entries/s "
-              f"(entries+rehash {v['fetch_and_rehash_seconds']}s)")
+        if args.samples > 0:
+            out["replay"] = r = replay_bench(d, args.recipe, args.epochs, args.samples,
+                                             args.repeats)
+            print(f"replay   {r['recipe']}: {r['steps_replayed']} steps in {r['segments']} "
+                  f"segments replayed in {r['replay_seconds']}s vs "
+                  f"{r['original_training_seconds']}s of "
+                  f"original training: ratio {r['ratio']}; vs {r['plain_training_seconds']}s of "
+                  f"plain training without the prover: ratio {r['ratio_vs_plain']} "
+                  f"(medians of {r['repeats']} audits, ratios {r['ratios_vs_plain']}; "
+                  f"{r['threads']} torch threads; verdict {r['verdict']})", flush=True)
+        if args.entries > 0:
+            out["verify_log"] = v = verify_log_bench(d, args.entries)
+            print(f"verify-log {v['entries']:,} entries + {v['tiles']} tiles over HTTP in "
+                  f"{v['total_seconds']}s: {v['entries_per_second']:,} entries/s "
+                  f"(entries+rehash {v['fetch_and_rehash_seconds']}s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"replay": r, "verify_log": v}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
