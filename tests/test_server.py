@@ -568,3 +568,25 @@ def test_serve_help_documents_the_options() -> None:
     r = potd("ledger", "serve", "--help")
     for opt in ("--flush-ms", "--max-pending", "--max-request-bytes", "--open-registration"):
         assert opt in r.stdout
+
+
+def test_batch_signatures_verified_in_parallel_name_the_first_bad_one(
+        server: LogServer) -> None:
+    """A batch large enough to be verified in several parallel chunks: with bad
+    signatures in two chunks the error still names the lowest one, and nothing is
+    stored; the same batch with good signatures is accepted whole."""
+    t = allowed_trainer(server)
+    good = [t.opened, *t.steps(599)]
+    bad = list(good)
+    bad[450] = _flip_sig(bad[450])
+    bad[130] = _flip_sig(bad[130])
+    with server.client() as c:
+        before = server.checkpoint()
+        r = c.post("/add-batch", content=batch_body(bad))
+        assert r.status_code == 401, r.text
+        assert r.json()["error"] == "bad_signature" and r.json()["statement"] == 130
+        assert "statement #130" in r.json()["detail"]
+        assert server.checkpoint() == before
+        r = c.post("/add-batch", content=batch_body(good))
+        assert r.status_code == 200, r.text
+        assert len(r.json()) == 600
