@@ -204,6 +204,9 @@ class TrainingSession:
             "evidence": str(self.evidence.root), "spool": self.spool.path,
             "client": client_settings(self.client), "submit_batch": self.submit_batch,
         }, self.train_hashes, ring)
+        # wait until the commit process has started up (imports, spool, log client): the
+        # first steps must not pay for it by filling the ring and the pipe
+        committer.flush()
         if not self._inline:
             self._hasher = threading.Thread(target=self._hash_loop, name="potd-hasher",
                                             daemon=True)
