@@ -82,7 +82,8 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
                     _q("index", "log index of the record (or give leaf_hash)"),
                     {"name": "leaf_hash", "in": "query", "required": False,
                      "description": "hex RFC 6962 leaf hash of the record", "schema": _HEX64},
-                    _q("size", "tree size (default: the latest checkpoint's)"),
+                    _q("size", "tree size (default: the size of the checkpoint GET "
+                               "/checkpoint serves: with witnesses, the newest witnessed)"),
                 ],
                 "responses": {"200": _ok("InclusionProof"),
                               "400": _err("bad parameters, or index/size beyond the tree"),
@@ -91,7 +92,8 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
             "/proof/consistency": {"get": {
                 "summary": "Consistency proof between two tree sizes (RFC 9162 2.1.4)",
                 "parameters": [_q("from", "the older tree size", True),
-                               _q("to", "the newer tree size (default: latest)")],
+                               _q("to", "the newer tree size (default: the size of the "
+                                        "checkpoint GET /checkpoint serves)")],
                 "responses": {"200": _ok("ConsistencyProof"),
                               "400": _err("bad parameters or sizes")},
             }},
@@ -108,8 +110,19 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
                 "responses": {"200": _ok("Run"), "400": _err("malformed run id"),
                               "404": _err("no such run in this log")},
             }},
+            "/checkpoint": {"get": {
+                "summary": "The log's signed checkpoint (C2SP tlog-checkpoint signed note)",
+                "description": ("With witnesses configured, the newest checkpoint that met "
+                                "the witness quorum, with their cosignatures; the tree may "
+                                "already be larger (see /health)."),
+                "responses": {
+                    "200": {"description": "the signed note",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "503": _err("witnessing is configured and no checkpoint has met the "
+                                "quorum yet; retry after the Retry-After header")},
+            }},
             "/health": {"get": {
-                "summary": "Liveness and the current tree size",
+                "summary": "Liveness, the current tree size, sequencing and witnessing state",
                 "responses": {"200": _ok("Health")},
             }},
         },
@@ -149,8 +162,30 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
             "Run": {"type": "object", "required": ["run", "indexes"],
                     "properties": {"run": _HEX64, "indexes": {"type": "array", "items": _UINT}}},
             "Health": {"type": "object", "required": ["status", "origin", "size"],
-                       "properties": {"status": {"const": "ok"}, "origin": {"type": "string"},
-                                      "size": _UINT, "pending": _UINT}},
+                       "properties": {
+                           "status": {"const": "ok"}, "origin": {"type": "string"},
+                           "size": _UINT,
+                           "pending": {**_UINT, "description": "statements waiting"},
+                           "flushes": _UINT, "flushed": _UINT,
+                           "flush_seconds": {"type": "number"},
+                           "witnessing": {"$ref": "#/components/schemas/Witnessing"}}},
+            "Witnessing": {
+                "type": "object", "description": "present when witnesses are configured",
+                "properties": {
+                    "quorum": _UINT,
+                    "published_size": {"type": ["integer", "null"], "description": (
+                        "size of the checkpoint GET /checkpoint serves")},
+                    "rounds": _UINT,
+                    "publish_ms": {"type": "object", "description": (
+                        "flush -> witnessed publication: count, p50, p99, max")},
+                    "witnesses": {"type": "array", "items": {
+                        "type": "object", "properties": {
+                            "url": {"type": "string"}, "key": {"type": "string"},
+                            "size": _UINT, "cosigned": _UINT, "failures": _UINT,
+                            "last_error": {"type": "string"},
+                            "in_flight": {"type": "boolean"}}}},
+                },
+            },
             "Error": {
                 "type": "object", "required": ["error", "detail"],
                 "properties": {

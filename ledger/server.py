@@ -346,9 +346,17 @@ class LogServer:
         return Response(data, media_type="application/octet-stream",
                         headers={"Cache-Control": IMMUTABLE if tile.full else SHORT})
 
+    def _served_size(self) -> int:
+        """The size of the checkpoint GET /checkpoint serves: with witnesses, the newest
+        one that met the quorum (proofs then match it by default), else the newest."""
+        pub = self.publisher
+        if pub is not None and pub.published is not None:
+            return pub.published.size
+        return self.log.size
+
     async def inclusion(self, request: Request) -> Response:
         log = self.log
-        size = _uint(request, "size", log.size)
+        size = _uint(request, "size", self._served_size())
         hexleaf = request.query_params.get("leaf_hash")
         if hexleaf is not None:
             if "index" in request.query_params:
@@ -372,7 +380,7 @@ class LogServer:
     async def consistency(self, request: Request) -> Response:
         log = self.log
         m = _uint(request, "from")
-        n = _uint(request, "to", log.size)
+        n = _uint(request, "to", self._served_size())
         if not m <= n <= log.size:
             raise UsageError(f"need from <= to <= {log.size} (the current size); got {m}, {n}")
         proof = log.consistency_proof(m, n)

@@ -91,8 +91,10 @@ def test_health_and_openapi(server: LogServer) -> None:
         doc = c.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     for path in ("/add", "/add-batch", "/proof/inclusion", "/proof/consistency", "/entries",
-                 "/runs/{run}", "/health"):
+                 "/runs/{run}", "/health", "/checkpoint"):
         assert path in doc["paths"], path
+    # every field /health returns is described
+    assert set(h) <= set(doc["components"]["schemas"]["Health"]["properties"]), h
     assert str(server.vkey) in doc["info"]["description"]
 
 

@@ -128,6 +128,11 @@ def test_server_publishes_only_witnessed_checkpoints(tmp_path: Path, wait: bool)
             assert p50 < 0.5  # seconds (bench_witness.py has the real figure)
             health = httpx.get(srv.url + "/health").json()["witnessing"]
             assert health["published_size"] == ROUNDS and health["quorum"] == 1
+            schemas = httpx.get(srv.url + "/openapi.json").json()["components"]["schemas"]
+            described = schemas["Witnessing"]["properties"]
+            assert set(health) <= set(described), health  # the document covers /health
+            assert set(health["witnesses"][0]) <= set(
+                described["witnesses"]["items"]["properties"])
             assert health["witnesses"][0]["failures"] == 0
             policy = LogClient(srv.url, log_key.verifier, witnesses=[wv], quorum=1)
             assert policy.checkpoint().size == ROUNDS
@@ -182,6 +187,14 @@ def test_witness_outage_delays_publication_never_sequencing(tmp_path: Path) -> N
             time.sleep(0.5)
             cp = published(srv.url, log_key)
             assert cp is not None and cp.size == 3  # the last checkpoint with a quorum
+            # proofs default to the served (witnessed) size, not the newest: they match
+            # the checkpoint a client just fetched; larger sizes only when asked for
+            p = httpx.get(srv.url + "/proof/inclusion", params={"index": 0}).json()
+            assert p["size"] == 3
+            p = httpx.get(srv.url + "/proof/consistency", params={"from": 1}).json()
+            assert p["to"] == 3
+            p = httpx.get(srv.url + "/proof/inclusion", params={"index": 4, "size": 6}).json()
+            assert p["size"] == 6
             health = httpx.get(srv.url + "/health").json()
             assert health["size"] == 6
             by_url = {x["url"]: x for x in health["witnessing"]["witnesses"]}
