@@ -6,26 +6,30 @@ every entry is proven included at once. :func:`verify_tiles` additionally recomp
 every hash tile from the entries and compares it byte for byte with what the log serves
 (``potd auditor verify-log``). The auditor never imports the log's storage or server.
 
+Work and memory follow what is verified, never what the log claims: a checkpoint larger
+than :data:`MAX_TREE_SIZE` is refused before anything is fetched, fetches go through a
+bounded window, and every answer is capped and timed by :mod:`ledger.peer`.
+
 Trusts: the pinned log key (and the checkpoint state kept by :class:`LogClient`).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
-import http.client
-import threading
-import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ledger.client import LogClient
-from ledger.errors import MalformedError, VerificationError
+from ledger.errors import LimitError, VerificationError
 from ledger.merkle import CompactRange
 from ledger.note import SignedCheckpoint
 from ledger.tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, decode_bundle, tiles_for_size
 
 Progress = Callable[[int], None]
+_T = TypeVar("_T")
 _sha256 = hashlib.sha256
 
 
@@ -37,67 +41,57 @@ class LogSnapshot:
     levels: list[list[bytes]]  # levels[l]: every complete node hash of tree level l
 
 
-class TileFetcher:
-    """Bulk GETs of tiles over keep-alive connections, one per thread.
-
-    ``http.client`` costs about a third of ``httpx`` per request, which dominates a
-    full-log verification (two requests per 256 entries). Falls back to the client's own
-    ``tile()`` for anything but plain http(s) URLs.
-    """
-
-    def __init__(self, client: LogClient) -> None:
-        self.client = client
-        u = urllib.parse.urlsplit(client.url)
-        self.scheme, self.host, self.port = u.scheme, u.hostname or "", u.port
-        self.prefix = u.path.rstrip("/")
-        self._local = threading.local()
-
-    def _conn(self) -> http.client.HTTPConnection:
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            cls = (http.client.HTTPSConnection if self.scheme == "https"
-                   else http.client.HTTPConnection)
-            c = cls(self.host, self.port, timeout=60)
-            self._local.conn = c
-        return c
-
-    def __call__(self, tile: Tile) -> bytes:
-        if self.scheme not in ("http", "https"):
-            return self.client.tile(tile)
-        for attempt in range(3):
-            conn = self._conn()
-            try:
-                conn.request("GET", f"{self.prefix}/{tile.path()}")
-                r = conn.getresponse()
-                data = r.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self._local.conn = None
-                if attempt == 2:
-                    raise
-                continue
-            if r.status != 200:
-                return self.client.tile(tile)  # the client turns errors into typed ones
-            if tile.level != ENTRIES_LEVEL and len(data) != 32 * tile.width:
-                raise MalformedError(f"{tile.path()}: {len(data)} bytes, expected "
-                                     f"{32 * tile.width}")
-            return data
-        raise MalformedError("unreachable")
+MAX_TREE_SIZE = 1 << 32
+"""The largest tree :func:`fetch_entries` downloads. It keeps every entry and leaf hash in
+memory (at least ~100 bytes per entry), so 2^32 entries already need ~0.5 TB: a larger
+claim cannot be verified on one machine and is refused before any work (the largest
+public transparency logs hold about 2^31 entries)."""
 
 
-def _bundles(size: int) -> list[Tile]:
+def _bundles(size: int) -> Iterator[Tile]:
     full, rem = divmod(size, TILE_WIDTH)
-    out = [Tile(ENTRIES_LEVEL, n) for n in range(full)]
+    for n in range(full):
+        yield Tile(ENTRIES_LEVEL, n)
     if rem:
-        out.append(Tile(ENTRIES_LEVEL, full, rem))
-    return out
+        yield Tile(ENTRIES_LEVEL, full, rem)
+
+
+def _windowed(pool: concurrent.futures.Executor, fn: Callable[[Tile], _T],
+              items: Iterable[Tile], window: int) -> Iterator[_T]:
+    """``pool.map(fn, items)`` in order, with at most ``window`` calls queued or running:
+    work and memory follow what has been verified, not what the log claims."""
+    pending: collections.deque[concurrent.futures.Future[_T]] = collections.deque()
+    it = iter(items)
+    try:
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+def check_size(cp: SignedCheckpoint, max_size: int) -> None:
+    """Refuse a checkpoint larger than this auditor verifies (before any allocation)."""
+    if cp.size > max_size:
+        raise LimitError(f"the log's checkpoint claims {cp.size} entries, more than the "
+                         f"{max_size} this auditor downloads and verifies",
+                         hint="a log this large cannot be recomputed in memory here; if you "
+                              "expect it, raise --max-tree-size")
 
 
 def fetch_entries(client: LogClient, cp: SignedCheckpoint, *, workers: int = 4,
-                  progress: Progress | None = None) -> LogSnapshot:
-    """Every entry of the tree ``cp``, proven by recomputing ``cp``'s root from them."""
-    bundles = _bundles(cp.size)
-    fetch = TileFetcher(client)
+                  progress: Progress | None = None,
+                  max_size: int = MAX_TREE_SIZE) -> LogSnapshot:
+    """Every entry of the tree ``cp``, proven by recomputing ``cp``'s root from them.
+
+    Refuses (LimitError) a tree larger than ``max_size`` up front; fetches bundles
+    through a window of ``4 * workers`` requests."""
+    check_size(cp, max_size)
+    fetch = client.tile
 
     def get(t: Tile) -> tuple[list[bytes], list[bytes], bytes | None]:
         """A bundle's entries, their leaf hashes and, for a full bundle, its subtree root
@@ -111,7 +105,7 @@ def fetch_entries(client: LogClient, cp: SignedCheckpoint, *, workers: int = 4,
     roots: list[bytes] = []  # tree level 8: the root of every full bundle
     tail: list[bytes] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for es, lh, root in pool.map(get, bundles):
+        for es, lh, root in _windowed(pool, get, _bundles(cp.size), 4 * workers):
             entries.extend(es)
             leaves.extend(lh)
             if root is not None:
@@ -153,8 +147,8 @@ def verify_tiles(client: LogClient, snap: LogSnapshot, *, workers: int = 4,
     size = snap.checkpoint.size
     # tile level L holds the node hashes of tree level 8L, all computed while rehashing
     rows = snap.levels[::8]
-    tiles = tiles_for_size(size)
-    fetch = TileFetcher(client)
+    tiles = tiles_for_size(size)  # a few per 256 entries already fetched and held
+    fetch = client.tile
 
     def check(t: Tile) -> None:
         want = b"".join(rows[t.level][t.n * TILE_WIDTH:t.n * TILE_WIDTH + t.width])
@@ -164,7 +158,7 @@ def verify_tiles(client: LogClient, snap: LogSnapshot, *, workers: int = 4,
                                     "recomputed from its entries", tile=t.path())
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(check, tiles):
+        for _ in _windowed(pool, check, tiles, 4 * workers):
             if progress:
                 progress(1)
     return len(tiles)

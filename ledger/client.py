@@ -7,6 +7,10 @@
   checkpoints and the proof.
 * Every proof received is verified; proofs can also be computed locally from tiles
   (``proofs="tiles"``), so the client works against a static tile mirror.
+* Every answer is read through :class:`~ledger.peer.Peer`: a total deadline per request
+  (``timeout``) and a cap per object from the protocol (a checkpoint 64 KiB, a hash tile
+  32 bytes per hash, an entry bundle 2 + 65535 bytes per entry, a proof 64 KiB); a
+  larger answer raises :class:`~ledger.errors.ResponseTooLarge` and is not retried.
 * Submissions retry with exponential backoff (with jitter) on connection errors, 429 and
   503, honouring ``Retry-After``; any other rejection raises :class:`LogRejected` with the
   server's error code and detail.
@@ -15,21 +19,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .errors import (
     ConsistencyError,
+    DeadlineExceeded,
     MalformedError,
+    PeerUnreachable,
     PotdError,
     PushbackError,
     SignatureError,
@@ -44,6 +48,7 @@ from .note import (
     count_cosignatures,
     open_checkpoint,
 )
+from .peer import MAX_BUNDLE, MAX_CHECKPOINT, MAX_ENTRY, MAX_JSON, MAX_PROOF, Peer, Response
 from .tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, TileHashReader, decode_bundle
 
 
@@ -112,7 +117,8 @@ class LogClient:
         self.state_dir = Path(state_dir) if state_dir else None
         self.proofs = proofs
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
-        self._http = httpx.Client(timeout=timeout)
+        self.timeout = timeout
+        self._http = Peer(deadline=timeout)
         self._lock = threading.Lock()
         self._latest: SignedCheckpoint | None = self._load_state()
 
@@ -199,28 +205,34 @@ class LogClient:
 
     # -- HTTP -----------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, limit: int = MAX_JSON,
+                 params: dict[str, Any] | None = None, content: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
+        """One request with retries on connection failures, deadlines, 429 and 503 (a
+        total of ``retries + 1`` tries, each within ``timeout`` seconds)."""
+        url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         delay = self.backoff
         last = ""
         for attempt in range(self.retries + 1):
             try:
-                r = self._http.request(method, self.url + path, **kw)
-            except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
+                r: Response | None = self._http.request(method, url, limit=limit, body=content,
+                                                        headers=headers)
+            except (PeerUnreachable, DeadlineExceeded) as e:
+                last = e.message
                 r = None
             if r is not None:
-                if r.status_code < 400:
+                if r.status < 400:
                     return r
-                if r.status_code not in (429, 503):
+                if r.status not in (429, 503):
                     code, detail = "http_error", r.text[:500]
                     try:
                         body = r.json()
                         code, detail = str(body.get("error", code)), str(body.get("detail", ""))
-                    except (json.JSONDecodeError, AttributeError):
+                    except (MalformedError, AttributeError):
                         pass
-                    raise LogRejected(r.status_code, code, detail)
-                last = f"HTTP {r.status_code}"
-                ra = r.headers.get("Retry-After", "")
+                    raise LogRejected(r.status, code, detail)
+                last = f"HTTP {r.status}"
+                ra = r.header("Retry-After")
                 if ra.replace(".", "", 1).isdigit():
                     delay = max(delay, float(ra))
             if attempt == self.retries:
@@ -231,12 +243,8 @@ class LogClient:
                              hint="check that the log server is running; submissions spooled "
                                   "locally are kept")
 
-    def _json(self, path: str, **params: Any) -> dict[str, Any]:
-        r = self._request("GET", path, params=params)
-        try:
-            d = r.json()
-        except json.JSONDecodeError:
-            raise MalformedError(f"{path}: the log answered with invalid JSON") from None
+    def _json(self, path: str, *, limit: int = MAX_JSON, **params: Any) -> dict[str, Any]:
+        d = self._request("GET", path, params=params, limit=limit).json()
         if not isinstance(d, dict):
             raise MalformedError(f"{path}: expected a JSON object")
         return d
@@ -249,8 +257,8 @@ class LogClient:
         Returns the newest checkpoint verified so far: the fetched one, or a newer one
         this client already verified (a write receipt, the stored state) of which the
         fetched one is proven a prefix, if that newer one meets the witness policy."""
-        r = self._request("GET", "/checkpoint")
-        cp = open_checkpoint(r.content, self.log_key)
+        r = self._request("GET", "/checkpoint", limit=MAX_CHECKPOINT)
+        cp = open_checkpoint(r.body, self.log_key)
         self.check_witnesses(cp)
         newest = self._advance(cp)
         if newest is not cp:
@@ -275,7 +283,9 @@ class LogClient:
         return ok
 
     def tile(self, tile: Tile) -> bytes:
-        data = self._request("GET", "/" + tile.path()).content
+        limit = (tile.width * (2 + MAX_ENTRY) if tile.level == ENTRIES_LEVEL
+                 else 32 * tile.width)
+        data = self._request("GET", "/" + tile.path(), limit=min(limit, MAX_BUNDLE)).body
         if tile.level != ENTRIES_LEVEL and len(data) != 32 * tile.width:
             raise MalformedError(f"{tile.path()}: {len(data)} bytes, expected {32 * tile.width}")
         return data
@@ -312,14 +322,16 @@ class LogClient:
             return []
         if self.proofs == "tiles":
             return prove_tree(n, m, TileHashReader(self.tile, n))
-        return self._hashes(self._json("/proof/consistency", **{"from": m, "to": n}))
+        return self._hashes(self._json("/proof/consistency", limit=MAX_PROOF,
+                                              **{"from": m, "to": n}))
 
     def inclusion_proof(self, index: int, leaf: bytes, cp: SignedCheckpoint) -> list[bytes]:
         """A verified inclusion proof of ``leaf`` at ``index`` in checkpoint ``cp``."""
         if self.proofs == "tiles":
             proof = prove_record(cp.size, index, TileHashReader(self.tile, cp.size))
         else:
-            proof = self._hashes(self._json("/proof/inclusion", index=index, size=cp.size))
+            proof = self._hashes(self._json("/proof/inclusion", limit=MAX_PROOF, index=index,
+                                           size=cp.size))
         check_record(proof, cp.size, cp.root, index, leaf)
         return proof
 

@@ -92,3 +92,35 @@ class PushbackError(PotdError):
     def __init__(self, message: str, *, retry_after: float = 1.0, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
+
+
+class LimitError(PotdError):
+    """A peer's answer broke a bound this side sets: more bytes than the protocol allows
+    for the object, no complete answer before the request's deadline, or a claim (a tree
+    size) beyond what this side is configured to verify."""
+
+    code = "limit"
+    hint = ("the peer sent more than the protocol allows or claims more than this side "
+            "verifies; do not trust it (raise the limit only for a peer you expect it of)")
+
+
+class ResponseTooLarge(LimitError):
+    """A response body (counted decoded) exceeded the cap for what was asked."""
+
+    code = "too_large"
+    hint = ("the peer sent more bytes than the protocol allows for this object; it is "
+            "misbehaving or not the server you meant")
+
+
+class DeadlineExceeded(LimitError):
+    """A request got no complete answer within its total deadline."""
+
+    code = "timeout"
+    hint = "the peer is too slow or stalling on purpose; retry later or use another mirror"
+
+
+class PeerUnreachable(PotdError):
+    """A connection to a peer failed or broke before a complete HTTP answer."""
+
+    code = "unreachable"
+    hint = "check the URL and that the peer is running"

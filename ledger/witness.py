@@ -41,11 +41,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from .errors import (
     ConsistencyError,
+    LimitError,
     MalformedError,
+    PeerUnreachable,
     PotdError,
     SignatureError,
     StorageError,
@@ -69,6 +69,7 @@ from .note import (
     parse_note,
     verify_cosignature,
 )
+from .peer import MAX_COSIGNATURES, Peer
 
 log = logging.getLogger("potd.witness")
 
@@ -556,7 +557,7 @@ def serve(db: str, signer: Signer, logs: Sequence[tuple[str, Verifier]] = (), *,
 def request_cosignature(url: str, old_size: int, proof: Sequence[bytes],
                         checkpoint_note: bytes | str | SignedCheckpoint | Note, *,
                         witness_key: Verifier | None = None,
-                        client: httpx.Client | None = None,
+                        client: Peer | None = None,
                         timeout: float = 10.0) -> list[NoteSignature]:
     """Ask the witness at ``url`` (its submission prefix) to cosign ``checkpoint_note``,
     given the size it last cosigned and a consistency proof from that size.
@@ -564,38 +565,42 @@ def request_cosignature(url: str, old_size: int, proof: Sequence[bytes],
     Returns the cosignatures; with ``witness_key`` only that witness's, each verified (the
     spec's client ignores unknown keys). Raises the :class:`WitnessError` matching the
     status: on :class:`SizeConflictError`, ``e.size`` is the witness's size to retry from.
+    The answer is bounded (:mod:`ledger.peer`): at most 64 KiB within ``timeout`` seconds
+    in total, else :class:`WitnessUnavailable`.
     """
     note = _note_bytes(checkpoint_note)
     body = AddCheckpointRequest(old_size, tuple(proof), note).to_bytes()
     endpoint = url if url.endswith("/add-checkpoint") else url.rstrip("/") + "/add-checkpoint"
-    http = client if client is not None else httpx.Client(timeout=timeout)
+    http = client if client is not None else Peer(deadline=timeout)
     try:
-        r = http.post(endpoint, content=body, headers={"content-type": "text/plain"})
-    except httpx.HTTPError as e:
-        raise WitnessUnavailable(f"witness at {endpoint} did not answer: {e}",
-                                 url=endpoint) from None
+        r = http.request("POST", endpoint, body=body, limit=MAX_COSIGNATURES,
+                         headers={"content-type": "text/plain"},
+                         deadline=timeout if client is None else None)
+    except (PeerUnreachable, LimitError, MalformedError) as e:
+        raise WitnessUnavailable(f"witness at {endpoint} did not answer within bounds: "
+                                 f"{e.message}", url=endpoint) from None
     finally:
         if client is None:
             http.close()
-    if r.status_code == 200:
-        return _parse_cosignatures(note, r.content, witness_key, endpoint)
+    if r.status == 200:
+        return _parse_cosignatures(note, r.body, witness_key, endpoint)
     detail = r.text.strip()[:300]
-    ctype = r.headers.get("content-type", "").split(";")[0].strip()
-    if r.status_code == 409 and ctype == SIZE_CONTENT_TYPE:
+    ctype = r.header("content-type").split(";")[0].strip()
+    if r.status == 409 and ctype == SIZE_CONTENT_TYPE:
         m = re.fullmatch(r"(0|[1-9][0-9]{0,19})\n", r.text)
         if not m:
             raise WitnessUnavailable(f"witness at {endpoint} sent a malformed size {detail!r}",
                                      url=endpoint)
         raise SizeConflictError(f"witness at {endpoint} has size {m.group(1)}, not {old_size}",
                                 size=int(m.group(1)), url=endpoint)
-    if r.status_code == 409:
+    if r.status == 409:
         raise RootMismatchError(f"witness at {endpoint} refused a second root for the same "
                                 f"size: {detail}", url=endpoint, checkpoint=note.decode())
-    cls = _BY_STATUS.get(r.status_code)
+    cls = _BY_STATUS.get(r.status)
     if cls is not None:
-        raise cls(f"witness at {endpoint}: HTTP {r.status_code}: {detail}", url=endpoint)
-    raise WitnessUnavailable(f"witness at {endpoint}: HTTP {r.status_code}: {detail}",
-                             status=r.status_code, url=endpoint)
+        raise cls(f"witness at {endpoint}: HTTP {r.status}: {detail}", url=endpoint)
+    raise WitnessUnavailable(f"witness at {endpoint}: HTTP {r.status}: {detail}",
+                             status=r.status, url=endpoint)
 
 
 def _parse_cosignatures(note: bytes, resp: bytes, witness_key: Verifier | None,

@@ -40,8 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, UsageError
 from .log import Log
 from .note import (
@@ -53,9 +51,10 @@ from .note import (
     count_cosignatures,
     open_checkpoint,
 )
+from .peer import Peer
 from .witness import ProofError, RootMismatchError, SizeConflictError, request_cosignature
 
-REQUEST_TIMEOUT = 10.0  # seconds per add-checkpoint request
+REQUEST_TIMEOUT = 10.0  # seconds per add-checkpoint request, in total (ledger.peer)
 MAX_BACKOFF = 30.0
 STARTUP_SCAN = 65_536  # stored checkpoints searched (newest first) for a witnessed one
 LATENCIES_KEPT = 10_000
@@ -81,7 +80,7 @@ class WitnessTarget:
         self.last_error = ""
         self.cosigned = 0  # cosignatures received since startup
         self.busy = False  # a request to this witness is in flight (one at a time)
-        self.http = httpx.Client(timeout=REQUEST_TIMEOUT)
+        self.http = Peer(deadline=REQUEST_TIMEOUT)  # bounded: 64 KiB, 10 s per request
 
     @classmethod
     def parse(cls, spec: str) -> WitnessTarget:
@@ -321,7 +320,7 @@ class WitnessPublisher:
                 w.cosigned += 1
                 return sigs
             raise UsageError("the witness kept answering 409 (its size keeps changing)")
-        except (PotdError, httpx.HTTPError) as e:
+        except PotdError as e:
             self._failed(w, cp, e)
             return []
 

@@ -8,8 +8,10 @@ Layout of an evidence directory (also servable as-is over HTTP)::
 
 Object names are the SHA-256 of the file, so any transport is untrusted: a reader
 checks every byte it gets against the name (and the caller checks the tensors' hash
-against the log). Only safetensors are ever parsed: a pickle payload is rejected as
-malformed, never loaded. Writes are atomic (temporary file + rename + fsync).
+against the log). Only safetensors are ever parsed (header validated field by field,
+:func:`prover.hashing.parse_safetensors`): a pickle payload is rejected as malformed,
+never loaded. Reads are bounded in size and time (see :class:`EvidenceSource`).
+Writes are atomic (temporary file + rename + fsync).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import urllib.parse
 from collections.abc import Mapping
@@ -25,12 +28,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import MalformedError, PotdError, VerificationError
+from ledger.peer import Peer, parse_json
 
 if TYPE_CHECKING:
     import torch
 
 _NAME = re.compile(r"^[0-9a-f]{64}\.safetensors$")
-MAX_OBJECT = 4 << 30
+MAX_OBJECT = 4 << 30  # bytes per evidence object (EvidenceSource(max_object=...))
+MAX_MANIFEST = 64 << 20  # about 200k checkpoints
+MANIFEST_DEPTH = 16  # the manifest nests 3 deep
+DEADLINE = 600.0  # seconds per HTTP request for evidence, in total (4 GiB at ~7 MB/s)
 
 
 class EvidenceError(VerificationError):
@@ -161,44 +168,44 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
 
 
 class EvidenceSource:
-    """Reader side: a directory path or an http(s) URL. Untrusted: everything is checked."""
+    """Reader side: a directory path or an http(s) URL. Untrusted: everything is checked.
 
-    def __init__(self, location: str) -> None:
+    Bounded: an object is at most ``max_object`` bytes and the manifest ``max_manifest``
+    (over HTTP both counted decoded, each request within ``deadline`` seconds in total,
+    :mod:`ledger.peer`); a local file must be a regular file (checked on the opened
+    descriptor: a symlink to a device or a FIFO is refused, never read) and is read no
+    further than the size it had when opened.
+    """
+
+    def __init__(self, location: str, *, max_object: int = MAX_OBJECT,
+                 max_manifest: int = MAX_MANIFEST, deadline: float = DEADLINE) -> None:
         self.location = location
         self.is_url = urllib.parse.urlparse(location).scheme in ("http", "https")
+        self.max_object, self.max_manifest, self.deadline = max_object, max_manifest, deadline
+        self._peer: Peer | None = None
 
-    def _fetch(self, rel: str) -> bytes:
+    def _fetch(self, rel: str, limit: int) -> bytes:
         where = f"{self.location.rstrip('/')}/{rel}"
         if self.is_url:
-            import httpx
-
+            if self._peer is None:
+                self._peer = Peer(deadline=self.deadline)
             try:
-                r = httpx.get(where, timeout=60)
-            except httpx.HTTPError as e:
-                raise EvidenceError(f"cannot fetch evidence {where}: {e}", file=rel) from None
-            if r.status_code != 200:
-                raise EvidenceError(f"evidence {where}: HTTP {r.status_code}", file=rel)
-            return r.content
-        path = Path(self.location) / rel
-        try:
-            if path.stat().st_size > MAX_OBJECT:
-                raise EvidenceError(f"evidence file {path} is too large", file=rel)
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise EvidenceError(f"evidence file {path} is missing", file=rel,
-                                hint="the trainer must publish every object the log "
-                                     "names") from None
-        except OSError as e:
-            raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
-                                file=rel) from None
+                r = self._peer.get(where, limit=limit)
+            except PotdError as e:
+                raise EvidenceError(f"cannot fetch evidence {where}: {e.message}", file=rel,
+                                    hint=e.hint) from None
+            if r.status != 200:
+                raise EvidenceError(f"evidence {where}: HTTP {r.status}", file=rel)
+            return r.body
+        return _read_regular(Path(self.location) / rel, rel, limit)
 
     def manifest(self) -> tuple[dict[str, Any], str]:
         """The manifest and its SHA-256 (the caller compares it with ``run.close``)."""
-        data = self._fetch("manifest.json")
+        data = self._fetch("manifest.json", self.max_manifest)
         try:
-            m = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EvidenceError("manifest.json is not valid JSON", file="manifest.json") from None
+            m = parse_json(data, "manifest.json", max_depth=MANIFEST_DEPTH)
+        except MalformedError as e:
+            raise EvidenceError(e.message, file="manifest.json") from None
         if not isinstance(m, dict):
             raise EvidenceError("manifest.json is not a JSON object", file="manifest.json")
         return m, hashlib.sha256(data).hexdigest()
@@ -208,7 +215,7 @@ class EvidenceSource:
         if not isinstance(name, str) or not _NAME.match(name):
             raise EvidenceError(f"evidence object name {str(name)[:80]!r} is not "
                                 "<sha256>.safetensors", file=str(name))
-        data = self._fetch(f"objects/{name}")
+        data = self._fetch(f"objects/{name}", self.max_object)
         got = hashlib.sha256(data).hexdigest()
         if got != name[:64]:
             raise EvidenceError(f"evidence file objects/{name} has SHA-256 {got}: its content "
@@ -219,16 +226,18 @@ class EvidenceSource:
         """Load a safetensors object after checking its bytes and its tensor hash.
 
         ``expect_hash`` is the hash the log committed to (weights or optimizer state).
+        The format is recognised by parsing its header, never by magic bytes; a pickle
+        or a zip (``torch.save``) is refused by name and never unpickled.
         """
         from prover.hashing import hash_safetensors_bytes
 
         data = self.get_bytes(name)
-        if data[:2] == b"\x80\x04" or data[:1] == b"\x80" or data[:2] == b"PK":
-            raise EvidenceError(f"evidence file objects/{name} is a pickle/zip, not "
-                                "safetensors; refusing to load it", file=name)
         try:
             got = hash_safetensors_bytes(data, algorithm)
         except PotdError as e:
+            if _looks_pickled(data):
+                raise EvidenceError(f"evidence file objects/{name} is a pickle/zip, not "
+                                    "safetensors; refusing to load it", file=name) from None
             raise EvidenceError(f"evidence file objects/{name} is not valid safetensors: "
                                 f"{e.message}", file=name) from None
         if got != expect_hash:
@@ -242,3 +251,41 @@ class EvidenceSource:
         except (SafetensorError, ValueError, RuntimeError) as e:
             raise EvidenceError(f"evidence file objects/{name} is not valid safetensors: {e}",
                                 file=name) from None
+
+
+def _looks_pickled(data: bytes) -> bool:
+    """A pickle (protocol 2+ opens with PROTO) or a zip archive (``torch.save``)."""
+    return (len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5) or data[:4] == b"PK\x03\x04"
+
+
+def _read_regular(path: Path, rel: str, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit``: the type and the size are taken from the
+    opened descriptor (no race with a swap), and opening never blocks (a FIFO)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise EvidenceError(f"evidence file {path} is missing", file=rel,
+                            hint="the trainer must publish every object the log "
+                                 "names") from None
+    except OSError as e:
+        raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
+                            file=rel) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EvidenceError(f"evidence file {path} is not a regular file; refusing to "
+                                "read it", file=rel,
+                                hint="an evidence directory holds plain files only (no "
+                                     "devices, FIFOs or links to them)")
+        if st.st_size > limit:
+            raise EvidenceError(f"evidence file {path} has {st.st_size} bytes, more than "
+                                f"the {limit} allowed", file=rel)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(st.st_size)
+        return data
+    except OSError as e:
+        raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
+                            file=rel) from None
+    finally:
+        os.close(fd)

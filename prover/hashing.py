@@ -240,34 +240,113 @@ class StateHasher:
         return h.digest().hex()
 
 
+# safetensors dtype -> bytes per element (the byte-sized ones the format defines)
+SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2,
+    "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8,
+    "F64": 8,
+}
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own bound
+MAX_NAME = 0xFFFF  # UTF-8 bytes: a u16 in the framing
+MAX_NDIM = 0xFF  # a u8 in the framing
+
+SafetensorsEntry = tuple[str, str, list[int], int, int]  # name, dtype, shape, start, end
+
+
+def _bad(msg: str) -> MalformedError:
+    return MalformedError(f"safetensors: {msg}",
+                          hint="the file is not a well-formed safetensors file")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _bad("the header names a key twice")
+    return d
+
+
+def parse_safetensors(data: bytes | memoryview) -> tuple[int, list[SafetensorsEntry]]:
+    """Parse and validate an untrusted safetensors file: ``(start of the data section,
+    tensors sorted by name's UTF-8 bytes)``; MalformedError for anything else.
+
+    The format is recognised by its structure (u64 LE header length, then a JSON object),
+    not by magic bytes. Checked: the header length against the file; the header is UTF-8
+    JSON, an object without repeated keys, nested no deeper than the format uses; each
+    tensor name is valid UTF-8 (no lone surrogates) of 1 to 65535 bytes; its entry holds
+    exactly ``dtype`` (a known safetensors dtype), ``shape`` (at most 255 non-negative
+    integers) and ``data_offsets`` (two integers); the tensors' byte ranges have the
+    length their dtype and shape imply and tile the data section exactly, in order.
+    """
+    if len(data) < 8:
+        raise _bad("shorter than its 8-byte header length")
+    (n,) = struct.unpack_from("<Q", data, 0)
+    if n > len(data) - 8 or n > MAX_SAFETENSORS_HEADER:
+        raise _bad(f"header length {n} exceeds the file ({len(data)} bytes)")
+    raw = bytes(data[8:8 + n])
+    if not raw.startswith(b"{"):
+        raise _bad("header is not a JSON object")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise _bad("header is not valid UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise _bad("header is not a JSON object")
+    meta = header.pop("__metadata__", {})
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise _bad("__metadata__ is not an object of strings")
+    body_len = len(data) - 8 - n
+    out: list[tuple[bytes, SafetensorsEntry]] = []
+    for name, info in header.items():
+        try:
+            nb = name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad(f"tensor name {name[:40]!r} is not valid UTF-8") from None
+        if not 1 <= len(nb) <= MAX_NAME:
+            raise _bad(f"a tensor name has {len(nb)} bytes (1 to {MAX_NAME} allowed)")
+        label = repr(name[:80])
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise _bad(f"tensor {label} is not {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise _bad(f"tensor {label} has unknown dtype {str(dtype)[:20]!r}")
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+            raise _bad(f"tensor {label}: shape is not a list of at most {MAX_NDIM} dimensions")
+        if not all(type(d) is int and 0 <= d < 1 << 63 for d in shape):
+            raise _bad(f"tensor {label}: a dimension is not a non-negative integer")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets)):
+            raise _bad(f"tensor {label}: data_offsets is not two integers")
+        a, b = offsets
+        count = 1
+        for d in shape:
+            count *= d
+        if not (0 <= a <= b <= body_len and b - a == count * SAFETENSORS_DTYPES[dtype]):
+            raise _bad(f"tensor {label}: data_offsets [{a}, {b}] do not hold its "
+                       f"{dtype} x {shape[:8]} within {body_len} bytes")
+        out.append((nb, (name, dtype, shape, a, b)))
+    at = 0
+    for _, (name, _dt, _sh, a, b) in sorted(out, key=lambda e: (e[1][3], e[1][4])):
+        if a != at:
+            raise _bad(f"tensor {name[:80]!r} starts at {a}, not {at}: the tensors must "
+                       "fill the data section in order, without gaps or overlaps")
+        at = b
+    if at != body_len:
+        raise _bad(f"the tensors end at {at}, the data section at {body_len}")
+    out.sort(key=lambda e: e[0])
+    return 8 + n, [e for _, e in out]
+
+
 def hash_safetensors_bytes(data: bytes, algorithm: str = "blake3",
                            contiguous_limit: int = 1 << 20) -> str:
     """The same hash as :func:`hash_tensors`, computed from a safetensors file's bytes.
 
-    Parses the safetensors header itself (never unpickles, needs no torch).
+    Parses and validates the header itself (:func:`parse_safetensors`; never unpickles,
+    needs no torch).
     """
-    if len(data) < 8:
-        raise MalformedError("safetensors file is shorter than its 8-byte header length")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8 or n > 100_000_000:
-        raise MalformedError("safetensors header length exceeds the file")
-    try:
-        header = json.loads(data[8:8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MalformedError("safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise MalformedError("safetensors header is not a JSON object")
-    body = memoryview(data)[8 + n:]
-    parts: Parts = []
-    for name in sorted((k for k in header if k != "__metadata__"), key=lambda k: k.encode()):
-        info = header[name]
-        try:
-            dtype, shape, (a, b) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise MalformedError(f"safetensors entry {name!r} is malformed") from None
-        if not (isinstance(a, int) and isinstance(b, int) and 0 <= a <= b <= len(body)):
-            raise MalformedError(f"safetensors entry {name!r} has bad offsets")
-        parts.append((_frame(name, str(dtype), [int(d) for d in shape], b - a), body[a:b]))
+    start, entries = parse_safetensors(data)
+    body = memoryview(data)[start:]
+    parts: Parts = [(_frame(name, dtype, shape, b - a), body[a:b])
+                    for name, dtype, shape, a, b in entries]
     size = stream_size(parts)
     h = new_hasher(algorithm, 1 if size <= contiguous_limit else None)
     if size <= contiguous_limit:  # one long input hashes faster than many short ones

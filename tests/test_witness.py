@@ -39,6 +39,7 @@ from ledger.note import (
     sign_checkpoint,
     verify_cosignature,
 )
+from ledger.peer import Peer
 from ledger.witness import (
     AddCheckpointRequest,
     BadRequestError,
@@ -127,6 +128,12 @@ def http() -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    with Peer(deadline=10) as p:
+        yield p
+
+
 _counter = iter(range(10**6))
 
 
@@ -183,7 +190,8 @@ def c2sp_check(line: str, vkey: str, cp_text: str) -> int:
 # --- the happy path -----------------------------------------------------------------
 
 def test_cosigns_a_growing_tree(server: tuple[Server, Path], tmp_path: Path,
-                                witness_key: tuple[Path, Signer], http: httpx.Client) -> None:
+                                witness_key: tuple[Path, Signer], http: httpx.Client,
+                                peer: Peer) -> None:
     srv, db = server
     wv = witness_key[1].verifier
     log = new_log(tmp_path, db)
@@ -210,7 +218,7 @@ def test_cosigns_a_growing_tree(server: tuple[Server, Path], tmp_path: Path,
     assert http.get(srv.url + "/health").json()["ok"] is True
 
     # the same checkpoint again (old == size, same root, empty proof) is cosigned again
-    sigs2 = request_cosignature(srv.url, old, [], log.checkpoint(), witness_key=wv, client=http)
+    sigs2 = request_cosignature(srv.url, old, [], log.checkpoint(), witness_key=wv, client=peer)
     assert [(s.name, s.key_id) for s in sigs2] == [(wv.name, wv.key_id)]
 
     # the client helper, with a checkpoint carrying extension lines and a second signature
@@ -221,26 +229,26 @@ def test_cosigns_a_growing_tree(server: tuple[Server, Path], tmp_path: Path,
     note = sign_checkpoint(ext, log.signer).note  # type: ignore[arg-type]
     note2 = str(note) + NoteSignature(extra.name, extra.key_id, extra.sign(b"x")).line()
     got = request_cosignature(srv.url, old, log.consistency_proof(old), note2, witness_key=wv,
-                              client=http)
+                              client=peer)
     c2sp_check(got[0].line(), str(wv), ext.to_text())
 
 
 # --- each refusal -------------------------------------------------------------------
 
 def test_unknown_origin_is_404(server: tuple[Server, Path], tmp_path: Path,
-                               http: httpx.Client) -> None:
+                               http: httpx.Client, peer: Peer) -> None:
     srv, _ = server
     log = new_log(tmp_path, None)
     append(log, 2)
     r = post(http, srv.url, body(0, [], str(log.checkpoint())))
     assert r.status_code == 404
     with pytest.raises(UnknownLogError) as e:
-        request_cosignature(srv.url, 0, [], log.checkpoint(), client=http)
+        request_cosignature(srv.url, 0, [], log.checkpoint(), client=peer)
     assert e.value.status == 404
 
 
 def test_checkpoint_signed_by_another_key_is_403(server: tuple[Server, Path], tmp_path: Path,
-                                                 http: httpx.Client) -> None:
+                                                 http: httpx.Client, peer: Peer) -> None:
     srv, db = server
     log = new_log(tmp_path, db)
     append(log, 3)
@@ -254,13 +262,14 @@ def test_checkpoint_signed_by_another_key_is_403(server: tuple[Server, Path], tm
     r = post(http, srv.url, body(0, [], good.text + "\n" + bad.line()))
     assert r.status_code == 403
     with pytest.raises(LogSignatureError) as e:
-        request_cosignature(srv.url, 0, [], forged, client=http)
+        request_cosignature(srv.url, 0, [], forged, client=peer)
     assert e.value.status == 403
     assert WitnessState(str(db)).get(log.origin).size == 0  # type: ignore[union-attr]
 
 
 def test_malformed_bodies_and_old_beyond_size_are_400(server: tuple[Server, Path],
-                                                      tmp_path: Path, http: httpx.Client) -> None:
+                                                      tmp_path: Path, http: httpx.Client,
+                                                      peer: Peer) -> None:
     srv, db = server
     log = new_log(tmp_path, db)
     append(log, 4)
@@ -278,13 +287,13 @@ def test_malformed_bodies_and_old_beyond_size_are_400(server: tuple[Server, Path
     r = post(http, srv.url, body(5, [], cp))  # old > checkpoint size
     assert r.status_code == 400
     with pytest.raises(BadRequestError) as e:
-        request_cosignature(srv.url, 5, [], cp, client=http)
+        request_cosignature(srv.url, 5, [], cp, client=peer)
     assert e.value.status == 400
     assert WitnessState(str(db)).get(log.origin).size == 0  # type: ignore[union-attr]
 
 
 def test_wrong_old_size_is_409_with_current_size(server: tuple[Server, Path], tmp_path: Path,
-                                                 http: httpx.Client) -> None:
+                                                 http: httpx.Client, peer: Peer) -> None:
     srv, db = server
     log = new_log(tmp_path, db)
     append(log, 6)
@@ -298,16 +307,16 @@ def test_wrong_old_size_is_409_with_current_size(server: tuple[Server, Path], tm
     assert (r.status_code, r.headers["content-type"], r.content) == (409, "text/x.tlog.size",
                                                                      b"6\n")
     with pytest.raises(SizeConflictError) as e:
-        request_cosignature(srv.url, 0, [], log.checkpoint(), client=http)
+        request_cosignature(srv.url, 0, [], log.checkpoint(), client=peer)
     assert (e.value.status, e.value.size) == (409, 6)
     # the client retries from the size the witness reported
     assert request_cosignature(srv.url, e.value.size, log.consistency_proof(e.value.size),
-                               log.checkpoint(), client=http)
+                               log.checkpoint(), client=peer)
 
 
 def test_bad_proofs_and_forks_are_refused(server: tuple[Server, Path], tmp_path: Path,
                                           witness_key: tuple[Path, Signer],
-                                          http: httpx.Client) -> None:
+                                          http: httpx.Client, peer: Peer) -> None:
     srv, db = server
     log = new_log(tmp_path, db)
     append(log, 5)
@@ -321,7 +330,7 @@ def test_bad_proofs_and_forks_are_refused(server: tuple[Server, Path], tmp_path:
         r = post(http, srv.url, body(5, proof, cp8))
         assert r.status_code == 422, (proof, r.text)
     with pytest.raises(ProofError) as e:
-        request_cosignature(srv.url, 5, flipped, cp8, client=http)
+        request_cosignature(srv.url, 5, flipped, cp8, client=peer)
     assert e.value.status == 422
 
     # a tree that is not an extension: the operator signs another history of the same
@@ -343,7 +352,7 @@ def test_bad_proofs_and_forks_are_refused(server: tuple[Server, Path], tmp_path:
     assert r.status_code == 409 and r.headers["content-type"] != "text/x.tlog.size"
     assert "fork" in r.text
     with pytest.raises(RootMismatchError) as e2:
-        request_cosignature(srv.url, 8, [], fork.checkpoint(), client=http)
+        request_cosignature(srv.url, 8, [], fork.checkpoint(), client=peer)
     assert e2.value.status == 409
     # ... and growing the fork past the cosigned tree does not help
     append(fork, 2, b"fork")

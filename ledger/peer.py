@@ -1,0 +1,275 @@
+"""The one bounded way to talk HTTP to a peer we do not trust (a log, a tile mirror, a
+witness, an evidence server).
+
+Every request has
+* a cap on the response body, counted *decoded* (gzip/deflate are inflated here, at
+  most cap + 1 bytes at a time, so a compression bomb costs no more than its cap), and
+  checked against ``Content-Length`` before reading;
+* a total deadline (connect, send, headers and body together), enforced by a watchdog
+  thread that shuts the socket down when it passes: a peer trickling one byte every few
+  seconds, in the headers or the body, cannot hold a request open past it.
+
+Breaking the cap raises :class:`~ledger.errors.ResponseTooLarge`, the deadline
+:class:`~ledger.errors.DeadlineExceeded`; a failed or broken connection, or a garbled
+HTTP answer, :class:`~ledger.errors.PeerUnreachable`. Error answers (status >= 300) are
+read up to :data:`MAX_ERROR_BODY` and truncated there. The caps below follow from the
+protocols where they fix sizes. Connections are kept alive, one per thread and origin
+(``http.client``: about a third of the cost of ``httpx`` per request).
+
+Trusts: nothing the peer sends.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.parse
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import DeadlineExceeded, MalformedError, PeerUnreachable, ResponseTooLarge
+from .tiles import TILE_WIDTH
+
+MAX_CHECKPOINT = 64 << 10  # a checkpoint note with its cosignatures: a few hundred bytes each
+MAX_HASH_TILE = 32 * TILE_WIDTH  # 8 KiB
+MAX_ENTRY = 65535  # an entry's length is a u16 in its bundle
+MAX_BUNDLE = TILE_WIDTH * (2 + MAX_ENTRY)  # 16 MiB + 512 bytes
+MAX_PROOF = 64 << 10  # a proof's JSON: at most 2 x 64 hashes of 44 base64 characters
+MAX_COSIGNATURES = 64 << 10  # a witness's answer: its signature lines
+MAX_JSON = 64 << 20  # other JSON pages (a run's indexes, add-batch receipts)
+MAX_ERROR_BODY = 64 << 10  # error answers are read this far, for their detail
+MAX_JSON_DEPTH = 64
+DEFAULT_DEADLINE = 30.0  # seconds per request, all phases together
+_CHUNK = 64 << 10
+_TICK = 0.05  # watchdog resolution, seconds
+
+
+class _Armed:
+    __slots__ = ("sock", "end", "fired")
+
+    def __init__(self, sock: socket.socket, end: float) -> None:
+        self.sock, self.end, self.fired = sock, end, False
+
+
+class _Watchdog:
+    """Shuts down the sockets of requests past their deadline (one daemon thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: set[_Armed] = set()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sock: socket.socket, end: float) -> _Armed:
+        a = _Armed(sock, end)
+        with self._lock:
+            self._armed.add(a)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="potd-peer-deadline",
+                                                daemon=True)
+                self._thread.start()
+        return a
+
+    def disarm(self, a: _Armed) -> None:
+        with self._lock:
+            self._armed.discard(a)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(_TICK)
+            now = time.monotonic()
+            with self._lock:
+                due = [a for a in self._armed if a.end <= now]
+                for a in due:
+                    self._armed.discard(a)
+                    a.fired = True
+            for a in due:
+                try:  # the plain socket's shutdown: never touch an SSL object from here
+                    socket.socket.shutdown(a.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+_watchdog = _Watchdog()
+
+
+class Response:
+    """A complete, bounded HTTP answer."""
+
+    __slots__ = ("status", "headers", "body", "url")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, url: str) -> None:
+        self.status, self.headers, self.body, self.url = status, headers, body, url
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name.lower(), default)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return parse_json(self.body, self.url)
+
+
+def parse_json(data: bytes | str, what: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON from an untrusted source, nested at most ``max_depth`` deep; MalformedError
+    otherwise (never a RecursionError or a UnicodeDecodeError)."""
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise MalformedError(f"{what}: not valid JSON (or nested too deep)") from None
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > max_depth:
+                raise MalformedError(f"{what}: JSON nested deeper than {max_depth}")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
+def _decoder(encoding: str, url: str) -> Any:
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return None
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if enc == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib (or gzip) framing
+    raise MalformedError(f"{url}: unsupported Content-Encoding {encoding[:40]!r}")
+
+
+def _read_body(r: http.client.HTTPResponse, limit: int, url: str, truncate: bool) -> bytes:
+    """The decoded body, at most ``limit`` bytes (more: ResponseTooLarge, or with
+    ``truncate`` the first ``limit`` bytes)."""
+    dec = _decoder(r.getheader("Content-Encoding") or "", url)
+    if dec is None and r.length is not None and not truncate:
+        if r.length > limit:
+            raise ResponseTooLarge(f"{url}: the peer announces {r.length} bytes, more than "
+                                   f"the {limit} allowed")
+        return r.read()
+    out = bytearray()
+    while len(out) <= limit:
+        chunk = r.read1(_CHUNK)
+        if not chunk:
+            if dec is not None:
+                out += dec.flush()
+            break
+        out += dec.decompress(chunk, limit + 1 - len(out)) if dec is not None else chunk
+    if len(out) > limit:
+        if truncate:
+            return bytes(out[:limit])
+        raise ResponseTooLarge(f"{url}: the peer sent more than the {limit} bytes allowed"
+                               + (" (decoded)" if dec is not None else ""))
+    return bytes(out)
+
+
+class Peer:
+    """Bounded HTTP requests, kept-alive connections per thread and origin.
+
+    ``deadline`` is the default total time per request, in seconds. Thread-safe."""
+
+    def __init__(self, *, deadline: float = DEFAULT_DEADLINE,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.deadline = deadline
+        self.headers = {"User-Agent": "potd", "Accept-Encoding": "gzip, deflate",
+                        **(headers or {})}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[http.client.HTTPConnection] = []
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            c.close()
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _conn(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
+        conns: dict[tuple[str, str, int | None], http.client.HTTPConnection] = \
+            self._local.__dict__.setdefault("conns", {})
+        c = conns.get((scheme, host, port))
+        if c is None:
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            c = cls(host, port)
+            conns[(scheme, host, port)] = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def get(self, url: str, *, limit: int, deadline: float | None = None,
+            headers: Mapping[str, str] | None = None) -> Response:
+        return self.request("GET", url, limit=limit, deadline=deadline, headers=headers)
+
+    def request(self, method: str, url: str, *, limit: int, body: bytes | None = None,
+                headers: Mapping[str, str] | None = None,
+                deadline: float | None = None) -> Response:
+        """One request, its answer read in full within ``limit`` bytes and ``deadline``
+        seconds (default: the peer's). A kept-alive connection the server had closed is
+        replaced once."""
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise MalformedError(f"{url[:200]!r} is not an http(s) URL",
+                                 hint="give the peer's URL as http://host:port/...")
+        try:
+            port = u.port
+        except ValueError:
+            raise MalformedError(f"{url[:200]!r} has a bad port") from None
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        hdrs = {**self.headers, **(headers or {})}
+        end = time.monotonic() + (self.deadline if deadline is None else deadline)
+        for attempt in (0, 1):
+            conn = self._conn(u.scheme, u.hostname, port)
+            reused = conn.sock is not None
+            try:
+                return self._exchange(conn, method, target, body, hdrs, limit, end, url)
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                conn.close()
+                if time.monotonic() >= end:
+                    raise DeadlineExceeded(f"{url}: no complete answer within "
+                                           f"{self.deadline if deadline is None else deadline:g}"
+                                           " s") from None
+                stale = isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,
+                                       BrokenPipeError))
+                if attempt == 0 and reused and stale:
+                    continue
+                raise PeerUnreachable(f"{url}: {type(e).__name__}: {e}") from None
+            except BaseException:
+                conn.close()
+                raise
+        raise PeerUnreachable(f"{url}: the connection kept closing")  # pragma: no cover
+
+    def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
+                  body: bytes | None, hdrs: dict[str, str], limit: int, end: float,
+                  url: str) -> Response:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed before sending")
+        if conn.sock is None:
+            conn.timeout = remaining
+            conn.connect()
+        sock = conn.sock
+        assert sock is not None
+        sock.settimeout(remaining)
+        armed = _watchdog.arm(sock, end)
+        try:
+            conn.request(method, target, body=body, headers=hdrs)
+            r = conn.getresponse()
+            data = _read_body(r, limit if r.status < 300 else min(limit, MAX_ERROR_BODY),
+                              url, truncate=r.status >= 300)
+        finally:
+            _watchdog.disarm(armed)
+        if armed.fired:
+            raise TimeoutError("deadline passed")
+        if r.will_close or not r.isclosed():  # not read to its end (truncated): drop it
+            conn.close()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data, url)
