@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.client import LogClient
-from ledger.errors import PotdError, VerificationError
+from ledger.errors import LimitError, PotdError, VerificationError
 from ledger.note import open_checkpoint
 from ledger.statement import Statement
 
@@ -100,8 +100,8 @@ class Audit:
         prior = c.latest
         try:
             cp = c.checkpoint()
-        except VerificationError as e:
-            self.check("log.checkpoint", "fail", e.message, **_jsonable(e.evidence))
+        except (VerificationError, LimitError) as e:  # incl. an oversized answer
+            self.check("log.checkpoint", "fail", e.message, **_jsonable(getattr(e, "evidence", {})))
             raise _Stop from None
         cosigned = [f"{w.name}+{w.key_id:08x}" for w in c.check_witnesses(cp)]
         self.report["log"] = {"url": c.url, "origin": cp.origin, "checkpoint_size": cp.size,

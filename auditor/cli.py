@@ -122,7 +122,9 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
 def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
           quiet: bool) -> None:
     if json_out:
-        Path(json_out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        from .jsonout import report_json
+
+        Path(json_out).write_text(report_json(report, indent=2) + "\n")
     if html_out:
         from .render import write_html
 

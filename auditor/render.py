@@ -20,7 +20,6 @@ installed the page says so instead of showing plots.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import re
@@ -33,6 +32,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from .jsonout import report_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -709,7 +710,7 @@ def _checks_html(report: Mapping[str, Any]) -> str:
         s = _status(c)
         ev = c.get("evidence")
         if ev not in (None, {}, [], ""):
-            dumped = json.dumps(ev, indent=2, ensure_ascii=False, default=str)
+            dumped = report_json(ev, indent=2, ensure_ascii=False)
             ev_html = (f"<details><summary>evidence</summary><pre>{_e(dumped, True)}</pre>"
                        "</details>")
         else:
@@ -805,7 +806,7 @@ def render_html(report: dict[str, Any]) -> str:
                       f"{_e(_num(pts[-1][0]))}.</p>")
     else:
         loss_body = '<p class="note">No losses recorded.</p>'
-    raw = json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    raw = report_json(report, indent=2, ensure_ascii=False)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

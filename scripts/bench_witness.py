@@ -9,7 +9,7 @@ pinning L logs (default 32), then measures ``POST /add-checkpoint``:
             starts; a separate load-generator process (asyncio, keep-alive, one request
             in flight per log, as a log does) sends them. This is the witness's rate.
   live      L client threads, each appending to its own log, then asking for a
-            cosignature with ``request_cosignature`` (httpx, keep-alive): end to end,
+            cosignature with ``request_cosignature`` (ledger.peer, keep-alive): end to end,
             including the log's own append and proof work in this process.
   contend   C clients race from one state for one log with different valid
             checkpoints; exactly one may win each round, the rest must get 409.
@@ -54,6 +54,7 @@ import httpx  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.note import ALG_COSIGNATURE_V1, Signer, count_cosignatures, open_checkpoint  # noqa: E402
+from ledger.peer import Peer  # noqa: E402
 from ledger.statement import build_statement  # noqa: E402
 from ledger.witness import (  # noqa: E402
     AddCheckpointRequest,
@@ -148,7 +149,7 @@ def run_live(url: str, logs: list[Log], per: int, limit_s: float, max_requests: 
 
     def worker(log: Log) -> None:
         old = log.size
-        with httpx.Client(timeout=30) as http:
+        with Peer(deadline=30) as http:
             while time.perf_counter() - t0 < limit_s:
                 with lock:
                     if budget[0] <= 0:
@@ -183,7 +184,7 @@ def run_contend(url: str, log: Log, clients: int, rounds: int, limit_s: float
     statuses: dict[int, int] = {}
     bad_rounds = 0
     t0 = time.perf_counter()
-    https = [httpx.Client(timeout=30) for _ in range(clients)]
+    https = [Peer(deadline=30) for _ in range(clients)]
     old = log.size
     for _ in range(rounds):
         if time.perf_counter() - t0 > limit_s:
