@@ -144,16 +144,19 @@ def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--workers", default=8, show_default=True, help="Parallel HTTP fetches.")
+@click.option("--max-tree-size", type=int, default=None,
+              help="Refuse a checkpoint of more entries than this (default 2^32: the "
+                   "whole log is held in memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify_log(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None,
-               state: str, workers: int, as_json: bool) -> None:
+               state: str, workers: int, max_tree_size: int | None, as_json: bool) -> None:
     """Recompute the whole log from its entry bundles and tiles up to the checkpoint.
 
     Checks the checkpoint signature, its consistency with the last checkpoint stored for
     this log, that every entry rehashes to the signed root, and that every hash tile the
     log serves equals the tile recomputed from the entries.
     """
-    from .logview import fetch_entries, verify_tiles
+    from .logview import MAX_TREE_SIZE, fetch_entries, verify_tiles
 
     t0 = time.perf_counter()
     bars = _Bars()
@@ -161,7 +164,8 @@ def verify_log(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | 
         prior = client.latest
         cp = client.checkpoint()
         snap = fetch_entries(client, cp, workers=workers,
-                             progress=lambda n: bars("entries", n, cp.size))
+                             progress=lambda n: bars("entries", n, cp.size),
+                             max_size=max_tree_size or MAX_TREE_SIZE)
         tiles = verify_tiles(client, snap, workers=workers,
                              progress=lambda n: bars("tiles", n, len(snap.leaf_hashes)))
     bars.close()
@@ -184,15 +188,18 @@ def verify_log(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | 
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--max-tree-size", type=int, default=None,
+              help="Refuse a checkpoint of more entries than this (default 2^32: the "
+                   "whole log is held in memory).")
 def runs(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None, state: str,
-         as_json: bool) -> None:
+         as_json: bool, max_tree_size: int | None) -> None:
     """List the training runs in a log with their signer, recipe, steps and status."""
-    from .logview import fetch_entries
+    from .logview import MAX_TREE_SIZE, fetch_entries
     from .runs import group_runs
 
     with _client(log_url, vkey, state, witness, quorum) as client:
         cp = client.checkpoint()
-        snap = fetch_entries(client, cp)
+        snap = fetch_entries(client, cp, max_size=max_tree_size or MAX_TREE_SIZE)
     found, foreign = group_runs(snap)
     rows = [v.summary() for v in found.values()]
     if as_json:

@@ -80,7 +80,8 @@ def check_size(cp: SignedCheckpoint, max_size: int) -> None:
         raise LimitError(f"the log's checkpoint claims {cp.size} entries, more than the "
                          f"{max_size} this auditor downloads and verifies",
                          hint="a log this large cannot be recomputed in memory here; if you "
-                              "expect it, raise --max-tree-size")
+                              "expect it, raise the bound (verify-log and runs: "
+                              "--max-tree-size)")
 
 
 def fetch_entries(client: LogClient, cp: SignedCheckpoint, *, workers: int = 4,

@@ -122,13 +122,13 @@ def parse_json(data: bytes | str, what: str, *, max_depth: int = MAX_JSON_DEPTH)
         value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise MalformedError(f"{what}: not valid JSON (or nested too deep)") from None
-    stack = [(value, 1)]
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         v, depth = stack.pop()
-        if isinstance(v, (dict, list)):
-            if depth > max_depth:
-                raise MalformedError(f"{what}: JSON nested deeper than {max_depth}")
-            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+        if depth > max_depth:
+            raise MalformedError(f"{what}: JSON nested deeper than {max_depth}")
+        stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v)
+                     if isinstance(x, (dict, list)))
     return value
 
 

@@ -234,6 +234,31 @@ def test_checkpoint_of_size_2_40_is_refused_before_any_work(hostile: Any,
     r = CliRunner().invoke(main, ["auditor", "verify-log", "--log", srv.url, "--vkey",
                                   str(key.verifier), "--state", str(tmp_path / "st")])
     assert r.exit_code == 1 and "more than" in r.output, r.output
+    out = tmp_path / "report.json"
+    r = CliRunner().invoke(main, ["auditor", "audit", "--log", srv.url, "--vkey",
+                                  str(key.verifier), "--run", "ab" * 32, "--evidence",
+                                  str(tmp_path), "--state", str(tmp_path / "st2"), "-q",
+                                  "--json", str(out)])
+    checks = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
+    assert r.exit_code == 1 and checks["log.entries"]["status"] == "fail", r.output
+    r = CliRunner().invoke(main, ["auditor", "runs", "--log", srv.url, "--vkey",
+                                  str(key.verifier), "--state", str(tmp_path / "st3"),
+                                  "--max-tree-size", "1000"])
+    assert r.exit_code == 1 and "more than the 1000" in r.output, r.output
+
+
+def test_audit_reports_an_oversized_checkpoint_as_a_failed_check(hostile: Any,
+                                                                 tmp_path: Path) -> None:
+    key = log_key()
+    srv = hostile({"/checkpoint": gzip_bomb})
+    out = tmp_path / "report.json"
+    r = CliRunner().invoke(main, ["auditor", "audit", "--log", srv.url, "--vkey",
+                                  str(key.verifier), "--run", "ab" * 32, "--evidence",
+                                  str(tmp_path), "--state", str(tmp_path / "st"), "-q",
+                                  "--json", str(out)])
+    checks = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
+    assert r.exit_code == 1 and checks["log.checkpoint"]["status"] == "fail", r.output
+    assert "decoded" in checks["log.checkpoint"]["summary"]
 
 
 def test_checkpoint_of_size_2_32_fetches_through_a_window(hostile: Any) -> None:
