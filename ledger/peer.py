@@ -24,6 +24,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -73,7 +74,16 @@ class _Watchdog:
                 self._thread.start()
         return a
 
+    def rearm(self, a: _Armed, sock: socket.socket) -> None:
+        """Watch ``sock`` instead (the TLS socket that took over a TCP one)."""
+        with self._lock:
+            if a.fired:
+                raise TimeoutError("deadline passed")
+            a.sock = sock
+
     def disarm(self, a: _Armed) -> None:
+        """Stop watching; after this returns the socket is never touched again (so the
+        caller may close it: no shutdown can hit a reused descriptor)."""
         with self._lock:
             self._armed.discard(a)
 
@@ -82,15 +92,13 @@ class _Watchdog:
             time.sleep(_TICK)
             now = time.monotonic()
             with self._lock:
-                due = [a for a in self._armed if a.end <= now]
-                for a in due:
+                for a in [a for a in self._armed if a.end <= now]:
                     self._armed.discard(a)
                     a.fired = True
-            for a in due:
-                try:  # the plain socket's shutdown: never touch an SSL object from here
-                    socket.socket.shutdown(a.sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                    try:  # the plain socket's shutdown: never touch an SSL object here
+                        socket.socket.shutdown(a.sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
 
 _watchdog = _Watchdog()
@@ -181,6 +189,7 @@ class Peer:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[http.client.HTTPConnection] = []
+        self._tls: ssl.SSLContext | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -193,6 +202,16 @@ class Peer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            try:  # the CA bundle httpx used (certifi comes with it), else the system's
+                import certifi
+
+                self._tls = ssl.create_default_context(cafile=certifi.where())
+            except ImportError:
+                self._tls = ssl.create_default_context()
+        return self._tls
 
     def _conn(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
         conns: dict[tuple[str, str, int | None], http.client.HTTPConnection] = \
@@ -254,21 +273,37 @@ class Peer:
         remaining = end - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("deadline passed before sending")
-        if conn.sock is None:
-            conn.timeout = remaining
-            conn.connect()
-        sock = conn.sock
-        assert sock is not None
-        sock.settimeout(remaining)
-        armed = _watchdog.arm(sock, end)
+        armed = None
         try:
+            if conn.sock is None:  # connect under the deadline, the TLS handshake too
+                sock = socket.create_connection((conn.host, conn.port), remaining)
+                try:
+                    armed = _watchdog.arm(sock, end)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if isinstance(conn, http.client.HTTPSConnection):
+                        sock = self._tls_context().wrap_socket(
+                            sock, server_hostname=conn.host, do_handshake_on_connect=False)
+                        _watchdog.rearm(armed, sock)
+                        sock.settimeout(max(0.001, end - time.monotonic()))
+                        sock.do_handshake()
+                except BaseException:
+                    if armed is not None:
+                        _watchdog.disarm(armed)
+                        armed = None
+                    sock.close()
+                    raise
+                conn.sock = sock
+            else:
+                armed = _watchdog.arm(conn.sock, end)
+            conn.sock.settimeout(max(0.001, end - time.monotonic()))
             conn.request(method, target, body=body, headers=hdrs)
             r = conn.getresponse()
             data = _read_body(r, limit if r.status < 300 else min(limit, MAX_ERROR_BODY),
                               url, truncate=r.status >= 300)
         finally:
-            _watchdog.disarm(armed)
-        if armed.fired:
+            if armed is not None:
+                _watchdog.disarm(armed)
+        if armed is not None and armed.fired:
             raise TimeoutError("deadline passed")
         if r.will_close or not r.isclosed():  # not read to its end (truncated): drop it
             conn.close()

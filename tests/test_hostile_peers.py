@@ -473,3 +473,23 @@ def test_report_json_is_strict_with_non_finite_losses(tmp_path: Path) -> None:
                                                      [2, "Infinity"], [3, 1.5]]
     _emit(report, str(tmp_path / "r.json"), None, True)
     strict((tmp_path / "r.json").read_text())
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_silent_peer_hits_the_deadline_in_the_handshake(scheme: str) -> None:
+    """A peer that accepts the connection and says nothing (before TLS, or before the
+    status line) costs one deadline."""
+    import socket
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(lsock.accept()[0]), daemon=True).start()
+    url = f"{scheme}://127.0.0.1:{lsock.getsockname()[1]}/checkpoint"
+    try:
+        with Peer(deadline=0.5) as p:
+            e = bounded(lambda: p.get(url, limit=MAX_CHECKPOINT), 2.0)
+        assert isinstance(e, DeadlineExceeded), e
+    finally:
+        lsock.close()
+        for s in held:
+            s.close()
