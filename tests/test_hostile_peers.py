@@ -212,6 +212,23 @@ def test_header_length_128_mod_256_loads(tmp_path: Path) -> None:
     assert torch.equal(got["w" * n], tensors["w" * n])
 
 
+def test_header_length_128_mod_256_audits(tmp_path: Path, monkeypatch: Any) -> None:
+    """End to end: a run whose weights file starts with 0x80 passes the audit."""
+    pytest.importorskip("torch")
+    from e2e import make_env
+
+    from prover import recipes
+
+    monkeypatch.setitem(recipes.RECIPES, "long-names", "long_names_recipe:LongNames")
+    for env in make_env(tmp_path):
+        s = env.train(recipe="long-names", overrides={"hidden": 16})
+        first = s.evidence.root / "objects"
+        assert any(p.read_bytes()[:1] == b"\x80" for p in first.iterdir())
+        report = env.audit(s.run_id, s.evidence.root, samples=2)
+        assert report["verdict"] == "pass", [(c["name"], c["summary"][:300])
+                                             for c in report["checks"] if c["status"] != "pass"]
+
+
 def test_pickle_and_zip_are_still_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "objects").mkdir()
     for data in (b"\x80\x04\x95" + b"\0" * 40, b"PK\x03\x04" + b"\0" * 40):
