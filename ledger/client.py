@@ -323,7 +323,7 @@ class LogClient:
         if self.proofs == "tiles":
             return prove_tree(n, m, TileHashReader(self.tile, n))
         return self._hashes(self._json("/proof/consistency", limit=MAX_PROOF,
-                                              **{"from": m, "to": n}))
+                                       **{"from": m, "to": n}))
 
     def inclusion_proof(self, index: int, leaf: bytes, cp: SignedCheckpoint) -> list[bytes]:
         """A verified inclusion proof of ``leaf`` at ``index`` in checkpoint ``cp``."""
