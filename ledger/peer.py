@@ -2,9 +2,10 @@
 witness, an evidence server).
 
 Every request has
-* a cap on the response body, counted *decoded* (gzip/deflate are inflated here, at
-  most cap + 1 bytes at a time, so a compression bomb costs no more than its cap), and
-  checked against ``Content-Length`` before reading;
+* a cap on the response body, counted *decoded*, and checked against ``Content-Length``
+  before reading. Requests ask for ``identity``; a peer that sends gzip/deflate anyway
+  is inflated here at most cap + 1 bytes at a time, so a compression bomb costs no more
+  than its cap;
 * a total deadline (connect, send, headers and body together), enforced by a watchdog
   thread that shuts the socket down when it passes: a peer trickling one byte every few
   seconds, in the headers or the body, cannot hold a request open past it.
@@ -21,6 +22,7 @@ Trusts: nothing the peer sends.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import socket
@@ -107,13 +109,20 @@ _watchdog = _Watchdog()
 class Response:
     """A complete, bounded HTTP answer."""
 
-    __slots__ = ("status", "headers", "body", "url")
+    __slots__ = ("status", "_msg", "body", "url")
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, url: str) -> None:
-        self.status, self.headers, self.body, self.url = status, headers, body, url
+    def __init__(self, status: int, msg: http.client.HTTPMessage, body: bytes,
+                 url: str) -> None:
+        self.status, self._msg, self.body, self.url = status, msg, body, url
 
     def header(self, name: str, default: str = "") -> str:
-        return self.headers.get(name.lower(), default)
+        """A header's value (names are case-insensitive)."""
+        v = self._msg.get(name)
+        return default if v is None else str(v)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in self._msg.items()}
 
     @property
     def text(self) -> str:
@@ -176,6 +185,26 @@ def _read_body(r: http.client.HTTPResponse, limit: int, url: str, truncate: bool
     return bytes(out)
 
 
+def _split(url: str) -> tuple[str, str, int | None, str]:
+    """``(scheme, host, port, path and query)`` of an http(s) URL."""
+    start = url.find("//")
+    cut = url.find("/", start + 2) if start >= 0 else -1
+    origin, target = (url, "/") if cut < 0 else (url[:cut], url[cut:])
+    return (*_origin(origin), target.partition("#")[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(origin: str) -> tuple[str, str, int | None]:
+    u = urllib.parse.urlsplit(origin)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise MalformedError(f"{origin[:200]!r} is not an http(s) URL",
+                             hint="give the peer's URL as http://host:port/...")
+    try:
+        return u.scheme, u.hostname, u.port
+    except ValueError:
+        raise MalformedError(f"{origin[:200]!r} has a bad port") from None
+
+
 class Peer:
     """Bounded HTTP requests, kept-alive connections per thread and origin.
 
@@ -184,8 +213,7 @@ class Peer:
     def __init__(self, *, deadline: float = DEFAULT_DEADLINE,
                  headers: Mapping[str, str] | None = None) -> None:
         self.deadline = deadline
-        self.headers = {"User-Agent": "potd", "Accept-Encoding": "gzip, deflate",
-                        **(headers or {})}
+        self.headers = dict(headers or {})  # http.client asks for Accept-Encoding: identity
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[http.client.HTTPConnection] = []
@@ -235,19 +263,11 @@ class Peer:
         """One request, its answer read in full within ``limit`` bytes and ``deadline``
         seconds (default: the peer's). A kept-alive connection the server had closed is
         replaced once."""
-        u = urllib.parse.urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise MalformedError(f"{url[:200]!r} is not an http(s) URL",
-                                 hint="give the peer's URL as http://host:port/...")
-        try:
-            port = u.port
-        except ValueError:
-            raise MalformedError(f"{url[:200]!r} has a bad port") from None
-        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        hdrs = {**self.headers, **(headers or {})}
+        scheme, host, port, target = _split(url)
+        hdrs = {**self.headers, **headers} if headers else self.headers
         end = time.monotonic() + (self.deadline if deadline is None else deadline)
         for attempt in (0, 1):
-            conn = self._conn(u.scheme, u.hostname, port)
+            conn = self._conn(scheme, host, port)
             reused = conn.sock is not None
             try:
                 return self._exchange(conn, method, target, body, hdrs, limit, end, url)
@@ -307,4 +327,4 @@ class Peer:
             raise TimeoutError("deadline passed")
         if r.will_close or not r.isclosed():  # not read to its end (truncated): drop it
             conn.close()
-        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data, url)
+        return Response(r.status, r.msg, data, url)
