@@ -249,8 +249,6 @@ class Peer:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
             c = cls(host, port)
             conns[(scheme, host, port)] = c
-            with self._lock:
-                self._all.append(c)
         return c
 
     def get(self, url: str, *, limit: int, deadline: float | None = None,
@@ -313,9 +311,17 @@ class Peer:
                     sock.close()
                     raise
                 conn.sock = sock
+                with self._lock:  # for close(), also after an earlier close()
+                    if conn not in self._all:
+                        self._all.append(conn)
             else:
                 armed = _watchdog.arm(conn.sock, end)
-            conn.sock.settimeout(max(0.001, end - time.monotonic()))
+            # each read's own timeout only needs to outlast the deadline: the watchdog
+            # enforces the total (a syscall saved per request on a kept-alive connection)
+            want = end - time.monotonic()
+            per_read = conn.sock.gettimeout()
+            if per_read is None or per_read < want:
+                conn.sock.settimeout(want + 1.0)
             conn.request(method, target, body=body, headers=hdrs)
             r = conn.getresponse()
             data = _read_body(r, limit if r.status < 300 else min(limit, MAX_ERROR_BODY),
