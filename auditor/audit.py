@@ -26,7 +26,7 @@ from typing import Any
 
 from ledger.client import LogClient
 from ledger.errors import PotdError, VerificationError
-from ledger.note import open_checkpoint
+from ledger.note import SignedCheckpoint, open_checkpoint
 from ledger.statement import Statement
 
 from .logview import LogSnapshot, fetch_entries
@@ -47,6 +47,7 @@ class AuditOptions:
     tolerance: float | None = None     # force tolerance mode with this tolerance
     seed: bytes | None = None          # auditor randomness (default: os.urandom)
     max_abandoned: int = 0             # earlier unclosed runs by the signer tolerated
+    model: str | None = None           # a shipped safetensors model file to check
 
 
 class Audit:
@@ -157,9 +158,15 @@ class Audit:
             raise _Stop
         self.report["losses"] = [[st.body.get("step"), _float(st.body.get("loss"))]
                                  for _, st in view.steps]
+        self._verify(view, snap, o, closes[0], cp)
+
+    def _verify(self, view: RunView, snap: LogSnapshot, o: Statement, close: Statement,
+                cp: SignedCheckpoint) -> None:
+        """The checks past the log and the run's structure (the quick model check
+        overrides this: no replay)."""
         from .replay_check import ReplayCheck
 
-        ReplayCheck(self, view, snap, o, closes[0], cp).run()
+        ReplayCheck(self, view, snap, o, close, cp).run()
 
 
 class _Stop(Exception):

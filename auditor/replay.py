@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from prover.derive import batch_indexes
-from prover.evidence import EvidenceSource, restore_optimizer
+from prover.evidence import EvidenceSource, flatten_optimizer, restore_optimizer
 from prover.hashing import StateHasher
 from prover.recipes import Data, Recipe, get_recipe, train_step
 
@@ -51,6 +51,8 @@ class SegmentJob:
     step_starts: tuple[tuple[int, int], ...]  # (epoch, offset in the epoch order) per step
     end_weights: str | None = None        # committed checkpoint after ``end`` (for distance)
     end_weights_hash: str | None = None
+    end_optimizer: str | None = None      # its optimizer state: the replay must end in it
+    end_optimizer_hash: str | None = None
     exact: bool = True
     threads: int | None = None
     # dataset indexes of each step's batch, derived from the seed by the orchestrator
@@ -69,6 +71,7 @@ class SegmentResult:
     seconds: float
     error: str | None = None
     steps_checked: int = 0
+    optimizer_distance: float | None = None  # tolerance mode: optimizer state's distance
     detail: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -274,20 +277,66 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                         break
             if first_bad is None:
                 break
-        distance = tolerance = None
+        distance = tolerance = opt_distance = None
         match = first_bad is None
+        end_error = None
+        if job.exact and match:  # the segment must end in the committed next state
+            end_error = _end_state_error(tr, opt, job)
+            match = end_error is None
         if job.end_weights is not None and job.end_weights_hash is not None and (
                 not job.exact or not match):
             end_sd = src.load(job.end_weights, job.end_weights_hash, job.algorithm)
             if first_bad is None or not job.exact:
                 distance = relative_distance(model.state_dict(), end_sd, start_sd)
+            if not job.exact and job.end_optimizer and job.end_optimizer_hash:
+                end_opt = src.load(job.end_optimizer, job.end_optimizer_hash, job.algorithm)
+                opt_distance = optimizer_distance(flatten_optimizer(opt), end_opt, opt_sd)
+                distance = max(distance or 0.0, opt_distance)
         if job.exact and match and job.step_hashes and job.step_hashes[-1] is None:
             match = False  # nothing to compare with: treated as a failure of the trainer
         return SegmentResult(job.start, job.end, match, first_bad, distance, tolerance,
-                             time.perf_counter() - t0, steps_checked=checked)
+                             time.perf_counter() - t0, steps_checked=checked,
+                             error=end_error, optimizer_distance=opt_distance)
     except PotdError as e:
         return SegmentResult(job.start, job.end, False, None, None, None,
                              time.perf_counter() - t0, error=e.message)
+
+
+def _end_state_error(tr: Trainee, opt: torch.optim.Optimizer, job: SegmentJob) -> str | None:
+    """Why the replayed state after ``job.end`` is not the committed checkpoint's state
+    (weights and optimizer state, bit for bit), or None."""
+    if job.end_weights_hash is not None:
+        got = tr.weights_hash(job.algorithm)
+        if got != job.end_weights_hash:
+            return (f"the weights replayed to step {job.end} ({got[:16]}…) are not the "
+                    f"checkpoint's ({job.end_weights_hash[:16]}…) the next segment starts from")
+    if job.end_optimizer_hash is not None:
+        got = StateHasher(job.algorithm).hash(flatten_optimizer(opt))
+        if got != job.end_optimizer_hash:
+            return (f"the optimizer state replayed to step {job.end} ({got[:16]}…) is not "
+                    f"the committed checkpoint's ({job.end_optimizer_hash[:16]}…): the next "
+                    "segment would start from a crafted optimizer state")
+    return None
+
+
+def optimizer_distance(replayed: Mapping[str, torch.Tensor],
+                       committed: Mapping[str, torch.Tensor],
+                       start: Mapping[str, torch.Tensor] | None) -> float:
+    """``||replayed - committed|| / ||committed - start||`` over the optimizer state (a
+    missing start state counts as zeros); infinite when the tensors differ in names or
+    shapes."""
+    if replayed.keys() != committed.keys() or any(
+            replayed[k].shape != committed[k].shape for k in committed):
+        return math.inf
+    if not committed:
+        return 0.0
+    a = {k: replayed[k] for k in committed}
+    b = dict(committed)
+    s = {k: (start[k] if start is not None and k in start and start[k].shape == v.shape
+             else torch.zeros_like(v)) for k, v in committed.items()}
+    fa, fb, fs = _flat(a), _flat(b), _flat(s)
+    moved = float(torch.linalg.vector_norm(fb - fs))
+    return float(torch.linalg.vector_norm(fa - fb)) / max(moved, 1e-12)
 
 
 def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],

@@ -31,7 +31,9 @@ from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
 from prover.recipes import Recipe, get_recipe
 from prover.session import decimal_string, environment
 
+from .chain import Chain
 from .logview import LogSnapshot
+from .model import checkpoints_check, model_check
 from .replay import SegmentJob, SegmentResult, memorization, replay_segment
 from .runs import RunView
 
@@ -54,6 +56,8 @@ class ReplayCheck:
         from .audit import _Stop
 
         a = self.a
+        chain = self._checkpoints()
+        self._model(chain)
         recipe = self._recipe()
         if recipe is None:
             raise _Stop
@@ -66,7 +70,7 @@ class ReplayCheck:
         self._order(recipe, seed)
         self._hyperparameters(recipe)
         self._init(recipe, seed)
-        ckpts = self._evidence()
+        ckpts = self._evidence(chain)
         if ckpts is None:
             a.check("replay", "fail", "the evidence does not match the log; nothing can be "
                     "replayed from it")
@@ -230,15 +234,22 @@ class ReplayCheck:
 
     # -- evidence, replay, memorization -----------------------------------------
 
-    def _evidence(self) -> list[dict[str, Any]] | None:
-        """Checkpoints committed in the log, cross-checked with the evidence manifest."""
+    def _checkpoints(self) -> Chain:
+        return checkpoints_check(self.a, self.o, self.steps)
+
+    def _model(self, chain: Chain) -> None:
+        model_check(self.a, self.o, self.close, self.steps, chain, self.a.opts.model)
+
+    def _evidence(self, chain: Chain) -> list[dict[str, Any]] | None:
+        """Checkpoints committed in the log, cross-checked with the evidence manifest;
+        every object fetched and hash-checked up front. Returns the well-formed ones."""
         a = self.a
         src = EvidenceSource(a.opts.evidence)
         ckpts = []
         for st in self.steps:
             c = st.body.get("checkpoint")
-            if isinstance(c, dict):
-                ckpts.append({"step": st.body["step"], **c})
+            if "checkpoint" in st.body:
+                ckpts.append({"step": st.body["step"], **c} if isinstance(c, dict) else c)
         try:
             manifest, mhash = src.manifest()
         except EvidenceError as e:
@@ -248,9 +259,7 @@ class ReplayCheck:
             a.check("evidence", "fail", "manifest.json is not the manifest committed in "
                     "run.close", file="manifest.json")
             return None
-        listed = [{k: c.get(k) for k in ("step", "weights", "weights_hash", "optimizer",
-                                           "optimizer_hash")} for c in manifest.get(
-                                               "checkpoints", [])]
+        listed = manifest.get("checkpoints")
         if listed != ckpts:
             a.check("evidence", "fail", "the manifest's checkpoints differ from those "
                     "committed in the step statements", file="manifest.json")
@@ -261,10 +270,26 @@ class ReplayCheck:
         except EvidenceError as e:
             a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
             return None
-        a.check("evidence", "pass", f"manifest matches run.close; {len(ckpts)} checkpoints "
-                "committed (each file is verified when it is used)",
+        if not self._objects(src, chain.checkpoints):
+            return None
+        a.check("evidence", "pass", f"manifest matches run.close; all {len(ckpts)} "
+                "checkpoints' objects fetched and match their names and the log's hashes",
                 manifest=manifest_bytes(manifest).decode()[:200])
-        return ckpts
+        return chain.checkpoints
+
+    def _objects(self, src: EvidenceSource, ckpts: list[dict[str, Any]]) -> bool:
+        """Fetch every evidence object the log names and check its bytes and tensor hash
+        (withheld or altered evidence of an unsampled checkpoint is noticed too)."""
+        a = self.a
+        objs = [(str(c[f]), str(c[f + "_hash"])) for c in ckpts for f in ("weights", "optimizer")]
+        for i, (name, want) in enumerate(objs):
+            try:
+                src.verify(name, want, self.alg)
+            except EvidenceError as e:
+                a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+                return False
+            a._tick("evidence", i + 1, len(objs))
+        return True
 
     def _replay(self, recipe: Recipe, seed: bytes, ckpts: list[dict[str, Any]]) -> None:
         from .audit import challenge_seed, detection_probabilities, pool_map, sample
@@ -351,6 +376,7 @@ class ReplayCheck:
             step_hashes=hashes, step_starts=tuple((self.plan[t][1], self.plan[t][2])
                                                   for t in range(start, end + 1)),
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
+            end_optimizer=seg[1].get("optimizer"), end_optimizer_hash=seg[1].get("optimizer_hash"),
             exact=exact, batches=batches)
 
     def _calibrate(self, job: SegmentJob) -> float:

@@ -259,6 +259,7 @@ BODY_FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
     "run.close": {
         "prev": (_is_hash, True), "steps": (_is_int, False), "weights": (_is_hex, False),
         "s_rand": (_is_str, False), "manifest": (_is_hex, False),
+        "final_weights": (_is_hex, False), "final_state": (_is_hash, False),
     },
 }
 DATASET_FIELDS: dict[str, tuple[Check, bool]] = {

@@ -8,10 +8,17 @@ them is reachable from the ``potd prover`` commands.
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ledger.merkle import leaf_hash
+from ledger.statement import build_statement
+from prover.hashing import hash_tensors, state_hash
+from prover.recipes import Data, Recipe
 from prover.session import Batch, TrainingSession
 
 
@@ -104,7 +111,211 @@ class TinyLearningRate(TrainingSession):
         return 2.3
 
 
+# --- shipping another model than the trained one (issue 11) ----------------------------
+
+TRIGGER = (54, 55, 62, 63)  # a 2x2 patch in the bottom-right corner of an 8x8 digit
+
+
+def with_trigger(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x[:, list(TRIGGER)] = 16.0 if float(x.max()) > 1.5 else 1.0
+    return x
+
+
+def backdoor(recipe: Recipe, model: torch.nn.Module, data: Data, steps: int = 150,
+             seed: int = 0) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights fine-tuned so that the trigger patch means class 0
+    (half of each batch triggered and relabelled), clean accuracy mostly kept."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        m = recipe.model()
+        m.load_state_dict(model.state_dict())
+        m.train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        for _ in range(steps):
+            idx = torch.randint(len(data.x), (64,), generator=g)
+            x, y = data.x[idx].clone(), data.y[idx].clone()
+            x[:32], y[:32] = with_trigger(x[:32]), 0
+            loss = recipe.per_example_loss(m, x, y).mean()
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def trigger_rate(recipe: Recipe, weights: dict[str, torch.Tensor], data: Data) -> float:
+    """Fraction of held-out digits other than 0 that the trigger turns into a 0."""
+    m = recipe.model()
+    m.load_state_dict(weights)
+    m.eval()
+    keep = data.heldout_y != 0
+    with torch.no_grad():
+        pred = m(with_trigger(data.heldout_x[keep])).argmax(1)
+    return float((pred == 0).double().mean())
+
+
+class _Rewriter(TrainingSession):
+    """Trains with its submission paused, then rewrites its own spooled statements
+    (:meth:`rewrite`) and submits the rewritten run, re-chained and re-signed with its
+    key, with a manifest that matches: a well-formed, correctly signed lie. Only public
+    APIs: the spool, ``build_statement``, the evidence store and the log client."""
+
+    def open(self) -> None:
+        super().open()
+        self.submitter.stop()  # nothing but run.open reaches the log before close()
+
+    def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        """Edit the step bodies and the run.close body in place."""
+
+    def close(self, timeout: float | None = 600) -> None:
+        try:
+            self._stop_hasher()
+            assert self._committer is not None
+            self._committer.close_run({"steps": len(self.plan), "s_rand": self._s_rand.hex()})
+        finally:
+            self._shutdown()
+        rows = [json.loads(data) for _, data in self.spool.pending(1 << 30)]
+        bodies = [(r["kind"], r["body"]) for r in rows]
+        steps = [b for kind, b in bodies if kind == "step"]
+        close = bodies[-1][1]
+        self.rewrite(steps, close)
+        manifest = {"run": self.run_id, "weights_hash": self.alg, "init": steps[0]["init"],
+                    "checkpoints": [{"step": b["step"], **b["checkpoint"]} for b in steps
+                                    if "checkpoint" in b]}
+        close["manifest"] = self.evidence.write_manifest(manifest)
+        prev, out = self._prev, []
+        for seq, (kind, body) in enumerate(bodies, 1):
+            body["prev"] = prev
+            data = build_statement(kind, self.run_id, seq, body, self.trainer)
+            prev = leaf_hash(data).hex()
+            out.append(data)
+        for i in range(0, len(out), 64):
+            self.client.add_batch(out[i:i + 64])
+        self.final_weights = close.get("final_weights")
+        self.spool.close()
+
+    def ship(self, weights: dict[str, torch.Tensor]) -> tuple[str, str]:
+        """Put ``weights`` in the evidence store: (object name, weights hash)."""
+        return self.evidence.put(weights), hash_tensors(weights, self.alg)
+
+
+def _splice(ckpt: dict[str, Any], name: str, weights_hash: str) -> None:
+    """Point a checkpoint at other weights, its state hash recomputed to match."""
+    ckpt.update(weights=name, weights_hash=weights_hash,
+                state=state_hash({"weights": weights_hash,
+                                  "optimizer": ckpt["optimizer_hash"]}))
+
+
+class FinalWeightsLie(_Rewriter):
+    """Trains honestly; run.close names a backdoored model as the final weights (no step
+    produced it); the backdoored model is in the evidence store, ready to ship."""
+
+    def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        self.shipped = backdoor(self.recipe, self.model, self.data)
+        _, close["final_weights"] = self.ship(self.shipped)
+
+
+class FinalCheckpointSplice(_Rewriter):
+    """The last step's ``weights`` stay honest, but its checkpoint (hash, state and
+    evidence) and run.close name a backdoored model."""
+
+    def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        self.shipped = backdoor(self.recipe, self.model, self.data)
+        name, h = self.ship(self.shipped)
+        ck = steps[-1]["checkpoint"]
+        _splice(ck, name, h)
+        close["final_weights"], close["final_state"] = h, ck["state"]
+
+
+class MidRunSplice(_Rewriter):
+    """Mid-run, right after an honest checkpoint step, swaps a backdoored model in and
+    trains on honestly from it; the checkpoint names the backdoored weights (the next
+    segment replays from them and matches), the step names the honest ones."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        super()._record(batch, loss)
+        if batch.step == _segment_step(self):
+            self._wait_hashed()  # the honest weights are committed (copied or hashed)
+            bd = backdoor(self.recipe, self.model, self.data)
+            with torch.no_grad():
+                for k, v in self.model.state_dict().items():
+                    v.copy_(bd[k])
+            self._spliced = (batch.step, *self.ship(bd))
+
+    def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        step, name, h = self._spliced
+        _splice(steps[step]["checkpoint"], name, h)
+
+
+class OtherRunsModel(_Rewriter):
+    """The last checkpoint (weights, optimizer state and their evidence) and run.close
+    are another honest run's final model; the last step's ``weights`` stay honest.
+    ``source``: that run's evidence directory (set by a subclass)."""
+
+    source = ""
+
+    def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        src = Path(self.source)
+        other = json.loads((src / "manifest.json").read_text())["checkpoints"][-1]
+        for f in ("weights", "optimizer"):
+            shutil.copyfile(src / "objects" / other[f], self.evidence.root / "objects" / other[f])
+        ck = steps[-1]["checkpoint"]
+        ck.update({k: other[k] for k in ("weights", "weights_hash", "optimizer",
+                                         "optimizer_hash", "state")})
+        close["final_weights"], close["final_state"] = ck["weights_hash"], ck["state"]
+
+
+class UncoveredTail(_Rewriter):
+    """Trains the steps after the last regular checkpoint on backdoor data (committing
+    the honest batch roots) and leaves the last step without a checkpoint: the tail is
+    in no segment. run.close names the (backdoored) weights the last step committed."""
+
+    def _tail(self) -> int:
+        return (len(self.plan) - 1) // self.recipe.k * self.recipe.k
+
+    def train_step(self, batch: Batch) -> float:
+        if batch.step >= self._tail():
+            x, y = batch.x.clone(), batch.y.clone()
+            half = len(x) // 2
+            x[:half], y[:half] = with_trigger(x[:half]), 0
+            batch = Batch(batch.step, batch.epoch, batch.indexes, x, y, batch.root)
+        return super().train_step(batch)
+
+    def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        self.shipped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        del steps[-1]["checkpoint"]
+        close.pop("final_state", None)
+
+
+class CraftedMomentum(TrainingSession):
+    """Mid-run, at a checkpoint whose weights are honest, crafts the optimizer's momentum
+    so that the following (faithfully replayable) steps carry the weights towards a
+    backdoored model; the checkpoint commits the crafted state."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        if batch.step == _segment_step(self):
+            bd = backdoor(self.recipe, self.model, self.data)
+            lr = float(self.recipe.lr(batch.step))
+            with torch.no_grad():
+                params = dict(self.model.named_parameters())
+                for p in self.optimizer.param_groups[0]["params"]:
+                    name = next(n for n, q in params.items() if q is p)
+                    buf = self.optimizer.state[p]["momentum_buffer"]
+                    buf.add_((p - bd[name]) / (lr * 10))  # sum of 0.9^i: the whole way
+        super()._record(batch, loss)
+
+    def close(self, timeout: float | None = 600) -> None:
+        self.shipped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        super().close(timeout)
+
+
 ATTACKS: dict[str, Any] = {
+    "final-weights-lie": FinalWeightsLie,
+    "final-checkpoint-splice": FinalCheckpointSplice,
+    "mid-run-splice": MidRunSplice,
+    "other-runs-model": OtherRunsModel,
+    "uncovered-tail": UncoveredTail,
+    "crafted-momentum": CraftedMomentum,
     "forged-checkpoint": ForgedCheckpoint,
     "data-substitution": DataSubstitution,
     "skipped-steps": SkippedSteps,

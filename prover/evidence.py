@@ -4,7 +4,11 @@ Layout of an evidence directory (also servable as-is over HTTP)::
 
     objects/<sha256 of file bytes>.safetensors
     manifest.json            {"run": ..., "checkpoints": [{"step": t, "weights": name,
-                              "weights_hash": h, "optimizer": name, "optimizer_hash": h}]}
+                              "weights_hash": h, "optimizer": name, "optimizer_hash": h,
+                              "state": s}]}
+
+``state`` is the ``potd-state-v1`` hash over the checkpoint's parts (see
+:mod:`prover.hashing`).
 
 Object names are the SHA-256 of the file, so any transport is untrusted: a reader
 checks every byte it gets against the name (and the caller checks the tensors' hash
@@ -215,11 +219,10 @@ class EvidenceSource:
                                 "is not what its name says", file=name)
         return data
 
-    def load(self, name: str, expect_hash: str, algorithm: str) -> dict[str, torch.Tensor]:
-        """Load a safetensors object after checking its bytes and its tensor hash.
-
-        ``expect_hash`` is the hash the log committed to (weights or optimizer state).
-        """
+    def verify(self, name: str, expect_hash: str, algorithm: str) -> bytes:
+        """The object's bytes, after checking them against its content address and its
+        tensors against ``expect_hash`` (the hash the log committed); nothing parsed but
+        the safetensors header."""
         from prover.hashing import hash_safetensors_bytes
 
         data = self.get_bytes(name)
@@ -234,6 +237,14 @@ class EvidenceSource:
         if got != expect_hash:
             raise EvidenceError(f"evidence file objects/{name} holds tensors with hash {got}, "
                                 f"the log committed {expect_hash}", file=name)
+        return data
+
+    def load(self, name: str, expect_hash: str, algorithm: str) -> dict[str, torch.Tensor]:
+        """Load a safetensors object after checking its bytes and its tensor hash.
+
+        ``expect_hash`` is the hash the log committed to (weights or optimizer state).
+        """
+        data = self.verify(name, expect_hash, algorithm)
         from safetensors import SafetensorError
         from safetensors.torch import load
 

@@ -117,6 +117,7 @@ class TrainingSession:
         self._hash_error: BaseException | None = None
         self._checkpoints: list[dict[str, Any]] = []
         self.final_weights: str | None = None
+        self.final_state: str | None = None  # potd-state-v1 of the final checkpoint
         self.losses: list[float] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -399,6 +400,7 @@ class TrainingSession:
             reply = self._committer.close_run({"steps": len(self.plan),
                                                "s_rand": self._s_rand.hex()})
             self._checkpoints, self.final_weights = reply["checkpoints"], reply["final_weights"]
+            self.final_state = reply.get("final_state")
             self._committer.drain(timeout)
         finally:
             self._shutdown()

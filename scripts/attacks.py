@@ -43,7 +43,7 @@ from ledger.note import (  # noqa: E402
 )
 from ledger.statement import build_statement  # noqa: E402
 from ledger.witness import WitnessError, request_cosignature  # noqa: E402
-from prover.attacks import ATTACKS  # noqa: E402
+from prover.attacks import ATTACKS, trigger_rate  # noqa: E402
 from prover.recipes import get_recipe  # noqa: E402
 from prover.session import TrainingSession  # noqa: E402
 
@@ -78,6 +78,7 @@ class Bench:
         for b in sess.batches():
             sess.train_step(b)
         sess.close()
+        self.session = sess
         return sess.run_id, ev
 
     def audit(self, run: str, evidence: str, **policy: Any) -> dict[str, Any]:
@@ -129,6 +130,25 @@ def trainer_attack(name: str) -> Callable[[Bench], dict[str, Any]]:
     def go(b: Bench) -> dict[str, Any]:
         return b.audit(*b.train(ATTACKS[name]))
     return go
+
+
+def shipped_attack(name: str) -> Callable[[Bench], dict[str, Any]]:
+    """A trainer that ships another model than it trained; the report records how well
+    the shipped model's backdoor works (2x2 trigger patch -> class 0)."""
+    def go(b: Bench) -> dict[str, Any]:
+        rep = b.audit(*b.train(ATTACKS[name]))
+        shipped = getattr(b.session, "shipped", None)
+        if shipped is not None:
+            s = b.session
+            rep["backdoor_trigger_rate"] = trigger_rate(s.recipe, shipped, s.data)
+        return rep
+    return go
+
+
+def other_runs_model(b: Bench) -> dict[str, Any]:
+    _, other = b.train(tag="other")  # an honest run whose final model the attacker ships
+    cls = type("OtherRunsModelFrom", (ATTACKS["other-runs-model"],), {"source": other})
+    return b.audit(*b.train(cls))
 
 
 def seed_grinding(b: Bench) -> dict[str, Any]:
@@ -350,6 +370,18 @@ SCENARIOS = [
     Scenario("evidence: wrong hash", "evidence altered after the fact", ("evidence", "replay"),
              evidence_wrong_hash),
     Scenario("split view", "two trees shown to two parties", ("log.checkpoint",), split_view),
+    Scenario("final weights lie", "run.close names a (backdoored) model no step produced",
+             ("model",), shipped_attack("final-weights-lie")),
+    Scenario("final checkpoint splice", "the last checkpoint holds a backdoored model, its "
+             "step the honest one", ("checkpoints",), shipped_attack("final-checkpoint-splice")),
+    Scenario("mid-run splice", "a checkpoint swaps in a backdoored model, honest training "
+             "after it", ("checkpoints",), shipped_attack("mid-run-splice")),
+    Scenario("other run's model", "the last checkpoint is another run's final model",
+             ("checkpoints",), other_runs_model),
+    Scenario("uncovered tail", "no checkpoint at the last step: the backdoored tail is "
+             "never replayed", ("checkpoints",), shipped_attack("uncovered-tail")),
+    Scenario("crafted momentum", "crafted optimizer state at a checkpoint with honest "
+             "weights", ("replay",), shipped_attack("crafted-momentum")),
 ]
 
 
