@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .runs import RunView
 
 ANSWERS = {"yes": 0, "no": 1, "inconclusive": 3}
+_NOT_CLOSED = "the run is not closed (no run.close)"  # auditor.runs.check_run's finding
 
 
 def checkpoints_check(a: Audit, o: Statement, steps: list[Statement]) -> Chain:
@@ -95,7 +96,11 @@ def check_model(client: LogClient, run: str, model: str,
     opts = AuditOptions(run=run, evidence="", model=model, max_abandoned=1 << 62)
     rep = ModelCheck(client, opts, progress).run()
     checks = rep["checks"]
-    failed = [c for c in checks if c["status"] == "fail"]
+    # a run still open (no run.close) certifies no model yet: that alone is inconclusive
+    incomplete = any(c["name"] == "replay" and c["status"] == "skip" for c in checks)
+    failed = [c for c in checks if c["status"] == "fail" and not (
+        incomplete and c["name"] == "run.chain"
+        and c["evidence"].get("problems") == [_NOT_CLOSED])]
     passed = any(c["name"] == "model" and c["status"] == "pass" for c in checks)
     rep["format"] = "potd-model-check-v1"
     rep["answer"] = "no" if failed else ("yes" if passed else "inconclusive")

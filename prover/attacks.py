@@ -180,8 +180,9 @@ class _Rewriter(TrainingSession):
         close = bodies[-1][1]
         self.rewrite(steps, close)
         manifest = {"run": self.run_id, "weights_hash": self.alg, "init": steps[0]["init"],
-                    "checkpoints": [{"step": b["step"], **b["checkpoint"]} for b in steps
-                                    if "checkpoint" in b]}
+                    "checkpoints": [{"step": b["step"], **b["checkpoint"]}
+                                    if isinstance(b["checkpoint"], dict) else b["checkpoint"]
+                                    for b in steps if "checkpoint" in b]}
         close["manifest"] = self.evidence.write_manifest(manifest)
         prev, out = self._prev, []
         for seq, (kind, body) in enumerate(bodies, 1):
