@@ -244,6 +244,7 @@ class MidRunSplice(_Rewriter):
             self._spliced = (batch.step, *self.ship(bd))
 
     def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        self.shipped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         step, name, h = self._spliced
         _splice(steps[step]["checkpoint"], name, h)
 
