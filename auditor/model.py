@@ -10,7 +10,7 @@ weights — which only a replay (``potd auditor audit``) checks; its answer says
 
 Answers: ``yes`` (every check passed and the file is the certified model), ``no`` (a
 check failed: evidence of a false claim or a different file), ``inconclusive`` (the run
-is not complete, so nothing certifies a model yet).
+is not complete, so nothing certifies a model yet; or the log is unreachable).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ledger.errors import PotdError
+from ledger.errors import PotdError, PushbackError
 
 from .audit import Audit, AuditOptions
 from .chain import Chain, certify, check_chain, model_file_hash
@@ -94,7 +94,11 @@ def check_model(client: LogClient, run: str, model: str,
     in the log behind ``client``; a report dict with ``answer`` and the checks."""
     model_file_hash(model, "sha256")  # unreadable / not safetensors: UsageError, up front
     opts = AuditOptions(run=run, evidence="", model=model, max_abandoned=1 << 62)
-    rep = ModelCheck(client, opts, progress).run()
+    try:
+        rep = ModelCheck(client, opts, progress).run()
+    except PushbackError as e:  # the log is unreachable or shedding load: no answer yet
+        return {"format": "potd-model-check-v1", "run": run, "answer": "inconclusive",
+                "reason": e.message, "checks": []}
     checks = rep["checks"]
     # a run still open (no run.close) certifies no model yet: that alone is inconclusive
     incomplete = any(c["name"] == "replay" and c["status"] == "skip" for c in checks)

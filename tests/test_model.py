@@ -245,3 +245,20 @@ def test_crafted_momentum_fails_replay_in_tolerance_mode_too(env: Env) -> None:
     assert checks(rep)["replay"] == "fail", checks(rep)
     worst = max(x["optimizer_distance"] or 0 for x in rep["replay"]["segments"])
     assert worst > 1e-4
+
+
+def test_check_model_is_inconclusive_when_the_log_is_unreachable(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from auditor.model import check_model
+    from ledger.client import LogClient
+    from ledger.devserver import free_port
+    from ledger.note import Signer
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "m.safetensors"))
+    key = Signer.generate("potd.example/gone").verifier
+    with LogClient(f"http://127.0.0.1:{free_port()}", key, retries=0,
+                   state_dir=str(tmp_path / "st")) as c:
+        rep = check_model(c, "ab" * 32, str(tmp_path / "m.safetensors"))
+    assert rep["answer"] == "inconclusive" and rep["reason"]
