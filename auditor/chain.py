@@ -24,7 +24,9 @@ exactly the committed state the next segment starts from (weights and optimizer 
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +167,47 @@ def certify(close_body: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
     return {"step": ck["step"], "weights_hash": ck["weights_hash"], "evidence": ck["weights"],
             "state": ck["state"], "optimizer": ck["optimizer"],
             "optimizer_hash": ck["optimizer_hash"]}, []
+
+
+Layout = dict[str, tuple[str, list[int]]]  # tensor name -> (safetensors dtype, shape)
+
+
+def safetensors_layout(data: bytes) -> Layout:
+    """Names, dtypes and shapes from a safetensors file's header (the bytes have passed
+    :meth:`prover.evidence.EvidenceSource.verify`, which parsed the same header)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    return {k: (str(v["dtype"]), [int(d) for d in v["shape"]]) for k, v in header.items()
+            if k != "__metadata__"}
+
+
+def weights_layout_problem(got: Layout, want: Layout) -> str | None:
+    """Why committed weights do not fit the recipe's model (None: they do exactly)."""
+    extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    if extra:
+        return f"tensor {extra[0][:80]!r} is not in the recipe's model"
+    if missing:
+        return f"tensor {missing[0]!r} of the recipe's model is missing"
+    for k, v in want.items():
+        if got[k] != v:
+            return f"tensor {k!r} is {got[k][0]} {got[k][1]}, the recipe's model has {v[0]} {v[1]}"
+    return None
+
+
+def optimizer_layout_problem(got: Layout, params: list[tuple[str, list[int]]]) -> str | None:
+    """Why a committed optimizer state does not fit the recipe's parameters (in optimizer
+    order): names ``state.<parameter index>.<key>``, each tensor shaped and typed like its
+    parameter, or a scalar ``step``."""
+    for name, (dt, shape) in got.items():
+        parts = name.split(".")
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or \
+                int(parts[1]) >= len(params):
+            return f"optimizer tensor {name[:80]!r} names no parameter of the recipe's model"
+        pdt, pshape = params[int(parts[1])]
+        if not (parts[2] == "step" and shape == []) and (shape, dt) != (pshape, pdt):
+            return (f"optimizer tensor {name!r} is {dt} {shape}, its parameter is "
+                    f"{pdt} {pshape}")
+    return None
 
 
 def model_file_hash(path: str, algorithm: str) -> str:

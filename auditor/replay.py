@@ -300,6 +300,13 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
     except PotdError as e:
         return SegmentResult(job.start, job.end, False, None, None, None,
                              time.perf_counter() - t0, error=e.message)
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+        # the audit checks every object's layout first; this is the backstop for a
+        # committed state the recipe's model or optimizer cannot take
+        return SegmentResult(job.start, job.end, False, None, None, None,
+                             time.perf_counter() - t0,
+                             error=f"the committed state does not fit the recipe: "
+                                   f"{type(e).__name__}: {str(e)[:200]}")
 
 
 def _end_state_error(tr: Trainee, opt: torch.optim.Optimizer, job: SegmentJob) -> str | None:

@@ -31,7 +31,12 @@ from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
 from prover.recipes import Recipe, get_recipe
 from prover.session import decimal_string, environment
 
-from .chain import Chain
+from .chain import (
+    Chain,
+    optimizer_layout_problem,
+    safetensors_layout,
+    weights_layout_problem,
+)
 from .logview import LogSnapshot
 from .model import checkpoints_check, model_check
 from .replay import SegmentJob, SegmentResult, memorization, replay_segment
@@ -70,7 +75,7 @@ class ReplayCheck:
         self._order(recipe, seed)
         self._hyperparameters(recipe)
         self._init(recipe, seed)
-        ckpts = self._evidence(chain)
+        ckpts = self._evidence(chain, recipe)
         if ckpts is None:
             a.check("replay", "fail", "the evidence does not match the log; nothing can be "
                     "replayed from it")
@@ -240,7 +245,7 @@ class ReplayCheck:
     def _model(self, chain: Chain) -> None:
         model_check(self.a, self.o, self.close, self.steps, chain, self.a.opts.model)
 
-    def _evidence(self, chain: Chain) -> list[dict[str, Any]] | None:
+    def _evidence(self, chain: Chain, recipe: Recipe) -> list[dict[str, Any]] | None:
         """Checkpoints committed in the log, cross-checked with the evidence manifest;
         every object fetched and hash-checked up front. Returns the well-formed ones."""
         a = self.a
@@ -270,23 +275,38 @@ class ReplayCheck:
         except EvidenceError as e:
             a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
             return None
-        if not self._objects(src, chain.checkpoints):
+        if not self._objects(src, chain.checkpoints, recipe):
             return None
         a.check("evidence", "pass", f"manifest matches run.close; all {len(ckpts)} "
                 "checkpoints' objects fetched and match their names and the log's hashes",
                 manifest=manifest_bytes(manifest).decode()[:200])
         return chain.checkpoints
 
-    def _objects(self, src: EvidenceSource, ckpts: list[dict[str, Any]]) -> bool:
-        """Fetch every evidence object the log names and check its bytes and tensor hash
-        (withheld or altered evidence of an unsampled checkpoint is noticed too)."""
+    def _objects(self, src: EvidenceSource, ckpts: list[dict[str, Any]],
+                 recipe: Recipe) -> bool:
+        """Fetch every evidence object the log names and check its bytes, its tensor hash
+        and that it fits the recipe's model (withheld, altered or misshapen evidence of
+        an unsampled checkpoint is noticed too; replay never loads a misfit)."""
+        from prover.hashing import dtype_name
+
         a = self.a
-        objs = [(str(c[f]), str(c[f + "_hash"])) for c in ckpts for f in ("weights", "optimizer")]
-        for i, (name, want) in enumerate(objs):
+        with torch.device("meta"):
+            model = recipe.model()
+        want = {k: (dtype_name(v), list(v.shape)) for k, v in model.state_dict().items()}
+        params = [(dtype_name(p), list(p.shape)) for p in model.parameters()]
+        objs = [(str(self.init.get("weights")), str(self.init.get("weights_hash")), "weights")]
+        objs += [(str(c[f]), str(c[f + "_hash"]), f) for c in ckpts
+                 for f in ("weights", "optimizer")]
+        for i, (name, want_hash, kind) in enumerate(objs):
             try:
-                src.verify(name, want, self.alg)
+                got = safetensors_layout(src.verify(name, want_hash, self.alg))
             except EvidenceError as e:
                 a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+                return False
+            bad = (weights_layout_problem(got, want) if kind == "weights"
+                   else optimizer_layout_problem(got, params))
+            if bad is not None:
+                a.check("evidence", "fail", f"evidence file objects/{name}: {bad}", file=name)
                 return False
             a._tick("evidence", i + 1, len(objs))
         return True

@@ -262,3 +262,73 @@ def test_check_model_is_inconclusive_when_the_log_is_unreachable(tmp_path: Path)
                    state_dir=str(tmp_path / "st")) as c:
         rep = check_model(c, "ab" * 32, str(tmp_path / "m.safetensors"))
     assert rep["answer"] == "inconclusive" and rep["reason"]
+
+
+# -- hostile evidence layouts: a failed check, never a crash --------------------------------
+
+def test_layout_problems() -> None:
+    from auditor.chain import optimizer_layout_problem, weights_layout_problem
+
+    want = {"a": ("F32", [2, 3]), "b": ("F32", [3])}
+    assert weights_layout_problem(dict(want), want) is None
+    assert "not in" in str(weights_layout_problem({**want, "evil": ("F32", [1])}, want))
+    assert "missing" in str(weights_layout_problem({"a": want["a"]}, want))
+    assert weights_layout_problem({**want, "a": ("F64", [2, 3])}, want)
+    assert weights_layout_problem({**want, "a": ("F32", [3, 2])}, want)
+    params = [("F32", [2, 3]), ("F32", [3])]
+    assert optimizer_layout_problem({"state.0.momentum_buffer": ("F32", [2, 3]),
+                                     "state.1.step": ("F32", [])}, params) is None
+    for bad in ({"state.2.m": ("F32", [3])}, {"state.x.m": ("F32", [3])},
+                {"evil": ("F32", [3])}, {"state.1.m": ("F32", [])},
+                {"state.0.m": ("F64", [2, 3])}):
+        assert optimizer_layout_problem(bad, params), bad
+
+
+@pytest.mark.parametrize("variant", ["extra", "shape", "dtype"])
+def test_replay_of_a_misfit_state_is_an_error_not_a_crash(variant: str, tmp_path: Path) -> None:
+    import torch
+
+    from auditor.replay import SegmentJob, replay_segment
+    from prover.evidence import EvidenceStore
+    from prover.hashing import hash_tensors
+    from prover.recipes import get_recipe
+
+    r = get_recipe("digits-mlp", epochs=1)
+    sd = dict(r.model().state_dict())
+    if variant == "extra":
+        sd["evil"] = torch.zeros(3)
+    elif variant == "shape":
+        sd["0.weight"] = torch.zeros(3, 3)
+    else:
+        sd["0.weight"] = sd["0.weight"].double()
+    name = EvidenceStore(tmp_path).put(sd)
+    job = SegmentJob(recipe=r.name, config=dict(r.config), seed=b"\0" * 32, n_examples=1437,
+                     algorithm="blake3", evidence=str(tmp_path), start=0, end=0,
+                     start_weights=name, start_weights_hash=hash_tensors(sd),
+                     start_optimizer=None, start_optimizer_hash=None,
+                     step_hashes=("00" * 32,), step_starts=((0, 0),), batches=((1, 2, 3),))
+    res = replay_segment(job)
+    assert not res.match and res.error and "does not fit" in res.error
+
+
+class MisfitEvidence(_Rewriter):
+    """A checkpoint (weights and step hash consistent, correctly signed) whose weights
+    carry an extra tensor."""
+
+    def rewrite(self, steps: list[dict[str, Any]], close: dict[str, Any]) -> None:
+        import torch
+
+        from prover.attacks import _splice
+
+        sd = {**self.model.state_dict(), "evil": torch.zeros(4)}
+        name, h = self.ship(sd)
+        _splice(steps[24]["checkpoint"], name, h)
+        steps[24]["weights"] = h
+
+
+def test_misfit_evidence_fails_the_evidence_check(env: Env) -> None:
+    s = env.train("misfit", cls=MisfitEvidence)
+    rep = env.audit(s.run_id, env.dir / "ev-misfit")
+    assert rep["verdict"] == "fail"
+    ev = next(c for c in rep["checks"] if c["name"] == "evidence")
+    assert ev["status"] == "fail" and "'evil' is not in the recipe's model" in ev["summary"]
