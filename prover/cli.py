@@ -110,12 +110,18 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     last = sess.receipts[-1]
     summary = {"run": sess.run_id, "recipe": r.name, "steps": len(sess.plan),
                "final_loss": sess.losses[-1], "final_weights": sess.final_weights,
+               "final_state": sess.final_state,
+               "final_model": f"objects/{sess._checkpoints[-1]['weights']}"
+               if sess._checkpoints else None,
                "statements": total, "first_index": sess.receipts[0].index,
                "last_index": last.index, "checkpoint_size": last.checkpoint.size,
                "evidence": str(Path(evidence).resolve()), "log_outages": sess.submitter.outages}
     click.echo(f"logged {total} statements (indexes {summary['first_index']}..{last.index}), "
                f"every inclusion proof verified")
     click.echo(f"final loss {summary['final_loss']:.4f}, weights {sess.final_weights}")
+    if sess._checkpoints:
+        click.echo(f"final model (safetensors, certified by the run): "
+                   f"{Path(evidence) / 'objects' / sess._checkpoints[-1]['weights']}")
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -79,13 +79,20 @@ def main() -> int:
         potd("prover", "train", "--recipe", args.recipe, "--log", url, "--vkey", "log.key.pub",
              "--key", "trainer.key", "--evidence", "evidence", "--epochs", str(args.epochs),
              "--json", "train.json")
-        run = json.loads(Path("train.json").read_text())["run"]
+        trained = json.loads(Path("train.json").read_text())
+        run = trained["run"]
+        model = f"evidence/{trained['final_model']}"  # the model the trainer ships
 
-        banner("4. an independent audit: log, statements, seed, order, replay, memorization")
+        banner("4. an independent audit: log, statements, seed, order, replay, memorization, "
+               "and the shipped model")
         r = potd("auditor", "audit", "--log", url, "--vkey", "log.key.pub", "--run", run,
                  "--evidence", "evidence", "--samples", str(args.samples), "--state",
-                 "auditor-state", "--json", "audit.json", "--html", "audit.html", check=False)
+                 "auditor-state", "--model", model, "--json", "audit.json", "--html",
+                 "audit.html", check=False)
         ok = r.returncode == 0
+        banner("4b. the quick question (no replay): was this model file produced by the run?")
+        potd("auditor", "check-model", "--log", url, "--vkey", "log.key.pub", "--run", run,
+             "--model", model, "--state", "auditor-state")
 
         banner("5. the whole log recomputed from its tiles and entry bundles")
         potd("auditor", "verify-log", "--log", url, "--vkey", "log.key.pub", "--state",
