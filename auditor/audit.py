@@ -30,7 +30,7 @@ from ledger.note import open_checkpoint
 from ledger.statement import Statement
 
 from .logview import LogSnapshot, fetch_entries
-from .runs import RunView, abandoned_opens, check_run, group_runs
+from .runs import RunView, check_run, grinding_evidence, group_runs, identity
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
 
@@ -46,7 +46,7 @@ class AuditOptions:
     memorization_segments: int = 8
     tolerance: float | None = None     # force tolerance mode with this tolerance
     seed: bytes | None = None          # auditor randomness (default: os.urandom)
-    max_abandoned: int = 0             # earlier unclosed runs by the signer tolerated
+    max_abandoned: int = 0             # incomplete earlier runs of the identity tolerated
 
 
 class Audit:
@@ -140,15 +140,7 @@ class Audit:
         self.check("run.chain", "fail" if chain else "pass",
                    chain[0] if chain else "seq, prev hash chain and step numbers are "
                    "contiguous; one run.open, one run.close", problems=chain)
-        first = view.statements[0][0]
-        others = [r for r in abandoned_opens(runs, view.signer or "", view.run)
-                  if r["first_index"] < first]
-        tolerated = len(others) <= self.opts.max_abandoned
-        self.check("run.grinding", "pass" if not others else ("warn" if tolerated else "fail"),
-                   f"{len(others)} earlier run.open statement(s) by this signer were never "
-                   "closed: the trainer could have picked among their seeds (seed grinding)"
-                   if others else "no abandoned run.open by this signer before this run",
-                   runs=others, tolerated=self.opts.max_abandoned)
+        self._grinding(runs, view)
         o = view.open
         closes = [st for _, st in view.statements if st.kind == "run.close"]
         if o is None or not closes:
@@ -161,6 +153,32 @@ class Audit:
 
         ReplayCheck(self, view, snap, o, closes[0], cp).run()
 
+
+    def _grinding(self, runs: dict[str, RunView], view: RunView) -> None:
+        """``run.grinding``: incomplete runs that could have been alternatives to this
+        one's seed (see :func:`~auditor.runs.grinding_evidence`)."""
+        mine, others = grinding_evidence(runs, view)
+        limit = self.opts.max_abandoned
+        me = identity(view.signer)
+        blind = ("; a trainer using a fresh identity per attempt shows only as runs by "
+                 "other identities over the same data, which this check lists but cannot "
+                 "attribute")
+        if mine:
+            status = "fail" if len(mine) > limit else "warn"
+            summary = (f"{len(mine)} incomplete run(s) of identity {me} over the same "
+                       "dataset and recipe (never closed, or closed before their planned "
+                       "steps) were opened before this run closed: the trainer could have "
+                       f"picked this run's seed among theirs (seed grinding; {limit} "
+                       "tolerated)")
+        else:
+            status = "warn" if others else "pass"
+            summary = (f"no incomplete run of identity {me} (any key) over the same dataset "
+                       "and recipe before this run closed")
+        if others:
+            summary += (f"; {len(others)} incomplete run(s) by other identities over the "
+                        "same data (not counted against this trainer)")
+        self.check("run.grinding", status, summary + blind, runs=mine, other_identities=others,
+                   identity=me, tolerated=limit)
 
 class _Stop(Exception):
     """Internal: stop the audit early (the failing check is already recorded)."""

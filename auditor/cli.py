@@ -88,8 +88,9 @@ class _Bars:
               help="Compare replays by distance under this tolerance instead of exact hashes.")
 @witness_options
 @click.option("--max-abandoned", default=0, show_default=True,
-              help="Earlier never-closed runs by the same signer to tolerate (seed grinding "
-                   "evidence) before failing.")
+              help="Incomplete runs (never closed, or closed before their planned steps) "
+                   "of the same identity over the same data, opened before this run closed, "
+                   "to tolerate (seed grinding evidence) before failing.")
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report.")

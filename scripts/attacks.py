@@ -141,6 +141,32 @@ def seed_grinding(b: Bench) -> dict[str, Any]:
     return b.audit(*b.train())
 
 
+def _ground(b: Bench, tag: str, trainer: Signer, close: bool) -> None:
+    """Open a run (its seed is then fixed and visible), and abandon it: closed at once
+    with no step, or left open."""
+    s = TrainingSession(get_recipe("digits-mlp", **RECIPE), b.client(), trainer,
+                        str(b.dir / f"ev-{tag}"), str(b.dir / f"{tag}.spool"))
+    s.open()
+    if close:
+        s.close()
+    else:
+        s._shutdown()
+
+
+def grinding_closed_early(b: Bench) -> dict[str, Any]:
+    # the runs whose seed the trainer did not like are closed properly, with 0 steps
+    for i in range(2):
+        _ground(b, f"ground-{i}", b.trainer, close=True)
+    return b.audit(*b.train())
+
+
+def grinding_second_key(b: Bench) -> dict[str, Any]:
+    # each attempt under a fresh key of the same identity (same key name, new key id)
+    for i in range(2):
+        _ground(b, f"ground-{i}", Signer.generate(b.trainer.name), close=i == 0)
+    return b.audit(*b.train())
+
+
 def forged_statement(b: Bench) -> dict[str, Any]:
     run, ev = b.train()
     entries = _entries(b)
@@ -335,6 +361,10 @@ SCENARIOS = [
              trainer_attack("chosen-order")),
     Scenario("seed grinding", "runs reopened until the seed suits", ("run.grinding",),
              seed_grinding),
+    Scenario("seed grinding: runs closed early", "runs closed with 0 steps until the seed "
+             "suits", ("run.grinding",), grinding_closed_early),
+    Scenario("seed grinding: second key", "each attempt under a new key of the same "
+             "identity", ("run.grinding",), grinding_second_key),
     Scenario("tiny-lr spoofing", "tiny learning rate so any data looks right",
              ("hyperparameters", "replay"), trainer_attack("tiny-lr")),
     Scenario("forged statement", "a statement in another trainer's name",
