@@ -13,6 +13,7 @@ their content address and their tensors match the hash the log committed.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import hashlib
 import multiprocessing
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.client import LogClient
-from ledger.errors import PotdError, VerificationError
+from ledger.errors import PotdError, UsageError, VerificationError
 from ledger.note import open_checkpoint
 from ledger.statement import Statement
 
@@ -204,7 +205,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def detection_probabilities(r: int) -> dict[str, float]:
-    """``1 - (1 - f)^R`` for a few forged fractions ``f``."""
+    """``1 - (1 - f)^R`` for a few forged fractions ``f`` of the steps, ``R`` distinct
+    steps drawn (a lower bound: drawing without replacement does better)."""
     return {str(f): round(1 - (1 - f) ** r, 4) for f in FRACTIONS}
 
 
@@ -219,6 +221,33 @@ def sample(seed: bytes, population: int, r: int) -> list[int]:
     """``r`` distinct positions in ``range(population)`` from ``seed`` (sorted)."""
     rnd = random.Random(seed)
     return sorted(rnd.sample(range(population), min(r, population)))
+
+
+def step_sample(seed: bytes, ends: list[int], steps: int, r: int
+                ) -> tuple[list[int], list[int], list[int]]:
+    """The replay sample, drawn over *steps* so that checkpoint spacing cannot dilute it.
+
+    ``ends`` are the segment boundaries: ``ends[0] = -1`` (the initial weights), then the
+    step of every committed checkpoint, increasing; segment ``i`` covers steps
+    ``ends[i] + 1 .. ends[i + 1]``. Draws ``r`` distinct steps of ``range(steps)`` with
+    :func:`sample` and returns ``(drawn steps, indexes of the segments containing them
+    (de-duplicated, sorted), drawn steps no segment covers)``. A forger of a fraction
+    ``f`` of the steps escapes with probability at most ``(1 - f)^r``, however the
+    checkpoints are spaced (one long forged segment is as likely to be drawn as the
+    steps in it).
+    """
+    if any(b >= a for a, b in zip(ends[1:], ends, strict=False)):
+        raise UsageError("segment ends must be increasing")
+    drawn = sample(seed, steps, r)
+    picks: set[int] = set()
+    uncovered = []
+    for t in drawn:
+        i = bisect.bisect_left(ends, t) - 1   # ends[i] < t <= ends[i + 1]
+        if i + 1 < len(ends):
+            picks.add(i)
+        else:
+            uncovered.append(t)
+    return drawn, sorted(picks), uncovered
 
 
 def pool_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> list[Any]:

@@ -77,7 +77,8 @@ class _Bars:
 @click.option("--evidence", required=True, help="Evidence directory or http(s) URL.")
 @click.option("--recipe", help="Recipe to replay with (default: the one the run names).")
 @click.option("--samples", "-r", default=4, show_default=True,
-              help="Segments (checkpoint to checkpoint) to replay.")
+              help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
+                   "holding each is replayed, once.")
 @click.option("--public-challenge", is_flag=True,
               help="Derive the sample from the log's checkpoint root (re-derivable by anyone) "
                    "instead of auditor randomness.")

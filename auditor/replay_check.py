@@ -54,6 +54,11 @@ class ReplayCheck:
         from .audit import _Stop
 
         a = self.a
+        numbers = [st.body.get("step") for st in self.steps]
+        if any(type(t) is not int or t != i for i, t in enumerate(numbers)):
+            a.check("replay", "fail", "the step statements are not numbered 0, 1, 2, … in "
+                    "log order (see run.chain): no step can be located, nothing replayed")
+            raise _Stop
         recipe = self._recipe()
         if recipe is None:
             raise _Stop
@@ -267,7 +272,7 @@ class ReplayCheck:
         return ckpts
 
     def _replay(self, recipe: Recipe, seed: bytes, ckpts: list[dict[str, Any]]) -> None:
-        from .audit import challenge_seed, detection_probabilities, pool_map, sample
+        from .audit import challenge_seed, detection_probabilities, pool_map, step_sample
 
         a = self.a
         bounds = [{"step": -1, "weights": self.init.get("weights"),
@@ -282,7 +287,8 @@ class ReplayCheck:
         exact = a.opts.tolerance is None and isinstance(env, dict) and all(
             env.get(k) == mine[k] for k in ("torch", "device", "threads"))
         cseed = challenge_seed(a.opts, self.view.run, self.cp.root, self.cp.size)
-        picks = sample(cseed, len(segments), a.opts.samples)
+        drawn, picks, uncovered = step_sample(cseed, [int(b["step"]) for b in bounds],
+                                              len(self.steps), a.opts.samples)
         jobs = [self._job(recipe, seed, segments[i], exact) for i in picks]
         t0 = time.perf_counter()
         done = 0
@@ -310,28 +316,38 @@ class ReplayCheck:
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
-            "segments_total": len(segments),
+            "segments_total": len(segments), "steps_total": len(self.steps),
+            "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
+            "steps_replayed": sum(r.end - r.start + 1 for r in results),
+            "basis": "steps: each drawn step's whole segment is replayed",
             "challenge": {"kind": "public" if a.opts.public_challenge else "auditor",
                           "seed": cseed.hex(),
                           "checkpoint_size": self.cp.size if a.opts.public_challenge else None},
-            "segments": segs, "detection_probability": detection_probabilities(len(results)),
+            "segments": segs, "detection_probability": detection_probabilities(len(drawn)),
             "environment": {"run": env, "auditor": mine}}
         a.report["timing"]["replay_seconds"] = round(replay_s, 3)
-        if bad:
+        drew = (f"{len(drawn)} of {len(self.steps)} steps drawn from the challenge, "
+                f"{len(results)} of {len(segments)} segments replayed "
+                f"({sum(r.end - r.start + 1 for r in results)} steps)")
+        if uncovered:
+            a.check("replay", "fail", f"step(s) {', '.join(map(str, uncovered[:10]))} drawn "
+                    "for replay lie after the last committed checkpoint: no segment covers "
+                    "them, they cannot be replayed", uncovered=uncovered[:1000])
+        elif bad:
             r = bad[0]
             where = (f"weights differ from the committed hash from step {r.first_mismatch_step}"
                      if r.first_mismatch_step is not None else
                      (r.error or f"distance {r.distance:.3g} exceeds tolerance {tol:.3g}"
                       if r.distance is not None and tol is not None else
                       r.error or "weights differ from the commitment"))
-            a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where}",
+            a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where} ({drew})",
                     segments=[x.to_json() for x in bad])
         else:
-            a.check("replay", "pass", f"{len(results)} of {len(segments)} segments replayed "
+            a.check("replay", "pass", drew + " "
                     + ("bit-exactly (same environment)" if exact else
                        f"within tolerance {tol:.3g} (environment differs)"),
                     steps=sum(r.end - r.start + 1 for r in results))
-        self._memorization(recipe, segments, picks, seed)
+        self._memorization(recipe, segments, cseed, seed)
 
     def _job(self, recipe: Recipe, seed: bytes, seg: tuple[dict[str, Any], dict[str, Any]],
              exact: bool) -> SegmentJob:
@@ -372,7 +388,9 @@ class ReplayCheck:
         return tol
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
-                      dict[str, Any]]], picks: list[int], seed: bytes) -> None:
+                      dict[str, Any]]], cseed: bytes, seed: bytes) -> None:
+        """The memorization test on segments drawn from the auditor's challenge randomness
+        (``cseed``), which the trainer does not know while training (unlike ``seed``)."""
         from .audit import sample
 
         a = self.a
@@ -380,7 +398,8 @@ class ReplayCheck:
         if n == 0:
             a.check("memorization", "skip", "no segments to test")
             return
-        chosen = sample(hashlib.sha256(seed + b"memorization").digest(), len(segments), n)
+        chosen = sample(hashlib.sha256(cseed + b"potd-memorization-v1").digest(),
+                        len(segments), n)
         src = EvidenceSource(a.opts.evidence)
         rows = []
         cache: dict[tuple[bytes, int, int], list[int]] = {}

@@ -104,10 +104,32 @@ class TinyLearningRate(TrainingSession):
         return 2.3
 
 
+def long_segment(n_steps: int) -> range:
+    """The steps :class:`UnevenCheckpoints` leaves without a checkpoint but the last."""
+    return range(n_steps // 5, 9 * n_steps // 10)
+
+
+class UnevenCheckpoints(TrainingSession):
+    """Commits the recipe's ``k`` in run.open but checkpoints after every step except in
+    one long stretch, where it forges the weights: an auditor that samples *segments*
+    uniformly almost always draws one of the many honest one-step segments."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        long = long_segment(len(self.plan))
+        inside = batch.step in long and batch.step != long[-1]
+        self._k = 1 << 62 if inside else 1
+        if batch.step == long[len(long) // 2]:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(torch.randn_like(p) * 1e-3)
+        super()._record(batch, loss)
+
+
 ATTACKS: dict[str, Any] = {
     "forged-checkpoint": ForgedCheckpoint,
     "data-substitution": DataSubstitution,
     "skipped-steps": SkippedSteps,
     "chosen-order": ChosenOrder,
     "tiny-lr": TinyLearningRate,
+    "uneven-checkpoints": UnevenCheckpoints,
 }

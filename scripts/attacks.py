@@ -80,11 +80,12 @@ class Bench:
         sess.close()
         return sess.run_id, ev
 
-    def audit(self, run: str, evidence: str, **policy: Any) -> dict[str, Any]:
+    def audit(self, run: str, evidence: str, samples: int = 1000,
+              **policy: Any) -> dict[str, Any]:
         client = LogClient(self.server.url, self.log_key.verifier, state_dir=self.state,
                            proofs="tiles", **policy)
         with client:
-            return Audit(client, AuditOptions(run=run, evidence=evidence, samples=1000,
+            return Audit(client, AuditOptions(run=run, evidence=evidence, samples=samples,
                                               seed=b"\x07" * 32)).run()
 
     def restart_with(self, db: str, extra: Sequence[str] = ()) -> None:
@@ -129,6 +130,16 @@ def trainer_attack(name: str) -> Callable[[Bench], dict[str, Any]]:
     def go(b: Bench) -> dict[str, Any]:
         return b.audit(*b.train(ATTACKS[name]))
     return go
+
+
+UNEVEN_SAMPLES = 2
+
+
+def uneven_checkpoints(b: Bench) -> dict[str, Any]:
+    # a small sample (2 steps): drawn over steps, it lands in the long forged segment
+    # with probability 1 - C(14,2)/C(45,2) = 0.91 (uniform over the 15 segments: 0.13);
+    # the fixed auditor seed makes this run deterministic
+    return b.audit(*b.train(ATTACKS["uneven-checkpoints"]), samples=UNEVEN_SAMPLES)
 
 
 def seed_grinding(b: Bench) -> dict[str, Any]:
@@ -365,6 +376,8 @@ SCENARIOS = [
              "suits", ("run.grinding",), grinding_closed_early),
     Scenario("seed grinding: second key", "each attempt under a new key of the same "
              "identity", ("run.grinding",), grinding_second_key),
+    Scenario("uneven checkpoint spacing", "1-step segments everywhere but one long forged "
+             "one, to dodge a sample over segments", ("replay",), uneven_checkpoints),
     Scenario("tiny-lr spoofing", "tiny learning rate so any data looks right",
              ("hyperparameters", "replay"), trainer_attack("tiny-lr")),
     Scenario("forged statement", "a statement in another trainer's name",
