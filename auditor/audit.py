@@ -48,6 +48,7 @@ class AuditOptions:
     tolerance: float | None = None     # force tolerance mode with this tolerance
     seed: bytes | None = None          # auditor randomness (default: os.urandom)
     max_abandoned: int = 0             # incomplete earlier runs of the identity tolerated
+    max_model_bytes: int = 4 << 30     # a committed config may build no larger model
 
 
 class Audit:

@@ -92,6 +92,9 @@ class _Bars:
               help="Incomplete runs (never closed, or closed before their planned steps) "
                    "of the same identity over the same data, opened before this run closed, "
                    "to tolerate (seed grinding evidence) before failing.")
+@click.option("--max-model-bytes", default=4 << 30, show_default=True,
+              help="Largest model (bytes of weights) a run's committed config may make the "
+                   "auditor build; larger fails the recipe check.")
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report.")
@@ -101,8 +104,8 @@ class _Bars:
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
           samples: int, public_challenge: bool, workers: int, memorization_segments: int,
           tolerance: float | None, witness: tuple[str, ...], quorum: int | None,
-          max_abandoned: int, state: str, json_out: str | None, html_out: str | None,
-          quiet: bool) -> None:
+          max_abandoned: int, max_model_bytes: int, state: str, json_out: str | None,
+          html_out: str | None, quiet: bool) -> None:
     """Audit a training run: log, statements, seed, data order, replay, memorization.
 
     Exit status 0 = pass, 1 = fail, 3 = inconclusive.
@@ -113,7 +116,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
     opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, samples=samples,
                         public_challenge=public_challenge, workers=workers,
                         memorization_segments=memorization_segments, tolerance=tolerance,
-                        max_abandoned=max_abandoned)
+                        max_abandoned=max_abandoned, max_model_bytes=max_model_bytes)
     with _client(log_url, vkey, state, witness, quorum) as client:
         report = Audit(client, opts, progress=bars).run()
     bars.close()

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from prover.derive import batch_indexes
-from prover.evidence import EvidenceSource, restore_optimizer
+from prover.evidence import EvidenceError, EvidenceSource, restore_optimizer
 from prover.hashing import StateHasher
 from prover.recipes import Data, Recipe, get_recipe, train_step
 
@@ -142,6 +142,7 @@ class Trainee:
                 return model
         with torch.device("meta"):
             model = self.recipe.model()
+        check_layout(model.state_dict(), sd, "weights")
         model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
         self.model = model
         self.state_nbytes = sum(t.nbytes for t in model.state_dict().values())
@@ -180,6 +181,22 @@ class Trainee:
             self.hashers[algorithm] = StateHasher(
                 algorithm, threads=blake3.blake3.AUTO if self.state_nbytes > 1 << 20 else 1)
         return self.hashers[algorithm].hash(self.model.state_dict(keep_vars=True))
+
+
+def check_layout(model: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor],
+                 what: str) -> None:
+    """``sd`` (committed, hash-checked, but chosen by the trainer) has exactly the names,
+    dtypes and shapes of the recipe model's state ``model``; raises
+    :class:`~prover.evidence.EvidenceError` naming the first difference."""
+    extra, missing = sorted(set(sd) - set(model)), sorted(set(model) - set(sd))
+    problem = (f"an extra tensor {extra[0][:80]!r}" if extra else
+               f"no tensor {missing[0]!r}" if missing else None)
+    for k, v in model.items():
+        if problem is None and (sd[k].dtype != v.dtype or sd[k].shape != v.shape):
+            problem = (f"tensor {k!r} of {sd[k].dtype} {tuple(sd[k].shape)}, the model has "
+                       f"{v.dtype} {tuple(v.shape)}")
+    if problem is not None:
+        raise EvidenceError(f"the committed {what} do not fit the recipe's model: {problem}")
 
 
 _TRAINEES: dict[tuple[str, str], Trainee] = {}
@@ -288,6 +305,12 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
     except PotdError as e:
         return SegmentResult(job.start, job.end, False, None, None, None,
                              time.perf_counter() - t0, error=e.message)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        # the start state is the trainer's choice: whatever torch refuses in it fails
+        # the segment (the checks above are meant to catch it first)
+        return SegmentResult(job.start, job.end, False, None, None, None,
+                             time.perf_counter() - t0, error="the committed state cannot "
+                             f"be replayed: {type(e).__name__}: {str(e)[:200]}")
 
 
 def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
@@ -305,6 +328,10 @@ def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
     model = recipe.model()
     ids = torch.tensor(sorted(set(segment_examples)))
     hx, hy = data.heldout_x[:heldout], data.heldout_y[:heldout]
+
+    ref = model.state_dict()
+    check_layout(ref, start_sd, "weights")
+    check_layout(ref, end_sd, "weights")
 
     def losses(sd: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model.load_state_dict(sd)

@@ -125,6 +125,56 @@ class UnevenCheckpoints(TrainingSession):
         super()._record(batch, loss)
 
 
+class ExtraTensor(TrainingSession):
+    """From the middle of the run on, the model carries one more tensor than the recipe's
+    model has (a buffer registered on it): the committed checkpoints hash consistently,
+    but no replay can load them into the recipe's model."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        if batch.step == _segment_step(self) - self.recipe.k:
+            self.model.register_buffer("smuggled", torch.zeros(3))
+        super()._record(batch, loss)
+
+
+class WrongShapeMomentum(TrainingSession):
+    """At one checkpoint, commits an optimizer state whose momentum buffer for the first
+    parameter has the wrong shape (hash-consistent, well-formed safetensors)."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        if batch.step != _segment_step(self):
+            return super()._record(batch, loss)
+        p = next(iter(self.model.parameters()))
+        st = self.optimizer.state[p]
+        real = st["momentum_buffer"]
+        st["momentum_buffer"] = torch.zeros(7)
+        try:
+            super()._record(batch, loss)
+            self._wait_hashed()
+        finally:
+            st["momentum_buffer"] = real
+
+
+class ClaimedConfig(TrainingSession):
+    """Trains with the recipe as given, but commits other values in run.open: ``CONFIG``
+    merged into the recipe config, ``HYPERPARAMETERS`` into the hyperparameters block
+    (a well-formed, correctly signed lie; the run id is the hash of the lie)."""
+
+    CONFIG: dict[str, Any] = {}
+    HYPERPARAMETERS: dict[str, Any] = {}
+
+    def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "recipe": {**body["recipe"],
+                                   "config": {**body["recipe"]["config"], **self.CONFIG}},
+                "hyperparameters": {**body["hyperparameters"], **self.HYPERPARAMETERS}}
+        return body
+
+
+def claimed(name: str, config: dict[str, Any] | None = None,
+            hyperparameters: dict[str, Any] | None = None) -> type[ClaimedConfig]:
+    return type(name, (ClaimedConfig,), {"CONFIG": config or {},
+                                         "HYPERPARAMETERS": hyperparameters or {}})
+
+
 ATTACKS: dict[str, Any] = {
     "forged-checkpoint": ForgedCheckpoint,
     "data-substitution": DataSubstitution,
@@ -132,4 +182,13 @@ ATTACKS: dict[str, Any] = {
     "chosen-order": ChosenOrder,
     "tiny-lr": TinyLearningRate,
     "uneven-checkpoints": UnevenCheckpoints,
+    "extra-tensor": ExtraTensor,
+    "wrong-shape-momentum": WrongShapeMomentum,
+    # committed hyperparameters that differ from those used (trained with SGD, batch 32)
+    "false-hyperparameters": claimed("FalseHyperparameters",
+                                     hyperparameters={"optimizer": "Adam", "batch_size": 64}),
+    # hostile configs: each would make an unguarded auditor crash or allocate without bound
+    "config-batch-size-0": claimed("BatchSizeZero", {"batch_size": 0}, {"batch_size": 0}),
+    "config-epochs-1e9": claimed("EpochsBillion", {"epochs": 10**9}, {"epochs": 10**9}),
+    "config-hidden-1e9": claimed("HiddenBillion", {"hidden": 10**9}),
 }

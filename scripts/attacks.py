@@ -380,6 +380,18 @@ SCENARIOS = [
              "one, to dodge a sample over segments", ("replay",), uneven_checkpoints),
     Scenario("tiny-lr spoofing", "tiny learning rate so any data looks right",
              ("hyperparameters", "replay"), trainer_attack("tiny-lr")),
+    Scenario("false hyperparameters", "run.open commits an optimizer and batch size other "
+             "than those used", ("hyperparameters",), trainer_attack("false-hyperparameters")),
+    Scenario("hostile checkpoint: extra tensor", "a hash-consistent checkpoint with a tensor "
+             "the model lacks", ("replay",), trainer_attack("extra-tensor")),
+    Scenario("hostile checkpoint: momentum shape", "a momentum buffer of the wrong shape",
+             ("replay",), trainer_attack("wrong-shape-momentum")),
+    Scenario("hostile config: batch_size 0", "a config the recipe cannot run", ("recipe",),
+             trainer_attack("config-batch-size-0")),
+    Scenario("hostile config: epochs 10**9", "a schedule of 45 billion steps (unbounded "
+             "memory)", ("hyperparameters",), trainer_attack("config-epochs-1e9")),
+    Scenario("hostile config: hidden 10**9", "a model of hundreds of GB", ("recipe",),
+             trainer_attack("config-hidden-1e9")),
     Scenario("forged statement", "a statement in another trainer's name",
              ("run.signatures",), forged_statement),
     Scenario("statement edited by operator", "history rewritten after logging",
