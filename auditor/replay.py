@@ -185,16 +185,18 @@ class Trainee:
 
 def check_layout(model: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor],
                  what: str) -> None:
-    """``sd`` (committed, hash-checked, but chosen by the trainer) has exactly the names,
-    dtypes and shapes of the recipe model's state ``model``; raises
-    :class:`~prover.evidence.EvidenceError` naming the first difference."""
+    """``sd`` (committed, hash-checked, but chosen by the trainer) has exactly the names
+    and shapes of the recipe model's state ``model``; raises
+    :class:`~prover.evidence.EvidenceError` naming the first difference. (Another dtype
+    is a layout the replay can run, e.g. a model trained in float64; whatever torch then
+    refuses fails the segment.)"""
     extra, missing = sorted(set(sd) - set(model)), sorted(set(model) - set(sd))
     problem = (f"an extra tensor {extra[0][:80]!r}" if extra else
                f"no tensor {missing[0]!r}" if missing else None)
     for k, v in model.items():
-        if problem is None and (sd[k].dtype != v.dtype or sd[k].shape != v.shape):
-            problem = (f"tensor {k!r} of {sd[k].dtype} {tuple(sd[k].shape)}, the model has "
-                       f"{v.dtype} {tuple(v.shape)}")
+        if problem is None and sd[k].shape != v.shape:
+            problem = (f"tensor {k!r} of shape {tuple(sd[k].shape)}, the model's is "
+                       f"{tuple(v.shape)}")
     if problem is not None:
         raise EvidenceError(f"the committed {what} do not fit the recipe's model: {problem}")
 

@@ -241,8 +241,7 @@ class ReplayCheck:
         at_ckpt = [isinstance(st.body.get("checkpoint"), dict) for st in self.steps]
         want: dict[str, Any] = {
             "optimizer": self.optimizer_name, "lr": str(recipe.config.get("lr")),
-            "batch_size": bs, "epochs": epochs, "steps": planned, "k": recipe.k,
-            "per_step_weights": all(with_weights)}
+            "batch_size": bs, "epochs": epochs, "steps": planned, "k": recipe.k}
         bad = []
         hp = self.o.body.get("hyperparameters")
         if not isinstance(hp, dict):
@@ -252,17 +251,23 @@ class ReplayCheck:
             got = hp.get(key)
             if type(got) is not type(value) or got != value:
                 source = {"optimizer": "the optimizer the recipe builds",
-                          "steps": f"epochs x ceil({n} examples / batch size)",
-                          "per_step_weights": "whether every step statement carries a "
-                                              "weights hash"}.get(key, "the recipe config")
+                          "steps": f"epochs x ceil({n} examples / batch size)"
+                          }.get(key, "the recipe config")
                 bad.append(f"run.open hyperparameters {key} = {str(got)[:40]!r} differs from "
                            f"{source} ({value!r})")
         bad += [f"run.open hyperparameters carry {k!r}, which no check covers"
-                for k in sorted(set(hp) - set(want))[:5]]
-        if hp.get("per_step_weights") is False and any(
-                w and not c for w, c in zip(with_weights, at_ckpt, strict=True)):
+                for k in sorted(set(hp) - set(want) - {"per_step_weights"})[:5]]
+        per_step = hp.get("per_step_weights")
+        if per_step is True and not all(with_weights):
+            bad.append("per-step weights hashing is committed on, yet a step statement "
+                       "carries no weights hash")
+        elif per_step is False and any(w and not c for w, c in zip(with_weights, at_ckpt,
+                                                                    strict=True)):
             bad.append("per-step weights hashing is committed off, yet steps without a "
                        "checkpoint carry weights hashes")
+        elif type(per_step) is not bool:
+            bad.append(f"run.open hyperparameters per_step_weights = {str(per_step)[:40]!r} "
+                       "is not true or false")
         if planned != len(self.steps):
             bad.insert(0, f"the committed config schedules {planned} steps ({epochs} epochs "
                           f"x ceil({n} / {bs})), the run logged {len(self.steps)}")
@@ -277,7 +282,7 @@ class ReplayCheck:
                 f"every committed hyperparameter matches the recipe config and the log "
                 f"({self.optimizer_name}, lr {recipe.config.get('lr')}, batch {bs}, "
                 f"{epochs} epochs = {planned} steps, k {recipe.k}, per-step weights "
-                f"{'on' if want['per_step_weights'] else 'off'}); every step's lr follows "
+                f"{'on' if per_step else 'off'}); every step's lr follows "
                 "the schedule", problems=bad[:20])
         return planned == len(self.steps)
 
@@ -285,8 +290,14 @@ class ReplayCheck:
         a = self.a
         torch.manual_seed(init_seed(seed))
         model = recipe.model()
-        alg = str(self.o.body.get("weights_hash"))
-        h = hash_tensors(model.state_dict(), alg)
+        alg = str(self.o.body.get("weights_hash"))[:40]
+        try:
+            h = hash_tensors(model.state_dict(), alg)
+        except PotdError as e:  # an algorithm named by the trainer that we do not know
+            from .audit import _Stop
+
+            a.check("init", "fail", f"run.open names weights hash {alg!r}: {e.message}")
+            raise _Stop from None
         init = self.steps[0].body.get("init") if self.steps else None
         want = init.get("weights_hash") if isinstance(init, dict) else None
         self.alg = alg
@@ -351,6 +362,10 @@ class ReplayCheck:
         mine = environment()
         exact = a.opts.tolerance is None and isinstance(env, dict) and all(
             env.get(k) == mine[k] for k in ("torch", "device", "threads"))
+        if a.opts.samples < 1:
+            a.check("replay", "skip", f"--samples {a.opts.samples}: no step drawn, nothing "
+                    "replayed")
+            return
         cseed = challenge_seed(a.opts, self.view.run, self.cp.root, self.cp.size)
         drawn, picks, uncovered = step_sample(cseed, [int(b["step"]) for b in bounds],
                                               len(self.steps), a.opts.samples)
@@ -459,7 +474,7 @@ class ReplayCheck:
         from .audit import sample
 
         a = self.a
-        n = min(a.opts.memorization_segments, len(segments))
+        n = max(0, min(a.opts.memorization_segments, len(segments)))
         if n == 0:
             a.check("memorization", "skip", "no segments to test")
             return

@@ -19,6 +19,7 @@ from ledger.note import Signer
 from prover import attacks
 from prover.evidence import EvidenceError, restore_optimizer
 from prover.recipes import get_recipe
+from prover.session import TrainingSession
 
 
 def _uneven_ends(n: int = 45) -> list[int]:
@@ -59,7 +60,7 @@ def test_step_sample_deduplicates_and_reports_uncovered_steps() -> None:
 def test_honest_runs_pass_for_several_seeds_and_samples_come_from_the_challenge(
         env: Env) -> None:
     for i in range(3):
-        s = env.train(f"h{i}", s_rand=bytes([i + 1]) * 32)
+        s = env.train(f"h{i}", s_rand=bytes([i + 1]) * 32, per_step_weights=i != 1)
         rep = env.audit(s.run_id, env.dir / f"ev-h{i}", state=f"st{i}", samples=3,
                         seed=bytes([9 + i]) * 32)
         assert rep["verdict"] == "pass", checks(rep)
@@ -127,7 +128,7 @@ def test_hostile_state_layouts_are_refused() -> None:
     sd = model.state_dict()
     check_layout(sd, dict(sd), "weights")
     for bad in ({**sd, "extra": torch.zeros(1)}, {"weight": sd["weight"]},
-                {**sd, "bias": torch.zeros(3)}, {**sd, "bias": torch.zeros(2).double()}):
+                {**sd, "bias": torch.zeros(3)}, {**sd, "bias": torch.zeros(1, 2)}):
         with pytest.raises(EvidenceError):
             check_layout(sd, bad, "weights")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -149,3 +150,17 @@ def test_committed_hyperparameters_are_checked_field_by_field(env: Env) -> None:
                         memorization_segments=1)
         assert checks(rep)["hyperparameters"] == "fail", (hp, checks(rep))
         assert rep["verdict"] == "fail"
+
+
+class _UnknownHash(TrainingSession):
+    def open_body(self, body: dict[str, object]) -> dict[str, object]:
+        return {**body, "weights_hash": "md5"}
+
+
+def test_unknown_weights_hash_and_no_samples_are_not_crashes(env: Env) -> None:
+    s = env.train("md5", cls=_UnknownHash)
+    rep = env.audit(s.run_id, env.dir / "ev-md5", samples=1)
+    assert checks(rep)["init"] == "fail" and rep["verdict"] == "fail"
+    s = env.train()
+    rep = env.audit(s.run_id, env.dir / "ev-run", state="zero", samples=0)
+    assert checks(rep)["replay"] == "skip" and rep["verdict"] == "inconclusive"
