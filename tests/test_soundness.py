@@ -164,3 +164,25 @@ def test_unknown_weights_hash_and_no_samples_are_not_crashes(env: Env) -> None:
     s = env.train()
     rep = env.audit(s.run_id, env.dir / "ev-run", state="zero", samples=0)
     assert checks(rep)["replay"] == "skip" and rep["verdict"] == "inconclusive"
+
+
+@pytest.mark.parametrize("numbers", [[0, 2, 3], [1, 2, 3], [0, 1, 3]])
+def test_step_numbers_with_gaps_fail_replay(numbers: list[int]) -> None:
+    # (the statement format already makes every step number a non-negative int, seq + 1;
+    # a statement missing from the log, flagged by run.chain, leaves a gap)
+    from auditor.audit import Audit, AuditOptions, _Stop
+    from auditor.replay_check import ReplayCheck
+    from auditor.runs import RunView
+    from ledger.statement import build_statement, parse_statement
+
+    key, h = Signer.generate("trainer.example/alice"), "ab" * 32
+    o = parse_statement(build_statement("run.open", None, 0, {
+        "seed_commitment": h, "dataset": {"root": h, "size": 3}}, key))
+    view = RunView(o.run, [(0, o)] + [(i + 1, parse_statement(build_statement(
+        "step", o.run, t + 1, {"step": t, "prev": h, "batch_root": h}, key)))
+        for i, t in enumerate(numbers)])
+    close = parse_statement(build_statement("run.close", o.run, 5, {"prev": h}, key))
+    audit = Audit(None, AuditOptions(run=o.run, evidence="-"))  # type: ignore[arg-type]
+    with pytest.raises(_Stop):
+        ReplayCheck(audit, view, None, o, close, None).run()  # type: ignore[arg-type]
+    assert checks(audit.report) == {"replay": "fail"}
