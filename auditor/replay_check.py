@@ -329,9 +329,13 @@ class ReplayCheck:
             a.check("evidence", "fail", "manifest.json is not the manifest committed in "
                     "run.close", file="manifest.json")
             return None
+        raw = manifest.get("checkpoints", [])
+        if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+            a.check("evidence", "fail", "manifest.json: checkpoints is not a list of "
+                    "objects", file="manifest.json")
+            return None
         listed = [{k: c.get(k) for k in ("step", "weights", "weights_hash", "optimizer",
-                                           "optimizer_hash")} for c in manifest.get(
-                                               "checkpoints", [])]
+                                           "optimizer_hash")} for c in raw]
         if listed != ckpts:
             a.check("evidence", "fail", "the manifest's checkpoints differ from those "
                     "committed in the step statements", file="manifest.json")
@@ -385,7 +389,7 @@ class ReplayCheck:
                            pool_map(replay_segment, jobs, a.opts.workers)))
         replay_s = time.perf_counter() - t0
         tol = None
-        if not exact:
+        if not exact and jobs:
             tol = a.opts.tolerance if a.opts.tolerance is not None else self._calibrate(
                 jobs[0])
             for r in results:

@@ -160,7 +160,7 @@ def incomplete(v: RunView) -> str | None:
         return "no run.open"
     if not v.closed:
         return "never closed"
-    close = v.statements[-1][1]
+    close = next(st for _, st in v.statements if st.kind == "run.close")
     claimed = close.body.get("steps")
     done = min(len(v.steps), claimed if type(claimed) is int else 0)
     hp = o.body.get("hyperparameters")

@@ -154,6 +154,16 @@ class WrongShapeMomentum(TrainingSession):
             st["momentum_buffer"] = real
 
 
+class UncoveredTail(TrainingSession):
+    """Commits no checkpoint at the last step: the steps after the last checkpoint
+    belong to no segment, so nothing the auditor can replay covers them."""
+
+    def _commit_inline(self, batch: Batch, loss: float, lr: float,
+                       state: dict[str, torch.Tensor] | None,
+                       opt: dict[str, torch.Tensor] | None, last: bool) -> None:
+        super()._commit_inline(batch, loss, lr, state, None if last else opt, last)
+
+
 class ClaimedConfig(TrainingSession):
     """Trains with the recipe as given, but commits other values in run.open: ``CONFIG``
     merged into the recipe config, ``HYPERPARAMETERS`` into the hyperparameters block
@@ -183,6 +193,7 @@ ATTACKS: dict[str, Any] = {
     "tiny-lr": TinyLearningRate,
     "uneven-checkpoints": UnevenCheckpoints,
     "extra-tensor": ExtraTensor,
+    "uncovered-tail": UncoveredTail,
     "wrong-shape-momentum": WrongShapeMomentum,
     # committed hyperparameters that differ from those used (trained with SGD, batch 32)
     "false-hyperparameters": claimed("FalseHyperparameters",

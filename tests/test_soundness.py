@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +187,35 @@ def test_step_numbers_with_gaps_fail_replay(numbers: list[int]) -> None:
     with pytest.raises(_Stop):
         ReplayCheck(audit, view, None, o, close, None).run()  # type: ignore[arg-type]
     assert checks(audit.report) == {"replay": "fail"}
+
+
+def test_steps_after_the_last_checkpoint_fail_replay_in_both_modes(env: Env) -> None:
+    s = env.train("tail", cls=attacks.ATTACKS["uncovered-tail"])
+    ev = env.dir / "ev-tail"
+    # a challenge whose one drawn step lies in the tail (steps 40..44): no segment at all
+    seed = next(x for x in (bytes([i]) * 32 for i in range(256))
+                if step_sample(x, [-1, 4, 9, 14, 19, 24, 29, 34, 39], 45, 1)[2])
+    for i, kw in enumerate([{}, {"tolerance": 1e-4}]):
+        rep = env.audit(s.run_id, ev, state=f"s{i}", samples=1, seed=seed, **kw)
+        # (a chain check that requires a final checkpoint may fail the evidence first)
+        assert checks(rep)["replay"] == "fail" and rep["verdict"] == "fail"
+
+
+def test_a_committed_manifest_of_the_wrong_shape_fails_evidence(tmp_path: Path) -> None:
+    from auditor.audit import Audit, AuditOptions
+    from auditor.replay_check import ReplayCheck
+    from auditor.runs import RunView
+    from ledger.statement import build_statement, parse_statement
+
+    data = b'{"checkpoints":"abc"}\n'
+    (tmp_path / "manifest.json").write_bytes(data)
+    key, h = Signer.generate("trainer.example/alice"), "ab" * 32
+    o = parse_statement(build_statement("run.open", None, 0, {
+        "seed_commitment": h, "dataset": {"root": h, "size": 3}}, key))
+    close = parse_statement(build_statement("run.close", o.run, 1, {
+        "prev": h, "manifest": hashlib.sha256(data).hexdigest()}, key))
+    audit = Audit(None, AuditOptions(run=o.run, evidence=str(tmp_path)))  # type: ignore[arg-type]
+    rc = ReplayCheck(audit, RunView(o.run, [(0, o), (1, close)]), None, o, close,
+                     None)  # type: ignore[arg-type]
+    assert rc._evidence() is None
+    assert checks(audit.report) == {"evidence": "fail"}
