@@ -78,7 +78,8 @@ class _Bars:
 @click.option("--evidence", required=True, help="Evidence directory or http(s) URL.")
 @click.option("--recipe", help="Recipe to replay with (default: the one the run names).")
 @click.option("--samples", "-r", default=4, show_default=True,
-              help="Segments (checkpoint to checkpoint) to replay.")
+              help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
+                   "holding each is replayed, once.")
 @click.option("--public-challenge", is_flag=True,
               help="Derive the sample from the log's checkpoint root (re-derivable by anyone) "
                    "instead of auditor randomness.")
@@ -89,8 +90,12 @@ class _Bars:
               help="Compare replays by distance under this tolerance instead of exact hashes.")
 @witness_options
 @click.option("--max-abandoned", default=0, show_default=True,
-              help="Earlier never-closed runs by the same signer to tolerate (seed grinding "
-                   "evidence) before failing.")
+              help="Incomplete runs (never closed, or closed before their planned steps) "
+                   "of the same identity over the same data, opened before this run closed, "
+                   "to tolerate (seed grinding evidence) before failing.")
+@click.option("--max-model-bytes", default=4 << 30, show_default=True,
+              help="Largest model (bytes of weights) a run's committed config may make the "
+                   "auditor build; larger fails the recipe check.")
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
@@ -102,10 +107,13 @@ class _Bars:
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
           samples: int, public_challenge: bool, workers: int, memorization_segments: int,
           tolerance: float | None, witness: tuple[str, ...], quorum: int | None,
-          max_abandoned: int, state: str, model_file: str | None, json_out: str | None,
-          html_out: str | None, quiet: bool) -> None:
-    """Audit a training run: log, statements, seed, data order, replay, memorization,
-    and the final model it certifies (named in the report; --model checks a file).
+          max_abandoned: int, max_model_bytes: int, state: str, model_file: str | None,
+          json_out: str | None, html_out: str | None, quiet: bool) -> None:
+    """Audit a training run and name the model it certifies.
+
+    Checks the log, the statements, the seed, the data order, the checkpoint chain,
+    replays sampled steps, runs the memorization test, and names the certified final
+    model in the report (--model checks a shipped file against it).
 
     Exit status 0 = pass, 1 = fail, 3 = inconclusive.
     """
@@ -118,7 +126,8 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
     opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, samples=samples,
                         public_challenge=public_challenge, workers=workers,
                         memorization_segments=memorization_segments, tolerance=tolerance,
-                        max_abandoned=max_abandoned, model=model_file)
+                        max_abandoned=max_abandoned, max_model_bytes=max_model_bytes,
+                        model=model_file)
     with _client(log_url, vkey, state, witness, quorum) as client:
         report = Audit(client, opts, progress=bars).run()
     bars.close()

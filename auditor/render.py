@@ -157,11 +157,15 @@ def _detection_sentence(replay: Mapping[str, Any], arrow: str = "→") -> str | 
     if not probs:
         return None
     parts = ", ".join(f"f={_pct(f)} {arrow} {_pct(p)}" for f, p in probs)
-    r = replay.get("samples")
-    tail = f" (1 − (1 − f)^R with R = {_num(r)} sampled segments)" if _is_num(r) else ""
+    steps = replay.get("steps_drawn")
+    r = steps if _is_num(steps) else replay.get("samples")
+    unit = "steps drawn" if _is_num(steps) else "sampled segments"
+    tail = f" (1 − (1 − f)^R with R = {_num(r)} {unit})" if _is_num(r) else ""
     if arrow != "→":
         tail = tail.replace("−", "-")
-    return f"A forger of a fraction f of the segments is caught with probability {parts}{tail}."
+    what = "steps" if _is_num(steps) else "segments"
+    return (f"A forger of a fraction f of the {what} is caught with probability "
+            f"{parts}{tail}.")
 
 
 def _model_sentence(report: Mapping[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from prover.derive import batch_indexes
-from prover.evidence import EvidenceSource, flatten_optimizer, restore_optimizer
+from prover.evidence import EvidenceError, EvidenceSource, flatten_optimizer, restore_optimizer
 from prover.hashing import StateHasher
 from prover.recipes import Data, Recipe, get_recipe, train_step
 
@@ -145,6 +145,7 @@ class Trainee:
                 return model
         with torch.device("meta"):
             model = self.recipe.model()
+        check_layout(model.state_dict(), sd, "weights")
         model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
         self.model = model
         self.state_nbytes = sum(t.nbytes for t in model.state_dict().values())
@@ -183,6 +184,24 @@ class Trainee:
             self.hashers[algorithm] = StateHasher(
                 algorithm, threads=blake3.blake3.AUTO if self.state_nbytes > 1 << 20 else 1)
         return self.hashers[algorithm].hash(self.model.state_dict(keep_vars=True))
+
+
+def check_layout(model: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor],
+                 what: str) -> None:
+    """``sd`` (committed, hash-checked, but chosen by the trainer) has exactly the names
+    and shapes of the recipe model's state ``model``; raises
+    :class:`~prover.evidence.EvidenceError` naming the first difference. (Another dtype
+    is a layout the replay can run, e.g. a model trained in float64; whatever torch then
+    refuses fails the segment.)"""
+    extra, missing = sorted(set(sd) - set(model)), sorted(set(model) - set(sd))
+    problem = (f"an extra tensor {extra[0][:80]!r}" if extra else
+               f"no tensor {missing[0]!r}" if missing else None)
+    for k, v in model.items():
+        if problem is None and sd[k].shape != v.shape:
+            problem = (f"tensor {k!r} of shape {tuple(sd[k].shape)}, the model's is "
+                       f"{tuple(v.shape)}")
+    if problem is not None:
+        raise EvidenceError(f"the committed {what} do not fit the recipe's model: {problem}")
 
 
 _TRAINEES: dict[tuple[str, str], Trainee] = {}
@@ -361,6 +380,10 @@ def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
     model = recipe.model()
     ids = torch.tensor(sorted(set(segment_examples)))
     hx, hy = data.heldout_x[:heldout], data.heldout_y[:heldout]
+
+    ref = model.state_dict()
+    check_layout(ref, start_sd, "weights")
+    check_layout(ref, end_sd, "weights")
 
     def losses(sd: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model.load_state_dict(sd)

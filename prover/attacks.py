@@ -311,6 +311,87 @@ class CraftedMomentum(TrainingSession):
         super().close(timeout)
 
 
+def long_segment(n_steps: int) -> range:
+    """The steps :class:`UnevenCheckpoints` leaves without a checkpoint but the last."""
+    return range(n_steps // 5, 9 * n_steps // 10)
+
+
+class UnevenCheckpoints(TrainingSession):
+    """Commits the recipe's ``k`` in run.open but checkpoints after every step except in
+    one long stretch, where it forges the weights: an auditor that samples *segments*
+    uniformly almost always draws one of the many honest one-step segments."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        long = long_segment(len(self.plan))
+        inside = batch.step in long and batch.step != long[-1]
+        self._k = 1 << 62 if inside else 1
+        if batch.step == long[len(long) // 2]:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(torch.randn_like(p) * 1e-3)
+        super()._record(batch, loss)
+
+
+class ExtraTensor(TrainingSession):
+    """From the middle of the run on, the model carries one more tensor than the recipe's
+    model has (a buffer registered on it): the committed checkpoints hash consistently,
+    but no replay can load them into the recipe's model."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        if batch.step == _segment_step(self) - self.recipe.k:
+            self.model.register_buffer("smuggled", torch.zeros(3))
+        super()._record(batch, loss)
+
+
+class WrongShapeMomentum(TrainingSession):
+    """At one checkpoint, commits an optimizer state whose momentum buffer for the first
+    parameter has the wrong shape (hash-consistent, well-formed safetensors)."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        if batch.step != _segment_step(self):
+            return super()._record(batch, loss)
+        p = next(iter(self.model.parameters()))
+        st = self.optimizer.state[p]
+        real = st["momentum_buffer"]
+        st["momentum_buffer"] = torch.zeros(7)
+        try:
+            super()._record(batch, loss)
+            self._wait_hashed()
+        finally:
+            st["momentum_buffer"] = real
+
+
+class NoFinalCheckpoint(TrainingSession):
+    """Commits no checkpoint at the last step: the steps after the last checkpoint
+    belong to no segment, so nothing the auditor can replay covers them."""
+
+    def _commit_inline(self, batch: Batch, loss: float, lr: float,
+                       state: dict[str, torch.Tensor] | None,
+                       opt: dict[str, torch.Tensor] | None, last: bool) -> None:
+        super()._commit_inline(batch, loss, lr, state, None if last else opt, last)
+
+
+class ClaimedConfig(TrainingSession):
+    """Trains with the recipe as given, but commits other values in run.open: ``CONFIG``
+    merged into the recipe config, ``HYPERPARAMETERS`` into the hyperparameters block
+    (a well-formed, correctly signed lie; the run id is the hash of the lie)."""
+
+    CONFIG: dict[str, Any] = {}
+    HYPERPARAMETERS: dict[str, Any] = {}
+
+    def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "recipe": {**body["recipe"],
+                                   "config": {**body["recipe"]["config"], **self.CONFIG}},
+                "hyperparameters": {**body["hyperparameters"], **self.HYPERPARAMETERS}}
+        return body
+
+
+def claimed(name: str, config: dict[str, Any] | None = None,
+            hyperparameters: dict[str, Any] | None = None) -> type[ClaimedConfig]:
+    return type(name, (ClaimedConfig,), {"CONFIG": config or {},
+                                         "HYPERPARAMETERS": hyperparameters or {}})
+
+
 ATTACKS: dict[str, Any] = {
     "final-weights-lie": FinalWeightsLie,
     "final-checkpoint-splice": FinalCheckpointSplice,
@@ -323,4 +404,15 @@ ATTACKS: dict[str, Any] = {
     "skipped-steps": SkippedSteps,
     "chosen-order": ChosenOrder,
     "tiny-lr": TinyLearningRate,
+    "uneven-checkpoints": UnevenCheckpoints,
+    "extra-tensor": ExtraTensor,
+    "no-final-checkpoint": NoFinalCheckpoint,
+    "wrong-shape-momentum": WrongShapeMomentum,
+    # committed hyperparameters that differ from those used (trained with SGD, batch 32)
+    "false-hyperparameters": claimed("FalseHyperparameters",
+                                     hyperparameters={"optimizer": "Adam", "batch_size": 64}),
+    # hostile configs: each would make an unguarded auditor crash or allocate without bound
+    "config-batch-size-0": claimed("BatchSizeZero", {"batch_size": 0}, {"batch_size": 0}),
+    "config-epochs-1e9": claimed("EpochsBillion", {"epochs": 10**9}, {"epochs": 10**9}),
+    "config-hidden-1e9": claimed("HiddenBillion", {"hidden": 10**9}),
 }

@@ -88,14 +88,28 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Load state written by :func:`flatten_optimizer` into a freshly built optimizer."""
+    """Load state written by :func:`flatten_optimizer` into a freshly built optimizer.
+
+    The tensors may be hostile (committed by the trainer): each must name a parameter
+    of ``opt`` and be a 0-d scalar (e.g. Adam's ``step``) or have its parameter's shape
+    and dtype (momentum, moments); :class:`MalformedError` otherwise."""
     sd = opt.state_dict()
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
         parts = name.split(".")
         if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
-            raise MalformedError(f"unexpected optimizer tensor {name!r}")
-        state.setdefault(int(parts[1]), {})[parts[2]] = t.clone()
+            raise MalformedError(f"unexpected optimizer tensor {name[:80]!r}")
+        i = int(parts[1])
+        if i >= len(params):
+            raise MalformedError(f"optimizer tensor {name!r} names parameter {i}; the "
+                                 f"optimizer has {len(params)}")
+        p = params[i]
+        if t.dim() != 0 and (t.shape != p.shape or t.dtype != p.dtype):
+            raise MalformedError(f"optimizer tensor {name!r} is {t.dtype} "
+                                 f"{tuple(t.shape)}; its parameter is {p.dtype} "
+                                 f"{tuple(p.shape)}")
+        state.setdefault(i, {})[parts[2]] = t.clone()
     sd["state"] = state
     opt.load_state_dict(sd)
 

@@ -163,6 +163,7 @@ class TrainingSession:
             "environment": environment(),
             "weights_hash": self.alg,
         }
+        body = self.open_body(body)
         self.run_id = run_id(body)
         opened = build_statement("run.open", self.run_id, 0, body, self.trainer)
         self.spool.set_meta(run=self.run_id, log=self.client.url, log_vkey=str(self.client.log_key),
@@ -213,6 +214,10 @@ class TrainingSession:
                                             daemon=True)
             self._hasher.start()
         self._hooks.append(self.optimizer.register_step_pre_hook(self._before_update))
+
+    def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``run.open`` body as it will be committed (the run id is its hash)."""
+        return body
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The data order of ``epoch``: the seed-derived permutation (DESIGN §4)."""

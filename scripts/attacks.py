@@ -81,11 +81,12 @@ class Bench:
         self.session = sess
         return sess.run_id, ev
 
-    def audit(self, run: str, evidence: str, **policy: Any) -> dict[str, Any]:
+    def audit(self, run: str, evidence: str, samples: int = 1000,
+              **policy: Any) -> dict[str, Any]:
         client = LogClient(self.server.url, self.log_key.verifier, state_dir=self.state,
                            proofs="tiles", **policy)
         with client:
-            return Audit(client, AuditOptions(run=run, evidence=evidence, samples=1000,
+            return Audit(client, AuditOptions(run=run, evidence=evidence, samples=samples,
                                               seed=b"\x07" * 32)).run()
 
     def restart_with(self, db: str, extra: Sequence[str] = ()) -> None:
@@ -151,6 +152,16 @@ def other_runs_model(b: Bench) -> dict[str, Any]:
     return b.audit(*b.train(cls))
 
 
+UNEVEN_SAMPLES = 2
+
+
+def uneven_checkpoints(b: Bench) -> dict[str, Any]:
+    # a small sample (2 steps): drawn over steps, it lands in the long forged segment
+    # with probability 1 - C(14,2)/C(45,2) = 0.91 (uniform over the 15 segments: 0.13);
+    # the fixed auditor seed makes this run deterministic
+    return b.audit(*b.train(ATTACKS["uneven-checkpoints"]), samples=UNEVEN_SAMPLES)
+
+
 def seed_grinding(b: Bench) -> dict[str, Any]:
     # open runs, look at the seed, abandon the ones the trainer does not like
     for i in range(2):
@@ -158,6 +169,32 @@ def seed_grinding(b: Bench) -> dict[str, Any]:
                             str(b.dir / f"ev-ground-{i}"), str(b.dir / f"ground-{i}.spool"))
         s.open()
         s._shutdown()
+    return b.audit(*b.train())
+
+
+def _ground(b: Bench, tag: str, trainer: Signer, close: bool) -> None:
+    """Open a run (its seed is then fixed and visible), and abandon it: closed at once
+    with no step, or left open."""
+    s = TrainingSession(get_recipe("digits-mlp", **RECIPE), b.client(), trainer,
+                        str(b.dir / f"ev-{tag}"), str(b.dir / f"{tag}.spool"))
+    s.open()
+    if close:
+        s.close()
+    else:
+        s._shutdown()
+
+
+def grinding_closed_early(b: Bench) -> dict[str, Any]:
+    # the runs whose seed the trainer did not like are closed properly, with 0 steps
+    for i in range(2):
+        _ground(b, f"ground-{i}", b.trainer, close=True)
+    return b.audit(*b.train())
+
+
+def grinding_second_key(b: Bench) -> dict[str, Any]:
+    # each attempt under a fresh key of the same identity (same key name, new key id)
+    for i in range(2):
+        _ground(b, f"ground-{i}", Signer.generate(b.trainer.name), close=i == 0)
     return b.audit(*b.train())
 
 
@@ -355,8 +392,26 @@ SCENARIOS = [
              trainer_attack("chosen-order")),
     Scenario("seed grinding", "runs reopened until the seed suits", ("run.grinding",),
              seed_grinding),
+    Scenario("seed grinding: runs closed early", "runs closed with 0 steps until the seed "
+             "suits", ("run.grinding",), grinding_closed_early),
+    Scenario("seed grinding: second key", "each attempt under a new key of the same "
+             "identity", ("run.grinding",), grinding_second_key),
+    Scenario("uneven checkpoint spacing", "1-step segments everywhere but one long forged "
+             "one, to dodge a sample over segments", ("replay",), uneven_checkpoints),
     Scenario("tiny-lr spoofing", "tiny learning rate so any data looks right",
              ("hyperparameters", "replay"), trainer_attack("tiny-lr")),
+    Scenario("false hyperparameters", "run.open commits an optimizer and batch size other "
+             "than those used", ("hyperparameters",), trainer_attack("false-hyperparameters")),
+    Scenario("hostile checkpoint: extra tensor", "a hash-consistent checkpoint with a tensor "
+             "the model lacks", ("replay",), trainer_attack("extra-tensor")),
+    Scenario("hostile checkpoint: momentum shape", "a momentum buffer of the wrong shape",
+             ("replay",), trainer_attack("wrong-shape-momentum")),
+    Scenario("hostile config: batch_size 0", "a config the recipe cannot run", ("recipe",),
+             trainer_attack("config-batch-size-0")),
+    Scenario("hostile config: epochs 10**9", "a schedule of 45 billion steps (unbounded "
+             "memory)", ("hyperparameters",), trainer_attack("config-epochs-1e9")),
+    Scenario("hostile config: hidden 10**9", "a model of hundreds of GB", ("recipe",),
+             trainer_attack("config-hidden-1e9")),
     Scenario("forged statement", "a statement in another trainer's name",
              ("run.signatures",), forged_statement),
     Scenario("statement edited by operator", "history rewritten after logging",

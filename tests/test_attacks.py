@@ -40,6 +40,15 @@ def test_scenario(name: str, tmp_path: Path) -> None:
         assert rep["first_verdict"] == "pass"
         ev = next(c for c in rep["checks"] if c["name"] == "log.checkpoint")["evidence"]
         assert "old_checkpoint" in ev and "new_checkpoint" in ev  # both kept as evidence
+    if name == "uneven checkpoint spacing":  # 2 steps drawn; the long segment among them
+        r = rep["replay"]
+        assert r["steps_drawn"] == attacks.UNEVEN_SAMPLES and r["segments_total"] == 15
+        assert any(x["end"] - x["start"] > 20 and not x["match"] for x in r["segments"])
+    if name.startswith("seed grinding"):
+        g = next(c for c in rep["checks"] if c["name"] == "run.grinding")
+        assert len(g["evidence"]["runs"]) == 2 and not g["evidence"]["other_identities"]
+    if name.startswith("hostile"):  # a named check failed; the audit ran to its verdict
+        assert rep["timing"].get("total_seconds") is not None
     if name.startswith("evidence"):
         assert not rep.get("code_executed")
         failing = " ".join(c["summary"] for c in rep["checks"] if c["status"] == "fail")

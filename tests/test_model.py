@@ -308,7 +308,7 @@ def test_replay_of_a_misfit_state_is_an_error_not_a_crash(variant: str, tmp_path
                      start_optimizer=None, start_optimizer_hash=None,
                      step_hashes=("00" * 32,), step_starts=((0, 0),), batches=((1, 2, 3),))
     res = replay_segment(job)
-    assert not res.match and res.error and "does not fit" in res.error
+    assert not res.match and res.error and "fit the recipe" in res.error
 
 
 class MisfitEvidence(_Rewriter):
