@@ -55,8 +55,9 @@ def info(key: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True)
 def serve(key: str, host: str, port: int) -> None:
-    """Serve drand's HTTP API (/info, /public/latest, /public/<round>, also under
-    /<chain hash>/), publishing each round at its scheduled time."""
+    """Serve drand's HTTP API (/info, /public/latest, /public/ROUND, also under /HASH/).
+
+    Each round is published at its scheduled time (425 before), signed with the key."""
     from .beacon_server import BeaconServer
 
     srv = BeaconServer(_key(key), host, port)

@@ -459,7 +459,8 @@ class TrainingSession:
                 raise self._hash_error
             assert self._committer is not None
             close: dict[str, Any] = {"steps": len(self.plan), "s_rand": self._s_rand.hex()}
-            if self.beacon is not None:
+            if self.beacon is not None:  # the round is counted from when run.close is
+                self._committer.drain(timeout)  # logged: every step acknowledged first
                 close["challenge_beacon"] = beacon_field(self.chain, self.choose_round())
             reply = self._committer.close_run(close)
             self._checkpoints, self.final_weights = reply["checkpoints"], reply["final_weights"]

@@ -89,7 +89,7 @@ class Bench:
     def train(self, cls: type[TrainingSession] = TrainingSession, tag: str = "run",
               trainer: Signer | None = None, drand: bool = False) -> tuple[str, str]:
         ev = str(self.dir / f"evidence-{tag}")
-        beacon = {"beacon": self.beacon_client(), "beacon_lead": 2.0} if drand else {}
+        beacon = {"beacon": self.beacon_client(), "beacon_lead": 3.0} if drand else {}
         sess = cls(get_recipe("digits-mlp", **RECIPE), self.client(), trainer or self.trainer,
                    ev, str(self.dir / f"{tag}.spool"), **beacon)
         sess.open()
