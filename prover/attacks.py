@@ -203,9 +203,8 @@ class StaleChallengeRound(TrainingSession):
     would know the replay sample before closing (and could forge what it avoids)."""
 
     def choose_round(self) -> int:
-        if getattr(self, "_opened", False):
+        if self._round_open is not None:
             return max(1, self.chain.round_at(time.time()) - 1)
-        self._opened = True
         return super().choose_round()
 
     def _check_attested(self, cp: Any, due_ms: int, what: str) -> None:

@@ -112,6 +112,7 @@ class TrainingSession:
         self.submit_batch = submit_batch
         self.progress = progress
         self.beacon, self.beacon_lead = beacon, beacon_lead
+        self._round_open: int | None = None  # the round run.open committed
         self.receipts: list[Receipt] = []
         self._committer: Committer | None = None
         self._hasher: threading.Thread | None = None
@@ -224,9 +225,13 @@ class TrainingSession:
         self._hooks.append(self.optimizer.register_step_pre_hook(self._before_update))
 
     def choose_round(self) -> int:
-        """The drand round committed in run.open: the first one ``beacon_lead`` seconds
-        ahead (attacks override this)."""
-        return pick_round(self.chain, time.time(), self.beacon_lead)
+        """The drand round committed in run.open (then in run.close): the first one
+        ``beacon_lead`` seconds ahead (twice that for run.close, which is logged behind
+        the last steps' submission). Attacks override this."""
+        if self._round_open is None:
+            self._round_open = pick_round(self.chain, time.time(), self.beacon_lead)
+            return self._round_open
+        return pick_round(self.chain, time.time(), 2 * self.beacon_lead)
 
     def _attested(self, index: int, receipt_cp: SignedCheckpoint, by_ms: int
                   ) -> SignedCheckpoint:
