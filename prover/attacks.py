@@ -17,7 +17,14 @@ import nacl.bindings as nb
 import torch
 
 from ledger.client import Receipt
-from ledger.note import Note, NoteSignature, Signer, open_checkpoint
+from ledger.note import (
+    Checkpoint,
+    Note,
+    NoteSignature,
+    Signer,
+    open_checkpoint,
+    sign_checkpoint,
+)
 from prover.derive import derive_seed, permutation
 from prover.session import Batch, TrainingSession
 
@@ -196,6 +203,20 @@ class StaleDrandRound(TrainingSession):
 
     def _check_attested(self, cp: Any, due_ms: int, what: str) -> None:
         pass  # the honest prover refuses to go on; the attacker does not
+
+
+class StaleRoundBackdated(StaleDrandRound):
+    """A stale round, and the colluding operator (key in ``operator``) signs a checkpoint
+    of the same tree whose ``timestamp`` line predates the round: with the log's word as
+    the only clock the round looks fresh; witness times are out of the operator's reach."""
+
+    operator: Signer
+
+    def _attested(self, index: int, receipt_cp: Any, by_ms: int) -> Any:
+        cp = receipt_cp.checkpoint
+        early = f"timestamp {by_ms - 1000}"
+        return sign_checkpoint(Checkpoint(cp.origin, cp.size, cp.root, (early,)),
+                               self.operator)
 
 
 class StaleChallengeRound(TrainingSession):

@@ -35,7 +35,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from ledger.beacon_client import BeaconClient
 from ledger.client import LogClient, Receipt
 from ledger.errors import PotdError, UsageError, VerificationError
 from ledger.merkle import check_record, leaf_hash
-from ledger.note import SignedCheckpoint, Signer, b64decode, open_checkpoint
+from ledger.note import SignedCheckpoint, Signer, Verifier, b64decode, open_checkpoint
 from ledger.statement import build_statement, run_id
 from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, attested_ms, beacon_field, pick_round
 from prover.committer import Committer, client_settings, decimal_string
@@ -103,7 +103,9 @@ class TrainingSession:
                  per_step_weights: bool = True, weights_hash: str = "blake3",
                  s_rand: bytes | None = None, submit_batch: int = 256,
                  progress: Callable[[int, int], None] | None = None,
-                 beacon: BeaconClient | None = None, beacon_lead: float = DEFAULT_LEAD) -> None:
+                 beacon: BeaconClient | None = None, beacon_lead: float = DEFAULT_LEAD,
+                 time_witnesses: Sequence[Verifier] | None = None,
+                 time_quorum: int | None = None) -> None:
         self.recipe, self.client, self.trainer = recipe, client, trainer
         self.evidence = EvidenceStore(evidence_dir)
         self.spool = Spool(spool_path)
@@ -113,6 +115,11 @@ class TrainingSession:
         self.progress = progress
         self.beacon, self.beacon_lead = beacon, beacon_lead
         self._round_open: int | None = None  # the round run.open committed
+        # whose cosignatures attest when run.open/run.close existed (drand mode); default:
+        # the client's witness policy, and without one the log's timestamp line
+        self.time_witnesses = tuple(client.witnesses if time_witnesses is None
+                                    else time_witnesses)
+        self.time_quorum = client.quorum if time_quorum is None else time_quorum
         self.receipts: list[Receipt] = []
         self._committer: Committer | None = None
         self._hasher: threading.Thread | None = None
@@ -238,20 +245,25 @@ class TrainingSession:
         """A checkpoint covering ``index`` whose attested time (the client's witness
         policy, else the log's timestamp) is known; waits for witnesses until ``by_ms``."""
         cp = receipt_cp
-        while True:
-            try:
-                attested_ms(cp, self.client.witnesses, self.client.quorum)
-                return cp
-            except VerificationError:
-                if time.time() * 1000 >= by_ms:
-                    raise
-            time.sleep(0.2)
-            try:
-                latest = self.client.checkpoint()
-            except PotdError:
-                continue
-            if latest.size > index:
-                cp = latest
+        # a client without state: /checkpoint as served (the newest witnessed one)
+        fresh = LogClient(self.client.url, self.client.log_key)
+        try:
+            while True:
+                try:
+                    attested_ms(cp, self.time_witnesses, self.time_quorum)
+                    return cp
+                except VerificationError:
+                    if time.time() * 1000 >= by_ms:
+                        raise
+                time.sleep(0.1)
+                try:
+                    latest = fresh.checkpoint()
+                except PotdError:
+                    continue
+                if latest.size > index:
+                    cp = latest
+        finally:
+            fresh.close()
 
     def _log_beacon(self, receipt: Receipt) -> tuple[bytes, dict[str, Any]]:
         """Version 1 beacon: SHA-256 of the log's signature on the checkpoint ending with
@@ -274,7 +286,7 @@ class TrainingSession:
         return rnd.randomness, {"beacon_round": rnd.to_json(), "open_checkpoint": str(cp)}
 
     def _check_attested(self, cp: SignedCheckpoint, due_ms: int, what: str) -> None:
-        t, basis = attested_ms(cp, self.client.witnesses, self.client.quorum)
+        t, basis = attested_ms(cp, self.time_witnesses, self.time_quorum)
         if t >= due_ms:
             raise PotdError(f"the log attests the statement at {t} ms ({basis}), not before "
                             f"{what} ({due_ms} ms): the auditor would reject it",

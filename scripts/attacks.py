@@ -52,6 +52,7 @@ from prover.attacks import (  # noqa: E402
     OperatorGroundDrand,
     StaleChallengeRound,
     StaleDrandRound,
+    StaleRoundBackdated,
 )
 from prover.recipes import get_recipe  # noqa: E402
 from prover.session import TrainingSession  # noqa: E402
@@ -66,6 +67,7 @@ class Bench:
         self.dir = root / name
         self.log_flags = list(log_flags)
         self.beacon: BeaconServer | None = None
+        self.witness: WitnessProcess | None = None
         self.dir.mkdir(parents=True)
         self.log_key = Signer.generate("potd.example/attack-log")
         (self.dir / "log.key").write_text(self.log_key.private_string())
@@ -89,7 +91,11 @@ class Bench:
     def train(self, cls: type[TrainingSession] = TrainingSession, tag: str = "run",
               trainer: Signer | None = None, drand: bool = False) -> tuple[str, str]:
         ev = str(self.dir / f"evidence-{tag}")
-        beacon = {"beacon": self.beacon_client(), "beacon_lead": 3.0} if drand else {}
+        beacon: dict[str, Any] = {}
+        if drand:
+            beacon = {"beacon": self.beacon_client(), "beacon_lead": 3.0}
+            if self.witness is not None:
+                beacon.update(time_witnesses=[self.witness.key.verifier], time_quorum=1)
         sess = cls(get_recipe("digits-mlp", **RECIPE), self.client(), trainer or self.trainer,
                    ev, str(self.dir / f"{tag}.spool"), **beacon)
         sess.open()
@@ -129,6 +135,15 @@ class Bench:
         self.server.stop()
         if self.beacon is not None:
             self.beacon.stop()
+        if self.witness is not None:
+            self.witness.stop()
+
+    def with_witness(self) -> dict[str, Any]:
+        """Start a witness, restart the log sending it every checkpoint; the auditor's
+        policy that goes with it."""
+        self.witness = WitnessProcess(self.dir, self.log_key)
+        self.restart_with(self.db, ["--witness", f"{self.witness.url}={self.witness.key.verifier}"])
+        return {"witnesses": [self.witness.key.verifier], "quorum": 1}
 
 
 @dataclass
@@ -336,6 +351,24 @@ def stale_challenge_round(b: Bench) -> dict[str, Any]:
     return b.audit(*b.train(StaleChallengeRound, drand=True), public=True, samples=2)
 
 
+def drand_witnessed(b: Bench) -> dict[str, Any]:
+    """drand beacon, time attested by a witness's cosignatures (no log timestamps)."""
+    policy = b.with_witness()
+    return b.audit(*b.train(drand=True), public=True, require_drand=True, samples=2, **policy)
+
+
+def stale_round_backdated(b: Bench) -> dict[str, Any]:
+    """A stale round made to look fresh by an operator-backdated timestamp: passes when the
+    log's timestamp is the clock (the stated trust assumption), fails under witnesses."""
+    policy = b.with_witness()
+    cls = type("Backdated", (StaleRoundBackdated,), {"operator": b.log_key})
+    run, ev = b.train(cls, drand=True)
+    plain = b.audit(run, ev, samples=2)
+    rep = b.audit(run, ev, samples=2, **policy)
+    rep["without_witnesses"] = plain["verdict"]
+    return rep
+
+
 def _junk_entry(b: Bench, i: int) -> None:
     body = {"seed_commitment": f"{i:064x}", "dataset": {"root": "00" * 32, "size": 1}}
     mallory = Signer.generate("trainer.example/mallory")
@@ -448,6 +481,10 @@ SCENARIOS = [
              ("order", "init"), operator_grinds_drand_run, ("--timestamps",)),
     Scenario("stale drand round", "an already-published round, s_rand ground",
              ("seed",), stale_drand_round, ("--timestamps",)),
+    Scenario("drand witnessed run", "- (drand beacon, time from witness cosignatures)", (),
+             drand_witnessed),
+    Scenario("stale round, backdated timestamp", "operator backdates run.open's time",
+             ("seed",), stale_round_backdated, ("--timestamps",)),
     Scenario("stale challenge round", "challenge round known before run.close",
              ("challenge",), stale_challenge_round, ("--timestamps",)),
     Scenario("challenge re-roll", "entries appended to re-roll the public challenge", (),

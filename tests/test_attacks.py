@@ -30,6 +30,14 @@ def test_scenario(name: str, tmp_path: Path) -> None:
         assert rep["replay"]["challenge"]["mode"] == "drand"
         assert rep["verdict"] == "pass"
         return
+    if name == "drand witnessed run":  # time from the witness, not the operator
+        seed = next(c for c in rep["checks"] if c["name"] == "seed")
+        assert seed["evidence"]["time_basis"].startswith("cosignature")
+        assert "witnesses lie" in seed["evidence"]["trust"]
+        assert rep["verdict"] == "pass"
+        return
+    if name == "stale round, backdated timestamp":  # the timestamp mode's trust, shown
+        assert rep["without_witnesses"] == "pass"
     if name == "challenge re-roll":  # appending entries does not change the sample
         assert rep["same_sample"] == {"drand": True, "log": True}
         assert rep["verdict"] == "pass"
