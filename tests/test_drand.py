@@ -164,3 +164,73 @@ def test_challenge_v2_bytes() -> None:
     run = "ab" * 32
     assert challenge_v2(run, bytes(32)) == hashlib.sha256(
         b"potd-challenge-v2\n" + bytes.fromhex(run) + bytes(32)).digest()
+
+
+def test_prefix_root_is_rfc6962() -> None:
+    from auditor.beacon_check import prefix_root
+    from ledger.merkle import CompactRange, leaf_hash
+
+    leaves = [leaf_hash(bytes([i])) for i in range(70)]
+    cr = CompactRange()
+    for n, lh in enumerate(leaves, 1):
+        cr.append(lh)
+        assert prefix_root(leaves, n) == cr.root()
+
+
+class _Opts:
+    beacon_chain: ChainInfo | None = None
+    beacon_url: str | None = None
+
+
+class _Audit:
+    opts = _Opts()
+
+
+def test_committed_beacon_field_is_checked() -> None:
+    from auditor.beacon_check import BeaconFail, pinned_chain
+
+    a: object = _Audit()
+    q = KNOWN_CHAINS["quicknet"]
+    ok = {"type": "drand", "chain": q.hash_hex, "round": 5}
+    assert pinned_chain(a, ok, "x") == (q, 5)  # type: ignore[arg-type]
+    for bad in (None, [], {**ok, "type": "log"}, {**ok, "round": 0}, {**ok, "round": True},
+                {**ok, "round": "5"}, {**ok, "chain": 7}):
+        with pytest.raises(BeaconFail) as e:
+            pinned_chain(a, bad, "x")  # type: ignore[arg-type]
+        assert e.value.status == "fail"
+    with pytest.raises(BeaconFail) as e:  # unknown chain, nothing pinned: inconclusive
+        pinned_chain(a, {**ok, "chain": "ab" * 32}, "x")  # type: ignore[arg-type]
+    assert e.value.status == "skip"
+    _Opts.beacon_chain = KNOWN_CHAINS["mainnet"]
+    try:
+        with pytest.raises(BeaconFail) as e:  # the run names another chain than pinned
+            pinned_chain(a, ok, "x")  # type: ignore[arg-type]
+        assert e.value.status == "fail"
+    finally:
+        _Opts.beacon_chain = None
+
+
+def test_hostile_round_and_checkpoint_evidence_fail_cleanly() -> None:
+    from auditor.beacon_check import BeaconFail, _attested_before, _round
+
+    class _Client:
+        log_key = Signer.generate("potd.test/log").verifier
+        witnesses: tuple[object, ...] = ()
+        quorum = 0
+
+    a = _Audit()
+    a.client = _Client()  # type: ignore[attr-defined]
+    info, [r] = _chain("quicknet")
+    assert _round(a, info, r.round, r.to_json(), "w") == r  # type: ignore[arg-type]
+    for bad in ({}, {"round": "x"}, {"round": r.round, "signature": "zz"}, [1], "s",
+                {"round": r.round, "signature": r.signature.hex()[:-2]},
+                {**r.to_json(), "round": r.round + 1}):
+        with pytest.raises(BeaconFail) as e:
+            _round(a, info, r.round, bad, "w")  # type: ignore[arg-type]
+        assert e.value.status == "fail"
+    cp = sign_checkpoint(Checkpoint(_Client.log_key.name, 5, bytes(32)), Signer.generate(
+        "potd.test/log"))
+    for text in (None, 7, "garbage", str(cp)):  # missing, not a note, wrong log key
+        with pytest.raises(BeaconFail) as e:
+            _attested_before(a, text, 3, cp, info, r.round, "run.open")  # type: ignore[arg-type]
+        assert e.value.status == "fail"
