@@ -19,7 +19,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .drand import BeaconKey, ChainInfo, Round
+from .drand import BeaconKey, Round
 
 _PATH = re.compile(r"^(?:/(?P<chain>[0-9a-f]{64}))?/(?P<what>info|public/latest|"
                    r"public/(?P<round>[0-9]{1,19}))/?$")
@@ -91,7 +91,3 @@ class BeaconServer:
         self.httpd.server_close()
         if self._thread is not None:
             self._thread.join()
-
-
-def local_chain(key: BeaconKey) -> ChainInfo:
-    return key.info
