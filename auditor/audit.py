@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
-import hashlib
 import multiprocessing
 import os
 import random
@@ -26,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.client import LogClient
+from ledger.drand import ChainInfo
 from ledger.errors import PotdError, UsageError, VerificationError
 from ledger.note import SignedCheckpoint, open_checkpoint
 from ledger.statement import Statement
@@ -50,6 +50,9 @@ class AuditOptions:
     max_abandoned: int = 0             # incomplete earlier runs of the identity tolerated
     max_model_bytes: int = 4 << 30     # a committed config may build no larger model
     model: str | None = None           # a shipped safetensors model file to check
+    beacon_url: str | None = None      # drand HTTP beacon to fetch rounds not in evidence
+    beacon_chain: ChainInfo | None = None  # pinned drand chain (else known public chains)
+    require_drand: bool = False        # a log-signature beacon fails the seed check
 
 
 class Audit:
@@ -218,10 +221,12 @@ def detection_probabilities(r: int) -> dict[str, float]:
     return {str(f): round(1 - (1 - f) ** r, 4) for f in FRACTIONS}
 
 
-def challenge_seed(opts: AuditOptions, run: str, later_root: bytes, later_size: int) -> bytes:
-    if opts.public_challenge:
-        return hashlib.sha256(b"potd-challenge-v1\n" + bytes.fromhex(run) + later_root
-                              + later_size.to_bytes(8, "big")).digest()
+def challenge_seed(opts: AuditOptions, public: bytes | None) -> bytes:
+    """The replay sample's seed: the protocol-fixed public challenge (see
+    :func:`auditor.beacon_check.public_challenge`; None when it was rejected), or
+    auditor randomness."""
+    if opts.public_challenge and public is not None:
+        return public
     return opts.seed if opts.seed is not None else os.urandom(32)
 
 

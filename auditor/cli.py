@@ -81,7 +81,8 @@ class _Bars:
               help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
                    "holding each is replayed, once.")
 @click.option("--public-challenge", is_flag=True,
-              help="Derive the sample from the log's checkpoint root (re-derivable by anyone) "
+              help="Derive the sample from a point the run fixed (the drand round run.close "
+                   "commits, else the log root just after run.close): re-derivable by anyone, "
                    "instead of auditor randomness.")
 @click.option("--workers", default=1, show_default=True, help="Replay in N processes.")
 @click.option("--memorization-segments", default=8, show_default=True,
@@ -96,6 +97,12 @@ class _Bars:
 @click.option("--max-model-bytes", default=4 << 30, show_default=True,
               help="Largest model (bytes of weights) a run's committed config may make the "
                    "auditor build; larger fails the recipe check.")
+@click.option("--beacon", "beacon_url", help="drand HTTP beacon URL, to fetch rounds the "
+              "evidence does not carry (they are verified under the pinned chain).")
+@click.option("--beacon-chain", help="Pin the drand chain: quicknet, mainnet, a known chain "
+              "hash, or an /info JSON file (default: known public chains only).")
+@click.option("--require-drand", is_flag=True, help="Fail a run whose seed beacon is the "
+              "log's own signature (grindable by a colluding log operator).")
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
@@ -107,7 +114,8 @@ class _Bars:
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
           samples: int, public_challenge: bool, workers: int, memorization_segments: int,
           tolerance: float | None, witness: tuple[str, ...], quorum: int | None,
-          max_abandoned: int, max_model_bytes: int, state: str, model_file: str | None,
+          max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
+          beacon_chain: str | None, require_drand: bool, state: str, model_file: str | None,
           json_out: str | None, html_out: str | None, quiet: bool) -> None:
     """Audit a training run and name the model it certifies.
 
@@ -117,6 +125,8 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
 
     Exit status 0 = pass, 1 = fail, 3 = inconclusive.
     """
+    from ledger.beacon_client import load_chain
+
     from .audit import Audit, AuditOptions
     from .chain import model_file_hash
 
@@ -127,7 +137,9 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
                         public_challenge=public_challenge, workers=workers,
                         memorization_segments=memorization_segments, tolerance=tolerance,
                         max_abandoned=max_abandoned, max_model_bytes=max_model_bytes,
-                        model=model_file)
+                        model=model_file, beacon_url=beacon_url,
+                        beacon_chain=load_chain(beacon_chain) if beacon_chain else None,
+                        require_drand=require_drand)
     with _client(log_url, vkey, state, witness, quorum) as client:
         report = Audit(client, opts, progress=bars).run()
     bars.close()

@@ -18,6 +18,7 @@ from ledger.errors import PotdError
 from ledger.merkle import check_tree
 from ledger.note import SignedCheckpoint, open_checkpoint
 from ledger.statement import Statement
+from prover.beacon import trust
 from prover.derive import (
     batch_indexes,
     beacon_from_checkpoint,
@@ -31,6 +32,7 @@ from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
 from prover.recipes import Recipe, get_recipe
 from prover.session import decimal_string, environment
 
+from .beacon_check import BeaconFail, drand_seed_beacon, public_challenge
 from .chain import (
     Chain,
     optimizer_layout_problem,
@@ -158,28 +160,54 @@ class ReplayCheck:
             a.check("seed", "fail", "the s_rand revealed in run.close does not match the seed "
                     "commitment in run.open")
             return None
-        if not self.steps or not isinstance(self.steps[0].body.get("beacon_checkpoint"), str):
-            a.check("seed", "fail", "the first step does not carry the beacon checkpoint")
-            return None
         open_index = self.view.statements[0][0]
-        text = str(self.steps[0].body["beacon_checkpoint"])
-        try:
-            beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1)
-            bcp = open_checkpoint(text, a.client.log_key)
-            proof = a.client.consistency_proof(bcp, self.cp)
-            check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
-        except PotdError as e:
-            a.check("seed", "fail", f"beacon checkpoint rejected: {e.message}")
-            return None
+        if "beacon" in o.body:  # drand mode (see prover.beacon)
+            try:
+                beacon, ev = drand_seed_beacon(a, o, self.steps[0] if self.steps else None,
+                                               open_index, self.cp)
+            except BeaconFail as e:
+                a.check("seed", e.status, e.message, **e.evidence)
+                return None
+            how = (f"the beacon is drand round {ev['round']} of chain {ev['chain'][:16]}…, "
+                   f"published after run.open is attested ({ev['time_basis']})")
+        else:
+            if a.opts.require_drand:
+                a.check("seed", "fail", "the run's seed beacon is the log's own signature, "
+                        "which a colluding log operator can grind; this audit requires a "
+                        "drand beacon (--require-drand)", trust=trust("log"))
+                return None
+            if not self.steps or not isinstance(self.steps[0].body.get("beacon_checkpoint"),
+                                                str):
+                a.check("seed", "fail", "the first step does not carry the beacon checkpoint")
+                return None
+            text = str(self.steps[0].body["beacon_checkpoint"])
+            try:
+                beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1)
+                bcp = open_checkpoint(text, a.client.log_key)
+                proof = a.client.consistency_proof(bcp, self.cp)
+                check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
+            except PotdError as e:
+                a.check("seed", "fail", f"beacon checkpoint rejected: {e.message}")
+                return None
+            ev = {"mode": "log", "trust": trust("log")}
+            how = (f"the beacon is the log's signature on the checkpoint of size "
+                   f"{open_index + 1}, consistent with size {self.cp.size} (weaker mode)")
         root = self._committed_root()
         if root is None:
             a.check("seed", "fail", "run.open has no valid dataset root")
             return None
         seed = derive_seed(root, s_rand, beacon)
-        a.check("seed", "pass", "s_rand matches its commitment; the beacon is the log's "
-                f"signature on the checkpoint of size {open_index + 1}, consistent with size "
-                f"{self.cp.size}; seed recomputed", seed=seed.hex(), beacon=beacon.hex())
+        a.report["beacon"] = ev
+        a.check("seed", "pass", f"s_rand matches its commitment; {how}; seed recomputed. "
+                f"Trust: {ev['trust']}", seed=seed.hex(), **{"beacon": beacon.hex(), **ev})
         return seed
+
+    def _public_challenge(self) -> tuple[bytes | None, dict[str, Any]]:
+        if not self.a.opts.public_challenge:
+            return None, {"kind": "auditor"}
+        close_index = next(i for i, st in self.view.statements if st is self.close)
+        return public_challenge(self.a, self.view.run, self.close, close_index,
+                                self.snap.leaf_hashes, self.cp)
 
     def _committed_root(self) -> bytes | None:
         ds = self.o.body.get("dataset")
@@ -411,7 +439,8 @@ class ReplayCheck:
             a.check("replay", "skip", f"--samples {a.opts.samples}: no step drawn, nothing "
                     "replayed")
             return
-        cseed = challenge_seed(a.opts, self.view.run, self.cp.root, self.cp.size)
+        public, challenge = self._public_challenge()
+        cseed = challenge_seed(a.opts, public)
         drawn, picks, uncovered = step_sample(cseed, [int(b["step"]) for b in bounds],
                                               len(self.steps), a.opts.samples)
         jobs = [self._job(recipe, seed, segments[i], exact) for i in picks]
@@ -445,9 +474,7 @@ class ReplayCheck:
             "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
             "steps_replayed": sum(r.end - r.start + 1 for r in results),
             "basis": "steps: each drawn step's whole segment is replayed",
-            "challenge": {"kind": "public" if a.opts.public_challenge else "auditor",
-                          "seed": cseed.hex(),
-                          "checkpoint_size": self.cp.size if a.opts.public_challenge else None},
+            "challenge": {**challenge, "seed": cseed.hex()},
             "segments": segs, "detection_probability": detection_probabilities(len(drawn)),
             "environment": {"run": env, "auditor": mine}}
         a.report["timing"]["replay_seconds"] = round(replay_s, 3)

@@ -8,18 +8,35 @@ them is reachable from the ``potd prover`` commands.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings as nb
 import torch
 
+from ledger.client import Receipt
 from ledger.merkle import leaf_hash
+from ledger.note import (
+    Checkpoint,
+    Note,
+    NoteSignature,
+    Signer,
+    open_checkpoint,
+    sign_checkpoint,
+)
 from ledger.statement import build_statement
+from prover.derive import derive_seed, permutation
 from prover.hashing import hash_tensors, state_hash
 from prover.recipes import Data, Recipe
 from prover.session import Batch, TrainingSession
+
+# the grinding goal of the seed attacks: this example in the first batch of the run
+TARGET_EXAMPLE = 0
 
 
 def _segment_step(sess: TrainingSession, fraction: float = 0.5) -> int:
@@ -390,6 +407,117 @@ def claimed(name: str, config: dict[str, Any] | None = None,
             hyperparameters: dict[str, Any] | None = None) -> type[ClaimedConfig]:
     return type(name, (ClaimedConfig,), {"CONFIG": config or {},
                                          "HYPERPARAMETERS": hyperparameters or {}})
+
+
+def resign_with_nonce(signer: Signer, message: bytes, nonce: int) -> bytes:
+    """An Ed25519 signature of ``message`` under ``signer`` with a nonce of the signer's
+    choosing (RFC 8032's deterministic nonce is a convention no verifier can check)."""
+    h = hashlib.sha512(signer.seed).digest()
+    a = bytearray(h[:32])
+    a[0] &= 248
+    a[31] &= 127
+    a[31] |= 64
+    r = nb.crypto_core_ed25519_scalar_reduce(hashlib.sha512(
+        b"grind" + nonce.to_bytes(8, "big") + message).digest())
+    big_r = nb.crypto_scalarmult_ed25519_base_noclamp(r)
+    k = nb.crypto_core_ed25519_scalar_reduce(hashlib.sha512(
+        big_r + signer.public_key + message).digest())
+    s = nb.crypto_core_ed25519_scalar_add(r, nb.crypto_core_ed25519_scalar_mul(k, bytes(a)))
+    return big_r + s
+
+
+def _wanted(sess: TrainingSession, beacon: bytes, s_rand: bytes | None = None) -> bool:
+    seed = derive_seed(bytes.fromhex(sess.dataset_root), s_rand or sess._s_rand, beacon)
+    return TARGET_EXAMPLE in permutation(seed, len(sess.data.x), 0)[:sess.recipe.batch_size]
+
+
+def grind_log_beacon(sess: TrainingSession, operator: Signer, text: str
+                     ) -> tuple[bytes, str, int]:
+    """The colluding operator re-signs the beacon checkpoint with fresh nonces until the
+    seed puts :data:`TARGET_EXAMPLE` in the first batch: (beacon, checkpoint, tries)."""
+    cp = open_checkpoint(text, operator.verifier)
+    msg = cp.note.text.encode()
+    for i in itertools.count():
+        sig = resign_with_nonce(operator, msg, i)
+        beacon = hashlib.sha256(sig).digest()
+        if _wanted(sess, beacon):
+            note = Note(cp.note.text, (NoteSignature(operator.name, operator.key_id, sig),))
+            return beacon, str(note), i + 1
+    raise AssertionError("unreachable")
+
+
+class OperatorGroundBeacon(TrainingSession):
+    """Log mode: the log operator (key in ``operator``) colludes with the trainer and
+    grinds the log-signature beacon. Every signature is valid: nothing shows it."""
+
+    operator: Signer
+
+    def _log_beacon(self, receipt: Receipt) -> tuple[bytes, dict[str, Any]]:
+        assert receipt.beacon_checkpoint is not None
+        beacon, text, self.tries = grind_log_beacon(self, self.operator,
+                                                    receipt.beacon_checkpoint)
+        return beacon, {"beacon_checkpoint": text}
+
+
+class OperatorGroundDrand(TrainingSession):
+    """drand mode, same collusion: the operator grinds its checkpoint signature and the
+    trainer trains with that seed, committing the honest drand evidence. The seed the
+    auditor recomputes depends on drand only, so the ground order does not match it."""
+
+    operator: Signer
+
+    def _drand_beacon(self, receipt: Receipt, round_: int) -> tuple[bytes, dict[str, Any]]:
+        _, extra = super()._drand_beacon(receipt, round_)
+        assert receipt.beacon_checkpoint is not None
+        beacon, text, self.tries = grind_log_beacon(self, self.operator,
+                                                    receipt.beacon_checkpoint)
+        return beacon, {**extra, "beacon_checkpoint": text}
+
+
+class StaleDrandRound(TrainingSession):
+    """Commits a drand round that is already published: knowing its randomness, the
+    trainer grinds ``s_rand`` offline before committing it."""
+
+    def choose_round(self) -> int:
+        assert self.beacon is not None
+        r = self.chain.round_at(time.time())
+        rnd = self.beacon.wait_round(r)
+        for i in itertools.count():
+            s_rand = hashlib.sha256(b"stale" + i.to_bytes(8, "big")).digest()
+            if _wanted(self, rnd.randomness, s_rand):
+                self._s_rand, self.tries = s_rand, i + 1
+                return r
+        raise AssertionError("unreachable")
+
+    def _check_attested(self, cp: Any, due_ms: int, what: str) -> None:
+        pass  # the honest prover refuses to go on; the attacker does not
+
+
+class StaleRoundBackdated(StaleDrandRound):
+    """A stale round, and the colluding operator (key in ``operator``) signs a checkpoint
+    of the same tree whose ``timestamp`` line predates the round: with the log's word as
+    the only clock the round looks fresh; witness times are out of the operator's reach."""
+
+    operator: Signer
+
+    def _attested(self, index: int, receipt_cp: Any, by_ms: int) -> Any:
+        cp = receipt_cp.checkpoint
+        early = f"timestamp {by_ms - 1000}"
+        return sign_checkpoint(Checkpoint(cp.origin, cp.size, cp.root, (early,)),
+                               self.operator)
+
+
+class StaleChallengeRound(TrainingSession):
+    """Commits, in run.close, a challenge round that is already published: the trainer
+    would know the replay sample before closing (and could forge what it avoids)."""
+
+    def choose_round(self) -> int:
+        if self._round_open is not None:
+            return max(1, self.chain.round_at(time.time()) - 1)
+        return super().choose_round()
+
+    def _check_attested(self, cp: Any, due_ms: int, what: str) -> None:
+        pass
 
 
 ATTACKS: dict[str, Any] = {

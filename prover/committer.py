@@ -498,7 +498,7 @@ class _Child:
         self.signer = Signer.parse(s["signer"])
         self.alg, self.per_step_weights = s["weights_hash"], s["per_step_weights"]
         self.hasher = StateHasher(self.alg, threads=1)
-        self.beacon_checkpoint, self.init_info = s["beacon_checkpoint"], s["init"]
+        self.step0, self.init_info = s["step0"], s["init"]
         self.evidence = EvidenceStore(s["evidence"])
         if s["ring"]:
             self.ring = mmap.mmap(self.ring_fd, s["ring"])
@@ -559,7 +559,7 @@ class _Child:
             self.final_weights = w
             self.final_state = body["checkpoint"]["state"] if "checkpoint" in body else None
         if step == 0:
-            body["beacon_checkpoint"] = self.beacon_checkpoint
+            body.update(self.step0)  # the beacon evidence (see prover.beacon)
             body["init"] = self.init_info
         if not self.per_step_weights and "checkpoint" not in body:
             body.pop("weights", None)

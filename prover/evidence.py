@@ -210,6 +210,10 @@ class EvidenceSource:
             raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
                                 file=rel) from None
 
+    def read(self, rel: str) -> bytes:
+        """A named file of the evidence directory (e.g. ``challenge.json``), unchecked."""
+        return self._fetch(rel)
+
     def manifest(self) -> tuple[dict[str, Any], str]:
         """The manifest and its SHA-256 (the caller compares it with ``run.close``)."""
         data = self._fetch("manifest.json")

@@ -30,8 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
 from auditor.audit import Audit, AuditOptions  # noqa: E402
+from ledger.beacon_client import BeaconClient  # noqa: E402
+from ledger.beacon_server import BeaconServer  # noqa: E402
 from ledger.client import LogClient, LogRejected  # noqa: E402
 from ledger.devserver import ServerProcess, free_port  # noqa: E402
+from ledger.drand import BeaconKey  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.merkle import leaf_hash  # noqa: E402
 from ledger.note import (  # noqa: E402
@@ -41,9 +44,17 @@ from ledger.note import (  # noqa: E402
     count_cosignatures,
     open_checkpoint,
 )
-from ledger.statement import build_statement  # noqa: E402
+from ledger.statement import build_statement, run_id  # noqa: E402
 from ledger.witness import WitnessError, request_cosignature  # noqa: E402
-from prover.attacks import ATTACKS, trigger_rate  # noqa: E402
+from prover.attacks import (  # noqa: E402
+    ATTACKS,
+    OperatorGroundBeacon,
+    OperatorGroundDrand,
+    StaleChallengeRound,
+    StaleDrandRound,
+    StaleRoundBackdated,
+    trigger_rate,
+)
 from prover.recipes import get_recipe  # noqa: E402
 from prover.session import TrainingSession  # noqa: E402
 
@@ -53,8 +64,11 @@ RECIPE = {"epochs": 1}  # digits-mlp, 45 steps, a checkpoint every 5
 class Bench:
     """A log operator, a trainer and an auditor, in one temporary directory."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, log_flags: Sequence[str] = ()) -> None:
         self.dir = root / name
+        self.log_flags = list(log_flags)
+        self.beacon: BeaconServer | None = None
+        self.witness: WitnessProcess | None = None
         self.dir.mkdir(parents=True)
         self.log_key = Signer.generate("potd.example/attack-log")
         (self.dir / "log.key").write_text(self.log_key.private_string())
@@ -62,18 +76,29 @@ class Bench:
         Log.create(self.db, self.log_key).store.close()
         self.trainer = Signer.generate("trainer.example/alice")
         self.server = ServerProcess(self.db, str(self.dir / "log.key"),
-                                    extra=["--open-registration"],
+                                    extra=["--open-registration", *self.log_flags],
                                     log_file=str(self.dir / "server.log")).start()
         self.state = str(self.dir / "auditor-state")
 
     def client(self) -> LogClient:
         return LogClient(self.server.url, self.log_key.verifier)
 
+    def beacon_client(self) -> BeaconClient:
+        """A local drand-compatible beacon (1 s rounds), started on first use."""
+        if self.beacon is None:
+            self.beacon = BeaconServer(BeaconKey.generate(1, int(time.time()) - 5)).start()
+        return BeaconClient(self.beacon.url, self.beacon.info)
+
     def train(self, cls: type[TrainingSession] = TrainingSession, tag: str = "run",
-              trainer: Signer | None = None) -> tuple[str, str]:
+              trainer: Signer | None = None, drand: bool = False) -> tuple[str, str]:
         ev = str(self.dir / f"evidence-{tag}")
+        beacon: dict[str, Any] = {}
+        if drand:
+            beacon = {"beacon": self.beacon_client(), "beacon_lead": 3.0}
+            if self.witness is not None:
+                beacon.update(time_witnesses=[self.witness.key.verifier], time_quorum=1)
         sess = cls(get_recipe("digits-mlp", **RECIPE), self.client(), trainer or self.trainer,
-                   ev, str(self.dir / f"{tag}.spool"))
+                   ev, str(self.dir / f"{tag}.spool"), **beacon)
         sess.open()
         for b in sess.batches():
             sess.train_step(b)
@@ -81,19 +106,23 @@ class Bench:
         self.session = sess
         return sess.run_id, ev
 
-    def audit(self, run: str, evidence: str, samples: int = 1000,
-              **policy: Any) -> dict[str, Any]:
+    def audit(self, run: str, evidence: str, *, public: bool = False,
+              require_drand: bool = False, samples: int = 1000, **policy: Any
+              ) -> dict[str, Any]:
         client = LogClient(self.server.url, self.log_key.verifier, state_dir=self.state,
                            proofs="tiles", **policy)
+        chain = self.beacon.info if self.beacon else None
         with client:
-            return Audit(client, AuditOptions(run=run, evidence=evidence, samples=samples,
-                                              seed=b"\x07" * 32)).run()
+            return Audit(client, AuditOptions(
+                run=run, evidence=evidence, samples=samples, seed=b"\x07" * 32,
+                public_challenge=public, beacon_chain=chain,
+                require_drand=require_drand)).run()
 
     def restart_with(self, db: str, extra: Sequence[str] = ()) -> None:
         """The operator swaps the database behind the same URL (port)."""
         self.server.stop()
         self.server = ServerProcess(db, str(self.dir / "log.key"), port=self.server.port,
-                                    extra=["--open-registration", *extra],
+                                    extra=["--open-registration", *self.log_flags, *extra],
                                     log_file=str(self.dir / "server.log")).start()
 
     def rebuild(self, entries: list[bytes], name: str) -> str:
@@ -106,6 +135,17 @@ class Bench:
 
     def close(self) -> None:
         self.server.stop()
+        if self.beacon is not None:
+            self.beacon.stop()
+        if self.witness is not None:
+            self.witness.stop()
+
+    def with_witness(self) -> dict[str, Any]:
+        """Start a witness, restart the log sending it every checkpoint; the auditor's
+        policy that goes with it."""
+        self.witness = WitnessProcess(self.dir, self.log_key)
+        self.restart_with(self.db, ["--witness", f"{self.witness.url}={self.witness.key.verifier}"])
+        return {"witnesses": [self.witness.key.verifier], "quorum": 1}
 
 
 @dataclass
@@ -114,6 +154,7 @@ class Scenario:
     threat: str
     expect: tuple[str, ...]          # checks that should catch it (any of them)
     run: Callable[[Bench], dict[str, Any]]
+    log_flags: tuple[str, ...] = ()  # extra `potd ledger serve` flags
 
 
 def _entries(b: Bench) -> list[bytes]:
@@ -330,6 +371,88 @@ def _published(b: Bench, size: int, w: WitnessProcess) -> SignedCheckpoint:
     raise RuntimeError(f"the log did not publish a witnessed checkpoint of size {size}")
 
 
+def _seed_check(rep: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in rep["checks"] if c["name"] == "seed")
+
+
+def drand_honest(b: Bench) -> dict[str, Any]:
+    """drand beacon, timestamped log; audited with the public challenge and a policy that
+    requires drand: must pass, and report the trust assumption."""
+    return b.audit(*b.train(drand=True), public=True, require_drand=True)
+
+
+def operator_grinds_log_beacon(b: Bench) -> dict[str, Any]:
+    """Log mode: the operator re-signs the beacon checkpoint with chosen nonces until the
+    seed puts example 0 in the first batch. Undetectable in log mode (the audit without
+    policy passes — the weakness); an auditor requiring drand fails the seed."""
+    cls = type("Ground", (OperatorGroundBeacon,), {"operator": b.log_key})
+    run, ev = b.train(cls)
+    plain = b.audit(run, ev, samples=2)
+    rep = b.audit(run, ev, samples=2, require_drand=True)
+    rep["without_policy"] = plain["verdict"]
+    return rep
+
+
+def operator_grinds_drand_run(b: Bench) -> dict[str, Any]:
+    """drand mode, same collusion: the trainer trains with the operator-ground seed. The
+    auditor's seed comes from drand alone, so the ground order is caught."""
+    cls = type("Ground", (OperatorGroundDrand,), {"operator": b.log_key})
+    return b.audit(*b.train(cls, drand=True), samples=2)
+
+
+def stale_drand_round(b: Bench) -> dict[str, Any]:
+    return b.audit(*b.train(StaleDrandRound, drand=True), samples=2)
+
+
+def stale_challenge_round(b: Bench) -> dict[str, Any]:
+    return b.audit(*b.train(StaleChallengeRound, drand=True), public=True, samples=2)
+
+
+def drand_witnessed(b: Bench) -> dict[str, Any]:
+    """drand beacon, time attested by a witness's cosignatures (no log timestamps)."""
+    policy = b.with_witness()
+    return b.audit(*b.train(drand=True), public=True, require_drand=True, samples=2, **policy)
+
+
+def stale_round_backdated(b: Bench) -> dict[str, Any]:
+    """A stale round made to look fresh by an operator-backdated timestamp: passes when the
+    log's timestamp is the clock (the stated trust assumption), fails under witnesses."""
+    policy = b.with_witness()
+    cls = type("Backdated", (StaleRoundBackdated,), {"operator": b.log_key})
+    run, ev = b.train(cls, drand=True)
+    plain = b.audit(run, ev, samples=2)
+    rep = b.audit(run, ev, samples=2, **policy)
+    rep["without_witnesses"] = plain["verdict"]
+    return rep
+
+
+def _junk_entry(b: Bench, i: int) -> None:
+    body = {"seed_commitment": f"{i:064x}", "dataset": {"root": "00" * 32, "size": 1}}
+    mallory = Signer.generate("trainer.example/mallory")
+    b.client().add(build_statement("run.open", run_id(body), 0, body, mallory))
+
+
+def challenge_reroll(b: Bench) -> dict[str, Any]:
+    """After the run, entries are appended to re-roll the public challenge: the sample
+    must not change (drand mode, and log mode whose point is fixed at run.close)."""
+    same: dict[str, bool] = {}
+    rep: dict[str, Any] = {}
+    for i, drand in enumerate((True, False)):
+        run, ev = b.train(tag=f"run-{i}", drand=drand)
+        first = b.audit(run, ev, public=True, samples=2)
+        _junk_entry(b, i)
+        rep = b.audit(run, ev, public=True, samples=2)
+        pick = [(s["start"], s["end"]) for s in first["replay"]["segments"]]
+        same["drand" if drand else "log"] = (
+            first["replay"]["challenge"]["seed"] == rep["replay"]["challenge"]["seed"]
+            and pick == [(s["start"], s["end"]) for s in rep["replay"]["segments"]]
+            and first["verdict"] == "pass")
+    rep["same_sample"] = same
+    rep["violations"] = [f"{m} mode: the challenge changed" for m, ok in same.items()
+                         if not ok]
+    return rep
+
+
 def split_view(b: Bench) -> dict[str, Any]:
     """The operator shows auditor A one tree and auditor B another of the same size.
     Both trees hold alice's run intact; they differ in one later entry."""
@@ -437,6 +560,22 @@ SCENARIOS = [
              "never replayed", ("checkpoints",), shipped_attack("uncovered-tail")),
     Scenario("crafted momentum", "crafted optimizer state at a checkpoint with honest "
              "weights", ("replay",), shipped_attack("crafted-momentum")),
+    Scenario("drand honest run", "- (drand beacon, public challenge)", (), drand_honest,
+             ("--timestamps",)),
+    Scenario("operator grinds log beacon", "colluding operator re-signs the beacon",
+             ("seed",), operator_grinds_log_beacon),
+    Scenario("operator grinds drand run", "colluding operator re-signs (drand mode)",
+             ("order", "init"), operator_grinds_drand_run, ("--timestamps",)),
+    Scenario("stale drand round", "an already-published round, s_rand ground",
+             ("seed",), stale_drand_round, ("--timestamps",)),
+    Scenario("drand witnessed run", "- (drand beacon, time from witness cosignatures)", (),
+             drand_witnessed),
+    Scenario("stale round, backdated timestamp", "operator backdates run.open's time",
+             ("seed",), stale_round_backdated, ("--timestamps",)),
+    Scenario("stale challenge round", "challenge round known before run.close",
+             ("challenge",), stale_challenge_round, ("--timestamps",)),
+    Scenario("challenge re-roll", "entries appended to re-roll the public challenge", (),
+             challenge_reroll, ("--timestamps",)),
 ]
 
 
@@ -446,6 +585,8 @@ def caught_by(report: dict[str, Any]) -> list[str]:
 
 def outcome(s: Scenario, rep: dict[str, Any]) -> tuple[bool, str]:
     """Whether the scenario ended as it must, and why."""
+    if rep.get("violations"):
+        return False, "; ".join(rep["violations"])
     if not s.expect:
         return rep["verdict"] == "pass", "honest run must pass"
     if rep.get("code_executed"):
@@ -459,7 +600,7 @@ def run_scenarios(names: list[Scenario], root: Path) -> list[dict[str, Any]]:
     rows = []
     for s in names:
         t0 = time.perf_counter()
-        bench = Bench(root, s.name.replace(" ", "-").replace(":", ""))
+        bench = Bench(root, s.name.replace(" ", "-").replace(":", ""), s.log_flags)
         try:
             rep = s.run(bench)
         finally:
