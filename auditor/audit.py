@@ -13,8 +13,8 @@ their content address and their tensors match the hash the log committed.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
-import hashlib
 import multiprocessing
 import os
 import random
@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.client import LogClient
-from ledger.errors import LimitError, PotdError, VerificationError
-from ledger.note import open_checkpoint
+from ledger.drand import ChainInfo
+from ledger.errors import LimitError, PotdError, UsageError, VerificationError
+from ledger.note import SignedCheckpoint, open_checkpoint
 from ledger.statement import Statement
 
 from .logview import LogSnapshot, fetch_entries
-from .runs import RunView, abandoned_opens, check_run, group_runs
+from .runs import RunView, check_run, grinding_evidence, group_runs, identity
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
 
@@ -46,7 +47,12 @@ class AuditOptions:
     memorization_segments: int = 8
     tolerance: float | None = None     # force tolerance mode with this tolerance
     seed: bytes | None = None          # auditor randomness (default: os.urandom)
-    max_abandoned: int = 0             # earlier unclosed runs by the signer tolerated
+    max_abandoned: int = 0             # incomplete earlier runs of the identity tolerated
+    max_model_bytes: int = 4 << 30     # a committed config may build no larger model
+    model: str | None = None           # a shipped safetensors model file to check
+    beacon_url: str | None = None      # drand HTTP beacon to fetch rounds not in evidence
+    beacon_chain: ChainInfo | None = None  # pinned drand chain (else known public chains)
+    require_drand: bool = False        # a log-signature beacon fails the seed check
 
 
 class Audit:
@@ -140,15 +146,7 @@ class Audit:
         self.check("run.chain", "fail" if chain else "pass",
                    chain[0] if chain else "seq, prev hash chain and step numbers are "
                    "contiguous; one run.open, one run.close", problems=chain)
-        first = view.statements[0][0]
-        others = [r for r in abandoned_opens(runs, view.signer or "", view.run)
-                  if r["first_index"] < first]
-        tolerated = len(others) <= self.opts.max_abandoned
-        self.check("run.grinding", "pass" if not others else ("warn" if tolerated else "fail"),
-                   f"{len(others)} earlier run.open statement(s) by this signer were never "
-                   "closed: the trainer could have picked among their seeds (seed grinding)"
-                   if others else "no abandoned run.open by this signer before this run",
-                   runs=others, tolerated=self.opts.max_abandoned)
+        self._grinding(runs, view)
         o = view.open
         closes = [st for _, st in view.statements if st.kind == "run.close"]
         if o is None or not closes:
@@ -157,10 +155,42 @@ class Audit:
             raise _Stop
         self.report["losses"] = [[st.body.get("step"), _float(st.body.get("loss"))]
                                  for _, st in view.steps]
+        self._verify(view, snap, o, closes[0], cp)
+
+    def _verify(self, view: RunView, snap: LogSnapshot, o: Statement, close: Statement,
+                cp: SignedCheckpoint) -> None:
+        """The checks past the log and the run's structure (the quick model check
+        overrides this: no replay)."""
         from .replay_check import ReplayCheck
 
-        ReplayCheck(self, view, snap, o, closes[0], cp).run()
+        ReplayCheck(self, view, snap, o, close, cp).run()
 
+
+    def _grinding(self, runs: dict[str, RunView], view: RunView) -> None:
+        """``run.grinding``: incomplete runs that could have been alternatives to this
+        one's seed (see :func:`~auditor.runs.grinding_evidence`)."""
+        mine, others = grinding_evidence(runs, view)
+        limit = self.opts.max_abandoned
+        me = identity(view.signer)
+        blind = ("; a trainer using a fresh identity per attempt shows only as runs by "
+                 "other identities over the same data, which this check lists but cannot "
+                 "attribute")
+        if mine:
+            status = "fail" if len(mine) > limit else "warn"
+            summary = (f"{len(mine)} incomplete run(s) of identity {me} over the same "
+                       "dataset and recipe (never closed, or closed before their planned "
+                       "steps) were opened before this run closed: the trainer could have "
+                       f"picked this run's seed among theirs (seed grinding; {limit} "
+                       "tolerated)")
+        else:
+            status = "warn" if others else "pass"
+            summary = (f"no incomplete run of identity {me} (any key) over the same dataset "
+                       "and recipe before this run closed")
+        if others:
+            summary += (f"; {len(others)} incomplete run(s) by other identities over the "
+                        "same data (not counted against this trainer)")
+        self.check("run.grinding", status, summary + blind, runs=mine, other_identities=others,
+                   identity=me, tolerated=limit)
 
 class _Stop(Exception):
     """Internal: stop the audit early (the failing check is already recorded)."""
@@ -186,14 +216,17 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def detection_probabilities(r: int) -> dict[str, float]:
-    """``1 - (1 - f)^R`` for a few forged fractions ``f``."""
+    """``1 - (1 - f)^R`` for a few forged fractions ``f`` of the steps, ``R`` distinct
+    steps drawn (a lower bound: drawing without replacement does better)."""
     return {str(f): round(1 - (1 - f) ** r, 4) for f in FRACTIONS}
 
 
-def challenge_seed(opts: AuditOptions, run: str, later_root: bytes, later_size: int) -> bytes:
-    if opts.public_challenge:
-        return hashlib.sha256(b"potd-challenge-v1\n" + bytes.fromhex(run) + later_root
-                              + later_size.to_bytes(8, "big")).digest()
+def challenge_seed(opts: AuditOptions, public: bytes | None) -> bytes:
+    """The replay sample's seed: the protocol-fixed public challenge (see
+    :func:`auditor.beacon_check.public_challenge`; None when it was rejected), or
+    auditor randomness."""
+    if opts.public_challenge and public is not None:
+        return public
     return opts.seed if opts.seed is not None else os.urandom(32)
 
 
@@ -201,6 +234,33 @@ def sample(seed: bytes, population: int, r: int) -> list[int]:
     """``r`` distinct positions in ``range(population)`` from ``seed`` (sorted)."""
     rnd = random.Random(seed)
     return sorted(rnd.sample(range(population), min(r, population)))
+
+
+def step_sample(seed: bytes, ends: list[int], steps: int, r: int
+                ) -> tuple[list[int], list[int], list[int]]:
+    """The replay sample, drawn over *steps* so that checkpoint spacing cannot dilute it.
+
+    ``ends`` are the segment boundaries: ``ends[0] = -1`` (the initial weights), then the
+    step of every committed checkpoint, increasing; segment ``i`` covers steps
+    ``ends[i] + 1 .. ends[i + 1]``. Draws ``r`` distinct steps of ``range(steps)`` with
+    :func:`sample` and returns ``(drawn steps, indexes of the segments containing them
+    (de-duplicated, sorted), drawn steps no segment covers)``. A forger of a fraction
+    ``f`` of the steps escapes with probability at most ``(1 - f)^r``, however the
+    checkpoints are spaced (one long forged segment is as likely to be drawn as the
+    steps in it).
+    """
+    if any(b >= a for a, b in zip(ends[1:], ends, strict=False)):
+        raise UsageError("segment ends must be increasing")
+    drawn = sample(seed, steps, r)
+    picks: set[int] = set()
+    uncovered = []
+    for t in drawn:
+        i = bisect.bisect_left(ends, t) - 1   # ends[i] < t <= ends[i + 1]
+        if i + 1 < len(ends):
+            picks.add(i)
+        else:
+            uncovered.append(t)
+    return drawn, sorted(picks), uncovered
 
 
 def pool_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> list[Any]:

@@ -1,6 +1,7 @@
-"""``potd auditor``: the third party's commands (audit, verify-log, runs).
+"""``potd auditor``: the third party's commands (audit, check-model, verify-log, runs).
 
-Exit codes of ``audit``: 0 pass, 1 fail, 3 inconclusive, 2 usage.
+Exit codes of ``audit``: 0 pass, 1 fail, 3 inconclusive, 2 usage; of ``check-model``:
+0 yes, 1 no, 3 inconclusive, 2 usage.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class _Bars:
     def __call__(self, what: str, done: int, total: int) -> None:
         if what not in self.bars:
             label = {"entries": "fetching log entries", "replay": "replaying segments",
-                     "tiles": "checking tiles"}.get(what, what)
+                     "tiles": "checking tiles", "evidence": "checking evidence"}.get(what, what)
             self.bars[what] = click.progressbar(length=total, label=label, file=sys.stderr,
                                                 show_pos=True)
             self.bars[what].__enter__()
@@ -77,9 +78,11 @@ class _Bars:
 @click.option("--evidence", required=True, help="Evidence directory or http(s) URL.")
 @click.option("--recipe", help="Recipe to replay with (default: the one the run names).")
 @click.option("--samples", "-r", default=4, show_default=True,
-              help="Segments (checkpoint to checkpoint) to replay.")
+              help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
+                   "holding each is replayed, once.")
 @click.option("--public-challenge", is_flag=True,
-              help="Derive the sample from the log's checkpoint root (re-derivable by anyone) "
+              help="Derive the sample from a point the run fixed (the drand round run.close "
+                   "commits, else the log root just after run.close): re-derivable by anyone, "
                    "instead of auditor randomness.")
 @click.option("--workers", default=1, show_default=True, help="Replay in N processes.")
 @click.option("--memorization-segments", default=8, show_default=True,
@@ -88,10 +91,22 @@ class _Bars:
               help="Compare replays by distance under this tolerance instead of exact hashes.")
 @witness_options
 @click.option("--max-abandoned", default=0, show_default=True,
-              help="Earlier never-closed runs by the same signer to tolerate (seed grinding "
-                   "evidence) before failing.")
+              help="Incomplete runs (never closed, or closed before their planned steps) "
+                   "of the same identity over the same data, opened before this run closed, "
+                   "to tolerate (seed grinding evidence) before failing.")
+@click.option("--max-model-bytes", default=4 << 30, show_default=True,
+              help="Largest model (bytes of weights) a run's committed config may make the "
+                   "auditor build; larger fails the recipe check.")
+@click.option("--beacon", "beacon_url", help="drand HTTP beacon URL, to fetch rounds the "
+              "evidence does not carry (they are verified under the pinned chain).")
+@click.option("--beacon-chain", help="Pin the drand chain: quicknet, mainnet, a known chain "
+              "hash, or an /info JSON file (default: known public chains only).")
+@click.option("--require-drand", is_flag=True, help="Fail a run whose seed beacon is the "
+              "log's own signature (grindable by a colluding log operator).")
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False),
+              help="A shipped model (safetensors) that must be the certified final model.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write an HTML "
               "report with plots.")
@@ -99,19 +114,32 @@ class _Bars:
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
           samples: int, public_challenge: bool, workers: int, memorization_segments: int,
           tolerance: float | None, witness: tuple[str, ...], quorum: int | None,
-          max_abandoned: int, state: str, json_out: str | None, html_out: str | None,
-          quiet: bool) -> None:
-    """Audit a training run: log, statements, seed, data order, replay, memorization.
+          max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
+          beacon_chain: str | None, require_drand: bool, state: str, model_file: str | None,
+          json_out: str | None, html_out: str | None, quiet: bool) -> None:
+    """Audit a training run and name the model it certifies.
+
+    Checks the log, the statements, the seed, the data order, the checkpoint chain,
+    replays sampled steps, runs the memorization test, and names the certified final
+    model in the report (--model checks a shipped file against it).
 
     Exit status 0 = pass, 1 = fail, 3 = inconclusive.
     """
-    from .audit import Audit, AuditOptions
+    from ledger.beacon_client import load_chain
 
+    from .audit import Audit, AuditOptions
+    from .chain import model_file_hash
+
+    if model_file is not None:
+        model_file_hash(model_file, "sha256")  # unreadable / not safetensors: exit 2 now
     bars = _Bars()
     opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, samples=samples,
                         public_challenge=public_challenge, workers=workers,
                         memorization_segments=memorization_segments, tolerance=tolerance,
-                        max_abandoned=max_abandoned)
+                        max_abandoned=max_abandoned, max_model_bytes=max_model_bytes,
+                        model=model_file, beacon_url=beacon_url,
+                        beacon_chain=load_chain(beacon_chain) if beacon_chain else None,
+                        require_drand=require_drand)
     with _client(log_url, vkey, state, witness, quorum) as client:
         report = Audit(client, opts, progress=bars).run()
     bars.close()
@@ -135,6 +163,50 @@ def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
         render_terminal(report)
         if html_out:
             click.echo(f"HTML report: {Path(html_out).resolve()}")
+
+
+@auditor.command("check-model")
+@click.option("--log", "log_url", required=True, help="Log URL (or a static tile mirror).")
+@click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@click.option("--run", "run_id", required=True, help="Run id (hex) that claims the model.")
+@click.option("--model", "model_file", required=True, type=click.Path(dir_okay=False),
+              help="The model file (safetensors; never unpickled).")
+@witness_options
+@click.option("--state", default=DEFAULT_STATE, show_default=True,
+              help="Directory keeping the last verified checkpoint per log.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and checks as JSON.")
+def check_model(log_url: str, vkey: str, run_id: str, model_file: str,
+                witness: tuple[str, ...], quorum: int | None, state: str,
+                as_json: bool) -> None:
+    """Was this model file produced by run RUN in the log? A quick check, no replay.
+
+    Verifies the signed checkpoint, the run's statements (inclusion, signatures, hash
+    chain), its checkpoint chain and final checkpoint, then the file's weights hash.
+    Only a full `audit` replays training. Exit status 0 = yes, 1 = no, 3 = inconclusive.
+    """
+    from .model import ANSWERS
+    from .model import check_model as check
+
+    bars = _Bars()
+    with _client(log_url, vkey, state, witness, quorum) as client:
+        rep = check(client, run_id, model_file, progress=bars)
+    bars.close()
+    if as_json:
+        click.echo(json.dumps(rep, indent=2, default=str))
+    else:
+        m = rep.get("model") or {}
+        origin = (rep.get("log") or {}).get("origin", log_url)
+        size = (rep.get("log") or {}).get("checkpoint_size", "?")
+        if rep["answer"] == "yes":
+            click.echo(f"yes: {model_file} is the final model of run {run_id} in {origin} "
+                       f"at size {size}: {m.get('algorithm')} {m.get('weights_hash')} (step "
+                       f"{m.get('step')}, evidence objects/{m.get('evidence')}); training "
+                       "itself is verified only by `potd auditor audit`")
+        else:
+            click.echo(f"{rep['answer']}: {rep.get('reason')}")
+        for c in rep["checks"]:
+            click.echo(f"  {c['status']:4s}  {c['name']}: {c['summary']}")
+    sys.exit(ANSWERS[rep["answer"]])
 
 
 @auditor.command("verify-log")

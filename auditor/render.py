@@ -158,11 +158,35 @@ def _detection_sentence(replay: Mapping[str, Any], arrow: str = "→") -> str | 
     if not probs:
         return None
     parts = ", ".join(f"f={_pct(f)} {arrow} {_pct(p)}" for f, p in probs)
-    r = replay.get("samples")
-    tail = f" (1 − (1 − f)^R with R = {_num(r)} sampled segments)" if _is_num(r) else ""
+    steps = replay.get("steps_drawn")
+    r = steps if _is_num(steps) else replay.get("samples")
+    unit = "steps drawn" if _is_num(steps) else "sampled segments"
+    tail = f" (1 − (1 − f)^R with R = {_num(r)} {unit})" if _is_num(r) else ""
     if arrow != "→":
         tail = tail.replace("−", "-")
-    return f"A forger of a fraction f of the segments is caught with probability {parts}{tail}."
+    what = "steps" if _is_num(steps) else "segments"
+    return (f"A forger of a fraction f of the {what} is caught with probability "
+            f"{parts}{tail}.")
+
+
+def _model_sentence(report: Mapping[str, Any]) -> str | None:
+    """What the report says about the final model: the certified weights hash and the
+    evidence object holding it (certified only by a passing audit)."""
+    m = _dict(report.get("model"))
+    if not m:
+        return None
+    if not m.get("certified"):
+        return "no certified model: the run's final checkpoint does not certify one"
+    alg = _clean(m.get("algorithm", "?"))
+    what = (f"{alg} {_clean(m.get('weights_hash'))} (evidence objects/"
+            f"{_clean(m.get('evidence'))}, step {_clean(m.get('step'))})")
+    f = _dict(m.get("file"))
+    if f:
+        what += (f"; model file {_clean(f.get('path'))} "
+                 + ("matches" if f.get("match") else "DOES NOT match"))
+    if _verdict(report) == "pass":
+        return f"certified model {what}"
+    return f"model named by the run {what}, not certified (verdict {_verdict(report)})"
 
 
 def _verdict(report: Mapping[str, Any]) -> str:
@@ -242,6 +266,9 @@ def render_terminal(report: dict[str, Any], console: Console | None = None) -> N
     head.append(enc(_clean(log.get("origin", "?"))), style="bold")
     head.append(enc(f" at size {_opt(log.get('checkpoint_size'), '?')}"))
     console.print(head)
+    model = _model_sentence(report)
+    if model:
+        console.print(txt(_clean(model), style="bold"))
     sub = []
     if report.get("signer"):
         sub.append(f"signer {_clean(report['signer'])}")
@@ -673,6 +700,11 @@ def _meta_rows(report: Mapping[str, Any]) -> str:
     ]
     if "witnesses" in log:
         rows.append(("witnesses", len(_list(log.get("witnesses"))), False))
+    model = _dict(report.get("model"))
+    if model.get("certified"):
+        rows.append(("model weights hash", f"{_clean(model.get('algorithm', '?'))} "
+                     f"{_clean(model.get('weights_hash'))}", True))
+        rows.append(("model evidence", f"objects/{_clean(model.get('evidence'))}", True))
     if replay.get("mode"):
         rows.append(("replay mode", replay.get("mode"), False))
     if challenge:
@@ -823,6 +855,7 @@ def render_html(report: dict[str, Any]) -> str:
 <p>Audit of run <code>{_e(report.get("run", "?"))}</code>, recipe <b>{_e(
         report.get("recipe", "?"))}</b>, log <b>{_e(log.get("origin", "?"))}</b> at size
 {_e(_opt(log.get("checkpoint_size"), "?"))}.</p>
+{f'<p class="model mono">{_e(_model_sentence(report))}</p>' if _model_sentence(report) else ""}
 </div>
 </header>
 <main>

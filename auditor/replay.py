@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from prover.derive import batch_indexes
-from prover.evidence import EvidenceSource, restore_optimizer
+from prover.evidence import EvidenceError, EvidenceSource, flatten_optimizer, restore_optimizer
 from prover.hashing import StateHasher
 from prover.recipes import Data, Recipe, get_recipe, train_step
 
@@ -51,6 +51,8 @@ class SegmentJob:
     step_starts: tuple[tuple[int, int], ...]  # (epoch, offset in the epoch order) per step
     end_weights: str | None = None        # committed checkpoint after ``end`` (for distance)
     end_weights_hash: str | None = None
+    end_optimizer: str | None = None      # its optimizer state: the replay must end in it
+    end_optimizer_hash: str | None = None
     exact: bool = True
     threads: int | None = None
     # dataset indexes of each step's batch, derived from the seed by the orchestrator
@@ -69,6 +71,7 @@ class SegmentResult:
     seconds: float
     error: str | None = None
     steps_checked: int = 0
+    optimizer_distance: float | None = None  # tolerance mode: optimizer state's distance
     detail: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +145,7 @@ class Trainee:
                 return model
         with torch.device("meta"):
             model = self.recipe.model()
+        check_layout(model.state_dict(), sd, "weights")
         model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
         self.model = model
         self.state_nbytes = sum(t.nbytes for t in model.state_dict().values())
@@ -180,6 +184,24 @@ class Trainee:
             self.hashers[algorithm] = StateHasher(
                 algorithm, threads=blake3.blake3.AUTO if self.state_nbytes > 1 << 20 else 1)
         return self.hashers[algorithm].hash(self.model.state_dict(keep_vars=True))
+
+
+def check_layout(model: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor],
+                 what: str) -> None:
+    """``sd`` (committed, hash-checked, but chosen by the trainer) has exactly the names
+    and shapes of the recipe model's state ``model``; raises
+    :class:`~prover.evidence.EvidenceError` naming the first difference. (Another dtype
+    is a layout the replay can run, e.g. a model trained in float64; whatever torch then
+    refuses fails the segment.)"""
+    extra, missing = sorted(set(sd) - set(model)), sorted(set(model) - set(sd))
+    problem = (f"an extra tensor {extra[0][:80]!r}" if extra else
+               f"no tensor {missing[0]!r}" if missing else None)
+    for k, v in model.items():
+        if problem is None and sd[k].shape != v.shape:
+            problem = (f"tensor {k!r} of shape {tuple(sd[k].shape)}, the model's is "
+                       f"{tuple(v.shape)}")
+    if problem is not None:
+        raise EvidenceError(f"the committed {what} do not fit the recipe's model: {problem}")
 
 
 _TRAINEES: dict[tuple[str, str], Trainee] = {}
@@ -274,20 +296,73 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                         break
             if first_bad is None:
                 break
-        distance = tolerance = None
+        distance = tolerance = opt_distance = None
         match = first_bad is None
+        end_error = None
+        if job.exact and match:  # the segment must end in the committed next state
+            end_error = _end_state_error(tr, opt, job)
+            match = end_error is None
         if job.end_weights is not None and job.end_weights_hash is not None and (
                 not job.exact or not match):
             end_sd = src.load(job.end_weights, job.end_weights_hash, job.algorithm)
             if first_bad is None or not job.exact:
                 distance = relative_distance(model.state_dict(), end_sd, start_sd)
+            if not job.exact and job.end_optimizer and job.end_optimizer_hash:
+                end_opt = src.load(job.end_optimizer, job.end_optimizer_hash, job.algorithm)
+                opt_distance = optimizer_distance(flatten_optimizer(opt), end_opt, opt_sd)
+                distance = max(distance or 0.0, opt_distance)
         if job.exact and match and job.step_hashes and job.step_hashes[-1] is None:
             match = False  # nothing to compare with: treated as a failure of the trainer
         return SegmentResult(job.start, job.end, match, first_bad, distance, tolerance,
-                             time.perf_counter() - t0, steps_checked=checked)
+                             time.perf_counter() - t0, steps_checked=checked,
+                             error=end_error, optimizer_distance=opt_distance)
     except PotdError as e:
         return SegmentResult(job.start, job.end, False, None, None, None,
                              time.perf_counter() - t0, error=e.message)
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+        # the audit checks every object's layout first; this is the backstop for a
+        # committed state the recipe's model or optimizer cannot take
+        return SegmentResult(job.start, job.end, False, None, None, None,
+                             time.perf_counter() - t0,
+                             error=f"the committed state does not fit the recipe: "
+                                   f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def _end_state_error(tr: Trainee, opt: torch.optim.Optimizer, job: SegmentJob) -> str | None:
+    """Why the replayed state after ``job.end`` is not the committed checkpoint's state
+    (weights and optimizer state, bit for bit), or None."""
+    if job.end_weights_hash is not None:
+        got = tr.weights_hash(job.algorithm)
+        if got != job.end_weights_hash:
+            return (f"the weights replayed to step {job.end} ({got[:16]}…) are not the "
+                    f"checkpoint's ({job.end_weights_hash[:16]}…) the next segment starts from")
+    if job.end_optimizer_hash is not None:
+        got = StateHasher(job.algorithm).hash(flatten_optimizer(opt))
+        if got != job.end_optimizer_hash:
+            return (f"the optimizer state replayed to step {job.end} ({got[:16]}…) is not "
+                    f"the committed checkpoint's ({job.end_optimizer_hash[:16]}…): the next "
+                    "segment would start from a crafted optimizer state")
+    return None
+
+
+def optimizer_distance(replayed: Mapping[str, torch.Tensor],
+                       committed: Mapping[str, torch.Tensor],
+                       start: Mapping[str, torch.Tensor] | None) -> float:
+    """``||replayed - committed|| / ||committed - start||`` over the optimizer state (a
+    missing start state counts as zeros); infinite when the tensors differ in names or
+    shapes."""
+    if replayed.keys() != committed.keys() or any(
+            replayed[k].shape != committed[k].shape for k in committed):
+        return math.inf
+    if not committed:
+        return 0.0
+    a = {k: replayed[k] for k in committed}
+    b = dict(committed)
+    s = {k: (start[k] if start is not None and k in start and start[k].shape == v.shape
+             else torch.zeros_like(v)) for k, v in committed.items()}
+    fa, fb, fs = _flat(a), _flat(b), _flat(s)
+    moved = float(torch.linalg.vector_norm(fb - fs))
+    return float(torch.linalg.vector_norm(fa - fb)) / max(moved, 1e-12)
 
 
 def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
@@ -305,6 +380,10 @@ def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
     model = recipe.model()
     ids = torch.tensor(sorted(set(segment_examples)))
     hx, hy = data.heldout_x[:heldout], data.heldout_y[:heldout]
+
+    ref = model.state_dict()
+    check_layout(ref, start_sd, "weights")
+    check_layout(ref, end_sd, "weights")
 
     def losses(sd: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model.load_state_dict(sd)

@@ -18,6 +18,7 @@ from ledger.errors import PotdError
 from ledger.merkle import check_tree
 from ledger.note import SignedCheckpoint, open_checkpoint
 from ledger.statement import Statement
+from prover.beacon import trust
 from prover.derive import (
     batch_indexes,
     beacon_from_checkpoint,
@@ -31,7 +32,15 @@ from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
 from prover.recipes import Recipe, get_recipe
 from prover.session import decimal_string, environment
 
+from .beacon_check import BeaconFail, drand_seed_beacon, public_challenge
+from .chain import (
+    Chain,
+    optimizer_layout_problem,
+    safetensors_layout,
+    weights_layout_problem,
+)
 from .logview import LogSnapshot
+from .model import checkpoints_check, model_check
 from .replay import SegmentJob, SegmentResult, memorization, replay_segment
 from .runs import RunView
 
@@ -54,6 +63,13 @@ class ReplayCheck:
         from .audit import _Stop
 
         a = self.a
+        numbers = [st.body.get("step") for st in self.steps]
+        if any(type(t) is not int or t != i for i, t in enumerate(numbers)):
+            a.check("replay", "fail", "the step statements are not numbered 0, 1, 2, … in "
+                    "log order (see run.chain): no step can be located, nothing replayed")
+            raise _Stop
+        chain = self._checkpoints()
+        self._model(chain)
         recipe = self._recipe()
         if recipe is None:
             raise _Stop
@@ -63,10 +79,13 @@ class ReplayCheck:
             a.check("order", "skip", "cannot derive the data order without the seed and data")
             a.check("replay", "skip", "cannot replay without the seed and the committed data")
             raise _Stop
+        if not self._hyperparameters(recipe):
+            a.check("order", "skip", "the committed schedule does not match the log: no "
+                    "data order is derived for it")
+            raise _Stop
         self._order(recipe, seed)
-        self._hyperparameters(recipe)
         self._init(recipe, seed)
-        ckpts = self._evidence()
+        ckpts = self._evidence(chain, recipe)
         if ckpts is None:
             a.check("replay", "fail", "the evidence does not match the log; nothing can be "
                     "replayed from it")
@@ -100,9 +119,35 @@ class ReplayCheck:
                     f"committed {rc.get('code_hash')}: the recipe changed since run.open",
                     committed=rc.get("code_hash"), local=have)
             return None
-        a.check("recipe", "pass", f"recipe {name!r} source hash matches the commitment",
-                code_hash=have, config=rc["config"])
+        probe = self._probe(recipe)
+        if isinstance(probe, str):
+            a.check("recipe", "fail", f"recipe {name!r} with the committed config: {probe}",
+                    config=rc["config"])
+            return None
+        a.check("recipe", "pass", f"recipe {name!r} source hash matches the commitment; "
+                f"the committed config builds a {probe:,}-byte model",
+                code_hash=have, config=rc["config"], model_bytes=probe)
         return recipe
+
+    def _probe(self, recipe: Recipe) -> int | str:
+        """Build the committed config's model on the meta device (no memory) and its
+        optimizer: the model's size in bytes, or why the config is refused (it does not
+        build, or its model is larger than ``--max-model-bytes``). Nothing the config
+        asks for is allocated before this passes."""
+        limit = self.a.opts.max_model_bytes
+        try:
+            with torch.device("meta"):
+                model = recipe.model()
+                self.optimizer_name = type(recipe.optimizer(model)).__name__
+            size = int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+        except (ValueError, TypeError, RuntimeError, OverflowError, ArithmeticError,
+                KeyError, PotdError) as e:  # recipe code run on an untrusted config
+            return f"it does not build a model and optimizer ({type(e).__name__}: " \
+                   f"{str(e)[:200]})"
+        if size > limit:
+            return (f"its model would take {size:,} bytes, more than the {limit:,} this "
+                    "audit allows (--max-model-bytes)")
+        return size
 
     def _seed(self) -> bytes | None:
         a, o, close = self.a, self.o, self.close
@@ -115,28 +160,54 @@ class ReplayCheck:
             a.check("seed", "fail", "the s_rand revealed in run.close does not match the seed "
                     "commitment in run.open")
             return None
-        if not self.steps or not isinstance(self.steps[0].body.get("beacon_checkpoint"), str):
-            a.check("seed", "fail", "the first step does not carry the beacon checkpoint")
-            return None
         open_index = self.view.statements[0][0]
-        text = str(self.steps[0].body["beacon_checkpoint"])
-        try:
-            beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1)
-            bcp = open_checkpoint(text, a.client.log_key)
-            proof = a.client.consistency_proof(bcp, self.cp)
-            check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
-        except PotdError as e:
-            a.check("seed", "fail", f"beacon checkpoint rejected: {e.message}")
-            return None
+        if "beacon" in o.body:  # drand mode (see prover.beacon)
+            try:
+                beacon, ev = drand_seed_beacon(a, o, self.steps[0] if self.steps else None,
+                                               open_index, self.cp)
+            except BeaconFail as e:
+                a.check("seed", e.status, e.message, **e.evidence)
+                return None
+            how = (f"the beacon is drand round {ev['round']} of chain {ev['chain'][:16]}…, "
+                   f"published after run.open is attested ({ev['time_basis']})")
+        else:
+            if a.opts.require_drand:
+                a.check("seed", "fail", "the run's seed beacon is the log's own signature, "
+                        "which a colluding log operator can grind; this audit requires a "
+                        "drand beacon (--require-drand)", trust=trust("log"))
+                return None
+            if not self.steps or not isinstance(self.steps[0].body.get("beacon_checkpoint"),
+                                                str):
+                a.check("seed", "fail", "the first step does not carry the beacon checkpoint")
+                return None
+            text = str(self.steps[0].body["beacon_checkpoint"])
+            try:
+                beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1)
+                bcp = open_checkpoint(text, a.client.log_key)
+                proof = a.client.consistency_proof(bcp, self.cp)
+                check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
+            except PotdError as e:
+                a.check("seed", "fail", f"beacon checkpoint rejected: {e.message}")
+                return None
+            ev = {"mode": "log", "trust": trust("log")}
+            how = (f"the beacon is the log's signature on the checkpoint of size "
+                   f"{open_index + 1}, consistent with size {self.cp.size} (weaker mode)")
         root = self._committed_root()
         if root is None:
             a.check("seed", "fail", "run.open has no valid dataset root")
             return None
         seed = derive_seed(root, s_rand, beacon)
-        a.check("seed", "pass", "s_rand matches its commitment; the beacon is the log's "
-                f"signature on the checkpoint of size {open_index + 1}, consistent with size "
-                f"{self.cp.size}; seed recomputed", seed=seed.hex(), beacon=beacon.hex())
+        a.report["beacon"] = ev
+        a.check("seed", "pass", f"s_rand matches its commitment; {how}; seed recomputed. "
+                f"Trust: {ev['trust']}", seed=seed.hex(), **{"beacon": beacon.hex(), **ev})
         return seed
+
+    def _public_challenge(self) -> tuple[bytes | None, dict[str, Any]]:
+        if not self.a.opts.public_challenge:
+            return None, {"kind": "auditor"}
+        close_index = next(i for i, st in self.view.statements if st is self.close)
+        return public_challenge(self.a, self.view.run, self.close, close_index,
+                                self.snap.leaf_hashes, self.cp)
 
     def _committed_root(self) -> bytes | None:
         ds = self.o.body.get("dataset")
@@ -154,16 +225,19 @@ class ReplayCheck:
         self.hashes = example_hashes(data.x, data.y)
         root = merkle_root_hex(self.hashes)
         held = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
-        ds, ho = self.o.body.get("dataset") or {}, self.o.body.get("heldout") or {}
-        assert isinstance(ds, dict) and isinstance(ho, dict)
+        ds, ho = self.o.body.get("dataset"), self.o.body.get("heldout")
+        ds, ho = (ds if isinstance(ds, dict) else {}), (ho if isinstance(ho, dict) else {})
         if root != ds.get("root") or len(data.x) != ds.get("size"):
             a.check("dataset", "fail", "the data given to the auditor does not match the "
                     f"committed dataset root ({len(data.x)} examples, root {root[:16]}…, "
                     f"committed {str(ds.get('root'))[:16]}…)", local=root,
                     committed=ds.get("root"))
             return False
-        if held != ho.get("root"):
-            a.check("dataset", "fail", "the held-out split does not match its commitment")
+        if held != ho.get("root") or len(data.heldout_x) != ho.get("size"):
+            a.check("dataset", "fail", "the held-out split does not match its commitment "
+                    f"({len(data.heldout_x)} examples, root {held[:16]}…; committed "
+                    f"{str(ho.get('size'))[:20]} examples, root {str(ho.get('root'))[:16]}…)",
+                    local=held, committed=ho.get("root"))
             return False
         a.check("dataset", "pass", f"{len(data.x)} training examples hash to the committed "
                 f"root; {len(data.heldout_x)} held-out examples match too", root=root)
@@ -192,31 +266,75 @@ class ReplayCheck:
                 f"all {len(self.steps)} batch roots equal the roots recomputed from the data "
                 "in the seed-derived order", problems=bad[:20])
 
-    def _hyperparameters(self, recipe: Recipe) -> None:
+    def _hyperparameters(self, recipe: Recipe) -> bool:
+        """Every field of run.open's ``hyperparameters`` against the recipe config, the
+        data and the log, and every step's lr against the schedule. The step count
+        (epochs x ceil(n / batch size)) is compared with the log by arithmetic, before
+        any schedule is built: False when it differs (the audit cannot go on)."""
         a = self.a
+        n, bs, epochs = len(self.hashes), recipe.batch_size, recipe.epochs
+        planned = epochs * -(-n // bs)
+        with_weights = [isinstance(st.body.get("weights"), str) for st in self.steps]
+        at_ckpt = [isinstance(st.body.get("checkpoint"), dict) for st in self.steps]
+        want: dict[str, Any] = {
+            "optimizer": self.optimizer_name, "lr": str(recipe.config.get("lr")),
+            "batch_size": bs, "epochs": epochs, "steps": planned, "k": recipe.k}
         bad = []
+        hp = self.o.body.get("hyperparameters")
+        if not isinstance(hp, dict):
+            bad.append("run.open carries no hyperparameters block")
+            hp = {}
+        for key, value in want.items():
+            got = hp.get(key)
+            if type(got) is not type(value) or got != value:
+                source = {"optimizer": "the optimizer the recipe builds",
+                          "steps": f"epochs x ceil({n} examples / batch size)"
+                          }.get(key, "the recipe config")
+                bad.append(f"run.open hyperparameters {key} = {str(got)[:40]!r} differs from "
+                           f"{source} ({value!r})")
+        bad += [f"run.open hyperparameters carry {k!r}, which no check covers"
+                for k in sorted(set(hp) - set(want) - {"per_step_weights"})[:5]]
+        per_step = hp.get("per_step_weights")
+        if per_step is True and not all(with_weights):
+            bad.append("per-step weights hashing is committed on, yet a step statement "
+                       "carries no weights hash")
+        elif per_step is False and any(w and not c for w, c in zip(with_weights, at_ckpt,
+                                                                    strict=True)):
+            bad.append("per-step weights hashing is committed off, yet steps without a "
+                       "checkpoint carry weights hashes")
+        elif type(per_step) is not bool:
+            bad.append(f"run.open hyperparameters per_step_weights = {str(per_step)[:40]!r} "
+                       "is not true or false")
+        if planned != len(self.steps):
+            bad.insert(0, f"the committed config schedules {planned} steps ({epochs} epochs "
+                          f"x ceil({n} / {bs})), the run logged {len(self.steps)}")
         for st in self.steps:
-            step = int(st.body.get("step", -1))  # type: ignore[arg-type]
+            step = int(st.body["step"])  # type: ignore[arg-type]  # ints: checked in run()
             if st.body.get("lr") != decimal_string(recipe.lr(step)):
-                bad.append(f"step {step}: logged lr {st.body.get('lr')} differs from the "
-                           f"committed schedule ({decimal_string(recipe.lr(step))})")
+                bad.append(f"step {step}: logged lr {str(st.body.get('lr'))[:40]} differs "
+                           f"from the committed schedule ({decimal_string(recipe.lr(step))})")
                 if len(bad) > 20:
                     break
-        hp = self.o.body.get("hyperparameters") or {}
-        if isinstance(hp, dict) and str(hp.get("lr")) != str(recipe.config.get("lr")):
-            bad.insert(0, f"run.open hyperparameters lr {hp.get('lr')} differ from the recipe "
-                          f"config lr {recipe.config.get('lr')}")
         a.check("hyperparameters", "fail" if bad else "pass", bad[0] if bad else
-                "every step's learning rate follows the committed schedule "
-                f"(lr {recipe.config.get('lr')}, batch {recipe.batch_size}, "
-                f"{recipe.epochs} epochs)", problems=bad[:20])
+                f"every committed hyperparameter matches the recipe config and the log "
+                f"({self.optimizer_name}, lr {recipe.config.get('lr')}, batch {bs}, "
+                f"{epochs} epochs = {planned} steps, k {recipe.k}, per-step weights "
+                f"{'on' if per_step else 'off'}); every step's lr follows "
+                "the schedule", problems=bad[:20])
+        return planned == len(self.steps)
 
     def _init(self, recipe: Recipe, seed: bytes) -> None:
         a = self.a
         torch.manual_seed(init_seed(seed))
         model = recipe.model()
-        alg = str(self.o.body.get("weights_hash"))
-        h = hash_tensors(model.state_dict(), alg)
+        alg = str(self.o.body.get("weights_hash"))[:40]
+        try:
+            h = hash_tensors(model.state_dict(), alg)
+        except PotdError as e:  # an algorithm named by the trainer that we do not know
+            from .audit import _Stop
+
+            a.check("init", "fail", f"run.open names weights hash {alg!r}: {e.message}")
+            raise _Stop from None
         init = self.steps[0].body.get("init") if self.steps else None
         want = init.get("weights_hash") if isinstance(init, dict) else None
         self.alg = alg
@@ -230,15 +348,22 @@ class ReplayCheck:
 
     # -- evidence, replay, memorization -----------------------------------------
 
-    def _evidence(self) -> list[dict[str, Any]] | None:
-        """Checkpoints committed in the log, cross-checked with the evidence manifest."""
+    def _checkpoints(self) -> Chain:
+        return checkpoints_check(self.a, self.o, self.steps)
+
+    def _model(self, chain: Chain) -> None:
+        model_check(self.a, self.o, self.close, self.steps, chain, self.a.opts.model)
+
+    def _evidence(self, chain: Chain, recipe: Recipe) -> list[dict[str, Any]] | None:
+        """Checkpoints committed in the log, cross-checked with the evidence manifest;
+        every object fetched and hash-checked up front. Returns the well-formed ones."""
         a = self.a
         src = EvidenceSource(a.opts.evidence)
         ckpts = []
         for st in self.steps:
             c = st.body.get("checkpoint")
-            if isinstance(c, dict):
-                ckpts.append({"step": st.body["step"], **c})
+            if "checkpoint" in st.body:
+                ckpts.append({"step": st.body["step"], **c} if isinstance(c, dict) else c)
         try:
             manifest, mhash = src.manifest()
         except EvidenceError as e:
@@ -248,9 +373,7 @@ class ReplayCheck:
             a.check("evidence", "fail", "manifest.json is not the manifest committed in "
                     "run.close", file="manifest.json")
             return None
-        listed = [{k: c.get(k) for k in ("step", "weights", "weights_hash", "optimizer",
-                                           "optimizer_hash")} for c in manifest.get(
-                                               "checkpoints", [])]
+        listed = manifest.get("checkpoints")
         if listed != ckpts:
             a.check("evidence", "fail", "the manifest's checkpoints differ from those "
                     "committed in the step statements", file="manifest.json")
@@ -261,13 +384,44 @@ class ReplayCheck:
         except EvidenceError as e:
             a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
             return None
-        a.check("evidence", "pass", f"manifest matches run.close; {len(ckpts)} checkpoints "
-                "committed (each file is verified when it is used)",
+        if not self._objects(src, chain.checkpoints, recipe):
+            return None
+        a.check("evidence", "pass", f"manifest matches run.close; all {len(ckpts)} "
+                "checkpoints' objects fetched and match their names and the log's hashes",
                 manifest=manifest_bytes(manifest).decode()[:200])
-        return ckpts
+        return chain.checkpoints
+
+    def _objects(self, src: EvidenceSource, ckpts: list[dict[str, Any]],
+                 recipe: Recipe) -> bool:
+        """Fetch every evidence object the log names and check its bytes, its tensor hash
+        and that it fits the recipe's model (withheld, altered or misshapen evidence of
+        an unsampled checkpoint is noticed too; replay never loads a misfit)."""
+        from prover.hashing import dtype_name
+
+        a = self.a
+        with torch.device("meta"):
+            model = recipe.model()
+        want = {k: (dtype_name(v), list(v.shape)) for k, v in model.state_dict().items()}
+        params = [(dtype_name(p), list(p.shape)) for p in model.parameters()]
+        objs = [(str(self.init.get("weights")), str(self.init.get("weights_hash")), "weights")]
+        objs += [(str(c[f]), str(c[f + "_hash"]), f) for c in ckpts
+                 for f in ("weights", "optimizer")]
+        for i, (name, want_hash, kind) in enumerate(objs):
+            try:
+                got = safetensors_layout(src.verify(name, want_hash, self.alg))
+            except EvidenceError as e:
+                a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+                return False
+            bad = (weights_layout_problem(got, want) if kind == "weights"
+                   else optimizer_layout_problem(got, params))
+            if bad is not None:
+                a.check("evidence", "fail", f"evidence file objects/{name}: {bad}", file=name)
+                return False
+            a._tick("evidence", i + 1, len(objs))
+        return True
 
     def _replay(self, recipe: Recipe, seed: bytes, ckpts: list[dict[str, Any]]) -> None:
-        from .audit import challenge_seed, detection_probabilities, pool_map, sample
+        from .audit import challenge_seed, detection_probabilities, pool_map, step_sample
 
         a = self.a
         bounds = [{"step": -1, "weights": self.init.get("weights"),
@@ -281,8 +435,14 @@ class ReplayCheck:
         mine = environment()
         exact = a.opts.tolerance is None and isinstance(env, dict) and all(
             env.get(k) == mine[k] for k in ("torch", "device", "threads"))
-        cseed = challenge_seed(a.opts, self.view.run, self.cp.root, self.cp.size)
-        picks = sample(cseed, len(segments), a.opts.samples)
+        if a.opts.samples < 1:
+            a.check("replay", "skip", f"--samples {a.opts.samples}: no step drawn, nothing "
+                    "replayed")
+            return
+        public, challenge = self._public_challenge()
+        cseed = challenge_seed(a.opts, public)
+        drawn, picks, uncovered = step_sample(cseed, [int(b["step"]) for b in bounds],
+                                              len(self.steps), a.opts.samples)
         jobs = [self._job(recipe, seed, segments[i], exact) for i in picks]
         t0 = time.perf_counter()
         done = 0
@@ -299,7 +459,7 @@ class ReplayCheck:
                            pool_map(replay_segment, jobs, a.opts.workers)))
         replay_s = time.perf_counter() - t0
         tol = None
-        if not exact:
+        if not exact and jobs:
             tol = a.opts.tolerance if a.opts.tolerance is not None else self._calibrate(
                 jobs[0])
             for r in results:
@@ -310,28 +470,36 @@ class ReplayCheck:
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
-            "segments_total": len(segments),
-            "challenge": {"kind": "public" if a.opts.public_challenge else "auditor",
-                          "seed": cseed.hex(),
-                          "checkpoint_size": self.cp.size if a.opts.public_challenge else None},
-            "segments": segs, "detection_probability": detection_probabilities(len(results)),
+            "segments_total": len(segments), "steps_total": len(self.steps),
+            "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
+            "steps_replayed": sum(r.end - r.start + 1 for r in results),
+            "basis": "steps: each drawn step's whole segment is replayed",
+            "challenge": {**challenge, "seed": cseed.hex()},
+            "segments": segs, "detection_probability": detection_probabilities(len(drawn)),
             "environment": {"run": env, "auditor": mine}}
         a.report["timing"]["replay_seconds"] = round(replay_s, 3)
-        if bad:
+        drew = (f"{len(drawn)} of {len(self.steps)} steps drawn from the challenge, "
+                f"{len(results)} of {len(segments)} segments replayed "
+                f"({sum(r.end - r.start + 1 for r in results)} steps)")
+        if uncovered:
+            a.check("replay", "fail", f"step(s) {', '.join(map(str, uncovered[:10]))} drawn "
+                    "for replay lie after the last committed checkpoint: no segment covers "
+                    "them, they cannot be replayed", uncovered=uncovered[:1000])
+        elif bad:
             r = bad[0]
             where = (f"weights differ from the committed hash from step {r.first_mismatch_step}"
                      if r.first_mismatch_step is not None else
                      (r.error or f"distance {r.distance:.3g} exceeds tolerance {tol:.3g}"
                       if r.distance is not None and tol is not None else
                       r.error or "weights differ from the commitment"))
-            a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where}",
+            a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where} ({drew})",
                     segments=[x.to_json() for x in bad])
         else:
-            a.check("replay", "pass", f"{len(results)} of {len(segments)} segments replayed "
+            a.check("replay", "pass", drew + " "
                     + ("bit-exactly (same environment)" if exact else
                        f"within tolerance {tol:.3g} (environment differs)"),
                     steps=sum(r.end - r.start + 1 for r in results))
-        self._memorization(recipe, segments, picks, seed)
+        self._memorization(recipe, segments, cseed, seed)
 
     def _job(self, recipe: Recipe, seed: bytes, seg: tuple[dict[str, Any], dict[str, Any]],
              exact: bool) -> SegmentJob:
@@ -351,6 +519,7 @@ class ReplayCheck:
             step_hashes=hashes, step_starts=tuple((self.plan[t][1], self.plan[t][2])
                                                   for t in range(start, end + 1)),
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
+            end_optimizer=seg[1].get("optimizer"), end_optimizer_hash=seg[1].get("optimizer_hash"),
             exact=exact, batches=batches)
 
     def _calibrate(self, job: SegmentJob) -> float:
@@ -372,15 +541,18 @@ class ReplayCheck:
         return tol
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
-                      dict[str, Any]]], picks: list[int], seed: bytes) -> None:
+                      dict[str, Any]]], cseed: bytes, seed: bytes) -> None:
+        """The memorization test on segments drawn from the auditor's challenge randomness
+        (``cseed``), which the trainer does not know while training (unlike ``seed``)."""
         from .audit import sample
 
         a = self.a
-        n = min(a.opts.memorization_segments, len(segments))
+        n = max(0, min(a.opts.memorization_segments, len(segments)))
         if n == 0:
             a.check("memorization", "skip", "no segments to test")
             return
-        chosen = sample(hashlib.sha256(seed + b"memorization").digest(), len(segments), n)
+        chosen = sample(hashlib.sha256(cseed + b"potd-memorization-v1").digest(),
+                        len(segments), n)
         src = EvidenceSource(a.opts.evidence)
         rows = []
         cache: dict[tuple[bytes, int, int], list[int]] = {}
@@ -397,7 +569,11 @@ class ReplayCheck:
                 step, epoch, off = self.plan[t]
                 examples += batch_indexes(seed, len(self.hashes), recipe.batch_size, step,
                                           epoch, off, cache)
-            m = memorization(recipe, w0, w1, examples)
+            try:
+                m = memorization(recipe, w0, w1, examples)
+            except EvidenceError as e:
+                a.check("memorization", "fail", e.message)
+                return
             m.update(start=int(s0["step"]) + 1, end=int(s1["step"]), flagged=m["z"] < 0.0)
             rows.append(m)
         flagged = sum(1 for r in rows if r["flagged"])

@@ -123,6 +123,88 @@ def check_run(view: RunView, snap: LogSnapshot) -> list[str]:
 
 
 def abandoned_opens(runs: dict[str, RunView], signer: str, this_run: str) -> list[dict[str, Any]]:
-    """Other runs opened by ``signer`` that were never closed (seed-grinding evidence)."""
+    """Other runs opened by ``signer`` that were never closed."""
     return [v.summary() for r, v in runs.items()
             if r != this_run and v.signer == signer and v.open is not None and not v.closed]
+
+
+def identity(signer: str | None) -> str:
+    """The identity behind a verifier key string: its key name (before the first ``+``),
+    whatever the key id — a trainer can make any number of keys under one name."""
+    return (signer or "").split("+", 1)[0]
+
+
+def planned_steps(o: Statement) -> int | None:
+    """Steps the schedule of a ``run.open`` implies: epochs x ceil(dataset size / batch
+    size), from its recipe config (plain arithmetic: nothing is allocated); None when the
+    config does not say (a malformed open plans nothing)."""
+    rc, ds = o.body.get("recipe"), o.body.get("dataset")
+    config = rc.get("config") if isinstance(rc, dict) else None
+    if not isinstance(config, dict) or not isinstance(ds, dict):
+        return None
+    b, e, n = config.get("batch_size"), config.get("epochs"), ds.get("size")
+    if not all(type(v) is int and v > 0 for v in (b, e, n)):
+        return None
+    assert isinstance(b, int) and isinstance(e, int) and isinstance(n, int)
+    return e * -(-n // b)
+
+
+def incomplete(v: RunView) -> str | None:
+    """Why a run is incomplete (a seed drawn but not trained to the end), or None.
+
+    Complete = closed, and at least as many steps logged (and claimed by run.close) as
+    both its run.open's committed ``hyperparameters.steps`` and its schedule plan.
+    """
+    o = v.open
+    if o is None:
+        return "no run.open"
+    if not v.closed:
+        return "never closed"
+    close = next(st for _, st in v.statements if st.kind == "run.close")
+    claimed = close.body.get("steps")
+    done = min(len(v.steps), claimed if type(claimed) is int else 0)
+    hp = o.body.get("hyperparameters")
+    committed = hp.get("steps") if isinstance(hp, dict) else None
+    plan = planned_steps(o)
+    if plan is None:
+        return f"closed after {done} steps; its schedule is malformed"
+    want = max(x for x in (committed, plan, 1) if type(x) is int)
+    if done < want:
+        return f"closed after {done} of {want} planned steps"
+    return None
+
+
+def _data_key(o: Statement | None) -> tuple[str, str] | None:
+    if o is None:
+        return None
+    ds = o.body.get("dataset")
+    return (str(ds.get("root")) if isinstance(ds, dict) else "", str(_recipe_name(o)))
+
+
+def grinding_evidence(runs: dict[str, RunView], view: RunView
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seed-grinding evidence for ``view``: incomplete runs over the same dataset root and
+    recipe, opened before ``view`` closed (earlier runs, and runs open at the same time),
+    split into those of the same identity (:func:`identity`, any key id) and those of
+    other identities. Each row is a :meth:`RunView.summary` plus ``why`` incomplete.
+
+    Each such run drew a seed the trainer saw and did not use to the end: a choice among
+    their seeds. A trainer using a fresh identity per attempt is visible only in the
+    second list, which cannot be told apart from other people's runs over the same data.
+    """
+    key = _data_key(view.open)
+    me = identity(view.signer)
+    end = view.statements[-1][0] if view.closed else None
+    mine: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for r, v in runs.items():
+        if r == view.run or v.open is None or _data_key(v.open) != key:
+            continue
+        if end is not None and v.statements[0][0] > end:
+            continue  # opened after this run closed: cannot have been a choice for it
+        why = incomplete(v)
+        if why is None:
+            continue
+        row = {**v.summary(), "why": why, "identity": identity(v.signer)}
+        (mine if identity(v.signer) == me else others).append(row)
+    return mine, others

@@ -456,9 +456,10 @@ def _add_role_groups() -> None:
     from auditor.cli import auditor
     from prover.cli import prover
 
+    from .beacon_cli import beacon
     from .witness_cli import witness
 
-    for group in (witness, prover, auditor):
+    for group in (witness, beacon, prover, auditor):
         main.add_command(group)
 
 

@@ -249,16 +249,20 @@ BODY_FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "seed_commitment": (_is_hash, True), "dataset": (_is_obj, True),
         "recipe": (_is_obj, False), "hyperparameters": (_is_obj, False),
         "environment": (_is_obj, False), "weights_hash": (_is_str, False),
+        "beacon": (_is_obj, False),
     },
     "step": {
         "prev": (_is_hash, True), "step": (_is_int, True), "batch_root": (_is_hash, True),
         "epoch": (_is_int, False), "batch_size": (_is_int, False), "loss": (_is_decimal, False),
         "lr": (_is_decimal, False), "weights": (_is_hex, False), "checkpoint": (_is_obj, False),
-        "beacon_checkpoint": (_is_str, False),
+        "beacon_checkpoint": (_is_str, False), "beacon_round": (_is_obj, False),
+        "open_checkpoint": (_is_str, False),
     },
     "run.close": {
         "prev": (_is_hash, True), "steps": (_is_int, False), "weights": (_is_hex, False),
         "s_rand": (_is_str, False), "manifest": (_is_hex, False),
+        "final_weights": (_is_hex, False), "final_state": (_is_hash, False),
+        "challenge_beacon": (_is_obj, False),
     },
 }
 DATASET_FIELDS: dict[str, tuple[Check, bool]] = {

@@ -74,16 +74,28 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="Hash weights only at checkpoints, not after every step.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write a JSON summary of the run here.")
+@click.option("--beacon", "beacon_url", help="drand HTTP beacon URL: the seed comes from a "
+              "future drand round (default: the log's signature, a weaker beacon).")
+@click.option("--beacon-chain", help="Pinned drand chain: quicknet, mainnet, a known chain "
+              "hash, or an /info JSON file (default: the chain the beacon serves).")
+@click.option("--beacon-lead", default=6.0, show_default=True,
+              help="Seconds between logging run.open and the drand round it commits to.")
+@click.option("--witness", multiple=True, help="With --beacon: a witness whose "
+              "cosignatures attest when run.open existed (verifier key string or file; "
+              "repeatable). Default: the log's timestamp line.")
+@click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
 def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: str | None,
           epochs: int | None, k: int | None, batch_size: int | None, lr: str | None,
           settings: tuple[str, ...], alg: str, no_per_step_weights: bool,
-          json_out: str | None) -> None:
+          json_out: str | None, beacon_url: str | None, beacon_chain: str | None,
+          beacon_lead: float, witness: tuple[str, ...], quorum: int | None) -> None:
     """Train RECIPE, committing every step to the log at --log.
 
     Statements are spooled to disk first and submitted in the background; if the log is
     down, training goes on and the spool drains when it is back.
     """
     from ledger.client import LogClient
+    from ledger.errors import UsageError
     from prover.recipes import get_recipe
     from prover.session import TrainingSession
 
@@ -94,8 +106,20 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     client = LogClient(log_url, read_verifier(vkey))
     spool_path = spool or str(Path(evidence) / "spool.db")
     Path(evidence).mkdir(parents=True, exist_ok=True)
+    bc = None
+    if beacon_url:
+        from ledger.beacon_client import BeaconClient, load_chain
+
+        bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
+    elif beacon_chain:
+        raise UsageError("--beacon-chain needs --beacon")
+    if quorum is not None and not 0 <= quorum <= len(witness):
+        raise UsageError(f"--quorum {quorum} needs at least that many --witness keys")
     sess = TrainingSession(r, client, read_signer(key), evidence, spool_path,
-                           per_step_weights=not no_per_step_weights, weights_hash=alg)
+                           per_step_weights=not no_per_step_weights, weights_hash=alg,
+                           beacon=bc, beacon_lead=beacon_lead,
+                           time_witnesses=[read_verifier(w) for w in witness],
+                           time_quorum=len(witness) if quorum is None else quorum)
     sess.open()
     click.echo(f"run {sess.run_id}")
     bar: Any
@@ -110,12 +134,18 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     last = sess.receipts[-1]
     summary = {"run": sess.run_id, "recipe": r.name, "steps": len(sess.plan),
                "final_loss": sess.losses[-1], "final_weights": sess.final_weights,
+               "final_state": sess.final_state,
+               "final_model": f"objects/{sess._checkpoints[-1]['weights']}"
+               if sess._checkpoints else None,
                "statements": total, "first_index": sess.receipts[0].index,
                "last_index": last.index, "checkpoint_size": last.checkpoint.size,
                "evidence": str(Path(evidence).resolve()), "log_outages": sess.submitter.outages}
     click.echo(f"logged {total} statements (indexes {summary['first_index']}..{last.index}), "
                f"every inclusion proof verified")
     click.echo(f"final loss {summary['final_loss']:.4f}, weights {sess.final_weights}")
+    if sess._checkpoints:
+        click.echo(f"final model (safetensors, certified by the run): "
+                   f"{Path(evidence) / 'objects' / sess._checkpoints[-1]['weights']}")
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -404,6 +404,7 @@ class _Child:
         self.submitter: Any = None
         self.checkpoints: list[dict[str, Any]] = []
         self.final_weights: str | None = None
+        self.final_state: str | None = None  # the last checkpoint's state (potd-state-v1)
         self.consumed = self.reported = 0
         self.ring: mmap.mmap | None = None
         self.ring_view = memoryview(b"")
@@ -497,7 +498,7 @@ class _Child:
         self.signer = Signer.parse(s["signer"])
         self.alg, self.per_step_weights = s["weights_hash"], s["per_step_weights"]
         self.hasher = StateHasher(self.alg, threads=1)
-        self.beacon_checkpoint, self.init_info = s["beacon_checkpoint"], s["init"]
+        self.step0, self.init_info = s["step0"], s["init"]
         self.evidence = EvidenceStore(s["evidence"])
         if s["ring"]:
             self.ring = mmap.mmap(self.ring_fd, s["ring"])
@@ -556,8 +557,9 @@ class _Child:
             self.consumed = max(self.consumed, ring[0] + ring[1])
         if flags & _LAST:
             self.final_weights = w
+            self.final_state = body["checkpoint"]["state"] if "checkpoint" in body else None
         if step == 0:
-            body["beacon_checkpoint"] = self.beacon_checkpoint
+            body.update(self.step0)  # the beacon evidence (see prover.beacon)
             body["init"] = self.init_info
         if not self.per_step_weights and "checkpoint" not in body:
             body.pop("weights", None)
@@ -590,10 +592,14 @@ class _Child:
                 raise VerificationError(f"step {step}: the checkpoint's weights hash to {got}, "
                                         f"the step committed {weights_hash}",
                                         hint="the weights changed while being committed: a bug")
+            from prover.hashing import state_hash
+
+            opt_hash = self.stream_hash(streams["optimizer"])
             return {"step": step, "weights": self.put_object(streams["weights"]),
                     "weights_hash": weights_hash,
                     "optimizer": self.put_object(streams["optimizer"]),
-                    "optimizer_hash": self.stream_hash(streams["optimizer"])}
+                    "optimizer_hash": opt_hash,
+                    "state": state_hash({"weights": weights_hash, "optimizer": opt_hash})}
         finally:
             for v in streams.values():
                 v.release()
@@ -643,10 +649,14 @@ class _Child:
         manifest = {"run": self.run_id, "weights_hash": self.alg, "init": self.init_info,
                     "checkpoints": self.checkpoints}
         digest = self.evidence.write_manifest(manifest)
-        self.commit([("run.close", {**body, "final_weights": self.final_weights,
-                                    "manifest": digest})])
+        close = {**body, "manifest": digest}
+        for key, value in (("final_weights", self.final_weights),
+                           ("final_state", self.final_state)):
+            if value is not None:  # no last step recorded: the auditor fails the model
+                close[key] = value
+        self.commit([("run.close", close)])
         return {"manifest": digest, "checkpoints": self.checkpoints,
-                "final_weights": self.final_weights}
+                "final_weights": self.final_weights, "final_state": self.final_state}
 
 
 def child_main(ring_fd: int, credits: int) -> None:

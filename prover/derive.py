@@ -6,6 +6,8 @@ can recompute them. All byte strings below are ASCII; integers are big-endian.
 * commitment  ``SHA-256("potd-seed-v1\\n" || s_rand)`` (hex in ``run.open``)
 * beacon      ``SHA-256(sig)`` where ``sig`` is the 64-byte Ed25519 signature of the log
               key on the checkpoint of size index(run.open)+1 with no extension lines
+              (log mode, grindable by a colluding operator); in drand mode the beacon is
+              ``SHA-256(drand signature of the committed round)`` (see prover.beacon)
 * seed        ``SHA-256("potd-seed-v1\\n" || dataset_root32 || s_rand32 || beacon32)``
 * stream(label)  ``SHA-256(seed || label || u64 counter)`` for counter = 0, 1, 2, ...
   concatenated: an unbounded pseudo-random byte stream per label.

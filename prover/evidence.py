@@ -4,7 +4,11 @@ Layout of an evidence directory (also servable as-is over HTTP)::
 
     objects/<sha256 of file bytes>.safetensors
     manifest.json            {"run": ..., "checkpoints": [{"step": t, "weights": name,
-                              "weights_hash": h, "optimizer": name, "optimizer_hash": h}]}
+                              "weights_hash": h, "optimizer": name, "optimizer_hash": h,
+                              "state": s}]}
+
+``state`` is the ``potd-state-v1`` hash over the checkpoint's parts (see
+:mod:`prover.hashing`).
 
 Object names are the SHA-256 of the file, so any transport is untrusted: a reader
 checks every byte it gets against the name (and the caller checks the tensors' hash
@@ -91,14 +95,28 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Load state written by :func:`flatten_optimizer` into a freshly built optimizer."""
+    """Load state written by :func:`flatten_optimizer` into a freshly built optimizer.
+
+    The tensors may be hostile (committed by the trainer): each must name a parameter
+    of ``opt`` and be a 0-d scalar (e.g. Adam's ``step``) or have its parameter's shape
+    and dtype (momentum, moments); :class:`MalformedError` otherwise."""
     sd = opt.state_dict()
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
         parts = name.split(".")
         if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
-            raise MalformedError(f"unexpected optimizer tensor {name!r}")
-        state.setdefault(int(parts[1]), {})[parts[2]] = t.clone()
+            raise MalformedError(f"unexpected optimizer tensor {name[:80]!r}")
+        i = int(parts[1])
+        if i >= len(params):
+            raise MalformedError(f"optimizer tensor {name!r} names parameter {i}; the "
+                                 f"optimizer has {len(params)}")
+        p = params[i]
+        if t.dim() != 0 and (t.shape != p.shape or t.dtype != p.dtype):
+            raise MalformedError(f"optimizer tensor {name!r} is {t.dtype} "
+                                 f"{tuple(t.shape)}; its parameter is {p.dtype} "
+                                 f"{tuple(p.shape)}")
+        state.setdefault(i, {})[parts[2]] = t.clone()
     sd["state"] = state
     opt.load_state_dict(sd)
 
@@ -199,6 +217,11 @@ class EvidenceSource:
             return r.body
         return _read_regular(Path(self.location) / rel, rel, limit)
 
+    def read(self, rel: str, limit: int = 1 << 20) -> bytes:
+        """A named file of the evidence directory (e.g. ``challenge.json``, at most
+        ``limit`` bytes), unchecked: the caller verifies what it holds."""
+        return self._fetch(rel, limit)
+
     def manifest(self) -> tuple[dict[str, Any], str]:
         """The manifest and its SHA-256 (the caller compares it with ``run.close``)."""
         data = self._fetch("manifest.json", self.max_manifest)
@@ -222,13 +245,12 @@ class EvidenceSource:
                                 "is not what its name says", file=name)
         return data
 
-    def load(self, name: str, expect_hash: str, algorithm: str) -> dict[str, torch.Tensor]:
-        """Load a safetensors object after checking its bytes and its tensor hash.
-
-        ``expect_hash`` is the hash the log committed to (weights or optimizer state).
-        The format is recognised by parsing its header, never by magic bytes; a pickle
-        or a zip (``torch.save``) is refused by name and never unpickled.
-        """
+    def verify(self, name: str, expect_hash: str, algorithm: str) -> bytes:
+        """The object's bytes, after checking them against its content address and its
+        tensors against ``expect_hash`` (the hash the log committed); nothing parsed but
+        the safetensors header. The format is recognised by parsing that header, never
+        by magic bytes; a pickle or a zip (``torch.save``) is refused by name and never
+        unpickled."""
         from prover.hashing import hash_safetensors_bytes
 
         data = self.get_bytes(name)
@@ -243,6 +265,14 @@ class EvidenceSource:
         if got != expect_hash:
             raise EvidenceError(f"evidence file objects/{name} holds tensors with hash {got}, "
                                 f"the log committed {expect_hash}", file=name)
+        return data
+
+    def load(self, name: str, expect_hash: str, algorithm: str) -> dict[str, torch.Tensor]:
+        """Load a safetensors object after checking its bytes and its tensor hash.
+
+        ``expect_hash`` is the hash the log committed to (weights or optimizer state).
+        """
+        data = self.verify(name, expect_hash, algorithm)
         from safetensors import SafetensorError
         from safetensors.torch import load
 

@@ -15,6 +15,20 @@ is committed in ``run.open``. An example hash is SHA-256 of the framing of its t
 (``x``, ``y``) with the header ``potd-example-v1\\n``; the dataset root is the RFC 6962
 root over example hashes in dataset order; a batch root likewise in batch order.
 
+Training state ``potd-state-v1`` — the one hash a checkpoint commits for the whole
+training state (``state`` in a step's ``checkpoint``, ``final_state`` in ``run.close``):
+
+    state = hex SHA-256( b"potd-state-v1\\n"
+                         for each part, names in sorted (ASCII byte) order:
+                             u8 len(name) || name (ASCII)
+                             u8 len(digest) || digest (the part's hash as raw bytes) )
+
+Parts in version 1: ``optimizer`` (the optimizer-state hash) and ``weights`` (the
+weights hash), each the run's tensor hash above as 32 raw bytes. There is no scheduler
+or RNG state today (the learning rate is a function of the step, the step's RNG is
+reset from (seed, step)); a later version adds such parts under new names and the
+framing stays unambiguous. SHA-256 whatever the tensor hash algorithm.
+
 This module imports torch lazily: the framing also works from raw safetensors bytes
 (:func:`hash_safetensors_bytes`), which is what an auditor with no torch can use.
 """
@@ -23,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -35,8 +50,11 @@ if TYPE_CHECKING:
     import torch
 
 TENSORS_HEADER = b"potd-tensors-v1\n"
+STATE_HEADER = b"potd-state-v1\n"
+STATE_PARTS = ("optimizer", "weights")  # the parts a version-1 checkpoint commits
 EXAMPLE_HEADER = b"potd-example-v1\n"
 HASH_ALGORITHMS = ("blake3", "sha256")
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
 # torch dtype -> safetensors dtype name
 _DTYPE_NAMES = {
@@ -359,6 +377,27 @@ def hash_safetensors_bytes(data: bytes, algorithm: str = "blake3",
             h.update(frame)
             h.update(raw)
     return h.digest().hex()
+
+
+def state_hash(parts: Mapping[str, str]) -> str:
+    """The ``potd-state-v1`` hash of a training state's parts (name -> hex hash).
+
+    Raises :class:`MalformedError` for a name that is not 1..255 ASCII characters or a
+    hash that is not lowercase hex of 1..255 bytes (committed content is untrusted).
+    """
+    h = hashlib.sha256(STATE_HEADER)
+    for name in sorted(parts, key=lambda n: n.encode() if isinstance(n, str) else b""):
+        value = parts[name]
+        if not (isinstance(name, str) and name.isascii() and 0 < len(name) < 256):
+            raise MalformedError(f"state part name {str(name)[:40]!r} is not 1..255 ASCII "
+                                 "characters")
+        if not (isinstance(value, str) and _LOWER_HEX.fullmatch(value)
+                and 0 < len(value) // 2 < 256):
+            raise MalformedError(f"state part {name!r}: {str(value)[:80]!r} is not a "
+                                 "lowercase hex hash")
+        digest = bytes.fromhex(value)
+        h.update(bytes([len(name)]) + name.encode() + bytes([len(digest)]) + digest)
+    return h.hexdigest()
 
 
 def example_hash(x: torch.Tensor, y: torch.Tensor) -> bytes:

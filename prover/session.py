@@ -30,21 +30,25 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ledger.beacon_client import BeaconClient
 from ledger.client import LogClient, Receipt
-from ledger.errors import PotdError, UsageError
+from ledger.errors import PotdError, UsageError, VerificationError
 from ledger.merkle import check_record, leaf_hash
-from ledger.note import Signer, b64decode, open_checkpoint
+from ledger.note import SignedCheckpoint, Signer, Verifier, b64decode, open_checkpoint
 from ledger.statement import build_statement, run_id
+from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, attested_ms, beacon_field, pick_round
 from prover.committer import Committer, client_settings, decimal_string
 from prover.derive import (
     beacon_from_checkpoint,
@@ -98,7 +102,10 @@ class TrainingSession:
                  evidence_dir: str | Path, spool_path: str | Path, *,
                  per_step_weights: bool = True, weights_hash: str = "blake3",
                  s_rand: bytes | None = None, submit_batch: int = 256,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None,
+                 beacon: BeaconClient | None = None, beacon_lead: float = DEFAULT_LEAD,
+                 time_witnesses: Sequence[Verifier] | None = None,
+                 time_quorum: int | None = None) -> None:
         self.recipe, self.client, self.trainer = recipe, client, trainer
         self.evidence = EvidenceStore(evidence_dir)
         self.spool = Spool(spool_path)
@@ -106,6 +113,13 @@ class TrainingSession:
         self._s_rand = s_rand if s_rand is not None else new_s_rand()
         self.submit_batch = submit_batch
         self.progress = progress
+        self.beacon, self.beacon_lead = beacon, beacon_lead
+        self._round_open: int | None = None  # the round run.open committed
+        # whose cosignatures attest when run.open/run.close existed (drand mode); default:
+        # the client's witness policy, and without one the log's timestamp line
+        self.time_witnesses = tuple(client.witnesses if time_witnesses is None
+                                    else time_witnesses)
+        self.time_quorum = client.quorum if time_quorum is None else time_quorum
         self.receipts: list[Receipt] = []
         self._committer: Committer | None = None
         self._hasher: threading.Thread | None = None
@@ -117,6 +131,7 @@ class TrainingSession:
         self._hash_error: BaseException | None = None
         self._checkpoints: list[dict[str, Any]] = []
         self.final_weights: str | None = None
+        self.final_state: str | None = None  # potd-state-v1 of the final checkpoint
         self.losses: list[float] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -149,7 +164,11 @@ class TrainingSession:
         self.dataset_root = merkle_root_hex(self.train_hashes)
         held_root = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
         self.plan = schedule(len(data.x), r.batch_size, r.epochs)
-        body = {
+        round_ = 0
+        if self.beacon is not None:  # chosen before s_rand is committed (attacks use that)
+            self.chain = self.beacon.chain or self.beacon.info()
+            round_ = self.choose_round()
+        body: dict[str, Any] = {
             "seed_commitment": seed_commitment(self._s_rand),
             "dataset": {"root": self.dataset_root, "size": len(data.x),
                         "example_hash": EXAMPLE_ENCODING},
@@ -162,20 +181,21 @@ class TrainingSession:
             "environment": environment(),
             "weights_hash": self.alg,
         }
+        if self.beacon is not None:
+            body["beacon"] = beacon_field(self.chain, round_)
+        body = self.open_body(body)
         self.run_id = run_id(body)
         opened = build_statement("run.open", self.run_id, 0, body, self.trainer)
         self.spool.set_meta(run=self.run_id, log=self.client.url, log_vkey=str(self.client.log_key),
                             s_rand=self._s_rand.hex(), recipe=r.name)
         self.spool.put(0, opened)
         receipt = self.client.add(opened)
-        if receipt.beacon_checkpoint is None:
-            raise PotdError("the log's reply to run.open carries no beacon_checkpoint",
-                            hint="this log does not implement the potd write API")
         self.spool.ack([(0, receipt)])
         self.receipts.append(receipt)
-        self.beacon_checkpoint = receipt.beacon_checkpoint
-        beacon = beacon_from_checkpoint(self.beacon_checkpoint, self.client.log_key,
-                                        receipt.index + 1)
+        if self.beacon is not None:
+            beacon, self.step0_extra = self._drand_beacon(receipt, round_)
+        else:
+            beacon, self.step0_extra = self._log_beacon(receipt)
         self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
         torch.manual_seed(init_seed(self.seed))
         self.model = r.model()
@@ -199,7 +219,7 @@ class TrainingSession:
             "run": self.run_id, "prev": self._prev, "seq": 1,
             "signer": self.trainer.private_string(), "weights_hash": self.alg,
             "per_step_weights": self.per_step_weights,
-            "beacon_checkpoint": self.beacon_checkpoint,
+            "step0": self.step0_extra,
             "init": {"weights_hash": self.init_weights, "weights": self.init_evidence},
             "evidence": str(self.evidence.root), "spool": self.spool.path,
             "client": client_settings(self.client), "submit_batch": self.submit_batch,
@@ -212,6 +232,70 @@ class TrainingSession:
                                             daemon=True)
             self._hasher.start()
         self._hooks.append(self.optimizer.register_step_pre_hook(self._before_update))
+
+    def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``run.open`` body as it will be committed (the run id is its hash)."""
+        return body
+    def choose_round(self) -> int:
+        """The drand round committed in run.open (then in run.close): the first one
+        ``beacon_lead`` seconds ahead (twice that for run.close, which is logged behind
+        the last steps' submission). Attacks override this."""
+        if self._round_open is None:
+            self._round_open = pick_round(self.chain, time.time(), self.beacon_lead)
+            return self._round_open
+        return pick_round(self.chain, time.time(), 2 * self.beacon_lead)
+
+    def _attested(self, index: int, receipt_cp: SignedCheckpoint, by_ms: int
+                  ) -> SignedCheckpoint:
+        """A checkpoint covering ``index`` whose attested time (the client's witness
+        policy, else the log's timestamp) is known; waits for witnesses until ``by_ms``."""
+        cp = receipt_cp
+        # a client without state: /checkpoint as served (the newest witnessed one)
+        fresh = LogClient(self.client.url, self.client.log_key)
+        try:
+            while True:
+                try:
+                    attested_ms(cp, self.time_witnesses, self.time_quorum)
+                    return cp
+                except VerificationError:
+                    if time.time() * 1000 >= by_ms:
+                        raise
+                time.sleep(0.1)
+                try:
+                    latest = fresh.checkpoint()
+                except PotdError:
+                    continue
+                if latest.size > index:
+                    cp = latest
+        finally:
+            fresh.close()
+
+    def _log_beacon(self, receipt: Receipt) -> tuple[bytes, dict[str, Any]]:
+        """Version 1 beacon: SHA-256 of the log's signature on the checkpoint ending with
+        run.open, and the step-0 evidence (that checkpoint)."""
+        if receipt.beacon_checkpoint is None:
+            raise PotdError("the log's reply to run.open carries no beacon_checkpoint",
+                            hint="this log does not implement the potd write API")
+        beacon = beacon_from_checkpoint(receipt.beacon_checkpoint, self.client.log_key,
+                                        receipt.index + 1)
+        return beacon, {"beacon_checkpoint": receipt.beacon_checkpoint}
+
+    def _drand_beacon(self, receipt: Receipt, round_: int) -> tuple[bytes, dict[str, Any]]:
+        """Wait for round ``round_``: its randomness, and the step-0 evidence (the round
+        and the checkpoint attesting that run.open existed before its publication)."""
+        assert self.beacon is not None
+        due = self.chain.round_time(round_) * 1000
+        cp = self._attested(receipt.index, receipt.checkpoint, due)
+        self._check_attested(cp, due, f"drand round {round_}")
+        rnd = self.beacon.wait_round(round_)
+        return rnd.randomness, {"beacon_round": rnd.to_json(), "open_checkpoint": str(cp)}
+
+    def _check_attested(self, cp: SignedCheckpoint, due_ms: int, what: str) -> None:
+        t, basis = attested_ms(cp, self.time_witnesses, self.time_quorum)
+        if t >= due_ms:
+            raise PotdError(f"the log attests the statement at {t} ms ({basis}), not before "
+                            f"{what} ({due_ms} ms): the auditor would reject it",
+                            hint="raise the beacon lead (--beacon-lead) or fix the clock")
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The data order of ``epoch``: the seed-derived permutation (DESIGN §4)."""
@@ -396,14 +480,32 @@ class TrainingSession:
             if self._hash_error is not None:
                 raise self._hash_error
             assert self._committer is not None
-            reply = self._committer.close_run({"steps": len(self.plan),
-                                               "s_rand": self._s_rand.hex()})
+            close: dict[str, Any] = {"steps": len(self.plan), "s_rand": self._s_rand.hex()}
+            if self.beacon is not None:  # the round is counted from when run.close is
+                self._committer.drain(timeout)  # logged: every step acknowledged first
+                close["challenge_beacon"] = beacon_field(self.chain, self.choose_round())
+            reply = self._committer.close_run(close)
             self._checkpoints, self.final_weights = reply["checkpoints"], reply["final_weights"]
+            self.final_state = reply.get("final_state")
             self._committer.drain(timeout)
         finally:
             self._shutdown()
         self.verify_receipts()
+        if self.beacon is not None:
+            self._challenge_evidence(int(close["challenge_beacon"]["round"]))
         self.spool.close()
+
+    def _challenge_evidence(self, round_: int) -> None:
+        """``challenge.json`` in the evidence directory: the checkpoint attesting when
+        run.close existed, and the challenge round (both self-authenticating)."""
+        assert self.beacon is not None
+        last = self.receipts[-1]
+        due = self.chain.round_time(round_) * 1000
+        cp = self._attested(last.index, last.checkpoint, due)
+        self._check_attested(cp, due, f"the challenge round {round_}")
+        rnd = self.beacon.wait_round(round_)
+        data = json.dumps({"close_checkpoint": str(cp), "round": rnd.to_json()}, indent=1)
+        (self.evidence.root / CHALLENGE_FILE).write_text(data + "\n")
 
     def _stop_hasher(self) -> None:
         if self._hasher is not None:

@@ -30,8 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
 from auditor.audit import Audit, AuditOptions  # noqa: E402
+from ledger.beacon_client import BeaconClient  # noqa: E402
+from ledger.beacon_server import BeaconServer  # noqa: E402
 from ledger.client import LogClient, LogRejected  # noqa: E402
 from ledger.devserver import ServerProcess, free_port  # noqa: E402
+from ledger.drand import BeaconKey  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.merkle import leaf_hash  # noqa: E402
 from ledger.note import (  # noqa: E402
@@ -41,9 +44,17 @@ from ledger.note import (  # noqa: E402
     count_cosignatures,
     open_checkpoint,
 )
-from ledger.statement import build_statement  # noqa: E402
+from ledger.statement import build_statement, run_id  # noqa: E402
 from ledger.witness import WitnessError, request_cosignature  # noqa: E402
-from prover.attacks import ATTACKS  # noqa: E402
+from prover.attacks import (  # noqa: E402
+    ATTACKS,
+    OperatorGroundBeacon,
+    OperatorGroundDrand,
+    StaleChallengeRound,
+    StaleDrandRound,
+    StaleRoundBackdated,
+    trigger_rate,
+)
 from prover.recipes import get_recipe  # noqa: E402
 from prover.session import TrainingSession  # noqa: E402
 
@@ -53,8 +64,11 @@ RECIPE = {"epochs": 1}  # digits-mlp, 45 steps, a checkpoint every 5
 class Bench:
     """A log operator, a trainer and an auditor, in one temporary directory."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, log_flags: Sequence[str] = ()) -> None:
         self.dir = root / name
+        self.log_flags = list(log_flags)
+        self.beacon: BeaconServer | None = None
+        self.witness: WitnessProcess | None = None
         self.dir.mkdir(parents=True)
         self.log_key = Signer.generate("potd.example/attack-log")
         (self.dir / "log.key").write_text(self.log_key.private_string())
@@ -62,36 +76,53 @@ class Bench:
         Log.create(self.db, self.log_key).store.close()
         self.trainer = Signer.generate("trainer.example/alice")
         self.server = ServerProcess(self.db, str(self.dir / "log.key"),
-                                    extra=["--open-registration"],
+                                    extra=["--open-registration", *self.log_flags],
                                     log_file=str(self.dir / "server.log")).start()
         self.state = str(self.dir / "auditor-state")
 
     def client(self) -> LogClient:
         return LogClient(self.server.url, self.log_key.verifier)
 
+    def beacon_client(self) -> BeaconClient:
+        """A local drand-compatible beacon (1 s rounds), started on first use."""
+        if self.beacon is None:
+            self.beacon = BeaconServer(BeaconKey.generate(1, int(time.time()) - 5)).start()
+        return BeaconClient(self.beacon.url, self.beacon.info)
+
     def train(self, cls: type[TrainingSession] = TrainingSession, tag: str = "run",
-              trainer: Signer | None = None) -> tuple[str, str]:
+              trainer: Signer | None = None, drand: bool = False) -> tuple[str, str]:
         ev = str(self.dir / f"evidence-{tag}")
+        beacon: dict[str, Any] = {}
+        if drand:
+            beacon = {"beacon": self.beacon_client(), "beacon_lead": 3.0}
+            if self.witness is not None:
+                beacon.update(time_witnesses=[self.witness.key.verifier], time_quorum=1)
         sess = cls(get_recipe("digits-mlp", **RECIPE), self.client(), trainer or self.trainer,
-                   ev, str(self.dir / f"{tag}.spool"))
+                   ev, str(self.dir / f"{tag}.spool"), **beacon)
         sess.open()
         for b in sess.batches():
             sess.train_step(b)
         sess.close()
+        self.session = sess
         return sess.run_id, ev
 
-    def audit(self, run: str, evidence: str, **policy: Any) -> dict[str, Any]:
+    def audit(self, run: str, evidence: str, *, public: bool = False,
+              require_drand: bool = False, samples: int = 1000, **policy: Any
+              ) -> dict[str, Any]:
         client = LogClient(self.server.url, self.log_key.verifier, state_dir=self.state,
                            proofs="tiles", **policy)
+        chain = self.beacon.info if self.beacon else None
         with client:
-            return Audit(client, AuditOptions(run=run, evidence=evidence, samples=1000,
-                                              seed=b"\x07" * 32)).run()
+            return Audit(client, AuditOptions(
+                run=run, evidence=evidence, samples=samples, seed=b"\x07" * 32,
+                public_challenge=public, beacon_chain=chain,
+                require_drand=require_drand)).run()
 
     def restart_with(self, db: str, extra: Sequence[str] = ()) -> None:
         """The operator swaps the database behind the same URL (port)."""
         self.server.stop()
         self.server = ServerProcess(db, str(self.dir / "log.key"), port=self.server.port,
-                                    extra=["--open-registration", *extra],
+                                    extra=["--open-registration", *self.log_flags, *extra],
                                     log_file=str(self.dir / "server.log")).start()
 
     def rebuild(self, entries: list[bytes], name: str) -> str:
@@ -104,6 +135,17 @@ class Bench:
 
     def close(self) -> None:
         self.server.stop()
+        if self.beacon is not None:
+            self.beacon.stop()
+        if self.witness is not None:
+            self.witness.stop()
+
+    def with_witness(self) -> dict[str, Any]:
+        """Start a witness, restart the log sending it every checkpoint; the auditor's
+        policy that goes with it."""
+        self.witness = WitnessProcess(self.dir, self.log_key)
+        self.restart_with(self.db, ["--witness", f"{self.witness.url}={self.witness.key.verifier}"])
+        return {"witnesses": [self.witness.key.verifier], "quorum": 1}
 
 
 @dataclass
@@ -112,6 +154,7 @@ class Scenario:
     threat: str
     expect: tuple[str, ...]          # checks that should catch it (any of them)
     run: Callable[[Bench], dict[str, Any]]
+    log_flags: tuple[str, ...] = ()  # extra `potd ledger serve` flags
 
 
 def _entries(b: Bench) -> list[bytes]:
@@ -131,6 +174,35 @@ def trainer_attack(name: str) -> Callable[[Bench], dict[str, Any]]:
     return go
 
 
+def shipped_attack(name: str) -> Callable[[Bench], dict[str, Any]]:
+    """A trainer that ships another model than it trained; the report records how well
+    the shipped model's backdoor works (2x2 trigger patch -> class 0)."""
+    def go(b: Bench) -> dict[str, Any]:
+        rep = b.audit(*b.train(ATTACKS[name]))
+        shipped = getattr(b.session, "shipped", None)
+        if shipped is not None:
+            s = b.session
+            rep["backdoor_trigger_rate"] = trigger_rate(s.recipe, shipped, s.data)
+        return rep
+    return go
+
+
+def other_runs_model(b: Bench) -> dict[str, Any]:
+    _, other = b.train(tag="other")  # an honest run whose final model the attacker ships
+    cls = type("OtherRunsModelFrom", (ATTACKS["other-runs-model"],), {"source": other})
+    return b.audit(*b.train(cls))
+
+
+UNEVEN_SAMPLES = 2
+
+
+def uneven_checkpoints(b: Bench) -> dict[str, Any]:
+    # a small sample (2 steps): drawn over steps, it lands in the long forged segment
+    # with probability 1 - C(14,2)/C(45,2) = 0.91 (uniform over the 15 segments: 0.13);
+    # the fixed auditor seed makes this run deterministic
+    return b.audit(*b.train(ATTACKS["uneven-checkpoints"]), samples=UNEVEN_SAMPLES)
+
+
 def seed_grinding(b: Bench) -> dict[str, Any]:
     # open runs, look at the seed, abandon the ones the trainer does not like
     for i in range(2):
@@ -138,6 +210,32 @@ def seed_grinding(b: Bench) -> dict[str, Any]:
                             str(b.dir / f"ev-ground-{i}"), str(b.dir / f"ground-{i}.spool"))
         s.open()
         s._shutdown()
+    return b.audit(*b.train())
+
+
+def _ground(b: Bench, tag: str, trainer: Signer, close: bool) -> None:
+    """Open a run (its seed is then fixed and visible), and abandon it: closed at once
+    with no step, or left open."""
+    s = TrainingSession(get_recipe("digits-mlp", **RECIPE), b.client(), trainer,
+                        str(b.dir / f"ev-{tag}"), str(b.dir / f"{tag}.spool"))
+    s.open()
+    if close:
+        s.close()
+    else:
+        s._shutdown()
+
+
+def grinding_closed_early(b: Bench) -> dict[str, Any]:
+    # the runs whose seed the trainer did not like are closed properly, with 0 steps
+    for i in range(2):
+        _ground(b, f"ground-{i}", b.trainer, close=True)
+    return b.audit(*b.train())
+
+
+def grinding_second_key(b: Bench) -> dict[str, Any]:
+    # each attempt under a fresh key of the same identity (same key name, new key id)
+    for i in range(2):
+        _ground(b, f"ground-{i}", Signer.generate(b.trainer.name), close=i == 0)
     return b.audit(*b.train())
 
 
@@ -273,6 +371,88 @@ def _published(b: Bench, size: int, w: WitnessProcess) -> SignedCheckpoint:
     raise RuntimeError(f"the log did not publish a witnessed checkpoint of size {size}")
 
 
+def _seed_check(rep: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in rep["checks"] if c["name"] == "seed")
+
+
+def drand_honest(b: Bench) -> dict[str, Any]:
+    """drand beacon, timestamped log; audited with the public challenge and a policy that
+    requires drand: must pass, and report the trust assumption."""
+    return b.audit(*b.train(drand=True), public=True, require_drand=True)
+
+
+def operator_grinds_log_beacon(b: Bench) -> dict[str, Any]:
+    """Log mode: the operator re-signs the beacon checkpoint with chosen nonces until the
+    seed puts example 0 in the first batch. Undetectable in log mode (the audit without
+    policy passes — the weakness); an auditor requiring drand fails the seed."""
+    cls = type("Ground", (OperatorGroundBeacon,), {"operator": b.log_key})
+    run, ev = b.train(cls)
+    plain = b.audit(run, ev, samples=2)
+    rep = b.audit(run, ev, samples=2, require_drand=True)
+    rep["without_policy"] = plain["verdict"]
+    return rep
+
+
+def operator_grinds_drand_run(b: Bench) -> dict[str, Any]:
+    """drand mode, same collusion: the trainer trains with the operator-ground seed. The
+    auditor's seed comes from drand alone, so the ground order is caught."""
+    cls = type("Ground", (OperatorGroundDrand,), {"operator": b.log_key})
+    return b.audit(*b.train(cls, drand=True), samples=2)
+
+
+def stale_drand_round(b: Bench) -> dict[str, Any]:
+    return b.audit(*b.train(StaleDrandRound, drand=True), samples=2)
+
+
+def stale_challenge_round(b: Bench) -> dict[str, Any]:
+    return b.audit(*b.train(StaleChallengeRound, drand=True), public=True, samples=2)
+
+
+def drand_witnessed(b: Bench) -> dict[str, Any]:
+    """drand beacon, time attested by a witness's cosignatures (no log timestamps)."""
+    policy = b.with_witness()
+    return b.audit(*b.train(drand=True), public=True, require_drand=True, samples=2, **policy)
+
+
+def stale_round_backdated(b: Bench) -> dict[str, Any]:
+    """A stale round made to look fresh by an operator-backdated timestamp: passes when the
+    log's timestamp is the clock (the stated trust assumption), fails under witnesses."""
+    policy = b.with_witness()
+    cls = type("Backdated", (StaleRoundBackdated,), {"operator": b.log_key})
+    run, ev = b.train(cls, drand=True)
+    plain = b.audit(run, ev, samples=2)
+    rep = b.audit(run, ev, samples=2, **policy)
+    rep["without_witnesses"] = plain["verdict"]
+    return rep
+
+
+def _junk_entry(b: Bench, i: int) -> None:
+    body = {"seed_commitment": f"{i:064x}", "dataset": {"root": "00" * 32, "size": 1}}
+    mallory = Signer.generate("trainer.example/mallory")
+    b.client().add(build_statement("run.open", run_id(body), 0, body, mallory))
+
+
+def challenge_reroll(b: Bench) -> dict[str, Any]:
+    """After the run, entries are appended to re-roll the public challenge: the sample
+    must not change (drand mode, and log mode whose point is fixed at run.close)."""
+    same: dict[str, bool] = {}
+    rep: dict[str, Any] = {}
+    for i, drand in enumerate((True, False)):
+        run, ev = b.train(tag=f"run-{i}", drand=drand)
+        first = b.audit(run, ev, public=True, samples=2)
+        _junk_entry(b, i)
+        rep = b.audit(run, ev, public=True, samples=2)
+        pick = [(s["start"], s["end"]) for s in first["replay"]["segments"]]
+        same["drand" if drand else "log"] = (
+            first["replay"]["challenge"]["seed"] == rep["replay"]["challenge"]["seed"]
+            and pick == [(s["start"], s["end"]) for s in rep["replay"]["segments"]]
+            and first["verdict"] == "pass")
+    rep["same_sample"] = same
+    rep["violations"] = [f"{m} mode: the challenge changed" for m, ok in same.items()
+                         if not ok]
+    return rep
+
+
 def split_view(b: Bench) -> dict[str, Any]:
     """The operator shows auditor A one tree and auditor B another of the same size.
     Both trees hold alice's run intact; they differ in one later entry."""
@@ -335,8 +515,26 @@ SCENARIOS = [
              trainer_attack("chosen-order")),
     Scenario("seed grinding", "runs reopened until the seed suits", ("run.grinding",),
              seed_grinding),
+    Scenario("seed grinding: runs closed early", "runs closed with 0 steps until the seed "
+             "suits", ("run.grinding",), grinding_closed_early),
+    Scenario("seed grinding: second key", "each attempt under a new key of the same "
+             "identity", ("run.grinding",), grinding_second_key),
+    Scenario("uneven checkpoint spacing", "1-step segments everywhere but one long forged "
+             "one, to dodge a sample over segments", ("replay",), uneven_checkpoints),
     Scenario("tiny-lr spoofing", "tiny learning rate so any data looks right",
              ("hyperparameters", "replay"), trainer_attack("tiny-lr")),
+    Scenario("false hyperparameters", "run.open commits an optimizer and batch size other "
+             "than those used", ("hyperparameters",), trainer_attack("false-hyperparameters")),
+    Scenario("hostile checkpoint: extra tensor", "a hash-consistent checkpoint with a tensor "
+             "the model lacks", ("replay",), trainer_attack("extra-tensor")),
+    Scenario("hostile checkpoint: momentum shape", "a momentum buffer of the wrong shape",
+             ("replay",), trainer_attack("wrong-shape-momentum")),
+    Scenario("hostile config: batch_size 0", "a config the recipe cannot run", ("recipe",),
+             trainer_attack("config-batch-size-0")),
+    Scenario("hostile config: epochs 10**9", "a schedule of 45 billion steps (unbounded "
+             "memory)", ("hyperparameters",), trainer_attack("config-epochs-1e9")),
+    Scenario("hostile config: hidden 10**9", "a model of hundreds of GB", ("recipe",),
+             trainer_attack("config-hidden-1e9")),
     Scenario("forged statement", "a statement in another trainer's name",
              ("run.signatures",), forged_statement),
     Scenario("statement edited by operator", "history rewritten after logging",
@@ -350,6 +548,34 @@ SCENARIOS = [
     Scenario("evidence: wrong hash", "evidence altered after the fact", ("evidence", "replay"),
              evidence_wrong_hash),
     Scenario("split view", "two trees shown to two parties", ("log.checkpoint",), split_view),
+    Scenario("final weights lie", "run.close names a (backdoored) model no step produced",
+             ("model",), shipped_attack("final-weights-lie")),
+    Scenario("final checkpoint splice", "the last checkpoint holds a backdoored model, its "
+             "step the honest one", ("checkpoints",), shipped_attack("final-checkpoint-splice")),
+    Scenario("mid-run splice", "a checkpoint swaps in a backdoored model, honest training "
+             "after it", ("checkpoints",), shipped_attack("mid-run-splice")),
+    Scenario("other run's model", "the last checkpoint is another run's final model",
+             ("checkpoints",), other_runs_model),
+    Scenario("uncovered tail", "no checkpoint at the last step: the backdoored tail is "
+             "never replayed", ("checkpoints",), shipped_attack("uncovered-tail")),
+    Scenario("crafted momentum", "crafted optimizer state at a checkpoint with honest "
+             "weights", ("replay",), shipped_attack("crafted-momentum")),
+    Scenario("drand honest run", "- (drand beacon, public challenge)", (), drand_honest,
+             ("--timestamps",)),
+    Scenario("operator grinds log beacon", "colluding operator re-signs the beacon",
+             ("seed",), operator_grinds_log_beacon),
+    Scenario("operator grinds drand run", "colluding operator re-signs (drand mode)",
+             ("order", "init"), operator_grinds_drand_run, ("--timestamps",)),
+    Scenario("stale drand round", "an already-published round, s_rand ground",
+             ("seed",), stale_drand_round, ("--timestamps",)),
+    Scenario("drand witnessed run", "- (drand beacon, time from witness cosignatures)", (),
+             drand_witnessed),
+    Scenario("stale round, backdated timestamp", "operator backdates run.open's time",
+             ("seed",), stale_round_backdated, ("--timestamps",)),
+    Scenario("stale challenge round", "challenge round known before run.close",
+             ("challenge",), stale_challenge_round, ("--timestamps",)),
+    Scenario("challenge re-roll", "entries appended to re-roll the public challenge", (),
+             challenge_reroll, ("--timestamps",)),
 ]
 
 
@@ -359,6 +585,8 @@ def caught_by(report: dict[str, Any]) -> list[str]:
 
 def outcome(s: Scenario, rep: dict[str, Any]) -> tuple[bool, str]:
     """Whether the scenario ended as it must, and why."""
+    if rep.get("violations"):
+        return False, "; ".join(rep["violations"])
     if not s.expect:
         return rep["verdict"] == "pass", "honest run must pass"
     if rep.get("code_executed"):
@@ -372,7 +600,7 @@ def run_scenarios(names: list[Scenario], root: Path) -> list[dict[str, Any]]:
     rows = []
     for s in names:
         t0 = time.perf_counter()
-        bench = Bench(root, s.name.replace(" ", "-").replace(":", ""))
+        bench = Bench(root, s.name.replace(" ", "-").replace(":", ""), s.log_flags)
         try:
             rep = s.run(bench)
         finally:

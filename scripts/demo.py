@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ledger.devserver import ServerProcess  # noqa: E402
+from ledger.devserver import ServerProcess, free_port  # noqa: E402
 
 
 def banner(text: str) -> None:
@@ -43,6 +43,18 @@ def potd(*args: str, check: bool = True, show: bool = True) -> subprocess.Comple
     if check and r.returncode != 0:
         raise SystemExit(f"demo: command failed with status {r.returncode}")
     return r
+
+
+def _wait_http(url: str) -> None:
+    import httpx
+
+    for _ in range(300):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise SystemExit(f"demo: {url} did not come up")
 
 
 def main() -> int:
@@ -69,23 +81,44 @@ def main() -> int:
     banner("2. the log: a SQLite database, the trainer on its allow-list, a server on loopback")
     potd("ledger", "init", "--db", "log.db", "--key", "log.key")
     potd("ledger", "allow", "--db", "log.db", trainer_vkey)
-    server = ServerProcess("log.db", "log.key", log_file="server.log")
-    print(f"$ potd ledger serve --db log.db --key log.key --port {server.port} &", flush=True)
+    server = ServerProcess("log.db", "log.key", extra=["--timestamps"], log_file="server.log")
+    print(f"$ potd ledger serve --db log.db --key log.key --timestamps --port {server.port} &",
+          flush=True)
     server.start()
     url = server.url
+    banner("2b. randomness nobody can choose: a local drand-compatible beacon (1-of-1, demo "
+           "only; use --beacon https://api.drand.sh --beacon-chain quicknet for the real one)")
+    potd("beacon", "keygen", "-o", "beacon.key", "--period", "1")
+    Path("chain.json").write_text(potd("beacon", "info", "--key", "beacon.key",
+                                       show=False).stdout)
+    bport = free_port()
+    print(f"$ potd beacon serve --key beacon.key --port {bport} &", flush=True)
+    beacon = subprocess.Popen([sys.executable, "-m", "ledger", "beacon", "serve", "--key",
+                               "beacon.key", "--port", str(bport)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    burl = f"http://127.0.0.1:{bport}"
     ok = False
     try:
+        _wait_http(burl + "/info")
         banner(f"3. training {args.recipe} with a commitment per step, streamed to {url}")
         potd("prover", "train", "--recipe", args.recipe, "--log", url, "--vkey", "log.key.pub",
              "--key", "trainer.key", "--evidence", "evidence", "--epochs", str(args.epochs),
-             "--json", "train.json")
-        run = json.loads(Path("train.json").read_text())["run"]
+             "--beacon", burl, "--beacon-chain", "chain.json", "--json", "train.json")
+        trained = json.loads(Path("train.json").read_text())
+        run = trained["run"]
+        model = f"evidence/{trained['final_model']}"  # the model the trainer ships
 
-        banner("4. an independent audit: log, statements, seed, order, replay, memorization")
+        banner("4. an independent audit: log, statements, seed, order, replay, memorization, "
+               "and the shipped model")
         r = potd("auditor", "audit", "--log", url, "--vkey", "log.key.pub", "--run", run,
                  "--evidence", "evidence", "--samples", str(args.samples), "--state",
-                 "auditor-state", "--json", "audit.json", "--html", "audit.html", check=False)
+                 "auditor-state", "--beacon-chain", "chain.json", "--require-drand",
+                 "--public-challenge", "--model", model, "--json", "audit.json", "--html",
+                 "audit.html", check=False)
         ok = r.returncode == 0
+        banner("4b. the quick question (no replay): was this model file produced by the run?")
+        potd("auditor", "check-model", "--log", url, "--vkey", "log.key.pub", "--run", run,
+             "--model", model, "--state", "auditor-state")
 
         banner("5. the whole log recomputed from its tiles and entry bundles")
         potd("auditor", "verify-log", "--log", url, "--vkey", "log.key.pub", "--state",
@@ -93,8 +126,11 @@ def main() -> int:
         potd("auditor", "runs", "--log", url, "--vkey", "log.key.pub", "--state",
              "auditor-state")
     finally:
-        print(f"$ kill {server.proc.pid if server.proc else ''}  # stop the log server")
+        print(f"$ kill {server.proc.pid if server.proc else ''} {beacon.pid}  # stop the log "
+              "server and the beacon")
         server.stop()
+        beacon.terminate()
+        beacon.wait(20)
     print(f"\nhonest run: {'PASS' if ok else 'NOT PASSING'}; HTML report: "
           f"{(out / 'audit.html').resolve()}")
 

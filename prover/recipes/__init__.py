@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,6 +46,37 @@ class Data:
             raise UsageError("inputs and labels differ in length")
 
 
+POSITIVE = ("batch_size", "epochs", "k")
+
+
+def check_config(name: str, defaults: dict[str, Any], config: dict[str, Any]) -> None:
+    """Each setting has the kind of value its default has: an integer setting a
+    non-negative ``int`` (``batch_size``, ``epochs`` and ``k`` at least 1); a real setting
+    (a decimal-string default) a finite decimal string or an ``int``. A config comes from
+    a committed ``run.open`` the auditor does not trust: a wrong type or an impossible
+    value is refused here, before any recipe code sees it."""
+    for k, v in config.items():
+        d = defaults[k]
+        if type(d) is int:
+            ok = type(v) is int and v >= (1 if k in POSITIVE else 0)
+            want = "a positive integer" if k in POSITIVE else "a non-negative integer"
+        elif isinstance(d, str):
+            ok = type(v) is int or (isinstance(v, str) and len(v) <= 64 and _finite(v))
+            want = "a finite decimal string"
+        else:
+            ok, want = type(v) is type(d), type(d).__name__
+        if not ok:
+            raise UsageError(f"recipe {name}: setting {k} must be {want}, got {str(v)[:40]!r}",
+                             hint=f"default: {k}={d!r}")
+
+
+def _finite(s: str) -> bool:
+    try:
+        return math.isfinite(float(s))
+    except ValueError:
+        return False
+
+
 class Recipe:
     """Base class. Subclasses set ``name`` and ``defaults`` and implement the hooks."""
 
@@ -60,6 +92,7 @@ class Recipe:
         for k, v in self.config.items():
             if isinstance(v, float):
                 self.config[k] = repr(v)  # reals travel as decimal strings
+        check_config(self.name, self.defaults, self.config)
 
     # hooks -------------------------------------------------------------------
     def data(self) -> Data:
