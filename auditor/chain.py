@@ -1,4 +1,4 @@
-"""The checkpoint chain and the certified model (DESIGN §4, §6): pure rules over the
+"""The checkpoint chain and the certified model (docs/protocol.md §4, §6): pure rules over the
 bodies of a run's statements — no torch, no I/O, nothing trusted.
 
 A checkpoint (``checkpoint`` in a ``step`` body) commits the whole training state after

@@ -1,6 +1,6 @@
 """Export a log as a static C2SP tlog-tiles mirror: plain files any web server can serve.
 
-Layout under ``out_dir`` (DESIGN.md §2.4)::
+Layout under ``out_dir`` (docs/protocol.md §2.4)::
 
     checkpoint                      the latest signed checkpoint note
     tile/<L>/<N>[.p/<W>]            hash tiles (full, and the partial right edge)

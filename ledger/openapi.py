@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 description of the log server's JSON API (DESIGN §2.5), served at
+"""The OpenAPI 3.1 description of the log server's JSON API (docs/protocol.md §2.5), served at
 ``GET /openapi.json``. The tlog-tiles read API (checkpoint, tiles, entry bundles) is
 described by C2SP and only listed here."""
 

@@ -1,12 +1,12 @@
 """The log server: thin HTTP over :class:`~ledger.log.Log` and the sequencer.
 
 Read API (C2SP tlog-tiles): ``GET /checkpoint``, ``GET /tile/<L>/<N>[.p/<W>]``,
-``GET /tile/entries/<N>[.p/<W>]``. Write and convenience API (JSON, DESIGN §2.5):
+``GET /tile/entries/<N>[.p/<W>]``. Write and convenience API (JSON, docs/protocol.md §2.5):
 ``POST /add``, ``POST /add-batch``, ``GET /proof/inclusion``, ``GET /proof/consistency``,
 ``GET /entries``, ``GET /runs/<run>``, plus ``GET /health`` and ``GET /openapi.json``.
 
 Every error is JSON ``{"error": code, "detail": text, "hint": text, ...}`` with the
-status of DESIGN §2.5: 400 malformed, 401 bad signature, 403 signer not allowed, 404, 409
+status of docs/protocol.md §2.5: 400 malformed, 401 bad signature, 403 signer not allowed, 404, 409
 conflict, 413 too large, 503 pushback/storage with ``Retry-After``. A request that fails
 stores nothing. Full tiles and bundles are immutable and cached for a year; partial ones
 and the checkpoint are not cached long.
@@ -82,7 +82,7 @@ class NotFound(PotdError):
 
 
 def status_of(e: PotdError) -> int:
-    """The HTTP status DESIGN §2.5 gives an error."""
+    """The HTTP status docs/protocol.md §2.5 gives an error."""
     if isinstance(e, Rejected):
         return e.status
     for cls, status in ((TooLarge, 413), (NotFound, 404), (SignatureError, 401),

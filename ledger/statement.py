@@ -1,4 +1,4 @@
-"""Statements, the log's entries (DESIGN §3): canonical JSON, trainer signatures, run ids.
+"""Statements, the log's entries (docs/protocol.md §3): canonical JSON, trainer signatures, run ids.
 
 A statement is the UTF-8 canonical JSON of one object with exactly the keys
 ``body, kind, run, seq, sig, signer, v``::

@@ -1,7 +1,7 @@
 """Dishonest trainers, built on the public prover API as a real attacker would build them.
 
 Each class is a :class:`~prover.session.TrainingSession` that cheats in one way from
-DESIGN §6 while producing well-formed, correctly signed statements that the log accepts.
+docs/protocol.md §6 while producing well-formed, correctly signed statements that the log accepts.
 They exist to prove the auditor catches them (tests and ``scripts/attacks.py``); none of
 them is reachable from the ``potd prover`` commands.
 """

@@ -1,4 +1,4 @@
-"""Canonical hashing of tensors, examples, datasets and batches (DESIGN §4 "Hashes").
+"""Canonical hashing of tensors, examples, datasets and batches (docs/protocol.md §4 "Hashes").
 
 Tensor framing ``potd-tensors-v1`` — language-independent, so any implementation can
 recompute a weights hash from a safetensors file:

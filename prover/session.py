@@ -1,4 +1,4 @@
-"""A training session that commits seed, data and weights at every step (DESIGN §4).
+"""A training session that commits seed, data and weights at every step (docs/protocol.md §4).
 
 Usage — any PyTorch loop over a recipe adopts it in a few lines::
 
@@ -298,7 +298,7 @@ class TrainingSession:
                             hint="raise the beacon lead (--beacon-lead) or fix the clock")
 
     def epoch_order(self, epoch: int) -> list[int]:
-        """The data order of ``epoch``: the seed-derived permutation (DESIGN §4)."""
+        """The data order of ``epoch``: the seed-derived permutation (docs/protocol.md §4)."""
         return permutation(self.seed, len(self.data.x), epoch)
 
     def batches(self) -> Iterator[Batch]:

@@ -136,7 +136,7 @@ def main() -> int:
 
     attacks_ok = True
     if not args.no_attacks:
-        banner("6. the attack suite: one adversary per threat (DESIGN §6)")
+        banner("6. the attack suite: one adversary per threat (docs/protocol.md §6)")
         import attacks  # scripts/attacks.py
 
         rows = attacks.run_scenarios(attacks.SCENARIOS, out / "attacks")

@@ -1,4 +1,4 @@
-"""Every row of DESIGN §6 as an adversary (scripts/attacks.py) against a real log server,
+"""Every row of docs/protocol.md §6 as an adversary (scripts/attacks.py) against a real log server,
 real training and the real auditor: each must fail, naming the check that caught it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Interop with Go's golang.org/x/mod/sumdb/{note,tlog} (DESIGN.md §2).
+"""Interop with Go's golang.org/x/mod/sumdb/{note,tlog} (docs/protocol.md §2).
 
 A small Go program (tests/go/potdcheck, standard library + x/mod only) opens potd's
 signed checkpoints with ``note.Open``, checks potd's inclusion and consistency proofs

@@ -1,4 +1,4 @@
-"""Statements (DESIGN §3): canonical JSON, field checks, signatures, run ids, batches."""
+"""Statements (docs/protocol.md §3): canonical JSON, field checks, signatures, run ids, batches."""
 
 from __future__ import annotations
 

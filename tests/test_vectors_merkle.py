@@ -82,7 +82,7 @@ _DEVIATIONS = {
         pytest.mark.xfail(strict=True, raises=MalformedError, reason=(
             "vector: size1 == size2 == 1, root1 == root2 == the 12-byte 'don't care 1', "
             "empty proof, wantErr false (transparency-dev only compares the bytes when the "
-            "sizes are equal). DESIGN.md §2.1 says to reject any hash that is not exactly "
+            "sizes are equal). docs/protocol.md §2.1 says to reject any hash that is not exactly "
             "32 bytes, so check_tree raises MalformedError.")),
 }
 

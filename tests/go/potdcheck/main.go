@@ -1,7 +1,7 @@
 // Command potdcheck verifies potd ledger artefacts with Go's reference implementation,
 // golang.org/x/mod/sumdb/note and golang.org/x/mod/sumdb/tlog, and nothing else.
 // It exists so potd's Python tests can prove that a Go client accepts what potd emits
-// (DESIGN.md §2): signed checkpoints, inclusion and consistency proofs, and a static
+// (docs/protocol.md §2): signed checkpoints, inclusion and consistency proofs, and a static
 // C2SP tlog-tiles mirror (hash tiles and entry bundles).
 //
 // Build (Debian's golang-golang-x-mod-dev, GOPATH mode):
