@@ -1,4 +1,4 @@
-"""The audit of one training run (DESIGN §5), producing a report dict.
+"""The audit of one training run (docs/protocol.md §5), producing a report dict.
 
 Each check appends ``{"name", "status", "summary", "evidence"}`` with status ``pass``,
 ``fail``, ``warn`` or ``skip``. The verdict is ``fail`` if any check failed,
@@ -17,7 +17,6 @@ import bisect
 import concurrent.futures
 import multiprocessing
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from ledger.drand import ChainInfo
 from ledger.errors import LimitError, PotdError, UsageError, VerificationError
 from ledger.note import SignedCheckpoint, open_checkpoint
 from ledger.statement import Statement
+from prover.derive import choose
 
 from .logview import LogSnapshot, fetch_entries
 from .runs import RunView, check_run, grinding_evidence, group_runs, identity
@@ -230,10 +230,11 @@ def challenge_seed(opts: AuditOptions, public: bytes | None) -> bytes:
     return opts.seed if opts.seed is not None else os.urandom(32)
 
 
-def sample(seed: bytes, population: int, r: int) -> list[int]:
-    """``r`` distinct positions in ``range(population)`` from ``seed`` (sorted)."""
-    rnd = random.Random(seed)
-    return sorted(rnd.sample(range(population), min(r, population)))
+def sample(seed: bytes, population: int, r: int, label: bytes = b"challenge") -> list[int]:
+    """``r`` distinct positions in ``range(population)`` from ``seed`` (sorted), by the
+    language-independent :func:`prover.derive.choose` (a public challenge must be
+    re-derivable by anyone)."""
+    return choose(seed, label, population, r)
 
 
 def step_sample(seed: bytes, ends: list[int], steps: int, r: int

@@ -1,4 +1,4 @@
-"""Checks 3–5 of the audit: seed and data order, replay, memorization (DESIGN §5).
+"""Checks 3–5 of the audit: seed and data order, replay, memorization (docs/protocol.md §5).
 
 Everything recomputed here comes from the recipe (whose source hash must match the one
 committed in ``run.open``), the data the auditor was given, the revealed ``s_rand``, the
@@ -7,7 +7,6 @@ log's own signature (beacon) and evidence files checked against the log's hashes
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -443,6 +442,12 @@ class ReplayCheck:
         cseed = challenge_seed(a.opts, public)
         drawn, picks, uncovered = step_sample(cseed, [int(b["step"]) for b in bounds],
                                               len(self.steps), a.opts.samples)
+        # the segment that produced the certified model is always replayed: a run whose
+        # last segment is forged ships a model no sample could vouch for otherwise
+        final = len(segments) - 1
+        add_final = int(bounds[-1]["step"]) == len(self.steps) - 1 and final not in picks
+        if add_final:
+            picks = sorted([*picks, final])
         jobs = [self._job(recipe, seed, segments[i], exact) for i in picks]
         t0 = time.perf_counter()
         done = 0
@@ -473,13 +478,16 @@ class ReplayCheck:
             "segments_total": len(segments), "steps_total": len(self.steps),
             "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
             "steps_replayed": sum(r.end - r.start + 1 for r in results),
-            "basis": "steps: each drawn step's whole segment is replayed",
+            "basis": "steps: each drawn step's whole segment is replayed, and the final "
+                     "segment (which produced the certified model) always",
+            "final_segment_added": add_final,
             "challenge": {**challenge, "seed": cseed.hex()},
             "segments": segs, "detection_probability": detection_probabilities(len(drawn)),
             "environment": {"run": env, "auditor": mine}}
         a.report["timing"]["replay_seconds"] = round(replay_s, 3)
         drew = (f"{len(drawn)} of {len(self.steps)} steps drawn from the challenge, "
-                f"{len(results)} of {len(segments)} segments replayed "
+                f"{len(results)} of {len(segments)} segments replayed"
+                f"{' (the final one always)' if add_final else ''} "
                 f"({sum(r.end - r.start + 1 for r in results)} steps)")
         if uncovered:
             a.check("replay", "fail", f"step(s) {', '.join(map(str, uncovered[:10]))} drawn "
@@ -551,8 +559,7 @@ class ReplayCheck:
         if n == 0:
             a.check("memorization", "skip", "no segments to test")
             return
-        chosen = sample(hashlib.sha256(cseed + b"potd-memorization-v1").digest(),
-                        len(segments), n)
+        chosen = sample(cseed, len(segments), n, b"memorization")
         src = EvidenceSource(a.opts.evidence)
         rows = []
         cache: dict[tuple[bytes, int, int], list[int]] = {}

@@ -1,4 +1,4 @@
-"""Seed commitment, beacon, seed, and everything derived from the seed (DESIGN §4).
+"""Seed commitment, beacon, seed, and everything derived from the seed (docs/protocol.md §4).
 
 Pure functions over bytes and ints (no torch), so any implementation in any language
 can recompute them. All byte strings below are ASCII; integers are big-endian.
@@ -99,6 +99,31 @@ def permutation(seed: bytes, n: int, epoch: int) -> list[int]:
         j = r % m
         order[i], order[j] = order[j], order[i]
     return order
+
+
+def choose(seed: bytes, label: bytes, n: int, r: int) -> list[int]:
+    """``min(r, n)`` distinct values of ``range(n)``, sorted: the first ``r`` positions of
+    a forward Fisher–Yates shuffle of ``[0, n)`` driven by the stream with ``label`` —
+    for ``i`` from 0 to ``r - 1``, draw ``j`` uniform in ``[i, n)`` (u64 values ``v``
+    rejected while ``v >= 2**64 - (2**64 mod (n - i))``, ``j = i + v mod (n - i)``) and
+    swap positions ``i`` and ``j``. O(r) time and memory (a sparse shuffle), so a
+    public challenge is re-derivable in any language. Used for the audit's replay and
+    memorization samples (labels ``"challenge"`` and ``"memorization"``)."""
+    if n < 0 or r < 0:
+        raise UsageError("choose: n and r must be non-negative")
+    r = min(r, n)
+    swapped: dict[int, int] = {}
+    rnd = _u64s(seed, label)
+    two64 = 1 << 64
+    for i in range(r):
+        m = n - i
+        limit = two64 - (two64 % m)
+        v = next(rnd)
+        while v >= limit:
+            v = next(rnd)
+        j = i + v % m
+        swapped[i], swapped[j] = swapped.get(j, j), swapped.get(i, i)
+    return sorted(swapped[i] for i in range(r))
 
 
 def _seed63(seed: bytes, label: bytes) -> int:

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from e2e import Env, checks  # noqa: F401
 
+from auditor.audit import sample
 from ledger.devserver import ServerProcess
 from ledger.log import Log
 from prover import recipes
 from prover.attacks import ForgedCheckpoint
+from prover.session import Batch, TrainingSession
 
 
 def potd(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -51,7 +54,9 @@ def test_public_challenge_is_rederivable(env: Env) -> None:
     b = env.audit(s.run_id, env.dir / "ev-run", state="other", samples=3,
                   public_challenge=True)
     seg = [[x["start"] for x in r["replay"]["segments"]] for r in (a, b)]
-    assert seg[0] == seg[1] and 1 <= len(seg[0]) <= 3  # 3 steps drawn, their segments
+    # 3 steps drawn, their segments, and the final segment (always replayed)
+    assert seg[0] == seg[1] and 1 <= len(seg[0]) <= 4
+    assert seg[0][-1] == a["replay"]["segments_total"] * 5 - 5  # digits-mlp: k = 5
     assert a["replay"]["steps_sampled"] == b["replay"]["steps_sampled"]
     assert a["replay"]["steps_drawn"] == 3
     assert a["replay"]["challenge"]["kind"] == "public"
@@ -240,3 +245,26 @@ def test_calibrated_tolerance_compares_one_thread_with_the_default(env: Env) -> 
     assert rep["calibration"]["threads"] == [1, default]
     assert torch.get_num_threads() == default
     assert rep["verdict"] == "pass", checks(rep)
+
+
+class _ForgedLastSegment(ForgedCheckpoint):
+    """Perturbs the weights at the last step: the certified model is not what the final
+    segment's committed steps produce (every hash consistent with that lie)."""
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        if batch.step == len(self.plan) - 1:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(torch.randn_like(p) * 1e-3)
+        TrainingSession._record(self, batch, loss)
+
+
+def test_the_final_segment_is_always_replayed(env: Env) -> None:
+    s = env.train("last", cls=_ForgedLastSegment)
+    # an auditor seed whose one drawn step lies outside the final segment (steps 40..44)
+    seed = next(x for x in (bytes([i]) * 32 for i in range(256))
+                if sample(x, 45, 1)[0] < 40)
+    rep = env.audit(s.run_id, env.dir / "ev-last", samples=1, seed=seed)
+    assert rep["replay"]["final_segment_added"] is True
+    assert checks(rep)["replay"] == "fail" and rep["verdict"] == "fail"
+    assert any(x["start"] == 40 and not x["match"] for x in rep["replay"]["segments"])

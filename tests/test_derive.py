@@ -81,7 +81,8 @@ def test_beacon_checks_signature_size_and_extensions() -> None:
     cp = sign_checkpoint(Checkpoint(log.name, 5, EMPTY_ROOT), log)
     beacon = beacon_from_checkpoint(str(cp), log.verifier, 5)
     assert beacon == hashlib.sha256(cp.note.signatures[0].signature).digest()
-    # deterministic: re-signing gives the same beacon, so there is nothing to choose
+    # an honest (RFC 8032) signer re-signs deterministically; a dishonest one may pick
+    # any nonce, which is why the drand mode exists (docs/protocol.md §4.1)
     assert beacon_from_checkpoint(str(sign_checkpoint(cp.checkpoint, log)), log.verifier,
                                   5) == beacon
     with pytest.raises(MalformedError, match="size"):
@@ -96,3 +97,33 @@ def test_beacon_checks_signature_size_and_extensions() -> None:
 def test_schedule_covers_every_example_each_epoch() -> None:
     s = schedule(10, 4, 2)
     assert s == [(0, 0, 0), (1, 0, 4), (2, 0, 8), (3, 1, 0), (4, 1, 4), (5, 1, 8)]
+
+
+def independent_choose(seed: bytes, label: bytes, n: int, r: int) -> list[int]:
+    """Written from choose()'s docstring only: a forward Fisher–Yates over a full list."""
+    stream = (hashlib.sha256(seed + label + struct.pack(">Q", c)).digest()
+              for c in range(1 << 62))
+    values = (int.from_bytes(b[k:k + 8], "big") for b in stream for k in range(0, 32, 8))
+    a = list(range(n))
+    for i in range(min(r, n)):
+        m = n - i
+        v = next(values)
+        while v >= 2**64 - 2**64 % m:
+            v = next(values)
+        j = i + v % m
+        a[i], a[j] = a[j], a[i]
+    return sorted(a[:min(r, n)])
+
+
+def test_choose_is_the_documented_sparse_shuffle() -> None:
+    from prover.derive import choose
+
+    # vectors (docs/protocol.md §5): seed 00 01 .. 1f
+    assert choose(SEED, b"challenge", 10, 3) == [0, 1, 9]
+    assert choose(SEED, b"challenge", 45, 5) == [3, 6, 33, 34, 40]
+    assert choose(SEED, b"memorization", 9, 4) == [0, 2, 3, 4]
+    for n, r in ((1, 1), (5, 5), (5, 9), (100, 7), (1437, 40), (3, 0), (0, 3)):
+        got = choose(SEED, b"challenge", n, r)
+        assert got == independent_choose(SEED, b"challenge", n, r)
+        assert len(set(got)) == len(got) == min(n, r) and all(0 <= x < n for x in got)
+    assert choose(SEED, b"challenge", 100, 5) != choose(SEED, b"memorization", 100, 5)
