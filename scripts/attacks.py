@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The attack suite: one adversary per row of DESIGN §6, each against a real log server
+"""The attack suite: one adversary per row of docs/protocol.md §6, each against a real log server
 (SQLite, loopback port), a real training run and the real auditor.
 
 Prints a table (attack, expected check, verdict, the check that caught it) and exits
@@ -332,6 +332,15 @@ def evidence_wrong_hash(b: Bench) -> dict[str, Any]:
     return b.audit(run, ev)
 
 
+def evidence_withheld(b: Bench) -> dict[str, Any]:
+    # the optimizer state of an early checkpoint is never published; the auditor draws
+    # one step, far from it, so no replay would ever load the object
+    run, ev = b.train()
+    manifest = json.loads((Path(ev) / "manifest.json").read_text())
+    (Path(ev) / "objects" / manifest["checkpoints"][1]["optimizer"]).unlink()
+    return b.audit(run, ev, samples=1)
+
+
 class WitnessProcess:
     """A real `potd witness serve` on a loopback port that knows the log's key."""
 
@@ -547,6 +556,8 @@ SCENARIOS = [
              evidence_pickle),
     Scenario("evidence: wrong hash", "evidence altered after the fact", ("evidence", "replay"),
              evidence_wrong_hash),
+    Scenario("evidence: withheld", "an unsampled checkpoint's evidence is never published",
+             ("evidence",), evidence_withheld),
     Scenario("split view", "two trees shown to two parties", ("log.checkpoint",), split_view),
     Scenario("final weights lie", "run.close names a (backdoored) model no step produced",
              ("model",), shipped_attack("final-weights-lie")),
