@@ -76,7 +76,9 @@ class _Bars:
 @click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
 @click.option("--run", "run_id", required=True, help="Run id (hex) to audit.")
 @click.option("--evidence", required=True, help="Evidence directory or http(s) URL.")
-@click.option("--recipe", help="Recipe to replay with (default: the one the run names).")
+@click.option("--recipe", help="Recipe to replay with: a registered name, FILE.py:CLASS or "
+              "MODULE:CLASS (see `fetch-recipe`). Default: the built-in the run names; "
+              "code named only by the log is never run.")
 @click.option("--samples", "-r", default=4, show_default=True,
               help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
                    "holding each is replayed, once.")
@@ -132,6 +134,11 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
 
     if model_file is not None:
         model_file_hash(model_file, "sha256")  # unreadable / not safetensors: exit 2 now
+    if recipe is not None:  # a missing file or a non-recipe is the auditor's input: exit 2
+        from prover.recipes.registry import canonical, resolve
+
+        resolve(recipe)
+        recipe = canonical(recipe)
     bars = _Bars()
     opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, samples=samples,
                         public_challenge=public_challenge, workers=workers,
@@ -163,6 +170,34 @@ def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
         render_terminal(report)
         if html_out:
             click.echo(f"HTML report: {Path(html_out).resolve()}")
+
+
+@auditor.command("fetch-recipe")
+@click.option("--evidence", required=True, help="Evidence directory or http(s) URL.")
+@click.option("--run", "run_id", required=True, help="Run id (hex) whose recipe to fetch.")
+@click.option("--out", "-o", default="recipe-src", show_default=True,
+              type=click.Path(file_okay=False), help="Directory to write the files to.")
+def fetch_recipe(evidence: str, run_id: str, out: str) -> None:
+    """Fetch the recipe source a run committed, to read before running it.
+
+    Writes the files (checked against their content addresses; nothing is run) and prints
+    each file's SHA-256 and the code hash, which `audit` compares with run.open. Read the
+    files, then audit with the --recipe printed here.
+    """
+    from .recipe_source import fetch_recipe as fetch
+
+    got = fetch(evidence, run_id, Path(out))
+    for label, digest in got["files"].items():
+        click.echo(f"{digest}  {label}")
+    click.echo(f"code hash {got['code_hash']} (recipe {got['name']!r})")
+    if got["committed_code_hash"] != got["code_hash"]:
+        click.echo(f"note: the evidence's index says {got['committed_code_hash']}; the audit "
+                   "compares with the log's run.open", err=True)
+    if not got["step_code_matches"]:
+        click.echo("note: the trainer's potd step code (prover/recipes/__init__.py) differs "
+                   "from this potd's; the hash above uses yours", err=True)
+    pre = "" if got["spec"].startswith(str(Path(out))) else f"PYTHONPATH={out} "
+    click.echo(f"read them, then: {pre}potd auditor audit --recipe {got['spec']} …")
 
 
 @auditor.command("check-model")

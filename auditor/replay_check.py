@@ -29,6 +29,7 @@ from prover.derive import (
 from prover.evidence import EvidenceError, EvidenceSource, manifest_bytes
 from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
 from prover.recipes import Recipe, get_recipe
+from prover.recipes.pin import code_hash, file_hashes
 from prover.session import decimal_string, environment
 
 from .beacon_check import BeaconFail, drand_seed_beacon, public_challenge
@@ -94,38 +95,64 @@ class ReplayCheck:
     # -- recipe, seed, data ----------------------------------------------------
 
     def _recipe(self) -> Recipe | None:
+        """The recipe to replay with: the spec the auditor passed (``--recipe``), else the
+        built-in of the committed name — never code named by the log. Its code hash must
+        equal the commitment (a mismatch names both hashes and the files that differ)."""
+        from prover.recipes.registry import BUILTIN
+
         a, o = self.a, self.o
         rc = o.body.get("recipe")
         if not isinstance(rc, dict) or not isinstance(rc.get("config"), dict):
             a.check("recipe", "fail", "run.open carries no recipe name and config")
             return None
         name = str(rc.get("name"))
-        if a.opts.recipe and a.opts.recipe != name:
-            a.check("recipe", "fail", f"the run was trained with recipe {name!r}, not the "
-                    f"{a.opts.recipe!r} you asked to audit with")
-            return None
+        spec = a.opts.recipe or name
         a.report["recipe"] = name
+        if not a.opts.recipe and name not in BUILTIN:
+            a.check("recipe", "fail", f"the run was trained with recipe {name!r}, which is not "
+                    "built into potd; the auditor runs only code it is given",
+                    hint="fetch its source (potd auditor fetch-recipe --evidence … --run …), "
+                         "read it, then pass it with --recipe FILE.py:CLASS")
+            return None
         try:
             config = rc["config"]
             assert isinstance(config, dict)
-            recipe = get_recipe(name, **config)
-        except PotdError as e:
-            a.check("recipe", "fail", f"cannot instantiate recipe {name!r}: {e.message}")
+            recipe = get_recipe(spec, **config)
+        except PotdError as e:  # a recipe's own __init__ may refuse a config, too
+            a.check("recipe", "fail", f"cannot instantiate recipe {spec!r} with the committed "
+                    f"config: {e.message}", hint=e.hint)
             return None
-        have = recipe.source_hash()
-        if have != rc.get("code_hash"):
-            a.check("recipe", "fail", f"recipe {name!r} here has source hash {have}, the run "
-                    f"committed {rc.get('code_hash')}: the recipe changed since run.open",
-                    committed=rc.get("code_hash"), local=have)
+        if recipe.name != name:
+            a.check("recipe", "fail", f"the run was trained with recipe {name!r}, not the "
+                    f"{recipe.name!r} you asked to audit with ({spec})")
+            return None
+        try:
+            files = recipe.source_files()
+        except PotdError as e:
+            a.check("recipe", "fail", f"recipe {spec!r}: {e.message}", hint=e.hint)
+            return None
+        have, want = code_hash(files), rc.get("code_hash")
+        if have != want:
+            mine = file_hashes(files)
+            committed = rc.get("files")
+            theirs = {str(k): v for k, v in committed.items()} \
+                if isinstance(committed, dict) else {}
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            a.check("recipe", "fail", f"recipe {name!r} here ({spec}) has code hash {have}, the "
+                    f"run committed {str(want)[:64]}: the recipe changed since run.open"
+                    + (f" (files differing: {', '.join(differ)[:400]})" if differ else ""),
+                    committed=want, local=have, files_differing=differ,
+                    hint="audit with the committed source: potd auditor fetch-recipe, "
+                         "read it, pass it with --recipe")
             return None
         probe = self._probe(recipe)
         if isinstance(probe, str):
             a.check("recipe", "fail", f"recipe {name!r} with the committed config: {probe}",
                     config=rc["config"])
             return None
-        a.check("recipe", "pass", f"recipe {name!r} source hash matches the commitment; "
-                f"the committed config builds a {probe:,}-byte model",
-                code_hash=have, config=rc["config"], model_bytes=probe)
+        a.check("recipe", "pass", f"recipe {name!r} ({spec}) code hash matches the "
+                f"commitment; the committed config builds a {probe:,}-byte model",
+                code_hash=have, config=rc["config"], model_bytes=probe, spec=spec)
         return recipe
 
     def _probe(self, recipe: Recipe) -> int | str:
@@ -139,8 +166,7 @@ class ReplayCheck:
                 model = recipe.model()
                 self.optimizer_name = type(recipe.optimizer(model)).__name__
             size = int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
-        except (ValueError, TypeError, RuntimeError, OverflowError, ArithmeticError,
-                KeyError, PotdError) as e:  # recipe code run on an untrusted config
+        except Exception as e:  # noqa: BLE001 — recipe code run on an untrusted config
             return f"it does not build a model and optimizer ({type(e).__name__}: " \
                    f"{str(e)[:200]})"
         if size > limit:
@@ -519,7 +545,7 @@ class ReplayCheck:
         batches = tuple(tuple(batch_indexes(seed, len(self.hashes), recipe.batch_size,
                                             *self.plan[t], cache)) for t in range(start, end + 1))
         return SegmentJob(
-            recipe=recipe.name, config=dict(recipe.config), seed=seed,
+            recipe=recipe.spec, config=dict(recipe.config), seed=seed,
             n_examples=len(self.hashes), algorithm=self.alg, evidence=self.a.opts.evidence,
             start=start, end=end, start_weights=str(seg[0]["weights"]),
             start_weights_hash=str(seg[0]["weights_hash"]),

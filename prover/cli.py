@@ -33,28 +33,25 @@ def keygen(name: str, out: str, force: bool) -> None:
 
 @prover.command("recipes")
 def list_recipes() -> None:
-    """List the training recipes and their default settings."""
-    from prover.recipes import RECIPES, get_recipe
+    """List the registered recipes (built-in and installed under the entry-point group
+    potd.recipes) and their default settings."""
+    from prover.recipes import get_recipe
+    from prover.recipes.registry import registered
 
-    for name in sorted(RECIPES):
+    for name in sorted(registered()):
         r = get_recipe(name)
         click.echo(f"{name:12s} {json.dumps(r.config, sort_keys=True)}")
 
 
-def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    from ledger.errors import UsageError
+def _overrides(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
+    from prover.recipes.settings import parse_settings, read_config
 
-    out: dict[str, Any] = {}
-    for p in pairs:
-        k, sep, v = p.partition("=")
-        if not sep:
-            raise UsageError(f"--set {p!r} is not KEY=VALUE")
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
-    return out
+    return {**(read_config(config) if config else {}), **parse_settings(pairs)}
 
 
 @prover.command()
-@click.option("--recipe", required=True, help="Recipe name (see `potd prover recipes`).")
+@click.option("--recipe", required=True, help="A registered name (`potd prover recipes`), "
+              "path/to/file.py:Class or package.module:Class.")
 @click.option("--log", "log_url", required=True, help="Log server URL, e.g. http://127.0.0.1:8080")
 @click.option("--vkey", required=True, help="The log's verifier key (string or file).")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -68,6 +65,8 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--batch-size", type=int, help="Override the recipe's batch size.")
 @click.option("--lr", help="Override the learning rate (decimal string).")
 @click.option("--set", "settings", multiple=True, help="Other recipe setting KEY=VALUE.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="Recipe settings from a JSON or TOML file (--set and the options win).")
 @click.option("--hash", "alg", type=click.Choice(["blake3", "sha256"]), default="blake3",
               show_default=True, help="Weights hash algorithm.")
 @click.option("--no-per-step-weights", is_flag=True,
@@ -86,7 +85,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
 def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: str | None,
           epochs: int | None, k: int | None, batch_size: int | None, lr: str | None,
-          settings: tuple[str, ...], alg: str, no_per_step_weights: bool,
+          settings: tuple[str, ...], config_file: str | None, alg: str, no_per_step_weights: bool,
           json_out: str | None, beacon_url: str | None, beacon_chain: str | None,
           beacon_lead: float, witness: tuple[str, ...], quorum: int | None) -> None:
     """Train RECIPE, committing every step to the log at --log.
@@ -99,7 +98,7 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     from prover.recipes import get_recipe
     from prover.session import TrainingSession
 
-    over = _overrides(settings)
+    over = _overrides(settings, config_file)
     over.update({k_: v for k_, v in (("epochs", epochs), ("k", k), ("batch_size", batch_size),
                                      ("lr", lr)) if v is not None})
     r = get_recipe(recipe, **over)

@@ -71,6 +71,7 @@ from prover.hashing import (
     write_stream,
 )
 from prover.recipes import Recipe, train_step
+from prover.recipes.source import store_recipe_source
 from prover.spool import Spool
 
 __all__ = ["Batch", "TrainingSession", "decimal_string", "environment"]
@@ -173,8 +174,8 @@ class TrainingSession:
             "dataset": {"root": self.dataset_root, "size": len(data.x),
                         "example_hash": EXAMPLE_ENCODING},
             "heldout": {"root": held_root, "size": len(data.heldout_x)},
-            "recipe": {"name": r.name, "code_hash": r.source_hash(), "config": r.config},
-            "hyperparameters": {"optimizer": type(r.optimizer(torch.nn.Linear(1, 1))).__name__,
+            "recipe": r.commitment(),
+            "hyperparameters": {"optimizer": r.optimizer_name(),
                                 "lr": str(r.config["lr"]), "batch_size": r.batch_size,
                                 "epochs": r.epochs, "steps": len(self.plan), "k": r.k,
                                 "per_step_weights": self.per_step_weights},
@@ -189,6 +190,7 @@ class TrainingSession:
         self.spool.set_meta(run=self.run_id, log=self.client.url, log_vkey=str(self.client.log_key),
                             s_rand=self._s_rand.hex(), recipe=r.name)
         self.spool.put(0, opened)
+        store_recipe_source(self.evidence.root, self.run_id, r)
         receipt = self.client.add(opened)
         self.spool.ack([(0, receipt)])
         self.receipts.append(receipt)

@@ -91,12 +91,12 @@ def test_recipe_changed_since_run_open_is_refused(env: Env, tmp_path: Path,
     (pkg / "mine.py").write_text(src.read_text().replace('name = "digits-mlp"',
                                                          'name = "mine"'))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(recipes.RECIPES, "mine", "custom_recipes.mine:DigitsMLP")
-    s = env.train(recipe="mine")
-    assert env.audit(s.run_id, env.dir / "ev-run", samples=2)["verdict"] == "pass"
+    spec = "custom_recipes.mine:DigitsMLP"
+    s = env.train(recipe=spec)
+    assert env.audit(s.run_id, env.dir / "ev-run", samples=2, recipe=spec)["verdict"] == "pass"
     with (pkg / "mine.py").open("a") as f:
         f.write("\n# a later edit: the training code is not what was committed\n")
-    rep = env.audit(s.run_id, env.dir / "ev-run", state="fresh")
+    rep = env.audit(s.run_id, env.dir / "ev-run", state="fresh", recipe=spec)
     assert checks(rep)["recipe"] == "fail" and rep["verdict"] == "fail"
     assert "changed since run.open" in next(c for c in rep["checks"]
                                              if c["name"] == "recipe")["summary"]

@@ -217,14 +217,12 @@ def test_header_length_128_mod_256_audits(tmp_path: Path, monkeypatch: Any) -> N
     pytest.importorskip("torch")
     from e2e import make_env
 
-    from prover import recipes
-
-    monkeypatch.setitem(recipes.RECIPES, "long-names", "long_names_recipe:LongNames")
+    spec = "long_names_recipe:LongNames"
     for env in make_env(tmp_path):
-        s = env.train(recipe="long-names", overrides={"hidden": 16})
+        s = env.train(recipe=spec, overrides={"hidden": 16})
         first = s.evidence.root / "objects"
         assert any(p.read_bytes()[:1] == b"\x80" for p in first.iterdir())
-        report = env.audit(s.run_id, s.evidence.root, samples=2)
+        report = env.audit(s.run_id, s.evidence.root, samples=2, recipe=spec)
         assert report["verdict"] == "pass", [(c["name"], c["summary"][:300])
                                              for c in report["checks"] if c["status"] != "pass"]
 

@@ -2,10 +2,14 @@
 auditor (to replay).
 
 A recipe declares its data (training set and held-out set, as stacked tensors), model,
-optimizer, loss and learning-rate schedule, and a config of plain values (reals as
-decimal strings, so the config can go into a canonical-JSON statement). The hash of the
-recipe's source file is committed in ``run.open``; replaying with a recipe whose source
-changed is refused.
+optimizer, loss and learning-rate schedule, optionally its own update (:meth:`Recipe.step`:
+gradient accumulation, clipping, autocast), and a config of plain values (reals as
+decimal strings, so the config can go into a canonical-JSON statement). Recipes are user
+code: :func:`get_recipe` takes a registered name, ``path/to/file.py:Class`` or
+``package.module:Class`` (:mod:`prover.recipes.registry`, which is not hashed). The hash of
+the recipe's code — its files, the user modules they import and this file, which holds the
+shared step (:mod:`prover.recipes.pin`) — is committed in ``run.open``; replaying with a
+recipe whose code changed is refused.
 
 :func:`train_step` is *the* step: the prover calls it to train and the auditor to
 replay, so the two cannot drift apart.
@@ -13,10 +17,8 @@ replay, so the two cannot drift apart.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,12 +26,6 @@ import torch
 
 from ledger.errors import UsageError
 from prover.derive import step_seed
-
-RECIPES = {
-    "digits-mlp": "prover.recipes.digits_mlp:DigitsMLP",
-    "digits-cnn": "prover.recipes.digits_cnn:DigitsCNN",
-    "wide-mlp": "prover.recipes.wide_mlp:WideMLP",
-}
 
 
 @dataclass(frozen=True)
@@ -70,6 +66,20 @@ def check_config(name: str, defaults: dict[str, Any], config: dict[str, Any]) ->
                              hint=f"default: {k}={d!r}")
 
 
+def check_bounds(name: str, bounds: dict[str, tuple[Any, Any]], config: dict[str, Any]) -> None:
+    """Each setting a recipe bounds (``bounds = {"hidden": (1, 4096)}``; either end may be
+    None; reals as decimal strings or numbers) lies within them: checked with
+    :func:`check_config`, before any recipe hook runs, so a committed config cannot make
+    a prover or auditor allocate more than the recipe allows."""
+    for k, (lo, hi) in bounds.items():
+        if k not in config:
+            raise UsageError(f"recipe {name} bounds {k}, which is not one of its settings")
+        v = float(config[k])
+        if (lo is not None and v < float(lo)) or (hi is not None and v > float(hi)):
+            raise UsageError(f"recipe {name}: setting {k}={config[k]!r} is out of bounds "
+                             f"[{lo}, {hi}]", hint=f"default: {k}={config.get(k)!r}")
+
+
 def _finite(s: str) -> bool:
     try:
         return math.isfinite(float(s))
@@ -78,10 +88,19 @@ def _finite(s: str) -> bool:
 
 
 class Recipe:
-    """Base class. Subclasses set ``name`` and ``defaults`` and implement the hooks."""
+    """Base class. Subclasses set ``name`` (default: the class name) and ``defaults``
+    (which must hold ``lr``, ``batch_size``, ``epochs`` and ``k``), optionally ``bounds``,
+    and implement the hooks."""
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
+    bounds: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    spec: str  # how it was loaded (get_recipe); default "module:Class"
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if not isinstance(getattr(cls, "name", None), str):
+            cls.name = cls.__name__
 
     def __init__(self, **overrides: Any) -> None:
         unknown = set(overrides) - set(self.defaults)
@@ -93,6 +112,8 @@ class Recipe:
             if isinstance(v, float):
                 self.config[k] = repr(v)  # reals travel as decimal strings
         check_config(self.name, self.defaults, self.config)
+        check_bounds(self.name, self.bounds, self.config)
+        self.spec = f"{type(self).__module__}:{type(self).__qualname__}"
 
     # hooks -------------------------------------------------------------------
     def data(self) -> Data:
@@ -112,6 +133,20 @@ class Recipe:
         """Learning rate for ``step`` (default: constant ``lr`` from the config)."""
         return float(self.config["lr"])
 
+    def step(self, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+             y: torch.Tensor, step: int) -> torch.Tensor:
+        """The update of one step on the batch ``x, y``; returns its loss. Override for
+        gradient accumulation, clipping, autocast, …: :func:`train_step` has already
+        seeded the step RNG, set the learning rate and put the model in training mode.
+        Call ``opt.step()`` exactly once (the prover hashes the previous step's weights
+        before it) and nothing that depends on anything but the arguments, the config and
+        the seeded RNG."""
+        opt.zero_grad(set_to_none=True)
+        loss = self.loss(model, x, y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        return loss
+
     # shared ------------------------------------------------------------------
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.per_example_loss(model, x, y).mean()
@@ -129,16 +164,40 @@ class Recipe:
         return int(self.config["k"])
 
     @classmethod
+    def source_files(cls) -> dict[str, bytes]:
+        """``{label: bytes}`` of the files the recipe's code hash pins
+        (:mod:`prover.recipes.pin`)."""
+        from .pin import module_file, source_files
+
+        mod = sys.modules[cls.__module__]
+        path = module_file(mod)
+        files = source_files(cls.__module__, path)
+        ran = getattr(mod, "__potd_source__", None)
+        if isinstance(ran, bytes):  # a file recipe: the bytes that were run
+            files[f"{cls.__module__}.py"] = ran
+        return files
+
+    @classmethod
     def source_hash(cls) -> str:
-        """SHA-256 (hex) of the recipe's source file and of the shared step code."""
-        h = hashlib.sha256()
-        for obj in (cls, train_step):
-            src = inspect.getsourcefile(obj)
-            if src is None:
-                raise UsageError(f"cannot find the source of recipe {cls.name}")
-            with open(src, "rb") as f:
-                h.update(f.read())
-        return h.hexdigest()
+        """The ``potd-recipe-v2`` code hash over :meth:`source_files`."""
+        from .pin import code_hash
+
+        return code_hash(cls.source_files())
+
+    def commitment(self) -> dict[str, Any]:
+        """``run.open``'s ``recipe`` field: name, code hash, the hash of each pinned file
+        (so an auditor can fetch and read them) and the config."""
+        from .pin import code_hash, file_hashes
+
+        files = self.source_files()
+        return {"name": self.name, "code_hash": code_hash(files),
+                "files": file_hashes(files), "config": self.config}
+
+    def optimizer_name(self) -> str:
+        """The class name of the optimizer the recipe builds, from its real model built on
+        the meta device (nothing allocated)."""
+        with torch.device("meta"):
+            return type(self.optimizer(self.model())).__name__
 
 
 def seed_rng(seed: int) -> None:
@@ -156,29 +215,23 @@ def seed_rng(seed: int) -> None:
 
 def train_step(recipe: Recipe, model: torch.nn.Module, opt: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor, seed: bytes, step: int) -> torch.Tensor:
-    """One training step: reset the step RNG, set the lr, forward, backward, update."""
+    """One training step: reset the step RNG, set the lr, train mode, then the recipe's
+    :meth:`Recipe.step` (default: forward, backward, update)."""
     seed_rng(step_seed(seed, step))
     lr = recipe.lr(step)
     for group in opt.param_groups:
         group["lr"] = lr
     model.train()
-    opt.zero_grad(set_to_none=True)
-    loss = recipe.loss(model, x, y)
-    loss.backward()  # type: ignore[no-untyped-call]
-    opt.step()
-    return loss.detach()
+    return recipe.step(model, opt, x, y, step).detach()
 
 
-def get_recipe(name: str, **overrides: Any) -> Recipe:
-    """Instantiate a registered recipe by name."""
-    try:
-        target = RECIPES[name]
-    except KeyError:
-        raise UsageError(f"unknown recipe {name!r}",
-                         hint=f"available: {', '.join(sorted(RECIPES))}") from None
-    mod, cls = target.split(":")
-    recipe_cls = getattr(importlib.import_module(mod), cls)
-    recipe: Recipe = recipe_cls(**overrides)
+def get_recipe(spec: str, **overrides: Any) -> Recipe:
+    """Instantiate the recipe ``spec`` names: a registered name, ``path/file.py:Class``
+    or ``package.module:Class`` (:mod:`prover.recipes.registry`). Loading runs its code."""
+    from .registry import canonical, resolve
+
+    recipe = resolve(spec)(**overrides)
+    recipe.spec = canonical(spec)
     return recipe
 
 
