@@ -426,8 +426,10 @@ class ReplayCheck:
         a = self.a
         with torch.device("meta"):
             model = recipe.model()
+            opt = recipe.optimizer(model)  # its parameter order (groups) names the state
         want = {k: (dtype_name(v), list(v.shape)) for k, v in model.state_dict().items()}
-        params = [(dtype_name(p), list(p.shape)) for p in model.parameters()]
+        params = [(dtype_name(p), list(p.shape)) for g in opt.param_groups
+                  for p in g["params"]]
         objs = [(str(self.init.get("weights")), str(self.init.get("weights_hash")), "weights")]
         objs += [(str(c[f]), str(c[f + "_hash"]), f) for c in ckpts
                  for f in ("weights", "optimizer")]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ledger.errors import UsageError
 
-from .pin import check_loaded, source_files
+from .pin import check_loaded, is_user_file, source_files
 
 if TYPE_CHECKING:
     from . import Recipe
@@ -106,6 +106,23 @@ def _load_module(name: str) -> object:
 
 
 _FILES: dict[Path, tuple[str, object]] = {}  # file -> (sha256 of the bytes run, module)
+_FOLDERS: list[Path] = []  # folders of the file recipes loaded, put on sys.path
+
+
+def _forget_file_recipes() -> None:
+    """Unload (from ``sys.modules``, not from objects holding them) the modules of file
+    recipes loaded earlier in this process and their siblings, so that a file recipe of
+    the same name elsewhere, or an edited one, loads its own code."""
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if f and any(d in Path(f).resolve().parents for d in _FOLDERS) \
+                and is_user_file(Path(f), name.split(".")[0], name):
+            del sys.modules[name]
+    for d in _FOLDERS:
+        if str(d) in sys.path:
+            sys.path.remove(str(d))
+    _FOLDERS.clear()
+    _FILES.clear()
 
 
 def _load_file(path: Path) -> object:
@@ -123,14 +140,17 @@ def _load_file(path: Path) -> object:
     if not name.isidentifier():
         raise UsageError(f"recipe file name {path.name!r} is not a Python module name",
                          hint="rename it, e.g. my_recipe.py")
+    _forget_file_recipes()
     other = sys.modules.get(name)
-    if other is not None and cached is None:
+    if other is not None:
         raise UsageError(f"recipe file {path} would be module {name!r}, which is already "
                          f"loaded from {getattr(other, '__file__', 'elsewhere')}",
                          hint="rename the recipe file")
     folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # sibling modules import by name (and are pinned)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)  # sibling modules import by name (and are pinned)
+    _FOLDERS.append(path.parent)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     mod = importlib.util.module_from_spec(spec)
