@@ -33,8 +33,11 @@ def keygen(name: str, out: str, force: bool) -> None:
 
 @prover.command("recipes")
 def list_recipes() -> None:
-    """List the registered recipes (built-in and installed under the entry-point group
-    potd.recipes) and their default settings."""
+    """List the registered recipes and their default settings.
+
+    Registered: the built-ins and those installed packages declare under the entry-point
+    group potd.recipes. Any file or module works too: --recipe FILE.py:CLASS.
+    """
     from prover.recipes import get_recipe
     from prover.recipes.registry import registered
 

@@ -56,6 +56,9 @@ class MyRecipe(Recipe):
              {"params": [p for n, p in named if not n.endswith("weight")],
               "weight_decay": 0.0}], lr=float(self.config["lr"]))
 
+    def scheduler(self, opt: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 5))
+
     def per_example_loss(self, model: nn.Module, x: torch.Tensor,
                          y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(x).float(), y, reduction="none")
@@ -175,6 +178,32 @@ def test_custom_step_replays_bit_exactly_and_pins_sibling_modules(env: Env,
     assert "helpers.py" in next(c for c in bad["checks"] if c["name"] == "recipe")["summary"]
 
 
+def test_scheduler_rates_are_a_function_of_the_step(tmp_path: Path) -> None:
+    """The rates train_step sets equal a real torch scheduler stepped alongside a real
+    optimizer; a scheduler that depends on the loss is refused."""
+    import torch
+
+    r = get_recipe(f"{write_recipe(tmp_path / 'x')}:MyRecipe")
+    torch.manual_seed(0)
+    opt = r.optimizer(r.model())
+    sched = r.scheduler(opt)
+    for step in range(8):
+        assert r.group_lrs(step) == [g["lr"] for g in opt.param_groups]
+        assert r.lr(step) == opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    assert r.lr(0) == 0.002 and r.lr(7) == 0.01
+    (tmp_path / "plateau.py").write_text(textwrap.dedent('''
+        import torch
+        from prover.recipes.digits_mlp import DigitsMLP
+        class Plateau(DigitsMLP):
+            def scheduler(self, opt):
+                return torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+        '''))
+    with pytest.raises(UsageError, match="ReduceLROnPlateau"):
+        get_recipe(f"{tmp_path / 'plateau.py'}:Plateau").lr(0)
+
+
 def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         get_recipe(f"{tmp_path / 'absent.py'}:R")
@@ -259,3 +288,20 @@ def test_settings_from_the_command_line_and_files(tmp_path: Path) -> None:
     (tmp_path / "n.json").write_text('{"hidden": {"nested": 1}}')
     with pytest.raises(UsageError, match="flat"):
         read_config(str(tmp_path / "n.json"))
+
+
+def test_the_readme_recipe_runs(tmp_path: Path) -> None:
+    """The README's "Your own model" recipe loads and takes a step."""
+    import torch
+
+    from prover.recipes import train_step
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = readme.split("# /home/me/exp/my_recipe.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_recipe.py").write_text(code)
+    r = get_recipe(f"{tmp_path / 'readme_recipe.py'}:MyRecipe", hidden=8)
+    d = r.data()
+    model = r.model()
+    opt = r.optimizer(model)
+    loss = train_step(r, model, opt, d.x[:96], d.y[:96], bytes(32), 0)
+    assert torch.isfinite(loss) and r.lr(0) == opt.param_groups[0]["lr"] == 0.002

@@ -129,9 +129,51 @@ class Recipe:
                          y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def scheduler(self, opt: torch.optim.Optimizer) -> Any:
+        """A torch ``lr_scheduler`` over ``opt``, or None (the default: :meth:`lr`).
+
+        Its learning rates are a function of the step: :meth:`group_lrs` steps it once per
+        training step on the optimizer built on the meta device, and :func:`train_step`
+        sets those rates (per parameter group) before each update. So its state is not
+        training state (nothing to commit; any step replays alone), and a scheduler whose
+        rates depend on anything but the step count (``ReduceLROnPlateau``) is refused."""
+        return None
+
     def lr(self, step: int) -> float:
-        """Learning rate for ``step`` (default: constant ``lr`` from the config)."""
+        """Learning rate logged for ``step``: constant ``lr`` from the config, or the
+        scheduler's rate of the first parameter group."""
+        if self._schedule() is not None:
+            return self.group_lrs(step)[0]
         return float(self.config["lr"])
+
+    def group_lrs(self, step: int) -> list[float]:
+        """Learning rate of each parameter group at ``step`` (see :meth:`scheduler`);
+        without a scheduler, :meth:`lr` for every group (``[]``: the caller fills)."""
+        sim = self._schedule()
+        if sim is None:
+            return []
+        opt, sched, rates = sim
+        while len(rates) <= step:
+            opt.step()  # no gradients on the meta device: changes nothing, keeps torch quiet
+            sched.step()
+            rates.append([float(g["lr"]) for g in opt.param_groups])
+        return rates[step]
+
+    def _schedule(self) -> tuple[torch.optim.Optimizer, Any, list[list[float]]] | None:
+        if not hasattr(self, "_sim"):
+            if type(self).scheduler is Recipe.scheduler:
+                self._sim = None
+            else:
+                with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                    opt = self.optimizer(self.model())  # the step RNG is left alone
+                sched = self.scheduler(opt)
+                if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    raise UsageError(f"recipe {self.name}: ReduceLROnPlateau depends on the "
+                                     "loss, not only on the step; it cannot be replayed alone",
+                                     hint="use a schedule that is a function of the step")
+                self._sim = None if sched is None else (
+                    opt, sched, [[float(g["lr"]) for g in opt.param_groups]])
+        return self._sim
 
     def step(self, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
              y: torch.Tensor, step: int) -> torch.Tensor:
@@ -215,11 +257,12 @@ def seed_rng(seed: int) -> None:
 
 def train_step(recipe: Recipe, model: torch.nn.Module, opt: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor, seed: bytes, step: int) -> torch.Tensor:
-    """One training step: reset the step RNG, set the lr, train mode, then the recipe's
+    """One training step: reset the step RNG, set the lr (of each parameter group, from the
+    recipe's scheduler if it has one), train mode, then the recipe's
     :meth:`Recipe.step` (default: forward, backward, update)."""
     seed_rng(step_seed(seed, step))
-    lr = recipe.lr(step)
-    for group in opt.param_groups:
+    lrs = recipe.group_lrs(step) or [recipe.lr(step)] * len(opt.param_groups)
+    for group, lr in zip(opt.param_groups, lrs, strict=True):
         group["lr"] = lr
     model.train()
     return recipe.step(model, opt, x, y, step).detach()
