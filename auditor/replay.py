@@ -98,7 +98,7 @@ _DATA: dict[tuple[str, str], Data] = _data_cache()
 
 
 def recipe_data(recipe: Recipe) -> Data:
-    key = (recipe.name, repr(sorted(recipe.config.items())))
+    key = (recipe.spec, repr(sorted(recipe.config.items())))
     if key not in _DATA:
         _DATA[key] = recipe.data()
     return _DATA[key]

@@ -90,6 +90,10 @@ def resolve(spec: str) -> type[Recipe]:
         raise UsageError(f"{where}:{clsname} is not a recipe (a subclass of "
                          "prover.recipes.Recipe)",
                          hint="class MyRecipe(prover.recipes.Recipe): ...")
+    if is_file_spec(target) and obj.__module__ != Path(where).stem:
+        raise UsageError(f"{where}:{clsname} is defined in module {obj.__module__}, not in "
+                         "that file: name the file that defines it",
+                         hint=f"--recipe {obj.__module__}:{clsname}, or the defining file")
     return obj
 
 
