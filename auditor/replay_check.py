@@ -1,6 +1,6 @@
 """Checks 3–5 of the audit: seed and data order, replay, memorization (docs/protocol.md §5).
 
-Everything recomputed here comes from the recipe (whose source hash must match the one
+Everything recomputed here comes from the recipe (whose code hash must match the one
 committed in ``run.open``), the data the auditor was given, the revealed ``s_rand``, the
 log's own signature (beacon) and evidence files checked against the log's hashes.
 """
@@ -150,7 +150,8 @@ class ReplayCheck:
             a.check("recipe", "fail", f"recipe {name!r} with the committed config: {probe}",
                     config=rc["config"])
             return None
-        a.check("recipe", "pass", f"recipe {name!r} ({spec}) code hash matches the "
+        where = "" if spec == name else f" ({spec})"
+        a.check("recipe", "pass", f"recipe {name!r}{where} code hash matches the "
                 f"commitment; the committed config builds a {probe:,}-byte model",
                 code_hash=have, config=rc["config"], model_bytes=probe, spec=spec)
         return recipe
