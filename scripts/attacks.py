@@ -58,6 +58,7 @@ from prover.attacks import (  # noqa: E402
 from prover.recipes import get_recipe  # noqa: E402
 from prover.session import TrainingSession  # noqa: E402
 
+AUDITOR_SEED = b"\x07" * 32  # the auditor's randomness in every scenario (reproducible)
 RECIPE = {"epochs": 1}  # digits-mlp, 45 steps, a checkpoint every 5
 
 
@@ -114,7 +115,7 @@ class Bench:
         chain = self.beacon.info if self.beacon else None
         with client:
             return Audit(client, AuditOptions(
-                run=run, evidence=evidence, samples=samples, seed=b"\x07" * 32,
+                run=run, evidence=evidence, samples=samples, seed=AUDITOR_SEED,
                 public_challenge=public, beacon_chain=chain,
                 require_drand=require_drand)).run()
 
@@ -335,10 +336,19 @@ def evidence_wrong_hash(b: Bench) -> dict[str, Any]:
 def evidence_withheld(b: Bench) -> dict[str, Any]:
     # the optimizer state of an early checkpoint is never published; the auditor draws
     # one step, far from it, so no replay would ever load the object
+    from auditor.audit import sample
+
     run, ev = b.train()
-    manifest = json.loads((Path(ev) / "manifest.json").read_text())
-    (Path(ev) / "objects" / manifest["checkpoints"][1]["optimizer"]).unlink()
-    return b.audit(run, ev, samples=1)
+    ckpts = json.loads((Path(ev) / "manifest.json").read_text())["checkpoints"]
+    [drawn] = sample(AUDITOR_SEED, ckpts[-1]["step"] + 1, 1)
+    # a checkpoint the replay never starts from: neither the drawn step's segment nor
+    # the final one (always replayed) begins there
+    victim = next(c for c, nxt in zip(ckpts, ckpts[1:-1], strict=False)
+                  if not c["step"] < drawn <= nxt["step"])
+    (Path(ev) / "objects" / victim["optimizer"]).unlink()
+    rep = b.audit(run, ev, samples=1)
+    rep["withheld_step"], rep["drawn_step"] = victim["step"], drawn
+    return rep
 
 
 class WitnessProcess:
