@@ -78,6 +78,12 @@ class Spool:
                 self.conn.execute("ROLLBACK")
                 raise
 
+    def statements(self) -> list[tuple[int, bytes]]:
+        """Every spooled statement, in ``seq`` order."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self.conn.execute(
+                "SELECT seq, data FROM statements ORDER BY seq")]
+
     def pending(self, limit: int = 1000) -> list[tuple[int, bytes]]:
         with self._lock:
             return [(r[0], r[1]) for r in self.conn.execute(
