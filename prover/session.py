@@ -7,8 +7,10 @@ Usage — any PyTorch loop over a recipe adopts it in a few lines::
             run.train_step(batch)          # the recipe's seeded, replayable step
     print(run.run_id, run.final_weights)
 
-Order of events: hash the dataset; draw ``s_rand``; log ``run.open`` (synchronously: its
-reply carries the beacon checkpoint); derive the seed; build the model from it. Then per
+Order of events: hash the dataset; run the checks of :mod:`prover.preflight` (log key,
+signer, recipe, evidence directory: nothing is logged if one fails); draw ``s_rand``;
+log ``run.open`` (synchronously: its reply carries the beacon checkpoint); derive the
+seed; build the model from it. Then per
 step, on the training thread: train, hash the weights after the step, and hand the step
 record to the commit process (:mod:`prover.committer`), which builds and signs the
 ``step`` statement, spools it and submits it in batches. ``close()`` logs ``run.close``
@@ -22,6 +24,9 @@ Invariants:
   Small models are hashed inline; larger ones on a hasher thread, overlapped with the
   next step's forward and backward passes (parameters in place; buffers, which a forward
   pass may change, copied first).
+* An exception in the ``with`` block leaves the run open (see :meth:`__exit__`);
+  :meth:`abort` ends it honestly, :meth:`resume` (via :mod:`prover.resume`) continues a
+  run from its spool and evidence.
 * ``train_step``/``record`` return before the statement is spooled. :meth:`flush` and
   :meth:`close` wait until it is. A crash loses at most the steps recorded after the
   last spool commit, never a step in the middle: records are spooled strictly in order,
