@@ -236,3 +236,52 @@ def test_resume_refuses_to_contradict_a_spooled_statement(env: Env) -> None:
         for b in sess.batches():
             sess.train_step(b)
         sess.close()
+
+
+def test_cli_train_with_a_wrong_vkey_logs_nothing(env: Env) -> None:
+    tkey = env.dir / "trainer.key"
+    tkey.write_text(env.trainer.private_string())
+    wrong = Signer.generate("potd.example/test-log").verifier
+    r = subprocess.run([sys.executable, "-m", "ledger", "prover", "train", "--recipe",
+                        "digits-mlp", "--epochs", "1", "--log", env.url, "--vkey", str(wrong),
+                        "--key", str(tkey), "--evidence", str(env.dir / "ev")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "--vkey" in r.stderr and "nothing was logged" in r.stderr
+    assert log_size(env) == 0
+
+
+def test_cli_abort_of_a_killed_run(env: Env) -> None:
+    run, tkey = _kill_mid_run(env)
+    r = subprocess.run([sys.executable, "-m", "ledger", "prover", "abort", "--spool",
+                        str(env.dir / "run.spool"), "--key", str(tkey), "--reason",
+                        "node lost"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "aborted after 32 steps (node lost)" in r.stdout
+    with env.client() as c:
+        cp = c.checkpoint()
+        last = json.loads(c.entries(cp.size - 1, cp.size, cp)[0])
+    assert last["kind"] == "run.close" and last["run"] == run
+    assert last["body"]["reason"] == "node lost" and last["body"]["steps"] == 32
+    # a second abort, or a resume, of the closed run is refused
+    r = subprocess.run([sys.executable, "-m", "ledger", "prover", "resume", "--train",
+                        "--spool", str(env.dir / "run.spool"), "--key", str(tkey)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "already closed" in r.stderr
+
+
+def test_resume_after_the_last_step_only_closes(env: Env) -> None:
+    """Killed between the last step and run.close: nothing to retrain; the close names
+    the last checkpoint, as an uninterrupted run's would."""
+    s = env.session()
+    s.open()
+    for b in s.batches():
+        s.train_step(b)
+    s.flush()
+    s._shutdown()
+    r = resume_session(env.dir / "run.spool", env.trainer, client=env.client())
+    assert r.start_step == 45 and not list(r.batches())
+    r.close()
+    assert r.final_weights == uninterrupted_final(env.dir / "run.spool")
+    rep = env.audit(r.run_id, env.dir / "ev-run", samples=3)
+    assert rep["verdict"] == "pass", [c for c in rep["checks"] if c["status"] != "pass"]
