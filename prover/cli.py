@@ -158,7 +158,15 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
               "last committed checkpoint (same seed and order), then close it.")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
               help="With --train: the trainer's private key file (the run's signer).")
-def resume(spool: str, timeout: float, retrain: bool, key: str | None) -> None:
+@click.option("--beacon", "beacon_url", help="With --train, for a drand-mode run: the drand "
+              "HTTP beacon (as for train).")
+@click.option("--beacon-chain", help="With --beacon: the pinned drand chain (as for train).")
+@click.option("--witness", multiple=True, help="With --beacon: a witness attesting time "
+              "(as for train; repeatable).")
+@click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
+def resume(spool: str, timeout: float, retrain: bool, key: str | None,
+           beacon_url: str | None, beacon_chain: str | None, witness: tuple[str, ...],
+           quorum: int | None) -> None:
     """Submit whatever an interrupted trainer spooled but the log has not acknowledged.
 
     Every statement ends up in the log exactly once: statements the log already holds
@@ -177,7 +185,14 @@ def resume(spool: str, timeout: float, retrain: bool, key: str | None) -> None:
             raise UsageError("--train needs --key (the run's private key)")
         from prover.resume import resume_session
 
-        sess = resume_session(spool, read_signer(key))
+        bc = None
+        if beacon_url:
+            from ledger.beacon_client import BeaconClient, load_chain
+
+            bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
+        sess = resume_session(spool, read_signer(key), beacon=bc,
+                              time_witnesses=[read_verifier(w) for w in witness],
+                              time_quorum=len(witness) if quorum is None else quorum)
         click.echo(f"run {sess.run_id}: resuming at step {sess.start_step} of "
                    f"{len(sess.plan)}")
         for batch in sess.batches():

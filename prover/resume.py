@@ -15,15 +15,18 @@ both commands here take it again.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ledger.beacon_client import BeaconClient
 from ledger.client import LogClient
 from ledger.errors import UsageError
 from ledger.merkle import leaf_hash
-from ledger.note import Signer
+from ledger.note import Signer, Verifier
 from ledger.statement import Statement, build_statement, parse_statement
+from prover.beacon import DEFAULT_LEAD
 from prover.derive import seed_commitment
 from prover.spool import Spool, Submitter
 
@@ -100,7 +103,10 @@ def abort_run(spool_path: str | Path, trainer: Signer, reason: str, *,
             "s_rand": run.meta["s_rand"], "reason": reason}
     data = build_statement("run.close", run.opened.run, last.seq + 1, body, trainer)
     run.spool.put(last.seq + 1, data)
-    _submit(run, client, timeout)
+    try:
+        _submit(run, client, timeout)
+    finally:
+        run.spool.close()
     return parse_statement(data)
 
 
@@ -119,23 +125,37 @@ def _submit(run: SpooledRun, client: LogClient | None, timeout: float) -> None:
 
 
 def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int = 256,
-                   client: LogClient | None = None) -> TrainingSession:
+                   client: LogClient | None = None, beacon: BeaconClient | None = None,
+                   time_witnesses: Sequence[Verifier] | None = None,
+                   time_quorum: int | None = None, beacon_lead: float = DEFAULT_LEAD
+                   ) -> TrainingSession:
     """A :class:`~prover.session.TrainingSession` continuing the run in ``spool_path``,
-    already resumed: iterate ``batches()``, ``train_step`` each, then ``close()``."""
+    already resumed: iterate ``batches()``, ``train_step`` each, then ``close()``. A
+    drand-mode run needs its ``beacon`` (and the witnesses attesting time) again: its
+    ``run.close`` commits a challenge round."""
     from prover.recipes import get_recipe
     from prover.session import TrainingSession
 
     run = load_run(spool_path, trainer)
     m = run.meta
+    run.spool.close()
     if "beacon" not in m or "step0" not in m or "config" not in m:
         raise UsageError(f"{spool_path} does not record the run's beacon and settings "
                          "(written by an older potd, or interrupted before step 0)",
                          hint="abort the run with `potd prover abort` and start a new one")
+    drand = run.opened.body.get("beacon")
+    if isinstance(drand, dict) and beacon is None:
+        raise UsageError("this run's seed comes from a drand beacon: resuming it needs the "
+                         "beacon again (its run.close commits a challenge round)",
+                         hint="pass --beacon (and --beacon-chain, --witness as for train)")
     recipe = get_recipe(m["recipe"], **json.loads(m["config"]))
     sess = TrainingSession(recipe, client or run.client(), trainer, m["evidence"],
                            spool_path, per_step_weights=json.loads(m["per_step_weights"]),
                            weights_hash=m["weights_hash"], s_rand=bytes.fromhex(m["s_rand"]),
-                           submit_batch=submit_batch, preflight=False)
+                           submit_batch=submit_batch, preflight=False,
+                           beacon=beacon if isinstance(drand, dict) else None,
+                           beacon_lead=beacon_lead,
+                           time_witnesses=time_witnesses, time_quorum=time_quorum)
     sess.resume(run.opened, [(st, st.raw) for st in run.steps], bytes.fromhex(m["beacon"]),
                 json.loads(m["step0"]))
     return sess

@@ -196,11 +196,11 @@ class TrainingSession:
             from prover.preflight import preflight
 
             optimizer_name = preflight(r, self.client, self.trainer, self.evidence.root,
-                                       len(self.plan)).optimizer
-        else:
+                                       len(self.plan), data).optimizer
+        else:  # the optimizer's class, built on the recipe's model (RNG untouched)
             from prover.preflight import check_recipe
 
-            optimizer_name = check_recipe(r).optimizer
+            optimizer_name = check_recipe(r, data, dry_step=False).optimizer
         round_ = 0
         if self.beacon is not None:  # chosen before s_rand is committed (attacks use that)
             self.chain = self.beacon.chain or self.beacon.info()
@@ -320,6 +320,11 @@ class TrainingSession:
             raise UsageError(f"recipe {r.name}'s code changed since the run was opened",
                              hint="resume with the recipe code the run committed")
         self.run_id, self.step0_extra = opened.run, step0
+        if self.beacon is not None:  # drand mode: the same chain; run.close picks its round
+            self.chain = self.beacon.chain or self.beacon.info()
+            if body.get("beacon", {}).get("chain") != self.chain.hash_hex:
+                raise UsageError("the beacon given is not the drand chain the run committed")
+            self._round_open = int(body["beacon"]["round"])
         self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
         torch.manual_seed(init_seed(self.seed))
         self.model = r.model()

@@ -156,15 +156,16 @@ from ledger.client import LogClient
 from ledger.note import Signer
 from prover.recipes import get_recipe
 from prover.session import TrainingSession
-url, vkey, tkey, d = sys.argv[1:5]
+url, vkey, tkey, d, flush = sys.argv[1:6]
 s = TrainingSession(get_recipe("digits-mlp", epochs=1), LogClient(url, vkey),
                     Signer.parse(open(tkey).read()), d + "/ev", d + "/run.spool")
 s.open()
 print(s.run_id, flush=True)
 for b in s.batches():
     s.train_step(b)
-    if b.step == 31:  # steps 30 and 31 are spooled past the checkpoint at step 29
-        s.flush()
+    if b.step == 31:  # flushed: steps 30 and 31 are spooled past the checkpoint at 29;
+        if flush == "1":  # else whatever prefix reached the commit process
+            s.flush()
         os.kill(os.getpid(), 9)
 """
 
@@ -192,23 +193,27 @@ def uninterrupted_final(spool: Path) -> str:
     return hash_tensors(model.state_dict(), "blake3")
 
 
-def _kill_mid_run(env: Env) -> tuple[str, Path]:
+def _kill_mid_run(env: Env, flush: bool = True) -> tuple[str, Path]:
     tkey = env.dir / "trainer.key"
     tkey.write_text(env.trainer.private_string())
     p = subprocess.run([sys.executable, "-c", TRAIN_AND_DIE, env.url, str(env.log_key.verifier),
-                        str(tkey), str(env.dir)], capture_output=True, text=True, timeout=120)
+                        str(tkey), str(env.dir), "1" if flush else "0"],
+                       capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
     return p.stdout.split()[0], tkey
 
 
-def test_killed_run_resumed_with_train_is_bit_identical_and_audits(env: Env) -> None:
-    run, tkey = _kill_mid_run(env)
+@pytest.mark.parametrize("flushed", [True, False])
+def test_killed_run_resumed_with_train_is_bit_identical_and_audits(env: Env,
+                                                                   flushed: bool) -> None:
+    run, tkey = _kill_mid_run(env, flushed)
     spool = env.dir / "run.spool"
     r = subprocess.run([sys.executable, "-m", "ledger", "prover", "resume", "--train",
                         "--spool", str(spool), "--key", str(tkey)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "resuming at step 30 of 45" in r.stdout
+    if flushed:
+        assert "resuming at step 30 of 45" in r.stdout
     sp = Spool(spool)
     last: Any = json.loads(sp.statements()[-1][1])
     sp.close()
@@ -285,3 +290,41 @@ def test_resume_after_the_last_step_only_closes(env: Env) -> None:
     assert r.final_weights == uninterrupted_final(env.dir / "run.spool")
     rep = env.audit(r.run_id, env.dir / "ev-run", samples=3)
     assert rep["verdict"] == "pass", [c for c in rep["checks"] if c["status"] != "pass"]
+
+
+@pytest.fixture
+def tenv(tmp_path: Path) -> Any:
+    from e2e import make_env
+
+    yield from make_env(tmp_path, "--timestamps")
+
+
+def test_drand_run_resumed_keeps_its_beacon_and_public_challenge(tenv: Env) -> None:
+    import time
+
+    from ledger.beacon_client import BeaconClient
+    from ledger.beacon_server import BeaconServer
+    from ledger.drand import BeaconKey
+
+    srv = BeaconServer(BeaconKey.generate(1, int(time.time()) - 5)).start()
+    try:
+        s = tenv.session(beacon=BeaconClient(srv.url, srv.info), beacon_lead=3.0)
+        s.open()
+        for b in s.batches():
+            s.train_step(b)
+            if b.step == 22:
+                break
+        s.flush()
+        s._shutdown()
+        with pytest.raises(Exception, match="drand beacon"):
+            resume_session(tenv.dir / "run.spool", tenv.trainer, client=tenv.client())
+        r = resume_session(tenv.dir / "run.spool", tenv.trainer, client=tenv.client(),
+                           beacon=BeaconClient(srv.url, srv.info), beacon_lead=3.0)
+        for b in r.batches():
+            r.train_step(b)
+        r.close()
+        rep = tenv.audit(r.run_id, tenv.dir / "ev-run", beacon_chain=srv.info,
+                         public_challenge=True, require_drand=True)
+        assert rep["verdict"] == "pass", [c for c in rep["checks"] if c["status"] != "pass"]
+    finally:
+        srv.stop()
