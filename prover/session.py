@@ -319,6 +319,12 @@ class TrainingSession:
         if body.get("recipe", {}).get("code_hash") != r.source_hash():
             raise UsageError(f"recipe {r.name}'s code changed since the run was opened",
                              hint="resume with the recipe code the run committed")
+        if body.get("environment") != environment():
+            raise UsageError(f"this environment {environment()} differs from the run's "
+                             f"{body.get('environment')}: training would not reproduce the "
+                             "committed steps bit for bit",
+                             hint="resume with the torch version and thread count "
+                                  "(torch.set_num_threads) of the interrupted run")
         self.run_id, self.step0_extra = opened.run, step0
         if self.beacon is not None:  # drand mode: the same chain; run.close picks its round
             self.chain = self.beacon.chain or self.beacon.info()
