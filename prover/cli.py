@@ -123,12 +123,17 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     sess.open()
     click.echo(f"run {sess.run_id}")
     bar: Any
-    with click.progressbar(length=len(sess.plan), label="training", show_pos=True,
-                           item_show_func=lambda _: f"loss {sess.losses[-1]:.4f}"
-                           if sess.losses else "") as bar:
-        for batch in sess.batches():
-            sess.train_step(batch)
-            bar.update(1)
+    try:
+        with click.progressbar(length=len(sess.plan), label="training", show_pos=True,
+                               item_show_func=lambda _: f"loss {sess.losses[-1]:.4f}"
+                               if sess.losses else "") as bar:
+            for batch in sess.batches():
+                sess.train_step(batch)
+                bar.update(1)
+    except BaseException as e:  # the run stays open: say how to resume or abort it
+        sess.__exit__(type(e), e, e.__traceback__)
+        click.echo("\n".join(getattr(e, "__notes__", [])), err=True)
+        raise
     sess.close()
     total = len(sess.receipts)
     last = sess.receipts[-1]
