@@ -10,11 +10,11 @@ Usage — any PyTorch loop over a recipe adopts it in a few lines::
 Order of events: hash the dataset; run the checks of :mod:`prover.preflight` (log key,
 signer, recipe, evidence directory: nothing is logged if one fails); draw ``s_rand``;
 log ``run.open`` (synchronously: its reply carries the beacon checkpoint); derive the
-seed; build the model from it. Then per
-step, on the training thread: train, hash the weights after the step, and hand the step
-record to the commit process (:mod:`prover.committer`), which builds and signs the
-``step`` statement, spools it and submits it in batches. ``close()`` logs ``run.close``
-(revealing ``s_rand``), waits for every acknowledgment and re-verifies every receipt.
+seed; build the model from it. Then per step, on the training thread: train, hash the
+weights after the step, and hand the step record to the commit process
+(:mod:`prover.committer`), which builds and signs the ``step`` statement, spools it and
+submits it in batches. ``close()`` logs ``run.close`` (revealing ``s_rand``), waits for
+every acknowledgment and re-verifies every receipt.
 
 Invariants:
 
