@@ -147,6 +147,12 @@ class Audit:
                    chain[0] if chain else "seq, prev hash chain and step numbers are "
                    "contiguous; one run.open, one run.close", problems=chain)
         self._grinding(runs, view)
+        ab = view.abort
+        if ab is not None:
+            self.check("run.closed", "fail", f"the run was aborted after {len(view.steps)} "
+                       f"steps ({str(ab.body.get('reason'))[:200]}): it certifies no model",
+                       reason=str(ab.body.get("reason"))[:1000])
+            raise _Stop
         o = view.open
         closes = [st for _, st in view.statements if st.kind == "run.close"]
         if o is None or not closes:
@@ -168,20 +174,31 @@ class Audit:
 
     def _grinding(self, runs: dict[str, RunView], view: RunView) -> None:
         """``run.grinding``: incomplete runs that could have been alternatives to this
-        one's seed (see :func:`~auditor.runs.grinding_evidence`)."""
+        one's seed (see :func:`~auditor.runs.grinding_evidence`). Aborted runs count like
+        any other incomplete run (docs/protocol.md §5) and are reported as aborts: their
+        reason, their step count and whether the revealed ``s_rand`` opens their
+        commitment."""
         mine, others = grinding_evidence(runs, view)
         limit = self.opts.max_abandoned
         me = identity(view.signer)
         blind = ("; a trainer using a fresh identity per attempt shows only as runs by "
                  "other identities over the same data, which this check lists but cannot "
                  "attribute")
+        aborted = [r for r in mine if r["status"] == "aborted"]
         if mine:
             status = "fail" if len(mine) > limit else "warn"
+            kinds = (f" ({len(aborted)} aborted with a reason and s_rand revealed, "
+                     f"{len(mine) - len(aborted)} never closed or closed early)"
+                     if aborted else "")
             summary = (f"{len(mine)} incomplete run(s) of identity {me} over the same "
-                       "dataset and recipe (never closed, or closed before their planned "
-                       "steps) were opened before this run closed: the trainer could have "
-                       f"picked this run's seed among theirs (seed grinding; {limit} "
-                       "tolerated)")
+                       "dataset and recipe (aborted, never closed, or closed before their "
+                       f"planned steps){kinds} were opened before this run closed: the "
+                       "trainer could have picked this run's seed among theirs (seed "
+                       f"grinding; {limit} tolerated)")
+            bad = [r["run"][:16] for r in aborted if not r["s_rand_revealed"]]
+            if bad:
+                summary += (f"; the s_rand revealed by the abort of {', '.join(bad)} does "
+                            "not open its seed commitment")
         else:
             status = "warn" if others else "pass"
             summary = (f"no incomplete run of identity {me} (any key) over the same dataset "
@@ -190,7 +207,7 @@ class Audit:
             summary += (f"; {len(others)} incomplete run(s) by other identities over the "
                         "same data (not counted against this trainer)")
         self.check("run.grinding", status, summary + blind, runs=mine, other_identities=others,
-                   identity=me, tolerated=limit)
+                   identity=me, tolerated=limit, aborted=len(aborted))
 
 class _Stop(Exception):
     """Internal: stop the audit early (the failing check is already recorded)."""

@@ -16,6 +16,7 @@ from typing import Any
 from ledger.errors import PotdError
 from ledger.merkle import leaf_hash
 from ledger.statement import Statement, parse_statement, run_id, verify_statement_signature
+from prover.derive import seed_commitment
 
 from .logview import LogSnapshot
 
@@ -43,13 +44,22 @@ class RunView:
         return any(st.kind == "run.close" for _, st in self.statements)
 
     @property
+    def abort(self) -> Statement | None:
+        """The run's abort: a ``run.close`` carrying a ``reason`` (docs/protocol.md §3)."""
+        for _, st in self.statements:
+            if st.kind == "run.close" and "reason" in st.body:
+                return st
+        return None
+
+    @property
     def steps(self) -> list[tuple[int, Statement]]:
         return [(i, st) for i, st in self.statements if st.kind == "step"]
 
     def summary(self) -> dict[str, Any]:
         o = self.open
+        status = "closed" if self.closed else ("open" if o else "orphan")
         return {"run": self.run, "signer": self.signer,
-                "status": "closed" if self.closed else ("open" if o else "orphan"),
+                "status": "aborted" if self.abort is not None else status,
                 "recipe": _recipe_name(o),
                 "steps": len(self.steps), "first_index": self.statements[0][0],
                 "last_index": self.statements[-1][0]}
@@ -160,6 +170,9 @@ def incomplete(v: RunView) -> str | None:
         return "no run.open"
     if not v.closed:
         return "never closed"
+    ab = v.abort
+    if ab is not None:  # whatever its step count: the trainer chose not to certify it
+        return f"aborted after {len(v.steps)} steps: {str(ab.body.get('reason'))[:200]}"
     close = next(st for _, st in v.statements if st.kind == "run.close")
     claimed = close.body.get("steps")
     done = min(len(v.steps), claimed if type(claimed) is int else 0)
@@ -172,6 +185,22 @@ def incomplete(v: RunView) -> str | None:
     if done < want:
         return f"closed after {done} of {want} planned steps"
     return None
+
+
+def abort_facts(v: RunView) -> dict[str, Any]:
+    """What an abort shows: its reason, the steps logged before it, and whether the
+    ``s_rand`` it reveals opens the run's seed commitment (then the abandoned seed is
+    recomputable from the run's beacon)."""
+    ab, o = v.abort, v.open
+    assert ab is not None and o is not None
+    s = ab.body.get("s_rand")
+    try:
+        revealed = isinstance(s, str) and seed_commitment(bytes.fromhex(s)) == o.body.get(
+            "seed_commitment")
+    except ValueError:
+        revealed = False
+    return {"reason": str(ab.body.get("reason"))[:1000], "steps_logged": len(v.steps),
+            "s_rand_revealed": revealed}
 
 
 def _data_key(o: Statement | None) -> tuple[str, str] | None:
@@ -189,8 +218,13 @@ def grinding_evidence(runs: dict[str, RunView], view: RunView
     other identities. Each row is a :meth:`RunView.summary` plus ``why`` incomplete.
 
     Each such run drew a seed the trainer saw and did not use to the end: a choice among
-    their seeds. A trainer using a fresh identity per attempt is visible only in the
-    second list, which cannot be told apart from other people's runs over the same data.
+    their seeds. An abort (a ``run.close`` with a ``reason``) is such a run whatever its
+    step count — once ``run.open`` is logged the seed is fixed by what the trainer holds
+    or will hold (log mode: the beacon comes back with ``run.open``'s reply; drand mode:
+    at round R), and the log cannot show that an abort was written before the trainer
+    could compute it. Its row adds :func:`abort_facts`. A trainer using a fresh identity
+    per attempt is visible only in the second list, which cannot be told apart from
+    other people's runs over the same data.
     """
     key = _data_key(view.open)
     me = identity(view.signer)
@@ -206,5 +240,7 @@ def grinding_evidence(runs: dict[str, RunView], view: RunView
         if why is None:
             continue
         row = {**v.summary(), "why": why, "identity": identity(v.signer)}
+        if v.abort is not None:
+            row.update(abort_facts(v))
         (mine if identity(v.signer) == me else others).append(row)
     return mine, others

@@ -262,7 +262,7 @@ BODY_FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "prev": (_is_hash, True), "steps": (_is_int, False), "weights": (_is_hex, False),
         "s_rand": (_is_str, False), "manifest": (_is_hex, False),
         "final_weights": (_is_hex, False), "final_state": (_is_hash, False),
-        "challenge_beacon": (_is_obj, False),
+        "challenge_beacon": (_is_obj, False), "reason": (_is_str, False),
     },
 }
 DATASET_FIELDS: dict[str, tuple[Check, bool]] = {

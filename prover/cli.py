@@ -1,4 +1,4 @@
-"""``potd prover``: the trainer's commands (keygen, train, resume, recipes)."""
+"""``potd prover``: the trainer's commands (keygen, train, resume, abort, recipes)."""
 
 from __future__ import annotations
 
@@ -125,12 +125,17 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     sess.open()
     click.echo(f"run {sess.run_id}")
     bar: Any
-    with click.progressbar(length=len(sess.plan), label="training", show_pos=True,
-                           item_show_func=lambda _: f"loss {sess.losses[-1]:.4f}"
-                           if sess.losses else "") as bar:
-        for batch in sess.batches():
-            sess.train_step(batch)
-            bar.update(1)
+    try:
+        with click.progressbar(length=len(sess.plan), label="training", show_pos=True,
+                               item_show_func=lambda _: f"loss {sess.losses[-1]:.4f}"
+                               if sess.losses else "") as bar:
+            for batch in sess.batches():
+                sess.train_step(batch)
+                bar.update(1)
+    except BaseException as e:  # the run stays open: say how to resume or abort it
+        sess.__exit__(type(e), e, e.__traceback__)
+        click.echo("\n".join(getattr(e, "__notes__", [])), err=True)
+        raise
     sess.close()
     total = len(sess.receipts)
     last = sess.receipts[-1]
@@ -156,16 +161,54 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
 @click.option("--spool", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The spool file of the interrupted run.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to keep trying.")
-def resume(spool: str, timeout: float) -> None:
+@click.option("--train", "retrain", is_flag=True, help="Continue training the run from its "
+              "last committed checkpoint (same seed and order), then close it.")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False),
+              help="With --train: the trainer's private key file (the run's signer).")
+@click.option("--beacon", "beacon_url", help="With --train, for a drand-mode run: the drand "
+              "HTTP beacon (as for train).")
+@click.option("--beacon-chain", help="With --beacon: the pinned drand chain (as for train).")
+@click.option("--witness", multiple=True, help="With --beacon: a witness attesting time "
+              "(as for train; repeatable).")
+@click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
+def resume(spool: str, timeout: float, retrain: bool, key: str | None,
+           beacon_url: str | None, beacon_chain: str | None, witness: tuple[str, ...],
+           quorum: int | None) -> None:
     """Submit whatever an interrupted trainer spooled but the log has not acknowledged.
 
     Every statement ends up in the log exactly once: statements the log already holds
     (acknowledged before the crash but not recorded) are matched by leaf hash.
+
+    With --train, also continue training: the run restarts from its last spooled
+    checkpoint, re-derives the statements after it (which must equal the spooled ones,
+    byte for byte) and trains on to the end, bit-identically to an uninterrupted run.
     """
     from ledger.client import LogClient
     from ledger.errors import UsageError
     from prover.spool import Spool, Submitter
 
+    if retrain:
+        if key is None:
+            raise UsageError("--train needs --key (the run's private key)")
+        from prover.resume import resume_session
+
+        bc = None
+        if beacon_url:
+            from ledger.beacon_client import BeaconClient, load_chain
+
+            bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
+        sess = resume_session(spool, read_signer(key), beacon=bc,
+                              time_witnesses=[read_verifier(w) for w in witness],
+                              time_quorum=len(witness) if quorum is None else quorum)
+        click.echo(f"run {sess.run_id}: resuming at step {sess.start_step} of "
+                   f"{len(sess.plan)}")
+        for batch in sess.batches():
+            sess.train_step(batch)
+        sess.close(timeout)
+        click.echo(f"run {sess.run_id}: closed after {len(sess.plan)} steps, "
+                   f"{len(sess.receipts)} statements, every inclusion proof verified; "
+                   f"final weights {sess.final_weights}")
+        return
     sp = Spool(spool)
     meta = sp.meta()
     if "run" not in meta:
@@ -179,3 +222,24 @@ def resume(spool: str, timeout: float) -> None:
     total, acked = sp.counts()
     click.echo(f"run {meta['run']}: {acked - before[1]} statements submitted now, "
                f"{acked}/{total} acknowledged")
+
+
+@prover.command()
+@click.option("--spool", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The spool file of the open run.")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The trainer's private key file (the run's signer).")
+@click.option("--reason", required=True, help="Why the run is abandoned (logged).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to keep trying.")
+def abort(spool: str, key: str, reason: str, timeout: float) -> None:
+    """End an open run honestly: log a run.close with --reason that reveals s_rand.
+
+    Every spooled statement is submitted first. Auditors count an aborted run over the
+    same data as an abandoned seed of this identity (`run.grinding`, docs/protocol.md
+    §5): abort only a run you will not resume (`potd prover resume --train`).
+    """
+    from prover.resume import abort_run
+
+    st = abort_run(spool, read_signer(key), reason, timeout=timeout)
+    click.echo(f"run {st.run}: aborted after {st.body['steps']} steps ({reason}); s_rand "
+               "revealed")

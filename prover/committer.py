@@ -495,6 +495,9 @@ class _Child:
         hashes = f[5 + n:]
         self.train_hashes = [hashes[i:i + 32] for i in range(0, len(hashes), 32)]
         self.run_id, self.prev, self.seq = s["run"], s["prev"], s["seq"]
+        self.checkpoints = list(s.get("checkpoints", []))  # committed before a resume
+        final = s.get("final") or {}
+        self.final_weights, self.final_state = final.get("weights"), final.get("state")
         self.signer = Signer.parse(s["signer"])
         self.alg, self.per_step_weights = s["weights_hash"], s["per_step_weights"]
         self.hasher = StateHasher(self.alg, threads=1)

@@ -7,12 +7,14 @@ Usage — any PyTorch loop over a recipe adopts it in a few lines::
             run.train_step(batch)          # the recipe's seeded, replayable step
     print(run.run_id, run.final_weights)
 
-Order of events: hash the dataset; draw ``s_rand``; log ``run.open`` (synchronously: its
-reply carries the beacon checkpoint); derive the seed; build the model from it. Then per
-step, on the training thread: train, hash the weights after the step, and hand the step
-record to the commit process (:mod:`prover.committer`), which builds and signs the
-``step`` statement, spools it and submits it in batches. ``close()`` logs ``run.close``
-(revealing ``s_rand``), waits for every acknowledgment and re-verifies every receipt.
+Order of events: hash the dataset; run the checks of :mod:`prover.preflight` (log key,
+signer, recipe, evidence directory: nothing is logged if one fails); draw ``s_rand``;
+log ``run.open`` (synchronously: its reply carries the beacon checkpoint); derive the
+seed; build the model from it. Then per step, on the training thread: train, hash the
+weights after the step, and hand the step record to the commit process
+(:mod:`prover.committer`), which builds and signs the ``step`` statement, spools it and
+submits it in batches. ``close()`` logs ``run.close`` (revealing ``s_rand``), waits for
+every acknowledgment and re-verifies every receipt.
 
 Invariants:
 
@@ -22,6 +24,9 @@ Invariants:
   Small models are hashed inline; larger ones on a hasher thread, overlapped with the
   next step's forward and backward passes (parameters in place; buffers, which a forward
   pass may change, copied first).
+* An exception in the ``with`` block leaves the run open (see :meth:`__exit__`);
+  :meth:`abort` ends it honestly, :meth:`resume` (via :mod:`prover.resume`) continues a
+  run from its spool and evidence.
 * ``train_step``/``record`` return before the statement is spooled. :meth:`flush` and
   :meth:`close` wait until it is. A crash loses at most the steps recorded after the
   last spool commit, never a step in the middle: records are spooled strictly in order,
@@ -47,7 +52,7 @@ from ledger.client import LogClient, Receipt
 from ledger.errors import PotdError, UsageError, VerificationError
 from ledger.merkle import check_record, leaf_hash
 from ledger.note import SignedCheckpoint, Signer, Verifier, b64decode, open_checkpoint
-from ledger.statement import build_statement, run_id
+from ledger.statement import Statement, build_statement, run_id
 from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, attested_ms, beacon_field, pick_round
 from prover.committer import Committer, client_settings, decimal_string
 from prover.derive import (
@@ -106,9 +111,16 @@ class TrainingSession:
                  progress: Callable[[int, int], None] | None = None,
                  beacon: BeaconClient | None = None, beacon_lead: float = DEFAULT_LEAD,
                  time_witnesses: Sequence[Verifier] | None = None,
-                 time_quorum: int | None = None) -> None:
+                 time_quorum: int | None = None, preflight: bool = True) -> None:
         self.recipe, self.client, self.trainer = recipe, client, trainer
-        self.evidence = EvidenceStore(evidence_dir)
+        try:
+            self.evidence = EvidenceStore(evidence_dir)
+        except OSError as e:
+            from prover.preflight import PreflightError
+
+            raise PreflightError(f"cannot create the evidence directory {evidence_dir}: {e}",
+                                 hint="choose another evidence directory; nothing was "
+                                      "logged") from None
         self.spool = Spool(spool_path)
         self.per_step_weights, self.alg = per_step_weights, weights_hash
         self._s_rand = s_rand if s_rand is not None else new_s_rand()
@@ -134,6 +146,10 @@ class TrainingSession:
         self.final_weights: str | None = None
         self.final_state: str | None = None  # potd-state-v1 of the final checkpoint
         self.losses: list[float] = []
+        self.preflight = preflight
+        self.start_step = 0  # the first step this process trains (> 0 when resumed)
+        self._prior_checkpoints: list[dict[str, Any]] = []  # committed before a resume
+        self._prior_final: dict[str, Any] = {}  # the last step's hashes, if committed
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -142,10 +158,22 @@ class TrainingSession:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """A clean exit closes the run. An exception leaves it **open**, with every
+        recorded step spooled, and says how to go on: ``potd prover resume --train``
+        continues it bit-identically, ``potd prover abort`` ends it (revealing ``s_rand``;
+        the abort counts as an abandoned seed, docs/protocol.md §5). Aborting is not
+        automatic: it cannot be undone, and most exceptions (a bug in logging code,
+        Ctrl-C, out of memory) are better resumed than abandoned."""
         if exc_type is None:
             self.close()
-        else:
-            self._shutdown()
+            return
+        self._shutdown()
+        if isinstance(exc, BaseException) and getattr(self, "run_id", None):
+            exc.add_note(f"potd: run {self.run_id} is left open; its statements are "
+                         f"spooled in {self.spool.path}. Continue it with `potd prover resume "
+                         f"--train --spool {self.spool.path} --key KEY`, or end it with "
+                         f"`potd prover abort --spool {self.spool.path} --key KEY --reason "
+                         f"TEXT` (or TrainingSession.abort).")
 
     def open(self) -> None:
         # started first: the commit process imports while we hash the dataset
@@ -165,6 +193,15 @@ class TrainingSession:
         self.dataset_root = merkle_root_hex(self.train_hashes)
         held_root = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
         self.plan = schedule(len(data.x), r.batch_size, r.epochs)
+        if self.preflight:  # before anything is logged (docs/protocol.md §4.4)
+            from prover.preflight import preflight
+
+            optimizer_name = preflight(r, self.client, self.trainer, self.evidence.root,
+                                       len(self.plan), data).optimizer
+        else:  # the optimizer's class, built on the recipe's model (RNG untouched)
+            from prover.preflight import check_recipe
+
+            optimizer_name = check_recipe(r, data, dry_step=False).optimizer
         round_ = 0
         if self.beacon is not None:  # chosen before s_rand is committed (attacks use that)
             self.chain = self.beacon.chain or self.beacon.info()
@@ -175,7 +212,7 @@ class TrainingSession:
                         "example_hash": EXAMPLE_ENCODING},
             "heldout": {"root": held_root, "size": len(data.heldout_x)},
             "recipe": r.commitment(),
-            "hyperparameters": {"optimizer": r.optimizer_name(),
+            "hyperparameters": {"optimizer": optimizer_name,
                                 "lr": str(r.config["lr"]), "batch_size": r.batch_size,
                                 "epochs": r.epochs, "steps": len(self.plan), "k": r.k,
                                 "per_step_weights": self.per_step_weights},
@@ -188,7 +225,10 @@ class TrainingSession:
         self.run_id = run_id(body)
         opened = build_statement("run.open", self.run_id, 0, body, self.trainer)
         self.spool.set_meta(run=self.run_id, log=self.client.url, log_vkey=str(self.client.log_key),
-                            s_rand=self._s_rand.hex(), recipe=r.name)
+                            s_rand=self._s_rand.hex(), recipe=getattr(r, "spec", r.name),
+                            config=json.dumps(r.config), evidence=str(self.evidence.root),
+                            weights_hash=self.alg,
+                            per_step_weights=json.dumps(self.per_step_weights))
         self.spool.put(0, opened)
         store_recipe_source(self.evidence.root, self.run_id, r)
         receipt = self.client.add(opened)
@@ -198,6 +238,8 @@ class TrainingSession:
             beacon, self.step0_extra = self._drand_beacon(receipt, round_)
         else:
             beacon, self.step0_extra = self._log_beacon(receipt)
+        # what resume needs to rebuild the seed and step 0 without the log's reply
+        self.spool.set_meta(beacon=beacon.hex(), step0=json.dumps(self.step0_extra))
         self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
         torch.manual_seed(init_seed(self.seed))
         self.model = r.model()
@@ -205,10 +247,16 @@ class TrainingSession:
         state = self.model.state_dict()
         self.init_weights = hash_tensors(state, self.alg)
         self.init_evidence = self.evidence.put(state)
+        self._prev = leaf_hash(opened).hex()
+        self._start(committer, seq=1)
+
+    def _start(self, committer: Committer, seq: int) -> None:
+        """Hooks, the commit process and the hasher, for steps from ``start_step`` on
+        (statement ``seq`` next, chained to ``_prev``)."""
+        state = self.model.state_dict()
         self._inline = sum(t.numel() * t.element_size() for t in state.values()) < SMALL_STATE
         self._weights, self._opt_stream = StateHasher(self.alg), StateHasher(self.alg)
-        self._k = r.k
-        self._prev = leaf_hash(opened).hex()
+        self._k = self.recipe.k
         self._hooks = [reg(self._structure_changed) for reg in (
             torch.nn.modules.module.register_module_parameter_registration_hook,
             torch.nn.modules.module.register_module_buffer_registration_hook,
@@ -218,7 +266,8 @@ class TrainingSession:
             size = stream_size(self._weights.parts(self._state()))
             ring = min(RING_MAX, max(RING_MIN, RING_STEPS * size))
         committer.start({
-            "run": self.run_id, "prev": self._prev, "seq": 1,
+            "run": self.run_id, "prev": self._prev, "seq": seq,
+            "checkpoints": self._prior_checkpoints, "final": self._prior_final,
             "signer": self.trainer.private_string(), "weights_hash": self.alg,
             "per_step_weights": self.per_step_weights,
             "step0": self.step0_extra,
@@ -234,6 +283,85 @@ class TrainingSession:
                                             daemon=True)
             self._hasher.start()
         self._hooks.append(self.optimizer.register_step_pre_hook(self._before_update))
+
+    def resume(self, opened: Statement, steps: Sequence[tuple[Statement, bytes]],
+               beacon: bytes, step0: dict[str, Any]) -> None:
+        """Continue run ``opened`` in this process (``potd prover resume --train``):
+        rebuild the seed from the spooled ``s_rand`` and beacon, load the training state
+        of the last spooled checkpoint from the evidence store, and train on from the
+        step after it. ``steps``: the spooled step statements (and their bytes) in
+        order. Statements past that checkpoint are built again from the retrained steps
+        and must equal the spooled ones byte for byte (the commit process refuses a
+        different statement at a spooled ``seq``), so what the log may already hold is
+        reproduced, never contradicted."""
+        self._committer = Committer()
+        self.submitter = self._committer.submitter
+        try:
+            self._resume(self._committer, opened, steps, beacon, step0)
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def _resume(self, committer: Committer, opened: Statement,
+                steps: Sequence[tuple[Statement, bytes]], beacon: bytes,
+                step0: dict[str, Any]) -> None:
+        from prover.evidence import EvidenceSource, restore_optimizer
+
+        r = self.recipe
+        self.data = data = r.data()
+        self.train_hashes = example_hashes(data.x, data.y)
+        self.dataset_root = merkle_root_hex(self.train_hashes)
+        self.plan = schedule(len(data.x), r.batch_size, r.epochs)
+        body: Any = opened.body
+        if body.get("seed_commitment") != seed_commitment(self._s_rand):
+            raise UsageError("the spooled s_rand does not match the run's seed commitment")
+        if body["dataset"].get("root") != self.dataset_root:
+            raise UsageError("the recipe's training data differs from the data the run "
+                             "committed", hint="resume with the same recipe and data")
+        if body.get("recipe", {}).get("code_hash") != r.source_hash():
+            raise UsageError(f"recipe {r.name}'s code changed since the run was opened",
+                             hint="resume with the recipe code the run committed")
+        if body.get("environment") != environment():
+            raise UsageError(f"this environment {environment()} differs from the run's "
+                             f"{body.get('environment')}: training would not reproduce the "
+                             "committed steps bit for bit",
+                             hint="resume with the torch version and thread count "
+                                  "(torch.set_num_threads) of the interrupted run")
+        self.run_id, self.step0_extra = opened.run, step0
+        if self.beacon is not None:  # drand mode: the same chain; run.close picks its round
+            self.chain = self.beacon.chain or self.beacon.info()
+            if body.get("beacon", {}).get("chain") != self.chain.hash_hex:
+                raise UsageError("the beacon given is not the drand chain the run committed")
+            self._round_open = int(body["beacon"]["round"])
+        self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
+        torch.manual_seed(init_seed(self.seed))
+        self.model = r.model()
+        self.optimizer = r.optimizer(self.model)
+        state = self.model.state_dict()
+        self.init_weights = hash_tensors(state, self.alg)
+        self.init_evidence = self.evidence.put(state)
+        self._prev = leaf_hash(opened.raw).hex()
+        seq = 1
+        ckpts = [(st, raw) for st, raw in steps if isinstance(st.body.get("checkpoint"), dict)]
+        first: Any = steps[0][0].body if steps else {}
+        if steps and first.get("init", {}).get("weights_hash") != self.init_weights:
+            raise VerificationError("the initial weights rebuilt from the seed differ from "
+                                    "the committed ones", hint="same recipe, torch and "
+                                    "environment as the interrupted run?")
+        if ckpts:
+            st, raw = ckpts[-1]
+            c: Any = st.body["checkpoint"]
+            src = EvidenceSource(str(self.evidence.root))
+            self.model.load_state_dict(src.load(c["weights"], c["weights_hash"], self.alg))
+            restore_optimizer(self.optimizer,
+                              src.load(c["optimizer"], c["optimizer_hash"], self.alg))
+            self.start_step = st.seq  # statement t + 1 is step t
+            self._prior_checkpoints = [{"step": s.seq - 1, **s.body["checkpoint"]}  # type: ignore[dict-item]
+                                       for s, _ in ckpts]
+            if self.start_step == len(self.plan):
+                self._prior_final = {"weights": c["weights_hash"], "state": c["state"]}
+            self._prev, seq = leaf_hash(raw).hex(), st.seq + 1
+        self._start(committer, seq)
 
     def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The ``run.open`` body as it will be committed (the run id is its hash)."""
@@ -304,9 +432,10 @@ class TrainingSession:
         return permutation(self.seed, len(self.data.x), epoch)
 
     def batches(self) -> Iterator[Batch]:
+        """The run's batches, from ``start_step`` (0, or where a resumed run goes on)."""
         order: list[int] = []
         current = -1
-        for step, epoch, offset in self.plan:
+        for step, epoch, offset in self.plan[self.start_step:]:
             if epoch != current:
                 order, current = self.epoch_order(epoch), epoch
             idx = order[offset:offset + self.recipe.batch_size]
@@ -495,6 +624,17 @@ class TrainingSession:
         self.verify_receipts()
         if self.beacon is not None:
             self._challenge_evidence(int(close["challenge_beacon"]["round"]))
+        self.spool.close()
+
+    def abort(self, reason: str, timeout: float = 300) -> None:
+        """End the run with an abort instead of a close: every recorded step is spooled
+        and submitted, then a ``run.close`` with ``reason`` revealing ``s_rand``
+        (:func:`prover.resume.abort_run`). The abort counts as an abandoned seed in an
+        auditor's ``run.grinding`` (docs/protocol.md §5)."""
+        from prover.resume import abort_run
+
+        self._shutdown()
+        abort_run(self.spool.path, self.trainer, reason, client=self.client, timeout=timeout)
         self.spool.close()
 
     def _challenge_evidence(self, round_: int) -> None:

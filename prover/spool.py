@@ -68,8 +68,12 @@ class Spool:
                                             (seq,)).fetchone()
                     if row is not None:
                         if row[0] != data:
-                            raise StorageError(f"spool already holds a different statement "
-                                               f"#{seq}")
+                            raise StorageError(
+                                f"spool already holds a different statement #{seq}",
+                                hint="a resumed run re-derives the statements spooled after "
+                                     "its checkpoint and must reproduce them exactly: same "
+                                     "recipe code, data, torch and environment (threads) as "
+                                     "the interrupted run")
                         continue
                     self.conn.execute("INSERT INTO statements (seq, data, leaf_hash) "
                                       "VALUES (?, ?, ?)", (seq, data, leaf_hash(data)))
@@ -77,6 +81,12 @@ class Spool:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
+
+    def statements(self) -> list[tuple[int, bytes]]:
+        """Every spooled statement, in ``seq`` order."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self.conn.execute(
+                "SELECT seq, data FROM statements ORDER BY seq")]
 
     def pending(self, limit: int = 1000) -> list[tuple[int, bytes]]:
         with self._lock:

@@ -58,6 +58,7 @@ from prover.attacks import (  # noqa: E402
 from prover.recipes import get_recipe  # noqa: E402
 from prover.session import TrainingSession  # noqa: E402
 
+AUDITOR_SEED = b"\x07" * 32  # the auditor's randomness in every scenario (reproducible)
 RECIPE = {"epochs": 1}  # digits-mlp, 45 steps, a checkpoint every 5
 
 
@@ -114,7 +115,7 @@ class Bench:
         chain = self.beacon.info if self.beacon else None
         with client:
             return Audit(client, AuditOptions(
-                run=run, evidence=evidence, samples=samples, seed=b"\x07" * 32,
+                run=run, evidence=evidence, samples=samples, seed=AUDITOR_SEED,
                 public_challenge=public, beacon_chain=chain,
                 require_drand=require_drand)).run()
 
@@ -239,6 +240,41 @@ def grinding_second_key(b: Bench) -> dict[str, Any]:
     return b.audit(*b.train())
 
 
+def aborted_run(b: Bench) -> dict[str, Any]:
+    # an honest abort: a few steps (init and order seen), a reason, s_rand revealed; then
+    # a new run over the same data by the same identity
+    s = TrainingSession(get_recipe("digits-mlp", **RECIPE), b.client(), b.trainer,
+                        str(b.dir / "ev-aborted"), str(b.dir / "aborted.spool"))
+    s.open()
+    for batch in s.batches():
+        s.train_step(batch)
+        if batch.step == 2:
+            break
+    s.abort("loss curve looked bad")
+    return b.audit(*b.train())
+
+
+def resumed_run(b: Bench) -> dict[str, Any]:
+    # the trainer dies after step 22 (its spool and evidence survive) and the run is
+    # continued from its last checkpoint (step 19) with `potd prover resume --train`
+    from prover.resume import resume_session
+
+    ev, spool = str(b.dir / "evidence-resumed"), str(b.dir / "resumed.spool")
+    s = TrainingSession(get_recipe("digits-mlp", **RECIPE), b.client(), b.trainer, ev, spool)
+    s.open()
+    for batch in s.batches():
+        s.train_step(batch)
+        if batch.step == 22:
+            break
+    s.flush()
+    s._shutdown()  # the process is gone: the run stays open
+    r = resume_session(spool, b.trainer, client=b.client())
+    for batch in r.batches():
+        r.train_step(batch)
+    r.close()
+    return b.audit(r.run_id, ev)
+
+
 def forged_statement(b: Bench) -> dict[str, Any]:
     run, ev = b.train()
     entries = _entries(b)
@@ -335,10 +371,19 @@ def evidence_wrong_hash(b: Bench) -> dict[str, Any]:
 def evidence_withheld(b: Bench) -> dict[str, Any]:
     # the optimizer state of an early checkpoint is never published; the auditor draws
     # one step, far from it, so no replay would ever load the object
+    from auditor.audit import sample
+
     run, ev = b.train()
-    manifest = json.loads((Path(ev) / "manifest.json").read_text())
-    (Path(ev) / "objects" / manifest["checkpoints"][1]["optimizer"]).unlink()
-    return b.audit(run, ev, samples=1)
+    ckpts = json.loads((Path(ev) / "manifest.json").read_text())["checkpoints"]
+    [drawn] = sample(AUDITOR_SEED, ckpts[-1]["step"] + 1, 1)
+    # a checkpoint the replay never starts from: neither the drawn step's segment nor
+    # the final one (always replayed) begins there
+    victim = next(c for c, nxt in zip(ckpts, ckpts[1:-1], strict=False)
+                  if not c["step"] < drawn <= nxt["step"])
+    (Path(ev) / "objects" / victim["optimizer"]).unlink()
+    rep = b.audit(run, ev, samples=1)
+    rep["withheld_step"], rep["drawn_step"] = victim["step"], drawn
+    return rep
 
 
 class WitnessProcess:
@@ -528,6 +573,10 @@ SCENARIOS = [
              "suits", ("run.grinding",), grinding_closed_early),
     Scenario("seed grinding: second key", "each attempt under a new key of the same "
              "identity", ("run.grinding",), grinding_second_key),
+    Scenario("aborted run", "a run aborted after 3 steps (reason given, s_rand revealed), "
+             "then a new run over the same data", ("run.grinding",), aborted_run),
+    Scenario("resumed run", "- (killed after step 22, resumed from its checkpoint)", (),
+             resumed_run),
     Scenario("uneven checkpoint spacing", "1-step segments everywhere but one long forged "
              "one, to dodge a sample over segments", ("replay",), uneven_checkpoints),
     Scenario("tiny-lr spoofing", "tiny learning rate so any data looks right",

@@ -21,7 +21,7 @@ def test_scenario(name: str, tmp_path: Path) -> None:
     [row] = attacks.run_scenarios([s], tmp_path)
     assert row["ok"], (row["why"], row["report"].get("checks"))
     rep = row["report"]
-    if name == "honest run":
+    if name in ("honest run", "resumed run"):
         assert rep["verdict"] == "pass"
         return
     if name == "drand honest run":  # the trust assumption is reported
@@ -67,6 +67,11 @@ def test_scenario(name: str, tmp_path: Path) -> None:
     if name.startswith("seed grinding"):
         g = next(c for c in rep["checks"] if c["name"] == "run.grinding")
         assert len(g["evidence"]["runs"]) == 2 and not g["evidence"]["other_identities"]
+    if name == "aborted run":  # reported as an abort, with its reason
+        g = next(c for c in rep["checks"] if c["name"] == "run.grinding")
+        [row] = g["evidence"]["runs"]
+        assert g["evidence"]["aborted"] == 1 and row["status"] == "aborted"
+        assert row["reason"] == "loss curve looked bad" and row["s_rand_revealed"]
     if name.startswith("hostile"):  # a named check failed; the audit ran to its verdict
         assert rep["timing"].get("total_seconds") is not None
     if name.startswith("evidence"):

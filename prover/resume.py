@@ -1,0 +1,161 @@
+"""Ending or continuing an interrupted run from its spool (docs/protocol.md §4.5).
+
+The spool of a run holds every statement the trainer built (a prefix of the run: the log
+holds a prefix of that), and in its meta table the run's ``s_rand``, its beacon, the
+step-0 beacon evidence and the recipe settings. It never holds the trainer's private key:
+both commands here take it again.
+
+* :func:`abort_run` ends an open run with an **abort**: a ``run.close`` carrying a
+  ``reason`` and revealing ``s_rand``, submitted after every spooled statement, so an
+  auditor sees exactly which seed was abandoned and why.
+* :func:`resume_session` rebuilds a :class:`~prover.session.TrainingSession` that
+  continues the run from its last spooled checkpoint with the same seed and order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ledger.beacon_client import BeaconClient
+from ledger.client import LogClient
+from ledger.errors import UsageError
+from ledger.merkle import leaf_hash
+from ledger.note import Signer, Verifier
+from ledger.statement import Statement, build_statement, parse_statement
+from prover.beacon import DEFAULT_LEAD
+from prover.derive import seed_commitment
+from prover.spool import Spool, Submitter
+
+if TYPE_CHECKING:
+    from prover.session import TrainingSession
+
+__all__ = ["SpooledRun", "abort_run", "load_run", "resume_session"]
+
+MAX_REASON = 1000
+
+
+@dataclass(frozen=True)
+class SpooledRun:
+    """A run as its spool holds it."""
+
+    spool: Spool
+    meta: dict[str, str]
+    statements: list[Statement]
+
+    @property
+    def opened(self) -> Statement:
+        return self.statements[0]
+
+    @property
+    def steps(self) -> list[Statement]:
+        return [st for st in self.statements if st.kind == "step"]
+
+    @property
+    def closed(self) -> bool:
+        return self.statements[-1].kind == "run.close"
+
+    def client(self) -> LogClient:
+        return LogClient(self.meta["log"], self.meta["log_vkey"])
+
+
+def load_run(spool_path: str | Path, trainer: Signer) -> SpooledRun:
+    """The run in ``spool_path``, checked to be open, signed by ``trainer``, and holding
+    the ``s_rand`` its ``run.open`` commits to."""
+    sp = Spool(spool_path)
+    meta = sp.meta()
+    rows = sp.statements()
+    if "run" not in meta or "s_rand" not in meta or not rows:
+        raise UsageError(f"{spool_path} is not a potd spool with a run in it")
+    sts = [parse_statement(data) for _, data in rows]
+    run = SpooledRun(sp, meta, sts)
+    o = run.opened
+    if o.kind != "run.open" or o.run != meta["run"]:
+        raise UsageError(f"{spool_path}: the first spooled statement is not the run's run.open")
+    if [st.seq for st in sts] != list(range(len(sts))):
+        raise UsageError(f"{spool_path}: the spooled statements are not contiguous")
+    if o.signer != str(trainer.verifier):
+        raise UsageError(f"run {o.run[:16]}... was opened by {o.signer}, not by this key",
+                         hint="pass the --key the run was trained with")
+    if o.body.get("seed_commitment") != seed_commitment(bytes.fromhex(meta["s_rand"])):
+        raise UsageError("the spooled s_rand does not match the run's seed commitment")
+    if run.closed:
+        raise UsageError(f"run {o.run[:16]}... is already closed",
+                         hint="nothing to abort or resume; `potd prover resume` submits "
+                              "whatever is still unacknowledged")
+    return run
+
+
+def abort_run(spool_path: str | Path, trainer: Signer, reason: str, *,
+              client: LogClient | None = None, timeout: float = 300) -> Statement:
+    """End the open run in ``spool_path`` with an abort, logged after every spooled
+    statement; the abort statement. Body: ``prev``, ``steps`` (step statements before
+    it), ``s_rand`` (revealed), ``reason`` (free text, at most 1000 characters)."""
+    reason = reason.strip()
+    if not reason or len(reason) > MAX_REASON:
+        raise UsageError(f"an abort needs a reason of 1 to {MAX_REASON} characters")
+    run = load_run(spool_path, trainer)
+    last = run.statements[-1]
+    body = {"prev": leaf_hash(last.raw).hex(), "steps": len(run.steps),
+            "s_rand": run.meta["s_rand"], "reason": reason}
+    data = build_statement("run.close", run.opened.run, last.seq + 1, body, trainer)
+    run.spool.put(last.seq + 1, data)
+    try:
+        _submit(run, client, timeout)
+    finally:
+        run.spool.close()
+    return parse_statement(data)
+
+
+def _submit(run: SpooledRun, client: LogClient | None, timeout: float) -> None:
+    own = client is None
+    c = client or run.client()
+    sub = Submitter(run.spool, c, run.opened.run)
+    sub.start()
+    try:
+        sub.drain(timeout)
+    finally:
+        sub.stop()
+        sub.join()
+        if own:
+            c.close()
+
+
+def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int = 256,
+                   client: LogClient | None = None, beacon: BeaconClient | None = None,
+                   time_witnesses: Sequence[Verifier] | None = None,
+                   time_quorum: int | None = None, beacon_lead: float = DEFAULT_LEAD
+                   ) -> TrainingSession:
+    """A :class:`~prover.session.TrainingSession` continuing the run in ``spool_path``,
+    already resumed: iterate ``batches()``, ``train_step`` each, then ``close()``. A
+    drand-mode run needs its ``beacon`` (and the witnesses attesting time) again: its
+    ``run.close`` commits a challenge round."""
+    from prover.recipes import get_recipe
+    from prover.session import TrainingSession
+
+    run = load_run(spool_path, trainer)
+    m = run.meta
+    run.spool.close()
+    if "beacon" not in m or "step0" not in m or "config" not in m:
+        raise UsageError(f"{spool_path} does not record the run's beacon and settings "
+                         "(written by an older potd, or interrupted before step 0)",
+                         hint="abort the run with `potd prover abort` and start a new one")
+    drand = run.opened.body.get("beacon")
+    if isinstance(drand, dict) and beacon is None:
+        raise UsageError("this run's seed comes from a drand beacon: resuming it needs the "
+                         "beacon again (its run.close commits a challenge round)",
+                         hint="pass --beacon (and --beacon-chain, --witness as for train)")
+    recipe = get_recipe(m["recipe"], **json.loads(m["config"]))
+    sess = TrainingSession(recipe, client or run.client(), trainer, m["evidence"],
+                           spool_path, per_step_weights=json.loads(m["per_step_weights"]),
+                           weights_hash=m["weights_hash"], s_rand=bytes.fromhex(m["s_rand"]),
+                           submit_batch=submit_batch, preflight=False,
+                           beacon=beacon if isinstance(drand, dict) else None,
+                           beacon_lead=beacon_lead,
+                           time_witnesses=time_witnesses, time_quorum=time_quorum)
+    sess.resume(run.opened, [(st, st.raw) for st in run.steps], bytes.fromhex(m["beacon"]),
+                json.loads(m["step0"]))
+    return sess
