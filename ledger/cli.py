@@ -119,7 +119,10 @@ def keygen(name: str, out: str, force: bool) -> None:
 def _open(db: str, key: str | None = None) -> Any:
     from .log import Log
 
-    return Log.open(db, read_signer(key) if key else None)
+    log = Log.open(db, read_signer(key) if key else None)
+    # close (and release the writer lock) when the command ends, also in-process
+    click.get_current_context().call_on_close(log.store.close)
+    return log
 
 
 @ledger.command()
@@ -131,6 +134,7 @@ def init(db: str, key: str) -> None:
     from .log import Log
 
     log = Log.create(db, read_signer(key))
+    log.store.close()
     click.echo(str(log.checkpoint()), nl=False)
 
 

@@ -165,11 +165,18 @@ def test_write_landed_but_reported_failure_is_detected(tmp_path: Path, signer: S
 def test_two_sequencers_cannot_interleave(tmp_path: Path, signer: Signer) -> None:
     path = str(tmp_path / "log.db")
     a = Log.create(path, signer)
-    b = Log.open(path, signer)
+    # a second writer is refused at open (the file's writer lock) ...
+    with pytest.raises(StorageError, match="already open for writing") as e:
+        Log.open(path, signer)
+    assert "one writer per log" in e.value.hint
+    # ... and one that bypasses the lock still cannot interleave (the size check)
+    b = Log(SQLiteStore(path), signer)
     a.append([b"from a"])
     with pytest.raises(StorageError, match="another process"):
         b.append([b"from b"])
     assert Log.open(path).size == 1
+    a.store.close()
+    Log.open(path, signer).store.close()  # the lock goes with its store
 
 
 def test_tampered_database_refused_at_open(tmp_path: Path, signer: Signer) -> None:

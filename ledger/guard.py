@@ -1,0 +1,101 @@
+"""Connection guard for the log server: slow or idle connections cannot starve it.
+
+uvicorn times out idle keep-alive connections between requests but not a connection
+that never finishes its request headers (slowloris), and it has no connection limit
+other than ``limit_concurrency``, which answers *new* requests 503 once the slots are
+taken, so a few hundred half-open connections would shut out ``/health`` and readers.
+:func:`guarded_protocol` returns uvicorn's httptools protocol with two additions:
+
+* a header deadline: a connection must complete each request's headers within
+  ``header_timeout`` seconds of its first byte (or of connecting), else it is closed;
+* a connection cap: past ``max_connections``, a new connection evicts the oldest one
+  that is not serving a request (still sending headers, or idle between requests); only
+  when every connection is busy is the new one closed.
+
+Request bodies have their own deadline and a global memory budget in the application
+(:mod:`ledger.server`); here only connections are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class _Guarded(HttpToolsProtocol):
+    header_timeout = 10.0
+    max_connections = 1024
+    evicted = 0  # connections closed to make room (all instances)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._busy = False  # headers complete: a request is being served
+        self._since = self.loop.time()
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+        if len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if not self._busy and not self.transport.is_closing():
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        idle = [c for c in self.connections
+                if isinstance(c, _Guarded) and c is not self and not c._busy
+                and not c.transport.is_closing()]
+        victim = min(idle, key=lambda c: c._since) if idle else self
+        type(self).evicted += 1
+        victim.transport.abort()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._busy = True
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self._busy = False
+        self._since = self.loop.time()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(header_timeout: float = 10.0, max_connections: int = 1024) -> Any:
+    """uvicorn's httptools protocol with a header deadline and a connection cap."""
+    return type("GuardedHttpToolsProtocol", (_Guarded,),
+                {"header_timeout": header_timeout, "max_connections": max_connections})
+
+
+def raise_fd_limit(want: int = 65536) -> int:
+    """Raise this process's soft limit on open files towards ``want`` (at most the hard
+    limit); return the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft) if soft != resource.RLIM_INFINITY else want
