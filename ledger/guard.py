@@ -13,75 +13,82 @@ taken, so a few hundred half-open connections would shut out ``/health`` and rea
   when every connection is busy is the new one closed.
 
 Request bodies have their own deadline and a global memory budget in the application
-(:mod:`ledger.server`); here only connections are counted.
+(:mod:`ledger.server`); here only connections are counted, plus :func:`trim_memory`,
+which hands the memory of large bodies back to the system once they are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import sys
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+@functools.cache
+def _guarded_class() -> Any:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # with the server
 
-class _Guarded(HttpToolsProtocol):
-    header_timeout = 10.0
-    max_connections = 1024
-    evicted = 0  # connections closed to make room (all instances)
+    class _Guarded(HttpToolsProtocol):
+        header_timeout = 10.0
+        max_connections = 1024
+        evicted = 0  # connections closed to make room (all instances)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._busy = False  # headers complete: a request is being served
-        self._since = self.loop.time()
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._arm()
-        if len(self.connections) > self.max_connections:
-            self._make_room()
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._busy = False  # headers complete: a request is being served
+            self._since = self.loop.time()
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._arm()
+            if len(self.connections) > self.max_connections:
+                self._make_room()
 
-    def _arm(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
 
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
             self._header_timer = None
+            if not self._busy and not self.transport.is_closing():
+                self.transport.close()
 
-    def _expired(self) -> None:
-        self._header_timer = None
-        if not self._busy and not self.transport.is_closing():
-            self.transport.close()
+        def _make_room(self) -> None:
+            idle = [c for c in self.connections
+                    if isinstance(c, _Guarded) and c is not self and not c._busy
+                    and not c.transport.is_closing()]
+            victim = min(idle, key=lambda c: c._since) if idle else self
+            type(self).evicted += 1
+            victim.transport.abort()
 
-    def _make_room(self) -> None:
-        idle = [c for c in self.connections
-                if isinstance(c, _Guarded) and c is not self and not c._busy
-                and not c.transport.is_closing()]
-        victim = min(idle, key=lambda c: c._since) if idle else self
-        type(self).evicted += 1
-        victim.transport.abort()
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._arm()
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            self._busy = True
+            super().on_headers_complete()
 
-    def on_headers_complete(self) -> None:
-        self._disarm()
-        self._busy = True
-        super().on_headers_complete()
+        def on_response_complete(self) -> None:
+            self._busy = False
+            self._since = self.loop.time()
+            super().on_response_complete()
 
-    def on_response_complete(self) -> None:
-        self._busy = False
-        self._since = self.loop.time()
-        super().on_response_complete()
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+    return _Guarded
 
 
 def guarded_protocol(header_timeout: float = 10.0, max_connections: int = 1024) -> Any:
     """uvicorn's httptools protocol with a header deadline and a connection cap."""
-    return type("GuardedHttpToolsProtocol", (_Guarded,),
+    return type("GuardedHttpToolsProtocol", (_guarded_class(),),
                 {"header_timeout": header_timeout, "max_connections": max_connections})
 
 
@@ -99,3 +106,25 @@ def raise_fd_limit(want: int = 65536) -> int:
         except (ValueError, OSError):
             pass
     return int(soft) if soft != resource.RLIM_INFINITY else want
+
+
+def trim_memory() -> None:
+    """Return freed heap memory to the system (glibc ``malloc_trim``; elsewhere no-op), so
+    that a burst of large bodies does not stay in the server's RSS after it ends."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _load_libc() if sys.platform.startswith("linux") else None

@@ -55,7 +55,7 @@ from .errors import (
     StorageError,
     UsageError,
 )
-from .guard import guarded_protocol, raise_fd_limit
+from .guard import guarded_protocol, raise_fd_limit, trim_memory
 from .log import Log
 from .netutil import listen
 from .note import Signer, b64encode
@@ -236,7 +236,7 @@ class LogServer:
         finally:
             self.buffered -= held[0]
             if held[0] >= PARSE_OFF_LOOP:
-                _trim_memory()
+                trim_memory()
 
     def _reserve(self, held: list[int], n: int) -> None:
         extra = n - held[0]
@@ -548,28 +548,6 @@ def _log_crash(where: str, exc: BaseException) -> None:
 async def _on_crash(request: Request, exc: Exception) -> Response:
     _log_crash(f"{request.method} {request.url.path}", exc)
     return error_response(500, "internal", "internal error; the log operator has the details")
-
-
-def _trim_memory() -> None:
-    """Return freed heap memory to the system (glibc ``malloc_trim``; elsewhere no-op), so
-    that a burst of large bodies does not stay in the server's RSS after it ends."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
-def _load_libc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 (glibc only)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_libc = _load_libc() if sys.platform.startswith("linux") else None
 
 
 def create_app(log: Log, **options: Any) -> LogServer:

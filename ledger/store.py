@@ -39,6 +39,7 @@ from typing import Protocol
 
 import sqlite_utils
 
+from .dbfile import lock_writer, rollback, storage_failure
 from .errors import StorageError, UsageError
 from .merkle import HASH_SIZE, split_stored_hash_index
 from .tiles import encode_bundle
@@ -114,57 +115,6 @@ def _tune_reads(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA cache_size=-16384")
 
 
-_CAUSES = {
-    "SQLITE_FULL": "the disk (or the file system's quota) is full",
-    "SQLITE_READONLY": "the database file or its directory is read-only",
-    "SQLITE_IOERR": "an I/O error from the operating system",
-    "SQLITE_CANTOPEN": "a journal file cannot be opened (permissions, missing directory)",
-    "SQLITE_BUSY": "another connection holds the write lock",
-    "SQLITE_CORRUPT": "the database file is damaged",
-}
-
-
-def storage_failure(what: str, e: sqlite3.Error) -> StorageError:
-    """A StorageError that names the cause of a failed SQLite write and how to fix it."""
-    name = getattr(e, "sqlite_errorname", "") or ""
-    cause = next((c for k, c in _CAUSES.items() if name.startswith(k)), "")
-    return StorageError(f"{what}: {e} ({name}{': ' + cause if cause else ''})" if name
-                        else f"{what}: {e}",
-                        hint="free disk space / fix permissions or the device; writes resume "
-                             "by themselves once the database can take them, and nothing "
-                             "acknowledged is lost")
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the original error is the one to report
-
-
-def _lock_writer(path: str, create: bool) -> int:
-    """Take the writer's exclusive lock on the database file (``flock``, held until the
-    store is closed or the process ends; SQLite's own locks are POSIX locks and do not
-    interact with it). A second writer (a server or ``Log.open`` with a key) would keep a
-    stale tree in memory and fail, or worse, on its first append; it is refused here."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StorageError(f"{path} is already open for writing by another process (a running "
-                           "`potd ledger serve`, or a program holding Log.open with the key)",
-                           hint="run one writer per log: stop the other one, or submit through "
-                                "its HTTP API; reads need no key and no lock") from None
-    except OSError as e:
-        os.close(fd)
-        raise StorageError(f"cannot lock {path} for writing: {e}") from None
-    return fd
-
-
 class SQLiteStore:
     """The embedded default backend: one SQLite file in WAL mode, via sqlite-utils."""
 
@@ -181,7 +131,7 @@ class SQLiteStore:
                                hint="choose a new file name, or open the existing log")
         self._lock_fd: int | None = None
         if writer_lock:
-            self._lock_fd = _lock_writer(self.path, create is not None)
+            self._lock_fd = lock_writer(self.path, create is not None)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
@@ -475,7 +425,7 @@ class SQLiteStore:
                     self._note_written(writes)
                     self._bundle_tail = tail
                 except BaseException:
-                    _rollback(conn)  # SQLite may have rolled back already (disk full)
+                    rollback(conn)  # SQLite may have rolled back already (disk full)
                     raise
             except sqlite3.Error as e:
                 raise storage_failure(f"append to {self.path} failed and was rolled back", e
@@ -497,7 +447,7 @@ class SQLiteStore:
                         conn.execute(sql, args)
                         conn.execute("COMMIT")
                     except BaseException:
-                        _rollback(conn)
+                        rollback(conn)
                         raise
             except sqlite3.Error as e:
                 raise storage_failure(f"{self.path} cannot take writes", e) from None
