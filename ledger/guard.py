@@ -7,7 +7,8 @@ taken, so a few hundred half-open connections would shut out ``/health`` and rea
 :func:`guarded_protocol` returns uvicorn's httptools protocol with two additions:
 
 * a header deadline: a connection must complete each request's headers within
-  ``header_timeout`` seconds of its first byte (or of connecting), else it is closed;
+  ``header_timeout`` seconds (checked each second) of its first byte (or of
+  connecting), else it is closed;
 * a connection cap: past ``max_connections``, a new connection evicts the oldest one
   that is not serving a request (still sending headers, or idle between requests); only
   when every connection is busy is the new one closed.
@@ -33,29 +34,33 @@ def _guarded_class() -> Any:
         header_timeout = 10.0
         max_connections = 1024
         evicted = 0  # connections closed to make room (all instances)
+        sweeper: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._busy = False  # headers complete: a request is being served
             self._since = self.loop.time()
-            self._header_timer: asyncio.TimerHandle | None = None
-            self._arm()
+            self._headers_since: float | None = self._since
+            cls = type(self)
+            if cls.sweeper is None:
+                cls.sweeper = self.loop.call_later(1.0, cls.sweep, self.connections,
+                                                   self.loop)
             if len(self.connections) > self.max_connections:
                 self._make_room()
 
-        def _arm(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _expired(self) -> None:
-            self._header_timer = None
-            if not self._busy and not self.transport.is_closing():
-                self.transport.close()
+        @classmethod
+        def sweep(cls, connections: set[Any], loop: asyncio.AbstractEventLoop) -> None:
+            """Once a second: close connections whose headers are overdue (one timer
+            for all, instead of one per request)."""
+            cls.sweeper = None
+            if not connections:
+                return
+            late = loop.time() - cls.header_timeout
+            for c in list(connections):
+                since = getattr(c, "_headers_since", None)
+                if since is not None and since < late and not c.transport.is_closing():
+                    c.transport.close()
+            cls.sweeper = loop.call_later(1.0, cls.sweep, connections, loop)
 
         def _make_room(self) -> None:
             idle = [c for c in self.connections
@@ -67,10 +72,10 @@ def _guarded_class() -> Any:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._arm()
+            self._headers_since = self.loop.time()
 
         def on_headers_complete(self) -> None:
-            self._disarm()
+            self._headers_since = None
             self._busy = True
             super().on_headers_complete()
 
@@ -79,9 +84,6 @@ def _guarded_class() -> Any:
             self._since = self.loop.time()
             super().on_response_complete()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
     return _Guarded
 

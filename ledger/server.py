@@ -260,7 +260,8 @@ class LogServer:
                     raise TooLarge(f"{what} of {int(v)} bytes is over the limit of {limit} "
                                    "bytes")
                 self._reserve(held, int(v))
-        chunks, n = [], 0
+        chunks: list[bytes] = []
+        n = 0
         try:
             async with asyncio.timeout(self.body_timeout):
                 while True:
