@@ -239,10 +239,13 @@ class LogServer:
                 trim_memory()
 
     def _reserve(self, held: list[int], n: int) -> None:
+        """Hold ``n`` bytes of the budget for this body. Bodies under 64 KiB (every
+        ``/add``) are counted but never refused: the connection cap bounds them, and
+        clients holding the budget with large bodies cannot shut out single writes."""
         extra = n - held[0]
         if extra <= 0:
             return
-        if self.buffered + extra > self.max_buffered_bytes:
+        if n >= PARSE_OFF_LOOP and self.buffered + extra > self.max_buffered_bytes:
             raise PushbackError(
                 f"{self.buffered} bytes of request bodies are being received; the server "
                 f"buffers at most {self.max_buffered_bytes}", retry_after=1.0,

@@ -86,6 +86,9 @@ def test_request_bodies_share_a_budget_and_memory_comes_back(tmp_path: Path) -> 
         assert b"bytes of request bodies" in refused[0]
         h = health(srv)
         assert h.status_code == 200 and h.json()["buffered_bytes"] <= 32 * MiB
+        t = Trainer()  # single writes are not shut out by the held budget
+        r = httpx.post(srv.url + "/add", content=t.opened, timeout=10)
+        assert r.status_code == 403, r.text  # (not allow-listed: but read and judged)
         grown = rss(pid) - base
         assert grown < 90 * MiB, f"RSS grew {grown / MiB:.0f} MiB with 32 MiB budgeted"
         for s, _ in held:
