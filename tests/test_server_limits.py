@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -234,14 +235,19 @@ def test_entries_pages_are_capped_in_bytes(tmp_path: Path) -> None:
     "/proof/inclusion?index=" + "1" * 5000 + "&size=1",
     "/runs/" + "a" * 5000,
 ])
-def test_malformed_paths_get_400(tmp_path: Path, path: str) -> None:
-    with LogServer(tmp_path) as srv:
-        t0 = time.monotonic()
-        r = httpx.get(srv.url + path, timeout=10)
-        assert r.status_code == 400, (r.status_code, r.text[:300])
-        assert r.json()["error"] in ("malformed", "bad_request") and len(r.content) < 2000
-        assert time.monotonic() - t0 < 2
-        assert "Traceback" not in srv.stderr() and "internal error" not in srv.stderr()
+def test_malformed_paths_get_400(shared: LogServer, path: str) -> None:
+    t0 = time.monotonic()
+    r = httpx.get(shared.url + path, timeout=10)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert r.json()["error"] in ("malformed", "bad_request") and len(r.content) < 2000
+    assert time.monotonic() - t0 < 2
+    assert "Traceback" not in shared.stderr() and "internal error" not in shared.stderr()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogServer]:
+    with LogServer(tmp_path_factory.mktemp("shared")) as srv:
+        yield srv
 
 
 def test_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
