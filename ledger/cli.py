@@ -119,7 +119,10 @@ def keygen(name: str, out: str, force: bool) -> None:
 def _open(db: str, key: str | None = None) -> Any:
     from .log import Log
 
-    return Log.open(db, read_signer(key) if key else None)
+    log = Log.open(db, read_signer(key) if key else None)
+    # close (and release the writer lock) when the command ends, also in-process
+    click.get_current_context().call_on_close(log.store.close)
+    return log
 
 
 @ledger.command()
@@ -131,6 +134,7 @@ def init(db: str, key: str) -> None:
     from .log import Log
 
     log = Log.create(db, read_signer(key))
+    log.store.close()
     click.echo(str(log.checkpoint()), nl=False)
 
 
@@ -371,6 +375,15 @@ def export(db: str, out: str) -> None:
               help="Statements allowed to wait; past it writes get 503 with Retry-After.")
 @click.option("--max-request-bytes", default=16 << 20, show_default=True,
               help="Largest request body accepted (add-batch); larger gets 413.")
+@click.option("--max-buffered-bytes", default=64 << 20, show_default=True,
+              help="Request bodies being received or parsed, all requests together; past "
+                   "it, writes are answered 503 with Retry-After.")
+@click.option("--body-timeout", default=30.0, show_default=True,
+              help="Seconds a request body may take to arrive (then 408).")
+@click.option("--header-timeout", default=10.0, show_default=True,
+              help="Seconds a connection may take to send a request's headers.")
+@click.option("--max-connections", default=1024, show_default=True,
+              help="Open connections; past it the oldest idle or half-open one is closed.")
 @click.option("--open-registration", is_flag=True,
               help="Accept statements from any signer, not only allow-listed ones.")
 @click.option("--timestamps", is_flag=True,
@@ -386,7 +399,9 @@ def export(db: str, out: str) -> None:
               help="Answer writes only once a witnessed checkpoint covers them (default: "
                    "answer after durability and integration).")
 def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
-          max_pending: int, max_request_bytes: int, open_registration: bool, timestamps: bool,
+          max_pending: int, max_request_bytes: int, max_buffered_bytes: int,
+          body_timeout: float, header_timeout: float, max_connections: int,
+          open_registration: bool, timestamps: bool,
           log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
           wait_for_witnesses: bool) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
@@ -409,7 +424,9 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
     run_server(db, signer, host=host, port=port, timestamps=timestamps, log_level=log_level,
                on_ready=ready, open_registration=open_registration, flush_ms=flush_ms,
                max_batch=max_batch, max_pending=max_pending,
-               max_request_bytes=max_request_bytes, witnesses=witness,
+               max_request_bytes=max_request_bytes, max_buffered_bytes=max_buffered_bytes,
+               body_timeout=body_timeout, header_timeout=header_timeout,
+               max_connections=max_connections, witnesses=witness,
                witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses)
 
 

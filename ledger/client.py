@@ -52,6 +52,20 @@ from .peer import MAX_BUNDLE, MAX_CHECKPOINT, MAX_ENTRY, MAX_JSON, MAX_PROOF, Pe
 from .tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, TileHashReader, decode_bundle
 
 
+def _raise_storage_failure(url: str, r: Response) -> None:
+    """Raise LogStorageFailing if a 503 says the log's storage is failing."""
+    try:
+        body = r.json()
+    except MalformedError:
+        return
+    if isinstance(body, dict) and body.get("error") == "storage":
+        raise LogStorageFailing(
+            f"log {url} cannot store writes: {str(body.get('detail', ''))[:500]}",
+            hint="the log operator must fix its storage (free disk space, permissions, the "
+                 "device); the log resumes by itself and spooled statements are resent, "
+                 "nothing acknowledged is lost")
+
+
 class LogRejected(PotdError):
     """The log refused a request (4xx other than 429). ``status``/``code``/``detail``."""
 
@@ -75,6 +89,14 @@ class LogUnavailable(PushbackError):
     """The log could not be reached or kept pushing back past the retry budget."""
 
     code = "unavailable"
+
+
+class LogStorageFailing(LogUnavailable):
+    """The log answered 503 ``storage``: it cannot store writes (disk full, read-only
+    database, I/O error). Raised at once, not retried: the cause needs its operator;
+    the log takes writes again by itself once the cause is gone, so resend later."""
+
+    code = "log_storage_failing"
 
 
 @dataclass(frozen=True)
@@ -232,6 +254,8 @@ class LogClient:
                         pass
                     raise LogRejected(r.status, code, detail)
                 last = f"HTTP {r.status}"
+                if r.status == 503:
+                    _raise_storage_failure(self.url, r)
                 ra = r.header("Retry-After")
                 if ra.replace(".", "", 1).isdigit():
                     delay = max(delay, float(ra))

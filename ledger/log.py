@@ -115,12 +115,19 @@ class Log:
 
     @classmethod
     def create(cls, path: str, signer: Signer, **kw: bool) -> Log:
-        store = SQLiteStore(path, create=(signer.name, str(signer.verifier)))
+        store = SQLiteStore(path, create=(signer.name, str(signer.verifier)), writer_lock=True)
         return cls(store, signer, **kw)
 
     @classmethod
     def open(cls, path: str, signer: Signer | None = None, **kw: bool) -> Log:
-        return cls(SQLiteStore(path), signer, **kw)
+        """Open the log at ``path``; with ``signer`` for writing, which takes the file's
+        writer lock (one writer per log, see :class:`~ledger.store.SQLiteStore`)."""
+        store = SQLiteStore(path, writer_lock=signer is not None)
+        try:
+            return cls(store, signer, **kw)
+        except BaseException:
+            store.close()
+            raise
 
     @property
     def origin(self) -> str:
@@ -233,10 +240,15 @@ class Log:
             return []
         return prove_tree(size2, size1, self.store)
 
-    def entries(self, start: int, end: int) -> list[bytes]:
+    def entries(self, start: int, end: int, max_bytes: int | None = None) -> list[bytes]:
+        """Entries [start, end); with ``max_bytes``, a prefix of them (at least one) whose
+        total size stays within it, if the store can read so (else all of them)."""
         current = self._checkpoint.size
         if not 0 <= start <= end <= current:
             raise UsageError(f"entries [{start}, {end}) are outside the log of size {current}")
+        capped = getattr(self.store, "read_entries_capped", None)
+        if max_bytes is not None and capped is not None:
+            return list(capped(start, end, max_bytes))
         return self.store.read_entries(start, end)
 
     def tile(self, tile: Tile) -> bytes:

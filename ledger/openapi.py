@@ -98,7 +98,8 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
                               "400": _err("bad parameters or sizes")},
             }},
             "/entries": {"get": {
-                "summary": "Raw entries [start, end), base64, at most one page",
+                "summary": "Raw entries [start, end), base64, at most one page (1,000 "
+                           "entries or 1 MiB of entry bytes; `end` says where it stopped)",
                 "parameters": [_q("start", "first index", True),
                                _q("end", "end index, exclusive (default and cap: one page)")],
                 "responses": {"200": _ok("Entries"), "400": _err("bad range")},
@@ -123,7 +124,9 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
             }},
             "/health": {"get": {
                 "summary": "Liveness, the current tree size, sequencing and witnessing state",
-                "responses": {"200": _ok("Health")},
+                "responses": {"200": _ok("Health"),
+                              "503": _ok("Health", "storage failing: status "
+                                         "storage_failed, with detail and hint")},
             }},
         },
         "components": {"schemas": {
@@ -157,13 +160,18 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
                                  "properties": {"from": _UINT, "to": _UINT,
                                                 "hashes": {"type": "array", "items": _B64}}},
             "Entries": {"type": "object", "required": ["start", "entries"],
-                        "properties": {"start": _UINT,
+                        "properties": {"start": _UINT, "end": _UINT,
                                        "entries": {"type": "array", "items": _B64}}},
             "Run": {"type": "object", "required": ["run", "indexes"],
                     "properties": {"run": _HEX64, "indexes": {"type": "array", "items": _UINT}}},
             "Health": {"type": "object", "required": ["status", "origin", "size"],
                        "properties": {
-                           "status": {"const": "ok"}, "origin": {"type": "string"},
+                           "status": {"enum": ["ok", "storage_failed"]},
+                           "origin": {"type": "string"},
+                           "buffered_bytes": {**_UINT, "description": "request bodies "
+                                              "being received or parsed"},
+                           "error": {"type": "string"}, "detail": {"type": "string"},
+                           "hint": {"type": "string"},
                            "size": _UINT,
                            "pending": {**_UINT, "description": "statements waiting"},
                            "flushes": _UINT, "flushed": _UINT,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -123,6 +124,9 @@ class Sequencer:
         self.flush_seconds = 0.0  # time spent in flushes (the worker thread)
         # called on the event loop with the tree size after each flush (the witnessing)
         self.on_flush: Callable[[int], None] | None = None
+        # the storage failure of the last commit, until a commit (or a probe) succeeds
+        self.storage_error: StorageError | None = None
+        self.probe_s = 1.0  # while failing and idle: probe the storage this often
 
     @property
     def pending(self) -> int:
@@ -173,7 +177,14 @@ class Sequencer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            if self.storage_error is None:
+                await self._wake.wait()
+            else:  # failing: probe now and then, so /health turns ok by itself
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.probe_s)
+                except TimeoutError:
+                    await loop.run_in_executor(self._executor, self._probe)
+                    continue
             self._wake.clear()
             if not self._pool:
                 if self._closing:
@@ -261,8 +272,11 @@ class Sequencer:
         try:
             appended = self.log.append(entries, run_rows=rows)
         except StorageError as e:
+            self._failed(e)
             self._recover()
             return [s.error if s.error is not None else e for s in subs]
+        if self.storage_error is not None:
+            self._recovered()
         for run, state in flush_states.items():
             self._remember(run, state)
         self.flushes += 1
@@ -372,6 +386,31 @@ class Sequencer:
         self._runs.move_to_end(run)
         while len(self._runs) > self._run_cache:
             self._runs.popitem(last=False)
+
+    def _failed(self, e: StorageError) -> None:
+        if self.storage_error is None or self.storage_error.message != e.message:
+            print(f"potd ledger serve: storage failure, writes answered 503: {e.message}",
+                  file=sys.stderr, flush=True)
+        self.storage_error = e
+
+    def _recovered(self) -> None:
+        print("potd ledger serve: storage recovered, writes accepted again",
+              file=sys.stderr, flush=True)
+        self.storage_error = None
+
+    def _probe(self) -> None:
+        """(Flush thread, while failing and idle) try a small write; clear the failure if
+        it commits, then reload the tree (nothing of a failed commit was kept)."""
+        probe = getattr(self.log.store, "probe_write", None)
+        if probe is None:
+            return
+        try:
+            probe()
+        except StorageError as e:
+            self._failed(e)
+            return
+        self._recover()
+        self._recovered()
 
     def _recover(self) -> None:
         """After a failed commit: reload the tree and forget cached run states."""

@@ -36,8 +36,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -55,6 +55,7 @@ from .errors import (
     StorageError,
     UsageError,
 )
+from .guard import guarded_protocol, raise_fd_limit, trim_memory
 from .log import Log
 from .netutil import listen
 from .note import Signer, b64encode
@@ -76,6 +77,11 @@ class TooLarge(PotdError):
     hint = "entries are at most 65535 bytes; split large batches into smaller requests"
 
 
+class RequestTimeout(PotdError):
+    code = "request_timeout"
+    hint = "send the whole request body promptly (the server gives each body a deadline)"
+
+
 class NotFound(PotdError):
     code = "not_found"
     hint = "check the path and parameters against the current tree size"
@@ -85,9 +91,9 @@ def status_of(e: PotdError) -> int:
     """The HTTP status docs/protocol.md §2.5 gives an error."""
     if isinstance(e, Rejected):
         return e.status
-    for cls, status in ((TooLarge, 413), (NotFound, 404), (SignatureError, 401),
-                        (MalformedError, 400), (UsageError, 400), (PushbackError, 503),
-                        (StorageError, 503)):
+    for cls, status in ((TooLarge, 413), (NotFound, 404), (RequestTimeout, 408),
+                        (SignatureError, 401), (MalformedError, 400), (UsageError, 400),
+                        (PushbackError, 503), (StorageError, 503)):
         if isinstance(e, cls):
             return status
     return 500
@@ -153,6 +159,7 @@ def _uint(request: Request, name: str, default: int | None = None) -> int:
 
 
 VERIFY_CHUNK = 64  # statements per verify task (smaller batches: one task)
+PARSE_OFF_LOOP = 64 << 10  # bodies at least this large are parsed on a worker thread
 
 
 class LogServer:
@@ -160,7 +167,9 @@ class LogServer:
 
     def __init__(self, log: Log, *, open_registration: bool = False, flush_ms: float = 50.0,
                  max_batch: int = 10_000, max_pending: int = 50_000,
-                 max_request_bytes: int = 16 << 20, entries_page: int = 1000,
+                 max_request_bytes: int = 16 << 20, max_buffered_bytes: int = 64 << 20,
+                 body_timeout: float = 30.0, entries_page: int = 1000,
+                 entries_bytes: int = 1 << 20,
                  witnesses: Sequence[str] = (), witness_quorum: int | None = None,
                  wait_for_witnesses: bool = False, witness_timeout: float = 20.0) -> None:
         store: Any = log.store
@@ -169,8 +178,13 @@ class LogServer:
         self.sequencer = Sequencer(log, open_registration=open_registration, flush_ms=flush_ms,
                                    max_batch=max_batch, max_pending=max_pending)
         self.max_request_bytes = max_request_bytes
+        # all request bodies being received or parsed share this budget: past it, 503
+        self.max_buffered_bytes = max(max_buffered_bytes, max_request_bytes)
+        self.buffered = 0
+        self.body_timeout = body_timeout
         self.max_batch = max_batch
         self.entries_page = entries_page
+        self.entries_bytes = entries_bytes
         # Ed25519 verification of batches: libsodium releases the GIL, so these threads
         # verify on every core while the event loop goes on parsing other requests
         self._verify_workers = max(2, os.cpu_count() or 2)
@@ -211,26 +225,64 @@ class LogServer:
                 return await self.add_batch(scope, receive, send)
         await self.starlette(scope, receive, send)
 
-    async def _body(self, scope: Scope, receive: Receive, limit: int, what: str) -> bytes:
+    @contextmanager
+    def _buffering(self) -> Iterator[list[int]]:
+        """Account a request's body against the global budget for the request's life
+        (receiving and parsing); on exit the bytes are released and, after a large
+        body, the allocator hands freed memory back to the system."""
+        held = [0]
+        try:
+            yield held
+        finally:
+            self.buffered -= held[0]
+            if held[0] >= PARSE_OFF_LOOP:
+                trim_memory()
+
+    def _reserve(self, held: list[int], n: int) -> None:
+        """Hold ``n`` bytes of the budget for this body. Bodies under 64 KiB (every
+        ``/add``) are counted but never refused: the connection cap bounds them, and
+        clients holding the budget with large bodies cannot shut out single writes."""
+        extra = n - held[0]
+        if extra <= 0:
+            return
+        if n >= PARSE_OFF_LOOP and self.buffered + extra > self.max_buffered_bytes:
+            raise PushbackError(
+                f"{self.buffered} bytes of request bodies are being received; the server "
+                f"buffers at most {self.max_buffered_bytes}", retry_after=1.0,
+                hint="retry in a moment; large batches go through one at a time")
+        self.buffered += extra
+        held[0] = n
+
+    async def _body(self, scope: Scope, receive: Receive, limit: int, what: str,
+                    held: list[int]) -> bytes:
         for k, v in scope["headers"]:
             if k == b"content-length":
-                if not v.isdigit():
+                if not v.isdigit() or len(v) > 18:
                     raise MalformedError("invalid Content-Length header")
                 if int(v) > limit:
                     raise TooLarge(f"{what} of {int(v)} bytes is over the limit of {limit} "
                                    "bytes")
-        chunks, n = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                raise MalformedError("the client went away before sending its request body")
-            chunk = msg.get("body", b"")
-            n += len(chunk)
-            if n > limit:
-                raise TooLarge(f"{what} is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                return b"".join(chunks)
+                self._reserve(held, int(v))
+        chunks: list[bytes] = []
+        n = 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    msg = await receive()
+                    if msg["type"] != "http.request":
+                        raise MalformedError("the client went away before sending its "
+                                             "request body")
+                    chunk = msg.get("body", b"")
+                    n += len(chunk)
+                    if n > limit:
+                        raise TooLarge(f"{what} is over the limit of {limit} bytes")
+                    self._reserve(held, n)
+                    chunks.append(chunk)
+                    if not msg.get("more_body", False):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            raise RequestTimeout(f"the {what} did not arrive within {self.body_timeout:g} s "
+                                 f"({n} bytes received)") from None
 
     async def _reply(self, send: Send, status: int, body: bytes,
                      headers: dict[str, str] | None = None) -> None:
@@ -262,9 +314,10 @@ class LogServer:
 
     async def _add(self, scope: Scope, receive: Receive) -> bytes:
         seq = self.sequencer
-        with seq.arriving():
+        with seq.arriving(), self._buffering() as held:
             body = await self._body(scope, receive,
-                                    min(MAX_ENTRY_SIZE, self.max_request_bytes), "statement")
+                                    min(MAX_ENTRY_SIZE, self.max_request_bytes), "statement",
+                                    held)
             st = parse_statement(body)
             verify_signatures([st], False)
         return await self._witnessed(await seq.submit([st], batch=False, verified=True))
@@ -290,9 +343,14 @@ class LogServer:
 
     async def _add_batch(self, scope: Scope, receive: Receive) -> bytes:
         seq = self.sequencer
-        with seq.arriving():
-            body = await self._body(scope, receive, self.max_request_bytes, "batch")
-            sts = parse_statement_array(body)
+        with seq.arriving(), self._buffering() as held:
+            body = await self._body(scope, receive, self.max_request_bytes, "batch", held)
+            if len(body) >= PARSE_OFF_LOOP:  # keep the event loop answering meanwhile
+                sts = await asyncio.get_running_loop().run_in_executor(
+                    self._verify_pool, parse_statement_array, body)
+            else:
+                sts = parse_statement_array(body)
+            del body
             if len(sts) > self.max_batch:
                 raise TooLarge(f"batch of {len(sts)} statements; this log takes at most "
                                f"{self.max_batch} per request",
@@ -334,6 +392,9 @@ class LogServer:
 
     async def tile(self, request: Request) -> Response:
         path = "tile/" + request.path_params["path"]
+        if len(path) > 200:  # the longest canonical path is about 60 bytes
+            raise MalformedError(f"tile path of {len(path)} bytes is too long",
+                                 hint="expected tile/<L>/<N>[.p/<W>]")
         tile = parse_path(path)
         try:
             if tile.level == ENTRIES_LEVEL and not tile.full:
@@ -395,8 +456,9 @@ class LogServer:
             raise UsageError(f"need start <= end <= {size} (the current size); got {start}, "
                              f"{end}")
         end = min(end, start + self.entries_page)
-        data = await asyncio.to_thread(log.entries, start, end)
-        return _json({"start": start, "entries": [b64encode(e) for e in data]})
+        data = await asyncio.to_thread(log.entries, start, end, self.entries_bytes)
+        return _json({"start": start, "end": start + len(data),
+                      "entries": [b64encode(e) for e in data]})
 
     async def run(self, request: Request) -> Response:
         run = request.path_params["run"]
@@ -410,13 +472,22 @@ class LogServer:
         return _json({"run": run, "indexes": indexes})
 
     async def health(self, request: Request) -> Response:
+        """200 ``"ok"``, or 503 ``"storage_failed"`` with the cause while the last commit
+        failed (until a commit or the sequencer's storage probe succeeds)."""
         seq = self.sequencer
         body: dict[str, Any] = {
             "status": "ok", "origin": self.log.origin, "size": self.log.size,
             "pending": seq.pending, "flushes": seq.flushes, "flushed": seq.flushed,
-            "flush_seconds": round(seq.flush_seconds, 3)}
+            "flush_seconds": round(seq.flush_seconds, 3), "buffered_bytes": self.buffered}
         if self.publisher is not None:
             body["witnessing"] = self.publisher.stats()
+        err = seq.storage_error
+        if err is not None:
+            body.update(status="storage_failed", error=err.code, detail=err.message,
+                        hint=err.hint)
+            return Response(json.dumps(body, separators=(",", ":")), status_code=503,
+                            media_type=JSON_TYPE,
+                            headers={"Cache-Control": NO_CACHE, "Retry-After": "1"})
         return _json(body)
 
     async def openapi_json(self, request: Request) -> Response:
@@ -490,14 +561,19 @@ def create_app(log: Log, **options: Any) -> LogServer:
 
 def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 8080,
           timestamps: bool = False, log_level: str = "warning",
-          on_ready: Callable[[str, int], None] | None = None, **options: Any) -> None:
+          on_ready: Callable[[str, int], None] | None = None, header_timeout: float = 10.0,
+          max_connections: int = 1024, **options: Any) -> None:
     """Open the log at ``db`` with its private key and serve it until SIGINT/SIGTERM."""
     import uvicorn
 
     signer = key if isinstance(key, Signer) else Signer.parse(key)
-    store = SQLiteStore(db, read_connection=True)
-    log = Log(store, signer, timestamps=timestamps)
-    app = create_app(log, **options)
+    store = SQLiteStore(db, read_connection=True, writer_lock=True)
+    try:
+        log = Log(store, signer, timestamps=timestamps)
+        app = create_app(log, **options)
+    except BaseException:
+        store.close()
+        raise
     try:
         sock = listen(host, port)
     except UsageError:
@@ -509,8 +585,13 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    # slowloris and connection floods: a header deadline and a connection cap that stays
+    # under the open-file limit (ledger.guard); idle keep-alive connections close after 5 s
+    fds = raise_fd_limit()
+    protocol = guarded_protocol(header_timeout, max(16, min(max_connections, fds - 64)))
     config = uvicorn.Config(app, log_level=log_level, access_log=False, workers=1,
-                            timeout_graceful_shutdown=30, backlog=2048, lifespan="on")
+                            timeout_graceful_shutdown=30, backlog=2048, lifespan="on",
+                            http=protocol, timeout_keep_alive=5)
     server = uvicorn.Server(config)
     if on_ready is not None:
         orig = server.startup

@@ -39,6 +39,7 @@ from typing import Protocol
 
 import sqlite_utils
 
+from .dbfile import lock_writer, rollback, storage_failure
 from .errors import StorageError, UsageError
 from .merkle import HASH_SIZE, split_stored_hash_index
 from .tiles import encode_bundle
@@ -119,7 +120,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, create: tuple[str, str] | None = None,
                  cache_blocks: int = 4096, synchronous: str = "FULL",
-                 read_connection: bool = False) -> None:
+                 read_connection: bool = False, writer_lock: bool = False) -> None:
         self.path = os.fspath(path)
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if create is None and not exists:
@@ -128,6 +129,9 @@ class SQLiteStore:
         if create is not None and exists:
             raise StorageError(f"{self.path} already exists; refusing to overwrite a log",
                                hint="choose a new file name, or open the existing log")
+        self._lock_fd: int | None = None
+        if writer_lock:
+            self._lock_fd = lock_writer(self.path, create is not None)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
@@ -139,8 +143,10 @@ class SQLiteStore:
                 self._create(*create)
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
+            self._unlock()
             raise StorageError(f"cannot open log database {self.path}: {e}") from None
         if int(meta.get("schema", 0)) != SCHEMA_VERSION:
+            self._unlock()
             raise StorageError(f"{self.path} has schema {meta.get('schema')}, this potd needs "
                                f"{SCHEMA_VERSION}")
         self.conn = conn
@@ -162,6 +168,7 @@ class SQLiteStore:
                 self._rconn.execute("PRAGMA query_only=1")
                 _tune_reads(self._rconn)
             except sqlite3.DatabaseError as e:
+                self._unlock()
                 raise StorageError(f"cannot open a reader on {self.path}: {e}") from None
         self._indexing = self._has_table("leaves")
         self._preload()
@@ -340,6 +347,22 @@ class SQLiteStore:
             raise UsageError(f"entries {start}..{end} are not all in the log")
         return [r[1] for r in rows]
 
+    def read_entries_capped(self, start: int, end: int, max_bytes: int) -> list[bytes]:
+        """Entries from ``start`` on, stopping before ``end`` or before their total size
+        passes ``max_bytes`` (at least one entry): a page that is bounded in memory."""
+        out: list[bytes] = []
+        total = 0
+        with self._reading() as conn:
+            for (data,) in conn.execute("SELECT data FROM entries WHERE idx >= ? AND idx < ? "
+                                        "ORDER BY idx", (start, end)):
+                if out and total + len(data) > max_bytes:
+                    break
+                out.append(data)
+                total += len(data)
+        if len(out) < min(end - start, 1):
+            raise UsageError(f"entries {start}..{end} are not all in the log")
+        return out
+
     def latest_checkpoint(self) -> str | None:
         with self._reading() as conn:
             row = conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
@@ -402,13 +425,32 @@ class SQLiteStore:
                     self._note_written(writes)
                     self._bundle_tail = tail
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    rollback(conn)  # SQLite may have rolled back already (disk full)
                     raise
             except sqlite3.Error as e:
-                raise StorageError(f"append to {self.path} failed and was rolled back: {e}"
-                                   ) from None
+                raise storage_failure(f"append to {self.path} failed and was rolled back", e
+                                      ) from None
             finally:
                 self._writer = None
+
+    def probe_write(self, size: int = 256 << 10) -> None:
+        """Commit (then delete) a ``size``-byte scratch row: raises StorageError with the
+        cause while the database cannot take writes (disk full, read-only, I/O error)."""
+        conn = self.conn
+        with self._lock:
+            try:
+                for sql, args in (("INSERT OR REPLACE INTO meta (key, value) VALUES "
+                                   "('probe', zeroblob(?))", (size,)),
+                                  ("DELETE FROM meta WHERE key='probe'", ())):
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.execute(sql, args)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        rollback(conn)
+                        raise
+            except sqlite3.Error as e:
+                raise storage_failure(f"{self.path} cannot take writes", e) from None
 
     def _bundles(self, old_size: int, entries: Sequence[bytes]
                  ) -> tuple[list[bytes], list[tuple[int, bytes]]]:
@@ -473,6 +515,12 @@ class SQLiteStore:
         if self._rconn is not None:
             with self._rlock:
                 self._rconn.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # -- server indexes: leaf hashes, runs, allowed signers ---------------------------
 

@@ -85,6 +85,9 @@ def _parse_index_width(rest: str, height: int, path: str) -> tuple[int, int]:
     if not m:
         raise MalformedError(f"malformed tile path {path!r}",
                              hint="expected N as 3-digit groups, e.g. x001/x234/067[.p/W]")
+    if len(m.group(1)) > 5 * 6:  # N < 2**64 has at most 20 digits: 7 groups
+        raise MalformedError(f"tile index in {path[:60]!r}... has too many x000 groups",
+                             hint="a tile index has at most 7 three-digit groups")
     groups = [g[1:4] for g in m.group(1).split("/") if g] + [m.group(2)]
     n = int("".join(groups))
     width = 1 << height

@@ -525,7 +525,7 @@ def split_view(b: Bench) -> dict[str, Any]:
         policy = {"witnesses": [w.key.verifier], "quorum": 1}
         rep_a = b.audit(run, ev, **policy)
         forked_db = b.rebuild(entries + [b"operator note: B"], "forked.db")
-        forked = Log.open(forked_db, b.log_key).checkpoint()
+        forked = Log.open(forked_db).checkpoint()  # read-only: the fork server writes
         try:
             request_cosignature(w.url, honest.size, [], forked.to_bytes())
             refused = None

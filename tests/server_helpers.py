@@ -48,6 +48,7 @@ class LogServer:
             self.signer = Signer.parse(self.keyfile.read_text())
         self.vkey: Verifier = self.signer.verifier
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Any = None  # run in the server process before it starts
         self.port = 0
         self.restarts = 0
 
@@ -62,7 +63,8 @@ class LogServer:
         with open(errpath, "wb") as err:
             self.proc = subprocess.Popen(
                 [*POTD, "ledger", "serve", "--db", str(self.db), "--key", str(self.keyfile),
-                 "--port", "0", *self.args], stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+                 "--port", "0", *self.args], stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
+                preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", errpath.read_text())

@@ -165,11 +165,18 @@ def test_write_landed_but_reported_failure_is_detected(tmp_path: Path, signer: S
 def test_two_sequencers_cannot_interleave(tmp_path: Path, signer: Signer) -> None:
     path = str(tmp_path / "log.db")
     a = Log.create(path, signer)
-    b = Log.open(path, signer)
+    # a second writer is refused at open (the file's writer lock) ...
+    with pytest.raises(StorageError, match="already open for writing") as e:
+        Log.open(path, signer)
+    assert "one writer per log" in e.value.hint
+    # ... and one that bypasses the lock still cannot interleave (the size check)
+    b = Log(SQLiteStore(path), signer)
     a.append([b"from a"])
     with pytest.raises(StorageError, match="another process"):
         b.append([b"from b"])
     assert Log.open(path).size == 1
+    a.store.close()
+    Log.open(path, signer).store.close()  # the lock goes with its store
 
 
 def test_tampered_database_refused_at_open(tmp_path: Path, signer: Signer) -> None:
@@ -234,3 +241,30 @@ def test_full_entry_bundles_are_stored_once_across_batches_and_reopens(
         assert log.tile(Tile(ENTRIES_LEVEL, n)) == stored
     assert store.read_bundle(3) is None  # 1000 = 3 * 256 + 232: the fourth is partial
     assert decode_bundle(log.tile(Tile(ENTRIES_LEVEL, 3, 232))) == es[768:1000]
+
+
+def test_full_database_reports_its_cause_and_recovers(tmp_path: Path, signer: Signer) -> None:
+    """SQLITE_FULL (here from a page limit, as from a full disk) is reported by its cause,
+    not as a failed rollback; nothing of the failed append is kept, and appends resume
+    once there is room."""
+    path = str(tmp_path / "log.db")
+    log = Log.create(path, signer)
+    log.append(entries(0, 10))
+    store = log.store
+    assert isinstance(store, SQLiteStore)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(StorageError) as e:
+        log.append([b"x" * 60_000] * 20)
+    assert "SQLITE_FULL" in e.value.message and "full" in e.value.message
+    assert "cannot rollback" not in e.value.message
+    assert "free disk space" in e.value.hint
+    with pytest.raises(StorageError, match="cannot take writes.*SQLITE_FULL"):
+        store.probe_write()
+    assert log.size == 10 and store.size() == 10
+    store.conn.execute("PRAGMA max_page_count=1073741823")
+    store.probe_write()
+    log.append([b"after"])
+    log.store.close()
+    again = Log.open(path)
+    assert again.size == 11 and again.entries(10, 11) == [b"after"]
