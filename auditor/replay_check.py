@@ -623,9 +623,17 @@ class ReplayCheck:
                     "method. Weak with momentum or very small models."}
         summary = (f"combined z = {combined:.2f} over {len(rows)} segments "
                    f"({flagged} without a learning signal on their own data)")
+        replayed = any(c["name"] == "replay" and c["status"] == "pass" for c in a.checks)
         if combined < MEMORIZATION_THRESHOLD:
-            a.check("memorization", "fail", "no learning signal: the committed batches were "
-                    "not learned more than held-out data; " + summary, combined_z=combined)
+            # a statistical signal, not evidence of a false claim: where replay reproduced
+            # the sampled segments it only warns (honest runs of small models, strong
+            # momentum or few segments score low now and then); without a passing replay
+            # it is the one signal left and fails
+            a.check("memorization", "warn" if replayed else "fail", "no clear learning "
+                    "signal: the committed batches were not learned more than held-out data; "
+                    + summary + ("; replay reproduced the sampled segments, so this is a "
+                                 "warning, not evidence of a false claim" if replayed else ""),
+                    combined_z=combined)
         else:
             a.check("memorization", "pass", "segments learned their own data more than "
                     "held-out data; " + summary, combined_z=combined)
