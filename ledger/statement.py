@@ -473,6 +473,9 @@ def _from_json(obj: JSON, data: bytes) -> Statement:
     sig_s = obj["sig"]
     assert isinstance(sig_s, str)
     sig = b64decode(sig_s, "statement 'sig'")
+    if b64encode(sig) != sig_s:  # set padding bits: a second spelling of one statement
+        raise MalformedError("statement 'sig' is not canonical base64 (unused bits set)",
+                             hint="encode the 64 signature bytes with standard base64")
     body = obj["body"]
     assert isinstance(body, dict)
     return Statement(kind=str(obj["kind"]), run=str(obj["run"]), seq=int(str(obj["seq"])),

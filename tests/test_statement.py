@@ -287,3 +287,30 @@ def test_statement_arrays() -> None:
     with pytest.raises(NonCanonicalError, match="statement #1") as e:
         parse_statement_array(b"[" + o + b"," + spaced + b"]")
     assert getattr(e.value, "statement") == 1  # noqa: B009
+
+
+def test_a_signature_spelled_with_set_padding_bits_is_refused() -> None:
+    """The last base64 character of a 64-byte signature carries 2 unused bits: setting
+    them gives the same bytes under another spelling — two log entries for one statement
+    (found by hypothesis flipping bit 1 of the last signature character)."""
+    import base64
+    import json
+
+    from ledger.note import Signer
+    from ledger.statement import build_statement, parse_statement
+
+    key = Signer.generate("trainer.example/alice")
+    data = build_statement("run.open", None, 0, {"seed_commitment": "ab" * 32,
+                                                 "dataset": {"root": "cd" * 32, "size": 3}}, key)
+    obj = json.loads(data)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    # 64 bytes -> 88 characters ending "X==": X carries 2 bits of the last byte and 4
+    # unused bits; set the lowest unused one
+    assert len(obj["sig"]) == 88 and obj["sig"].endswith("==")
+    twin = alphabet[alphabet.index(obj["sig"][-3]) | 1]
+    obj["sig"] = obj["sig"][:-3] + twin + "=="
+    forged = data.replace(json.loads(data)["sig"].encode(), obj["sig"].encode())
+    assert forged != data and base64.b64decode(obj["sig"]) == base64.b64decode(
+        json.loads(data)["sig"])  # the same signature bytes
+    with pytest.raises(MalformedError, match="canonical"):
+        parse_statement(forged)
