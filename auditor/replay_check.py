@@ -8,6 +8,7 @@ log's own signature (beacon) and evidence files checked against the log's hashes
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,23 @@ from .runs import RunView
 
 if TYPE_CHECKING:
     from .audit import Audit
+
+# environment fields that must be equal for exact (bit-for-bit) replay; any other field
+# both records carry must be equal too
+ENV_KEYS = ("torch", "device", "threads")
+
+
+def same_environment(run: dict[str, Any], mine: dict[str, Any]) -> bool:
+    """The run's recorded environment is the auditor's: the fields of :data:`ENV_KEYS`
+    present and equal, and every other field both record equal."""
+    return all(k in run and run[k] == mine.get(k) for k in ENV_KEYS) and all(
+        run[k] == mine[k] for k in set(run) & set(mine))
+
+
+def _threads(v: Any) -> int | None:
+    """A recorded thread count worth calibrating with (an int 1..256), else None."""
+    return v if type(v) is int and 1 <= v <= 256 else None
+
 
 # Stouffer-combined z below which the memorization test fails (see README: measured
 # honest runs of digits-mlp give combined z of about 3 to 6 over 8 segments).
@@ -86,8 +104,12 @@ class ReplayCheck:
         self._init(recipe, seed)
         ckpts = self._evidence(chain, recipe)
         if ckpts is None:
-            a.check("replay", "fail", "the evidence does not match the log; nothing can be "
-                    "replayed from it")
+            if a.checks[-1]["name"] == "evidence" and a.checks[-1]["status"] == "inconclusive":
+                a.check("replay", "inconclusive", "no evidence to replay from (see the "
+                        "evidence check)")
+            else:
+                a.check("replay", "fail", "the evidence does not match the log; nothing can "
+                        "be replayed from it")
             raise _Stop
         self._replay(recipe, seed, ckpts)
 
@@ -186,6 +208,10 @@ class ReplayCheck:
                 proof = a.client.consistency_proof(bcp, self.cp)
                 check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
             except PotdError as e:
+                from .audit import unreachable
+
+                if unreachable(e):
+                    raise  # the log, not the trainer: the audit is inconclusive
                 a.check("seed", "fail", f"beacon checkpoint rejected: {e.message}")
                 return None
             ev = {"mode": "log", "trust": trust("log")}
@@ -364,9 +390,23 @@ class ReplayCheck:
             if "checkpoint" in st.body:
                 ckpts.append({"step": st.body["step"], **c} if isinstance(c, dict) else c)
         try:
-            manifest, mhash = src.manifest()
+            missing = self._no_manifest(src)
+            manifest, mhash = src.manifest() if missing is None else ({}, "")
         except EvidenceError as e:
-            a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+            missing = self._no_manifest(src, e)
+            if missing is None:
+                a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+                return None
+        if missing is not None:
+            a.check("evidence", "inconclusive", missing, location=a.opts.evidence,
+                    hint="give --evidence the directory or URL the trainer published this "
+                         "run's evidence at")
+            return None
+        if manifest.get("run") != self.view.run and mhash != self.close.body.get("manifest"):
+            a.check("evidence", "inconclusive", f"the evidence at {a.opts.evidence} is run "
+                    f"{str(manifest.get('run'))[:64]}'s, not run {self.view.run}'s: nothing "
+                    "of this run to check there", location=a.opts.evidence,
+                    hint="give --evidence the location of this run's evidence")
             return None
         if mhash != self.close.body.get("manifest"):
             a.check("evidence", "fail", "manifest.json is not the manifest committed in "
@@ -389,6 +429,30 @@ class ReplayCheck:
                 "checkpoints' objects fetched and match their names and the log's hashes",
                 manifest=manifest_bytes(manifest).decode()[:200])
         return chain.checkpoints
+
+    def _no_manifest(self, src: EvidenceSource, error: EvidenceError | None = None
+                     ) -> str | None:
+        """Why the evidence location holds nothing to check — no directory, no manifest,
+        a URL that does not answer or answers no manifest (``error``: fetching it
+        failed) — else None. That is no evidence against the trainer (a wrong --evidence,
+        or nothing published yet): inconclusive. A manifest that is there is checked, and
+        an object it or the log names that is missing is evidence (withheld): a fail."""
+        from .audit import unreachable
+
+        where = self.a.opts.evidence
+        if not src.is_url:
+            if not where or not os.path.isdir(where):
+                return f"the evidence directory {where!r} does not exist"
+            if not os.path.lexists(os.path.join(where, "manifest.json")):
+                return (f"the evidence directory {where} holds no manifest.json: it is not "
+                        "a run's evidence (or nothing was published yet)")
+            return None
+        if error is None:
+            return None
+        if unreachable(error.__context__) or error.message.startswith(
+                f"evidence {where.rstrip('/')}/manifest.json: HTTP "):
+            return f"no manifest could be fetched from {where}: {error.message}"
+        return None
 
     def _objects(self, src: EvidenceSource, ckpts: list[dict[str, Any]],
                  recipe: Recipe) -> bool:
@@ -431,9 +495,14 @@ class ReplayCheck:
             a.check("replay", "skip", "no committed checkpoints: nothing to replay from")
             return
         env = self.o.body.get("environment") or {}
+        env = env if isinstance(env, dict) else {}
         mine = environment()
-        exact = a.opts.tolerance is None and isinstance(env, dict) and all(
-            env.get(k) == mine[k] for k in ("torch", "device", "threads"))
+        self.threads = int(mine["threads"])  # every replay runs with it (workers too)
+        same = same_environment(env, mine)
+        mode = a.opts.replay_mode
+        if a.opts.tolerance is not None:
+            mode = "tolerance"
+        exact = same if mode == "auto" else mode == "exact"
         if a.opts.samples < 1:
             a.check("replay", "skip", f"--samples {a.opts.samples}: no step drawn, nothing "
                     "replayed")
@@ -464,17 +533,21 @@ class ReplayCheck:
                            pool_map(replay_segment, jobs, a.opts.workers)))
         replay_s = time.perf_counter() - t0
         tol = None
+        undecided: str | None = None  # why a distance cannot be judged (inconclusive)
         if not exact and jobs:
-            tol = a.opts.tolerance if a.opts.tolerance is not None else self._calibrate(
-                jobs[0])
+            if a.opts.tolerance is not None:
+                tol = a.opts.tolerance
+            else:
+                tol, undecided = self._calibrate(jobs, results, env)
             for r in results:
                 r.tolerance = tol
                 if r.error is None and r.distance is not None:
-                    r.match = r.distance <= tol
+                    r.match = r.distance <= tol if tol is not None else r.distance == 0.0
         bad = [r for r in results if not r.match]
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
+            "mode_reason": self._mode_reason(exact, same, env, mine),
             "segments_total": len(segments), "steps_total": len(self.steps),
             "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
             "steps_replayed": sum(r.end - r.start + 1 for r in results),
@@ -493,6 +566,11 @@ class ReplayCheck:
             a.check("replay", "fail", f"step(s) {', '.join(map(str, uncovered[:10]))} drawn "
                     "for replay lie after the last committed checkpoint: no segment covers "
                     "them, they cannot be replayed", uncovered=uncovered[:1000])
+        elif undecided is not None and bad and all(r.error is None for r in bad):
+            a.check("replay", "inconclusive", f"{undecided} ({drew})",
+                    segments=[x.to_json() for x in bad],
+                    hint="audit in the trainer's environment (exact mode) or give "
+                         "--tolerance from a calibration you trust")
         elif bad:
             r = bad[0]
             where = (f"weights differ from the committed hash from step {r.first_mismatch_step}"
@@ -500,12 +578,18 @@ class ReplayCheck:
                      (r.error or f"distance {r.distance:.3g} exceeds tolerance {tol:.3g}"
                       if r.distance is not None and tol is not None else
                       r.error or "weights differ from the commitment"))
+            if exact and r.distance is not None:
+                where += (f"; the replayed end of the segment is at relative distance "
+                          f"{r.distance:.3g} from the committed checkpoint (rounding drift "
+                          "between environments stays near float precision, ~1e-7 to "
+                          "1e-5; other training lands near 1e-2 or beyond)")
             a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where} ({drew})",
                     segments=[x.to_json() for x in bad])
         else:
             a.check("replay", "pass", drew + " "
                     + ("bit-exactly (same environment)" if exact else
-                       f"within tolerance {tol:.3g} (environment differs)"),
+                       f"within tolerance {tol:.3g} (environment differs)" if tol is not None
+                       else "bit for bit, though the environment differs"),
                     steps=sum(r.end - r.start + 1 for r in results))
         self._memorization(recipe, segments, cseed, seed)
 
@@ -528,25 +612,69 @@ class ReplayCheck:
                                                   for t in range(start, end + 1)),
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
             end_optimizer=seg[1].get("optimizer"), end_optimizer_hash=seg[1].get("optimizer_hash"),
-            exact=exact, batches=batches)
+            exact=exact, batches=batches, threads=self.threads)
 
-    def _calibrate(self, job: SegmentJob) -> float:
-        """Honest reproduction noise: the same segment replayed with 1 thread vs. the
-        default, distance between the two results; tolerance = 10x that, at least 1e-6."""
-        import dataclasses
+    def _mode_reason(self, exact: bool, same: bool, env: dict[str, Any],
+                     mine: dict[str, Any]) -> str:
+        if self.a.opts.tolerance is not None:
+            return f"--tolerance {self.a.opts.tolerance:g} given"
+        if self.a.opts.replay_mode != "auto":
+            return f"--replay-mode {self.a.opts.replay_mode} given"
+        if same:
+            return "the run's recorded environment equals the auditor's"
+        diff = [f"{k} {env.get(k)!r} vs {mine.get(k)!r}" for k in sorted(set(env) | set(mine))
+                if k in ENV_KEYS or (k in env and k in mine)
+                if env.get(k) != mine.get(k)]
+        return "environment differs: " + ", ".join(diff)[:300]
 
-        default = torch.get_num_threads()  # before replay_segment changes it
-        try:
-            r1 = replay_segment(dataclasses.replace(job, threads=1, exact=False))
-            r2 = replay_segment(dataclasses.replace(job, threads=default, exact=False))
-        finally:
-            torch.set_num_threads(default)
-        noise = abs((r1.distance or 0.0) - (r2.distance or 0.0))
-        tol = max(10 * noise, 1e-6)
-        self.a.report.setdefault("calibration", {}).update(
-            {"noise": noise, "tolerance": tol, "threads": [1, default],
-             "method": f"1 thread vs {default} threads, x10"})
-        return tol
+    def _calibrate(self, jobs: list[SegmentJob], results: list[SegmentResult],
+                   env: dict[str, Any]) -> tuple[float | None, str | None]:
+        """The tolerance from honest reproduction noise, or why there is none.
+
+        The segment furthest from its commitment is replayed again from its checked start
+        state with thread counts that really differ: the replay's own against the
+        trainer's recorded one (when it differs) and against another (2 if the replay ran
+        on 1, else 1) — a thread count changes how reductions are split. Noise is the
+        largest distance between those replays (never the commitment: a forged end
+        cannot inflate it); the tolerance is 10x the noise. Noise 0 (the replays agree
+        bit for bit) measures nothing: a distance above 0 then cannot be judged, and
+        ``(None, reason)`` makes the replay inconclusive rather than fail it at an
+        arbitrary floor."""
+        from .replay import noise_distance
+
+        mine = self.threads
+        others = [n for n in (_threads(env.get("threads")), 2 if mine == 1 else 1)
+                  if n is not None and n != mine]
+        others = list(dict.fromkeys(others))
+        ok = [(r.distance, j) for r, j in zip(results, jobs, strict=True)
+              if r.error is None and r.distance is not None]
+        job = max(ok, key=lambda x: x[0])[1] if ok else jobs[0]
+        noise = 0.0
+        tried = []
+        for n in others:
+            try:
+                d = noise_distance(job, (mine, n))
+            except PotdError as e:  # evidence the replay itself reports
+                return None, f"replay noise could not be measured: {e.message}"
+            tried.append({"threads": [mine, n], "distance": d})
+            noise = max(noise, d)
+        cal: dict[str, Any] = {
+            "noise": noise, "segment": [job.start, job.end], "replays": tried,
+            "method": f"{mine} vs {' and '.join(map(str, others))} threads, "
+                      "same start state; tolerance 10x the noise"}
+        self.a.report["calibration"] = cal
+        if noise > 0.0 and math.isfinite(noise):
+            cal["tolerance"] = 10 * noise
+            return 10 * noise, None
+        cal["tolerance"] = None
+        worst = max((r.distance for r in results if r.distance is not None), default=0.0)
+        why = (f"replay noise cannot be calibrated: replays with "
+               f"{' and '.join(str(t['threads']) for t in tried)} threads agree bit for bit, "
+               "so how far honest training in the trainer's environment may drift is "
+               f"unknown, and the largest distance from a commitment ({worst:.3g}) can be "
+               "judged neither drift nor forgery")
+        cal["reason"] = why
+        return None, why
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
                       dict[str, Any]]], cseed: bytes, seed: bytes) -> None:
