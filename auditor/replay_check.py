@@ -421,7 +421,7 @@ class ReplayCheck:
             src.load(str(self.init.get("weights")), str(self.init.get("weights_hash")),
                      self.alg)
         except EvidenceError as e:
-            a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+            self._evidence_error(e)
             return None
         if not self._objects(src, chain.checkpoints, recipe):
             return None
@@ -429,6 +429,17 @@ class ReplayCheck:
                 "checkpoints' objects fetched and match their names and the log's hashes",
                 manifest=manifest_bytes(manifest).decode()[:200])
         return chain.checkpoints
+
+    def _evidence_error(self, e: EvidenceError) -> None:
+        """An object the log names could not be had: missing, altered or misshapen is
+        evidence (fail); the evidence server not answering at all is not (inconclusive)."""
+        from .audit import unreachable
+
+        if unreachable(e.__context__):
+            self.a.check("evidence", "inconclusive", f"could not be fetched: {e.message}",
+                         file=e.evidence.get("file"))
+        else:
+            self.a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
 
     def _no_manifest(self, src: EvidenceSource, error: EvidenceError | None = None
                      ) -> str | None:
@@ -473,7 +484,7 @@ class ReplayCheck:
             try:
                 got = safetensors_layout(src.verify(name, want_hash, self.alg))
             except EvidenceError as e:
-                a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+                self._evidence_error(e)
                 return False
             bad = (weights_layout_problem(got, want) if kind == "weights"
                    else optimizer_layout_problem(got, params))

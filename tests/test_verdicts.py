@@ -117,6 +117,7 @@ def test_exact_mode_only_when_threads_match(env: Env) -> None:
 # -- 4. three verdicts, usage apart -------------------------------------------------------------
 
 def test_missing_evidence_directory_is_inconclusive_exit_3(env: Env) -> None:
+    """Before: verdict FAIL, exit 1 (a configuration mistake called a forgery)."""
     s = env.train()
     r = potd(*audit_args(env, s.run_id, str(env.dir / "no-such-dir"), "--samples", "1",
                          "--json", str(env.dir / "r.json")))
@@ -125,10 +126,14 @@ def test_missing_evidence_directory_is_inconclusive_exit_3(env: Env) -> None:
     c = next(c for c in rep["checks"] if c["name"] == "evidence")
     assert c["status"] == "inconclusive" and "does not exist" in c["summary"]
     assert rep["verdict"] == "inconclusive"
-    # an existing directory without a manifest, and another run's evidence: the same
+    # an existing directory without a manifest, another run's evidence, a URL nothing
+    # answers at: the same
+    from ledger.devserver import free_port
+
     (env.dir / "empty").mkdir()
     other = env.train("other")
-    for where in (env.dir / "empty", env.dir / "ev-other"):
+    for where in (env.dir / "empty", env.dir / "ev-other",
+                  f"http://127.0.0.1:{free_port()}/ev"):
         rep = env.audit(s.run_id, where, samples=1)
         assert checks(rep)["evidence"] == "inconclusive", (where, checks(rep))
         assert rep["verdict"] == "inconclusive"
