@@ -33,6 +33,7 @@ from prover.recipes import Recipe, get_recipe
 from prover.session import decimal_string, environment
 
 from .beacon_check import BeaconFail, drand_seed_beacon, public_challenge
+from .calibration import calibrate, mode_reason, same_environment
 from .chain import (
     Chain,
     optimizer_layout_problem,
@@ -46,23 +47,6 @@ from .runs import RunView
 
 if TYPE_CHECKING:
     from .audit import Audit
-
-# environment fields that must be equal for exact (bit-for-bit) replay; any other field
-# both records carry must be equal too
-ENV_KEYS = ("torch", "device", "threads")
-
-
-def same_environment(run: dict[str, Any], mine: dict[str, Any]) -> bool:
-    """The run's recorded environment is the auditor's: the fields of :data:`ENV_KEYS`
-    present and equal, and every other field both record equal."""
-    return all(k in run and run[k] == mine.get(k) for k in ENV_KEYS) and all(
-        run[k] == mine[k] for k in set(run) & set(mine))
-
-
-def _threads(v: Any) -> int | None:
-    """A recorded thread count worth calibrating with (an int 1..256), else None."""
-    return v if type(v) is int and 1 <= v <= 256 else None
-
 
 # Stouffer-combined z below which the memorization test fails (see README: measured
 # honest runs of digits-mlp give combined z of about 3 to 6 over 8 segments).
@@ -509,7 +493,7 @@ class ReplayCheck:
         env = env if isinstance(env, dict) else {}
         mine = environment()
         self.threads = int(mine["threads"])  # every replay runs with it (workers too)
-        same = same_environment(env, mine)
+        same = same_environment(env, mine)  # see auditor.calibration
         mode = a.opts.replay_mode
         if a.opts.tolerance is not None:
             mode = "tolerance"
@@ -549,7 +533,7 @@ class ReplayCheck:
             if a.opts.tolerance is not None:
                 tol = a.opts.tolerance
             else:
-                tol, undecided = self._calibrate(jobs, results, env)
+                tol, undecided = calibrate(a, jobs, results, env, self.threads)
             for r in results:
                 r.tolerance = tol
                 if r.error is None and r.distance is not None:
@@ -558,7 +542,7 @@ class ReplayCheck:
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
-            "mode_reason": self._mode_reason(exact, same, env, mine),
+            "mode_reason": mode_reason(a.opts, same, env, mine),
             "segments_total": len(segments), "steps_total": len(self.steps),
             "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
             "steps_replayed": sum(r.end - r.start + 1 for r in results),
@@ -624,68 +608,6 @@ class ReplayCheck:
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
             end_optimizer=seg[1].get("optimizer"), end_optimizer_hash=seg[1].get("optimizer_hash"),
             exact=exact, batches=batches, threads=self.threads)
-
-    def _mode_reason(self, exact: bool, same: bool, env: dict[str, Any],
-                     mine: dict[str, Any]) -> str:
-        if self.a.opts.tolerance is not None:
-            return f"--tolerance {self.a.opts.tolerance:g} given"
-        if self.a.opts.replay_mode != "auto":
-            return f"--replay-mode {self.a.opts.replay_mode} given"
-        if same:
-            return "the run's recorded environment equals the auditor's"
-        diff = [f"{k} {env.get(k)!r} vs {mine.get(k)!r}" for k in sorted(set(env) | set(mine))
-                if k in ENV_KEYS or (k in env and k in mine)
-                if env.get(k) != mine.get(k)]
-        return "environment differs: " + ", ".join(diff)[:300]
-
-    def _calibrate(self, jobs: list[SegmentJob], results: list[SegmentResult],
-                   env: dict[str, Any]) -> tuple[float | None, str | None]:
-        """The tolerance from honest reproduction noise, or why there is none.
-
-        The segment furthest from its commitment is replayed again from its checked start
-        state with thread counts that really differ: the replay's own against the
-        trainer's recorded one (when it differs) and against another (2 if the replay ran
-        on 1, else 1) — a thread count changes how reductions are split. Noise is the
-        largest distance between those replays (never the commitment: a forged end
-        cannot inflate it); the tolerance is 10x the noise. Noise 0 (the replays agree
-        bit for bit) measures nothing: a distance above 0 then cannot be judged, and
-        ``(None, reason)`` makes the replay inconclusive rather than fail it at an
-        arbitrary floor."""
-        from .replay import noise_distance
-
-        mine = self.threads
-        others = [n for n in (_threads(env.get("threads")), 2 if mine == 1 else 1)
-                  if n is not None and n != mine]
-        others = list(dict.fromkeys(others))
-        ok = [(r.distance, j) for r, j in zip(results, jobs, strict=True)
-              if r.error is None and r.distance is not None]
-        job = max(ok, key=lambda x: x[0])[1] if ok else jobs[0]
-        noise = 0.0
-        tried = []
-        for n in others:
-            try:
-                d = noise_distance(job, (mine, n))
-            except PotdError as e:  # evidence the replay itself reports
-                return None, f"replay noise could not be measured: {e.message}"
-            tried.append({"threads": [mine, n], "distance": d})
-            noise = max(noise, d)
-        cal: dict[str, Any] = {
-            "noise": noise, "segment": [job.start, job.end], "replays": tried,
-            "method": f"{mine} vs {' and '.join(map(str, others))} threads, "
-                      "same start state; tolerance 10x the noise"}
-        self.a.report["calibration"] = cal
-        if noise > 0.0 and math.isfinite(noise):
-            cal["tolerance"] = 10 * noise
-            return 10 * noise, None
-        cal["tolerance"] = None
-        worst = max((r.distance for r in results if r.distance is not None), default=0.0)
-        why = (f"replay noise cannot be calibrated: replays with "
-               f"{' and '.join(str(t['threads']) for t in tried)} threads agree bit for bit, "
-               "so how far honest training in the trainer's environment may drift is "
-               f"unknown, and the largest distance from a commitment ({worst:.3g}) can be "
-               "judged neither drift nor forgery")
-        cal["reason"] = why
-        return None, why
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
                       dict[str, Any]]], cseed: bytes, seed: bytes) -> None:

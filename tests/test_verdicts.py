@@ -104,8 +104,22 @@ def test_exact_mismatch_reports_the_distance(env: Env) -> None:
     assert bad and all(x["distance"] is not None and x["distance"] > 1e-4 for x in bad)
 
 
-def test_exact_mode_only_when_threads_match(env: Env) -> None:
-    from auditor.replay_check import same_environment
+def test_noise_threads_always_differ_from_the_replay() -> None:
+    from auditor.calibration import noise_threads
+
+    assert noise_threads(1, {"threads": 1}) == [2]  # before: 1 against 1
+    assert noise_threads(1, {"threads": 4}) == [4, 2]
+    assert noise_threads(2, {"threads": 2}) == [1]
+    assert noise_threads(2, {"threads": 1}) == [1]
+    assert noise_threads(8, {"threads": "x"}) == [1]
+    assert noise_threads(1, {"threads": 10**6}) == [2]  # an absurd record is ignored
+    for mine in range(1, 6):
+        for t in range(1, 6):
+            assert mine not in noise_threads(mine, {"threads": t})
+
+
+def test_exact_mode_only_when_threads_match() -> None:
+    from auditor.calibration import same_environment
 
     mine = {"torch": "2.13.0", "device": "cpu", "threads": 1, "deterministic": False}
     assert same_environment(dict(mine), mine)
