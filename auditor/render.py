@@ -768,7 +768,14 @@ def _meta_rows(report: Mapping[str, Any]) -> str:
     if cal:
         rows.append(("tolerance calibration",
                      f"noise {_opt(cal.get('noise'))}, tolerance {_opt(cal.get('tolerance'))}"
-                     + (f" ({_clean(cal['method'])})" if cal.get("method") else ""), False))
+                     + (f" ({_clean(cal['method'])})" if cal.get("method") else "")
+                     + (f"; {_clean(cal['reason'])}" if cal.get("reason") else ""), False))
+    if replay.get("mode_reason"):
+        rows.append(("replay mode reason", replay.get("mode_reason"), False))
+    for text in _policy_lines(report):
+        policy = text.startswith("policy: ")
+        rows.append(("policy" if policy else "version and options",
+                     text.removeprefix("policy: "), False))
     names = {"total_seconds": "total", "replay_seconds": "replay",
              "train_seconds_committed": "committed training"}
     t = ", ".join(f"{names.get(k, _clean(k))} {_num(v)} s" for k, v in timing.items()

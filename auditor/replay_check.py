@@ -578,8 +578,12 @@ class ReplayCheck:
                           f"{r.distance:.3g} from the committed checkpoint (rounding drift "
                           "between environments stays near float precision, ~1e-7 to "
                           "1e-5; other training lands near 1e-2 or beyond)")
+            hint = ({"hint": "a distance near float precision points to an environment "
+                             "difference the run did not record: re-audit with "
+                             "--replay-mode tolerance to judge it against measured noise"}
+                    if exact and r.distance is not None else {})
             a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where} ({drew})",
-                    segments=[x.to_json() for x in bad])
+                    segments=[x.to_json() for x in bad], **hint)
         else:
             a.check("replay", "pass", drew + " "
                     + ("bit-exactly (same environment)" if exact else
