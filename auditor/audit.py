@@ -104,12 +104,12 @@ def potd_version() -> str:
 def header(client: LogClient, opts: AuditOptions) -> dict[str, Any]:
     """What a verdict depends on besides the log and the evidence: potd's version, the
     policy it was judged by and the options of the audit."""
-    ws = [f"{w.name}+{w.key_id:08x}" for w in client.witnesses]
+    ws = [f"{w.name}+{w.key_id:08x}" for w in getattr(client, "witnesses", ())]
     return {
         "potd_version": potd_version(),
         "policy": {
             "max_abandoned": opts.max_abandoned, "require_drand": opts.require_drand,
-            "witnesses": ws, "quorum": client.quorum,
+            "witnesses": ws, "quorum": getattr(client, "quorum", 0),
             "max_model_bytes": opts.max_model_bytes,
             "challenge": "public" if opts.public_challenge else "auditor",
             "beacon_chain": opts.beacon_chain.hash_hex if opts.beacon_chain else None},
@@ -135,7 +135,8 @@ class Audit:
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **header(client, opts),
             # the pinned origin until a checkpoint is verified (then its size and root)
-            "log": {"url": client.url, "origin": client.origin},
+            "log": ({"url": client.url, "origin": client.origin} if client is not None
+                    else {}),
             "checks": self.checks, "replay": {"samples": 0, "segments": []},
             "memorization": {"segments": [], "flagged": 0}, "losses": [], "timing": {},
             "warnings": []}

@@ -80,7 +80,7 @@ def test_unmeasurable_noise_is_inconclusive_not_a_fail(env: Env,
     judged: the replay is inconclusive with the reason (exit 3), never a fail at a floor."""
     import auditor.replay as replay
 
-    monkeypatch.setattr(replay, "noise_distance", lambda job, threads: 0.0)
+    monkeypatch.setattr(replay, "noise_distance", lambda job, threads: 0.0, raising=False)
     forged = env.train("forged", cls=ForgedCheckpoint)
     rep = env.audit(forged.run_id, env.dir / "ev-forged", replay_mode="tolerance")
     c = next(c for c in rep["checks"] if c["name"] == "replay")
