@@ -230,23 +230,35 @@ class ReplayCheck:
         from .replay import recipe_data
 
         a = self.a
-        data = recipe_data(recipe)
+        try:
+            data = recipe_data(recipe)
+        except (OSError, PotdError) as e:  # the auditor's copy of the data is not there
+            a.check("dataset", "inconclusive", f"the recipe's data is not available to the "
+                    f"auditor: {getattr(e, 'message', e)}")
+            return False
         self.hashes = example_hashes(data.x, data.y)
         root = merkle_root_hex(self.hashes)
         held = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
         ds, ho = self.o.body.get("dataset"), self.o.body.get("heldout")
         ds, ho = (ds if isinstance(ds, dict) else {}), (ho if isinstance(ho, dict) else {})
+        # the auditor holding other data than the committed root says nothing against the
+        # claim (it is about the committed data, which this auditor does not have):
+        # nothing past this point can be checked, so the audit is inconclusive
+        hint = ("obtain the data whose Merkle root the run committed (same recipe, same "
+                "data version) and audit again")
         if root != ds.get("root") or len(data.x) != ds.get("size"):
-            a.check("dataset", "fail", "the data given to the auditor does not match the "
-                    f"committed dataset root ({len(data.x)} examples, root {root[:16]}…, "
-                    f"committed {str(ds.get('root'))[:16]}…)", local=root,
-                    committed=ds.get("root"))
+            a.check("dataset", "inconclusive", "the data available to the auditor is not "
+                    f"the committed data ({len(data.x)} examples, root {root[:16]}…; "
+                    f"committed {str(ds.get('size'))[:20]} examples, root "
+                    f"{str(ds.get('root'))[:16]}…): nothing trained on it can be checked",
+                    local=root, committed=ds.get("root"), hint=hint)
             return False
         if held != ho.get("root") or len(data.heldout_x) != ho.get("size"):
-            a.check("dataset", "fail", "the held-out split does not match its commitment "
-                    f"({len(data.heldout_x)} examples, root {held[:16]}…; committed "
-                    f"{str(ho.get('size'))[:20]} examples, root {str(ho.get('root'))[:16]}…)",
-                    local=held, committed=ho.get("root"))
+            a.check("dataset", "inconclusive", "the held-out split available to the auditor "
+                    f"is not the committed one ({len(data.heldout_x)} examples, root "
+                    f"{held[:16]}…; committed {str(ho.get('size'))[:20]} examples, root "
+                    f"{str(ho.get('root'))[:16]}…)", local=held, committed=ho.get("root"),
+                    hint=hint)
             return False
         a.check("dataset", "pass", f"{len(data.x)} training examples hash to the committed "
                 f"root; {len(data.heldout_x)} held-out examples match too", root=root)

@@ -154,6 +154,35 @@ def test_missing_evidence_directory_is_inconclusive_exit_3(env: Env) -> None:
     assert other.run_id != s.run_id
 
 
+def test_data_not_available_is_inconclusive(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auditor's copy of the data is not the committed data (another version), or
+    cannot be loaded: nothing can be checked against the claim, which is no evidence
+    against it. Before: a fail."""
+    import dataclasses
+
+    import auditor.replay as replay
+
+    s = env.train()
+    real = replay.recipe_data
+
+    def other_version(recipe: Any) -> Any:
+        d = real(recipe)
+        return dataclasses.replace(d, x=d.x[1:], y=d.y[1:])
+
+    monkeypatch.setattr(replay, "recipe_data", other_version)
+    rep = env.audit(s.run_id, env.dir / "ev-run", samples=1)
+    assert checks(rep)["dataset"] == "inconclusive" and rep["verdict"] == "inconclusive"
+
+    def missing(recipe: Any) -> Any:
+        raise OSError("no such file: digits.csv")
+
+    monkeypatch.setattr(replay, "recipe_data", missing)
+    rep = env.audit(s.run_id, env.dir / "ev-run", samples=1)
+    c = next(c for c in rep["checks"] if c["name"] == "dataset")
+    assert c["status"] == "inconclusive" and "not available" in c["summary"]
+    assert rep["verdict"] == "inconclusive"
+
+
 def test_withheld_object_is_still_a_fail(env: Env) -> None:
     """A missing object the log names is evidence against the trainer, unlike a missing
     directory."""
