@@ -4,7 +4,8 @@ Exit codes of ``audit``: 0 pass, 1 fail (evidence of a false claim), 3 inconclus
 (something could not be checked: the log or the evidence unreachable or absent, replay
 noise that cannot be calibrated, a drand round not fetchable), 2 usage (bad arguments,
 a pinned key that does not sign this log: no verdict); of ``check-model``: 0 yes, 1 no,
-3 inconclusive, 2 usage.
+3 inconclusive, 2 usage; ``verify-log`` and ``runs`` exit 3 when the log cannot be
+reached, 1 when it fails verification, 2 for usage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,26 @@ from ledger.cli import PotdGroup, read_verifier
 DEFAULT_STATE = str(Path.home() / ".potd" / "auditor")
 
 
-@click.group(cls=PotdGroup)
+class AuditorGroup(PotdGroup):
+    """Like :class:`~ledger.cli.PotdGroup`, except that a peer that cannot be asked (the
+    log down, refused, stalling) exits 3, "could not check", in every auditor command:
+    it is neither evidence (1) nor a usage error (2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from ledger.errors import PotdError, UsageError
+
+        from .audit import unreachable
+
+        try:
+            return click.Group.invoke(self, ctx)
+        except PotdError as e:
+            click.secho(f"error: {e.message}", fg="red", err=True)
+            if e.hint:
+                click.echo(f"hint: {e.hint}", err=True)
+            ctx.exit(3 if unreachable(e) else 2 if isinstance(e, UsageError) else 1)
+
+
+@click.group(cls=AuditorGroup)
 def auditor() -> None:
     """Verify a log and a training run as an independent third party."""
 

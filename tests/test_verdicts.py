@@ -224,6 +224,13 @@ def test_unreachable_log_is_inconclusive_exit_3_quickly(env: Env, tmp_path: Path
     c = rep["checks"][0]
     assert c["name"] == "log.checkpoint" and c["status"] == "inconclusive"
     assert "spool" not in json.dumps(rep).lower()
+    # the other auditor commands: could not check, exit 3 too
+    down = f"http://127.0.0.1:{free_port()}"
+    for cmd in ("verify-log", "runs"):
+        r = potd("auditor", cmd, "--log", down, "--vkey", str(env.log_key.verifier),
+                 "--state", str(tmp_path / "st"))
+        assert r.returncode == 3, (cmd, r.stdout + r.stderr)
+        assert "spool" not in r.stderr.lower() and "hint:" in r.stderr
     bad = potd("auditor", "audit", "--log", "127.0.0.1:1", "--vkey",
                str(env.log_key.verifier), "--run", "ab" * 32, "--evidence", str(tmp_path))
     assert bad.returncode == 2 and "http" in bad.stderr
