@@ -16,7 +16,6 @@ import pytest
 import torch
 from e2e import Env, checks
 
-from auditor.audit import STATUSES
 from prover.attacks import ForgedCheckpoint
 
 
@@ -240,6 +239,7 @@ def test_report_header_states_policy_version_options_and_warnings(env: Env) -> N
     """One abandoned run tolerated (--max-abandoned 1): PASS with 1 warning, shown."""
     from rich.console import Console
 
+    from auditor.audit import STATUSES
     from auditor.render import render_html, render_terminal
 
     s0 = env.session("abandoned")
