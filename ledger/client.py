@@ -122,7 +122,9 @@ def unrecoverable(e: PeerUnreachable) -> str | None:
         return (f"the server's TLS certificate does not verify ({cause.verify_message}): "
                 "check the host name in the URL; a private log needs its CA in the "
                 "system trust store (or SSL_CERT_FILE)")
-    if isinstance(cause, ssl.SSLError):
+    if isinstance(cause, ssl.SSLError) and not isinstance(
+            cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+        # a protocol the two sides do not share; a connection cut mid-handshake may recover
         return ("the TLS handshake failed: is this an https URL for a server speaking "
                 "plain http (or the reverse)?")
     if isinstance(cause, socket.gaierror) and cause.errno in (
