@@ -1,9 +1,26 @@
 """The audit of one training run (docs/protocol.md §5), producing a report dict.
 
-Each check appends ``{"name", "status", "summary", "evidence"}`` with status ``pass``,
-``fail``, ``warn`` or ``skip``. The verdict is ``fail`` if any check failed,
-``inconclusive`` if a check that matters could not be completed (skipped replay, a
-replay only compared under tolerance that could not be calibrated), else ``pass``.
+Each check appends ``{"name", "status", "summary", "evidence"}`` with status
+
+* ``pass``;
+* ``fail`` — evidence of a false claim: something the trainer (or the log) committed is
+  contradicted by what the auditor recomputed or fetched (a missing object the log names
+  is evidence too: the trainer withheld it);
+* ``inconclusive`` — the check could not be made, which says nothing against the claim:
+  the log or the evidence location unreachable or absent (no manifest at all), a drand
+  round not fetchable, replay noise that cannot be calibrated;
+* ``warn`` — passed, with something a reader must see (shown with any pass);
+* ``skip`` — not applicable or not asked for.
+
+The verdict is ``fail`` if any check failed, else ``inconclusive`` if any check was
+inconclusive (or a check that matters was skipped: replay, seed, order, init), else
+``pass`` (``warnings`` lists the checks that warned). Mistakes of the caller — a pinned
+key that does not sign this log, bad arguments — are no verdict at all: they raise
+:class:`~ledger.errors.UsageError` (exit 2 in the CLI).
+
+The report's header records what the verdict depends on: potd's version, the policy
+(``--max-abandoned``, ``--require-drand``, the witness quorum, ``--max-model-bytes``,
+the challenge kind) and the other audit options.
 
 Order matters for trust: the checkpoint is verified (and its consistency with the
 auditor's stored state) before any entry is read; entries are trusted only after the
@@ -25,7 +42,15 @@ from typing import Any
 
 from ledger.client import LogClient
 from ledger.drand import ChainInfo
-from ledger.errors import LimitError, PotdError, UsageError, VerificationError
+from ledger.errors import (
+    DeadlineExceeded,
+    LimitError,
+    PeerUnreachable,
+    PotdError,
+    PushbackError,
+    UsageError,
+    VerificationError,
+)
 from ledger.note import SignedCheckpoint, open_checkpoint
 from ledger.statement import Statement
 from prover.derive import choose
@@ -53,23 +78,74 @@ class AuditOptions:
     beacon_url: str | None = None      # drand HTTP beacon to fetch rounds not in evidence
     beacon_chain: ChainInfo | None = None  # pinned drand chain (else known public chains)
     require_drand: bool = False        # a log-signature beacon fails the seed check
+    replay_mode: str = "auto"          # auto: exact iff the environment matches; exact;
+                                       # tolerance (calibrated unless ``tolerance``)
+
+
+STATUSES = ("pass", "fail", "inconclusive", "warn", "skip")
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}  # 2: usage (no verdict)
+
+
+def unreachable(e: BaseException | None) -> bool:
+    """``e`` says a peer could not be asked (down, refused, stalled past its deadline,
+    shedding load): nothing was learnt, so a check it stops is inconclusive."""
+    return isinstance(e, (PushbackError, PeerUnreachable, DeadlineExceeded))
+
+
+def potd_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("potd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def header(client: LogClient, opts: AuditOptions) -> dict[str, Any]:
+    """What a verdict depends on besides the log and the evidence: potd's version, the
+    policy it was judged by and the options of the audit."""
+    ws = [f"{w.name}+{w.key_id:08x}" for w in getattr(client, "witnesses", ())]
+    return {
+        "potd_version": potd_version(),
+        "policy": {
+            "max_abandoned": opts.max_abandoned, "require_drand": opts.require_drand,
+            "witnesses": ws, "quorum": getattr(client, "quorum", 0),
+            "max_model_bytes": opts.max_model_bytes,
+            "challenge": "public" if opts.public_challenge else "auditor",
+            "beacon_chain": opts.beacon_chain.hash_hex if opts.beacon_chain else None},
+        "options": {
+            "samples": opts.samples, "memorization_segments": opts.memorization_segments,
+            "replay_mode": opts.replay_mode, "tolerance": opts.tolerance,
+            "workers": opts.workers, "recipe": opts.recipe, "evidence": opts.evidence,
+            "model": opts.model, "beacon_url": opts.beacon_url}}
 
 
 class Audit:
     def __init__(self, client: LogClient, opts: AuditOptions,
                  progress: Callable[[str, int, int], None] | None = None) -> None:
+        if opts.replay_mode not in ("auto", "exact", "tolerance"):
+            raise UsageError(f"replay mode {opts.replay_mode!r} is not auto, exact or "
+                             "tolerance")
         self.client, self.opts = client, opts
         self.progress = progress
+        self._phase = "log.checkpoint"  # the check an unreachable peer leaves unmade
         self.checks: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {
             "format": "potd-audit-report-v1", "run": opts.run, "recipe": opts.recipe,
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **header(client, opts),
+            # the pinned origin until a checkpoint is verified (then its size and root)
+            "log": ({"url": client.url, "origin": client.origin} if client is not None
+                    else {}),
             "checks": self.checks, "replay": {"samples": 0, "segments": []},
-            "memorization": {"segments": [], "flagged": 0}, "losses": [], "timing": {}}
+            "memorization": {"segments": [], "flagged": 0}, "losses": [], "timing": {},
+            "warnings": []}
 
     # -- helpers -------------------------------------------------------------
 
     def check(self, name: str, status: str, summary: str, **evidence: Any) -> str:
+        if status not in STATUSES:
+            raise ValueError(f"check status {status!r}")
         self.checks.append({"name": name, "status": status, "summary": summary,
                             "evidence": evidence})
         return status
@@ -82,6 +158,8 @@ class Audit:
         st = [c["status"] for c in self.checks]
         if "fail" in st:
             return "fail"
+        if "inconclusive" in st:
+            return "inconclusive"
         if any(c["status"] == "skip" and c["name"] in ("replay", "seed", "order", "init")
                for c in self.checks):
             return "inconclusive"
@@ -92,12 +170,23 @@ class Audit:
     # -- the audit -------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        """The report. A usage error (the pinned key does not sign this log, arguments
+        that cannot work) raises :class:`~ledger.errors.UsageError` instead: no verdict."""
         t0 = time.perf_counter()
         try:
             self._run()
         except _Stop:
             pass
+        except UsageError:
+            raise
+        except PotdError as e:
+            if not unreachable(e):
+                raise
+            self.check(self._phase, "inconclusive", f"could not be checked: {e.message}",
+                       hint=e.hint)
         self.report["verdict"] = self.verdict()
+        self.report["warnings"] = [f"{c['name']}: {c['summary']}" for c in self.checks
+                                   if c["status"] == "warn"]
         self.report["timing"]["total_seconds"] = round(time.perf_counter() - t0, 3)
         return self.report
 
@@ -106,9 +195,14 @@ class Audit:
         prior = c.latest
         try:
             cp = c.checkpoint()
+        except UsageError:
+            raise
         except (VerificationError, LimitError) as e:  # incl. an oversized answer
+            if unreachable(e):
+                raise
             self.check("log.checkpoint", "fail", e.message, **_jsonable(getattr(e, "evidence", {})))
             raise _Stop from None
+        self._phase = "log.entries"
         cosigned = [f"{w.name}+{w.key_id:08x}" for w in c.check_witnesses(cp)]
         self.report["log"] = {"url": c.url, "origin": cp.origin, "checkpoint_size": cp.size,
                               "checkpoint_root": cp.root.hex(), "checkpoint": str(cp),
@@ -122,9 +216,12 @@ class Audit:
                    witnesses=cosigned)
         try:
             snap = fetch_entries(c, cp, progress=lambda n: self._tick("entries", n, cp.size))
-        except (VerificationError, PotdError) as e:
+        except PotdError as e:
+            if unreachable(e):
+                raise
             self.check("log.entries", "fail", e.message)
             raise _Stop from None
+        self._phase = "replay"  # what a later unreachable peer leaves unchecked
         runs, foreign = group_runs(snap)
         view = runs.get(self.opts.run)
         if view is None:

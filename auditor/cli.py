@@ -1,7 +1,11 @@
 """``potd auditor``: the third party's commands (audit, check-model, verify-log, runs).
 
-Exit codes of ``audit``: 0 pass, 1 fail, 3 inconclusive, 2 usage; of ``check-model``:
-0 yes, 1 no, 3 inconclusive, 2 usage.
+Exit codes of ``audit``: 0 pass, 1 fail (evidence of a false claim), 3 inconclusive
+(something could not be checked: the log or the evidence unreachable or absent, replay
+noise that cannot be calibrated, a drand round not fetchable), 2 usage (bad arguments,
+a pinned key that does not sign this log: no verdict); of ``check-model``: 0 yes, 1 no,
+3 inconclusive, 2 usage; ``verify-log`` and ``runs`` exit 3 when the log cannot be
+reached, 1 when it fails verification, 2 for usage.
 """
 
 from __future__ import annotations
@@ -19,7 +23,26 @@ from ledger.cli import PotdGroup, read_verifier
 DEFAULT_STATE = str(Path.home() / ".potd" / "auditor")
 
 
-@click.group(cls=PotdGroup)
+class AuditorGroup(PotdGroup):
+    """Like :class:`~ledger.cli.PotdGroup`, except that a peer that cannot be asked (the
+    log down, refused, stalling) exits 3, "could not check", in every auditor command:
+    it is neither evidence (1) nor a usage error (2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from ledger.errors import PotdError, UsageError
+
+        from .audit import unreachable
+
+        try:
+            return click.Group.invoke(self, ctx)
+        except PotdError as e:
+            click.secho(f"error: {e.message}", fg="red", err=True)
+            if e.hint:
+                click.echo(f"hint: {e.hint}", err=True)
+            ctx.exit(3 if unreachable(e) else 2 if isinstance(e, UsageError) else 1)
+
+
+@click.group(cls=AuditorGroup)
 def auditor() -> None:
     """Verify a log and a training run as an independent third party."""
 
@@ -27,13 +50,21 @@ def auditor() -> None:
 def _client(log: str, vkey: str, state: str | None, witness: tuple[str, ...] = (),
             quorum: int | None = None) -> Any:
     from ledger.client import LogClient
-    from ledger.errors import UsageError
+    from ledger.errors import MalformedError, UsageError
 
-    ws = [read_verifier(w) for w in witness]
+    def key(text: str, option: str) -> Any:
+        try:
+            return read_verifier(text)
+        except (MalformedError, OSError) as e:
+            raise UsageError(f"{option}: {getattr(e, 'message', e)}",
+                             hint=f"give {option} a verifier key (name+id+key) or a file "
+                                  "holding one") from None
+
+    ws = [key(w, "--witness") for w in witness]
     q = len(ws) if quorum is None else quorum
     if q > len(ws):
         raise UsageError(f"--quorum {q} needs at least {q} --witness keys")
-    return LogClient(log, read_verifier(vkey), state_dir=state, proofs="tiles", witnesses=ws,
+    return LogClient(log, key(vkey, "--vkey"), state_dir=state, proofs="tiles", witnesses=ws,
                      quorum=q)
 
 
@@ -91,6 +122,11 @@ class _Bars:
               help="Segments for the memorization test.")
 @click.option("--tolerance", type=float,
               help="Compare replays by distance under this tolerance instead of exact hashes.")
+@click.option("--replay-mode", type=click.Choice(["auto", "exact", "tolerance"]),
+              default="auto", show_default=True,
+              help="exact: bit for bit; tolerance: by distance, under a tolerance calibrated "
+                   "from replay noise (or --tolerance); auto: exact only when the run's "
+                   "recorded environment (torch, device, threads) equals the auditor's.")
 @witness_options
 @click.option("--max-abandoned", default=0, show_default=True,
               help="Incomplete runs (never closed, or closed before their planned steps) "
@@ -115,7 +151,8 @@ class _Bars:
 @click.option("--quiet", "-q", is_flag=True, help="No terminal summary.")
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
           samples: int, public_challenge: bool, workers: int, memorization_segments: int,
-          tolerance: float | None, witness: tuple[str, ...], quorum: int | None,
+          tolerance: float | None, replay_mode: str, witness: tuple[str, ...],
+          quorum: int | None,
           max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
           beacon_chain: str | None, require_drand: bool, state: str, model_file: str | None,
           json_out: str | None, html_out: str | None, quiet: bool) -> None:
@@ -125,12 +162,19 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
     replays sampled steps, runs the memorization test, and names the certified final
     model in the report (--model checks a shipped file against it).
 
-    Exit status 0 = pass, 1 = fail, 3 = inconclusive.
+    Exit status 0 = pass, 1 = fail (evidence of a false claim), 3 = inconclusive
+    (something could not be checked: log or evidence unreachable or absent, replay noise
+    not measurable), 2 = usage (bad arguments, a --vkey that does not sign this log).
     """
     from ledger.beacon_client import load_chain
+    from ledger.errors import UsageError
 
-    from .audit import Audit, AuditOptions
+    from .audit import EXIT_CODES, Audit, AuditOptions
     from .chain import model_file_hash
+
+    if tolerance is not None and (not tolerance >= 0 or replay_mode == "exact"):
+        raise UsageError(f"--tolerance {tolerance} with --replay-mode {replay_mode}",
+                         hint="a tolerance is a number >= 0 and implies tolerance mode")
 
     if model_file is not None:
         model_file_hash(model_file, "sha256")  # unreadable / not safetensors: exit 2 now
@@ -143,6 +187,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
     opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, samples=samples,
                         public_challenge=public_challenge, workers=workers,
                         memorization_segments=memorization_segments, tolerance=tolerance,
+                        replay_mode=replay_mode,
                         max_abandoned=max_abandoned, max_model_bytes=max_model_bytes,
                         model=model_file, beacon_url=beacon_url,
                         beacon_chain=load_chain(beacon_chain) if beacon_chain else None,
@@ -151,7 +196,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
         report = Audit(client, opts, progress=bars).run()
     bars.close()
     _emit(report, json_out, html_out, quiet)
-    sys.exit({"pass": 0, "fail": 1, "inconclusive": 3}[report["verdict"]])
+    sys.exit(EXIT_CODES[report["verdict"]])
 
 
 def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,

@@ -111,7 +111,7 @@ def check_model(client: LogClient, run: str, model: str,
     if failed:
         rep["reason"] = f"{failed[0]['name']}: {failed[0]['summary']}"
     elif not passed:
-        skipped = [c for c in checks if c["status"] == "skip"]
+        skipped = [c for c in checks if c["status"] in ("inconclusive", "skip")]
         rep["reason"] = skipped[0]["summary"] if skipped else "no model check was reached"
     for k in ("replay", "memorization", "losses", "verdict"):
         rep.pop(k, None)

@@ -44,11 +44,16 @@ __all__ = ["plot_images", "render_html", "render_terminal", "write_html"]
 
 _VERDICT_STYLE = {"pass": "bold white on green", "fail": "bold white on red",
                   "inconclusive": "bold black on yellow"}
-_STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
-_SYMBOLS_UTF = {"pass": "✓", "fail": "✗", "warn": "!", "skip": "–", "le": "≤", "arrow": "→",
-                "dot": "·", "dash": "—"}
-_SYMBOLS_ASCII = {"pass": "+", "fail": "x", "warn": "!", "skip": "-", "le": "<=", "arrow": "->",
-                  "dot": "|", "dash": "-"}
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "bold yellow",
+                 "warn": "yellow", "skip": "dim"}
+_SYMBOLS_UTF = {"pass": "✓", "fail": "✗", "inconclusive": "?", "warn": "!", "skip": "–",
+                "le": "≤", "arrow": "→", "dot": "·", "dash": "—"}
+_SYMBOLS_ASCII = {"pass": "+", "fail": "x", "inconclusive": "?", "warn": "!", "skip": "-",
+                  "le": "<=", "arrow": "->", "dot": "|", "dash": "-"}
+_VERDICT_MEANING = {"pass": "every check passed",
+                    "fail": "evidence of a false claim",
+                    "inconclusive": "something could not be checked; no evidence against "
+                                    "the claim"}
 _SPARKS = "▁▂▃▄▅▆▇█"
 
 # colours shared by the HTML page and the plots
@@ -194,6 +199,46 @@ def _verdict(report: Mapping[str, Any]) -> str:
     return v if isinstance(v, str) and v in _VERDICT_STYLE else "unknown"
 
 
+def _warnings(report: Mapping[str, Any]) -> list[str]:
+    """The warnings a verdict carries: ``name: summary`` of every check that warned."""
+    return [f"{_clean(c.get('name', '?'))}: {_clean(c.get('summary', ''))}"
+            for c in _dicts(report.get("checks")) if _status(c) == "warn"]
+
+
+def _banner(report: Mapping[str, Any]) -> str:
+    """``PASS``, ``PASS with 2 warnings``, ``FAIL``, ``INCONCLUSIVE``: a pass never hides
+    a warning (under the other verdicts the warnings are listed, not counted)."""
+    verdict = _verdict(report)
+    n = len(_warnings(report)) if verdict == "pass" else 0
+    return verdict.upper() + (f" with {n} warning{'s' if n != 1 else ''}" if n else "")
+
+
+def _policy_lines(report: Mapping[str, Any]) -> list[str]:
+    """The header's policy and options: what the verdict was judged by."""
+    pol, opt = _dict(report.get("policy")), _dict(report.get("options"))
+    out = []
+    if pol:
+        ws = _list(pol.get("witnesses"))
+        parts = [f"--max-abandoned {_opt(pol.get('max_abandoned'), '?')}",
+                 f"--require-drand {'on' if pol.get('require_drand') else 'off'}",
+                 f"witnesses {len(ws)}, quorum {_opt(pol.get('quorum'), '0')}",
+                 f"--max-model-bytes {_opt(pol.get('max_model_bytes'), '?')}",
+                 f"{_clean(pol.get('challenge', '?'))} challenge"]
+        if pol.get("beacon_chain"):
+            parts.append(f"drand chain {_clean(pol['beacon_chain'])[:16]}…")
+        out.append("policy: " + ", ".join(parts))
+    head = f"potd {_clean(report['potd_version'])}" if report.get("potd_version") else ""
+    if opt:
+        names = ("samples", "memorization_segments", "replay_mode", "tolerance", "workers",
+                 "recipe", "evidence", "model", "beacon_url")
+        shown = [f"--{k.replace('_', '-')} {_clean(opt[k])}" for k in names
+                 if opt.get(k) is not None and opt.get(k) != ""]
+        out.append((head + "; " if head else "") + "options: " + ", ".join(shown))
+    elif head:
+        out.append(head)
+    return out
+
+
 def _status(check: Mapping[str, Any]) -> str:
     s = check.get("status")
     return s if isinstance(s, str) and s in _STATUS_STYLE else "unknown"
@@ -257,7 +302,7 @@ def render_terminal(report: dict[str, Any], console: Console | None = None) -> N
     verdict = _verdict(report)
     log = _dict(report.get("log"))
     head = txt()
-    head.append(enc(f" {verdict.upper()} "), style=_VERDICT_STYLE.get(verdict, "bold reverse"))
+    head.append(enc(f" {_banner(report)} "), style=_VERDICT_STYLE.get(verdict, "bold reverse"))
     head.append(enc("  audit of run "))
     head.append(enc(_clean(report.get("run", "?"))), style="bold")
     head.append(enc(dot + "recipe "))
@@ -266,9 +311,15 @@ def render_terminal(report: dict[str, Any], console: Console | None = None) -> N
     head.append(enc(_clean(log.get("origin", "?"))), style="bold")
     head.append(enc(f" at size {_opt(log.get('checkpoint_size'), '?')}"))
     console.print(head)
+    if verdict in _VERDICT_MEANING:
+        console.print(txt(f"{verdict}: {_VERDICT_MEANING[verdict]}", style="dim"))
+    for w in _warnings(report):
+        console.print(txt(f"{sym['warn']} warning: {w}", style="yellow"))
     model = _model_sentence(report)
     if model:
         console.print(txt(_clean(model), style="bold"))
+    for policy in _policy_lines(report):
+        console.print(txt(policy, style="dim"))
     sub = []
     if report.get("signer"):
         sub.append(f"signer {_clean(report['signer'])}")
@@ -670,6 +721,7 @@ details summary { cursor: pointer; color: #1565c0; font-size: 13px; }
 .s-pass { background: #e8f5e9; color: var(--green); }
 .s-fail { background: #ffebee; color: var(--red); }
 .s-warn { background: #fff8e1; color: #8d6e00; }
+.s-inconclusive { background: #fff3cd; color: #6d4c00; }
 .s-skip, .s-unknown { background: #eeeeee; color: var(--grey); }
 tr.bad td { background: #fff5f5; } tr.flag td { background: #fffbea; }
 .note { color: #666; font-size: 14px; }
@@ -716,7 +768,14 @@ def _meta_rows(report: Mapping[str, Any]) -> str:
     if cal:
         rows.append(("tolerance calibration",
                      f"noise {_opt(cal.get('noise'))}, tolerance {_opt(cal.get('tolerance'))}"
-                     + (f" ({_clean(cal['method'])})" if cal.get("method") else ""), False))
+                     + (f" ({_clean(cal['method'])})" if cal.get("method") else "")
+                     + (f"; {_clean(cal['reason'])}" if cal.get("reason") else ""), False))
+    if replay.get("mode_reason"):
+        rows.append(("replay mode reason", replay.get("mode_reason"), False))
+    for text in _policy_lines(report):
+        policy = text.startswith("policy: ")
+        rows.append(("policy" if policy else "version and options",
+                     text.removeprefix("policy: "), False))
     names = {"total_seconds": "total", "replay_seconds": "replay",
              "train_seconds_committed": "committed training"}
     t = ", ".join(f"{names.get(k, _clean(k))} {_num(v)} s" for k, v in timing.items()
@@ -825,7 +884,7 @@ def render_html(report: dict[str, Any]) -> str:
 
     log = _dict(report.get("log"))
     pts = _losses(report)
-    title = (f"potd audit: {verdict.upper()} {_clean(report.get('recipe', '?'))} run "
+    title = (f"potd audit: {_banner(report)} {_clean(report.get('recipe', '?'))} run "
              f"{_clean(report.get('run', '?'))}")
     counts: dict[str, int] = {}
     for c in _dicts(report.get("checks")):
@@ -851,10 +910,12 @@ def render_html(report: dict[str, Any]) -> str:
 <body>
 <header class="banner v-{verdict}">
 <div class="wrap">
-<h1>{_e(verdict.upper())}</h1>
+<h1>{_e(_banner(report))}</h1>
+{"".join(f'<p class="warning">warning: {_e(w)}</p>' for w in _warnings(report))}
 <p>Audit of run <code>{_e(report.get("run", "?"))}</code>, recipe <b>{_e(
         report.get("recipe", "?"))}</b>, log <b>{_e(log.get("origin", "?"))}</b> at size
 {_e(_opt(log.get("checkpoint_size"), "?"))}.</p>
+{"".join(f'<p class="policy">{_e(x)}</p>' for x in _policy_lines(report))}
 {f'<p class="model mono">{_e(_model_sentence(report))}</p>' if _model_sentence(report) else ""}
 </div>
 </header>

@@ -282,6 +282,7 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
         # formats the whole call stack each step, so every frame costs every step.)
         checked = 0
         first_bad: int | None = None
+        distance = tolerance = opt_distance = None
         for per_step in (False, True):
             model, opt = tr.load(start_sd, opt_sd)
             first_bad = None
@@ -296,21 +297,19 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                         break
             if first_bad is None:
                 break
-        distance = tolerance = opt_distance = None
+            # the whole segment was replayed (the first pass checks only its end): how far
+            # its end is from the commitment tells drift (tiny) from forgery (large)
+            distance, opt_distance = _end_distances(src, job, model, opt, start_sd, opt_sd)
         match = first_bad is None
         end_error = None
         if job.exact and match:  # the segment must end in the committed next state
             end_error = _end_state_error(tr, opt, job)
             match = end_error is None
-        if job.end_weights is not None and job.end_weights_hash is not None and (
-                not job.exact or not match):
-            end_sd = src.load(job.end_weights, job.end_weights_hash, job.algorithm)
-            if first_bad is None or not job.exact:
-                distance = relative_distance(model.state_dict(), end_sd, start_sd)
-            if not job.exact and job.end_optimizer and job.end_optimizer_hash:
-                end_opt = src.load(job.end_optimizer, job.end_optimizer_hash, job.algorithm)
-                opt_distance = optimizer_distance(flatten_optimizer(opt), end_opt, opt_sd)
-                distance = max(distance or 0.0, opt_distance)
+            if not match:
+                distance, opt_distance = _end_distances(src, job, model, opt, start_sd,
+                                                        opt_sd)
+        if not job.exact:
+            distance, opt_distance = _end_distances(src, job, model, opt, start_sd, opt_sd)
         if job.exact and match and job.step_hashes and job.step_hashes[-1] is None:
             match = False  # nothing to compare with: treated as a failure of the trainer
         return SegmentResult(job.start, job.end, match, first_bad, distance, tolerance,
@@ -326,6 +325,67 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                              time.perf_counter() - t0,
                              error=f"the committed state does not fit the recipe: "
                                    f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def _end_distances(src: EvidenceSource, job: SegmentJob, model: torch.nn.Module,
+                   opt: torch.optim.Optimizer, start_sd: Mapping[str, torch.Tensor],
+                   opt_sd: Mapping[str, torch.Tensor] | None
+                   ) -> tuple[float | None, float | None]:
+    """``(distance, optimizer distance)`` of the replayed state from the committed next
+    checkpoint: the weights' :func:`relative_distance`, raised to the optimizer state's
+    :func:`optimizer_distance` when the checkpoint has one; ``(None, None)`` without a
+    next checkpoint."""
+    if job.end_weights is None or job.end_weights_hash is None:
+        return None, None
+    end_sd = src.load(job.end_weights, job.end_weights_hash, job.algorithm)
+    distance = relative_distance(model.state_dict(), end_sd, dict(start_sd))
+    opt_distance = None
+    if job.end_optimizer and job.end_optimizer_hash:
+        end_opt = src.load(job.end_optimizer, job.end_optimizer_hash, job.algorithm)
+        opt_distance = optimizer_distance(flatten_optimizer(opt), end_opt, opt_sd)
+        distance = max(distance, opt_distance)
+    return distance, opt_distance
+
+
+def noise_distance(job: SegmentJob, threads: tuple[int, int]) -> float:
+    """Honest reproduction noise of ``job``'s segment: replayed from the same (checked)
+    start state with ``threads[0]`` and with ``threads[1]`` torch threads, the relative
+    distance between the two end states (weights; optimizer state too, the larger). Never
+    compares with the commitment, so a forged end checkpoint cannot inflate it. Raises
+    :class:`~ledger.errors.PotdError` for evidence the replay cannot load. The calling
+    thread's torch thread count is restored."""
+    before = torch.get_num_threads()
+    src = EvidenceSource(job.evidence)
+    tr = trainee(job.recipe, job.config)
+    recipe = tr.recipe
+    start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
+    opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
+              if job.start_optimizer is not None and job.start_optimizer_hash is not None
+              else None)
+    data = recipe_data(recipe)
+    cache: dict[tuple[bytes, int, int], list[int]] = {}
+    steps = range(job.start, job.end + 1)
+    batches = [torch.tensor(b) for b in job.batches] if job.batches else [
+        torch.tensor(batch_indexes(job.seed, job.n_examples, recipe.batch_size, step,
+                                   *job.step_starts[i], cache))
+        for i, step in enumerate(steps)]
+    ends = []
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            model, opt = tr.load(start_sd, opt_sd)
+            for i, step in enumerate(steps):
+                idx = batches[i]
+                train_step(recipe, model, opt, data.x[idx], data.y[idx], job.seed, step)
+            ends.append(({k: v.detach().clone() for k, v in model.state_dict().items()},
+                         {k: v.clone() for k, v in flatten_optimizer(opt).items()}))
+    finally:
+        torch.set_num_threads(before)
+    (w0, o0), (w1, o1) = ends
+    d = relative_distance(w0, w1, dict(start_sd))
+    if o1:
+        d = max(d, optimizer_distance(o0, o1, opt_sd))
+    return d
 
 
 def _end_state_error(tr: Trainee, opt: torch.optim.Optimizer, job: SegmentJob) -> str | None:

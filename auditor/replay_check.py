@@ -8,6 +8,7 @@ log's own signature (beacon) and evidence files checked against the log's hashes
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from prover.recipes.pin import code_hash, file_hashes
 from prover.session import decimal_string, environment
 
 from .beacon_check import BeaconFail, drand_seed_beacon, public_challenge
+from .calibration import calibrate, mode_reason, same_environment
 from .chain import (
     Chain,
     optimizer_layout_problem,
@@ -87,8 +89,12 @@ class ReplayCheck:
         self._init(recipe, seed)
         ckpts = self._evidence(chain, recipe)
         if ckpts is None:
-            a.check("replay", "fail", "the evidence does not match the log; nothing can be "
-                    "replayed from it")
+            if a.checks[-1]["name"] == "evidence" and a.checks[-1]["status"] == "inconclusive":
+                a.check("replay", "inconclusive", "no evidence to replay from (see the "
+                        "evidence check)")
+            else:
+                a.check("replay", "fail", "the evidence does not match the log; nothing can "
+                        "be replayed from it")
             raise _Stop
         self._replay(recipe, seed, ckpts)
 
@@ -213,6 +219,10 @@ class ReplayCheck:
                 proof = a.client.consistency_proof(bcp, self.cp)
                 check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
             except PotdError as e:
+                from .audit import unreachable
+
+                if unreachable(e):
+                    raise  # the log, not the trainer: the audit is inconclusive
                 a.check("seed", "fail", f"beacon checkpoint rejected: {e.message}")
                 return None
             ev = {"mode": "log", "trust": trust("log")}
@@ -247,23 +257,35 @@ class ReplayCheck:
         from .replay import recipe_data
 
         a = self.a
-        data = recipe_data(recipe)
+        try:
+            data = recipe_data(recipe)
+        except (OSError, PotdError) as e:  # the auditor's copy of the data is not there
+            a.check("dataset", "inconclusive", f"the recipe's data is not available to the "
+                    f"auditor: {getattr(e, 'message', e)}")
+            return False
         self.hashes = example_hashes(data.x, data.y)
         root = merkle_root_hex(self.hashes)
         held = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
         ds, ho = self.o.body.get("dataset"), self.o.body.get("heldout")
         ds, ho = (ds if isinstance(ds, dict) else {}), (ho if isinstance(ho, dict) else {})
+        # the auditor holding other data than the committed root says nothing against the
+        # claim (it is about the committed data, which this auditor does not have):
+        # nothing past this point can be checked, so the audit is inconclusive
+        hint = ("obtain the data whose Merkle root the run committed (same recipe, same "
+                "data version) and audit again")
         if root != ds.get("root") or len(data.x) != ds.get("size"):
-            a.check("dataset", "fail", "the data given to the auditor does not match the "
-                    f"committed dataset root ({len(data.x)} examples, root {root[:16]}…, "
-                    f"committed {str(ds.get('root'))[:16]}…)", local=root,
-                    committed=ds.get("root"))
+            a.check("dataset", "inconclusive", "the data available to the auditor is not "
+                    f"the committed data ({len(data.x)} examples, root {root[:16]}…; "
+                    f"committed {str(ds.get('size'))[:20]} examples, root "
+                    f"{str(ds.get('root'))[:16]}…): nothing trained on it can be checked",
+                    local=root, committed=ds.get("root"), hint=hint)
             return False
         if held != ho.get("root") or len(data.heldout_x) != ho.get("size"):
-            a.check("dataset", "fail", "the held-out split does not match its commitment "
-                    f"({len(data.heldout_x)} examples, root {held[:16]}…; committed "
-                    f"{str(ho.get('size'))[:20]} examples, root {str(ho.get('root'))[:16]}…)",
-                    local=held, committed=ho.get("root"))
+            a.check("dataset", "inconclusive", "the held-out split available to the auditor "
+                    f"is not the committed one ({len(data.heldout_x)} examples, root "
+                    f"{held[:16]}…; committed {str(ho.get('size'))[:20]} examples, root "
+                    f"{str(ho.get('root'))[:16]}…)", local=held, committed=ho.get("root"),
+                    hint=hint)
             return False
         a.check("dataset", "pass", f"{len(data.x)} training examples hash to the committed "
                 f"root; {len(data.heldout_x)} held-out examples match too", root=root)
@@ -391,9 +413,23 @@ class ReplayCheck:
             if "checkpoint" in st.body:
                 ckpts.append({"step": st.body["step"], **c} if isinstance(c, dict) else c)
         try:
-            manifest, mhash = src.manifest()
+            missing = self._no_manifest(src)
+            manifest, mhash = src.manifest() if missing is None else ({}, "")
         except EvidenceError as e:
-            a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+            missing = self._no_manifest(src, e)
+            if missing is None:
+                a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+                return None
+        if missing is not None:
+            a.check("evidence", "inconclusive", missing, location=a.opts.evidence,
+                    hint="give --evidence the directory or URL the trainer published this "
+                         "run's evidence at")
+            return None
+        if manifest.get("run") != self.view.run and mhash != self.close.body.get("manifest"):
+            a.check("evidence", "inconclusive", f"the evidence at {a.opts.evidence} is run "
+                    f"{str(manifest.get('run'))[:64]}'s, not run {self.view.run}'s: nothing "
+                    "of this run to check there", location=a.opts.evidence,
+                    hint="give --evidence the location of this run's evidence")
             return None
         if mhash != self.close.body.get("manifest"):
             a.check("evidence", "fail", "manifest.json is not the manifest committed in "
@@ -408,7 +444,7 @@ class ReplayCheck:
             src.load(str(self.init.get("weights")), str(self.init.get("weights_hash")),
                      self.alg)
         except EvidenceError as e:
-            a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+            self._evidence_error(e)
             return None
         if not self._objects(src, chain.checkpoints, recipe):
             return None
@@ -416,6 +452,41 @@ class ReplayCheck:
                 "checkpoints' objects fetched and match their names and the log's hashes",
                 manifest=manifest_bytes(manifest).decode()[:200])
         return chain.checkpoints
+
+    def _evidence_error(self, e: EvidenceError) -> None:
+        """An object the log names could not be had: missing, altered or misshapen is
+        evidence (fail); the evidence server not answering at all is not (inconclusive)."""
+        from .audit import unreachable
+
+        if unreachable(e.__context__):
+            self.a.check("evidence", "inconclusive", f"could not be fetched: {e.message}",
+                         file=e.evidence.get("file"))
+        else:
+            self.a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+
+    def _no_manifest(self, src: EvidenceSource, error: EvidenceError | None = None
+                     ) -> str | None:
+        """Why the evidence location holds nothing to check — no directory, no manifest,
+        a URL that does not answer or answers no manifest (``error``: fetching it
+        failed) — else None. That is no evidence against the trainer (a wrong --evidence,
+        or nothing published yet): inconclusive. A manifest that is there is checked, and
+        an object it or the log names that is missing is evidence (withheld): a fail."""
+        from .audit import unreachable
+
+        where = self.a.opts.evidence
+        if not src.is_url:
+            if not where or not os.path.isdir(where):
+                return f"the evidence directory {where!r} does not exist"
+            if not os.path.lexists(os.path.join(where, "manifest.json")):
+                return (f"the evidence directory {where} holds no manifest.json: it is not "
+                        "a run's evidence (or nothing was published yet)")
+            return None
+        if error is None:
+            return None
+        if unreachable(error.__context__) or error.message.startswith(
+                f"evidence {where.rstrip('/')}/manifest.json: HTTP "):
+            return f"no manifest could be fetched from {where}: {error.message}"
+        return None
 
     def _objects(self, src: EvidenceSource, ckpts: list[dict[str, Any]],
                  recipe: Recipe) -> bool:
@@ -438,7 +509,7 @@ class ReplayCheck:
             try:
                 got = safetensors_layout(src.verify(name, want_hash, self.alg))
             except EvidenceError as e:
-                a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+                self._evidence_error(e)
                 return False
             bad = (weights_layout_problem(got, want) if kind == "weights"
                    else optimizer_layout_problem(got, params))
@@ -460,9 +531,14 @@ class ReplayCheck:
             a.check("replay", "skip", "no committed checkpoints: nothing to replay from")
             return
         env = self.o.body.get("environment") or {}
+        env = env if isinstance(env, dict) else {}
         mine = environment()
-        exact = a.opts.tolerance is None and isinstance(env, dict) and all(
-            env.get(k) == mine[k] for k in ("torch", "device", "threads"))
+        self.threads = int(mine["threads"])  # every replay runs with it (workers too)
+        same = same_environment(env, mine)  # see auditor.calibration
+        mode = a.opts.replay_mode
+        if a.opts.tolerance is not None:
+            mode = "tolerance"
+        exact = same if mode == "auto" else mode == "exact"
         if a.opts.samples < 1:
             a.check("replay", "skip", f"--samples {a.opts.samples}: no step drawn, nothing "
                     "replayed")
@@ -493,17 +569,21 @@ class ReplayCheck:
                            pool_map(replay_segment, jobs, a.opts.workers)))
         replay_s = time.perf_counter() - t0
         tol = None
+        undecided: str | None = None  # why a distance cannot be judged (inconclusive)
         if not exact and jobs:
-            tol = a.opts.tolerance if a.opts.tolerance is not None else self._calibrate(
-                jobs[0])
+            if a.opts.tolerance is not None:
+                tol = a.opts.tolerance
+            else:
+                tol, undecided = calibrate(a, jobs, results, env, self.threads)
             for r in results:
                 r.tolerance = tol
                 if r.error is None and r.distance is not None:
-                    r.match = r.distance <= tol
+                    r.match = r.distance <= tol if tol is not None else r.distance == 0.0
         bad = [r for r in results if not r.match]
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
+            "mode_reason": mode_reason(a.opts, same, env, mine),
             "segments_total": len(segments), "steps_total": len(self.steps),
             "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
             "steps_replayed": sum(r.end - r.start + 1 for r in results),
@@ -522,6 +602,11 @@ class ReplayCheck:
             a.check("replay", "fail", f"step(s) {', '.join(map(str, uncovered[:10]))} drawn "
                     "for replay lie after the last committed checkpoint: no segment covers "
                     "them, they cannot be replayed", uncovered=uncovered[:1000])
+        elif undecided is not None and bad and all(r.error is None for r in bad):
+            a.check("replay", "inconclusive", f"{undecided} ({drew})",
+                    segments=[x.to_json() for x in bad],
+                    hint="audit in the trainer's environment (exact mode) or give "
+                         "--tolerance from a calibration you trust")
         elif bad:
             r = bad[0]
             where = (f"weights differ from the committed hash from step {r.first_mismatch_step}"
@@ -529,12 +614,22 @@ class ReplayCheck:
                      (r.error or f"distance {r.distance:.3g} exceeds tolerance {tol:.3g}"
                       if r.distance is not None and tol is not None else
                       r.error or "weights differ from the commitment"))
+            if exact and r.distance is not None:
+                where += (f"; the replayed end of the segment is at relative distance "
+                          f"{r.distance:.3g} from the committed checkpoint (rounding drift "
+                          "between environments stays near float precision, ~1e-7 to "
+                          "1e-5; other training lands near 1e-2 or beyond)")
+            hint = ({"hint": "a distance near float precision points to an environment "
+                             "difference the run did not record: re-audit with "
+                             "--replay-mode tolerance to judge it against measured noise"}
+                    if exact and r.distance is not None else {})
             a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where} ({drew})",
-                    segments=[x.to_json() for x in bad])
+                    segments=[x.to_json() for x in bad], **hint)
         else:
             a.check("replay", "pass", drew + " "
                     + ("bit-exactly (same environment)" if exact else
-                       f"within tolerance {tol:.3g} (environment differs)"),
+                       f"within tolerance {tol:.3g} (environment differs)" if tol is not None
+                       else "bit for bit, though the environment differs"),
                     steps=sum(r.end - r.start + 1 for r in results))
         self._memorization(recipe, segments, cseed, seed)
 
@@ -557,25 +652,7 @@ class ReplayCheck:
                                                   for t in range(start, end + 1)),
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
             end_optimizer=seg[1].get("optimizer"), end_optimizer_hash=seg[1].get("optimizer_hash"),
-            exact=exact, batches=batches)
-
-    def _calibrate(self, job: SegmentJob) -> float:
-        """Honest reproduction noise: the same segment replayed with 1 thread vs. the
-        default, distance between the two results; tolerance = 10x that, at least 1e-6."""
-        import dataclasses
-
-        default = torch.get_num_threads()  # before replay_segment changes it
-        try:
-            r1 = replay_segment(dataclasses.replace(job, threads=1, exact=False))
-            r2 = replay_segment(dataclasses.replace(job, threads=default, exact=False))
-        finally:
-            torch.set_num_threads(default)
-        noise = abs((r1.distance or 0.0) - (r2.distance or 0.0))
-        tol = max(10 * noise, 1e-6)
-        self.a.report.setdefault("calibration", {}).update(
-            {"noise": noise, "tolerance": tol, "threads": [1, default],
-             "method": f"1 thread vs {default} threads, x10"})
-        return tol
+            exact=exact, batches=batches, threads=self.threads)
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
                       dict[str, Any]]], cseed: bytes, seed: bytes) -> None:

@@ -11,16 +11,27 @@
   (``timeout``) and a cap per object from the protocol (a checkpoint 64 KiB, a hash tile
   32 bytes per hash, an entry bundle 2 + 65535 bytes per entry, a proof 64 KiB); a
   larger answer raises :class:`~ledger.errors.ResponseTooLarge` and is not retried.
-* Submissions retry with exponential backoff (with jitter) on connection errors, 429 and
-  503, honouring ``Retry-After``; any other rejection raises :class:`LogRejected` with the
-  server's error code and detail.
+* Requests retry with exponential backoff (with jitter) only what can recover: 429 and
+  503 (honouring ``Retry-After``), a deadline, a connection that broke, and a refused
+  connection for a short while (:data:`REFUSED_FOR` seconds: a log restarting is back
+  within that; a trainer's spool keeps retrying at its own pace after it, an auditor
+  should be told at once). What no retry can fix fails on the first try: a URL without
+  an http(s) scheme (:class:`~ledger.errors.UsageError`, at construction), a TLS
+  certificate that does not verify or a failed TLS handshake, a host name that does not
+  resolve (:class:`~ledger.errors.PeerUnreachable` with a hint). Any other rejection
+  raises :class:`LogRejected` with the server's error code and detail. Hints speak to
+  the role: a failed write (the trainer's) points to its spool, a failed read never
+  mentions one.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -37,6 +48,7 @@ from .errors import (
     PotdError,
     PushbackError,
     SignatureError,
+    UsageError,
     VerificationError,
 )
 from .merkle import check_hash, check_record, check_tree, leaf_hash, prove_record, prove_tree
@@ -47,6 +59,7 @@ from .note import (
     b64encode,
     count_cosignatures,
     open_checkpoint,
+    parse_note,
 )
 from .peer import MAX_BUNDLE, MAX_CHECKPOINT, MAX_ENTRY, MAX_JSON, MAX_PROOF, Peer, Response
 from .tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, TileHashReader, decode_bundle
@@ -99,6 +112,64 @@ class LogStorageFailing(LogUnavailable):
     code = "log_storage_failing"
 
 
+class WrongLogKey(SignatureError, UsageError):
+    """The log's checkpoint carries no signature by the pinned key at all: the key (or the
+    URL) given is not this log's — a usage error. (A signature *by* the pinned key that
+    does not verify is a plain :class:`~ledger.errors.SignatureError`: evidence, not a
+    mistake.)"""
+
+    code = "wrong_log_key"
+
+
+# Seconds a refused connection is retried for: a log server restarting (a crash, an
+# upgrade) listens again within about a second; past that, nothing listens at the address
+# (a wrong port, a stopped server) and waiting longer only delays the message.
+REFUSED_FOR = 3.0
+
+_READ_HINT = ("check the URL and that the log server is running and reachable, then try "
+              "again; nothing was verified")
+_WRITE_HINT = ("the statements stay in the trainer's local spool and are submitted when the "
+               "log is back (or run `potd prover resume --spool FILE`); check the URL and "
+               "that the log server is running")
+
+
+def unrecoverable(e: PeerUnreachable) -> str | None:
+    """Why no retry can get past ``e`` (a hint for the person), or None when it may.
+
+    Reads the cause :mod:`ledger.peer` chains to the error: a TLS certificate that does
+    not verify, a TLS handshake that fails (e.g. plain HTTP on the port), a host name
+    that does not exist."""
+    cause = e.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (f"the server's TLS certificate does not verify ({cause.verify_message}): "
+                "check the host name in the URL; a private log needs its CA in the "
+                "system trust store (or SSL_CERT_FILE)")
+    if isinstance(cause, ssl.SSLError) and not isinstance(
+            cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+        # a protocol the two sides do not share; a connection cut mid-handshake may recover
+        return ("the TLS handshake failed: is this an https URL for a server speaking "
+                "plain http (or the reverse)?")
+    if isinstance(cause, socket.gaierror) and cause.errno in (
+            socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+        return "the host name does not resolve: check the URL"
+    return None
+
+
+def _refused(e: PeerUnreachable) -> bool:
+    c = e.__cause__
+    return isinstance(c, ConnectionRefusedError) or (
+        isinstance(c, OSError) and c.errno == errno.ECONNREFUSED)
+
+
+def check_url(url: str, what: str = "log") -> None:
+    """``url`` is an http(s) URL with a host, else :class:`~ledger.errors.UsageError`."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise UsageError(f"{url[:200]!r} is not an http(s) URL",
+                         hint=f"give the {what}'s URL with its scheme, e.g. "
+                              "http://127.0.0.1:8080")
+
+
 @dataclass(frozen=True)
 class Receipt:
     """Proof that a statement is in the log: verified by the client before it is returned."""
@@ -134,6 +205,7 @@ class LogClient:
             raise MalformedError(f"a quorum of {quorum} needs at least that many witnesses "
                                  f"(got {len(witnesses)})")
         self.witnesses, self.quorum = tuple(witnesses), quorum
+        check_url(url)
         self.url = url.rstrip("/")
         self.log_key = Verifier.parse(log_key) if isinstance(log_key, str) else log_key
         self.state_dir = Path(state_dir) if state_dir else None
@@ -171,7 +243,25 @@ class LogClient:
         p = self._state_path()
         if p is None or not p.exists():
             return None
-        return open_checkpoint(p.read_bytes(), self.log_key)
+        data = p.read_bytes()
+        self._pinned_key_signed(data, f"the checkpoint stored in {p}")
+        return open_checkpoint(data, self.log_key)
+
+    def _pinned_key_signed(self, note: bytes, what: str) -> None:
+        """Raise :class:`WrongLogKey` if ``note`` has no signature line of the pinned key
+        (its name and key id): the key given is not the one that signs this log."""
+        try:
+            sigs = parse_note(note).signatures
+        except MalformedError:
+            return  # open_checkpoint reports it
+        k = self.log_key
+        if any((s.name, s.key_id) == (k.name, k.key_id) for s in sigs):
+            return
+        names = ", ".join(sorted({f"{s.name}+{s.key_id:08x}" for s in sigs}))[:300]
+        raise WrongLogKey(f"{what} is not signed by the pinned key {k.name}+{k.key_id:08x} "
+                          f"(it is signed by: {names})",
+                          hint="check --vkey (and the log URL): pin the verifier key of the "
+                               "log you mean")
 
     def _save_state(self, cp: SignedCheckpoint) -> None:
         p = self._state_path()
@@ -230,19 +320,39 @@ class LogClient:
     def _request(self, method: str, path: str, *, limit: int = MAX_JSON,
                  params: dict[str, Any] | None = None, content: bytes | None = None,
                  headers: dict[str, str] | None = None) -> Response:
-        """One request with retries on connection failures, deadlines, 429 and 503 (a
-        total of ``retries + 1`` tries, each within ``timeout`` seconds)."""
+        """One request with retries on what can recover (see the module docstring): at
+        most ``retries + 1`` tries, each within ``timeout`` seconds; a refused connection
+        for :data:`REFUSED_FOR` seconds only; an unrecoverable failure not at all."""
         url = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         delay = self.backoff
         last = ""
+        refused_since: float | None = None
+        hint = _WRITE_HINT if method == "POST" else _READ_HINT
         for attempt in range(self.retries + 1):
             try:
                 r: Response | None = self._http.request(method, url, limit=limit, body=content,
                                                         headers=headers)
-            except (PeerUnreachable, DeadlineExceeded) as e:
+            except DeadlineExceeded as e:
                 last = e.message
                 r = None
+            except PeerUnreachable as e:
+                why = unrecoverable(e)
+                if why is not None:
+                    e.hint = why + ("; the statements stay in the trainer's local spool: "
+                                    "fix this, then run `potd prover resume --spool FILE`"
+                                    if method == "POST" else "; nothing was verified")
+                    raise
+                last = e.message
+                r = None
+                if _refused(e):
+                    now = time.monotonic()
+                    refused_since = now if refused_since is None else refused_since
+                    if now - refused_since >= REFUSED_FOR:
+                        break
+                else:
+                    refused_since = None
             if r is not None:
+                refused_since = None
                 if r.status < 400:
                     return r
                 if r.status not in (429, 503):
@@ -261,11 +371,16 @@ class LogClient:
                     delay = max(delay, float(ra))
             if attempt == self.retries:
                 break
-            time.sleep(min(self.max_backoff, delay) * (0.5 + random.random()))
+            pause = min(self.max_backoff, delay) * (0.5 + random.random())
+            if refused_since is not None:  # one last try when the refusal budget ends
+                pause = min(pause, max(0.0, refused_since + REFUSED_FOR - time.monotonic()))
+            time.sleep(pause)
             delay = min(self.max_backoff, delay * 2)
-        raise LogUnavailable(f"log {self.url} unavailable after {self.retries + 1} tries ({last})",
-                             hint="check that the log server is running; submissions spooled "
-                                  "locally are kept")
+        if refused_since is not None:
+            last += (f"; refused for {time.monotonic() - refused_since:.1f} s: nothing "
+                     "listens at that address (a wrong port, or the server is down)")
+        raise LogUnavailable(f"log {self.url} unavailable after {attempt + 1} tries ({last})",
+                             hint=hint)
 
     def _json(self, path: str, *, limit: int = MAX_JSON, **params: Any) -> dict[str, Any]:
         d = self._request("GET", path, params=params, limit=limit).json()
@@ -282,6 +397,7 @@ class LogClient:
         this client already verified (a write receipt, the stored state) of which the
         fetched one is proven a prefix, if that newer one meets the witness policy."""
         r = self._request("GET", "/checkpoint", limit=MAX_CHECKPOINT)
+        self._pinned_key_signed(r.body, f"the checkpoint of {self.url}")
         cp = open_checkpoint(r.body, self.log_key)
         self.check_witnesses(cp)
         newest = self._advance(cp)

@@ -279,7 +279,9 @@ class Peer:
                                        BrokenPipeError))
                 if attempt == 0 and reused and stale:
                     continue
-                raise PeerUnreachable(f"{url}: {type(e).__name__}: {e}") from None
+                # the cause is kept: a client tells a refusal or a bad certificate
+                # (no retry helps) from a transient failure by it
+                raise PeerUnreachable(f"{url}: {type(e).__name__}: {e}") from e
             except BaseException:
                 conn.close()
                 raise

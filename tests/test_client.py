@@ -6,12 +6,13 @@ from __future__ import annotations
 import http.server
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e import Env
 
 from ledger.client import LogClient, LogUnavailable
-from ledger.errors import ConsistencyError, SignatureError
+from ledger.errors import ConsistencyError, PeerUnreachable, SignatureError, UsageError
 from ledger.log import Log
 from ledger.merkle import leaf_hash
 from ledger.note import Signer
@@ -50,8 +51,10 @@ def test_proofs_from_tiles_equal_server_proofs(env: Env) -> None:
 
 def test_wrong_log_key_is_refused(env: Env) -> None:
     other = Signer.generate(env.log_key.name)
-    with LogClient(env.url, other.verifier) as c, pytest.raises(SignatureError):
+    with LogClient(env.url, other.verifier) as c, pytest.raises(SignatureError) as e:
         c.checkpoint()
+    # no signature line of the pinned key at all: a mistake of the caller (exit 2)
+    assert isinstance(e.value, UsageError) and "--vkey" in e.value.hint
 
 
 def test_state_on_disk_detects_a_rewritten_log(env: Env, tmp_path: Path) -> None:
@@ -101,5 +104,92 @@ def test_pushback_is_retried_with_backoff_then_reported() -> None:
         with pytest.raises(LogUnavailable, match="4 tries"):
             c.add(b"{}")
         assert Pushback.hits == 4
+    finally:
+        srv.shutdown()
+
+
+# -- retry policy: fail fast where no retry helps (issue 14, item 5) -----------------------
+
+def _refused_url() -> str:
+    from ledger.devserver import free_port
+
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_refused_connection_is_retried_briefly_and_the_hint_speaks_to_the_role() -> None:
+    """Nothing listens: a read gives up after about REFUSED_FOR seconds (not the whole
+    retry budget: 8 retries took 25-50 s), and only a write's hint mentions the spool."""
+    import time
+
+    from ledger.client import REFUSED_FOR
+
+    key = Signer.generate("x.example/log").verifier
+    with LogClient(_refused_url(), key) as c:
+        t0 = time.monotonic()
+        with pytest.raises(LogUnavailable) as read:
+            c.checkpoint()
+        took = time.monotonic() - t0
+        with pytest.raises(LogUnavailable) as write:
+            c.add(b"{}")
+    assert REFUSED_FOR <= took < REFUSED_FOR + 2, took
+    assert "nothing listens" in read.value.message
+    assert "spool" not in str(read.value).lower()  # an auditor has no spool
+    assert "spool" in write.value.hint and "potd prover resume" in write.value.hint
+
+
+def test_url_without_a_scheme_is_a_usage_error_at_once() -> None:
+    key = Signer.generate("x.example/log").verifier
+    for url in ("localhost:8080", "127.0.0.1:8080", "log.example/tiles"):
+        with pytest.raises(UsageError, match="not an http"):
+            LogClient(url, key)
+
+
+def test_bad_tls_certificate_fails_on_the_first_try(tmp_path: Path) -> None:
+    """A self-signed certificate: retrying cannot make it verify, so one connection is
+    made and the error says what to check."""
+    import ssl
+    import subprocess
+    import time
+
+    cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "1", "-subj", "/CN=localhost", "-keyout", str(key_file), "-out",
+                        str(cert)], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("openssl is not available to make a self-signed certificate")
+
+    class Hits(http.server.BaseHTTPRequestHandler):
+        hits = 0
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key_file))
+    handshakes = []
+
+    class TLSServer(http.server.ThreadingHTTPServer):
+        def get_request(self) -> tuple[Any, Any]:
+            conn, addr = self.socket.accept()
+            handshakes.append(addr)
+            return ctx.wrap_socket(conn, server_side=True,
+                                   do_handshake_on_connect=False), addr
+
+    srv = TLSServer(("127.0.0.1", 0), Hits)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"https://localhost:{srv.server_address[1]}"
+        with LogClient(url, Signer.generate("x.example/log").verifier) as c:
+            t0 = time.monotonic()
+            with pytest.raises(PeerUnreachable) as e:
+                c.checkpoint()
+        assert time.monotonic() - t0 < 2.0
+        assert "certificate" in e.value.hint and "spool" not in str(e.value).lower()
+        assert len(handshakes) == 1
     finally:
         srv.shutdown()
