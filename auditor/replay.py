@@ -175,6 +175,17 @@ class Trainee:
         self.opt, self.opt_model = opt, model
         return opt
 
+    def optimizer_hash(self, opt: torch.optim.Optimizer, algorithm: str) -> str:
+        """:func:`~prover.hashing.hash_tensors` of the optimizer state as
+        :func:`~prover.evidence.flatten_optimizer` names it, over the live tensors (no
+        copies; a reused hasher keeps their framing)."""
+        key = "optimizer:" + algorithm
+        if key not in self.hashers:
+            self.hashers[key] = StateHasher(algorithm)
+        live = {f"state.{pid}.{k}": v if isinstance(v, torch.Tensor) else torch.tensor(v)
+                for pid, st in opt.state_dict()["state"].items() for k, v in st.items()}
+        return self.hashers[key].hash(live)
+
     def weights_hash(self, algorithm: str) -> str:
         """:func:`~prover.hashing.hash_tensors` of the model's state."""
         import blake3
@@ -391,13 +402,16 @@ def noise_distance(job: SegmentJob, threads: tuple[int, int]) -> float:
 def _end_state_error(tr: Trainee, opt: torch.optim.Optimizer, job: SegmentJob) -> str | None:
     """Why the replayed state after ``job.end`` is not the committed checkpoint's state
     (weights and optimizer state, bit for bit), or None."""
-    if job.end_weights_hash is not None:
+    # the weights after the last step were already compared when the segment's last
+    # step committed exactly the checkpoint's weights hash (the chain check requires it)
+    if job.end_weights_hash is not None and not (
+            job.step_hashes and job.step_hashes[-1] == job.end_weights_hash):
         got = tr.weights_hash(job.algorithm)
         if got != job.end_weights_hash:
             return (f"the weights replayed to step {job.end} ({got[:16]}…) are not the "
                     f"checkpoint's ({job.end_weights_hash[:16]}…) the next segment starts from")
     if job.end_optimizer_hash is not None:
-        got = StateHasher(job.algorithm).hash(flatten_optimizer(opt))
+        got = tr.optimizer_hash(opt, job.algorithm)
         if got != job.end_optimizer_hash:
             return (f"the optimizer state replayed to step {job.end} ({got[:16]}…) is not "
                     f"the committed checkpoint's ({job.end_optimizer_hash[:16]}…): the next "

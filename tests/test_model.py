@@ -332,3 +332,26 @@ def test_misfit_evidence_fails_the_evidence_check(env: Env) -> None:
     assert rep["verdict"] == "fail"
     ev = next(c for c in rep["checks"] if c["name"] == "evidence")
     assert ev["status"] == "fail" and "'evil' is not in the recipe's model" in ev["summary"]
+
+
+def test_replay_optimizer_hash_is_the_evidence_hash() -> None:
+    """The replay's end-state check hashes the live optimizer tensors; it must equal the
+    hash of the state as the evidence stores it (flatten_optimizer), step after step."""
+    import torch
+
+    from auditor.replay import Trainee
+    from prover.evidence import flatten_optimizer
+    from prover.hashing import StateHasher
+    from prover.recipes import get_recipe
+
+    tr = Trainee(get_recipe("digits-mlp"))
+    torch.manual_seed(0)
+    model = tr.recipe.model()
+    model, opt = tr.load(model.state_dict(), None)
+    x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        tr.recipe.loss(model, x, y).backward()
+        opt.step()
+        for alg in ("blake3", "sha256"):
+            assert tr.optimizer_hash(opt, alg) == StateHasher(alg).hash(flatten_optimizer(opt))
