@@ -56,7 +56,7 @@ from ledger.statement import Statement
 from prover.derive import choose
 
 from .logview import LogSnapshot, fetch_entries
-from .runs import RunView, check_run, grinding_evidence, group_runs, identity
+from .runs import RunView, check_run, complete_siblings, grinding_evidence, group_runs, identity
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
 
@@ -303,8 +303,14 @@ class Audit:
         if others:
             summary += (f"; {len(others)} incomplete run(s) by other identities over the "
                         "same data (not counted against this trainer)")
+        complete = complete_siblings(runs, view)
+        if complete:
+            summary += (f"; {len(complete)} other complete run(s) of this identity over the "
+                        "same data and recipe (listed, not counted: the trainer could have "
+                        "published the one it liked best)")
         self.check("run.grinding", status, summary + blind, runs=mine, other_identities=others,
-                   identity=me, tolerated=limit, aborted=len(aborted))
+                   identity=me, tolerated=limit, aborted=len(aborted),
+                   complete_siblings=complete)
 
 class _Stop(Exception):
     """Internal: stop the audit early (the failing check is already recorded)."""

@@ -244,3 +244,17 @@ def grinding_evidence(runs: dict[str, RunView], view: RunView
             row.update(abort_facts(v))
         (mine if identity(v.signer) == me else others).append(row)
     return mine, others
+
+
+def complete_siblings(runs: dict[str, RunView], view: RunView) -> list[dict[str, Any]]:
+    """Other *complete* runs of ``view``'s identity over the same dataset root and recipe,
+    opened before ``view`` closed. Not grinding evidence (a sweep trains several runs),
+    but a trainer could train several full runs and publish the luckiest: the audit lists
+    them so a reader sees the choice that was available."""
+    key = _data_key(view.open)
+    me = identity(view.signer)
+    end = view.statements[-1][0] if view.closed else None
+    return [{**v.summary(), "identity": me} for r, v in runs.items()
+            if r != view.run and v.open is not None and _data_key(v.open) == key
+            and identity(v.signer) == me and incomplete(v) is None
+            and (end is None or v.statements[0][0] <= end)]

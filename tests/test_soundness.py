@@ -68,6 +68,11 @@ def test_honest_runs_pass_for_several_seeds_and_samples_come_from_the_challenge(
         assert rep["replay"]["steps_drawn"] == 3
         assert rep["replay"]["detection_probability"]["0.1"] == pytest.approx(0.271,
                                                                               abs=1e-3)
+        # earlier complete runs of the same trainer over the same data are listed, not
+        # counted (the trainer could have published the one it liked best)
+        g = next(c for c in rep["checks"] if c["name"] == "run.grinding")
+        assert g["status"] == "pass" and len(g["evidence"]["complete_siblings"]) == i
+        assert (f"{i} other complete run(s)" in g["summary"]) == (i > 0)
     # the memorization segments depend on the auditor's challenge, not the training seed
     picks = {tuple(m["start"] for m in env.audit(
         s.run_id, env.dir / "ev-h2", state=f"m{j}", samples=1, memorization_segments=2,
