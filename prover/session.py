@@ -240,13 +240,7 @@ class TrainingSession:
             beacon, self.step0_extra = self._log_beacon(receipt)
         # what resume needs to rebuild the seed and step 0 without the log's reply
         self.spool.set_meta(beacon=beacon.hex(), step0=json.dumps(self.step0_extra))
-        self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
-        torch.manual_seed(init_seed(self.seed))
-        self.model = r.model()
-        self.optimizer = r.optimizer(self.model)
-        state = self.model.state_dict()
-        self.init_weights = hash_tensors(state, self.alg)
-        self.init_evidence = self.evidence.put(state)
+        self._init_from_seed(beacon)
         self._prev = leaf_hash(opened).hex()
         self._start(committer, seq=1)
 
@@ -333,13 +327,7 @@ class TrainingSession:
             if body.get("beacon", {}).get("chain") != self.chain.hash_hex:
                 raise UsageError("the beacon given is not the drand chain the run committed")
             self._round_open = int(body["beacon"]["round"])
-        self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
-        torch.manual_seed(init_seed(self.seed))
-        self.model = r.model()
-        self.optimizer = r.optimizer(self.model)
-        state = self.model.state_dict()
-        self.init_weights = hash_tensors(state, self.alg)
-        self.init_evidence = self.evidence.put(state)
+        self._init_from_seed(beacon)
         self._prev = leaf_hash(opened.raw).hex()
         seq = 1
         ckpts = [(st, raw) for st, raw in steps if isinstance(st.body.get("checkpoint"), dict)]
@@ -426,6 +414,18 @@ class TrainingSession:
             raise PotdError(f"the log attests the statement at {t} ms ({basis}), not before "
                             f"{what} ({due_ms} ms): the auditor would reject it",
                             hint="raise the beacon lead (--beacon-lead) or fix the clock")
+
+    def _init_from_seed(self, beacon: bytes) -> None:
+        """The seed from the beacon, then the seed-derived initial model (stored as
+        evidence, its hash committed in step 0) and the optimizer (docs/protocol.md §4.2)."""
+        r = self.recipe
+        self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
+        torch.manual_seed(init_seed(self.seed))
+        self.model = r.model()
+        self.optimizer = r.optimizer(self.model)
+        state = self.model.state_dict()
+        self.init_weights = hash_tensors(state, self.alg)
+        self.init_evidence = self.evidence.put(state)
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The data order of ``epoch``: the seed-derived permutation (docs/protocol.md §4)."""
