@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from prover.datasets import Datasets, as_datasets
+from prover.datasets import Datasets, as_datasets, call_data
 from prover.derive import batch_indexes
 from prover.evidence import EvidenceError, EvidenceSource, flatten_optimizer, restore_optimizer
 from prover.hashing import StateHasher
@@ -104,7 +104,7 @@ def recipe_data(recipe: Recipe) -> Data | Datasets:
     ``data_dir``); :func:`~prover.datasets.as_datasets` turns it into datasets."""
     key = (recipe.spec, repr(sorted(recipe.config.items())), str(recipe.data_dir))
     if key not in _DATA:
-        _DATA[key] = recipe.data()
+        _DATA[key] = call_data(recipe)
     return _DATA[key]
 
 

@@ -380,6 +380,24 @@ def as_datasets(data: Any) -> Datasets:
                           "prover.datasets.Datasets(train, heldout)")
 
 
+def call_data(recipe: Any) -> Any:
+    """``recipe.data()``; a failure of the recipe's own code (a missing ``data_dir``, a
+    bug) is a :class:`UsageError` naming the recipe, not a traceback (the original
+    exception is chained)."""
+    from ledger.errors import PotdError
+
+    try:
+        return recipe.data()
+    except PotdError:
+        raise
+    except Exception as e:  # user code: any failure is the recipe's (or its data's)
+        where = f" (data_dir {recipe.data_dir})" if getattr(recipe, "data_dir", None) else \
+            " (no --data-dir given)"
+        raise UsageError(f"recipe {recipe.name}: data() failed{where}: "
+                         f"{type(e).__name__}: {e}",
+                         hint="check --data-dir and the recipe's data()") from e
+
+
 def write_tokens(path: str | os.PathLike[str], tokens: Any, dtype: str = "uint16") -> Path:
     """Write ``tokens`` (bytes — one token per byte —, a sequence or an array of ids) as a
     flat little-endian token file of ``dtype``; refuses ids that do not fit."""

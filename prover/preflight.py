@@ -28,7 +28,7 @@ from ledger.client import LogClient, LogRejected, LogUnavailable
 from ledger.errors import PotdError, UsageError
 from ledger.note import Signer
 from ledger.statement import build_statement
-from prover.datasets import Dataset, as_datasets
+from prover.datasets import Dataset, as_datasets, call_data
 from prover.recipes import Recipe, train_step
 
 __all__ = ["PreflightError", "Probe", "check_evidence_dir", "check_log", "check_recipe",
@@ -103,7 +103,7 @@ def check_recipe(recipe: Recipe, data: Dataset | None = None, *, dry_step: bool 
             model = recipe.model()
             opt = recipe.optimizer(model)
             if dry_step:
-                d = data if data is not None else as_datasets(recipe.data()).train
+                d = data if data is not None else as_datasets(call_data(recipe)).train
                 x, y = d.batch(range(min(recipe.batch_size, len(d))))
                 train_step(recipe, model, opt, x.clone(), y.clone(), b"\0" * 32, 0)
             weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -56,7 +56,7 @@ from ledger.statement import Statement, build_statement, run_id
 from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, attested_ms, beacon_field, pick_round
 from prover.committer import Committer, client_settings, decimal_string
 from prover.dataset_cache import dataset_hashes
-from prover.datasets import TENSOR_ENCODING, as_datasets
+from prover.datasets import TENSOR_ENCODING, as_datasets, call_data
 from prover.derive import (
     beacon_from_checkpoint,
     derive_seed,
@@ -420,7 +420,7 @@ class TrainingSession:
         example hashes (cached on disk for file-backed data) and the schedule. ``data``
         stays what the recipe returned (stacked-tensor ``Data`` for the attacks)."""
         r = self.recipe
-        self.data = data = r.data()
+        self.data = data = call_data(r)
         ds = as_datasets(data)
         self.train, self.heldout = ds.train, ds.heldout
         self.train_hashes = dataset_hashes(self.train)

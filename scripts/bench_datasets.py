@@ -49,6 +49,10 @@ def best(fn: Any, repeats: int) -> tuple[float, Any]:
     return min(times), out
 
 
+def hash_floor(data: bytes, repeats: int) -> float:
+    return best(lambda: hashlib.sha256(data).digest(), repeats)[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -64,9 +68,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         write_tokens(path, rng.integers(0, 50257, args.mb * 500_000), "uint16")
         size = path.stat().st_size
-        data = path.read_bytes()
-        floor, _ = best(lambda: hashlib.sha256(data).digest(), args.repeats)
-        del data
+        floor = hash_floor(path.read_bytes(), args.repeats)
         for block in (int(b) for b in args.blocks.split(",")):
             colds, warms = [], []
             for r in range(args.repeats):

@@ -276,6 +276,11 @@ def test_token_file_recipe_trains_and_audits_with_data_dirs(env: Env, tmp_path: 
     write_tokens(mine / "train.bin", text, "uint16")
     (tmp_path / "alice.key").write_text(env.trainer.private_string())
     spec = f"{src}:Bigram"
+    nodir = potd("prover", "train", "--recipe", spec, "--log", env.url, "--vkey",
+                 str(env.log_key.verifier), "--key", "alice.key", "--evidence", "ev0",
+                 cwd=tmp_path)
+    assert nodir.returncode != 0 and "Traceback" not in nodir.stderr
+    assert "no --data-dir given" in nodir.stderr, nodir.stderr
     t = potd("prover", "train", "--recipe", spec, "--data-dir", str(mine), "--log", env.url,
              "--vkey", str(env.log_key.verifier), "--key", "alice.key", "--evidence", "ev",
              "--json", "t.json", cwd=tmp_path)
