@@ -286,8 +286,13 @@ def test_token_file_recipe_trains_and_audits_with_data_dirs(env: Env, tmp_path: 
              "--json", "t.json", cwd=tmp_path)
     assert t.returncode == 0, t.stdout + t.stderr
     run = json.loads((tmp_path / "t.json").read_text())["run"]
-    opened = json.loads((tmp_path / "ev" / "manifest.json").read_text())
-    assert str(mine) not in json.dumps(opened)
+    from prover.spool import Spool
+
+    sp = Spool(tmp_path / "ev" / "spool.db")
+    opened = dict(sp.statements())[0]
+    assert sp.meta()["data_dir"] == str(mine)  # kept locally, for resume
+    sp.close()
+    assert str(mine).encode() not in opened and b"trainer-data" not in opened
 
     shutil.copytree(mine, theirs)
     base = ["auditor", "audit", "--log", env.url, "--vkey", str(env.log_key.verifier),
