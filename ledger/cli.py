@@ -116,6 +116,23 @@ def keygen(name: str, out: str, force: bool) -> None:
 
 # -- storage ------------------------------------------------------------------------
 
+class _Database(click.ParamType):  # type: ignore[type-arg]
+    """``--db``: an existing SQLite file, or a ``postgresql://`` URL (checked on open)."""
+
+    name = "FILE|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        text = str(os.fspath(value))
+        if text.startswith(("postgresql://", "postgres://")):
+            return text
+        path: Any = click.Path(exists=True, dir_okay=False).convert(value, param, ctx)
+        return str(path)
+
+
+DB = _Database()
+DB_HELP = "The log: its SQLite file, or a postgresql:// URL."
+
 def _open(db: str, key: str | None = None) -> Any:
     from .log import Log
 
@@ -126,7 +143,8 @@ def _open(db: str, key: str | None = None) -> Any:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(dir_okay=False), help="New SQLite file.")
+@click.option("--db", required=True, type=click.Path(dir_okay=False),
+              help="New SQLite file, or a postgresql:// URL of an empty database.")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The log's private key file; its name is the log origin.")
 def init(db: str, key: str) -> None:
@@ -157,7 +175,7 @@ def _iter_entries(files: tuple[str, ...], lines: bool) -> Iterator[bytes]:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The log's private key file.")
 @click.option("--lines", is_flag=True,
@@ -188,7 +206,7 @@ def append(db: str, key: str, lines: bool, batch: int, files: tuple[str, ...]) -
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--size", type=int, help="A past tree size (default: the latest checkpoint).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
               help="Private key; needed only to sign a past size that has no stored checkpoint.")
@@ -218,7 +236,7 @@ def _checkpoint_text(log: Any, size: int) -> str:
 
 
 @prove.command("inclusion")
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--index", required=True, type=int, help="Log index of the entry.")
 @click.option("--size", type=int, help="Tree size (default: latest).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
@@ -237,7 +255,7 @@ def prove_inclusion(db: str, index: int, size: int | None, key: str | None) -> N
 
 
 @prove.command("consistency")
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--from", "size1", required=True, type=int, help="The older tree size.")
 @click.option("--to", "size2", type=int, help="The newer tree size (default: latest).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
@@ -347,7 +365,7 @@ def verify_consistency(vkey: str, proof_file: str, old_file: str | None,
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Directory for the static tlog-tiles mirror.")
 def export(db: str, out: str) -> None:
@@ -360,8 +378,8 @@ def export(db: str, out: str) -> None:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The log's SQLite file (from `potd ledger init`).")
+@click.option("--db", required=True, type=DB,
+              help="The log's SQLite file or postgresql:// URL (from `potd ledger init`).")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The log's private key file.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -431,12 +449,12 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:
-    from .store import SQLiteStore
+    from .storage import open_store
 
     v = read_verifier(vkey)
     if v.alg != 0x01:
         raise UsageError(f"{v} is not an Ed25519 (0x01) note key; trainers sign with those")
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         store.ensure_indexes()
         changed = store.set_signer_allowed(str(v), allowed)
@@ -447,7 +465,7 @@ def _signer_list(db: str, vkey: str, allowed: bool) -> None:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.argument("vkey")
 def allow(db: str, vkey: str) -> None:
     """Allow the trainer key VKEY (verifier key string or file) to write statements.
@@ -458,7 +476,7 @@ def allow(db: str, vkey: str) -> None:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.argument("vkey")
 def deny(db: str, vkey: str) -> None:
     """Remove the trainer key VKEY from the allow-list: its new statements get 403.

@@ -42,7 +42,7 @@ from .note import (
     open_checkpoint,
     sign_checkpoint,
 )
-from .store import SQLiteStore, Store
+from .storage import Store, open_store
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, TILE_HEIGHT, TILE_WIDTH, Tile, encode_bundle
 
 
@@ -80,7 +80,7 @@ class _Overlay:
 
 
 class Log:
-    """A signed, append-only Merkle log over a :class:`~ledger.store.Store`."""
+    """A signed, append-only Merkle log over a :class:`~ledger.storage.base.Store`."""
 
     def __init__(self, store: Store, signer: Signer | None, *, timestamps: bool = False) -> None:
         """Open a log. With ``signer=None`` the log is read-only and its checkpoints are
@@ -96,10 +96,13 @@ class Log:
                              f"({store.vkey()})", hint="use the log's own private key file")
         self.timestamps = timestamps
         self._lock = threading.Lock()
+        latest = store.latest_checkpoint()
         size = store.size()
+        if latest is not None and getattr(store, "shared", False):
+            # other writers may have moved on since: the tree at the checkpoint read first
+            size = open_checkpoint(latest, self.verifier).size
         edge = store.read_hashes(CompactRange.edge_indexes(size))
         self._range = CompactRange(size, edge)
-        latest = store.latest_checkpoint()
         if latest is None:
             if signer is None:
                 raise StorageError("the log has no checkpoint yet; open it once with its key")
@@ -115,14 +118,19 @@ class Log:
 
     @classmethod
     def create(cls, path: str, signer: Signer, **kw: bool) -> Log:
-        store = SQLiteStore(path, create=(signer.name, str(signer.verifier)), writer_lock=True)
-        return cls(store, signer, **kw)
+        """Create a log at ``path`` (a SQLite file or a ``postgresql://`` URL)."""
+        store = open_store(path, create=(signer.name, str(signer.verifier)), writer=True)
+        try:
+            return cls(store, signer, **kw)
+        except BaseException:
+            store.close()
+            raise
 
     @classmethod
     def open(cls, path: str, signer: Signer | None = None, **kw: bool) -> Log:
         """Open the log at ``path``; with ``signer`` for writing, which takes the file's
-        writer lock (one writer per log, see :class:`~ledger.store.SQLiteStore`)."""
-        store = SQLiteStore(path, writer_lock=signer is not None)
+        writer lock (one writer per log, see :class:`~ledger.storage.sqlite.SQLiteStore`)."""
+        store = open_store(path, writer=signer is not None)
         try:
             return cls(store, signer, **kw)
         except BaseException:
@@ -132,6 +140,30 @@ class Log:
     @property
     def origin(self) -> str:
         return self.verifier.name
+
+    def refresh(self) -> bool:
+        """Catch up with checkpoints other writers committed to a shared store (the
+        newest stored checkpoint, verified, and the tree edge at its size). Never moves
+        back. True if the tree grew."""
+        latest = self.store.latest_checkpoint()
+        if latest is None:
+            return False
+        cp = open_checkpoint(latest, self.verifier)
+        if cp.size <= self._checkpoint.size:
+            return False
+        edge = self.store.read_hashes(CompactRange.edge_indexes(cp.size))
+        rng = CompactRange(cp.size, edge)
+        if rng.root() != cp.root:
+            raise StorageError(f"checkpoint of size {cp.size} does not match the stored tree: "
+                               "the database was altered",
+                               hint="run `potd ledger fsck`; restore from a backup")
+        if self._checkpoint.size:
+            check_tree(prove_tree(cp.size, self._checkpoint.size, self.store), cp.size,
+                       cp.root, self._checkpoint.size, self._checkpoint.root)
+        with self._lock:
+            if cp.size > self._checkpoint.size:
+                self._range, self._checkpoint = rng, cp
+        return True
 
     def _signer(self) -> Signer:
         if self.signer is None:

@@ -62,7 +62,7 @@ from .note import Signer, b64encode
 from .openapi import openapi_document
 from .sequencer import Rejected, Sequencer, verify_signatures
 from .statement import Statement, parse_statement, parse_statement_array
-from .store import SQLiteStore
+from .storage import open_store
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, parse_path
 from .witnessing import WitnessPublisher, WitnessTarget
 
@@ -567,7 +567,7 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
     import uvicorn
 
     signer = key if isinstance(key, Signer) else Signer.parse(key)
-    store = SQLiteStore(db, read_connection=True, writer_lock=True)
+    store = open_store(db, server=True, writer=True)
     try:
         log = Log(store, signer, timestamps=timestamps)
         app = create_app(log, **options)

@@ -51,7 +51,7 @@ from ledger.statement import (  # noqa: E402
     run_id,
     verify_statement_signature,
 )
-from ledger.store import SQLiteStore  # noqa: E402
+from ledger.storage import SQLiteStore  # noqa: E402
 
 # --- statements -----------------------------------------------------------------------
 
