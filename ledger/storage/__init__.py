@@ -28,5 +28,6 @@ def open_store(db: str, *, create: tuple[str, str] | None = None, server: bool =
             raise UsageError("PostgreSQL support is not installed",
                              hint="pip install 'potd[pg]'") from None
         from .postgres import PostgresStore
-        return PostgresStore(db, create=create, pool_size=16 if server else 4)
+        return PostgresStore(db, create=create, pool_size=16 if server else 4,
+                             timeout=2.0 if server else 10.0)
     return SQLiteStore(db, create=create, read_connection=server, writer_lock=writer)
