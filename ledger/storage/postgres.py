@@ -64,17 +64,21 @@ class PostgresStore:
         self._psycopg = psycopg
         self._local = threading.local()  # .conn: this thread's writing() connection
         self.path = _redact(url)
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(timeout))}
+        try:  # one direct attempt first: a wrong URL fails now, not after the pool's retries
+            psycopg.connect(url, **kwargs).close()
+        except psycopg.Error as e:
+            raise StorageError(f"cannot connect to {self.path}: {str(e).strip()}",
+                               hint="check that PostgreSQL runs and the URL (host, port, "
+                                    "user, database) is right") from None
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=max(2, pool_size), timeout=timeout, open=False,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
-            name="potd")
+            kwargs=kwargs, name="potd")
         try:
             self._pool.open(wait=True, timeout=timeout)
         except (psycopg_pool.PoolTimeout, psycopg.Error) as e:
             self._pool.close()
-            raise StorageError(f"cannot connect to {self.path}: {e}",
-                               hint="check that PostgreSQL runs and the URL (host, port, "
-                                    "user, database) is right") from None
+            raise StorageError(f"cannot connect to {self.path}: {e}") from None
         try:
             with self._conn("open") as conn:
                 exists = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
