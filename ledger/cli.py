@@ -378,6 +378,36 @@ def export(db: str, out: str) -> None:
 
 
 @ledger.command()
+@click.option("--db", required=True, type=DB, help=DB_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory that a static web server, CDN or bucket sync serves.")
+@click.option("--follow", is_flag=True,
+              help="Keep publishing as the log grows, until SIGINT/SIGTERM.")
+@click.option("--interval", default=1.0, show_default=True,
+              help="With --follow: seconds between looks at the log.")
+def publish(db: str, out: str, follow: bool, interval: float) -> None:
+    """Keep a static C2SP tlog-tiles directory of the log: new tiles and bundles are
+    written once, then the checkpoint is replaced atomically, last. Prints one JSON
+    line per publication ({"size", "written"})."""
+    import signal
+
+    from .publish import publish as run_publish
+
+    log = _open(db)
+    stopping: list[int] = []
+    if follow:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda n, _f: stopping.append(n))
+
+    def report(size: int, written: int) -> None:
+        click.echo(json.dumps({"size": size, "written": written}))
+        sys.stdout.flush()
+
+    run_publish(log, out, follow=follow, interval=max(0.05, interval), report=report,
+                stop=lambda: bool(stopping))
+
+
+@ledger.command()
 @click.option("--db", required=True, type=DB,
               help="The log's SQLite file or postgresql:// URL (from `potd ledger init`).")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),

@@ -151,6 +151,9 @@ class Log:
         cp = open_checkpoint(latest, self.verifier)
         if cp.size <= self._checkpoint.size:
             return False
+        forget = getattr(self.store, "forget_tail", None)
+        if forget is not None:  # blocks another process extended since we read them
+            forget()
         edge = self.store.read_hashes(CompactRange.edge_indexes(cp.size))
         rng = CompactRange(cp.size, edge)
         if rng.root() != cp.root:

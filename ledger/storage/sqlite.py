@@ -212,6 +212,12 @@ class SQLiteStore:
             self._cache_put(key, data)
         return data
 
+    def forget_tail(self) -> None:
+        """Drop the cached partial blocks: another process (the writer, when this store
+        only reads) may have extended them. Full blocks stay cached (immutable)."""
+        with self._cache_lock:
+            self._tail.clear()
+
     def _note_written(self, writes: list[tuple[int, int, bytes]]) -> None:
         """After a commit: remember the new tail block of each written level, and cache
         the blocks above level 0 that just became full (immutable from now on)."""
