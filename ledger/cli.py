@@ -379,6 +379,36 @@ def export(db: str, out: str) -> None:
 
 @ledger.command()
 @click.option("--db", required=True, type=DB, help=DB_HELP)
+def fsck(db: str) -> None:
+    """Recompute the stored tree from the stored entries: every leaf and interior hash,
+    every full entry bundle and every stored checkpoint's signed root. Prints JSON;
+    exits 1 naming the first bad index."""
+    from .fsck import fsck as run_fsck
+    from .storage import open_store
+
+    store = open_store(db)  # not Log.open: that refuses a tree its checkpoint disowns
+    click.get_current_context().call_on_close(store.close)
+    res = run_fsck(store)
+    click.echo(json.dumps(res.to_json()))
+    if not res.ok:
+        sys.exit(1)
+
+
+@ledger.command()
+@click.option("--db", required=True, type=DB, help=DB_HELP)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="New file for the copy.")
+def backup(db: str, out: str) -> None:
+    """Copy a SQLite log consistently while it serves (SQLite's online backup API), then
+    open the copy and check its checkpoint. PostgreSQL: use pg_dump (see the README)."""
+    from .backup import backup_sqlite
+
+    size = backup_sqlite(db, out)
+    click.echo(json.dumps({"out": out, "size": size}))
+
+
+@ledger.command()
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Directory that a static web server, CDN or bucket sync serves.")
 @click.option("--follow", is_flag=True,
