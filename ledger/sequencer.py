@@ -124,6 +124,8 @@ class Sequencer:
         self.flush_seconds = 0.0  # time spent in flushes (the worker thread)
         # called on the event loop with the tree size after each flush (the witnessing)
         self.on_flush: Callable[[int], None] | None = None
+        # called on the event loop after each committed round: (statements, seconds)
+        self.on_round: Callable[[int, float], None] | None = None
         # the storage failure of the last commit, until a commit (or a probe) succeeds
         self.storage_error: StorageError | None = None
         self.probe_s = 1.0  # while failing and idle: probe the storage this often
@@ -217,7 +219,12 @@ class Sequencer:
             except BaseException as e:  # a bug: answer everyone, keep serving
                 err = e if isinstance(e, PotdError) else PotdError(f"internal error: {e!r}")
                 replies = [err] * len(take)
-            self.flush_seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.flush_seconds += took
+            stored = sum(len(sub.statements) for sub, r in zip(take, replies, strict=True)
+                         if isinstance(r, bytes))
+            if self.on_round is not None and stored:
+                self.on_round(stored, took)
             if self.on_flush is not None:
                 self.on_flush(self.log.size)
             for sub, reply in zip(take, replies, strict=True):

@@ -57,6 +57,7 @@ from .errors import (
 )
 from .guard import guarded_protocol, raise_fd_limit, trim_memory
 from .log import Log
+from .metrics import Metrics
 from .netutil import listen
 from .note import Signer, b64encode
 from .openapi import openapi_document
@@ -570,7 +571,7 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
     store = open_store(db, server=True, writer=True)
     try:
         log = Log(store, signer, timestamps=timestamps)
-        app = create_app(log, **options)
+        app: Any = Metrics(create_app(log, **options))  # + GET /metrics
     except BaseException:
         store.close()
         raise
