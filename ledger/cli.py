@@ -476,12 +476,16 @@ def publish(db: str, out: str, follow: bool, interval: float) -> None:
 @click.option("--wait-for-witnesses", is_flag=True,
               help="Answer writes only once a witnessed checkpoint covers them (default: "
                    "answer after durability and integration).")
+@click.option("--also-sign-with", "also_sign", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Another private key of the same origin that signs every new checkpoint "
+                   "too (a key rotation window; repeatable).")
 def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
           max_pending: int, max_request_bytes: int, max_buffered_bytes: int,
           body_timeout: float, header_timeout: float, max_connections: int,
           open_registration: bool, timestamps: bool,
           log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
-          wait_for_witnesses: bool) -> None:
+          wait_for_witnesses: bool, also_sign: tuple[str, ...]) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
@@ -500,6 +504,7 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
 
     signer = read_signer(key)
     run_server(db, signer, host=host, port=port, timestamps=timestamps, log_level=log_level,
+               also_sign=[read_signer(k) for k in also_sign],
                on_ready=ready, open_registration=open_registration, flush_ms=flush_ms,
                max_batch=max_batch, max_pending=max_pending,
                max_request_bytes=max_request_bytes, max_buffered_bytes=max_buffered_bytes,

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import MalformedError, StorageError, UsageError
 from .merkle import (
@@ -40,7 +41,7 @@ from .note import (
     Signer,
     Verifier,
     open_checkpoint,
-    sign_checkpoint,
+    sign_note,
 )
 from .storage import Store, open_store
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, TILE_HEIGHT, TILE_WIDTH, Tile, encode_bundle
@@ -82,9 +83,18 @@ class _Overlay:
 class Log:
     """A signed, append-only Merkle log over a :class:`~ledger.storage.base.Store`."""
 
-    def __init__(self, store: Store, signer: Signer | None, *, timestamps: bool = False) -> None:
+    def __init__(self, store: Store, signer: Signer | None, *, timestamps: bool = False,
+                 also_sign: Sequence[Signer] = ()) -> None:
         """Open a log. With ``signer=None`` the log is read-only and its checkpoints are
-        verified against the verifier key recorded at creation."""
+        verified against the verifier key recorded at creation. ``also_sign``: keys of
+        the same origin that sign every new checkpoint too (a key rotation window:
+        clients pinned to either key verify the same checkpoints)."""
+        for extra in also_sign:
+            if extra.name != store.origin():
+                raise UsageError(f"rotation key {extra.name!r} is not named after the log "
+                                 f"origin {store.origin()!r}",
+                                 hint=f"generate it with `potd ledger keygen {store.origin()}`")
+        self.also_sign = tuple(also_sign)
         if signer is not None and signer.name != store.origin():
             raise UsageError(f"key {signer.name!r} does not match the log origin "
                              f"{store.origin()!r}", hint="use the key this log was created with")
@@ -117,7 +127,7 @@ class Log:
                     hint="restore the database from a backup; do not sign over it")
 
     @classmethod
-    def create(cls, path: str, signer: Signer, **kw: bool) -> Log:
+    def create(cls, path: str, signer: Signer, **kw: Any) -> Log:
         """Create a log at ``path`` (a SQLite file or a ``postgresql://`` URL)."""
         store = open_store(path, create=(signer.name, str(signer.verifier)), writer=True)
         try:
@@ -127,7 +137,7 @@ class Log:
             raise
 
     @classmethod
-    def open(cls, path: str, signer: Signer | None = None, **kw: bool) -> Log:
+    def open(cls, path: str, signer: Signer | None = None, **kw: Any) -> Log:
         """Open the log at ``path``; with ``signer`` for writing, which takes the file's
         writer lock (one writer per log, see :class:`~ledger.storage.sqlite.SQLiteStore`)."""
         store = open_store(path, writer=signer is not None)
@@ -182,7 +192,10 @@ class Log:
 
     def _sign(self, size: int, root: bytes) -> SignedCheckpoint:
         ext = (f"timestamp {_now_ms()}",) if self.timestamps else ()
-        return sign_checkpoint(Checkpoint(self.origin, size, root, ext), self._signer())
+        return self._sign_cp(Checkpoint(self.origin, size, root, ext))
+
+    def _sign_cp(self, cp: Checkpoint) -> SignedCheckpoint:
+        return SignedCheckpoint(cp, sign_note(cp.to_text(), self._signer(), *self.also_sign))
 
     # -- writing --------------------------------------------------------------
 
@@ -241,7 +254,7 @@ class Log:
     def checkpoint_at(self, size: int) -> SignedCheckpoint:
         """The log's signed checkpoint (no extension lines) for any size up to the current."""
         self._check_size(size)
-        return sign_checkpoint(Checkpoint(self.origin, size, self.root_at(size)), self._signer())
+        return self._sign_cp(Checkpoint(self.origin, size, self.root_at(size)))
 
     def root_at(self, size: int) -> bytes:
         self._check_size(size)

@@ -466,6 +466,7 @@ class Sequencer:
         """After a failed commit: reload the tree and forget cached run states."""
         self._runs.clear()
         try:
-            self.log = Log(self.log.store, self.log.signer, timestamps=self.log.timestamps)
+            self.log = Log(self.log.store, self.log.signer, timestamps=self.log.timestamps,
+                           also_sign=self.log.also_sign)
         except PotdError:
             pass  # the next flush fails again and reports it
