@@ -380,9 +380,10 @@ def export(db: str, out: str) -> None:
 @ledger.command()
 @click.option("--db", required=True, type=DB, help=DB_HELP)
 def fsck(db: str) -> None:
-    """Recompute the stored tree from the stored entries: every leaf and interior hash,
-    every full entry bundle and every stored checkpoint's signed root. Prints JSON;
-    exits 1 naming the first bad index."""
+    """Recompute the stored tree from the stored entries; exit 1 at the first bad index.
+
+    Checks every leaf and interior hash, every full entry bundle and every stored
+    checkpoint's signed root. Prints JSON."""
     from .fsck import fsck as run_fsck
     from .storage import open_store
 
@@ -399,8 +400,10 @@ def fsck(db: str) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="New file for the copy.")
 def backup(db: str, out: str) -> None:
-    """Copy a SQLite log consistently while it serves (SQLite's online backup API), then
-    open the copy and check its checkpoint. PostgreSQL: use pg_dump (see the README)."""
+    """Copy a SQLite log consistently while it serves (SQLite's online backup API).
+
+    The copy is opened and its latest checkpoint checked against its tree before it is
+    renamed into place. PostgreSQL logs: use pg_dump or a base backup (see the README)."""
     from .backup import backup_sqlite
 
     size = backup_sqlite(db, out)
@@ -416,9 +419,10 @@ def backup(db: str, out: str) -> None:
 @click.option("--interval", default=1.0, show_default=True,
               help="With --follow: seconds between looks at the log.")
 def publish(db: str, out: str, follow: bool, interval: float) -> None:
-    """Keep a static C2SP tlog-tiles directory of the log: new tiles and bundles are
-    written once, then the checkpoint is replaced atomically, last. Prints one JSON
-    line per publication ({"size", "written"})."""
+    """Keep a static C2SP tlog-tiles directory of the log (for any static web server).
+
+    New tiles and bundles are written once, then the checkpoint is replaced atomically,
+    last. Prints one JSON line per publication ({"size", "written"})."""
     import signal
 
     from .publish import publish as run_publish
