@@ -23,9 +23,13 @@ import httpx
 import pytest
 from pgcluster import PgCluster
 from server_helpers import LogServer, Trainer, batch_body
+from test_go_interop import b64, go_ok
+from test_go_interop import potdcheck as _go_checker  # noqa: F401 (the fixture)
 
-from ledger.merkle import check_tree
+from ledger.log import Log
+from ledger.merkle import check_tree, leaf_hash
 from ledger.note import SignedCheckpoint, b64decode, open_checkpoint
+from ledger.publish import publish_once
 
 CLIENTS = 16
 
@@ -209,3 +213,42 @@ def test_postgres_restart_gives_503_then_recovers(tmp_path: Path, pg_cluster: Pg
             assert r.json()["index"] == 1
     finally:
         server.kill()
+
+
+@pytest.mark.slow
+def test_go_verifies_the_tree_two_frontends_wrote(tmp_path: Path, pg_url: str,
+                                                 request: pytest.FixtureRequest) -> None:
+    """Go's tlog (tests/go) authenticates every tile and entry of the published tree and
+    the consistency of every checkpoint either frontend served with the final one."""
+    potdcheck: Path = request.getfixturevalue("_go_checker")  # skips without Go
+    servers = _frontends(tmp_path, pg_url, 2)
+    for s in servers:
+        s.start()
+    try:
+        storm = Storm(servers)
+        _run_storm(storm, [Client(Trainer()) for _ in range(8)], seconds=2.0, kill_at=None,
+                   seed=2)
+    finally:
+        for s in servers:
+            s.stop()
+    log = Log.open(pg_url)
+    try:
+        mirror = tmp_path / "mirror"
+        publish_once(log, str(mirror), fsync=False)
+        n = log.size
+        olds = sorted({c.size for c in storm.served if 0 < c.size < n})[:50]
+        inclusion = []
+        for i in sorted({0, n // 2, n - 1}):
+            inclusion.append({"index": i, "leaf_hash": b64(leaf_hash(log.entries(i, i + 1)[0])),
+                              "size": n, "proof": [b64(h) for h in log.inclusion_proof(i)]})
+        req = {"vkey": str(log.verifier), "checkpoint": str(log.checkpoint()),
+               "tiles_dir": str(mirror), "inclusion": inclusion,
+               "roots": {str(m): b64(log.root_at(m)) for m in olds},
+               "consistency": [{"from": m, "to": n,
+                                "proof": [b64(h) for h in log.consistency_proof(m)]}
+                               for m in olds]}
+        out = go_ok(potdcheck, req)
+    finally:
+        log.store.close()
+    assert out["size"] == n == len(storm.acks) and out["entries_checked"] == n
+    assert out["consistency_checked"] == len(olds) > 0
