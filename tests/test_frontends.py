@@ -16,6 +16,7 @@ import base64
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class Storm:
     served: list[SignedCheckpoint] = field(default_factory=list)
     duplicates: int = 0
     dead: set[int] = field(default_factory=set)
+    statuses: dict[int, int] = field(default_factory=dict)
 
     def record(self, index: int, st: bytes, cp: str | None) -> None:
         old = self.acks.get(index)
@@ -85,6 +87,7 @@ async def _client(storm: Storm, c: Client, https: list[httpx.AsyncClient],
         except httpx.TransportError:
             await asyncio.sleep(0.05)  # lost reply (the frontend died): retry elsewhere
             continue
+        storm.statuses[r.status_code] = storm.statuses.get(r.status_code, 0) + 1
         if r.status_code == 200:
             replies = r.json() if len(todo) > 1 else [r.json()]
             for reply, st in zip(replies, todo, strict=True):
@@ -103,7 +106,7 @@ async def _client(storm: Storm, c: Client, https: list[httpx.AsyncClient],
 
 
 def _run_storm(storm: Storm, clients: list[Client], seconds: float, kill_at: float | None,
-               seed: int) -> None:
+               seed: int, event: tuple[float, Callable[[], None]] | None = None) -> None:
     rnd = random.Random(seed)
 
     async def go() -> None:
@@ -114,6 +117,9 @@ def _run_storm(storm: Storm, clients: list[Client], seconds: float, kill_at: flo
             await asyncio.sleep(kill_at)
             storm.servers[0].kill()  # SIGKILL mid-storm
             storm.dead.add(0)
+        if event is not None:
+            await asyncio.sleep(event[0])
+            await asyncio.to_thread(event[1])
         await asyncio.gather(*tasks)
         for h in https:
             await h.aclose()
@@ -211,6 +217,23 @@ def test_postgres_restart_gives_503_then_recovers(tmp_path: Path, pg_cluster: Pg
                 time.sleep(0.2)
             assert r.status_code == 200, r.text
             assert r.json()["index"] == 1
+        # and mid-storm, through two frontends: 503s, recovery, nothing acknowledged lost
+        (tmp_path / "f1").mkdir()
+        shutil.copy(server.keyfile, tmp_path / "f1" / "log.key")
+        other = LogServer(tmp_path / "f1", "--open-registration", "--flush-ms", "5", db=url)
+        other.start()
+        storm = Storm([server, other])
+        clients = [Client(Trainer()) for _ in range(8)]
+
+        def restart() -> None:
+            pg_cluster.stop()
+            time.sleep(0.5)
+            pg_cluster.start()
+
+        _run_storm(storm, clients, seconds=3.0, kill_at=None, seed=3, event=(0.7, restart))
+        _check_tree(storm, other)
+        assert storm.statuses.get(503, 0) > 0, "the restart should have been seen"
+        other.kill()
     finally:
         server.kill()
 
