@@ -160,8 +160,6 @@ def test_two_frontends_one_tree_survive_kill9(tmp_path: Path, pg_url: str) -> No
         assert servers[0].proc is not None and servers[0].proc.returncode == -9
         cp = _check_tree(storm, servers[1])
         assert len(storm.acks) == sum(c.acked for c in clients) > 200
-        print(f"{len(storm.acks)} acknowledged, {storm.duplicates} retried as duplicates, "
-              f"tree size {cp.size}")
         # the killed frontend comes back on the same tree
         servers[0].start()
         again = open_checkpoint(servers[0].checkpoint(), servers[0].vkey)
