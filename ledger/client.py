@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cosignature import count_cosignatures, explain_missing
 from .errors import (
     ConsistencyError,
     DeadlineExceeded,
@@ -57,7 +58,6 @@ from .note import (
     Verifier,
     b64decode,
     b64encode,
-    count_cosignatures,
     open_checkpoint,
     parse_note,
 )
@@ -414,11 +414,12 @@ class LogClient:
         ok = count_cosignatures(cp.note, self.witnesses) if self.witnesses else []
         if len(ok) < self.quorum:
             names = ", ".join(f"{w.name}+{w.key_id:08x}" for w in self.witnesses)
+            why = explain_missing(cp.note, [w for w in self.witnesses if w not in ok])
             raise SignatureError(
                 f"checkpoint of size {cp.size} has {len(ok)} of the {self.quorum} required "
                 f"witness cosignatures (witnesses: {names})",
-                hint="the log may be showing you a view nobody else checked (split view); "
-                     "do not trust it until witnesses cosign it",
+                hint=why or ("the log may be showing you a view nobody else checked (split "
+                             "view); do not trust it until witnesses cosign it"),
                 checkpoint=str(cp))
         return ok
 

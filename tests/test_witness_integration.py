@@ -17,6 +17,7 @@ import pytest
 from test_client import open_statement
 
 from ledger.client import LogClient
+from ledger.cosignature import count_cosignatures
 from ledger.devserver import ServerProcess, free_port
 from ledger.errors import SignatureError
 from ledger.log import Log
@@ -24,7 +25,6 @@ from ledger.note import (
     ALG_COSIGNATURE_V1,
     SignedCheckpoint,
     Signer,
-    count_cosignatures,
     open_checkpoint,
 )
 
