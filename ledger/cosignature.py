@@ -134,11 +134,11 @@ def count_cosignatures(note: Note, witnesses: Iterable[Verifier]) -> list[Verifi
         by_id[(c.name, c.key_id)] = w
     ok: list[Verifier] = []
     for s in note.signatures:
-        w = by_id.get((s.name, s.key_id))
-        if w is not None:
-            verify_cosignature(note.text, s, w)
-            if w not in ok:  # a repeated cosignature line counts once toward a quorum
-                ok.append(w)
+        listed = by_id.get((s.name, s.key_id))
+        if listed is not None:
+            verify_cosignature(note.text, s, listed)
+            if listed not in ok:  # a repeated cosignature line counts once toward a quorum
+                ok.append(listed)
     return ok
 
 
