@@ -398,12 +398,15 @@ def export(db: str, out: str) -> None:
 @click.option("--wait-for-witnesses", is_flag=True,
               help="Answer writes only once a witnessed checkpoint covers them (default: "
                    "answer after durability and integration).")
+@click.option("--gzip-bundles", is_flag=True,
+              help="Serve entry bundles with Content-Encoding: gzip (C2SP tlog-tiles "
+                   "allows it without negotiation; clients must decode it).")
 def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
           max_pending: int, max_request_bytes: int, max_buffered_bytes: int,
           body_timeout: float, header_timeout: float, max_connections: int,
           open_registration: bool, timestamps: bool,
           log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
-          wait_for_witnesses: bool) -> None:
+          wait_for_witnesses: bool, gzip_bundles: bool) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
@@ -427,7 +430,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
                max_request_bytes=max_request_bytes, max_buffered_bytes=max_buffered_bytes,
                body_timeout=body_timeout, header_timeout=header_timeout,
                max_connections=max_connections, witnesses=witness,
-               witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses)
+               witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses,
+               gzip_bundles=gzip_bundles)
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:
