@@ -12,8 +12,9 @@ A cosigner's Ed25519 key may be given in either form, 0x01 or 0x04 (transparency
 witness tools write 0x01 keys): :func:`as_cosigner` reads it as the cosignature/v1 key
 with the same public key (its key ID computed with 0x04), as the spec asks.
 
-A note is UTF-8 text ending in a newline, a blank line, then signature lines
-``— <name> <base64(key ID || signature)>``. Opening a note: unknown signatures are
+A note is UTF-8 text ending in a newline (it may hold empty lines), a blank line, then
+signature lines ``— <name> <base64(key ID || signature)>``; the text ends at the note's
+last empty line. Opening a note: unknown signatures are
 ignored; a known key whose signature is bad rejects the note; more than 100
 signatures reject it; at least one trusted signature must verify.
 
@@ -261,10 +262,9 @@ class Note:
 
 
 def _check_text(text: str) -> None:
+    # empty lines are allowed (signed-note: the text ends at the note's last empty line)
     if not text.endswith("\n"):
         raise MalformedError("note text must end with a newline")
-    if "\n\n" in text:
-        raise MalformedError("note text must not contain a blank line")
     for c in text:
         if ord(c) < 0x20 and c != "\n":
             raise MalformedError(f"note text contains control character {ord(c):#04x}")
