@@ -304,7 +304,7 @@ def _json_bytes(raw: bytes, what: str) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MalformedError(f"{what} is neither a tlog-proof nor valid JSON: {e}") from None
+        raise MalformedError(f"{what} is not valid JSON (nor a tlog-proof): {e}") from None
     if not isinstance(data, dict):
         raise MalformedError(f"{what} must hold a JSON object")
     return data
