@@ -64,12 +64,32 @@ def _client(log: str, vkey: str, state: str | None, witness: tuple[str, ...] = (
     q = len(ws) if quorum is None else quorum
     if q > len(ws):
         raise UsageError(f"--quorum {q} needs at least {q} --witness keys")
-    return LogClient(log, key(vkey, "--vkey"), state_dir=state, proofs="tiles", witnesses=ws,
-                     quorum=q)
+    policy = click.get_current_context().meta.get("potd.policy")
+    log_key = key(vkey, "--vkey")
+    if policy is not None:
+        if ws or quorum is not None:
+            raise UsageError("--policy replaces --witness/--quorum: give one or the other")
+        if policy.logs and log_key not in policy.logs:
+            raise UsageError(f"the log key {log_key.name}+{log_key.key_id:08x} is not one of "
+                             "the policy's logs", hint="check --vkey against the policy file")
+    return LogClient(log, log_key, state_dir=state, proofs="tiles", witnesses=ws,
+                     quorum=q, policy=policy)
+
+
+def _policy(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
+    if path is not None:
+        from ledger.cli import read_policy
+
+        ctx.meta["potd.policy"] = read_policy(path)
 
 
 def witness_options(f: Any) -> Any:
-    """--witness VKEY (repeatable) and --quorum K: the checkpoint policy."""
+    """--witness VKEY (repeatable) and --quorum K, or --policy FILE: the checkpoint policy."""
+    f = click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+                     callback=_policy, expose_value=False,
+                     help="A C2SP tlog-policy file (witnesses, groups, quorum; its log "
+                          "lines, if any, must include --vkey); replaces --witness and "
+                          "--quorum.")(f)
     f = click.option("--quorum", type=int,
                      help="Valid witness cosignatures a checkpoint needs (default: all "
                           "--witness keys).")(f)

@@ -90,6 +90,18 @@ def read_signer(path: str) -> Any:
     return Signer.parse(text)
 
 
+def read_policy(path: str) -> Any:
+    """A C2SP tlog-policy file."""
+    from .policy import MAX_POLICY_BYTES, parse_policy
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read policy file {path}: {e.strerror}") from None
+    return parse_policy(data)
+
+
 def read_verifier(vkey: str) -> Any:
     """A verifier key given inline or as a file holding it."""
     from .note import Verifier
@@ -241,14 +253,23 @@ def _checkpoint_text(log: Any, size: int) -> str:
 @click.option("--size", type=int, help="Tree size (default: latest).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
               help="Private key, to sign a checkpoint for a size that has none stored.")
-def prove_inclusion(db: str, index: int, size: int | None, key: str | None) -> None:
+@click.option("--format", "fmt", type=click.Choice(["json", "tlog-proof"]), default="json",
+              show_default=True, help="json, or C2SP tlog-proof@v1 text (save it as "
+              "NAME.tlog-proof; it carries no leaf hash: the verifier hashes the entry).")
+def prove_inclusion(db: str, index: int, size: int | None, key: str | None,
+                    fmt: str) -> None:
     """Inclusion proof of entry INDEX in the tree of --size, with the leaf and checkpoint."""
     from .merkle import leaf_hash
+    from .tlog_proof import TlogProof
 
     log = _open(db, key)
     size = log.size if size is None else size
     proof = log.inclusion_proof(index, size)
     entry = log.entries(index, index + 1)[0]
+    if fmt == "tlog-proof":
+        tp = TlogProof(index, tuple(proof), _checkpoint_text(log, size).encode())
+        click.echo(tp.to_bytes().decode(), nl=False)
+        return
     click.echo(json.dumps({"index": index, "size": size, "leaf_hash": _b64(leaf_hash(entry)),
                            "hashes": [_b64(h) for h in proof],
                            "checkpoint": _checkpoint_text(log, size)}, indent=2))
@@ -290,6 +311,23 @@ def _load_json(path: str) -> dict[str, Any]:
     return data
 
 
+def _read_at_most(path: str, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _json_bytes(raw: bytes, what: str) -> dict[str, Any]:
+    from .errors import MalformedError
+
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MalformedError(f"{what} is not valid JSON (nor a tlog-proof): {e}") from None
+    if not isinstance(data, dict):
+        raise MalformedError(f"{what} must hold a JSON object")
+    return data
+
+
 def _field(d: dict[str, Any], name: str, kind: type) -> Any:
     from .errors import MalformedError
 
@@ -312,23 +350,79 @@ def _hashes(d: dict[str, Any]) -> list[bytes]:
 
 
 @verify.command("inclusion")
-@click.option("--vkey", required=True, help="The log's verifier key (string or file).")
+@click.option("--vkey", help="The log's verifier key (string or file); with --policy, "
+              "default: the policy's log key for the checkpoint's origin.")
 @click.option("--proof", "proof_file", required=True,
-              help="JSON from `potd ledger prove inclusion` (or - for stdin).")
+              help="JSON from `potd ledger prove inclusion`, or a C2SP tlog-proof (or - "
+                   "for stdin).")
 @click.option("--checkpoint", "cp_file", type=click.Path(exists=True, dir_okay=False),
               help="Signed checkpoint file to verify against (default: the one in the proof).")
 @click.option("--entry", type=click.Path(exists=True, dir_okay=False),
-              help="The entry's bytes; checked against the proof's leaf hash.")
-def verify_inclusion(vkey: str, proof_file: str, cp_file: str | None, entry: str | None) -> None:
-    """Check an inclusion proof against a signed checkpoint and a pinned log key."""
+              help="The entry's bytes; checked against the proof's leaf hash (a tlog-proof "
+                   "needs it: the leaf hash is computed from it).")
+@click.option("--witness", multiple=True,
+              help="A witness's cosignature verifier key (string or file); repeatable.")
+@click.option("--quorum", type=int,
+              help="Valid witness cosignatures the checkpoint needs (default: all --witness).")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+              help="A C2SP tlog-policy file (logs, witnesses, quorum); replaces --witness "
+                   "and --quorum.")
+def verify_inclusion(vkey: str | None, proof_file: str, cp_file: str | None,
+                     entry: str | None, witness: tuple[str, ...], quorum: int | None,
+                     policy: str | None) -> None:
+    """Check an inclusion proof against a signed checkpoint, a pinned log key and a
+    witness policy (--witness/--quorum or --policy)."""
     from .errors import InclusionError
     from .merkle import check_hash, check_record, leaf_hash
-    from .note import b64decode, open_checkpoint
+    from .note import Checkpoint, b64decode, open_checkpoint, parse_note
+    from .tlog_proof import (
+        MAX_PROOF_BYTES,
+        TlogProof,
+        check_witness_policy,
+        looks_like_tlog_proof,
+        verify_tlog_proof,
+    )
 
-    v = read_verifier(vkey)
-    d = _load_json(proof_file)
-    cp_text = Path(cp_file).read_text() if cp_file else _field(d, "checkpoint", str)
-    cp = open_checkpoint(cp_text, v)
+    pol = read_policy(policy) if policy else None
+    if pol is not None and (witness or quorum is not None):
+        raise UsageError("--policy replaces --witness/--quorum: give one or the other")
+    ws = [read_verifier(w) for w in witness]
+    q = len(ws) if quorum is None else quorum
+    if not 0 <= q <= len(ws):
+        raise UsageError(f"--quorum {q} needs at least {q} --witness keys")
+    try:
+        raw = (sys.stdin.buffer.read(MAX_PROOF_BYTES + 1) if proof_file == "-"
+               else _read_at_most(proof_file, MAX_PROOF_BYTES + 1))
+    except OSError as e:
+        raise UsageError(f"cannot read {proof_file}: {e.strerror}") from None
+    tp = TlogProof.from_bytes(raw) if looks_like_tlog_proof(raw) else None
+    cp_bytes = (Path(cp_file).read_bytes() if cp_file else tp.checkpoint if tp else None)
+
+    def log_key(note: bytes | str) -> Any:
+        if vkey:
+            v = read_verifier(vkey)
+            if pol is not None and pol.logs and v not in pol.logs:
+                raise UsageError(f"--vkey {v.name} is not one of the policy's logs")
+            return v
+        origin = Checkpoint.from_text(parse_note(note).text).origin
+        v = pol.log_key(origin) if pol is not None else None
+        if v is None:
+            raise UsageError("no log key: pass --vkey (or a --policy listing this origin)")
+        return v
+
+    if tp is not None:
+        if entry is None:
+            raise UsageError("a tlog-proof carries no leaf hash: pass --entry FILE")
+        assert cp_bytes is not None
+        tp = TlogProof(tp.index, tp.hashes, cp_bytes, tp.extra)
+        cp = verify_tlog_proof(tp, leaf_hash(Path(entry).read_bytes()), log_key(cp_bytes),
+                               witnesses=ws, quorum=q, policy=pol)
+        click.echo(f"OK: entry {tp.index} is in {cp.origin} at tree size {cp.size}")
+        return
+    d = _json_bytes(raw, proof_file)
+    cp_text = cp_bytes.decode("utf-8", "replace") if cp_bytes else _field(d, "checkpoint", str)
+    cp = open_checkpoint(cp_text, log_key(cp_text))
+    check_witness_policy(cp, ws, q, pol)
     index, size = _field(d, "index", int), _field(d, "size", int)
     leaf = check_hash(b64decode(_field(d, "leaf_hash", str), "leaf_hash"), "leaf_hash")
     if entry is not None and leaf_hash(Path(entry).read_bytes()) != leaf:
@@ -484,12 +578,15 @@ def publish(db: str, out: str, follow: bool, interval: float) -> None:
               type=click.Path(exists=True, dir_okay=False),
               help="Another private key of the same origin that signs every new checkpoint "
                    "too (a key rotation window; repeatable).")
+@click.option("--gzip-bundles", is_flag=True,
+              help="Serve entry bundles with Content-Encoding: gzip (C2SP tlog-tiles "
+                   "allows it without negotiation; clients must decode it).")
 def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
           max_pending: int, max_request_bytes: int, max_buffered_bytes: int,
           body_timeout: float, header_timeout: float, max_connections: int,
           open_registration: bool, timestamps: bool,
           log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
-          wait_for_witnesses: bool, also_sign: tuple[str, ...]) -> None:
+          wait_for_witnesses: bool, also_sign: tuple[str, ...], gzip_bundles: bool) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
@@ -514,7 +611,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
                max_request_bytes=max_request_bytes, max_buffered_bytes=max_buffered_bytes,
                body_timeout=body_timeout, header_timeout=header_timeout,
                max_connections=max_connections, witnesses=witness,
-               witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses)
+               witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses,
+               gzip_bundles=gzip_bundles)
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cosignature import count_cosignatures, explain_missing
 from .errors import (
     ConsistencyError,
     DeadlineExceeded,
@@ -57,11 +58,11 @@ from .note import (
     Verifier,
     b64decode,
     b64encode,
-    count_cosignatures,
     open_checkpoint,
     parse_note,
 )
 from .peer import MAX_BUNDLE, MAX_CHECKPOINT, MAX_ENTRY, MAX_JSON, MAX_PROOF, Peer, Response
+from .policy import Policy
 from .tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, TileHashReader, decode_bundle
 
 
@@ -198,7 +199,11 @@ class LogClient:
     def __init__(self, url: str, log_key: Verifier | str, *, state_dir: str | None = None,
                  proofs: str = "server", timeout: float = 30.0, retries: int = 8,
                  backoff: float = 0.2, max_backoff: float = 10.0,
-                 witnesses: Sequence[Verifier] = (), quorum: int = 0) -> None:
+                 witnesses: Sequence[Verifier] = (), quorum: int = 0,
+                 policy: Policy | None = None) -> None:
+        if policy is not None:  # a C2SP tlog-policy: its witnesses and its quorum rule
+            witnesses, quorum = policy.witnesses, 0
+        self.policy = policy
         if proofs not in ("server", "tiles"):
             raise MalformedError("proofs must be 'server' or 'tiles'")
         if not 0 <= quorum <= len(witnesses):
@@ -412,13 +417,22 @@ class LogClient:
         """Enforce the witness policy: at least ``quorum`` valid cosignatures from the
         listed witnesses. Returns the witnesses that cosigned."""
         ok = count_cosignatures(cp.note, self.witnesses) if self.witnesses else []
+        if self.policy is not None and not self.policy.satisfied(ok):
+            why = explain_missing(cp.note, [w for w in self.witnesses if w not in ok])
+            raise SignatureError(
+                f"checkpoint of size {cp.size}: cosignatures by {len(ok)} of the policy's "
+                f"{len(self.witnesses)} witnesses do not meet its quorum",
+                hint=why or "the log may be showing you a view nobody else checked (split "
+                            "view); do not trust it until witnesses cosign it",
+                checkpoint=str(cp))
         if len(ok) < self.quorum:
             names = ", ".join(f"{w.name}+{w.key_id:08x}" for w in self.witnesses)
+            why = explain_missing(cp.note, [w for w in self.witnesses if w not in ok])
             raise SignatureError(
                 f"checkpoint of size {cp.size} has {len(ok)} of the {self.quorum} required "
                 f"witness cosignatures (witnesses: {names})",
-                hint="the log may be showing you a view nobody else checked (split view); "
-                     "do not trust it until witnesses cosign it",
+                hint=why or ("the log may be showing you a view nobody else checked (split "
+                             "view); do not trust it until witnesses cosign it"),
                 checkpoint=str(cp))
         return ok
 

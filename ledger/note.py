@@ -4,10 +4,17 @@ Keys (Go ``golang.org/x/mod/sumdb/note``):
   verifier  ``<name>+<hex8 key ID>+<base64(alg || pubkey32)>``
   signer    ``PRIVATE+KEY+<name>+<hex8 key ID>+<base64(alg || seed32)>``
   key ID    ``SHA-256(name || 0x0A || alg || pubkey32)[:4]`` (big-endian uint32)
-  alg 0x01 = Ed25519 note signature, 0x04 = tlog-cosignature/v1 (timestamped).
+  alg 0x01 = Ed25519 note signature, 0x04 = tlog-cosignature/v1 (timestamped Ed25519),
+  0x06 = tlog-cosignature ML-DSA-44 (1312-byte public key; the private key is the
+  32-byte FIPS 204 seed, in the same ``PRIVATE+KEY+...`` form: potd's choice).
 
-A note is UTF-8 text ending in a newline, a blank line, then signature lines
-``— <name> <base64(key ID || signature)>``. Opening a note: unknown signatures are
+A cosigner's Ed25519 key may be given in either form, 0x01 or 0x04 (transparency-dev's
+witness tools write 0x01 keys): :func:`as_cosigner` reads it as the cosignature/v1 key
+with the same public key (its key ID computed with 0x04), as the spec asks.
+
+A note is UTF-8 text ending in a newline (it may hold empty lines), a blank line, then
+signature lines ``— <name> <base64(key ID || signature)>``; the text ends at the note's
+last empty line. Opening a note: unknown signatures are
 ignored; a known key whose signature is bad rejects the note; more than 100
 signatures reject it; at least one trusted signature must verify.
 
@@ -22,19 +29,20 @@ import binascii
 import functools
 import hashlib
 import re
-import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import nacl.exceptions
 import nacl.signing
 
+from . import mldsa
 from .errors import MalformedError, SignatureError
 from .merkle import HASH_SIZE
 
 ALG_ED25519 = 0x01
 ALG_COSIGNATURE_V1 = 0x04
+ALG_MLDSA44 = 0x06
+_KEY_SIZES = {ALG_ED25519: 32, ALG_COSIGNATURE_V1: 32, ALG_MLDSA44: mldsa.PUBLIC_KEY_SIZE}
 MAX_SIGNATURES = 100
 MAX_TREE_SIZE = 2**64 - 1  # tree sizes are uint64 everywhere (Go ParseUint(s, 10, 64))
 DASH = "\u2014 "
@@ -89,9 +97,11 @@ class Verifier:
         if not _valid_name(self.name):
             raise MalformedError(f"invalid key name {self.name!r}",
                                  hint="a key name is non-empty, with no '+', spaces or controls")
-        if self.alg not in (ALG_ED25519, ALG_COSIGNATURE_V1) or len(self.public_key) != 32:
-            raise MalformedError(f"unsupported verifier key for {self.name!r} (alg {self.alg})",
-                                 hint="potd supports Ed25519 (0x01) and cosignature/v1 (0x04)")
+        if len(self.public_key) != _KEY_SIZES.get(self.alg, -1):
+            raise MalformedError(f"unsupported verifier key for {self.name!r} (alg {self.alg}, "
+                                 f"{len(self.public_key)} key bytes)",
+                                 hint="potd supports Ed25519 (0x01), cosignature/v1 (0x04) "
+                                      "and ML-DSA-44 cosignature (0x06) keys")
         if key_id(self.name, self.alg, self.public_key) != self.key_id:
             raise MalformedError(f"verifier key for {self.name!r}: key ID {self.key_id:08x} does "
                                  "not match the key", hint="the key string was altered; re-copy it")
@@ -120,8 +130,10 @@ class Verifier:
                                  hint="expected <name>+<8 hex digits>+<base64 key>; re-copy "
                                       "the key string exactly")
         raw = b64decode(b64, f"verifier key for {name!r}")
-        if len(raw) != 33:
-            raise MalformedError(f"verifier key for {name!r} has {len(raw)} key bytes, expected 33",
+        want = 1 + _KEY_SIZES.get(raw[0] if raw else 0, 32)
+        if len(raw) != want:
+            raise MalformedError(f"verifier key for {name!r} has {len(raw)} key bytes, expected "
+                                 f"{want} (alg {raw[0] if raw else 0:#04x})",
                                  hint="re-copy the key string exactly")
         return cls(name, int(hex8, 16), raw[0], raw[1:])
 
@@ -129,6 +141,8 @@ class Verifier:
         return f"{self.name}+{self.key_id:08x}+{b64encode(bytes([self.alg]) + self.public_key)}"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
+        if self.alg == ALG_MLDSA44:
+            return mldsa.verify(self.public_key, message, signature)
         try:
             nacl.signing.VerifyKey(self.public_key).verify(message, signature)
             return True
@@ -138,24 +152,26 @@ class Verifier:
 
 @dataclass(frozen=True)
 class Signer:
-    """A private Ed25519 key with its note name. ``repr`` never shows the seed."""
+    """A private key (Ed25519, or ML-DSA-44 for alg 0x06) with its note name. ``repr``
+    never shows the seed."""
 
     name: str
     key_id: int
     alg: int
     seed: bytes = field(repr=False)
-    _key: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
+    _key: nacl.signing.SigningKey | mldsa.PrivateKey = field(init=False, repr=False,
+                                                              compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, bytes) or len(self.seed) != 32:
+        if (not isinstance(self.seed, bytes) or len(self.seed) != 32
+                or self.alg not in _KEY_SIZES):
             raise MalformedError(f"unsupported private key for {self.name!r}")
         # derived once: deriving the key pair costs as much as a signature
-        object.__setattr__(self, "_key", nacl.signing.SigningKey(self.seed))
+        object.__setattr__(self, "_key", mldsa.PrivateKey(self.seed) if self.alg == ALG_MLDSA44
+                           else nacl.signing.SigningKey(self.seed))
         if not _valid_name(self.name):
             raise MalformedError(f"invalid key name {self.name!r}",
                                  hint="a key name is non-empty, with no '+', spaces or controls")
-        if self.alg not in (ALG_ED25519, ALG_COSIGNATURE_V1) or len(self.seed) != 32:
-            raise MalformedError(f"unsupported private key for {self.name!r}")
         if key_id(self.name, self.alg, self.public_key) != self.key_id:
             raise MalformedError(f"private key for {self.name!r}: key ID does not match the key",
                                  hint="the key file was altered or truncated")
@@ -163,7 +179,8 @@ class Signer:
     @classmethod
     def generate(cls, name: str, alg: int = ALG_ED25519) -> Signer:
         seed = bytes(nacl.signing.SigningKey.generate())
-        pub = bytes(nacl.signing.SigningKey(seed).verify_key)
+        pub = (mldsa.PrivateKey(seed).public_key if alg == ALG_MLDSA44
+               else bytes(nacl.signing.SigningKey(seed).verify_key))
         if not _valid_name(name):
             raise MalformedError(f"invalid key name {name!r}",
                                  hint="a key name is non-empty, with no '+', spaces or controls")
@@ -196,6 +213,8 @@ class Signer:
 
     @property
     def public_key(self) -> bytes:
+        if isinstance(self._key, mldsa.PrivateKey):
+            return self._key.public_key
         return bytes(self._key.verify_key)
 
     @functools.cached_property
@@ -207,6 +226,8 @@ class Signer:
         return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{key}"
 
     def sign(self, message: bytes) -> bytes:
+        if isinstance(self._key, mldsa.PrivateKey):
+            return self._key.sign(message)
         return bytes(self._key.sign(message).signature)
 
     def __str__(self) -> str:
@@ -241,10 +262,9 @@ class Note:
 
 
 def _check_text(text: str) -> None:
+    # empty lines are allowed (signed-note: the text ends at the note's last empty line)
     if not text.endswith("\n"):
         raise MalformedError("note text must end with a newline")
-    if "\n\n" in text:
-        raise MalformedError("note text must not contain a blank line")
     for c in text:
         if ord(c) < 0x20 and c != "\n":
             raise MalformedError(f"note text contains control character {ord(c):#04x}")
@@ -424,46 +444,3 @@ def open_checkpoint(data: bytes | str, log_key: Verifier) -> SignedCheckpoint:
         raise SignatureError(f"checkpoint origin {cp.origin!r} differs from the log key name "
                              f"{log_key.name!r}", hint="pin the verifier key of this log's origin")
     return SignedCheckpoint(cp, note)
-
-
-# --- cosignatures (C2SP tlog-cosignature v1) ---------------------------------------
-
-def cosignature_message(checkpoint_text: str, timestamp: int) -> bytes:
-    return f"cosignature/v1\ntime {timestamp}\n{checkpoint_text}".encode()
-
-
-def cosign(cp_text: str, witness: Signer, timestamp: int | None = None) -> NoteSignature:
-    """A tlog-cosignature/v1 over ``cp_text``: sig bytes = timestamp u64 BE || Ed25519 sig."""
-    if witness.alg != ALG_COSIGNATURE_V1:
-        raise MalformedError(f"witness key {witness.name!r} is not a cosignature/v1 key (alg 0x04)",
-                             hint="generate it with `potd witness keygen`")
-    ts = int(time.time()) if timestamp is None else timestamp
-    sig = witness.sign(cosignature_message(cp_text, ts))
-    return NoteSignature(witness.name, witness.key_id, struct.pack(">Q", ts) + sig)
-
-
-def verify_cosignature(cp_text: str, sig: NoteSignature, witness: Verifier) -> int:
-    """Check one cosignature; return its timestamp. Raises SignatureError."""
-    if witness.alg != ALG_COSIGNATURE_V1:
-        raise MalformedError(f"{witness.name!r} is not a cosignature/v1 verifier key")
-    if (sig.name, sig.key_id) != (witness.name, witness.key_id):
-        raise SignatureError(f"cosignature is by {sig.name}, not {witness.name}")
-    if len(sig.signature) != 72:
-        raise SignatureError(f"cosignature by {sig.name} has {len(sig.signature)} bytes, want 72")
-    ts = int.from_bytes(sig.signature[:8], "big")
-    if not witness.verify(cosignature_message(cp_text, ts), sig.signature[8:]):
-        raise SignatureError(f"invalid cosignature by {witness.name}+{witness.key_id:08x}")
-    return ts
-
-
-def count_cosignatures(note: Note, witnesses: Iterable[Verifier]) -> list[Verifier]:
-    """The witnesses (from ``witnesses``) with a valid cosignature on ``note``."""
-    by_id = {(w.name, w.key_id): w for w in witnesses}
-    ok = []
-    for s in note.signatures:
-        w = by_id.get((s.name, s.key_id))
-        if w is not None:
-            verify_cosignature(note.text, s, w)
-            if w not in ok:  # a repeated cosignature line counts once toward a quorum
-                ok.append(w)
-    return ok

@@ -37,7 +37,8 @@ from typing import Any
 from .errors import DeadlineExceeded, MalformedError, PeerUnreachable, ResponseTooLarge
 from .tiles import TILE_WIDTH
 
-MAX_CHECKPOINT = 64 << 10  # a checkpoint note with its cosignatures: a few hundred bytes each
+MAX_CHECKPOINT = 512 << 10  # a note with up to 100 signatures: ML-DSA-44 cosignature lines
+# are ~3.3 KB each (Ed25519 ones ~130 bytes), so 100 of them fit
 MAX_HASH_TILE = 32 * TILE_WIDTH  # 8 KiB
 MAX_ENTRY = 65535  # an entry's length is a u16 in its bundle
 MAX_BUNDLE = TILE_WIDTH * (2 + MAX_ENTRY)  # 16 MiB + 512 bytes

@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import functools
 import gc
+import gzip
 import json
 import os
 import re
@@ -172,7 +173,8 @@ class LogServer:
                  body_timeout: float = 30.0, entries_page: int = 1000,
                  entries_bytes: int = 1 << 20,
                  witnesses: Sequence[str] = (), witness_quorum: int | None = None,
-                 wait_for_witnesses: bool = False, witness_timeout: float = 20.0) -> None:
+                 wait_for_witnesses: bool = False, witness_timeout: float = 20.0,
+                 gzip_bundles: bool = False) -> None:
         store: Any = log.store
         if hasattr(store, "ensure_indexes"):
             store.ensure_indexes()
@@ -186,6 +188,7 @@ class LogServer:
         self.max_batch = max_batch
         self.entries_page = entries_page
         self.entries_bytes = entries_bytes
+        self.gzip_bundles = gzip_bundles  # Content-Encoding: gzip, as tlog-tiles allows
         # Ed25519 verification of batches: libsodium releases the GIL, so these threads
         # verify on every core while the event loop goes on parsing other requests
         self._verify_workers = max(2, os.cpu_count() or 2)
@@ -405,8 +408,11 @@ class LogServer:
                 data = self.log.tile(tile)
         except UsageError as e:
             raise NotFound(e.message, hint="this tile is beyond the current tree") from None
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Cache-Control": IMMUTABLE if tile.full else SHORT})
+        headers = {"Cache-Control": IMMUTABLE if tile.full else SHORT}
+        if self.gzip_bundles and tile.level == ENTRIES_LEVEL:
+            data = await asyncio.to_thread(gzip.compress, data, 6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     def _served_size(self) -> int:
         """The size of the checkpoint GET /checkpoint serves: with witnesses, the newest

@@ -9,8 +9,14 @@ checkpoint. Answers, in the spec's order of checks:
   403  no signature by a key pinned for that origin verifies
   409  ``old`` is not the size last cosigned (0 for a fresh origin): body ``<size>\\n``,
        ``Content-Type: text/x.tlog.size``
-  422  the consistency proof from the cosigned tree to the new one does not verify
-  409  (``text/plain``) same size as the cosigned tree but another root: a fork
+  422  a size-0 checkpoint whose root is not the empty tree's; a consistency proof
+       from the cosigned tree to the new one that does not verify, or a proof with old
+       size 0; same size as the cosigned tree but another root (a fork)
+
+Status codes as at C2SP tlog-witness HEAD (2026-07, C2SP commit 95978ca); earlier
+versions of the text answered 409 to a fork. ``GET /<hex SHA-256 of origin>/checkpoint``
+(the spec's monitoring API) serves the checkpoint last cosigned with this witness's
+cosignature.
   200  one ``— <name> <base64>`` cosignature line (c2sp.org/tlog-cosignature, v1)
 
 Invariants:
@@ -29,6 +35,7 @@ private key never appears in a log line, ``repr`` or error.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -41,11 +48,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .cosignature import as_cosigning_key, cosign
 from .errors import (
     ConsistencyError,
-    LimitError,
     MalformedError,
-    PeerUnreachable,
     PotdError,
     SignatureError,
     StorageError,
@@ -56,20 +62,16 @@ from .netutil import listen
 from .note import (
     ALG_COSIGNATURE_V1,
     ALG_ED25519,
+    ALG_MLDSA44,
     Checkpoint,
     Note,
-    NoteSignature,
     SignedCheckpoint,
     Signer,
     Verifier,
     b64decode,
     b64encode,
-    cosign,
     open_note,
-    parse_note,
-    verify_cosignature,
 )
-from .peer import MAX_COSIGNATURES, Peer
 
 log = logging.getLogger("potd.witness")
 
@@ -142,9 +144,10 @@ class ProofError(WitnessError, ConsistencyError):
 
 
 class RootMismatchError(WitnessError, ConsistencyError):
-    """Same size as the cosigned tree, another root: the log forked (a split view)."""
+    """Same size as the cosigned tree, another root: the log forked (a split view). 422
+    as at C2SP tlog-witness HEAD (409 in earlier versions of the text)."""
 
-    status = 409
+    status = 422
     code = "fork"
     hint = ("the log signed two different trees of the same size: keep both checkpoints "
             "as evidence of a split view")
@@ -393,8 +396,10 @@ class Witness:
 
     def __init__(self, state: WitnessState, signer: Signer,
                  clock: Callable[[], float] = time.time) -> None:
-        if signer.alg != ALG_COSIGNATURE_V1:
-            raise UsageError(f"witness key {signer.name!r} is not a cosignature/v1 key",
+        signer = as_cosigning_key(signer)  # an Ed25519 note key (0x01) signs as 0x04
+        if signer.alg not in (ALG_COSIGNATURE_V1, ALG_MLDSA44):
+            raise UsageError(f"witness key {signer.name!r} is not a cosignature key "
+                             f"(alg {signer.alg:#04x})",
                              hint="generate one with `potd witness keygen`")
         self.state = state
         self.signer = signer
@@ -433,6 +438,8 @@ class Witness:
         if req.old_size != cur.size:
             raise SizeConflictError(f"{origin}: old size {req.old_size} is not the size last "
                                     f"cosigned, {cur.size}", size=cur.size, **ev)
+        if cp.size == 0 and cp.root != EMPTY_ROOT:
+            raise ProofError("a checkpoint of size 0 must have the empty tree's root", **ev)
         if cp.size == cur.size and cp.root != cur.root:
             self._evidence("fork", ev)
             raise RootMismatchError(f"{origin}: a second root for tree size {cp.size}: the "
@@ -442,9 +449,19 @@ class Witness:
         except ConsistencyError as e:
             self._evidence("bad_consistency_proof", ev)
             raise ProofError(f"{origin}: {e.message}", **ev) from None
-        self.state.advance(origin, cur, cp.size, cp.root, req.note.decode())
         sig = cosign(note.text, self.signer, int(self.clock()))
+        # kept with the witness's own cosignature: the monitoring API serves it as is
+        self.state.advance(origin, cur, cp.size, cp.root, req.note.decode() + sig.line())
         return sig.line().encode()
+
+    def monitoring_checkpoint(self, origin_hash: str) -> bytes | None:
+        """The checkpoint last cosigned for the log whose origin hashes (SHA-256, lowercase
+        hex) to ``origin_hash``, with the log's signatures and this witness's cosignature;
+        None if there is none (C2SP tlog-witness, monitoring API)."""
+        for st in self.state.logs():
+            if st.size and hashlib.sha256(st.origin.encode()).hexdigest() == origin_hash:
+                return st.note.encode()
+        return None
 
     @staticmethod
     def _origin(note: bytes) -> str:
@@ -507,6 +524,15 @@ def create_app(witness: Witness) -> Any:
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "witness": str(witness.verifier)})
 
+    async def monitoring(request: Request) -> Response:
+        h = request.path_params["origin_hash"]
+        note = (await run_in_threadpool(witness.monitoring_checkpoint, h)
+                if re.fullmatch(r"[0-9a-f]{64}", h) else None)
+        if note is None:
+            return Response("no checkpoint cosigned for that origin\n", 404,
+                            media_type="text/plain")
+        return Response(note, 200, headers={"content-type": "text/plain; charset=utf-8"})
+
     async def state(request: Request) -> Response:
         logs = await run_in_threadpool(witness.state.logs)
         return JSONResponse({"witness": str(witness.verifier),
@@ -514,6 +540,7 @@ def create_app(witness: Witness) -> Any:
 
     return Starlette(routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
                              Route("/health", health, methods=["GET"]),
+                             Route("/{origin_hash}/checkpoint", monitoring, methods=["GET"]),
                              Route("/state", state, methods=["GET"])])
 
 
@@ -553,70 +580,3 @@ def serve(db: str, signer: Signer, logs: Sequence[tuple[str, Verifier]] = (), *,
 
 
 # --- client -------------------------------------------------------------------------
-
-def request_cosignature(url: str, old_size: int, proof: Sequence[bytes],
-                        checkpoint_note: bytes | str | SignedCheckpoint | Note, *,
-                        witness_key: Verifier | None = None,
-                        client: Peer | None = None,
-                        timeout: float = 10.0) -> list[NoteSignature]:
-    """Ask the witness at ``url`` (its submission prefix) to cosign ``checkpoint_note``,
-    given the size it last cosigned and a consistency proof from that size.
-
-    Returns the cosignatures; with ``witness_key`` only that witness's, each verified (the
-    spec's client ignores unknown keys). Raises the :class:`WitnessError` matching the
-    status: on :class:`SizeConflictError`, ``e.size`` is the witness's size to retry from.
-    The answer is bounded (:mod:`ledger.peer`): at most 64 KiB within ``timeout`` seconds
-    in total, else :class:`WitnessUnavailable`.
-    """
-    note = _note_bytes(checkpoint_note)
-    body = AddCheckpointRequest(old_size, tuple(proof), note).to_bytes()
-    endpoint = url if url.endswith("/add-checkpoint") else url.rstrip("/") + "/add-checkpoint"
-    http = client if client is not None else Peer(deadline=timeout)
-    try:
-        r = http.request("POST", endpoint, body=body, limit=MAX_COSIGNATURES,
-                         headers={"content-type": "text/plain"},
-                         deadline=timeout if client is None else None)
-    except (PeerUnreachable, LimitError, MalformedError) as e:
-        raise WitnessUnavailable(f"witness at {endpoint} did not answer within bounds: "
-                                 f"{e.message}", url=endpoint) from None
-    finally:
-        if client is None:
-            http.close()
-    if r.status == 200:
-        return _parse_cosignatures(note, r.body, witness_key, endpoint)
-    detail = r.text.strip()[:300]
-    ctype = r.header("content-type").split(";")[0].strip()
-    if r.status == 409 and ctype == SIZE_CONTENT_TYPE:
-        m = re.fullmatch(r"(0|[1-9][0-9]{0,19})\n", r.text)
-        if not m:
-            raise WitnessUnavailable(f"witness at {endpoint} sent a malformed size {detail!r}",
-                                     url=endpoint)
-        raise SizeConflictError(f"witness at {endpoint} has size {m.group(1)}, not {old_size}",
-                                size=int(m.group(1)), url=endpoint)
-    if r.status == 409:
-        raise RootMismatchError(f"witness at {endpoint} refused a second root for the same "
-                                f"size: {detail}", url=endpoint, checkpoint=note.decode())
-    cls = _BY_STATUS.get(r.status)
-    if cls is not None:
-        raise cls(f"witness at {endpoint}: HTTP {r.status}: {detail}", url=endpoint)
-    raise WitnessUnavailable(f"witness at {endpoint}: HTTP {r.status}: {detail}",
-                             status=r.status, url=endpoint)
-
-
-def _parse_cosignatures(note: bytes, resp: bytes, witness_key: Verifier | None,
-                        endpoint: str) -> list[NoteSignature]:
-    text = parse_note(note).text
-    try:
-        sigs = list(parse_note(text.encode() + b"\n" + resp).signatures)
-    except MalformedError as e:
-        raise WitnessUnavailable(f"witness at {endpoint} sent malformed cosignatures: "
-                                 f"{e.message}", url=endpoint) from None
-    if witness_key is None:
-        return sigs
-    mine = [s for s in sigs if (s.name, s.key_id) == (witness_key.name, witness_key.key_id)]
-    if not mine:
-        raise SignatureError(f"witness at {endpoint} returned no cosignature by {witness_key}",
-                             hint="check the witness key you pinned for this URL")
-    for s in mine:
-        verify_cosignature(text, s, witness_key)
-    return mine

@@ -64,17 +64,20 @@ def _open_state(db: str) -> Any:
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="File for the private key (created with mode 0600).")
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
-def keygen(name: str, out: str, force: bool) -> None:
-    """Generate a cosignature/v1 witness key named NAME (e.g. witness.example/w1).
+@click.option("--algorithm", type=click.Choice(["ed25519", "ml-dsa-44"]), default="ed25519",
+              show_default=True, help="ed25519: cosignature/v1 (key type 0x04); ml-dsa-44: "
+              "post-quantum ML-DSA-44 cosignatures (0x06, C2SP tlog-cosignature).")
+def keygen(name: str, out: str, force: bool, algorithm: str) -> None:
+    """Generate a witness key named NAME (e.g. witness.example/w1).
 
     Writes the private key (Go note format, PRIVATE+KEY+...) to --out with mode 0600 and
     <out>.pub with the verifier key, and prints the verifier key: give it to the logs
     and auditors that will check this witness's cosignatures.
     """
     from .cli import keygen_to
-    from .note import ALG_COSIGNATURE_V1
+    from .note import ALG_COSIGNATURE_V1, ALG_MLDSA44
 
-    keygen_to(name, out, force, ALG_COSIGNATURE_V1)
+    keygen_to(name, out, force, ALG_MLDSA44 if algorithm == "ml-dsa-44" else ALG_COSIGNATURE_V1)
 
 
 @witness.command(name="add-log")
@@ -126,7 +129,8 @@ def state(db: str, as_json: bool) -> None:
 @click.option("--db", required=True, type=click.Path(dir_okay=False),
               help="The witness database (SQLite; created if missing).")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The witness private key file (from `potd witness keygen`).")
+              help="The witness private key file (from `potd witness keygen`; an Ed25519 "
+                   "note key of type 0x01 or 0x04, or an ML-DSA-44 key of type 0x06).")
 @click.option("--log", "logs", multiple=True, metavar="ORIGIN=VKEY",
               help="Also pin this log before serving (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -143,13 +147,18 @@ def serve(db: str, key: str, logs: tuple[str, ...], host: str, port: int,
     import logging
 
     from .cli import read_signer
+    from .cosignature import as_cosigning_key
     from .witness import serve as run
 
     parsed = [parse_log_spec(s) for s in logs]
-    signer = read_signer(key)
+    given = read_signer(key)
+    signer = as_cosigning_key(given)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
 
     def ready(h: str, p: int) -> None:
+        if signer is not given:
+            click.echo(f"note: {key} is an Ed25519 note key (0x01); it cosigns as the "
+                       "cosignature/v1 key below (0x04, same public key)", err=True)
         click.echo(f"witness {signer.verifier}", err=True)
         click.echo(f"listening on http://{h}:{p}", err=True)
 

@@ -40,19 +40,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .cosignature import as_cosigner, count_cosignatures
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, UsageError
 from .log import Log
 from .note import (
     ALG_COSIGNATURE_V1,
+    ALG_MLDSA44,
     Note,
     NoteSignature,
     SignedCheckpoint,
     Verifier,
-    count_cosignatures,
     open_checkpoint,
 )
 from .peer import Peer
-from .witness import ProofError, RootMismatchError, SizeConflictError, request_cosignature
+from .witness import ProofError, RootMismatchError, SizeConflictError
+from .witness_client import request_cosignature
 
 REQUEST_TIMEOUT = 10.0  # seconds per add-checkpoint request, in total (ledger.peer)
 MAX_BACKOFF = 30.0
@@ -68,9 +70,10 @@ class WitnessTarget:
     """One configured witness: its URL, its cosignature key, and what the log knows of it."""
 
     def __init__(self, url: str, key: Verifier) -> None:
-        if key.alg != ALG_COSIGNATURE_V1:
+        key = as_cosigner(key)  # an Ed25519 note key (0x01) is read as its 0x04 twin
+        if key.alg not in (ALG_COSIGNATURE_V1, ALG_MLDSA44):
             raise UsageError(f"witness key {key.name}+{key.key_id:08x} is not a "
-                             "cosignature/v1 key (alg 0x04)",
+                             "cosignature key (alg 0x04 or 0x06)",
                              hint="use the key `potd witness keygen` printed (<name>.pub)")
         self.url = url.rstrip("/")
         self.key = key

@@ -35,9 +35,10 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from ledger.cosignature import verify_cosignature
 from ledger.drand import ChainInfo
 from ledger.errors import SignatureError, VerificationError
-from ledger.note import SignedCheckpoint, Verifier, verify_cosignature
+from ledger.note import SignedCheckpoint, Verifier
 
 CHALLENGE_V1 = b"potd-challenge-v1\n"
 CHALLENGE_V2 = b"potd-challenge-v2\n"

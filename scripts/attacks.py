@@ -33,6 +33,7 @@ from auditor.audit import Audit, AuditOptions  # noqa: E402
 from ledger.beacon_client import BeaconClient  # noqa: E402
 from ledger.beacon_server import BeaconServer  # noqa: E402
 from ledger.client import LogClient, LogRejected  # noqa: E402
+from ledger.cosignature import count_cosignatures  # noqa: E402
 from ledger.devserver import ServerProcess, free_port  # noqa: E402
 from ledger.drand import BeaconKey  # noqa: E402
 from ledger.log import Log  # noqa: E402
@@ -41,11 +42,11 @@ from ledger.note import (  # noqa: E402
     ALG_COSIGNATURE_V1,
     SignedCheckpoint,
     Signer,
-    count_cosignatures,
     open_checkpoint,
 )
 from ledger.statement import build_statement, run_id  # noqa: E402
-from ledger.witness import WitnessError, request_cosignature  # noqa: E402
+from ledger.witness import WitnessError  # noqa: E402
+from ledger.witness_client import request_cosignature  # noqa: E402
 from prover.attacks import (  # noqa: E402
     ATTACKS,
     OperatorGroundBeacon,

@@ -51,17 +51,18 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from ledger.cosignature import count_cosignatures  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
-from ledger.note import ALG_COSIGNATURE_V1, Signer, count_cosignatures, open_checkpoint  # noqa: E402
+from ledger.note import ALG_COSIGNATURE_V1, Signer, open_checkpoint  # noqa: E402
 from ledger.peer import Peer  # noqa: E402
 from ledger.statement import build_statement  # noqa: E402
 from ledger.witness import (  # noqa: E402
     AddCheckpointRequest,
     SizeConflictError,
     WitnessState,
-    request_cosignature,
 )
+from ledger.witness_client import request_cosignature  # noqa: E402
 
 # --- preparing requests (log appending) -------------------------------------------------
 

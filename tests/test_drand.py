@@ -12,9 +12,10 @@ import pytest
 
 from ledger.beacon_client import BeaconClient, BeaconError, load_chain
 from ledger.beacon_server import BeaconServer
+from ledger.cosignature import cosign
 from ledger.drand import KNOWN_CHAINS, BeaconKey, ChainInfo, Round, verify_round
 from ledger.errors import MalformedError, SignatureError, UsageError, VerificationError
-from ledger.note import ALG_COSIGNATURE_V1, Checkpoint, Signer, cosign, sign_checkpoint
+from ledger.note import ALG_COSIGNATURE_V1, Checkpoint, Signer, sign_checkpoint
 from prover.beacon import attested_ms, challenge_v2, pick_round
 
 DATA = Path(__file__).parent / "data" / "drand"

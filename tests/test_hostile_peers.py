@@ -37,7 +37,8 @@ from ledger.errors import DeadlineExceeded, LimitError, MalformedError, Response
 from ledger.note import Checkpoint, Signer, sign_checkpoint
 from ledger.peer import MAX_CHECKPOINT, Peer
 from ledger.tiles import ENTRIES_LEVEL, Tile
-from ledger.witness import WitnessUnavailable, request_cosignature
+from ledger.witness import WitnessUnavailable
+from ledger.witness_client import request_cosignature
 from prover.evidence import EvidenceError, EvidenceSource
 from prover.hashing import hash_safetensors_bytes, parse_safetensors
 

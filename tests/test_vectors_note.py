@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ledger.cosignature import cosignature_message, verify_cosignature
 from ledger.errors import MalformedError, SignatureError
 from ledger.note import (
     ALG_COSIGNATURE_V1,
@@ -23,13 +24,11 @@ from ledger.note import (
     Verifier,
     b64decode,
     b64encode,
-    cosignature_message,
     key_id,
     open_checkpoint,
     open_note,
     parse_note,
     sign_note,
-    verify_cosignature,
 )
 
 try:
