@@ -289,6 +289,9 @@ class ReplayCheck:
             return False
         a.check("dataset", "pass", f"{len(data.x)} training examples hash to the committed "
                 f"root; {len(data.heldout_x)} held-out examples match too", root=root)
+        from .membership import check_sorted_root
+
+        check_sorted_root(a, ds, self.hashes)
         return True
 
     def _order(self, recipe: Recipe, seed: bytes) -> None:

@@ -75,6 +75,7 @@ from prover.hashing import (
     stream_size,
     write_stream,
 )
+from prover.hashlist import publish as publish_hash_list
 from prover.recipes import Recipe, train_step
 from prover.recipes.source import store_recipe_source
 from prover.spool import Spool
@@ -209,7 +210,9 @@ class TrainingSession:
         body: dict[str, Any] = {
             "seed_commitment": seed_commitment(self._s_rand),
             "dataset": {"root": self.dataset_root, "size": len(data.x),
-                        "example_hash": EXAMPLE_ENCODING},
+                        "example_hash": EXAMPLE_ENCODING,
+                        # the sorted root and the published hash list (docs/protocol.md §4.6)
+                        **publish_hash_list(self.evidence.root / "objects", self.train_hashes)},
             "heldout": {"root": held_root, "size": len(data.heldout_x)},
             "recipe": r.commitment(),
             "hyperparameters": {"optimizer": optimizer_name,
