@@ -291,3 +291,14 @@ def test_hostile_hash_list_is_a_failed_check(mode: str, tmp_path: Path) -> None:
             audit = env.audit(s.run_id, env.dir / "ev-bad", samples=1)
             assert checks(audit)["dataset.sorted"] == "fail"
             assert audit["verdict"] == "fail"
+
+
+def test_protocol_vector(tmp_path: Path) -> None:
+    """The vector of docs/protocol.md §4.6."""
+    hs = [hashlib.sha256(s).digest() for s in (b"a", b"b", b"a")]
+    assert write_hash_list(tmp_path / "l", hs) == (
+        "0dde9357ad5fa32852042f386645b1cc36bdea1151a32522df6dbbf1018024d7", 3)
+    assert merkle_root_hex(hs) == \
+        "65185bb00e8fbf1bb06463ed83309a065495c60a3315256e95c9ed91c5bd88e1"
+    assert sorted_commitment(hs, tmp_path) == (
+        "73a57aee9ae28c072b7e0ed9b56a57a69cc6fb048a723d7f052177084d1250ee", 2)
