@@ -449,8 +449,9 @@ def membership(log_url: str, vkey: str, run_id: str, evidence: str,
 @auditor.command("verify-membership")
 @click.argument("proof", type=click.Path(dir_okay=False, exists=True))
 @click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@click.option("--run", "run_id", help="Require the proof to be about this run (hex).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verified answers as JSON.")
-def verify_membership(proof: str, vkey: str, as_json: bool) -> None:
+def verify_membership(proof: str, vkey: str, run_id: str | None, as_json: bool) -> None:
     """Re-verify a membership proof file offline (no log, no evidence, no data).
 
     Checks the checkpoint's signature under the pinned key, the run's statements and
@@ -473,7 +474,7 @@ def verify_membership(proof: str, vkey: str, as_json: bool) -> None:
         doc = parse_json(data, proof, max_depth=16)
     except MalformedError as e:
         raise MembershipProofError(f"the proof file is not valid JSON: {e.message}") from None
-    res = verify_proof(doc, key)
+    res = verify_proof(doc, key, run_id)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return

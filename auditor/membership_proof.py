@@ -192,10 +192,14 @@ def derive_steps(seed: bytes, n: int, batch_size: int, epochs: int,
     return sorted(steps)
 
 
-def verify_proof(doc: Any, vkey: Verifier) -> dict[str, Any]:
-    """Verify a proof file against the pinned log key; return a summary (run, checkpoint
-    size, per-hash answers, steps verified or why not). Raises on any defect."""
+def verify_proof(doc: Any, vkey: Verifier, run: str | None = None) -> dict[str, Any]:
+    """Verify a proof file against the pinned log key (and, given ``run``, that it is
+    about that run); return a summary (run, checkpoint size, per-hash answers, steps
+    verified or why not). Raises on any defect."""
     doc = _obj(doc, "the proof file")
+    if run is not None and doc.get("run") != run:
+        raise MembershipProofError(f"the proof is about run {str(doc.get('run'))[:64]}, "
+                                   f"not {run}")
     if doc.get("format") != FORMAT:
         raise MembershipProofError(f"not a {FORMAT} file")
     text = doc.get("checkpoint")

@@ -22,8 +22,9 @@ from e2e import Env, checks, make_env
 from safetensors.torch import save
 
 from auditor.membership import membership
-from auditor.membership_proof import MembershipProofError, verify_proof
+from auditor.membership_proof import MembershipProofError, check_answer, verify_proof
 from ledger.errors import UsageError
+from ledger.merkle import EMPTY_ROOT
 from prover.encodings import document_hash
 from prover.hashing import example_hash, merkle_root_hex
 from prover.hashlist import (
@@ -177,6 +178,10 @@ def test_forged_absence_proofs_fail(honest: Any) -> None:
         mutate(t)
         with pytest.raises(MembershipProofError, match=msg):
             verify_proof(t, vk)
+    # a valid proof presented as one about another run
+    with pytest.raises(MembershipProofError, match="not " + "ab" * 32):
+        verify_proof(good, vk, run="ab" * 32)
+    verify_proof(good, vk, run=s.run_id)
     # a valid proof under another log key is refused
     from ledger.note import Signer
 
@@ -302,3 +307,19 @@ def test_protocol_vector(tmp_path: Path) -> None:
         "65185bb00e8fbf1bb06463ed83309a065495c60a3315256e95c9ed91c5bd88e1"
     assert sorted_commitment(hs, tmp_path) == (
         "73a57aee9ae28c072b7e0ed9b56a57a69cc6fb048a723d7f052177084d1250ee", 2)
+
+
+def test_empty_dataset_absence() -> None:
+    empty = {"size": 0, "root": EMPTY_ROOT.hex(), "distinct": 0,
+             "sorted_root": EMPTY_ROOT.hex()}
+    q = hashlib.sha256(b"q").hexdigest()
+    check_answer({"hash": q, "answer": "absent", "left": None, "right": None}, empty)
+    with pytest.raises(MembershipProofError, match="empty"):
+        check_answer({"hash": q, "answer": "absent", "left": None, "right": None},
+                     {**empty, "sorted_root": q})
+    one = {"size": 1, "root": merkle_root_hex([bytes(32)]), "distinct": 1,
+           "sorted_root": merkle_root_hex([bytes(32)])}
+    with pytest.raises(MembershipProofError, match="at least one neighbour"):
+        check_answer({"hash": q, "answer": "absent", "left": None, "right": None}, one)
+    check_answer({"hash": q, "answer": "absent", "right": None,
+                  "left": {"index": 0, "hash": bytes(32).hex(), "proof": []}}, one)
