@@ -119,6 +119,7 @@ def _verified_list(a: Audit, evidence: str, o: Statement, work: Path
         return None
     ordered = MerkleFile(path, HEADER_SIZE)
     if ordered.root.hex() != ds.get("root"):
+        ordered.close()
         a.check("hash_list", "fail", "the published hash list does not hash to the "
                 "committed dataset root", got=ordered.root.hex(), committed=ds.get("root"))
         return None
@@ -127,6 +128,8 @@ def _verified_list(a: Audit, evidence: str, o: Statement, work: Path
     assert ppath is not None
     srt = MerkleFile(spath)
     if srt.root.hex() != ds.get("sorted_root") or srt.size != ds.get("distinct"):
+        ordered.close()
+        srt.close()
         a.check("hash_list", "fail", "the published hash list's distinct hashes do not hash "
                 "to the committed sorted root (or their count differs from 'distinct')",
                 got=srt.root.hex(), committed=ds.get("sorted_root"), distinct=srt.size)

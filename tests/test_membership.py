@@ -323,3 +323,25 @@ def test_empty_dataset_absence() -> None:
         check_answer({"hash": q, "answer": "absent", "left": None, "right": None}, one)
     check_answer({"hash": q, "answer": "absent", "right": None,
                   "left": {"index": 0, "hash": bytes(32).hex(), "proof": []}}, one)
+
+
+def test_hash_list_served_over_http(honest: Any) -> None:
+    """The evidence store served as static files over loopback HTTP, as a trainer
+    publishes it: the same answer as from the directory."""
+    import functools
+    import http.server
+    import threading
+
+    env, s, _ = honest
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(env.dir / "ev-run"))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        h = example_hash(s.data.x[9], s.data.y[9])
+        with env.client(state_dir=str(env.dir / "state-http")) as c:
+            rep = membership(c, s.run_id, [h], f"http://127.0.0.1:{srv.server_port}")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rep["answer"] == "included" and rep["answers"][0]["indexes"] == [9]
