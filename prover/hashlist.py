@@ -277,11 +277,24 @@ def sorted_commitment(hashes: Iterable[bytes], work_dir: str | os.PathLike[str],
             return t.root.hex(), t.size
 
 
-def publish(objects_dir: str | os.PathLike[str], hashes: Sequence[bytes], *,
+def read_entries(path: str | os.PathLike[str], offset: int = HEADER_SIZE,
+                 block: int = 1 << 15) -> Iterator[bytes]:
+    """The 32-byte entries of a file from ``offset`` (a hash list's hashes), streamed."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while data := f.read(32 * block):
+            for o in range(0, len(data) - 31, 32):
+                yield data[o:o + 32]
+
+
+def publish(objects_dir: str | os.PathLike[str], hashes: Iterable[bytes], *,
             chunk: int = CHUNK) -> dict[str, str | int]:
     """The trainer's side: write the hash list into the evidence store's ``objects/``
     (content-addressed, atomic) and return the ``run.open`` dataset fields that commit
-    it: ``sorted_root``, ``distinct`` and ``hash_list`` (the file's SHA-256)."""
+    it: ``sorted_root``, ``distinct`` and ``hash_list`` (the file's SHA-256).
+
+    ``hashes`` is read once (a stream, e.g. a dataset adapter's ``hashes()``): the sort
+    reads the written file back, so memory stays bounded by ``chunk``."""
     d = Path(objects_dir)
     d.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
@@ -293,5 +306,5 @@ def publish(objects_dir: str | os.PathLike[str], hashes: Sequence[bytes], *,
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    root, distinct = sorted_commitment(hashes, d, chunk=chunk)
+    root, distinct = sorted_commitment(read_entries(d / f"{digest}.hashes"), d, chunk=chunk)
     return {"sorted_root": root, "distinct": distinct, "hash_list": digest}

@@ -32,6 +32,7 @@ from prover.hashlist import (
     MerkleFile,
     external_sort,
     positions_of,
+    publish,
     sorted_commitment,
     write_hash_list,
 )
@@ -307,6 +308,13 @@ def test_protocol_vector(tmp_path: Path) -> None:
         "65185bb00e8fbf1bb06463ed83309a065495c60a3315256e95c9ed91c5bd88e1"
     assert sorted_commitment(hs, tmp_path) == (
         "73a57aee9ae28c072b7e0ed9b56a57a69cc6fb048a723d7f052177084d1250ee", 2)
+    # the trainer's publish reads a stream once and sorts the written file back
+    assert publish(tmp_path / "objects", iter(hs), chunk=1) == {
+        "sorted_root": "73a57aee9ae28c072b7e0ed9b56a57a69cc6fb048a723d7f052177084d1250ee",
+        "distinct": 2,
+        "hash_list": "0dde9357ad5fa32852042f386645b1cc36bdea1151a32522df6dbbf1018024d7"}
+    assert (tmp_path / "objects" / ("0dde9357ad5fa32852042f386645b1cc36bdea1151a32522df6dbbf"
+                                    "1018024d7.hashes")).stat().st_size == 23 + 3 * 32
 
 
 def test_empty_dataset_absence() -> None:
