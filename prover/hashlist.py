@@ -137,7 +137,9 @@ def external_sort(hashes: Iterable[bytes], out_dir: str | os.PathLike[str], *,
             if buf:
                 runs.append(_spill(buf, Path(tmp), len(runs)))
             buf = []
-            merged = heapq.merge(*(_read_records(p) for p in runs))
+            # the merge buffers hold about ``chunk`` records in all, whatever the run count
+            block = max(64, chunk // len(runs))
+            merged = heapq.merge(*(_read_records(p, block=block) for p in runs))
         sorted_path, pos_path = out / "sorted.bin", out / "positions.bin"
         last = None
         with open(sorted_path, "wb") as fs, (open(pos_path, "wb") if positions
@@ -206,9 +208,18 @@ class MerkleFile:
         return level[0]
 
     def _build(self) -> None:
+        # one streamed pass with plain reads: touching every page of the mmap would count
+        # the whole file in this process's resident set
         width = 1 << self.cache_level
         blocks = self.size // width
-        row = [self._perfect(self._leaves(b * width, (b + 1) * width)) for b in range(blocks)]
+        row: list[bytes] = []
+        per_read = max(1, (1 << 20) // (32 * width))  # blocks per read: about 1 MiB
+        self._f.seek(self.offset)
+        while len(row) < blocks:
+            data = self._f.read(32 * width * min(per_read, blocks - len(row)))
+            for o in range(0, len(data), 32 * width):
+                row.append(self._perfect([_sha256(b"\x00" + data[p:p + 32]).digest()
+                                          for p in range(o, o + 32 * width, 32)]))
         self.levels = [row]
         while len(row) > 1:
             row = [_sha256(b"\x01" + row[i] + row[i + 1]).digest()
