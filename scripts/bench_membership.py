@@ -18,6 +18,7 @@ Ratios are against the baseline measured in the same run.
 
     .venv/bin/python scripts/bench_membership.py                   # 1M examples
     .venv/bin/python scripts/bench_membership.py --n 10000000 --skip-baseline
+    .venv/bin/python scripts/bench_membership.py --phase external --n 10000000 --work DIR
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=1 << 18, help="records sorted in memory")
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--phase", help=argparse.SUPPRESS)
-    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--phase", choices=["baseline", "external", "query"],
+                    help="run one phase in this process and print its JSON (needs --work)")
+    ap.add_argument("--work", help="scratch directory of --phase")
     a = ap.parse_args()
     if a.phase:
         print(json.dumps(phase(a.phase, a.n, a.chunk, a.queries, a.work)))
