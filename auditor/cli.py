@@ -388,3 +388,124 @@ def runs(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None, 
     for r in rows:
         click.echo(f"  {r['run'][:16]}…  {r['status']:7s} {str(r['recipe']):12s} "
                    f"{r['steps']:5d} steps  signer {r['signer']}")
+
+
+@auditor.command()
+@click.option("--log", "log_url", required=True, help="Log URL (or a static tile mirror).")
+@click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@click.option("--run", "run_id", required=True, help="Run id (hex).")
+@click.option("--evidence", required=True,
+              help="Evidence directory or http(s) URL holding the published hash list.")
+@click.option("--document", "documents", multiple=True, type=click.Path(dir_okay=False),
+              help="A document (one example in the run's encoding); repeatable.")
+@click.option("--hash", "hashes", multiple=True, help="An example hash (64 hex); repeatable.")
+@click.option("--dir", "dirs", multiple=True, type=click.Path(file_okay=False),
+              help="A directory of documents (every regular file in it); repeatable.")
+@click.option("--out", "out", type=click.Path(dir_okay=False),
+              help="Write the self-contained proof file (JSON).")
+@witness_options
+@click.option("--state", default=DEFAULT_STATE, show_default=True,
+              help="Directory keeping the last verified checkpoint per log.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answers and checks as JSON.")
+def membership(log_url: str, vkey: str, run_id: str, evidence: str,
+               documents: tuple[str, ...], hashes: tuple[str, ...], dirs: tuple[str, ...],
+               out: str | None, witness: tuple[str, ...], quorum: int | None, state: str,
+               as_json: bool) -> None:
+    """Was this document in run RUN's training data? Proven either way, without the data.
+
+    Verifies the log and the run, checks the published example-hash list against the
+    committed ordered and sorted roots, then answers each document: included (its
+    dataset indexes and the steps that trained on it) or absent (the two neighbouring
+    hashes of the sorted list). Exit status 0 = answered, 1 = the run or its hash list
+    fails verification, 3 = inconclusive, 2 = usage (e.g. a document the run's example
+    encoding cannot encode).
+    """
+    from ledger.errors import UsageError
+
+    from .membership import ANSWERS
+    from .membership import membership as ask
+
+    docs = [Path(d).read_bytes() for d in documents]
+    for d in dirs:
+        docs += [p.read_bytes() for p in sorted(Path(d).iterdir()) if p.is_file()]
+    qs = []
+    for h in hashes:
+        try:
+            b = bytes.fromhex(h)
+        except ValueError:
+            b = b""
+        if len(b) != 32:
+            raise UsageError(f"--hash {h[:80]!r} is not 64 hex digits")
+        qs.append(b)
+    if not qs and not docs:
+        raise UsageError("nothing to ask about", hint="give --document, --hash or --dir")
+    bars = _Bars()
+    with _client(log_url, vkey, state, witness, quorum) as client:
+        rep = ask(client, run_id, qs, evidence, progress=bars, documents=docs)
+    bars.close()
+    proof = rep.pop("proof", None)
+    if out and proof is not None:
+        Path(out).write_text(json.dumps(proof, indent=1) + "\n")
+    if as_json:
+        click.echo(json.dumps(rep, indent=2, default=str))
+    else:
+        for x in rep.get("answers", []):
+            if x["answer"] == "included":
+                ix = x["indexes"]
+                click.echo(f"included: {x['hash']} at dataset index(es) "
+                           f"{', '.join(map(str, ix[:10]))}{' …' if len(ix) > 10 else ''}; "
+                           f"trained on at step(s) "
+                           f"{', '.join(map(str, (x.get('steps') or [])[:20])) or '(not named)'}")
+            else:
+                lo, hi = x.get("left"), x.get("right")
+                click.echo(f"absent:   {x['hash']} lies between sorted leaves "
+                           f"{lo['index'] if lo else '(start)'} and "
+                           f"{hi['index'] if hi else '(end)'}")
+        if "answers" not in rep:
+            click.echo(f"{rep['answer']}: {rep.get('reason')}")
+        for c in rep["checks"]:
+            click.echo(f"  {c['status']:4s}  {c['name']}: {c['summary'][:160]}")
+        if out and proof is not None:
+            click.echo(f"proof file: {out} (check it with `potd auditor verify-membership "
+                       f"{out} --vkey KEY`)")
+    sys.exit(ANSWERS.get(rep["answer"], 0))
+
+
+@auditor.command("verify-membership")
+@click.argument("proof", type=click.Path(dir_okay=False, exists=True))
+@click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
+@click.option("--run", "run_id", help="Require the proof to be about this run (hex).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verified answers as JSON.")
+def verify_membership(proof: str, vkey: str, run_id: str | None, as_json: bool) -> None:
+    """Re-verify a membership proof file offline (no log, no evidence, no data).
+
+    Checks the checkpoint's signature under the pinned key, the run's statements and
+    their inclusion, every answer's Merkle proofs against the committed roots, and the
+    steps named against the seed. Exit status 0 = valid, 1 = invalid, 2 = usage.
+    """
+    from ledger.errors import MalformedError, UsageError
+    from ledger.peer import parse_json
+
+    from .membership_proof import MembershipProofError, verify_proof
+
+    try:
+        key = read_verifier(vkey)
+    except (MalformedError, OSError) as e:
+        raise UsageError(f"--vkey: {getattr(e, 'message', e)}") from None
+    data = Path(proof).read_bytes()
+    if len(data) > 256 << 20:
+        raise MembershipProofError("the proof file is larger than 256 MiB")
+    try:
+        doc = parse_json(data, proof, max_depth=16)
+    except MalformedError as e:
+        raise MembershipProofError(f"the proof file is not valid JSON: {e.message}") from None
+    res = verify_proof(doc, key, run_id)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"valid: proof for run {res['run']} in {res['origin']} at size "
+               f"{res['checkpoint_size']}; steps: {res['steps_verified']}")
+    for x in res["answers"]:
+        extra = (f" (dataset index(es) {x['indexes'][:10]}, step(s) {(x['steps'] or [])[:20]})"
+                 if x["answer"] == "included" else "")
+        click.echo(f"  {x['answer']}: {x['hash']}{extra}")

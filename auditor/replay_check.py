@@ -310,6 +310,9 @@ class ReplayCheck:
             return False
         a.check("dataset", "pass", f"{n_train} training examples ({enc}) hash to the "
                 f"committed root; {n_held} held-out examples match too", root=root)
+        from .membership import check_sorted_root
+
+        check_sorted_root(a, ds, self.hashes)
         return True
 
     def _order(self, recipe: Recipe, seed: bytes) -> None:

@@ -267,6 +267,8 @@ BODY_FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
 }
 DATASET_FIELDS: dict[str, tuple[Check, bool]] = {
     "root": (_is_hash, True), "size": (_is_int, True), "example_hash": (_is_str, False),
+    "sorted_root": (_is_hash, False), "distinct": (_is_int, False),
+    "hash_list": (_is_hash, False),
 }
 
 

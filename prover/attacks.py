@@ -103,6 +103,20 @@ class ChosenOrder(TrainingSession):
         return sorted(range(len(y)), key=lambda i: (y[i], i))
 
 
+class HiddenDocument(TrainingSession):
+    """Trains on every example but publishes a hash list (and commits its sorted root)
+    in which example 10 is replaced by a copy of example 11, to "prove" later that
+    example 10 was never trained on (docs/protocol.md §4.7)."""
+
+    def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        from prover.hashlist import publish
+
+        hs = list(self.train_hashes)
+        hs[10] = hs[11]
+        body["dataset"].update(publish(self.evidence.root / "objects", hs))
+        return body
+
+
 class TinyLearningRate(TrainingSession):
     """Tiny-step spoofing: claims a tiny learning rate in its step statements (so that
     any small weight change looks like an honest step) while nudging the weights towards
@@ -531,6 +545,7 @@ ATTACKS: dict[str, Any] = {
     "data-substitution": DataSubstitution,
     "skipped-steps": SkippedSteps,
     "chosen-order": ChosenOrder,
+    "hidden-document": HiddenDocument,
     "tiny-lr": TinyLearningRate,
     "uneven-checkpoints": UnevenCheckpoints,
     "extra-tensor": ExtraTensor,

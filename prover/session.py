@@ -75,6 +75,7 @@ from prover.hashing import (
     stream_size,
     write_stream,
 )
+from prover.hashlist import publish as publish_hash_list
 from prover.recipes import Recipe, train_step
 from prover.recipes.source import store_recipe_source
 from prover.spool import Spool
@@ -208,7 +209,9 @@ class TrainingSession:
         body: dict[str, Any] = {
             "seed_commitment": seed_commitment(self._s_rand),
             "dataset": {"root": self.dataset_root, "size": len(self.train),
-                        "example_hash": self.train.encoding},
+                        "example_hash": self.train.encoding,
+                        # the sorted root and the published hash list (docs/protocol.md §4.7)
+                        **publish_hash_list(self.evidence.root / "objects", self.train_hashes)},
             "heldout": {"root": held.root, "size": len(self.heldout)},
             "recipe": r.commitment(),
             "hyperparameters": {"optimizer": optimizer_name,

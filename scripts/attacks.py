@@ -568,6 +568,8 @@ SCENARIOS = [
              trainer_attack("skipped-steps")),
     Scenario("chosen order", "the trainer chose its data order", ("order",),
              trainer_attack("chosen-order")),
+    Scenario("hidden document", "a sorted root and hash list without one trained example, "
+             "to prove its absence", ("dataset.sorted",), trainer_attack("hidden-document")),
     Scenario("seed grinding", "runs reopened until the seed suits", ("run.grinding",),
              seed_grinding),
     Scenario("seed grinding: runs closed early", "runs closed with 0 steps until the seed "
