@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,7 @@ def proof_file(run: str, view: RunView, snap: LogSnapshot, o: Statement, close: 
     return doc
 
 
-def check_sorted_root(a: Audit, ds: dict[str, Any], hashes: Sequence[bytes]) -> None:
+def check_sorted_root(a: Audit, ds: dict[str, Any], hashes: Iterable[bytes]) -> None:
     """``dataset.sorted``: the committed sorted root and ``distinct`` recomputed from the
     auditor's copy of the data (already matched to the ordered root). A run from before
     membership proofs commits neither: reported as not committed, not as a failure."""
