@@ -10,6 +10,15 @@ the one registry ``encoding name -> function(document bytes) -> 32-byte example 
   ``safetensors.torch.save({"x": xs[i], "y": ys[i]})``); its hash is
   :func:`prover.hashing.example_hash` computed from the file's bytes (no torch needed).
 
+* ``potd-file-v1/sha256`` (a directory of files, one example per file) — a document is
+  the file itself: SHA-256 of ``b"potd-file-v1\n"`` followed by its bytes (its name and
+  place never matter).
+* ``potd-tokens-v1/u16/sha256`` and ``.../u32/...`` (a token file cut into windows) — a
+  document is one window exactly as it lies in the token file: its ``block + 1`` token
+  ids as little-endian ``uint16`` (``uint32``), e.g. cut out with
+  ``dd bs=2 skip=START count=BLOCK+1``. Membership is of windows, not of arbitrary text:
+  a passage is "included" only as a whole window at the run's stride.
+
 A document that cannot be encoded this way is a :class:`~ledger.errors.UsageError`
 (never "not included"). New dataset adapters register their encoding with
 :func:`register`; the function must raise ``UsageError`` or ``MalformedError`` for a
@@ -71,6 +80,34 @@ def _potd_example_v1(document: bytes) -> bytes:
     return h.digest()
 
 
+def _file_v1(document: bytes) -> bytes:
+    from prover.datasets import FILE_HEADER
+
+    return hashlib.sha256(FILE_HEADER + document).digest()
+
+
+def _tokens_v1(dtype: str) -> DocumentHasher:
+    from prover.datasets import TOKEN_WIDTHS, token_header
+
+    width, header = TOKEN_WIDTHS[dtype], token_header(dtype)
+
+    def fn(document: bytes) -> bytes:
+        if not document or len(document) % width:
+            raise UsageError(f"{len(document)} bytes is not a whole number of {width}-byte "
+                             f"{dtype} token ids (and at least one)")
+        return hashlib.sha256(header + document).digest()
+
+    return fn
+
+
 _HINTS = {DEFAULT_ENCODING: "give one example as a safetensors file holding exactly the "
                             "tensors x and y (safetensors.torch.save({'x': x, 'y': y}))"}
+_WINDOW_HINT = ("give one window of the token file, block + 1 token ids exactly as stored "
+                "(e.g. dd bs=WIDTH skip=START count=BLOCK+1)")
 register(DEFAULT_ENCODING, _potd_example_v1)
+register("potd-file-v1/sha256", _file_v1)
+for _dtype in ("uint16", "uint32"):
+    from prover.datasets import token_encoding as _te
+
+    register(_te(_dtype), _tokens_v1(_dtype))
+    _HINTS[_te(_dtype)] = _WINDOW_HINT

@@ -353,3 +353,26 @@ def test_hash_list_served_over_http(honest: Any) -> None:
         srv.shutdown()
         srv.server_close()
     assert rep["answer"] == "included" and rep["answers"][0]["indexes"] == [9]
+
+
+def test_document_hash_matches_each_adapters_example_hash(tmp_path: Path) -> None:
+    """A document hashed for membership is the example the adapter committed: a file of a
+    directory dataset, a window of a token file (cut out as stored); a document that is
+    not a whole number of token ids is a usage error, not "not included"."""
+    from prover.datasets import FileDir, TokenFile, write_tokens
+    from prover.encodings import document_hash
+
+    tok = write_tokens(tmp_path / "train.bin", bytes(range(256)) * 4, "uint16")
+    ds = TokenFile(tok, "uint16", block=16, stride=8)
+    raw = tok.read_bytes()
+    for i in (0, 3, len(ds) - 1):
+        window = raw[i * 8 * 2:(i * 8 + 17) * 2]
+        assert document_hash(ds.encoding, window) == ds.example_hash(i)
+    with pytest.raises(UsageError, match="whole number"):
+        document_hash(ds.encoding, raw[:3])
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "b.txt").write_bytes(b"second")
+    (tmp_path / "docs" / "sub" / "a.txt").write_bytes(b"first")
+    fd = FileDir(tmp_path / "docs", lambda b: (b, b))
+    for i, f in enumerate(fd.files):
+        assert document_hash(fd.encoding, f.read_bytes()) == fd.example_hash(i)
