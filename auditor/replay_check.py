@@ -566,7 +566,13 @@ class ReplayCheck:
         world = self._world(recipe)
         if world is None:
             return
-        if exact and world > 1:  # the trainer's world, spawned here (auditor.replay_dp)
+        if a.opts.ray:  # the same replays as Ray tasks (auditor.replay_ray)
+            from .replay_ray import ray_map
+
+            results = list(map(tick, ray_map(
+                jobs, a.opts.ray, world=world, exact=exact,
+                gpu=str(env.get("device", "cpu")).startswith("cuda"))))
+        elif exact and world > 1:  # the trainer's world, spawned here (auditor.replay_dp)
             from .replay_dp import replay_segments
 
             results = list(map(tick, replay_segments(jobs, world)))
