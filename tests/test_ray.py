@@ -1,36 +1,19 @@
 """``potd auditor audit --ray``: the segment replays as tasks on a real local Ray instance
-(2 CPUs), the report equal to a local audit's apart from timings, for a single-process
-run, a forged one and a data-parallel one. Skipped without Ray, unless
-``POTD_REQUIRE_RAY=1`` (set by .ci/run), which turns the skip into a failure."""
+(2 CPUs, one for the session: conftest's ``ray_available``), the report equal to a local
+audit's apart from timings, for a single-process run and a forged one (a data-parallel
+run: tests/test_distributed.py). Skipped without Ray, unless ``POTD_REQUIRE_RAY=1`` (set
+by .ci/run), which turns the skip into a failure."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from e2e import Env, checks
-from test_distributed import train_dp
 
 from prover.attacks import ForgedCheckpoint
 
 SEED = bytes(range(32))  # the same auditor randomness for both audits: the same sample
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """One local Ray instance for the whole session (``ray.init`` takes seconds)."""
-    try:
-        import ray
-    except ImportError:
-        msg = "Ray is not installed (pip install 'potd[ray]')"
-        if os.environ.get("POTD_REQUIRE_RAY") == "1":
-            pytest.fail(msg + " [POTD_REQUIRE_RAY=1 forbids skipping]", pytrace=False)
-        pytest.skip(msg)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def comparable(report: Any) -> Any:
@@ -63,13 +46,4 @@ def test_ray_audit_equals_local_and_catches_a_forged_segment(env: Env,
     forged = env.train("forged", cls=ForgedCheckpoint)
     local, on_ray = both(env, forged.run_id, "forged", samples=1000)
     assert checks(local)["replay"] == "fail"
-    assert comparable(on_ray) == comparable(local)
-
-
-@pytest.mark.slow
-def test_ray_audit_of_a_data_parallel_run_equals_local(env: Env, ray_local: None) -> None:
-    s = train_dp(env, "dp")
-    local, on_ray = both(env, s.run_id, "dp", replay_mode="exact", samples=1)
-    assert checks(local)["replay"] == "pass"
-    assert local["replay"]["world_size"] == 2
     assert comparable(on_ray) == comparable(local)
