@@ -5,6 +5,8 @@ replay, and (with Ray installed) the exact audit on a local Ray equal to the loc
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -68,9 +70,18 @@ def train_dp(env: Env, tag: str, worker: str | None = None) -> DataParallelSessi
 @pytest.mark.slow
 def test_two_rank_run_commits_every_step_and_audits_in_both_modes(
         env: Env, ray_available: bool) -> None:
-    s = train_dp(env, "dp")
-    n = len(s.plan)
-    assert len(s.receipts) == n + 2
+    tkey = env.dir / "trainer.key"
+    tkey.write_text(env.trainer.private_string())
+    t = subprocess.run([sys.executable, "-m", "ledger", "prover", "train", "--nproc", "2",
+                        "--recipe", "digits-mlp", "--epochs", "1", "--log", env.url,
+                        "--vkey", str(env.log_key.verifier), "--key", str(tkey),
+                        "--evidence", str(env.dir / "ev-dp"), "--json",
+                        str(env.dir / "dp.json")], capture_output=True, text=True, timeout=600)
+    assert t.returncode == 0, t.stderr
+    summary = json.loads((env.dir / "dp.json").read_text())
+    n = summary["steps"]
+    assert summary["statements"] == n + 2
+    run = summary["run"]
     with env.client() as c:
         cp = c.checkpoint()
         entries = [json.loads(e) for e in c.entries(0, cp.size, cp)]
@@ -79,18 +90,18 @@ def test_two_rank_run_commits_every_step_and_audits_in_both_modes(
                                        "backend": "gloo"}
     assert [e["kind"] for e in entries] == ["run.open"] + ["step"] * n + ["run.close"]
     seed = bytes(range(32))  # the same sample for the local and the Ray audit
-    exact = env.audit(s.run_id, env.dir / "ev-dp", replay_mode="exact", samples=2, seed=seed)
+    exact = env.audit(run, env.dir / "ev-dp", replay_mode="exact", samples=2, seed=seed)
     assert checks(exact)["replay"] == "pass", exact["checks"]
     rep: Any = exact["replay"]
     assert rep["mode"] == "exact" and "2 gloo processes" in rep["mode_reason"]
-    tol = env.audit(s.run_id, env.dir / "ev-dp", replay_mode="tolerance", samples=2,
+    tol = env.audit(run, env.dir / "ev-dp", replay_mode="tolerance", samples=2,
                     state="state-tol")
     assert checks(tol)["replay"] == "pass", [c for c in tol["checks"] if c["name"] == "replay"]
     assert "one process" in tol["replay"]["mode_reason"]
     if ray_available:  # the same replays as Ray tasks: the same report
         from test_ray import comparable
 
-        on_ray = env.audit(s.run_id, env.dir / "ev-dp", replay_mode="exact", samples=2,
+        on_ray = env.audit(run, env.dir / "ev-dp", replay_mode="exact", samples=2,
                            seed=seed, ray="auto", state="state-ray")
         assert on_ray["options"]["ray"] == "auto"
         assert comparable(on_ray) == comparable(exact)
