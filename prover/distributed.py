@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,21 +126,20 @@ class _Ranks:
         x, y = self.shard(batch)
         self._share.weight = len(x) / len(batch.indexes)
         loss = train_step(self.recipe, self.ddp, self.optimizer, x, y, self.seed, batch.step)
-        total = (loss.detach().double() * self._share.weight).reshape(1)
-        dist.all_reduce(total)
-        self._agree(batch, x, y)
-        return float(total[0])
+        return self._agree(batch, x, y, float(loss))
 
-    def _agree(self, batch: Batch, x: torch.Tensor, y: torch.Tensor) -> None:
-        """All-gather (weights hash, digest of the fed examples); raise on disagreement."""
+    def _agree(self, batch: Batch, x: torch.Tensor, y: torch.Tensor, loss: float) -> float:
+        """All-gather (weights hash, digest of the fed examples, shard loss); raise on
+        disagreement; the global batch's loss (the shard losses weighted by share)."""
         mine = bytes.fromhex(self._rank_hasher.hash(self.model.state_dict(keep_vars=True)))
         fed = hashlib.sha256(b"".join(example_hashes(x, y))).digest()
-        local = torch.frombuffer(bytearray(mine + fed), dtype=torch.uint8)
+        local = torch.frombuffer(bytearray(mine + fed + struct.pack(">d", loss)),
+                                 dtype=torch.uint8)
         got = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(got, local)
         rows = [bytes(g.tolist()) for g in got]
         bounds = shard_bounds(len(batch.indexes), self.world)
-        wrong_data = [r for r, (lo, hi) in enumerate(bounds) if rows[r][32:] != hashlib.sha256(
+        wrong_data = [r for r, (lo, hi) in enumerate(bounds) if rows[r][32:64] != hashlib.sha256(
             b"".join(self.train_hashes[i] for i in batch.indexes[lo:hi])).digest()]
         if wrong_data:
             raise DataParallelError(
@@ -153,6 +153,8 @@ class _Ranks:
                 f"step {batch.step}: the weights of rank(s) {', '.join(map(str, differ))} "
                 "differ from rank 0's after the step; the step is not committed",
                 hint="all ranks need the same recipe, torch version and thread count")
+        return sum(float(struct.unpack(">d", row[64:])[0]) * (hi - lo) / len(batch.indexes)
+                   for row, (lo, hi) in zip(rows, bounds, strict=True))
 
 
 class DataParallelSession(_Ranks, TrainingSession):

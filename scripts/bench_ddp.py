@@ -13,7 +13,7 @@ Alternates ``--rounds`` times, on the same recipe, data and machine:
 Reports rank 0's median and mean step time for each and the overhead (prover / plain - 1),
 medians over the rounds.
 
-    .venv/bin/python scripts/bench_ddp.py --recipe digits-mlp --rounds 3
+    .venv/bin/python scripts/bench_ddp.py --recipe digits-mlp --rounds 3 --threads 1
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ SEED = bytes(32)
 
 
 def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str, Any],
-               steps: int, out: Any) -> None:
+               steps: int, out: Any, threads: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
+    torch.set_num_threads(threads)
     init_process_group(rank, world, address)
     r = get_recipe(spec, **config)
     data = r.data()
@@ -87,7 +88,8 @@ def plain(spec: str, config: dict[str, Any], steps: int) -> list[float]:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     address = free_address()
-    procs = [ctx.Process(target=plain_rank, args=(r, 2, address, spec, config, steps, q))
+    procs = [ctx.Process(target=plain_rank, args=(r, 2, address, spec, config, steps, q,
+                                                  torch.get_num_threads()))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -121,8 +123,12 @@ def main() -> None:
     ap.add_argument("--recipe", default="digits-mlp")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch threads per rank, both sides "
+                    "(default: torch's default)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = {"epochs": args.epochs}
     r = get_recipe(args.recipe, **config)
     steps = len(schedule(len(r.data().x), r.batch_size, r.epochs))
