@@ -13,7 +13,7 @@ import pytest
 import torch
 from e2e import Env, checks
 
-from ledger.errors import UsageError
+from ledger.errors import MalformedError, UsageError
 from prover.derive import check_world, shard_bounds
 from prover.distributed import (
     DataParallelError,
@@ -36,6 +36,22 @@ def test_shard_vector() -> None:
     check_world(1437, 32, 2)
     with pytest.raises(UsageError, match="fewer examples than ranks"):
         check_world(65, 32, 2)  # the last batch of an epoch holds 1 example
+
+
+def test_auditor_checks_the_committed_world() -> None:
+    from auditor.replay_dp import world_size
+
+    def dp(**kw: Any) -> dict[str, Any]:
+        return {"data_parallel": {"world_size": 2, "split": "potd-shard-v1", **kw}}
+
+    assert world_size({}, 1437, 32) == 1
+    assert world_size(dp(), 1437, 32) == 2
+    for body in (dp(split="potd-shard-v0"), dp(world_size=0), dp(world_size=10**9),
+                 dp(world_size="2"), dp(world_size=True), {"data_parallel": "2"}):
+        with pytest.raises(MalformedError):
+            world_size(body, 1437, 32)
+    with pytest.raises(MalformedError, match="fewer examples than ranks"):
+        world_size(dp(), 65, 32)  # a step of one example cannot have been split over 2
 
 
 class OtherBatchWorker(DataParallelWorker):
