@@ -81,6 +81,7 @@ class AuditOptions:
     require_drand: bool = False        # a log-signature beacon fails the seed check
     replay_mode: str = "auto"          # auto: exact iff the environment matches; exact;
                                        # tolerance (calibrated unless ``tolerance``)
+    ray: str | None = None             # replay segments as tasks on this Ray cluster
 
 
 STATUSES = ("pass", "fail", "inconclusive", "warn", "skip")
@@ -118,7 +119,7 @@ def header(client: LogClient, opts: AuditOptions) -> dict[str, Any]:
             "samples": opts.samples, "memorization_segments": opts.memorization_segments,
             "replay_mode": opts.replay_mode, "tolerance": opts.tolerance,
             "workers": opts.workers, "recipe": opts.recipe, "evidence": opts.evidence,
-            "model": opts.model, "beacon_url": opts.beacon_url}}
+            "model": opts.model, "beacon_url": opts.beacon_url, "ray": opts.ray}}
 
 
 class Audit:
