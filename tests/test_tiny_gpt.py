@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,37 @@ def test_accumulation_clipping_autocast_replays_bit_exactly(env: Env, tmp_path: 
     obj.write_bytes(bytes(data))
     tampered = env.audit(s.run_id, ev, recipe="tiny-gpt", state="s3")
     assert tampered["verdict"] == "fail"
+
+
+def test_tied_weights_as_a_shared_module_are_refused_before_anything_is_logged(
+        tmp_path: Path) -> None:
+    """The usual GPT-2 idiom ``head.weight = wte.weight`` puts one tensor under two
+    state-dict names, which a checkpoint cannot store: refused by the preflight with a
+    hint, not a traceback at the first checkpoint."""
+    from prover.preflight import PreflightError, check_recipe
+
+    (tmp_path / "tied_gpt.py").write_text(textwrap.dedent('''
+        from torch import nn
+        from prover.recipes.tiny_gpt import TinyGPT
+
+        class Tied(nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+                self.head = nn.Linear(inner.wte.weight.shape[1], 256, bias=False)
+                self.head.weight = inner.wte.weight
+
+            def forward(self, x):
+                return self.head(self.inner.ln_f(self.inner.wte(x)))
+
+        class TiedGPT(TinyGPT):
+            name = "tied-gpt"
+
+            def model(self):
+                return Tied(super().model())
+        '''))
+    r = get_recipe(f"{tmp_path / 'tied_gpt.py'}:TiedGPT", **SMALL)
+    with pytest.raises(PreflightError, match="share one tensor") as e:
+        check_recipe(r)
+    assert "inner.wte.weight" in e.value.message and "wte.weight.t()" in (e.value.hint or "")
+    check_recipe(get_recipe("tiny-gpt", **SMALL))  # the built-in's tied head passes
