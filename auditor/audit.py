@@ -66,6 +66,7 @@ class AuditOptions:
     run: str
     evidence: str
     recipe: str | None = None
+    data_dir: str | None = None         # the auditor's copy of the data (Recipe.data_dir)
     samples: int = 4
     public_challenge: bool = False
     workers: int = 1

@@ -110,6 +110,9 @@ class _Bars:
 @click.option("--recipe", help="Recipe to replay with: a registered name, FILE.py:CLASS or "
               "MODULE:CLASS (see `fetch-recipe`). Default: the built-in the run names; "
               "code named only by the log is never run.")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help="Where the auditor's own copy of the recipe's data lives (the recipe's "
+                   "data_dir); it must hash to the committed root.")
 @click.option("--samples", "-r", default=4, show_default=True,
               help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
                    "holding each is replayed, once.")
@@ -150,7 +153,8 @@ class _Bars:
               "report with plots.")
 @click.option("--quiet", "-q", is_flag=True, help="No terminal summary.")
 def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | None,
-          samples: int, public_challenge: bool, workers: int, memorization_segments: int,
+          data_dir: str | None, samples: int, public_challenge: bool, workers: int,
+          memorization_segments: int,
           tolerance: float | None, replay_mode: str, witness: tuple[str, ...],
           quorum: int | None,
           max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
@@ -184,7 +188,8 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
         resolve(recipe)
         recipe = canonical(recipe)
     bars = _Bars()
-    opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, samples=samples,
+    opts = AuditOptions(run=run_id, evidence=evidence, recipe=recipe, data_dir=data_dir,
+                        samples=samples,
                         public_challenge=public_challenge, workers=workers,
                         memorization_segments=memorization_segments, tolerance=tolerance,
                         replay_mode=replay_mode,

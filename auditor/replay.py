@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from prover.datasets import Datasets, as_datasets, call_data
 from prover.derive import batch_indexes
 from prover.evidence import EvidenceError, EvidenceSource, flatten_optimizer, restore_optimizer
 from prover.hashing import StateHasher
@@ -58,6 +59,7 @@ class SegmentJob:
     # dataset indexes of each step's batch, derived from the seed by the orchestrator
     # (which derives the order anyway); empty: derived here from ``step_starts``
     batches: tuple[tuple[int, ...], ...] = ()
+    data_dir: str | None = None  # the auditor's copy of the data (Recipe.data_dir)
 
 
 @dataclass
@@ -90,17 +92,19 @@ def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
     return float(torch.linalg.vector_norm(fa - fb)) / max(moved, 1e-12)
 
 
-def _data_cache() -> dict[tuple[str, str], Data]:
+def _data_cache() -> dict[tuple[str, str, str], Data | Datasets]:
     return {}
 
 
-_DATA: dict[tuple[str, str], Data] = _data_cache()
+_DATA: dict[tuple[str, str, str], Data | Datasets] = _data_cache()
 
 
-def recipe_data(recipe: Recipe) -> Data:
-    key = (recipe.spec, repr(sorted(recipe.config.items())))
+def recipe_data(recipe: Recipe) -> Data | Datasets:
+    """What the recipe's ``data()`` returns (once per process, recipe, config and
+    ``data_dir``); :func:`~prover.datasets.as_datasets` turns it into datasets."""
+    key = (recipe.spec, repr(sorted(recipe.config.items())), str(recipe.data_dir))
     if key not in _DATA:
-        _DATA[key] = recipe.data()
+        _DATA[key] = call_data(recipe)
     return _DATA[key]
 
 
@@ -215,7 +219,7 @@ def check_layout(model: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tenso
         raise EvidenceError(f"the committed {what} do not fit the recipe's model: {problem}")
 
 
-_TRAINEES: dict[tuple[str, str], Trainee] = {}
+_TRAINEES: dict[tuple[str, str, str], Trainee] = {}
 _THREADS: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
 
@@ -230,11 +234,12 @@ def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
 PARALLEL_LOAD_BYTES = 4 << 20
 
 
-def trainee(name: str, config: Mapping[str, Any]) -> Trainee:
-    """This process's :class:`Trainee` for the recipe ``name`` with ``config``."""
-    key = (name, repr(sorted(config.items())))
+def trainee(name: str, config: Mapping[str, Any], data_dir: str | None = None) -> Trainee:
+    """This process's :class:`Trainee` for the recipe ``name`` with ``config``, its
+    data read from ``data_dir``."""
+    key = (name, repr(sorted(config.items())), str(data_dir))
     if key not in _TRAINEES:
-        _TRAINEES[key] = Trainee(get_recipe(name, **config))
+        _TRAINEES[key] = Trainee(get_recipe(name, data_dir=data_dir, **config))
     return _TRAINEES[key]
 
 
@@ -252,7 +257,7 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
     if job.threads:
         torch.set_num_threads(job.threads)
     src = EvidenceSource(job.evidence)
-    tr = trainee(job.recipe, job.config)
+    tr = trainee(job.recipe, job.config, job.data_dir)
     recipe = tr.recipe
     try:
         # for a large state, the optimizer file is read, hash-checked and parsed on a
@@ -275,7 +280,7 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
             opt_sd = opt_f.result()
         elif opt_name is not None and opt_hash is not None:
             opt_sd = src.load(opt_name, opt_hash, job.algorithm)
-        data = recipe_data(recipe)
+        data = as_datasets(recipe_data(recipe)).train
         steps = range(job.start, job.end + 1)
         if job.batches:
             batches = [torch.tensor(b) for b in job.batches]
@@ -299,7 +304,8 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
             first_bad = None
             for i, step in enumerate(steps):
                 idx = batches[i]
-                train_step(recipe, model, opt, data.x[idx], data.y[idx], job.seed, step)
+                x, y = data.batch(idx)
+                train_step(recipe, model, opt, x, y, job.seed, step)
                 want = job.step_hashes[i]
                 if want is not None and job.exact and (per_step or step == job.end):
                     checked += 1
@@ -367,13 +373,13 @@ def noise_distance(job: SegmentJob, threads: tuple[int, int]) -> float:
     thread's torch thread count is restored."""
     before = torch.get_num_threads()
     src = EvidenceSource(job.evidence)
-    tr = trainee(job.recipe, job.config)
+    tr = trainee(job.recipe, job.config, job.data_dir)
     recipe = tr.recipe
     start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
     opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
               if job.start_optimizer is not None and job.start_optimizer_hash is not None
               else None)
-    data = recipe_data(recipe)
+    data = as_datasets(recipe_data(recipe)).train
     cache: dict[tuple[bytes, int, int], list[int]] = {}
     steps = range(job.start, job.end + 1)
     batches = [torch.tensor(b) for b in job.batches] if job.batches else [
@@ -386,8 +392,8 @@ def noise_distance(job: SegmentJob, threads: tuple[int, int]) -> float:
             torch.set_num_threads(n)
             model, opt = tr.load(start_sd, opt_sd)
             for i, step in enumerate(steps):
-                idx = batches[i]
-                train_step(recipe, model, opt, data.x[idx], data.y[idx], job.seed, step)
+                x, y = data.batch(batches[i])
+                train_step(recipe, model, opt, x, y, job.seed, step)
             ends.append(({k: v.detach().clone() for k, v in model.state_dict().items()},
                          {k: v.clone() for k, v in flatten_optimizer(opt).items()}))
     finally:
@@ -450,10 +456,11 @@ def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
     Returns train/held-out mean drops, their difference, a Welch z-score and the fraction
     of segment examples whose drop exceeds the held-out median.
     """
-    data = recipe_data(recipe)
+    data = as_datasets(recipe_data(recipe))
     model = recipe.model()
-    ids = torch.tensor(sorted(set(segment_examples)))
-    hx, hy = data.heldout_x[:heldout], data.heldout_y[:heldout]
+    ids = sorted(set(segment_examples))
+    hx, hy = data.heldout.batch(range(min(heldout, len(data.heldout))))
+    tx, ty = data.train.batch(ids)
 
     ref = model.state_dict()
     check_layout(ref, start_sd, "weights")
@@ -465,7 +472,7 @@ def memorization(recipe: Recipe, start_sd: dict[str, torch.Tensor],
         with torch.no_grad():
             return recipe.per_example_loss(model, x, y).double()
 
-    dt = losses(start_sd, data.x[ids], data.y[ids]) - losses(end_sd, data.x[ids], data.y[ids])
+    dt = losses(start_sd, tx, ty) - losses(end_sd, tx, ty)
     dh = losses(start_sd, hx, hy) - losses(end_sd, hx, hy)
     mt, mh = float(dt.mean()), float(dh.mean())
     vt = float(dt.var()) if len(dt) > 1 else 0.0

@@ -28,7 +28,7 @@ from prover.derive import (
     seed_commitment,
 )
 from prover.evidence import EvidenceError, EvidenceSource, manifest_bytes
-from prover.hashing import example_hashes, hash_tensors, merkle_root_hex
+from prover.hashing import hash_tensors, merkle_root_hex
 from prover.recipes import Recipe, get_recipe
 from prover.recipes.pin import code_hash, file_hashes
 from prover.session import decimal_string, environment
@@ -123,7 +123,7 @@ class ReplayCheck:
         try:
             config = rc["config"]
             assert isinstance(config, dict)
-            recipe = get_recipe(spec, **config)
+            recipe = get_recipe(spec, data_dir=a.opts.data_dir, **config)
         except PotdError as e:  # a recipe's own __init__ may refuse a config, too
             a.check("recipe", "fail", f"cannot instantiate recipe {spec!r} with the committed "
                     f"config: {e.message}", hint=e.hint)
@@ -254,41 +254,62 @@ class ReplayCheck:
         return root if len(root) == 32 else None
 
     def _dataset(self, recipe: Recipe) -> bool:
+        """The auditor's copy of the data (the recipe's, read from ``--data-dir``) against
+        the commitment: the example encoding first (another or an unknown encoding is a
+        fail: the committed root means nothing this auditor can check), then the roots
+        and sizes of the training and held-out sets."""
+        from prover.dataset_cache import dataset_hashes
+        from prover.datasets import KNOWN_ENCODINGS, as_datasets
+
         from .replay import recipe_data
 
         a = self.a
-        try:
-            data = recipe_data(recipe)
-        except (OSError, PotdError) as e:  # the auditor's copy of the data is not there
-            a.check("dataset", "inconclusive", f"the recipe's data is not available to the "
-                    f"auditor: {getattr(e, 'message', e)}")
-            return False
-        self.hashes = example_hashes(data.x, data.y)
-        root = merkle_root_hex(self.hashes)
-        held = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
         ds, ho = self.o.body.get("dataset"), self.o.body.get("heldout")
         ds, ho = (ds if isinstance(ds, dict) else {}), (ho if isinstance(ho, dict) else {})
+        enc = ds.get("example_hash")
+        if enc not in KNOWN_ENCODINGS:
+            a.check("dataset", "fail", f"run.open commits example encoding "
+                    f"{str(enc)[:80]!r}, which this auditor does not know",
+                    hint=f"known encodings: {', '.join(KNOWN_ENCODINGS)}")
+            return False
+        try:
+            data = as_datasets(recipe_data(recipe))
+            train, held = dataset_hashes(data.train), dataset_hashes(data.heldout)
+        except (OSError, PotdError) as e:  # the auditor's copy of the data is not there
+            a.check("dataset", "inconclusive", f"the recipe's data is not available to the "
+                    f"auditor: {getattr(e, 'message', e)}",
+                    hint="point the recipe at your copy of the data with --data-dir")
+            return False
+        if data.train.encoding != enc:
+            a.check("dataset", "fail", f"run.open commits example encoding {enc!r}, but the "
+                    f"recipe's data here is encoded as {data.train.encoding!r}: the "
+                    "committed root is not a root of this recipe's examples",
+                    committed=enc, local=data.train.encoding)
+            return False
+        self.hashes = train
+        root = train.root
         # the auditor holding other data than the committed root says nothing against the
         # claim (it is about the committed data, which this auditor does not have):
         # nothing past this point can be checked, so the audit is inconclusive
         hint = ("obtain the data whose Merkle root the run committed (same recipe, same "
-                "data version) and audit again")
-        if root != ds.get("root") or len(data.x) != ds.get("size"):
+                "data version) and audit again (--data-dir)")
+        n_train, n_held = len(data.train), len(data.heldout)
+        if root != ds.get("root") or n_train != ds.get("size"):
             a.check("dataset", "inconclusive", "the data available to the auditor is not "
-                    f"the committed data ({len(data.x)} examples, root {root[:16]}…; "
-                    f"committed {str(ds.get('size'))[:20]} examples, root "
-                    f"{str(ds.get('root'))[:16]}…): nothing trained on it can be checked",
+                    f"the committed data: here {n_train} examples, root {root}; committed "
+                    f"{str(ds.get('size'))[:20]} examples, root {str(ds.get('root'))[:64]}: "
+                    "nothing trained on it can be checked",
                     local=root, committed=ds.get("root"), hint=hint)
             return False
-        if held != ho.get("root") or len(data.heldout_x) != ho.get("size"):
+        if held.root != ho.get("root") or n_held != ho.get("size"):
             a.check("dataset", "inconclusive", "the held-out split available to the auditor "
-                    f"is not the committed one ({len(data.heldout_x)} examples, root "
-                    f"{held[:16]}…; committed {str(ho.get('size'))[:20]} examples, root "
-                    f"{str(ho.get('root'))[:16]}…)", local=held, committed=ho.get("root"),
+                    f"is not the committed one: here {n_held} examples, root {held.root}; "
+                    f"committed {str(ho.get('size'))[:20]} examples, root "
+                    f"{str(ho.get('root'))[:64]}", local=held.root, committed=ho.get("root"),
                     hint=hint)
             return False
-        a.check("dataset", "pass", f"{len(data.x)} training examples hash to the committed "
-                f"root; {len(data.heldout_x)} held-out examples match too", root=root)
+        a.check("dataset", "pass", f"{n_train} training examples ({enc}) hash to the "
+                f"committed root; {n_held} held-out examples match too", root=root)
         return True
 
     def _order(self, recipe: Recipe, seed: bytes) -> None:
@@ -652,7 +673,7 @@ class ReplayCheck:
                                                   for t in range(start, end + 1)),
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
             end_optimizer=seg[1].get("optimizer"), end_optimizer_hash=seg[1].get("optimizer_hash"),
-            exact=exact, batches=batches, threads=self.threads)
+            exact=exact, batches=batches, threads=self.threads, data_dir=self.a.opts.data_dir)
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
                       dict[str, Any]]], cseed: bytes, seed: bytes) -> None:

@@ -116,6 +116,23 @@ def keygen(name: str, out: str, force: bool) -> None:
 
 # -- storage ------------------------------------------------------------------------
 
+class _Database(click.ParamType):  # type: ignore[type-arg]
+    """``--db``: an existing SQLite file, or a ``postgresql://`` URL (checked on open)."""
+
+    name = "FILE|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        text = str(os.fspath(value))
+        if text.startswith(("postgresql://", "postgres://")):
+            return text
+        path: Any = click.Path(exists=True, dir_okay=False).convert(value, param, ctx)
+        return str(path)
+
+
+DB = _Database()
+DB_HELP = "The log: its SQLite file, or a postgresql:// URL."
+
 def _open(db: str, key: str | None = None) -> Any:
     from .log import Log
 
@@ -126,7 +143,8 @@ def _open(db: str, key: str | None = None) -> Any:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(dir_okay=False), help="New SQLite file.")
+@click.option("--db", required=True, type=click.Path(dir_okay=False),
+              help="New SQLite file, or a postgresql:// URL of an empty database.")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The log's private key file; its name is the log origin.")
 def init(db: str, key: str) -> None:
@@ -157,7 +175,7 @@ def _iter_entries(files: tuple[str, ...], lines: bool) -> Iterator[bytes]:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The log's private key file.")
 @click.option("--lines", is_flag=True,
@@ -188,7 +206,7 @@ def append(db: str, key: str, lines: bool, batch: int, files: tuple[str, ...]) -
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--size", type=int, help="A past tree size (default: the latest checkpoint).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
               help="Private key; needed only to sign a past size that has no stored checkpoint.")
@@ -218,7 +236,7 @@ def _checkpoint_text(log: Any, size: int) -> str:
 
 
 @prove.command("inclusion")
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--index", required=True, type=int, help="Log index of the entry.")
 @click.option("--size", type=int, help="Tree size (default: latest).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
@@ -237,7 +255,7 @@ def prove_inclusion(db: str, index: int, size: int | None, key: str | None) -> N
 
 
 @prove.command("consistency")
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--from", "size1", required=True, type=int, help="The older tree size.")
 @click.option("--to", "size2", type=int, help="The newer tree size (default: latest).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False),
@@ -347,7 +365,7 @@ def verify_consistency(vkey: str, proof_file: str, old_file: str | None,
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Directory for the static tlog-tiles mirror.")
 def export(db: str, out: str) -> None:
@@ -360,8 +378,72 @@ def export(db: str, out: str) -> None:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The log's SQLite file (from `potd ledger init`).")
+@click.option("--db", required=True, type=DB, help=DB_HELP)
+def fsck(db: str) -> None:
+    """Recompute the stored tree from the stored entries; exit 1 at the first bad index.
+
+    Checks every leaf and interior hash, every full entry bundle and every stored
+    checkpoint's signed root. Prints JSON."""
+    from .fsck import fsck as run_fsck
+    from .storage import open_store
+
+    store = open_store(db)  # not Log.open: that refuses a tree its checkpoint disowns
+    click.get_current_context().call_on_close(store.close)
+    res = run_fsck(store)
+    click.echo(json.dumps(res.to_json()))
+    if not res.ok:
+        sys.exit(1)
+
+
+@ledger.command()
+@click.option("--db", required=True, type=DB, help=DB_HELP)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="New file for the copy.")
+def backup(db: str, out: str) -> None:
+    """Copy a SQLite log consistently while it serves (SQLite's online backup API).
+
+    The copy is opened and its latest checkpoint checked against its tree before it is
+    renamed into place. PostgreSQL logs: use pg_dump or a base backup (see the README)."""
+    from .backup import backup_sqlite
+
+    size = backup_sqlite(db, out)
+    click.echo(json.dumps({"out": out, "size": size}))
+
+
+@ledger.command()
+@click.option("--db", required=True, type=DB, help=DB_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory that a static web server, CDN or bucket sync serves.")
+@click.option("--follow", is_flag=True,
+              help="Keep publishing as the log grows, until SIGINT/SIGTERM.")
+@click.option("--interval", default=1.0, show_default=True,
+              help="With --follow: seconds between looks at the log.")
+def publish(db: str, out: str, follow: bool, interval: float) -> None:
+    """Keep a static C2SP tlog-tiles directory of the log (for any static web server).
+
+    New tiles and bundles are written once, then the checkpoint is replaced atomically,
+    last. Prints one JSON line per publication ({"size", "written"})."""
+    import signal
+
+    from .publish import publish as run_publish
+
+    log = _open(db)
+    stopping: list[int] = []
+    if follow:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda n, _f: stopping.append(n))
+
+    def report(size: int, written: int) -> None:
+        click.echo(json.dumps({"size": size, "written": written}))
+        sys.stdout.flush()
+
+    run_publish(log, out, follow=follow, interval=max(0.05, interval), report=report,
+                stop=lambda: bool(stopping))
+
+
+@ledger.command()
+@click.option("--db", required=True, type=DB,
+              help="The log's SQLite file or postgresql:// URL (from `potd ledger init`).")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The log's private key file.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -398,12 +480,16 @@ def export(db: str, out: str) -> None:
 @click.option("--wait-for-witnesses", is_flag=True,
               help="Answer writes only once a witnessed checkpoint covers them (default: "
                    "answer after durability and integration).")
+@click.option("--also-sign-with", "also_sign", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Another private key of the same origin that signs every new checkpoint "
+                   "too (a key rotation window; repeatable).")
 def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: int,
           max_pending: int, max_request_bytes: int, max_buffered_bytes: int,
           body_timeout: float, header_timeout: float, max_connections: int,
           open_registration: bool, timestamps: bool,
           log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
-          wait_for_witnesses: bool) -> None:
+          wait_for_witnesses: bool, also_sign: tuple[str, ...]) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
@@ -422,6 +508,7 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
 
     signer = read_signer(key)
     run_server(db, signer, host=host, port=port, timestamps=timestamps, log_level=log_level,
+               also_sign=[read_signer(k) for k in also_sign],
                on_ready=ready, open_registration=open_registration, flush_ms=flush_ms,
                max_batch=max_batch, max_pending=max_pending,
                max_request_bytes=max_request_bytes, max_buffered_bytes=max_buffered_bytes,
@@ -431,12 +518,12 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:
-    from .store import SQLiteStore
+    from .storage import open_store
 
     v = read_verifier(vkey)
     if v.alg != 0x01:
         raise UsageError(f"{v} is not an Ed25519 (0x01) note key; trainers sign with those")
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         store.ensure_indexes()
         changed = store.set_signer_allowed(str(v), allowed)
@@ -447,7 +534,7 @@ def _signer_list(db: str, vkey: str, allowed: bool) -> None:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.argument("vkey")
 def allow(db: str, vkey: str) -> None:
     """Allow the trainer key VKEY (verifier key string or file) to write statements.
@@ -458,7 +545,7 @@ def allow(db: str, vkey: str) -> None:
 
 
 @ledger.command()
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.argument("vkey")
 def deny(db: str, vkey: str) -> None:
     """Remove the trainer key VKEY from the allow-list: its new statements get 403.

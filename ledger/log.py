@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import MalformedError, StorageError, UsageError
 from .merkle import (
@@ -40,9 +41,9 @@ from .note import (
     Signer,
     Verifier,
     open_checkpoint,
-    sign_checkpoint,
+    sign_note,
 )
-from .store import SQLiteStore, Store
+from .storage import Store, open_store
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, TILE_HEIGHT, TILE_WIDTH, Tile, encode_bundle
 
 
@@ -80,11 +81,20 @@ class _Overlay:
 
 
 class Log:
-    """A signed, append-only Merkle log over a :class:`~ledger.store.Store`."""
+    """A signed, append-only Merkle log over a :class:`~ledger.storage.base.Store`."""
 
-    def __init__(self, store: Store, signer: Signer | None, *, timestamps: bool = False) -> None:
+    def __init__(self, store: Store, signer: Signer | None, *, timestamps: bool = False,
+                 also_sign: Sequence[Signer] = ()) -> None:
         """Open a log. With ``signer=None`` the log is read-only and its checkpoints are
-        verified against the verifier key recorded at creation."""
+        verified against the verifier key recorded at creation. ``also_sign``: keys of
+        the same origin that sign every new checkpoint too (a key rotation window:
+        clients pinned to either key verify the same checkpoints)."""
+        for extra in also_sign:
+            if extra.name != store.origin():
+                raise UsageError(f"rotation key {extra.name!r} is not named after the log "
+                                 f"origin {store.origin()!r}",
+                                 hint=f"generate it with `potd ledger keygen {store.origin()}`")
+        self.also_sign = tuple(also_sign)
         if signer is not None and signer.name != store.origin():
             raise UsageError(f"key {signer.name!r} does not match the log origin "
                              f"{store.origin()!r}", hint="use the key this log was created with")
@@ -96,10 +106,13 @@ class Log:
                              f"({store.vkey()})", hint="use the log's own private key file")
         self.timestamps = timestamps
         self._lock = threading.Lock()
+        latest = store.latest_checkpoint()
         size = store.size()
+        if latest is not None and getattr(store, "shared", False):
+            # other writers may have moved on since: the tree at the checkpoint read first
+            size = open_checkpoint(latest, self.verifier).size
         edge = store.read_hashes(CompactRange.edge_indexes(size))
         self._range = CompactRange(size, edge)
-        latest = store.latest_checkpoint()
         if latest is None:
             if signer is None:
                 raise StorageError("the log has no checkpoint yet; open it once with its key")
@@ -114,15 +127,20 @@ class Log:
                     hint="restore the database from a backup; do not sign over it")
 
     @classmethod
-    def create(cls, path: str, signer: Signer, **kw: bool) -> Log:
-        store = SQLiteStore(path, create=(signer.name, str(signer.verifier)), writer_lock=True)
-        return cls(store, signer, **kw)
+    def create(cls, path: str, signer: Signer, **kw: Any) -> Log:
+        """Create a log at ``path`` (a SQLite file or a ``postgresql://`` URL)."""
+        store = open_store(path, create=(signer.name, str(signer.verifier)), writer=True)
+        try:
+            return cls(store, signer, **kw)
+        except BaseException:
+            store.close()
+            raise
 
     @classmethod
-    def open(cls, path: str, signer: Signer | None = None, **kw: bool) -> Log:
+    def open(cls, path: str, signer: Signer | None = None, **kw: Any) -> Log:
         """Open the log at ``path``; with ``signer`` for writing, which takes the file's
-        writer lock (one writer per log, see :class:`~ledger.store.SQLiteStore`)."""
-        store = SQLiteStore(path, writer_lock=signer is not None)
+        writer lock (one writer per log, see :class:`~ledger.storage.sqlite.SQLiteStore`)."""
+        store = open_store(path, writer=signer is not None)
         try:
             return cls(store, signer, **kw)
         except BaseException:
@@ -132,6 +150,33 @@ class Log:
     @property
     def origin(self) -> str:
         return self.verifier.name
+
+    def refresh(self) -> bool:
+        """Catch up with checkpoints other writers committed to a shared store (the
+        newest stored checkpoint, verified, and the tree edge at its size). Never moves
+        back. True if the tree grew."""
+        latest = self.store.latest_checkpoint()
+        if latest is None:
+            return False
+        cp = open_checkpoint(latest, self.verifier)
+        if cp.size <= self._checkpoint.size:
+            return False
+        forget = getattr(self.store, "forget_tail", None)
+        if forget is not None:  # blocks another process extended since we read them
+            forget()
+        edge = self.store.read_hashes(CompactRange.edge_indexes(cp.size))
+        rng = CompactRange(cp.size, edge)
+        if rng.root() != cp.root:
+            raise StorageError(f"checkpoint of size {cp.size} does not match the stored tree: "
+                               "the database was altered",
+                               hint="run `potd ledger fsck`; restore from a backup")
+        if self._checkpoint.size:
+            check_tree(prove_tree(cp.size, self._checkpoint.size, self.store), cp.size,
+                       cp.root, self._checkpoint.size, self._checkpoint.root)
+        with self._lock:
+            if cp.size > self._checkpoint.size:
+                self._range, self._checkpoint = rng, cp
+        return True
 
     def _signer(self) -> Signer:
         if self.signer is None:
@@ -147,7 +192,10 @@ class Log:
 
     def _sign(self, size: int, root: bytes) -> SignedCheckpoint:
         ext = (f"timestamp {_now_ms()}",) if self.timestamps else ()
-        return sign_checkpoint(Checkpoint(self.origin, size, root, ext), self._signer())
+        return self._sign_cp(Checkpoint(self.origin, size, root, ext))
+
+    def _sign_cp(self, cp: Checkpoint) -> SignedCheckpoint:
+        return SignedCheckpoint(cp, sign_note(cp.to_text(), self._signer(), *self.also_sign))
 
     # -- writing --------------------------------------------------------------
 
@@ -206,7 +254,7 @@ class Log:
     def checkpoint_at(self, size: int) -> SignedCheckpoint:
         """The log's signed checkpoint (no extension lines) for any size up to the current."""
         self._check_size(size)
-        return sign_checkpoint(Checkpoint(self.origin, size, self.root_at(size)), self._signer())
+        return self._sign_cp(Checkpoint(self.origin, size, self.root_at(size)))
 
     def root_at(self, size: int) -> bytes:
         self._check_size(size)

@@ -44,7 +44,7 @@ from .errors import MalformedError, PotdError, PushbackError, SignatureError, St
 from .log import Log
 from .note import b64encode
 from .statement import Statement, parse_statement, verify_statement_signature
-from .store import IndexedStore
+from .storage import IndexedStore
 
 
 class Rejected(PotdError):
@@ -104,7 +104,7 @@ class Sequencer:
                  run_cache: int = 100_000) -> None:
         if not hasattr(log.store, "run_last"):
             raise StorageError("the log server needs a store with run and signer indexes",
-                               hint="serve a SQLite log (potd ledger init)")
+                               hint="serve a log made by `potd ledger init`")
         self.log = log
         self.open_registration = open_registration
         self.flush_s = max(0.0, flush_ms) / 1000
@@ -124,9 +124,13 @@ class Sequencer:
         self.flush_seconds = 0.0  # time spent in flushes (the worker thread)
         # called on the event loop with the tree size after each flush (the witnessing)
         self.on_flush: Callable[[int], None] | None = None
+        # called on the event loop after each committed round: (statements, seconds)
+        self.on_round: Callable[[int, float], None] | None = None
         # the storage failure of the last commit, until a commit (or a probe) succeeds
         self.storage_error: StorageError | None = None
         self.probe_s = 1.0  # while failing and idle: probe the storage this often
+        # shared store: while idle, catch up with other frontends' commits this often
+        self.poll_s: float | None = 0.2 if getattr(log.store, "shared", False) else None
 
     @property
     def pending(self) -> int:
@@ -177,8 +181,14 @@ class Sequencer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self.storage_error is None:
+            if self.storage_error is None and self.poll_s is None:
                 await self._wake.wait()
+            elif self.storage_error is None:  # shared store: follow the other frontends
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                except TimeoutError:
+                    await loop.run_in_executor(self._executor, self.sync)
+                    continue
             else:  # failing: probe now and then, so /health turns ok by itself
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.probe_s)
@@ -209,7 +219,12 @@ class Sequencer:
             except BaseException as e:  # a bug: answer everyone, keep serving
                 err = e if isinstance(e, PotdError) else PotdError(f"internal error: {e!r}")
                 replies = [err] * len(take)
-            self.flush_seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.flush_seconds += took
+            stored = sum(len(sub.statements) for sub, r in zip(take, replies, strict=True)
+                         if isinstance(r, bytes))
+            if self.on_round is not None and stored:
+                self.on_round(stored, took)
             if self.on_flush is not None:
                 self.on_flush(self.log.size)
             for sub, reply in zip(take, replies, strict=True):
@@ -225,6 +240,46 @@ class Sequencer:
     # -- one flush (worker thread) ----------------------------------------------------
 
     def _flush(self, subs: list[_Submission]) -> list[bytes | PotdError]:
+        """Verify, admit and append one flush; reply once its commit has returned.
+
+        On a shared store (PostgreSQL, several frontends) the whole round holds the
+        database's coordination row: it starts from the tree other frontends committed
+        (forgetting cached run states if they wrote) and commits at the end."""
+        writing = getattr(self.log.store, "writing", None)
+        try:
+            if writing is None:
+                done = self._admit_and_append(subs)
+            else:
+                with writing() as stored:
+                    if stored != self.log.size:
+                        self._runs.clear()
+                        self.log.refresh()
+                    done = self._admit_and_append(subs)
+        except StorageError as e:
+            return self._failed_commit(subs, e)
+        if isinstance(done, list):
+            return done
+        leaves, base, flush_states = done
+        if self.storage_error is not None:
+            self._recovered()
+        for run, state in flush_states.items():
+            self._remember(run, state)
+        self.flushes += 1
+        self.flushed += len(leaves)
+        return self._replies(subs, leaves, base)
+
+    def sync(self) -> None:
+        """(Flush thread, idle, shared store) catch up with other frontends' commits, so
+        reads here are never far behind; forget run states if the tree grew."""
+        try:
+            if self.log.refresh():
+                self._runs.clear()
+        except StorageError as e:
+            self._failed(e)
+
+    def _admit_and_append(self, subs: list[_Submission]
+                          ) -> list[bytes | PotdError] | tuple[Sequence[bytes], int,
+                                                               dict[str, RunState]]:
         for sub in subs:
             if not sub.verified:
                 try:
@@ -269,19 +324,14 @@ class Sequencer:
                 rows.append((st.run, st.seq, sub.first + i))
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
-        try:
-            appended = self.log.append(entries, run_rows=rows)
-        except StorageError as e:
-            self._failed(e)
-            self._recover()
-            return [s.error if s.error is not None else e for s in subs]
-        if self.storage_error is not None:
-            self._recovered()
-        for run, state in flush_states.items():
-            self._remember(run, state)
-        self.flushes += 1
-        self.flushed += len(entries)
-        return self._replies(subs, appended.leaf_hashes, base)
+        appended = self.log.append(entries, run_rows=rows)  # StorageError: see _flush
+        return appended.leaf_hashes, base, flush_states
+
+    def _failed_commit(self, subs: list[_Submission], e: StorageError
+                       ) -> list[bytes | PotdError]:
+        self._failed(e)
+        self._recover()
+        return [s.error if s.error is not None else e for s in subs]
 
     def _replies(self, subs: list[_Submission], leaves: Sequence[bytes], base: int
                  ) -> list[bytes | PotdError]:
@@ -416,6 +466,7 @@ class Sequencer:
         """After a failed commit: reload the tree and forget cached run states."""
         self._runs.clear()
         try:
-            self.log = Log(self.log.store, self.log.signer, timestamps=self.log.timestamps)
+            self.log = Log(self.log.store, self.log.signer, timestamps=self.log.timestamps,
+                           also_sign=self.log.also_sign)
         except PotdError:
             pass  # the next flush fails again and reports it

@@ -57,12 +57,13 @@ from .errors import (
 )
 from .guard import guarded_protocol, raise_fd_limit, trim_memory
 from .log import Log
+from .metrics import Metrics
 from .netutil import listen
 from .note import Signer, b64encode
 from .openapi import openapi_document
 from .sequencer import Rejected, Sequencer, verify_signatures
 from .statement import Statement, parse_statement, parse_statement_array
-from .store import SQLiteStore
+from .storage import open_store
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, parse_path
 from .witnessing import WitnessPublisher, WitnessTarget
 
@@ -562,15 +563,17 @@ def create_app(log: Log, **options: Any) -> LogServer:
 def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 8080,
           timestamps: bool = False, log_level: str = "warning",
           on_ready: Callable[[str, int], None] | None = None, header_timeout: float = 10.0,
-          max_connections: int = 1024, **options: Any) -> None:
-    """Open the log at ``db`` with its private key and serve it until SIGINT/SIGTERM."""
+          max_connections: int = 1024, also_sign: Sequence[Signer] = (),
+          **options: Any) -> None:
+    """Open the log at ``db`` with its private key and serve it until SIGINT/SIGTERM;
+    ``also_sign``: keys of the same origin that co-sign each checkpoint (key rotation)."""
     import uvicorn
 
     signer = key if isinstance(key, Signer) else Signer.parse(key)
-    store = SQLiteStore(db, read_connection=True, writer_lock=True)
+    store = open_store(db, server=True, writer=True)
     try:
-        log = Log(store, signer, timestamps=timestamps)
-        app = create_app(log, **options)
+        log = Log(store, signer, timestamps=timestamps, also_sign=also_sign)
+        app: Any = Metrics(create_app(log, **options))  # + GET /metrics
     except BaseException:
         store.close()
         raise

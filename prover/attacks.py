@@ -428,7 +428,7 @@ def resign_with_nonce(signer: Signer, message: bytes, nonce: int) -> bytes:
 
 def _wanted(sess: TrainingSession, beacon: bytes, s_rand: bytes | None = None) -> bool:
     seed = derive_seed(bytes.fromhex(sess.dataset_root), s_rand or sess._s_rand, beacon)
-    return TARGET_EXAMPLE in permutation(seed, len(sess.data.x), 0)[:sess.recipe.batch_size]
+    return TARGET_EXAMPLE in permutation(seed, len(sess.train), 0)[:sess.recipe.batch_size]
 
 
 def grind_log_beacon(sess: TrainingSession, operator: Signer, text: str

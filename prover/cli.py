@@ -70,6 +70,9 @@ def _overrides(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
 @click.option("--set", "settings", multiple=True, help="Other recipe setting KEY=VALUE.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="Recipe settings from a JSON or TOML file (--set and the options win).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help="Where the recipe's data lives on this machine (the recipe's data_dir; "
+                   "not committed: an auditor uses its own copy).")
 @click.option("--hash", "alg", type=click.Choice(["blake3", "sha256"]), default="blake3",
               show_default=True, help="Weights hash algorithm.")
 @click.option("--no-per-step-weights", is_flag=True,
@@ -88,7 +91,8 @@ def _overrides(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
 @click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
 def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: str | None,
           epochs: int | None, k: int | None, batch_size: int | None, lr: str | None,
-          settings: tuple[str, ...], config_file: str | None, alg: str, no_per_step_weights: bool,
+          settings: tuple[str, ...], config_file: str | None, data_dir: str | None,
+          alg: str, no_per_step_weights: bool,
           json_out: str | None, beacon_url: str | None, beacon_chain: str | None,
           beacon_lead: float, witness: tuple[str, ...], quorum: int | None) -> None:
     """Train RECIPE, committing every step to the log at --log.
@@ -104,7 +108,7 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     over = _overrides(settings, config_file)
     over.update({k_: v for k_, v in (("epochs", epochs), ("k", k), ("batch_size", batch_size),
                                      ("lr", lr)) if v is not None})
-    r = get_recipe(recipe, **over)
+    r = get_recipe(recipe, data_dir=data_dir, **over)
     client = LogClient(log_url, read_verifier(vkey))
     spool_path = spool or str(Path(evidence) / "spool.db")
     Path(evidence).mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ from ledger.client import LogClient, LogRejected, LogUnavailable
 from ledger.errors import PotdError, UsageError
 from ledger.note import Signer
 from ledger.statement import build_statement
-from prover.recipes import Data, Recipe, train_step
+from prover.datasets import Dataset, as_datasets, call_data
+from prover.recipes import Recipe, train_step
 
 __all__ = ["PreflightError", "Probe", "check_evidence_dir", "check_log", "check_recipe",
            "check_signer", "preflight"]
@@ -91,11 +92,11 @@ def check_signer(client: LogClient, trainer: Signer) -> None:
                          hint="this log does not check runs; do not commit to it")
 
 
-def check_recipe(recipe: Recipe, data: Data | None = None, *, dry_step: bool = True) -> Probe:
+def check_recipe(recipe: Recipe, data: Dataset | None = None, *, dry_step: bool = True) -> Probe:
     """Build the recipe's model and its optimizer on that model, and (``dry_step``) run
     one step of the recipe on a copy of the first batch of ``data`` (default: the
-    recipe's), under a forked RNG: a recipe that crashes crashes here, before anything is
-    logged."""
+    recipe's training set), under a forked RNG: a recipe that crashes crashes here,
+    before anything is logged."""
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -103,9 +104,9 @@ def check_recipe(recipe: Recipe, data: Data | None = None, *, dry_step: bool = T
             check_untied(model.state_dict())
             opt = recipe.optimizer(model)
             if dry_step:
-                d = data if data is not None else recipe.data()
-                n = min(recipe.batch_size, len(d.x))
-                train_step(recipe, model, opt, d.x[:n].clone(), d.y[:n].clone(), b"\0" * 32, 0)
+                d = data if data is not None else as_datasets(call_data(recipe)).train
+                x, y = d.batch(range(min(recipe.batch_size, len(d))))
+                train_step(recipe, model, opt, x.clone(), y.clone(), b"\0" * 32, 0)
             weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
             ostate = sum(v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 8
                          for st in opt.state.values() for v in st.values())
@@ -167,7 +168,7 @@ def evidence_bytes(probe: Probe, steps: int, k: int) -> int:
 
 
 def preflight(recipe: Recipe, client: LogClient, trainer: Signer, evidence_dir: str | Path,
-              steps: int, data: Data | None = None) -> Probe:
+              steps: int, data: Dataset | None = None) -> Probe:
     """Every check above, cheapest first; the recipe's probe."""
     check_log(client)
     check_signer(client, trainer)

@@ -148,7 +148,8 @@ def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int
         raise UsageError("this run's seed comes from a drand beacon: resuming it needs the "
                          "beacon again (its run.close commits a challenge round)",
                          hint="pass --beacon (and --beacon-chain, --witness as for train)")
-    recipe = get_recipe(m["recipe"], **json.loads(m["config"]))
+    recipe = get_recipe(m["recipe"], data_dir=m.get("data_dir") or None,
+                        **json.loads(m["config"]))
     sess = TrainingSession(recipe, client or run.client(), trainer, m["evidence"],
                            spool_path, per_step_weights=json.loads(m["per_step_weights"]),
                            weights_hash=m["weights_hash"], s_rand=bytes.fromhex(m["s_rand"]),

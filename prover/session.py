@@ -55,6 +55,8 @@ from ledger.note import SignedCheckpoint, Signer, Verifier, b64decode, open_chec
 from ledger.statement import Statement, build_statement, run_id
 from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, attested_ms, beacon_field, pick_round
 from prover.committer import Committer, client_settings, decimal_string
+from prover.dataset_cache import dataset_hashes
+from prover.datasets import TENSOR_ENCODING, as_datasets, call_data
 from prover.derive import (
     beacon_from_checkpoint,
     derive_seed,
@@ -69,9 +71,7 @@ from prover.hashing import (
     TENSORS_HEADER,
     Parts,
     StateHasher,
-    example_hashes,
     hash_tensors,
-    merkle_root_hex,
     stream_size,
     write_stream,
 )
@@ -81,7 +81,7 @@ from prover.spool import Spool
 
 __all__ = ["Batch", "TrainingSession", "decimal_string", "environment"]
 
-EXAMPLE_ENCODING = "potd-example-v1/sha256"
+EXAMPLE_ENCODING = TENSOR_ENCODING  # of a recipe returning stacked tensors
 # Below this many bytes of weights, copying them into the commit process's ring (which
 # hashes them) beats hashing them on a thread here, overlapped with the next step.
 SMALL_STATE = 1 << 20
@@ -111,8 +111,11 @@ class TrainingSession:
                  progress: Callable[[int, int], None] | None = None,
                  beacon: BeaconClient | None = None, beacon_lead: float = DEFAULT_LEAD,
                  time_witnesses: Sequence[Verifier] | None = None,
-                 time_quorum: int | None = None, preflight: bool = True) -> None:
+                 time_quorum: int | None = None, preflight: bool = True,
+                 data_dir: str | Path | None = None) -> None:
         self.recipe, self.client, self.trainer = recipe, client, trainer
+        if data_dir is not None:  # where the data lives here: not committed
+            recipe.data_dir = Path(data_dir).resolve()
         try:
             self.evidence = EvidenceStore(evidence_dir)
         except OSError as e:
@@ -187,30 +190,26 @@ class TrainingSession:
 
     def _open(self, committer: Committer) -> None:
         r = self.recipe
-        data = r.data()
-        self.data = data
-        self.train_hashes = example_hashes(data.x, data.y)
-        self.dataset_root = merkle_root_hex(self.train_hashes)
-        held_root = merkle_root_hex(example_hashes(data.heldout_x, data.heldout_y))
-        self.plan = schedule(len(data.x), r.batch_size, r.epochs)
+        self._load_data()
+        held = dataset_hashes(self.heldout)
         if self.preflight:  # before anything is logged (docs/protocol.md §4.4)
             from prover.preflight import preflight
 
             optimizer_name = preflight(r, self.client, self.trainer, self.evidence.root,
-                                       len(self.plan), data).optimizer
+                                       len(self.plan), self.train).optimizer
         else:  # the optimizer's class, built on the recipe's model (RNG untouched)
             from prover.preflight import check_recipe
 
-            optimizer_name = check_recipe(r, data, dry_step=False).optimizer
+            optimizer_name = check_recipe(r, self.train, dry_step=False).optimizer
         round_ = 0
         if self.beacon is not None:  # chosen before s_rand is committed (attacks use that)
             self.chain = self.beacon.chain or self.beacon.info()
             round_ = self.choose_round()
         body: dict[str, Any] = {
             "seed_commitment": seed_commitment(self._s_rand),
-            "dataset": {"root": self.dataset_root, "size": len(data.x),
-                        "example_hash": EXAMPLE_ENCODING},
-            "heldout": {"root": held_root, "size": len(data.heldout_x)},
+            "dataset": {"root": self.dataset_root, "size": len(self.train),
+                        "example_hash": self.train.encoding},
+            "heldout": {"root": held.root, "size": len(self.heldout)},
             "recipe": r.commitment(),
             "hyperparameters": {"optimizer": optimizer_name,
                                 "lr": str(r.config["lr"]), "batch_size": r.batch_size,
@@ -228,7 +227,8 @@ class TrainingSession:
                             s_rand=self._s_rand.hex(), recipe=getattr(r, "spec", r.name),
                             config=json.dumps(r.config), evidence=str(self.evidence.root),
                             weights_hash=self.alg,
-                            per_step_weights=json.dumps(self.per_step_weights))
+                            per_step_weights=json.dumps(self.per_step_weights),
+                            data_dir=str(r.data_dir or ""))
         self.spool.put(0, opened)
         store_recipe_source(self.evidence.root, self.run_id, r)
         receipt = self.client.add(opened)
@@ -268,7 +268,7 @@ class TrainingSession:
             "init": {"weights_hash": self.init_weights, "weights": self.init_evidence},
             "evidence": str(self.evidence.root), "spool": self.spool.path,
             "client": client_settings(self.client), "submit_batch": self.submit_batch,
-        }, self.train_hashes, ring)
+        }, (self.train_hashes.blob,), ring)
         # wait until the commit process has started up (imports, spool, log client): the
         # first steps must not pay for it by filling the ring and the pipe
         committer.flush()
@@ -302,16 +302,16 @@ class TrainingSession:
         from prover.evidence import EvidenceSource, restore_optimizer
 
         r = self.recipe
-        self.data = data = r.data()
-        self.train_hashes = example_hashes(data.x, data.y)
-        self.dataset_root = merkle_root_hex(self.train_hashes)
-        self.plan = schedule(len(data.x), r.batch_size, r.epochs)
+        self._load_data()
         body: Any = opened.body
         if body.get("seed_commitment") != seed_commitment(self._s_rand):
             raise UsageError("the spooled s_rand does not match the run's seed commitment")
         if body["dataset"].get("root") != self.dataset_root:
-            raise UsageError("the recipe's training data differs from the data the run "
-                             "committed", hint="resume with the same recipe and data")
+            raise UsageError(f"the recipe's training data ({len(self.train)} examples, root "
+                             f"{self.dataset_root}) differs from the data the run committed "
+                             f"({body['dataset'].get('size')} examples, root "
+                             f"{body['dataset'].get('root')})",
+                             hint="resume with the same recipe and data (--data-dir)")
         if body.get("recipe", {}).get("code_hash") != r.source_hash():
             raise UsageError(f"recipe {r.name}'s code changed since the run was opened",
                              hint="resume with the recipe code the run committed")
@@ -415,6 +415,19 @@ class TrainingSession:
                             f"{what} ({due_ms} ms): the auditor would reject it",
                             hint="raise the beacon lead (--beacon-lead) or fix the clock")
 
+    def _load_data(self) -> Any:
+        """The recipe's data as datasets (``train``, ``heldout``), the training set's
+        example hashes (cached on disk for file-backed data) and the schedule. ``data``
+        stays what the recipe returned (stacked-tensor ``Data`` for the attacks)."""
+        r = self.recipe
+        self.data = data = call_data(r)
+        ds = as_datasets(data)
+        self.train, self.heldout = ds.train, ds.heldout
+        self.train_hashes = dataset_hashes(self.train)
+        self.dataset_root = self.train_hashes.root
+        self.plan = schedule(len(self.train), r.batch_size, r.epochs)
+        return data
+
     def _init_from_seed(self, beacon: bytes) -> None:
         """The seed from the beacon, then the seed-derived initial model (stored as
         evidence, its hash committed in step 0) and the optimizer (docs/protocol.md §4.2)."""
@@ -429,7 +442,7 @@ class TrainingSession:
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The data order of ``epoch``: the seed-derived permutation (docs/protocol.md §4)."""
-        return permutation(self.seed, len(self.data.x), epoch)
+        return permutation(self.seed, len(self.train), epoch)
 
     def batches(self) -> Iterator[Batch]:
         """The run's batches, from ``start_step`` (0, or where a resumed run goes on)."""
@@ -439,8 +452,8 @@ class TrainingSession:
             if epoch != current:
                 order, current = self.epoch_order(epoch), epoch
             idx = order[offset:offset + self.recipe.batch_size]
-            t = torch.tensor(idx)
-            yield Batch(step, epoch, tuple(idx), self.data.x[t], self.data.y[t], None)
+            x, y = self.train.batch(idx)
+            yield Batch(step, epoch, tuple(idx), x, y, None)
 
     def statement_lr(self, step: int) -> float:
         """The learning rate logged for ``step``: the recipe's committed schedule."""

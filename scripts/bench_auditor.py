@@ -93,21 +93,23 @@ def _plain_seconds(recipe_name: str, epochs: int, steps: list[int]) -> float:
     """The same steps trained by a plain loop without the prover (a stricter baseline)."""
     import torch
 
+    from prover.datasets import as_datasets
     from prover.derive import batch_indexes, schedule
     from prover.recipes import train_step
 
     r = get_recipe(recipe_name, epochs=epochs)
-    data = r.data()
+    data = as_datasets(r.data()).train
     model, seed = r.model(), bytes(32)
     opt = r.optimizer(model)
-    plan = schedule(len(data.x), r.batch_size, r.epochs)
+    plan = schedule(len(data), r.batch_size, r.epochs)
     total = 0.0
     cache: dict[tuple[bytes, int, int], list[int]] = {}
     for step, epoch, off in plan[:max(steps) + 1]:
-        idx = torch.tensor(batch_indexes(seed, len(data.x), r.batch_size, step, epoch, off,
+        idx = torch.tensor(batch_indexes(seed, len(data), r.batch_size, step, epoch, off,
                                          cache))
         t = time.perf_counter()
-        train_step(r, model, opt, data.x[idx], data.y[idx], seed, step)
+        x, y = data.batch(idx)
+        train_step(r, model, opt, x, y, seed, step)
         if step in steps:
             total += time.perf_counter() - t
     return total

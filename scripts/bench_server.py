@@ -10,6 +10,9 @@ measures, each phase bounded by a statement count and a time limit:
   proof      C clients asking ``GET /proof/inclusion`` for random indexes
   tile       C clients fetching random full hash tiles and entry bundles
 
+With ``--db postgresql://...`` it compares add-batch of one SQLite frontend, one and
+two PostgreSQL frontends instead (scripts/bench_frontends.py).
+
 and, in the same run, the baselines: the raw library rate (``Log.append`` of the same
 statement bytes in batches of the sizes the server saw) and the per-statement cost of
 parsing and verifying a statement (Ed25519), which bounds any signed write path.
@@ -51,7 +54,7 @@ from ledger.statement import (  # noqa: E402
     run_id,
     verify_statement_signature,
 )
-from ledger.store import SQLiteStore  # noqa: E402
+from ledger.storage import SQLiteStore  # noqa: E402
 
 # --- statements -----------------------------------------------------------------------
 
@@ -232,7 +235,15 @@ def main() -> None:
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra argument for potd ledger serve (repeatable)")
     ap.add_argument("--json", help="write the results as JSON to this file")
+    ap.add_argument("--db", help="a postgresql:// URL (CREATEDB rights): compare add-batch of "
+                                 "one SQLite, one and two PostgreSQL frontends instead")
     a = ap.parse_args()
+    if a.db:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_frontends import compare
+        compare(a.db, a.batch, 12 if a.quick else a.batches, a.batch_clients,
+                5 if a.quick else a.seconds)
+        return
     if a.quick:
         a.adds, a.batches, a.reads, a.seconds = 12_800, 12, 10_000, 5
     rnd = random.Random(1)

@@ -36,3 +36,6 @@ def _vectors_dir_fixture() -> Path:
 
 # the end-to-end fixture (a real log server per test) for every test module
 from e2e import env  # noqa: E402,F401
+
+# PostgreSQL: a throwaway cluster per session, an empty database per test
+from pgcluster import pg_cluster, pg_url  # noqa: E402,F401

@@ -35,9 +35,10 @@ def potd(*args: str) -> subprocess.CompletedProcess[str]:
 class LogServer:
     """A ``potd ledger serve`` subprocess. The database and key persist across restarts."""
 
-    def __init__(self, tmp: Path, *args: str, origin: str = "potd.test/log") -> None:
+    def __init__(self, tmp: Path, *args: str, origin: str = "potd.test/log",
+                 db: str | None = None) -> None:
         self.dir = tmp
-        self.db = tmp / "log.db"
+        self.db: Path | str = db or tmp / "log.db"
         self.keyfile = tmp / "log.key"
         self.args = list(args)
         if not self.keyfile.exists():

@@ -123,3 +123,35 @@ def test_usage_errors_exit_2(runner: CliRunner) -> None:
     Path("garbage.key").write_text("PRIVATE+KEY+x+0000+!!!!")
     out = run(runner, "ledger", "init", "--db", "x.db", "--key", "garbage.key", code=1)
     assert "!!!!" not in out
+
+
+def test_ledger_commands_on_postgresql(runner: CliRunner, pg_url: str) -> None:
+    """Every command that takes ``--db FILE`` takes a ``postgresql://`` URL too."""
+    vkey = run(runner, "ledger", "keygen", "potd.example/pg", "-o", "log.key").strip()
+    run(runner, "ledger", "init", "--db", pg_url, "--key", "log.key")
+    out = run(runner, "ledger", "init", "--db", pg_url, "--key", "log.key", code=1)
+    assert "already holds a log" in out
+    out = json.loads(run(runner, "ledger", "append", "--db", pg_url, "--key", "log.key",
+                         input="alpha\nbeta\ngamma\n"))
+    assert out["first_index"] == 0 and out["count"] == 3
+    cp = run(runner, "ledger", "checkpoint", "--db", pg_url)
+    assert cp.splitlines()[:2] == ["potd.example/pg", "3"]
+    Path("cp3").write_text(cp)
+    Path("p.json").write_text(run(runner, "ledger", "prove", "inclusion", "--db", pg_url,
+                                  "--index", "1"))
+    Path("e.bin").write_bytes(b"beta")
+    assert run(runner, "ledger", "verify", "inclusion", "--vkey", vkey, "--proof", "p.json",
+               "--entry", "e.bin", "--checkpoint", "cp3").startswith("OK")
+    run(runner, "ledger", "append", "--db", pg_url, "--key", "log.key", input="delta\n")
+    Path("c.json").write_text(run(runner, "ledger", "prove", "consistency", "--db", pg_url,
+                                  "--from", "3"))
+    assert "consistent with size 3" in run(runner, "ledger", "verify", "consistency", "--vkey",
+                                           vkey, "--proof", "c.json", "--old", "cp3")
+    run(runner, "ledger", "export", "--db", pg_url, "--out", "mirror")
+    assert Path("mirror/checkpoint").read_text().splitlines()[1] == "4"
+    trainer = run(runner, "ledger", "keygen", "trainer.example", "-o", "t.key").strip()
+    assert "allowed" in run(runner, "ledger", "allow", "--db", pg_url, trainer)
+    assert "not allowed" in run(runner, "ledger", "deny", "--db", pg_url, trainer)
+    # a URL without a server behind it: a storage error with a hint, exit 1
+    out = run(runner, "ledger", "checkpoint", "--db", "postgresql://x@127.0.0.1:1/none", code=1)
+    assert "cannot connect" in out

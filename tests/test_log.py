@@ -12,7 +12,7 @@ from ledger.errors import StorageError, UsageError
 from ledger.log import Log
 from ledger.merkle import check_record, check_tree, leaf_hash, root_of, tree_hash
 from ledger.note import Signer, open_checkpoint
-from ledger.store import SQLiteStore
+from ledger.storage import SQLiteStore
 from ledger.tiles import ENTRIES_LEVEL, Tile, TileHashReader, decode_bundle, tiles_for_size
 
 ORIGIN = "potd.example/test"

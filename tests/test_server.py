@@ -36,7 +36,7 @@ from ledger.merkle import (
 from ledger.note import SignedCheckpoint, Signer, b64decode, open_checkpoint
 from ledger.sequencer import Rejected, Sequencer
 from ledger.statement import canonical_json, parse_statement
-from ledger.store import SQLiteStore
+from ledger.storage import SQLiteStore
 from ledger.tiles import TILE_WIDTH, Tile, TileHashReader, decode_bundle, tiles_for_size
 
 try:  # the Go checker's harness; its fixture builds tests/go/potdcheck

@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from ledger.errors import UsageError
+from prover.datasets import Datasets
 from prover.derive import step_seed
 
 
@@ -96,6 +98,9 @@ class Recipe:
     defaults: ClassVar[dict[str, Any]]
     bounds: ClassVar[dict[str, tuple[Any, Any]]] = {}
     spec: str  # how it was loaded (get_recipe); default "module:Class"
+    # where this machine keeps the recipe's data (--data-dir): never committed, so an
+    # auditor points the recipe at its own copy; a recipe reads it in data()
+    data_dir: Path | None = None
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -116,7 +121,10 @@ class Recipe:
         self.spec = f"{type(self).__module__}:{type(self).__qualname__}"
 
     # hooks -------------------------------------------------------------------
-    def data(self) -> Data:
+    def data(self) -> Data | Datasets:
+        """The training and held-out examples: stacked tensors (:class:`Data`) or any
+        :class:`prover.datasets.Dataset` pair (:class:`~prover.datasets.Datasets`: a token
+        file, a directory of files). Read files under :attr:`data_dir` when it is set."""
         raise NotImplementedError
 
     def model(self) -> torch.nn.Module:
@@ -268,13 +276,17 @@ def train_step(recipe: Recipe, model: torch.nn.Module, opt: torch.optim.Optimize
     return recipe.step(model, opt, x, y, step).detach()
 
 
-def get_recipe(spec: str, **overrides: Any) -> Recipe:
+def get_recipe(spec: str, *, data_dir: str | Path | None = None,
+               **overrides: Any) -> Recipe:
     """Instantiate the recipe ``spec`` names: a registered name, ``path/file.py:Class``
-    or ``package.module:Class`` (:mod:`prover.recipes.registry`). Loading runs its code."""
+    or ``package.module:Class`` (:mod:`prover.recipes.registry`). Loading runs its code.
+    ``data_dir`` (not committed) becomes :attr:`Recipe.data_dir`."""
     from .registry import canonical, resolve
 
     recipe = resolve(spec)(**overrides)
     recipe.spec = canonical(spec)
+    if data_dir is not None:
+        recipe.data_dir = Path(data_dir).resolve()
     return recipe
 
 

@@ -1,4 +1,4 @@
-"""Storage for the log: the protocol every backend meets, and the SQLite backend.
+"""The SQLite backend: the embedded default, one file in WAL mode.
 
 Layout. Entries are rows ``(idx, data)``. Stored hashes (Go tlog's stored hashes,
 addressed by :func:`~ledger.merkle.stored_hash_index`) are kept per tree level in blocks
@@ -35,73 +35,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
 
 import sqlite_utils
 
+from ..errors import StorageError, UsageError
+from ..merkle import HASH_SIZE, split_stored_hash_index
+from .base import BLOCK, BUNDLE, SCHEMA_VERSION, check_schema, full_bundles
 from .dbfile import lock_writer, rollback, storage_failure
-from .errors import StorageError, UsageError
-from .merkle import HASH_SIZE, split_stored_hash_index
-from .tiles import encode_bundle
-
-BLOCK = 256
-BUNDLE = 256  # entries per entry bundle (tlog-tiles)
-SCHEMA_VERSION = 1
-
-
-class Store(Protocol):
-    """What the sequencer needs from storage. Reads may run concurrently with an append."""
-
-    def origin(self) -> str: ...
-
-    def vkey(self) -> str: ...
-
-    def size(self) -> int: ...
-
-    def append(self, old_size: int, entries: Sequence[bytes],
-               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int],
-               run_rows: Sequence[tuple[str, int, int]] = ()) -> None:
-        """Atomically add ``entries`` (indexes ``old_size..``), the new stored hashes
-        (``level_hashes[l]`` = new level-``l`` hashes in order) and a signed checkpoint
-        ``(size, note, created_ms)``, and any run-index rows ``(run, seq, index)``.
-        Raises StorageError if the stored size is not ``old_size``; on any error nothing
-        is stored."""
-        ...
-
-    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]: ...
-
-    def level_hashes(self, level: int, start: int, end: int) -> bytes: ...
-
-    def read_entries(self, start: int, end: int) -> list[bytes]: ...
-
-    def latest_checkpoint(self) -> str | None: ...
-
-    def checkpoint_at(self, size: int) -> str | None: ...
-
-    def checkpoints(self, since: int = 0, limit: int = 1000) -> list[tuple[int, str, int]]: ...
-
-    def replace_checkpoint(self, size: int, note: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class IndexedStore(Store, Protocol):
-    """A store with the log server's indexes: leaf hashes, runs and allowed signers."""
-
-    def ensure_indexes(self) -> None: ...
-
-    def leaf_index(self, leaf: bytes) -> int | None: ...
-
-    def run_indexes(self, run: str, start_seq: int = 0, limit: int = -1) -> list[int]: ...
-
-    def run_last(self, run: str) -> tuple[int, int] | None: ...
-
-    def run_index(self, run: str, seq: int) -> int | None: ...
-
-    def allowed_signers(self, vkeys: Iterable[str] | None = None) -> set[str]: ...
-
-    def set_signer_allowed(self, vkey: str, allowed: bool) -> bool: ...
-
 
 # Full entry bundles (tlog-tiles tile/entries/N), written once, in the same transaction
 # as the entries that complete them: serving one is a single blob read.
@@ -145,10 +85,11 @@ class SQLiteStore:
         except sqlite3.DatabaseError as e:
             self._unlock()
             raise StorageError(f"cannot open log database {self.path}: {e}") from None
-        if int(meta.get("schema", 0)) != SCHEMA_VERSION:
+        try:
+            check_schema(self.path, meta)
+        except StorageError:
             self._unlock()
-            raise StorageError(f"{self.path} has schema {meta.get('schema')}, this potd needs "
-                               f"{SCHEMA_VERSION}")
+            raise
         self.conn = conn
         self._origin = str(meta["origin"])
         self._vkey = str(meta["vkey"])
@@ -270,6 +211,12 @@ class SQLiteStore:
         if len(data) == BLOCK * HASH_SIZE:
             self._cache_put(key, data)
         return data
+
+    def forget_tail(self) -> None:
+        """Drop the cached partial blocks: another process (the writer, when this store
+        only reads) may have extended them. Full blocks stay cached (immutable)."""
+        with self._cache_lock:
+            self._tail.clear()
 
     def _note_written(self, writes: list[tuple[int, int, bytes]]) -> None:
         """After a commit: remember the new tail block of each written level, and cache
@@ -455,22 +402,7 @@ class SQLiteStore:
     def _bundles(self, old_size: int, entries: Sequence[bytes]
                  ) -> tuple[list[bytes], list[tuple[int, bytes]]]:
         """The entry bundles that ``entries`` complete, and the new partial tail."""
-        tail = list(self._bundle_tail)
-        if len(tail) != old_size % BUNDLE:
-            raise StorageError(f"entry bundle tail of {self.path} is out of step with the size "
-                               f"{old_size}: the database is damaged")
-        out = []
-        n = old_size // BUNDLE
-        pos = 0
-        while pos < len(entries):
-            take = min(BUNDLE - len(tail), len(entries) - pos)
-            tail.extend(entries[pos:pos + take])
-            pos += take
-            if len(tail) == BUNDLE:
-                out.append((n, encode_bundle(tail)))
-                n += 1
-                tail = []
-        return tail, out
+        return full_bundles(old_size, self._bundle_tail, entries)
 
     def read_bundle(self, n: int) -> bytes | None:
         """Full entry bundle ``n`` as stored, or None (not full yet, or an older file)."""

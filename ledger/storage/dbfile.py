@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from .errors import StorageError
+from ..errors import StorageError
 
 _CAUSES = {
     "SQLITE_FULL": "the disk (or the file system's quota) is full",

@@ -1,0 +1,141 @@
+"""``potd ledger fsck``: recompute the stored tree from the stored entries.
+
+Trusts nothing in the database but the entries and the log's verifier key: every leaf
+hash and every stored interior hash is recomputed from the entries and compared, every
+stored full entry bundle is compared with the entries it must hold, and every stored
+checkpoint must carry the log's signature over the root recomputed at its size. The
+first problem found (scanning the log in index order) is reported with the first entry
+index it affects, so an operator knows from where to restore.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PotdError
+from .merkle import CompactRange
+from .note import Verifier, open_checkpoint
+from .storage import BUNDLE
+from .tiles import decode_bundle
+
+
+@dataclass
+class FsckResult:
+    size: int
+    checked_entries: int = 0
+    checked_checkpoints: int = 0
+    checked_bundles: int = 0
+    first_bad_index: int | None = None
+    problem: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.ok, "size": self.size,
+                               "entries": self.checked_entries,
+                               "checkpoints": self.checked_checkpoints,
+                               "bundles": self.checked_bundles}
+        if not self.ok:
+            out.update(first_bad_index=self.first_bad_index, problem=self.problem)
+        return out
+
+
+def fsck(store: Any, progress: Callable[[int], None] | None = None) -> FsckResult:
+    """Check ``store`` (any backend) against its own entries; never raises for bad data."""
+    verifier = Verifier.parse(store.vkey())
+    size = store.size()
+    res = FsckResult(size)
+    cps = []
+    since = 0
+    while True:  # every stored checkpoint, by size
+        page = store.checkpoints(since, 1000)
+        cps.extend(page)
+        if len(page) < 1000:
+            break
+        since = page[-1][0] + 1
+    cp_sizes = sorted({c[0] for c in cps if c[0] <= size})
+    notes = {c[0]: c[1] for c in cps}
+    if any(c[0] > size for c in cps):
+        res.problem = f"a checkpoint of size {max(c[0] for c in cps)} is beyond the size {size}"
+        res.first_bad_index = size
+        return res
+    rng = CompactRange()
+    if cp_sizes and cp_sizes[0] == 0:
+        _check_cp(res, notes[0], 0, rng.root(), verifier)
+        res.checked_checkpoints += 1
+        if not res.ok:
+            return res
+    for start in range(0, size, BUNDLE):
+        end = min(size, start + BUNDLE)
+        try:
+            entries = store.read_entries(start, end)
+        except PotdError as e:
+            return _bad(res, start, f"entries {start}..{end}: {e.message}")
+        leaves = [hashlib.sha256(b"\x00" + e).digest() for e in entries]
+        # stop at each checkpoint size inside this chunk to check its root
+        pos = start
+        inside = cp_sizes[bisect.bisect_right(cp_sizes, start):bisect.bisect_right(cp_sizes, end)]
+        for cut in [*inside, end]:
+            if cut <= pos:
+                continue
+            old = rng.size
+            levels = rng.extend(leaves[pos - start:cut - start])
+            where = [(lv, (old >> lv) + i) for lv, hs in enumerate(levels)
+                     for i in range(len(hs))]
+            want = [h for hs in levels for h in hs]
+            try:
+                got = store.read_nodes(where) if hasattr(store, "read_nodes") else None
+            except PotdError as e:
+                return _bad(res, pos, f"stored hashes of entries {pos}..{cut}: {e.message}")
+            if got is not None:
+                bad = [(lv, n) for (lv, n), w, g in zip(where, want, got, strict=True)
+                       if w != g]
+                if bad:
+                    lv, n = min(bad, key=lambda x: x[1] << x[0])
+                    return _bad(res, n << lv, f"stored hash (level {lv}, #{n}) does not match "
+                                "the entries: an entry or the hash was altered")
+            pos = cut
+            if cut in notes:
+                _check_cp(res, notes[cut], cut, rng.root(), verifier)
+                res.checked_checkpoints += 1
+                if not res.ok:
+                    return res
+        if end - start == BUNDLE:
+            stored = store.read_bundle(start // BUNDLE) if hasattr(store, "read_bundle") else None
+            if stored is not None:
+                res.checked_bundles += 1
+                try:
+                    got_entries = decode_bundle(stored, expect=BUNDLE)
+                except PotdError:
+                    return _bad(res, start, f"entry bundle {start // BUNDLE} does not parse")
+                for i, (a, b) in enumerate(zip(got_entries, entries, strict=True)):
+                    if a != b:
+                        return _bad(res, start + i, f"entry bundle {start // BUNDLE} holds "
+                                    f"other bytes for entry {start + i} than the entries table")
+        res.checked_entries = end
+        if progress is not None:
+            progress(end)
+    return res
+
+
+def _bad(res: FsckResult, index: int, problem: str) -> FsckResult:
+    res.first_bad_index, res.problem = index, problem
+    return res
+
+
+def _check_cp(res: FsckResult, note: str, size: int, root: bytes, verifier: Verifier) -> None:
+    try:
+        cp = open_checkpoint(note, verifier)
+    except PotdError as e:
+        _bad(res, max(0, size - 1), f"checkpoint of size {size}: {e.message}")
+        return
+    if cp.size != size or cp.root != root:
+        _bad(res, max(0, size - 1), f"checkpoint of size {size} signs another root than the "
+             "one recomputed from the entries")

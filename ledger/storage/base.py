@@ -1,0 +1,121 @@
+"""What every storage backend of the log provides, and the helpers they share.
+
+Layout (the same in every backend). Entries are rows ``(idx, data)``. Stored hashes (Go
+tlog's stored hashes, addressed by :func:`~ledger.merkle.stored_hash_index`) are kept
+per tree level in blocks of 256: block ``c`` of level ``l`` holds level-``l`` hashes
+``256c .. 256c+255``, so a tlog-tiles tile at level ``L`` is exactly the prefix of block
+``(8L, N)`` and a proof reads each hash it needs by (level, n) with no recomputation.
+Full entry bundles are stored once, in the transaction that completes them. Checkpoint
+history keeps every signed checkpoint by size. ``meta`` holds the schema version, the
+origin, the verifier key and the size (the writers' coordination row).
+
+Invariants: one append = one transaction (entries, hashes, bundles, checkpoint, size,
+leaf and run index rows advance together or not at all); a writer checks, inside its
+write transaction, that the stored size is the one it expects, so two writers can never
+interleave; stored data only ever grows (a block row is replaced by a longer one with
+the same prefix), so any snapshot a reader sees holds at least the tree committed before
+it asked. A database whose recorded schema version is not :data:`SCHEMA_VERSION` is
+refused at open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from ..errors import StorageError
+from ..tiles import encode_bundle
+
+BLOCK = 256  # stored hashes per block row
+BUNDLE = 256  # entries per entry bundle (tlog-tiles)
+SCHEMA_VERSION = 1
+
+
+def check_schema(where: str, meta: Mapping[str, Any]) -> None:
+    """Refuse a database of another schema version (or none: not a potd log)."""
+    got = meta.get("schema")
+    if got is None or str(got) != str(SCHEMA_VERSION):
+        raise StorageError(f"{where} has schema version {got}, this potd reads version "
+                           f"{SCHEMA_VERSION}",
+                           hint="open it with the potd release that wrote it, or export it "
+                                "(`potd ledger export`) and import into a new log")
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def full_bundles(first: int, tail: Sequence[bytes], entries: Sequence[bytes]
+                 ) -> tuple[list[bytes], list[tuple[int, bytes]]]:
+    """The entry bundles completed by appending ``entries`` at index ``first`` after the
+    partial bundle ``tail`` (entries ``first - len(tail) .. first``), and the new tail."""
+    if len(tail) != first % BUNDLE:
+        raise StorageError(f"entry bundle tail has {len(tail)} entries at size {first}, "
+                           f"expected {first % BUNDLE}: the database is damaged")
+    rest = list(tail)
+    out = []
+    n = first // BUNDLE
+    pos = 0
+    while pos < len(entries):
+        take = min(BUNDLE - len(rest), len(entries) - pos)
+        rest.extend(entries[pos:pos + take])
+        pos += take
+        if len(rest) == BUNDLE:
+            out.append((n, encode_bundle(rest)))
+            n += 1
+            rest = []
+    return rest, out
+
+
+class Store(Protocol):
+    """What the sequencer needs from storage. Reads may run concurrently with an append."""
+
+    def origin(self) -> str: ...
+
+    def vkey(self) -> str: ...
+
+    def size(self) -> int: ...
+
+    def append(self, old_size: int, entries: Sequence[bytes],
+               level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int],
+               run_rows: Sequence[tuple[str, int, int]] = ()) -> None:
+        """Atomically add ``entries`` (indexes ``old_size..``), the new stored hashes
+        (``level_hashes[l]`` = new level-``l`` hashes in order) and a signed checkpoint
+        ``(size, note, created_ms)``, and any run-index rows ``(run, seq, index)``.
+        Raises StorageError if the stored size is not ``old_size``; on any error nothing
+        is stored."""
+        ...
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]: ...
+
+    def level_hashes(self, level: int, start: int, end: int) -> bytes: ...
+
+    def read_entries(self, start: int, end: int) -> list[bytes]: ...
+
+    def latest_checkpoint(self) -> str | None: ...
+
+    def checkpoint_at(self, size: int) -> str | None: ...
+
+    def checkpoints(self, since: int = 0, limit: int = 1000) -> list[tuple[int, str, int]]: ...
+
+    def replace_checkpoint(self, size: int, note: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class IndexedStore(Store, Protocol):
+    """A store with the log server's indexes: leaf hashes, runs and allowed signers."""
+
+    def ensure_indexes(self) -> None: ...
+
+    def leaf_index(self, leaf: bytes) -> int | None: ...
+
+    def run_indexes(self, run: str, start_seq: int = 0, limit: int = -1) -> list[int]: ...
+
+    def run_last(self, run: str) -> tuple[int, int] | None: ...
+
+    def run_index(self, run: str, seq: int) -> int | None: ...
+
+    def allowed_signers(self, vkeys: Iterable[str] | None = None) -> set[str]: ...
+
+    def set_signer_allowed(self, vkey: str, allowed: bool) -> bool: ...

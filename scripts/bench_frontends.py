@@ -1,0 +1,186 @@
+"""``scripts/bench_server.py --db postgresql://...``: add-batch throughput of one and of
+two PostgreSQL frontends beside one SQLite frontend, in the same run, with CPU per
+entry of the frontends and of the database (from /proc; the database must run on this
+machine for its share to count).
+
+Each configuration gets a fresh log (a new database ``potd_bench_<n>`` next to the one
+in the URL, dropped afterwards; a new SQLite file) and the same number of pre-signed
+statements: ``--batch-clients`` runs, each sent in order as ``--batches`` add-batch
+requests spread over the clients; with two frontends, client ``i`` writes through
+frontend ``i % 2``. Verification CPU per entry is measured in the same run (parse +
+Ed25519 verify on one core), so the report can split a frontend's CPU into
+verification and everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_server import ROOT, _client, make_runs, post
+
+from ledger.log import Log
+from ledger.note import Signer
+from ledger.statement import parse_statement, verify_statement_signature
+from ledger.storage import open_store
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def verify_cpu_us(statements: list[bytes]) -> float:
+    """CPU time (not wall time: the machine may be shared) to parse and verify one."""
+    t = time.process_time()
+    for raw in statements:
+        verify_statement_signature(parse_statement(raw))
+    return 1e6 * (time.process_time() - t) / len(statements)
+
+
+def postgres_pids() -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if Path(f"/proc/{d}/comm").read_text().strip() in ("postgres", "postmaster"):
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def postgres_cpu() -> dict[int, float]:
+    return {p: cpu_seconds(p) for p in postgres_pids()}
+
+
+def _load(ports: list[int], per_client: list[list[bytes]], limit_s: float, out: Any) -> None:
+    async def main() -> dict[str, Any]:
+        lat: list[float] = []
+        statuses: dict[int, int] = {}
+        t0 = time.perf_counter()
+        await asyncio.gather(*[_client(ports[i % len(ports)], reqs, t0 + limit_s, lat, statuses)
+                               for i, reqs in enumerate(per_client)])
+        return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses}
+
+    out.put(asyncio.run(main()))
+
+
+def start(db: str, key: Path, d: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
+    err = open(d / f"server{n}.err", "w+b")  # noqa: SIM115
+    p = subprocess.Popen([sys.executable, "-c", "from ledger.cli import main; main()", "ledger",
+                          "serve", "--db", db, "--key", str(key), "--port", "0"],
+                         stderr=err, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        err.seek(0)
+        m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", err.read())
+        if m:
+            return p, int(m.group(1))
+        if p.poll() is not None:
+            break
+        time.sleep(0.05)
+    p.kill()
+    err.seek(0)
+    raise SystemExit("server did not start:\n" + err.read().decode(errors="replace"))
+
+
+def new_database(url: str, n: int) -> tuple[str, str]:
+    import psycopg
+    base, _, _ = url.rpartition("/")
+    name = f"potd_bench_{os.getpid()}_{n}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    return f"{base}/{name}", name
+
+
+def drop_database(url: str, name: str) -> None:
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+def one(label: str, db: str, frontends: int, runs: list[list[bytes]], batch: int,
+        seconds: float, d: Path, key: Signer, trainer: Signer) -> dict[str, Any]:
+    (d / "log.key").write_text(key.private_string())
+    Log.create(db, key).store.close()
+    store = open_store(db)
+    store.ensure_indexes()
+    store.set_signer_allowed(str(trainer.verifier), True)
+    store.close()
+    procs = [start(db, d / "log.key", d, k) for k in range(frontends)]
+    try:
+        reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + batch]) + b"]")
+                 for i in range(0, len(r), batch)] for r in runs]
+        fe0 = [cpu_seconds(p.pid) for p, _ in procs]
+        pg0 = postgres_cpu()
+        q: Any = mp.Queue()
+        lp = mp.Process(target=_load, args=([port for _, port in procs], reqs, seconds, q))
+        lp.start()
+        res = q.get()
+        lp.join()
+        fe = sum(cpu_seconds(p.pid) - c for (p, _), c in zip(procs, fe0, strict=True))
+        pg1 = postgres_cpu()
+        pg = sum(c - pg0.get(p, 0.0) for p, c in pg1.items())
+    finally:
+        for p, _ in procs:
+            p.terminate()
+            p.wait(30)
+    ok = res["statuses"].get(200, 0) * batch
+    return {"config": label, "entries": ok, "seconds": round(res["seconds"], 2),
+            "per_s": round(ok / res["seconds"]), "statuses": res["statuses"],
+            "frontend_cpu_us": round(1e6 * fe / max(ok, 1), 1),
+            "db_cpu_us": round(1e6 * pg / max(ok, 1), 1) if "postgresql" in db else None}
+
+
+def compare(url: str, batch: int, batches: int, clients: int, seconds: float) -> None:
+    trainer = Signer.generate("trainer.bench")
+    key = Signer.generate("bench.example/log")
+    per_client = -(-batches // clients)
+    configs = [("SQLite, 1 frontend", None, 1), ("PostgreSQL, 1 frontend", 0, 1),
+               ("PostgreSQL, 2 frontends", 1, 2)]
+    print(f"signing {len(configs)} x {clients} runs x {per_client * batch} statements ...",
+          flush=True)
+    all_runs = [make_runs(trainer, clients, per_client * batch - 1, 1000 * k)
+                for k in range(len(configs))]
+    verify_us = verify_cpu_us([s for r in all_runs[0] for s in r][:5000])
+    results = []
+    with tempfile.TemporaryDirectory(prefix="potd-bench-") as tmp:
+        for k, (label, n, frontends) in enumerate(configs):
+            d = Path(tmp, str(k))
+            d.mkdir()
+            if n is None:
+                db, name = str(d / "log.db"), ""
+            else:
+                db, name = new_database(url, n)
+            try:
+                results.append(one(label, db, frontends, all_runs[k], batch, seconds, d, key,
+                                   trainer))
+            finally:
+                if name:
+                    drop_database(url, name)
+            print(results[-1], flush=True)
+    base = results[0]["per_s"]
+    print(f"\n{'configuration':26} {'entries':>8} {'entries/s':>10} {'x SQLite':>9} "
+          f"{'frontend CPU µs/entry':>22} {'of which not verify':>20} {'DB CPU µs/entry':>16}")
+    for r in results:
+        other = r["frontend_cpu_us"] - verify_us
+        print(f"{r['config']:26} {r['entries']:>8} {r['per_s']:>10,} "
+              f"{r['per_s'] / base:>9.2f} {r['frontend_cpu_us']:>22} "
+              f"{other:>8.1f} ({100 * other / verify_us:.0f} %)  "
+              f"{r['db_cpu_us'] if r['db_cpu_us'] is not None else '-':>16}")
+    print(f"\nbaseline, same run: parse + verify one statement {verify_us:.1f} µs of CPU")
