@@ -101,6 +101,7 @@ def check_recipe(recipe: Recipe, data: Dataset | None = None, *, dry_step: bool 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = recipe.model()
+            check_untied(model.state_dict())
             opt = recipe.optimizer(model)
             if dry_step:
                 d = data if data is not None else as_datasets(call_data(recipe)).train
@@ -117,6 +118,23 @@ def check_recipe(recipe: Recipe, data: Dataset | None = None, *, dry_step: bool 
                              f"{type(e).__name__}: {e}",
                              hint="fix the recipe (model, optimizer, loss) and run again; "
                                   "nothing was logged") from e
+
+
+def check_untied(sd: dict[str, torch.Tensor]) -> None:
+    """No two state-dict entries share memory: checkpoints store each entry as its own
+    tensor (safetensors refuses shared ones), so a tied layer (``head.weight =
+    wte.weight``) would crash at the first checkpoint, after run.open was logged."""
+    seen: dict[int, str] = {}
+    for name, t in sd.items():
+        if t.numel() == 0 or t.device.type == "meta":
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            raise UsageError(f"state-dict entries {seen[ptr]} and {name} share one tensor "
+                             "(tied weights); evidence stores every entry as its own tensor",
+                             hint="keep one entry: compute the tied layer from it in forward, "
+                                  "e.g. logits = h @ self.wte.weight.t()")
+        seen[ptr] = name
 
 
 def check_evidence_dir(path: str | Path, need: int) -> None:

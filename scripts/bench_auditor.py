@@ -22,6 +22,8 @@
     .venv/bin/python scripts/bench_auditor.py --entries 0 --ray   # + local vs Ray replay
     .venv/bin/python scripts/bench_auditor.py --entries 200000 --recipe wide-mlp --epochs 2 \
         --samples 4
+    .venv/bin/python scripts/bench_auditor.py --entries 0 --recipe tiny-gpt --epochs 2 \
+        --samples 4 --repeats 5                                 # the language model
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prover overhead: training step time with and without the prover, in the same run.
 
-For each recipe (digits-mlp; wide-mlp, ~10M parameters, batch 64) it opens one
+For each recipe (digits-mlp; wide-mlp, ~10M parameters, batch 64; tiny-gpt, the language
+model: 120k parameters, 2 micro-batches, clipping, AdamW, a ~16 ms step) it opens one
 :class:`prover.session.TrainingSession` — per-step weight hashing (BLAKE3), evidence every
 k steps, statements spooled and streamed to a real log server on a loopback port — and
 trains it in alternating chunks on the *same* model and optimizer:
@@ -23,6 +24,7 @@ time) / plain time — a commit process that falls behind shows up there.
 
     .venv/bin/python scripts/bench_prover.py --steps 400
     .venv/bin/python scripts/bench_prover.py --recipes wide-mlp --steps 200 --json out.json
+    .venv/bin/python scripts/bench_prover.py --recipes tiny-gpt --steps 200
     .venv/bin/python scripts/bench_prover.py --json          # JSON on stdout, table on stderr
 """
 
@@ -52,8 +54,9 @@ from prover.recipes import get_recipe, train_step  # noqa: E402
 from prover.session import SMALL_STATE, TrainingSession  # noqa: E402
 
 MAX_STEPS = 5000
-OVERRIDES = {"digits-mlp": {"epochs": 200}, "wide-mlp": {"epochs": 50}}
-TARGETS = {"digits-mlp": 0.05, "wide-mlp": 0.10}
+OVERRIDES = {"digits-mlp": {"epochs": 200}, "wide-mlp": {"epochs": 50},
+             "tiny-gpt": {"epochs": 20}}
+TARGETS = {"digits-mlp": 0.05, "wide-mlp": 0.10, "tiny-gpt": 0.05}
 
 
 def save_state(sess: TrainingSession) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -239,7 +242,7 @@ def table(out: dict[str, dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--recipes", default="digits-mlp,wide-mlp")
+    ap.add_argument("--recipes", default="digits-mlp,wide-mlp,tiny-gpt")
     ap.add_argument("--steps", type=int, default=200,
                     help=f"timed steps per recipe, each way (at most {MAX_STEPS})")
     ap.add_argument("--chunks", type=int, default=4,
@@ -273,7 +276,7 @@ def main() -> None:
             if args.server_nice and srv.proc is not None:
                 renice(srv.proc.pid, args.server_nice)
             for name in args.recipes.split(","):
-                k = args.k_wide if name == "wide-mlp" else args.k_digits
+                k = {"wide-mlp": args.k_wide, "digits-mlp": args.k_digits}.get(name)
                 out[name] = bench(name, args.steps, args.chunks, k, srv.url,
                                   str(log_key.verifier), d,
                                   srv.proc.pid if srv.proc is not None else None)

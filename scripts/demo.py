@@ -7,7 +7,8 @@ Every step is a `potd` command, printed before it runs, so the output doubles as
 walk-through. Exits non-zero if the honest run does not pass or an attack is not caught.
 
     scripts/demo                 # everything (a few minutes on 2 cores)
-    scripts/demo --no-attacks    # the honest run only
+    scripts/demo --no-attacks    # the honest runs only
+    scripts/demo --no-lm         # without the language model (tiny-gpt) part
     scripts/demo --out DIR       # keep the keys, database, evidence and reports in DIR
 """
 
@@ -57,6 +58,25 @@ def _wait_http(url: str) -> None:
     raise SystemExit(f"demo: {url} did not come up")
 
 
+def language_model(url: str, burl: str) -> bool:
+    """Step 6: the built-in language model, trained and audited like the digits run."""
+    banner("6. a language model: tiny-gpt (a byte-level GPT: AdamW, warmup + cosine, "
+           "accumulation, clipping) on the King James Bible")
+    t = time.perf_counter()
+    potd("prover", "train", "--recipe", "tiny-gpt", "--log", url, "--vkey", "log.key.pub",
+         "--key", "trainer.key", "--evidence", "evidence-lm", "--beacon", burl,
+         "--beacon-chain", "chain.json", "--json", "train-lm.json")
+    run = json.loads(Path("train-lm.json").read_text())["run"]
+    print(f"(trained in {time.perf_counter() - t:.0f}s)", flush=True)
+    t = time.perf_counter()
+    r = potd("auditor", "audit", "--log", url, "--vkey", "log.key.pub", "--run", run,
+             "--evidence", "evidence-lm", "--samples", "4", "--state", "auditor-state",
+             "--beacon-chain", "chain.json", "--require-drand", "--json", "audit-lm.json",
+             check=False)
+    print(f"(audited in {time.perf_counter() - t:.0f}s)", flush=True)
+    return r.returncode == 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "out" / "demo"),
@@ -65,6 +85,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--samples", type=int, default=6, help="segments the auditor replays")
     ap.add_argument("--no-attacks", action="store_true", help="skip the attack suite")
+    ap.add_argument("--no-lm", action="store_true",
+                    help="skip training and auditing the language model tiny-gpt")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -125,6 +147,8 @@ def main() -> int:
              "auditor-state")
         potd("auditor", "runs", "--log", url, "--vkey", "log.key.pub", "--state",
              "auditor-state")
+        if not args.no_lm:
+            ok = language_model(url, burl) and ok
     finally:
         print(f"$ kill {server.proc.pid if server.proc else ''} {beacon.pid}  # stop the log "
               "server and the beacon")
@@ -136,7 +160,7 @@ def main() -> int:
 
     attacks_ok = True
     if not args.no_attacks:
-        banner("6. the attack suite: one adversary per threat (docs/protocol.md §6)")
+        banner("7. the attack suite: one adversary per threat (docs/protocol.md §6)")
         import attacks  # scripts/attacks.py
 
         rows = attacks.run_scenarios(attacks.SCENARIOS, out / "attacks")

@@ -34,6 +34,7 @@ BUILTIN = {
     "digits-mlp": "prover.recipes.digits_mlp:DigitsMLP",
     "digits-cnn": "prover.recipes.digits_cnn:DigitsCNN",
     "wide-mlp": "prover.recipes.wide_mlp:WideMLP",
+    "tiny-gpt": "prover.recipes.tiny_gpt:TinyGPT",
 }
 GROUP = "potd.recipes"
 
