@@ -352,6 +352,41 @@ class FileDir(Dataset):
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
+class Take(Dataset):
+    """The examples ``indexes`` of ``parent`` (any order, e.g. every 10th for a held-out
+    split), renumbered from 0; same encoding."""
+
+    def __init__(self, parent: Dataset, indexes: Indexes) -> None:
+        self.parent, self.indexes = parent, [int(i) for i in indexes]
+        n = len(parent)
+        if any(not 0 <= i < n for i in self.indexes):
+            raise UsageError(f"an index of the selection is outside 0..{n - 1}")
+        self.encoding = parent.encoding
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def example_bytes(self, i: int) -> bytes:
+        return self.parent.example_bytes(self.indexes[i])
+
+    def example_hash(self, i: int) -> bytes:
+        return self.parent.example_hash(self.indexes[i])
+
+    def batch(self, indexes: Indexes) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.parent.batch([self.indexes[int(i)] for i in indexes])
+
+    def hashes(self) -> Iterator[bytes]:
+        for i in self.indexes:
+            yield self.parent.example_hash(i)
+
+    def cache_key(self) -> dict[str, Any] | None:
+        key = self.parent.cache_key()
+        if key is None:
+            return None
+        sel = hashlib.sha256(np.asarray(self.indexes, dtype="<i8").tobytes()).hexdigest()
+        return {**key, "take": sel}
+
+
 @dataclass(frozen=True)
 class Datasets:
     """What a recipe's ``data()`` returns for data beyond stacked tensors: the training

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from auditor.replay import memorization  # noqa: E402
+from prover.datasets import as_datasets  # noqa: E402
 from prover.recipes import get_recipe, train_step  # noqa: E402
 from prover.recipes.tiny_gpt import TinyGPT, kjv_bytes, windows  # noqa: E402
 
@@ -69,12 +70,13 @@ def sd_copy(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[Any, An
 def one_seed(seed: int, ks: list[int], segments: int, over: dict[str, Any]) -> dict[str, Any]:
     r = get_recipe("tiny-gpt", **over)
     assert isinstance(r, TinyGPT)
-    d = r.data()
+    train = as_datasets(r.data()).train
+    dx, dy = train.batch(range(len(train)))  # a few hundred windows: all in memory
     total, bs = r.total_steps(), r.batch_size
     gen = torch.Generator().manual_seed(seed)
     batches = [perm[i:i + bs] for _ in range(r.epochs)
-               for perm in [torch.randperm(len(d.x), generator=gen)]
-               for i in range(0, len(d.x), bs)]
+               for perm in [torch.randperm(len(dx), generator=gen)]
+               for i in range(0, len(dx), bs)]
     assert len(batches) == total
     ex, ey = extra_pool(r, total * bs)
     step_seed = seed.to_bytes(32, "big")
@@ -85,7 +87,7 @@ def one_seed(seed: int, ks: list[int], segments: int, over: dict[str, Any]) -> d
     for step in range(total):  # the honest run, keeping the state before every step
         states.append(sd_copy(model, opt))
         b = batches[step]
-        train_step(r, model, opt, d.x[b], d.y[b], step_seed, step)
+        train_step(r, model, opt, dx[b], dy[b], step_seed, step)
     states.append(sd_copy(model, opt))
 
     out: dict[str, Any] = {}
@@ -106,7 +108,7 @@ def one_seed(seed: int, ks: list[int], segments: int, over: dict[str, Any]) -> d
                     for s in range(s0, s0 + k):
                         b = batches[s]
                         extra = torch.arange(s * bs, s * bs + len(b))
-                        x, y = ((torch.cat([d.x[b], ex[extra]]), torch.cat([d.y[b], ey[extra]]))
+                        x, y = ((torch.cat([dx[b], ex[extra]]), torch.cat([dy[b], ey[extra]]))
                                 if case == "addition" else (ex[extra], ey[extra]))
                         train_step(r, model, opt, x, y, step_seed, s)
                     end_sd = copy.deepcopy(model.state_dict())

