@@ -195,9 +195,15 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
 @click.option("--witness", multiple=True, help="With --beacon: a witness attesting time "
               "(as for train; repeatable).")
 @click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
+@click.option("--beacon-lead", default=6.0, show_default=True,
+              help="With --beacon: seconds ahead for the drand round the run.close challenge "
+                   "commits to (twice this; as for train).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help="With --train: where the recipe's data lives now (default: where it lived "
+                   "when the run was trained); it must still hash to the committed root.")
 def resume(spool: str, timeout: float, retrain: bool, key: str | None,
            beacon_url: str | None, beacon_chain: str | None, witness: tuple[str, ...],
-           quorum: int | None) -> None:
+           quorum: int | None, beacon_lead: float, data_dir: str | None) -> None:
     """Submit whatever an interrupted trainer spooled but the log has not acknowledged.
 
     Every statement ends up in the log exactly once: statements the log already holds
@@ -223,7 +229,8 @@ def resume(spool: str, timeout: float, retrain: bool, key: str | None,
             bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
         sess = resume_session(spool, read_signer(key), beacon=bc,
                               time_witnesses=[read_verifier(w) for w in witness],
-                              time_quorum=len(witness) if quorum is None else quorum)
+                              time_quorum=len(witness) if quorum is None else quorum,
+                              beacon_lead=beacon_lead, data_dir=data_dir)
         click.echo(f"run {sess.run_id}: resuming at step {sess.start_step} of "
                    f"{len(sess.plan)}")
         for batch in sess.batches():

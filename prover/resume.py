@@ -127,12 +127,14 @@ def _submit(run: SpooledRun, client: LogClient | None, timeout: float) -> None:
 def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int = 256,
                    client: LogClient | None = None, beacon: BeaconClient | None = None,
                    time_witnesses: Sequence[Verifier] | None = None,
-                   time_quorum: int | None = None, beacon_lead: float = DEFAULT_LEAD
-                   ) -> TrainingSession:
+                   time_quorum: int | None = None, beacon_lead: float = DEFAULT_LEAD,
+                   data_dir: str | Path | None = None) -> TrainingSession:
     """A :class:`~prover.session.TrainingSession` continuing the run in ``spool_path``,
     already resumed: iterate ``batches()``, ``train_step`` each, then ``close()``. A
     drand-mode run needs its ``beacon`` (and the witnesses attesting time) again: its
-    ``run.close`` commits a challenge round."""
+    ``run.close`` commits a challenge round. ``data_dir``: where the data lives now (the
+    recipe's ``data_dir``; default: where it lived when the run was trained, as spooled);
+    the data must still hash to the committed root."""
     from prover.recipes import get_recipe
     from prover.session import TrainingSession
 
@@ -148,7 +150,7 @@ def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int
         raise UsageError("this run's seed comes from a drand beacon: resuming it needs the "
                          "beacon again (its run.close commits a challenge round)",
                          hint="pass --beacon (and --beacon-chain, --witness as for train)")
-    recipe = get_recipe(m["recipe"], data_dir=m.get("data_dir") or None,
+    recipe = get_recipe(m["recipe"], data_dir=data_dir or m.get("data_dir") or None,
                         **json.loads(m["config"]))
     sess = TrainingSession(recipe, client or run.client(), trainer, m["evidence"],
                            spool_path, per_step_weights=json.loads(m["per_step_weights"]),

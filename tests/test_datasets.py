@@ -355,3 +355,43 @@ def test_unknown_or_other_encoding_is_a_failed_check(env: Env) -> None:
     rep = env.audit(s.run_id, env.dir / "ev-enc2", samples=1, state="state2")
     c = next(c for c in rep["checks"] if c["name"] == "dataset")
     assert c["status"] == "fail" and "potd-example-v1/sha256" in c["summary"]
+
+
+@pytest.mark.slow
+def test_resume_reads_moved_data_from_data_dir(env: Env, tmp_path: Path) -> None:
+    """A run interrupted mid-way resumes with `potd prover resume --train --data-dir NEW`
+    after its data moved; without it (the spooled place is gone) the error says what to
+    pass; a different copy is refused before anything is logged (its root is not the
+    committed one)."""
+    from prover.recipes import get_recipe
+    from prover.session import TrainingSession
+
+    src = tmp_path / "recipes" / "bigram.py"
+    src.parent.mkdir()
+    src.write_text(textwrap.dedent(TOKEN_RECIPE))
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_bytes()[:4000]
+    old, new, other = tmp_path / "old", tmp_path / "new", tmp_path / "other"
+    for d, t in ((old, text), (other, text[::-1])):
+        d.mkdir()
+        write_tokens(d / "train.bin", t, "uint16")
+    spool, ev = tmp_path / "run.spool", tmp_path / "ev"
+    r = get_recipe(f"{src}:Bigram", data_dir=old)
+    with pytest.raises(ValueError), TrainingSession(r, env.client(), env.trainer, ev, spool) as s:
+        for b in s.batches():
+            s.train_step(b)
+            if b.step == 3:
+                raise ValueError("interrupted")
+    old.rename(new)
+    (tmp_path / "alice.key").write_text(env.trainer.private_string())
+    base = ["prover", "resume", "--train", "--spool", str(spool), "--key", "alice.key"]
+    gone = potd(*base, cwd=tmp_path)
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert "--data-dir" in gone.stderr, gone.stderr
+    wrong = potd(*base, "--data-dir", str(other), cwd=tmp_path)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert "root" in wrong.stderr, wrong.stderr
+    ok = potd(*base, "--data-dir", str(new), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "closed after" in ok.stdout
+    rep = env.audit(s.run_id, ev, samples=2, recipe=f"{src}:Bigram", data_dir=str(new))
+    assert rep["verdict"] == "pass", [c for c in rep["checks"] if c["status"] != "pass"]
