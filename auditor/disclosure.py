@@ -261,7 +261,7 @@ class DisclosureCheck(ReplayCheck):
         ds, ho = self.o.body.get("dataset"), self.o.body.get("heldout")
         assert isinstance(ds, dict)
         ho = ho if isinstance(ho, dict) else {}
-        h = ho["size"] if type(ho.get("size")) is int else 0
+        h = _int(ho["size"]) if type(ho.get("size")) is int else 0
         ends = tuple([-1] + [int(c["step"]) for c in ckpts])
         plan = RunPlan(seed, public, len(self.hashes), h,
                        recipe.batch_size, recipe.epochs, len(self.steps), ends)
