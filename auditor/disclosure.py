@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.errors import PeerUnreachable, PotdError, UsageError
+from ledger.errors import MalformedError, PeerUnreachable, PotdError, UsageError
 from ledger.note import SignedCheckpoint
 from ledger.statement import Statement
 from prover.dataset_cache import HashTable
@@ -206,8 +206,12 @@ class Disclosed(Dataset):
 
 
 class _Mismatch(Exception):
-    def __init__(self, split: str, index: int, got: bytes, want: bytes) -> None:
-        self.split, self.index, self.got, self.want = split, index, got, want
+    """A disclosed example is not the committed one (or, ``why``, the committed one is
+    not an example of the committed encoding)."""
+
+    def __init__(self, split: str, index: int, got: bytes, want: bytes,
+                 why: str | None = None) -> None:
+        self.split, self.index, self.got, self.want, self.why = split, index, got, want, why
 
 
 class DisclosureCheck(ReplayCheck):
@@ -283,9 +287,12 @@ class DisclosureCheck(ReplayCheck):
             train = self._fetch(client, public, "train", want_train, self.hashes, enc)
             held = self._fetch(client, public, "heldout", want_held, held_hashes, enc)
         except _Mismatch as m:
-            a.check("disclosure", "fail", f"disclosed {m.split} example {m.index} hashes to "
-                    f"{m.got.hex()[:16]}…, not to its committed hash {m.want.hex()[:16]}…: "
-                    "the data server disclosed other data than the run committed",
+            what = (f"hashes to its committed hash but is not an example of the committed "
+                    f"encoding {enc}: {m.why}" if m.why else
+                    f"hashes to {m.got.hex()[:16]}…, not to its committed hash "
+                    f"{m.want.hex()[:16]}…: the data server disclosed other data than the "
+                    "run committed")
+            a.check("disclosure", "fail", f"disclosed {m.split} example {m.index} {what}",
                     split=m.split, index=m.index, got=m.got.hex(), committed=m.want.hex(),
                     server=url)
             a.check("replay", "skip", "the disclosed data is not the committed data")
@@ -331,6 +338,9 @@ class DisclosureCheck(ReplayCheck):
             if got != hashes[i]:
                 raise _Mismatch(split, i, got, hashes[i])
             self._bytes += len(blob)
-            out[i] = decode_example(enc, blob)
+            try:
+                out[i] = decode_example(enc, blob)
+            except MalformedError as e:  # it is the committed example: committed garbage
+                raise _Mismatch(split, i, got, hashes[i], e.message) from None
             self.a._tick(f"disclosure {split}", done + 1, len(indexes))
         return out

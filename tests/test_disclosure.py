@@ -16,11 +16,11 @@ import httpx
 import pytest
 from e2e import Env, checks, make_env
 
+from ledger.errors import UsageError
 from prover.attacks import DataSubstitution, ForgedCheckpoint
 from prover.dataserver import MAX_INDEXES, Disclosure, load, make_server
 from prover.session import TrainingSession
 
-pytestmark = pytest.mark.slow
 
 
 class DataServer:
@@ -82,7 +82,6 @@ def test_honest_run_passes_with_disclosure_only(honest: Any) -> None:
     assert 0 < d["train"]["disclosed"] < d["train"]["total"]
     assert d["heldout"]["disclosed"] > 0 and d["not_checked"]
     assert 0 < d["train"]["fraction"] < 1
-    print(d["train"], d["heldout"], d["segments"])
 
 
 def test_server_refuses_outside_the_challenge_and_over_budget(honest: Any) -> None:
@@ -170,8 +169,41 @@ def test_attacks_caught_with_disclosure(cls: type[TrainingSession],
         assert rep["verdict"] == "fail"
 
 
-def test_serve_data_refuses_an_open_run_and_has_help() -> None:
+def test_serve_data_refuses_an_open_run_and_has_help(honest: Any) -> None:
+    env, _, _ = honest
+    s = env.session("open")
+    s.open()  # never closed: no public challenge yet
+    with env.client() as c, pytest.raises(UsageError, match="no valid public challenge"):
+        load(c, s.run_id)
     r = subprocess.run([sys.executable, "-c", "from ledger.cli import main; main()",
                         "prover", "serve-data", "--help"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "--max-samples" in r.stdout
+
+
+def test_decoded_bytes_equal_the_adapters_batches(tmp_path: Path) -> None:
+    """The hook replay uses: each adapter's canonical example bytes decode to exactly the
+    tensors its ``batch`` yields (dtype, shape, values); malformed bytes are typed."""
+    import torch
+
+    from ledger.errors import MalformedError
+    from prover.datasets import TensorDataset, TokenFile, write_tokens
+    from prover.disclosure import decode_example
+
+    tds = [TensorDataset(torch.randn(5, 3, 2), torch.arange(5)),
+           TensorDataset(torch.randint(0, 255, (4, 7), dtype=torch.uint8),
+                         torch.rand(4) > 0.5),
+           TokenFile(write_tokens(tmp_path / "t.bin", list(range(300)), "uint16"),
+                     "uint16", block=16)]
+    for ds in tds:
+        for i in range(len(ds)):
+            x, y = decode_example(ds.encoding, ds.example_bytes(i))
+            bx, by = ds.batch([i])
+            assert x.dtype == bx.dtype and torch.equal(x, bx[0])
+            assert y.dtype == by.dtype and torch.equal(y, by[0])
+    blob = tds[0].example_bytes(0)
+    for bad in (blob[:-3], blob[:20], b"nope", blob + b"\x00"):
+        with pytest.raises(MalformedError):
+            decode_example(tds[0].encoding, bad)
+    with pytest.raises(UsageError, match="cannot be decoded"):
+        decode_example("potd-file-v1/sha256", b"x")
