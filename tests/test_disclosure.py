@@ -22,7 +22,6 @@ from prover.dataserver import MAX_INDEXES, Disclosure, load, make_server
 from prover.session import TrainingSession
 
 
-
 class DataServer:
     """``prover.dataserver`` on a free loopback port, in a thread of this process."""
 
