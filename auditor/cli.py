@@ -146,6 +146,9 @@ class _Bars:
                    "commits, else the log root just after run.close): re-derivable by anyone, "
                    "instead of auditor randomness.")
 @click.option("--workers", default=1, show_default=True, help="Replay in N processes.")
+@click.option("--ray", "ray_address", help="Replay the segments as tasks on a Ray cluster: "
+              "auto (the cluster this machine runs, else a new local one) or its ADDRESS "
+              "(needs potd[ray]; the evidence must be reachable from the workers).")
 @click.option("--memorization-segments", default=8, show_default=True,
               help="Segments for the memorization test.")
 @click.option("--tolerance", type=float,
@@ -185,7 +188,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
           max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
           beacon_chain: str | None, require_drand: bool, state: str, model_file: str | None,
           json_out: str | None, html_out: str | None, quiet: bool,
-          disclosure: str | None = None) -> None:
+          ray_address: str | None, disclosure: str | None = None) -> None:
     """Audit a training run and name the model it certifies.
 
     Checks the log, the statements, the seed, the data order, the checkpoint chain,
@@ -222,7 +225,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
                         max_abandoned=max_abandoned, max_model_bytes=max_model_bytes,
                         model=model_file, beacon_url=beacon_url,
                         beacon_chain=load_chain(beacon_chain) if beacon_chain else None,
-                        require_drand=require_drand)
+                        require_drand=require_drand, ray=ray_address)
     if disclosure:  # the data server discloses only what the public challenge draws
         opts.disclosure, opts.public_challenge = disclosure, True
     with _client(log_url, vkey, state, witness, quorum) as client:

@@ -1,5 +1,5 @@
 """The audit with selective disclosure (``potd auditor audit --disclosure URL``;
-docs/protocol.md §4.8): the auditor holds no training data.
+docs/protocol.md §4.9): the auditor holds no training data.
 
 Order: the log and the run are verified as in every audit; the *published example-hash
 list* is fetched from the evidence store and checked against the committed ordered and
@@ -256,6 +256,15 @@ class DisclosureCheck(ReplayCheck):
         from .replay import provided_data
 
         a = self.a
+        world = self._world(recipe)
+        if world is None:
+            return  # a failed check says why
+        if world > 1:
+            a.check("disclosure", "skip", f"a data-parallel run (world size {world}): its "
+                    "replay runs in spawned processes, which disclosed examples do not "
+                    "reach yet", hint="audit it with the full data (--data-dir)")
+            a.check("replay", "inconclusive", "nothing replayed (see the disclosure check)")
+            return
         public, _ = self._public_challenge()
         if public is None:
             a.check("disclosure", "skip", "no trusted public challenge: nothing to ask "

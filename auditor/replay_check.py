@@ -587,10 +587,32 @@ class ReplayCheck:
             a._tick("replay", done, len(jobs))
             return r
 
-        # in-process, map() calls replay_segment straight from C: no frame of ours
-        # between this one and the replayed steps (see replay_segment's loop)
-        results = list(map(tick, map(replay_segment, jobs) if a.opts.workers <= 1 else
-                           pool_map(replay_segment, jobs, a.opts.workers)))
+        world = self._world(recipe)
+        if world is None:
+            return
+        if a.opts.ray:  # the same replays as Ray tasks (auditor.replay_ray)
+            from .replay_ray import ray_map
+
+            results = list(map(tick, ray_map(
+                jobs, a.opts.ray, world=world, exact=exact,
+                gpu=str(env.get("device", "cpu")).startswith("cuda"))))
+        elif exact and world > 1:  # the trainer's world, spawned here (auditor.replay_dp)
+            from .replay_dp import replay_segments
+
+            results = list(map(tick, replay_segments(jobs, world)))
+        elif world > 1:  # one process, the ranks' split (auditor.replay_dp)
+            from functools import partial
+
+            from .replay_dp import replay_split
+
+            run = partial(replay_split, world=world)
+            results = list(map(tick, map(run, jobs) if a.opts.workers <= 1 else
+                               pool_map(run, jobs, a.opts.workers)))
+        else:
+            # in-process, map() calls replay_segment straight from C: no frame of ours
+            # between this one and the replayed steps (see replay_segment's loop)
+            results = list(map(tick, map(replay_segment, jobs) if a.opts.workers <= 1 else
+                               pool_map(replay_segment, jobs, a.opts.workers)))
         replay_s = time.perf_counter() - t0
         tol = None
         undecided: str | None = None  # why a distance cannot be judged (inconclusive)
@@ -607,7 +629,8 @@ class ReplayCheck:
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
-            "mode_reason": mode_reason(a.opts, same, env, mine),
+            "mode_reason": mode_reason(a.opts, same, env, mine) + _world_reason(world, exact),
+            "world_size": world,
             "segments_total": len(segments), "steps_total": len(self.steps),
             "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
             "steps_replayed": sum(r.end - r.start + 1 for r in results),
@@ -656,6 +679,18 @@ class ReplayCheck:
                        else "bit for bit, though the environment differs"),
                     steps=sum(r.end - r.start + 1 for r in results))
         self._memorization(recipe, segments, cseed, seed)
+
+    def _world(self, recipe: Recipe) -> int | None:
+        """The run's committed data-parallel world size; None (after a failed check) when
+        ``run.open``'s ``data_parallel`` is malformed."""
+        from .replay_dp import world_size
+
+        try:
+            return world_size(dict(self.o.body), len(self.hashes), recipe.batch_size)
+        except PotdError as e:
+            self.a.check("replay", "fail", e.message,
+                         hint="an honest prover commits data_parallel as potd prover writes it")
+            return None
 
     def _job(self, recipe: Recipe, seed: bytes, seg: tuple[dict[str, Any], dict[str, Any]],
              exact: bool) -> SegmentJob:
@@ -738,3 +773,16 @@ class ReplayCheck:
         else:
             a.check("memorization", "pass", "segments learned their own data more than "
                     "held-out data; " + summary, combined_z=combined)
+
+
+def _world_reason(world: int, exact: bool) -> str:
+    """What a data-parallel run's replay mode means (for the report)."""
+    if world == 1:
+        return ""
+    if exact:
+        return (f"; data-parallel run of world size {world}: replayed with {world} gloo "
+                "processes, each on its shard, for bit-identical weights hashes")
+    return (f"; data-parallel run of world size {world}: one process replays the global "
+            "batch as the ranks split it (each shard's gradient weighted by its share), "
+            "which equals their all-reduced update only up to rounding, so the distance is "
+            "judged under the tolerance")

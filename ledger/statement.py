@@ -249,7 +249,7 @@ BODY_FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "seed_commitment": (_is_hash, True), "dataset": (_is_obj, True),
         "recipe": (_is_obj, False), "hyperparameters": (_is_obj, False),
         "environment": (_is_obj, False), "weights_hash": (_is_str, False),
-        "beacon": (_is_obj, False),
+        "beacon": (_is_obj, False), "data_parallel": (_is_obj, False),
     },
     "step": {
         "prev": (_is_hash, True), "step": (_is_int, True), "batch_root": (_is_hash, True),

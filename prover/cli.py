@@ -89,12 +89,15 @@ def _overrides(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
               "cosignatures attest when run.open existed (verifier key string or file; "
               "repeatable). Default: the log's timestamp line.")
 @click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
+@click.option("--nproc", default=1, show_default=True, help="Data-parallel training in N "
+              "local processes (torch DDP, gloo); this process is rank 0 and commits.")
 def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: str | None,
           epochs: int | None, k: int | None, batch_size: int | None, lr: str | None,
           settings: tuple[str, ...], config_file: str | None, data_dir: str | None,
           alg: str, no_per_step_weights: bool,
           json_out: str | None, beacon_url: str | None, beacon_chain: str | None,
-          beacon_lead: float, witness: tuple[str, ...], quorum: int | None) -> None:
+          beacon_lead: float, witness: tuple[str, ...], quorum: int | None,
+          nproc: int) -> None:
     """Train RECIPE, committing every step to the log at --log.
 
     Statements are spooled to disk first and submitted in the background; if the log is
@@ -121,15 +124,23 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
         raise UsageError("--beacon-chain needs --beacon")
     if quorum is not None and not 0 <= quorum <= len(witness):
         raise UsageError(f"--quorum {quorum} needs at least that many --witness keys")
-    sess = TrainingSession(r, client, read_signer(key), evidence, spool_path,
-                           per_step_weights=not no_per_step_weights, weights_hash=alg,
-                           beacon=bc, beacon_lead=beacon_lead,
-                           time_witnesses=[read_verifier(w) for w in witness],
-                           time_quorum=len(witness) if quorum is None else quorum)
-    sess.open()
-    click.echo(f"run {sess.run_id}")
+    session: Any = TrainingSession
+    procs: list[Any] = []
+    if nproc != 1:
+        from prover.distributed import DataParallelSession, start_local
+
+        procs, session = start_local(r, nproc, alg), DataParallelSession
+    sess = session(r, client, read_signer(key), evidence, spool_path,
+                   per_step_weights=not no_per_step_weights, weights_hash=alg,
+                   beacon=bc, beacon_lead=beacon_lead,
+                   time_witnesses=[read_verifier(w) for w in witness],
+                   time_quorum=len(witness) if quorum is None else quorum)
     bar: Any
+    opened = False
     try:
+        sess.open()
+        opened = True
+        click.echo(f"run {sess.run_id}")
         with click.progressbar(length=len(sess.plan), label="training", show_pos=True,
                                item_show_func=lambda _: f"loss {sess.losses[-1]:.4f}"
                                if sess.losses else "") as bar:
@@ -137,10 +148,19 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
                 sess.train_step(batch)
                 bar.update(1)
     except BaseException as e:  # the run stays open: say how to resume or abort it
-        sess.__exit__(type(e), e, e.__traceback__)
-        click.echo("\n".join(getattr(e, "__notes__", [])), err=True)
+        if opened:
+            sess.__exit__(type(e), e, e.__traceback__)
+            click.echo("\n".join(getattr(e, "__notes__", [])), err=True)
+        if procs:
+            from prover.distributed import stop_local
+
+            stop_local(procs, timeout=0)
         raise
     sess.close()
+    if procs:
+        from prover.distributed import stop_local
+
+        stop_local(procs)
     total = len(sess.receipts)
     last = sess.receipts[-1]
     summary = {"run": sess.run_id, "recipe": r.name, "steps": len(sess.plan),

@@ -1,5 +1,5 @@
 """``potd prover serve-data``: the trainer's data server for selective disclosure
-(docs/protocol.md §4.8).
+(docs/protocol.md §4.9).
 
 It serves the canonical bytes of examples (the adapter's ``example_bytes``, which hash to
 the committed example hashes) of one *closed* run's dataset — and only those the run's

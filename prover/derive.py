@@ -19,6 +19,12 @@ can recompute them. All byte strings below are ASCII; integers are big-endian.
   (``torch.manual_seed`` before building the model)
 * step seed   first 8 bytes of stream ``"step" || u64 step``, masked to 63 bits
   (``torch.manual_seed`` before each step's forward pass: dropout, augmentation)
+* shards      a data-parallel run of world size ``N`` (``run.open``'s ``data_parallel``)
+  splits each step's batch of ``b`` indexes, in batch order, into ``N`` contiguous shards:
+  rank ``r`` trains on positions ``[floor(r*b/N), floor((r+1)*b/N))``; every step's
+  ``b`` must be at least ``N`` (no empty shard). E.g. ``b = 10, N = 3``: ``[0,3) [3,6)
+  [6,10)``. Each rank's gradient is weighted by its share ``len(shard)/b`` before the
+  sum over ranks, so the update is the global batch's (mean loss) in exact arithmetic.
 
 A fixed vector for the permutation is in tests/test_derive.py and in the README.
 """
@@ -160,3 +166,25 @@ def batch_indexes(seed: bytes, n_examples: int, batch_size: int, step: int,
             _cache.clear()
             _cache[key] = order
     return order[offset:offset + batch_size]
+
+
+SHARD_SPLIT = "potd-shard-v1"
+
+
+def shard_bounds(batch: int, world: int) -> list[tuple[int, int]]:
+    """``[start, end)`` positions in a batch of ``batch`` indexes of each rank's shard
+    (contiguous, sizes differing by at most one; see the module docstring)."""
+    if world < 1 or batch < world:
+        raise UsageError(f"a batch of {batch} examples cannot be split over {world} ranks",
+                         hint="every step's batch must hold at least one example per rank")
+    return [(r * batch // world, (r + 1) * batch // world) for r in range(world)]
+
+
+def check_world(n_examples: int, batch_size: int, world: int) -> None:
+    """Every step of :func:`schedule` has at least ``world`` examples (raises
+    :class:`~ledger.errors.UsageError` otherwise)."""
+    last = n_examples % batch_size or batch_size
+    if world < 1 or min(batch_size, last, n_examples) < world:
+        raise UsageError(f"world size {world}: some step's batch (batch size {batch_size}, "
+                         f"last batch of an epoch {min(last, n_examples)}) has fewer examples "
+                         "than ranks", hint="use fewer processes or another batch size")

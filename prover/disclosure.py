@@ -1,4 +1,4 @@
-"""Selective disclosure, the protocol part (docs/protocol.md §4.8): which examples a
+"""Selective disclosure, the protocol part (docs/protocol.md §4.9): which examples a
 public challenge of a closed run discloses, and how disclosed example bytes become the
 tensors a recipe trains on.
 

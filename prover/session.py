@@ -90,7 +90,14 @@ RING_MIN, RING_MAX, RING_STEPS = 4 << 20, 64 << 20, 32
 
 
 def environment() -> dict[str, Any]:
-    return {"torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(),
+    """What bit-exact reproduction depends on, recorded in ``run.open`` (the auditor
+    replays exactly only in an equal one): library versions, device, default dtype,
+    threads, deterministic algorithms."""
+    import platform
+
+    return {"torch": torch.__version__, "python": platform.python_version(), "device": "cpu",
+            "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
             "deterministic": bool(torch.are_deterministic_algorithms_enabled())}
 
 

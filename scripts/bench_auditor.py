@@ -11,10 +11,15 @@
    the first audit, so neither side pays torch's one-time start-up; the plain loop's
    model and optimizer construction is outside its timer, the replay's per-segment
    loading, model refill, optimizer restore and hashing are inside.
+   ``--ray``: each audit is repeated with the same sample (same auditor seed) on a local
+   Ray instance (``ray.init(num_cpus=2)``, started before the first audit), and the
+   replay phase's wall time is compared: the overhead ratio Ray / local. A first Ray
+   audit (another sample) warms the Ray workers up and is reported on its own (cold).
 2. verify-log: builds a log of N entries with the library, serves it, and times the
    auditor's full recomputation from entry bundles and hash tiles over HTTP.
 
     .venv/bin/python scripts/bench_auditor.py                 # digits-mlp + 1M entries
+    .venv/bin/python scripts/bench_auditor.py --entries 0 --ray   # + local vs Ray replay
     .venv/bin/python scripts/bench_auditor.py --entries 200000 --recipe wide-mlp --epochs 2 \
         --samples 4
 """
@@ -42,7 +47,7 @@ from prover.session import TrainingSession  # noqa: E402
 
 
 def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
-                 repeats: int = 1) -> dict[str, object]:
+                 repeats: int = 1, ray: bool = False) -> dict[str, object]:
     key = Signer.generate("bench.example/replay-log")
     (d / "r.key").write_text(key.private_string())
     Log.create(str(d / "r.db"), key).store.close()
@@ -59,16 +64,34 @@ def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
         sess.close()
         rounds = []
         with LogClient(srv.url, key.verifier, proofs="tiles") as c:
-            for _ in range(repeats):
+            cold = None
+            if ray:  # the first tasks start Ray's workers (torch import, recipe, data):
+                # timed once here; the rounds then measure workers as a cluster keeps them
+                w = Audit(c, AuditOptions(run=sess.run_id, evidence=str(d / "ev"),
+                                          samples=samples, memorization_segments=0,
+                                          seed=b"w" * 32, ray="auto")).run()
+                cold = w["timing"]["replay_seconds"]
+            for i in range(repeats):
+                seed = bytes([i]) * 32
                 rep = Audit(c, AuditOptions(run=sess.run_id, evidence=str(d / "ev"),
-                                            samples=samples, memorization_segments=0)).run()
+                                            samples=samples, memorization_segments=0,
+                                            seed=seed)).run()
+                ray_s = None
+                if ray:
+                    rr = Audit(c, AuditOptions(run=sess.run_id, evidence=str(d / "ev"),
+                                               samples=samples, memorization_segments=0,
+                                               seed=seed, ray="auto")).run()
+                    assert rr["verdict"] == rep["verdict"]
+                    ray_s = rr["timing"]["replay_seconds"] / rep["timing"]["replay_seconds"]
                 segs = rep["replay"]["segments"]
                 replayed = [t for s in segs for t in range(s["start"], s["end"] + 1)]
                 replay_s = sum(s["seconds"] for s in segs)
                 rounds.append({"verdict": rep["verdict"], "segments": len(segs),
                                "steps": len(replayed), "replay": replay_s,
                                "train": sum(step_s[t] for t in replayed),
-                               "plain": _plain_seconds(recipe, epochs, replayed)})
+                               "plain": _plain_seconds(recipe, epochs, replayed),
+                               "local_replay_wall": rep["timing"]["replay_seconds"],
+                               "ray_over_local": ray_s})
     import torch
 
     med = {k: statistics.median(float(r[k]) for r in rounds)
@@ -84,6 +107,9 @@ def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
             "ratio": round(ratio, 3), "ratio_vs_plain": round(ratio_plain, 3),
             "ratios_vs_plain": [round(float(r["replay"]) / float(r["plain"]), 3)
                                 for r in rounds],
+            "ray_cold_replay_seconds": cold if ray else None,
+            "ray_over_local": (round(statistics.median(float(r["ray_over_local"])
+                                                       for r in rounds), 3) if ray else None),
             "rounds": rounds}
 
 
@@ -148,8 +174,16 @@ def main() -> None:
                     help="audits of the same run; medians are reported")
     ap.add_argument("--entries", type=int, default=1_000_000,
                     help="log size for the verify-log benchmark (0: skip it)")
+    ap.add_argument("--ray", action="store_true",
+                    help="also replay each audit's sample on a local Ray instance (2 CPUs)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
+    if args.ray:
+        import ray
+
+        t = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        print(f"ray.init (local, 2 CPUs): {time.perf_counter() - t:.1f}s", flush=True)
     if args.threads:
         import torch
 
@@ -159,7 +193,7 @@ def main() -> None:
         d = Path(td)
         if args.samples > 0:
             out["replay"] = r = replay_bench(d, args.recipe, args.epochs, args.samples,
-                                             args.repeats)
+                                             args.repeats, args.ray)
             print(f"replay   {r['recipe']}: {r['steps_replayed']} steps in {r['segments']} "
                   f"segments replayed in {r['replay_seconds']}s vs "
                   f"{r['original_training_seconds']}s of "
@@ -167,6 +201,12 @@ def main() -> None:
                   f"plain training without the prover: ratio {r['ratio_vs_plain']} "
                   f"(medians of {r['repeats']} audits, ratios {r['ratios_vs_plain']}; "
                   f"{r['threads']} torch threads; verdict {r['verdict']})", flush=True)
+            if args.ray:
+                walls = [x["local_replay_wall"] for x in r["rounds"]]  # type: ignore[attr-defined]
+                print(f"ray      replay phase on Ray / local (same segments): "
+                      f"{r['ray_over_local']} (median of {r['repeats']}; local replay phase "
+                      f"{statistics.median(walls):.3f}s; the first, cold Ray audit's replay "
+                      f"phase {r['ray_cold_replay_seconds']}s)", flush=True)
         if args.entries > 0:
             out["verify_log"] = v = verify_log_bench(d, args.entries)
             print(f"verify-log {v['entries']:,} entries + {v['tiles']} tiles over HTTP in "

@@ -7,6 +7,8 @@ for them is skipped with :data:`VECTORS_SKIP_REASON`.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,28 @@ from e2e import env  # noqa: E402,F401
 
 # PostgreSQL: a throwaway cluster per session, an empty database per test
 from pgcluster import pg_cluster, pg_url  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def ray_available() -> Iterator[bool]:
+    """One local Ray instance (2 CPUs) for the whole session — ``ray.init`` takes seconds
+    — or False when Ray is not installed (a failure with ``POTD_REQUIRE_RAY=1``, which
+    .ci/run sets)."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("POTD_REQUIRE_RAY") == "1":
+            pytest.fail("Ray is not installed (pip install 'potd[ray]') "
+                        "[POTD_REQUIRE_RAY=1 forbids skipping]", pytrace=False)
+        yield False
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield True
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(ray_available: bool) -> None:
+    """The session's local Ray instance; skips the test without Ray."""
+    if not ray_available:
+        pytest.skip("Ray is not installed (pip install 'potd[ray]')")

@@ -1,4 +1,4 @@
-"""Selective disclosure (docs/protocol.md §4.8): an audit holding no training data, fed
+"""Selective disclosure (docs/protocol.md §4.9): an audit holding no training data, fed
 only the sampled segments' examples by the trainer's data server. Real log server, real
 training of digits-mlp, a real data server on loopback."""
 

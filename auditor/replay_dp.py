@@ -1,0 +1,256 @@
+"""Exact replay of a data-parallel run (docs/protocol.md §4.8, §5 step 7).
+
+A run's ``run.open`` commits ``data_parallel`` (world size ``N``, split
+``potd-shard-v1``). In exact mode the auditor replays its segments with ``N`` spawned
+gloo processes on this machine, as the trainer trained: the same DDP wrapper and
+gradient-weighting hook (:mod:`prover.distributed`), each rank its shard of every
+step's global batch. The weights hashes must match bit for bit. (Tolerance mode needs
+one process replaying the global batch as the ranks split it (:func:`replay_split`): per
+shard, the step RNG seeded as each rank seeds it, the gradients weighted by the shards'
+shares and summed, then one update; the distance to the committed checkpoint is judged
+under the calibrated tolerance. A plain global-batch replay would draw one dropout mask
+for the whole batch where the ranks drew one per shard.)
+
+Rank 0's results travel back as plain data (:class:`~auditor.replay.SegmentResult`
+fields). Trusts: the auditor's own processes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ledger.errors import MalformedError
+from prover.derive import SHARD_SPLIT, check_world, shard_bounds
+
+from .replay import SegmentJob, SegmentResult
+
+MAX_WORLD = 64  # ranks one auditor machine spawns for an exact replay
+
+
+def world_size(open_body: dict[str, Any], n_examples: int, batch_size: int) -> int:
+    """The committed world size (1 without ``data_parallel``); raises
+    :class:`~ledger.errors.MalformedError` for a field no honest prover writes."""
+    dp = open_body.get("data_parallel")
+    if dp is None:
+        return 1
+    if not isinstance(dp, dict) or dp.get("split") != SHARD_SPLIT:
+        raise MalformedError(f"run.open data_parallel {str(dp)[:80]} does not name the split "
+                             f"{SHARD_SPLIT}")
+    world = dp.get("world_size")
+    if type(world) is not int or not 1 <= world <= MAX_WORLD:
+        raise MalformedError(f"run.open data_parallel world_size {str(world)[:20]} is not "
+                             f"an integer 1..{MAX_WORLD}")
+    try:
+        check_world(n_examples, batch_size, world)
+    except Exception as e:
+        raise MalformedError(f"run.open data_parallel: {e}") from None
+    return world
+
+
+def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
+                    ) -> list[SegmentResult]:
+    """Replay ``jobs`` in order with ``world`` spawned gloo processes; rank 0's results."""
+    import multiprocessing
+
+    from prover.distributed import free_address
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    address = free_address()
+    procs = [ctx.Process(target=_rank_main, args=(r, world, address, jobs, out), daemon=True,
+                         name=f"potd-replay-rank-{r}") for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        got = out.get(timeout=timeout)
+    except Exception:
+        got = {"error": "the replay processes ended without a result"}
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    if "error" in got:
+        return [SegmentResult(j.start, j.end, False, None, None, None, 0.0,
+                              error=f"data-parallel replay ({world} processes): {got['error']}")
+                for j in jobs]
+    return [SegmentResult(**r) for r in got["results"]]
+
+
+def _rank_main(rank: int, world: int, address: str, jobs: list[SegmentJob],
+               out: Any) -> None:
+    import torch.distributed as dist
+
+    from prover.distributed import init_process_group
+
+    try:
+        init_process_group(rank, world, address)
+        results = [replay_shard(job, rank, world).to_json() for job in jobs]
+        if rank == 0:
+            out.put({"results": results})
+    except Exception as e:  # noqa: BLE001 — reported as the segments' error
+        if rank == 0:
+            out.put({"error": f"{type(e).__name__}: {str(e)[:300]}"})
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+_DDP: dict[int, Any] = {}
+
+
+def _wrapped(model: torch.nn.Module) -> tuple[Any, Any]:
+    """The DDP wrapper of this process's model (built once per model) and its share."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from prover.distributed import _Share, _weighted_allreduce
+
+    if id(model) not in _DDP:
+        share = _Share()
+        ddp = DistributedDataParallel(model)
+        ddp.register_comm_hook(share, _weighted_allreduce)
+        _DDP[id(model)] = (ddp, share, model)
+    ddp, share, _ = _DDP[id(model)]
+    return ddp, share
+
+
+def replay_shard(job: SegmentJob, rank: int, world: int) -> SegmentResult:
+    """:func:`auditor.replay.replay_segment` for rank ``rank`` of ``world``: every step on
+    this rank's shard of the global batch, through DDP (exact mode only)."""
+    from ledger.errors import PotdError
+    from prover.datasets import as_datasets
+    from prover.evidence import EvidenceSource
+    from prover.recipes import train_step
+
+    from .replay import _end_distances, _end_state_error, recipe_data, trainee
+
+    t0 = time.perf_counter()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    job = replace(job, exact=True)
+    src = EvidenceSource(job.evidence)
+    tr = trainee(job.recipe, job.config)
+    recipe = tr.recipe
+    try:
+        start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
+        opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
+                  if job.start_optimizer is not None and job.start_optimizer_hash is not None
+                  else None)
+        data = as_datasets(recipe_data(recipe)).train
+        steps = range(job.start, job.end + 1)
+        if len(job.batches) != len(steps):
+            raise MalformedError(f"segment {job.start}..{job.end} has {len(job.batches)} "
+                                 "batches")
+        shards = []
+        for b in job.batches:
+            lo, hi = shard_bounds(len(b), world)[rank]
+            shards.append((torch.tensor(b[lo:hi]), (hi - lo) / len(b)))
+        checked = 0
+        first_bad: int | None = None
+        distance = opt_distance = None
+        for per_step in (False, True):
+            model, opt = tr.load(start_sd, opt_sd)
+            ddp, share = _wrapped(model)
+            first_bad = None
+            for i, step in enumerate(steps):
+                idx, share.weight = shards[i]
+                train_step(recipe, ddp, opt, *data.batch(idx), job.seed, step)
+                want = job.step_hashes[i]
+                if want is not None and (per_step or step == job.end):
+                    checked += 1
+                    if tr.weights_hash(job.algorithm) != want:
+                        first_bad = step
+                        break
+            if first_bad is None:
+                break
+            distance, opt_distance = _end_distances(src, job, model, opt, start_sd, opt_sd)
+        match = first_bad is None
+        end_error = None
+        if match:
+            end_error = _end_state_error(tr, opt, job)
+            match = end_error is None
+            if not match:
+                distance, opt_distance = _end_distances(src, job, model, opt, start_sd,
+                                                        opt_sd)
+        if match and job.step_hashes and job.step_hashes[-1] is None:
+            match = False
+        return SegmentResult(job.start, job.end, match, first_bad, distance, None,
+                             time.perf_counter() - t0, steps_checked=checked,
+                             error=end_error, optimizer_distance=opt_distance)
+    except PotdError as e:
+        return SegmentResult(job.start, job.end, False, None, None, None,
+                             time.perf_counter() - t0, error=e.message)
+
+
+def split_step(recipe: Any, model: torch.nn.Module, opt: torch.optim.Optimizer,
+               x: torch.Tensor, y: torch.Tensor, seed: bytes, step: int, world: int) -> None:
+    """One data-parallel step of ``world`` ranks, in this process: each shard through the
+    recipe's step (its ``opt.step()`` only collects the weighted gradients), then the
+    update with their sum."""
+    from prover.recipes import train_step
+
+    params = [p for g in opt.param_groups for p in g["params"]]
+    total: list[torch.Tensor | None] = [None] * len(params)
+    share = 0.0
+
+    def collect(*_: Any, **__: Any) -> None:
+        for i, p in enumerate(params):
+            if p.grad is not None:
+                g = p.grad * share
+                prev = total[i]
+                total[i] = g if prev is None else prev + g
+
+    bounds = shard_bounds(len(x), world)
+    opt.step = collect  # type: ignore[method-assign,assignment]
+    try:
+        for lo, hi in bounds:
+            share = (hi - lo) / len(x)
+            train_step(recipe, model, opt, x[lo:hi], y[lo:hi], seed, step)
+    finally:
+        del opt.step
+    for p, g in zip(params, total, strict=True):
+        p.grad = g
+    opt.step()
+
+
+def replay_split(job: SegmentJob, world: int) -> SegmentResult:
+    """Tolerance-mode replay of a data-parallel segment in one process
+    (:func:`split_step` per step); the distance of its end from the committed checkpoint
+    is in the result, judged by the caller."""
+    from ledger.errors import PotdError
+    from prover.datasets import as_datasets
+    from prover.evidence import EvidenceSource
+
+    from .replay import _end_distances, recipe_data, trainee
+
+    t0 = time.perf_counter()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    src = EvidenceSource(job.evidence)
+    tr = trainee(job.recipe, job.config)
+    try:
+        start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
+        opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
+                  if job.start_optimizer is not None and job.start_optimizer_hash is not None
+                  else None)
+        data = as_datasets(recipe_data(tr.recipe)).train
+        steps = range(job.start, job.end + 1)
+        if len(job.batches) != len(steps):
+            raise MalformedError(f"segment {job.start}..{job.end} has {len(job.batches)} "
+                                 "batches")
+        model, opt = tr.load(start_sd, opt_sd)
+        for i, step in enumerate(steps):
+            idx = torch.tensor(job.batches[i])
+            x, y = data.batch(idx)
+            split_step(tr.recipe, model, opt, x, y, job.seed, step, world)
+        distance, opt_distance = _end_distances(src, job, model, opt, start_sd, opt_sd)
+        return SegmentResult(job.start, job.end, False, None, distance, None,
+                             time.perf_counter() - t0, optimizer_distance=opt_distance)
+    except PotdError as e:
+        return SegmentResult(job.start, job.end, False, None, None, None,
+                             time.perf_counter() - t0, error=e.message)

@@ -1,0 +1,86 @@
+"""Segment replays as Ray tasks (``potd auditor audit --ray auto|ADDRESS``).
+
+Each task gets a :class:`~auditor.replay.SegmentJob` (one, or for an exact
+data-parallel replay as many as fill the cluster; plain data: the evidence
+location is a shared directory or the HTTP evidence transport's URL, which the task reads
+and checks itself) and returns the :class:`~auditor.replay.SegmentResult` as a plain
+dict. The tasks run the same functions a local audit runs (:func:`~auditor.replay.
+replay_segment`; for a data-parallel run :func:`~auditor.replay_dp.replay_segments` with
+the committed world size, or :func:`~auditor.replay_dp.replay_split`), so the report is
+the local one apart from timings. A task asks for one CPU per process it runs, and one
+GPU when the run was trained on CUDA.
+
+Ray is the optional extra ``potd[ray]``. Trusts: the Ray cluster the auditor names (its
+workers compute the verdict's replays).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.errors import UsageError
+
+from .replay import SegmentJob, SegmentResult
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at ``address`` (``auto``: the one this machine runs, else a
+    new local instance); a no-op when this process is connected already."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--ray needs Ray, which is not installed",
+                         hint="pip install 'potd[ray]'") from None
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=None if address == "local" else address,
+                 include_dashboard=False, log_to_driver=False)
+    except ConnectionError:
+        if address != "auto":
+            raise UsageError(f"no Ray cluster at {address}",
+                             hint="start one (ray start --head) or pass --ray auto") from None
+        ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def _task(kind: str, jobs: list[SegmentJob], world: int) -> list[dict[str, Any]]:
+    if kind == "exact-dp":  # one process group for all the task's segments
+        from .replay_dp import replay_segments
+
+        return [r.to_json() for r in replay_segments(jobs, world)]
+    if kind == "split":
+        from .replay_dp import replay_split
+
+        return [replay_split(job, world).to_json() for job in jobs]
+    from .replay import replay_segment
+
+    return [replay_segment(job).to_json() for job in jobs]
+
+
+def ray_map(jobs: list[SegmentJob], address: str, *, world: int = 1, exact: bool = True,
+            gpu: bool = False) -> list[SegmentResult]:
+    """Replay ``jobs`` as Ray tasks; results in job order. A task that fails (a lost
+    worker, an exception) fails its segment with the reason."""
+    import ray
+
+    connect(address)
+    kind = "exact-dp" if world > 1 and exact else "split" if world > 1 else "single"
+    cpus = world if kind == "exact-dp" else 1
+    task = ray.remote(_task).options(num_cpus=cpus, num_gpus=world if gpu else 0,
+                                     max_retries=0)
+    # one segment per task; an exact data-parallel replay spawns its world's processes
+    # once per task, so its segments go in as many tasks as the cluster runs at once
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call, unused-ignore]
+    slots = max(1, int(resources.get("CPU", 1)) // cpus)
+    size = 1 if kind != "exact-dp" else -(-len(jobs) // slots)
+    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    refs = [task.remote(kind, chunk, world) for chunk in chunks]
+    out = []
+    for chunk, ref in zip(chunks, refs, strict=True):
+        try:
+            out += [SegmentResult(**r) for r in ray.get(ref)]
+        except Exception as e:  # noqa: BLE001 — a lost task fails its segments, named
+            out += [SegmentResult(job.start, job.end, False, None, None, None, 0.0,
+                                  error=f"Ray task failed: {type(e).__name__}: "
+                                        f"{str(e)[:200]}") for job in chunk]
+    return out

@@ -1,0 +1,341 @@
+"""Data-parallel training (torch.distributed DDP) that commits every step (docs/protocol.md
+§4.8).
+
+Usage under ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/
+``MASTER_PORT``), the same code on every rank::
+
+    with data_parallel_session(recipe, client, trainer_key, "evidence/", "run.spool") as run:
+        for batch in run.batches():
+            run.train_step(batch)
+
+``potd prover train --nproc N`` does the same with ``N`` local processes (gloo on CPU).
+
+Rank 0 is a :class:`DataParallelSession`: the single-process :class:`TrainingSession`
+(it alone logs ``run.open``, derives the seed, builds, signs and submits the statements
+and writes the evidence), with the world committed in ``run.open``'s ``data_parallel``
+field. The other ranks are :class:`DataParallelWorker`: they receive the seed from rank 0
+(broadcast), build the same seed-derived model and train their shard.
+
+Invariants:
+
+* Every rank iterates the same seed-derived global batches; rank ``r`` trains on its
+  shard (:func:`prover.derive.shard_bounds`), its gradient weighted by its share of the
+  batch in DDP's all-reduce (a communication hook), so the update is the global batch's.
+  The batch root committed in each step statement is over the global batch.
+* After every step, before rank 0 records it, each rank contributes the hash of its
+  weights and the digest of the examples it actually fed the step; the values are
+  all-gathered and every rank checks them: weights that differ, or a shard that is not
+  this rank's part of the committed batch, raise :class:`DataParallelError` naming the
+  ranks, and the step is not committed.
+
+Trusts: the other ranks are the trainer's own processes (the check catches a rank that
+drifts or reads the wrong data, not a trainer who lies: that is the audit's job).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ledger.client import LogClient
+from ledger.errors import PotdError, UsageError
+from ledger.note import Signer
+from prover.datasets import as_datasets, call_data
+from prover.derive import (
+    SHARD_SPLIT,
+    check_world,
+    init_seed,
+    permutation,
+    schedule,
+    shard_bounds,
+)
+from prover.hashing import StateHasher, example_hashes
+from prover.recipes import Recipe, train_step
+from prover.session import Batch, TrainingSession
+
+__all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker",
+           "data_parallel_session", "init_process_group"]
+
+TIMEOUT = datetime.timedelta(minutes=10)
+
+
+class DataParallelError(PotdError):
+    """The ranks of a data-parallel run disagree (weights or data after a step)."""
+
+
+def init_process_group(rank: int, world: int, address: str, device: str = "cpu") -> None:
+    """Join the process group (gloo on CPU, NCCL on CUDA) at ``address`` (host:port)."""
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank,
+                            world_size=world, timeout=TIMEOUT)
+
+
+class _Share:
+    """The communication hook's state: this rank's share of the current batch."""
+
+    def __init__(self) -> None:
+        self.weight = 1.0
+
+
+def _weighted_allreduce(state: _Share, bucket: Any) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: sum over ranks of each rank's gradient times its share."""
+    buf = bucket.buffer()
+    buf.mul_(state.weight)
+    work: Any = dist.all_reduce(buf, async_op=True)
+    fut: torch.futures.Future[list[torch.Tensor]] = work.get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+# DDP checks the hook's annotations as objects (this module's are strings)
+_weighted_allreduce.__annotations__ = {"state": _Share, "bucket": dist.GradBucket,  # type: ignore[attr-defined]
+                                       "return": torch.futures.Future[torch.Tensor]}
+
+
+class _Ranks:
+    """What every rank does the same way: wrap the model, shard, train, agree."""
+
+    recipe: Recipe
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    seed: bytes
+    alg: str
+
+    def _wrap(self) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self._share = _Share()
+        self.ddp = DistributedDataParallel(self.model)
+        self.ddp.register_comm_hook(self._share, _weighted_allreduce)
+        self._rank_hasher = StateHasher(self.alg)
+
+    def shard(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of ``batch`` (attacks override this)."""
+        lo, hi = shard_bounds(len(batch.indexes), self.world)[self.rank]
+        return batch.x[lo:hi], batch.y[lo:hi]
+
+    def _dp_step(self, batch: Batch) -> float:
+        x, y = self.shard(batch)
+        self._share.weight = len(x) / len(batch.indexes)
+        loss = train_step(self.recipe, self.ddp, self.optimizer, x, y, self.seed, batch.step)
+        return self._agree(batch, x, y, float(loss))
+
+    def _agree(self, batch: Batch, x: torch.Tensor, y: torch.Tensor, loss: float) -> float:
+        """All-gather (weights hash, digest of the fed examples, shard loss); raise on
+        disagreement; the global batch's loss (the shard losses weighted by share)."""
+        mine = bytes.fromhex(self._rank_hasher.hash(self.model.state_dict(keep_vars=True)))
+        fed = hashlib.sha256(b"".join(example_hashes(x, y))).digest()
+        local = torch.frombuffer(bytearray(mine + fed + struct.pack(">d", loss)),
+                                 dtype=torch.uint8)
+        got = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(got, local)
+        rows = [bytes(g.tolist()) for g in got]
+        bounds = shard_bounds(len(batch.indexes), self.world)
+        # each rank's fed examples against its shard of the global batch as this rank
+        # loaded it (the tensor framing: any dataset adapter, docs/protocol.md §4.8)
+        wrong_data = [r for r, (lo, hi) in enumerate(bounds) if rows[r][32:64] != hashlib.sha256(
+            b"".join(example_hashes(batch.x[lo:hi], batch.y[lo:hi]))).digest()]
+        if wrong_data:
+            raise DataParallelError(
+                f"step {batch.step}: rank(s) {', '.join(map(str, wrong_data))} trained on "
+                "examples other than their shard of the committed batch; the step is not "
+                "committed", hint="every rank must load the same data and shard it with "
+                f"{SHARD_SPLIT} (prover.derive.shard_bounds)")
+        differ = [r for r in range(self.world) if rows[r][:32] != rows[0][:32]]
+        if differ:
+            raise DataParallelError(
+                f"step {batch.step}: the weights of rank(s) {', '.join(map(str, differ))} "
+                "differ from rank 0's after the step; the step is not committed",
+                hint="all ranks need the same recipe, torch version and thread count")
+        return sum(float(struct.unpack(">d", row[64:])[0]) * (hi - lo) / len(batch.indexes)
+                   for row, (lo, hi) in zip(rows, bounds, strict=True))
+
+
+class DataParallelSession(_Ranks, TrainingSession):
+    """Rank 0 of a data-parallel run: a :class:`TrainingSession` that commits the world
+    in ``run.open`` and trains its shard with DDP (see the module docstring)."""
+
+    def __init__(self, recipe: Recipe, client: LogClient, trainer: Signer,
+                 evidence_dir: str | Path, spool_path: str | Path, **kw: Any) -> None:
+        super().__init__(recipe, client, trainer, evidence_dir, spool_path, **kw)
+        if not dist.is_initialized() or dist.get_rank() != 0:
+            raise UsageError("DataParallelSession runs on rank 0 of an initialized process "
+                             "group", hint="use data_parallel_session()")
+        self._seed_sent = False
+
+    def open(self) -> None:
+        try:
+            super().open()
+        except BaseException as e:
+            if not self._seed_sent:  # the other ranks wait for the seed: tell them
+                _send([f"rank 0 could not open the run: {e}"[:500]])
+            raise
+
+    def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        check_world(len(self.train), self.recipe.batch_size, dist.get_world_size())
+        return {**body, "data_parallel": {"world_size": dist.get_world_size(),
+                                          "split": SHARD_SPLIT,
+                                          "backend": dist.get_backend()}}
+
+    def _init_from_seed(self, beacon: bytes) -> None:
+        super()._init_from_seed(beacon)
+        _send([self.seed])
+        self._seed_sent = True
+        self._wrap()
+
+    def resume(self, *_: Any, **__: Any) -> None:
+        raise UsageError("resuming a data-parallel run is not supported yet",
+                         hint="abort it (potd prover abort) and train a new run")
+
+    def train_step(self, batch: Batch) -> float:
+        loss = self._dp_step(batch)
+        self._record(batch, loss)
+        return loss
+
+
+class DataParallelWorker(_Ranks):
+    """Rank ``r > 0`` of a data-parallel run: trains its shard, commits nothing."""
+
+    def __init__(self, recipe: Recipe, weights_hash: str = "blake3") -> None:
+        self.recipe, self.alg = recipe, weights_hash
+        self.losses: list[float] = []
+
+    def __enter__(self) -> DataParallelWorker:
+        self.open()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def open(self) -> None:
+        r = self.recipe
+        self.train = as_datasets(call_data(r)).train
+        self.plan = schedule(len(self.train), r.batch_size, r.epochs)
+        got = _send([None])[0]
+        if not isinstance(got, bytes):
+            raise DataParallelError(str(got), hint="see rank 0's error")
+        self.seed = got
+        torch.manual_seed(init_seed(self.seed))
+        self.model = r.model()
+        self.optimizer = r.optimizer(self.model)
+        self._wrap()
+
+    def batches(self) -> Iterator[Batch]:
+        order: list[int] = []
+        current = -1
+        for step, epoch, offset in self.plan:
+            if epoch != current:
+                order, current = permutation(self.seed, len(self.train), epoch), epoch
+            idx = order[offset:offset + self.recipe.batch_size]
+            x, y = self.train.batch(idx)
+            yield Batch(step, epoch, tuple(idx), x, y, None)
+
+    def train_step(self, batch: Batch) -> float:
+        loss = self._dp_step(batch)
+        self.losses.append(loss)
+        return loss
+
+    def close(self) -> None:
+        pass
+
+
+def _send(obj: list[Any]) -> list[Any]:
+    """Broadcast ``obj`` (a one-item list: the seed, or rank 0's error text) from rank 0.
+    Only bytes and str travel (the peers are the trainer's own ranks)."""
+    dist.broadcast_object_list(obj, src=0)
+    if not isinstance(obj[0], bytes | str | None):
+        raise DataParallelError("rank 0 sent neither a seed nor an error")
+    return obj
+
+
+def free_address() -> str:
+    """A loopback ``host:port`` free right now, for a local process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def start_local(recipe: Recipe, nproc: int, weights_hash: str = "blake3",
+                worker: str = "prover.distributed:DataParallelWorker") -> list[Any]:
+    """Start ranks ``1..nproc-1`` of a local run as spawned processes and join the
+    process group as rank 0 (this process). ``worker``: ``module:Class`` of the ranks'
+    :class:`DataParallelWorker` (tests pass attack subclasses). Returns the processes
+    (join them after closing the run; terminate them if it fails)."""
+    import multiprocessing
+
+    if nproc < 2:
+        raise UsageError(f"--nproc {nproc}: a data-parallel run needs at least 2 processes")
+    address = free_address()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, daemon=True, name=f"potd-rank-{r}",
+                         args=(r, nproc, address, recipe.spec, dict(recipe.config),
+                               weights_hash, torch.get_num_threads(), worker,
+                               recipe.data_dir))
+             for r in range(1, nproc)]
+    for p in procs:
+        p.start()
+    try:
+        init_process_group(0, nproc, address)
+    except BaseException:
+        stop_local(procs)
+        raise
+    return procs
+
+
+def stop_local(procs: list[Any], timeout: float = 30) -> None:
+    """Wait for the worker processes (a failed run: ``timeout=0`` stops them now)."""
+    for p in procs:
+        p.join(timeout)
+        if p.is_alive():
+            p.terminate()
+            p.join()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _worker_main(rank: int, world: int, address: str, spec: str, config: dict[str, Any],
+                 alg: str, threads: int, worker: str, data_dir: Any = None) -> None:
+    import importlib
+    import sys
+
+    from prover.recipes import get_recipe
+
+    torch.set_num_threads(threads)
+    mod, _, name = worker.partition(":")
+    cls = getattr(importlib.import_module(mod), name)
+    init_process_group(rank, world, address)
+    try:
+        with cls(get_recipe(spec, data_dir=data_dir, **config), alg) as w:
+            for batch in w.batches():
+                w.train_step(batch)
+    except PotdError as e:
+        print(f"potd: rank {rank}: {e.message}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        dist.destroy_process_group()
+
+
+def data_parallel_session(recipe: Recipe, client: LogClient, trainer: Signer,
+                          evidence_dir: str | Path, spool_path: str | Path, **kw: Any
+                          ) -> DataParallelSession | DataParallelWorker:
+    """This rank's part of a data-parallel run; joins the process group from the
+    ``torchrun`` environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``)
+    unless it is initialized already."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise UsageError("no process group: RANK and WORLD_SIZE are not set",
+                             hint="launch with torchrun, or call init_process_group first")
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+    if dist.get_rank() == 0:
+        return DataParallelSession(recipe, client, trainer, evidence_dir, spool_path, **kw)
+    return DataParallelWorker(recipe, kw.get("weights_hash", "blake3"))

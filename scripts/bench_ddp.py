@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Data-parallel prover overhead: 2 gloo ranks, the prover vs plain DDP, in the same run.
+
+Alternates ``--rounds`` times, on the same recipe, data and machine:
+
+* plain DDP: 2 spawned ranks train ``--steps`` steps with DistributedDataParallel (the
+  same shard split and gradient-weighting hook the prover uses, no potd);
+* prover: ``potd``'s :class:`prover.distributed.DataParallelSession` (rank 0, this
+  process, against a real log server on a loopback port) and a spawned rank 1 train a
+  run of the same recipe: per-step weights hashes all-gathered and checked, statements
+  signed, spooled and streamed to the log, evidence every k steps.
+
+Reports rank 0's median and mean step time for each and the overhead (prover / plain - 1),
+medians over the rounds.
+
+    .venv/bin/python scripts/bench_ddp.py --recipe digits-mlp --rounds 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from ledger.client import LogClient  # noqa: E402
+from ledger.devserver import ServerProcess  # noqa: E402
+from ledger.log import Log  # noqa: E402
+from ledger.note import Signer  # noqa: E402
+from prover.derive import permutation, schedule, shard_bounds  # noqa: E402
+from prover.distributed import (  # noqa: E402
+    DataParallelSession,
+    _Share,
+    _weighted_allreduce,
+    free_address,
+    init_process_group,
+    start_local,
+    stop_local,
+)
+from prover.recipes import get_recipe, train_step  # noqa: E402
+
+SEED = bytes(32)
+
+
+def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str, Any],
+               steps: int, out: Any, threads: int) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(threads)
+    init_process_group(rank, world, address)
+    r = get_recipe(spec, **config)
+    data = r.data()
+    torch.manual_seed(0)
+    model = r.model()
+    opt = r.optimizer(model)
+    share = _Share()
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(share, _weighted_allreduce)
+    times = []
+    order: list[int] = []
+    current = -1
+    for step, epoch, offset in schedule(len(data.x), r.batch_size, r.epochs)[:steps]:
+        if epoch != current:
+            order, current = permutation(SEED, len(data.x), epoch), epoch
+        idx = order[offset:offset + r.batch_size]
+        lo, hi = shard_bounds(len(idx), world)[rank]
+        t = torch.tensor(idx[lo:hi])
+        share.weight = (hi - lo) / len(idx)
+        t0 = time.perf_counter()
+        train_step(r, ddp, opt, data.x[t], data.y[t], SEED, step)
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        out.put(times)
+    dist.destroy_process_group()
+
+
+def plain(spec: str, config: dict[str, Any], steps: int) -> list[float]:
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    address = free_address()
+    procs = [ctx.Process(target=plain_rank, args=(r, 2, address, spec, config, steps, q,
+                                                  torch.get_num_threads()))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    times: list[float] = q.get(timeout=1800)
+    for p in procs:
+        p.join()
+    return times
+
+
+def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any],
+           steps: int, tag: str) -> list[float]:
+    r = get_recipe(spec, **config)
+    procs = start_local(r, 2)
+    s = DataParallelSession(r, LogClient(url, log_key.verifier),
+                            Signer.generate("bench.example/trainer"), d / f"ev-{tag}",
+                            d / f"{tag}.spool")
+    s.open()
+    times = []
+    for b in s.batches():
+        t0 = time.perf_counter()
+        s.train_step(b)
+        times.append(time.perf_counter() - t0)
+    s.close()
+    stop_local(procs)
+    return times[:steps]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--recipe", default="digits-mlp")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch threads per rank, both sides "
+                    "(default: torch's default)")
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = {"epochs": args.epochs}
+    r = get_recipe(args.recipe, **config)
+    steps = len(schedule(len(r.data().x), r.batch_size, r.epochs))
+    rounds = []
+    with tempfile.TemporaryDirectory() as td:
+        d = Path(td)
+        key = Signer.generate("bench.example/ddp-log")
+        (d / "l.key").write_text(key.private_string())
+        Log.create(str(d / "l.db"), key).store.close()
+        with ServerProcess(str(d / "l.db"), str(d / "l.key"),
+                           extra=["--open-registration"]) as srv:
+            for i in range(args.rounds):
+                p = plain(r.spec, config, steps)
+                q = prover(d, srv.url, key, r.spec, config, steps, f"r{i}")
+                rounds.append({"plain_median": statistics.median(p),
+                               "prover_median": statistics.median(q),
+                               "plain_mean": statistics.mean(p),
+                               "prover_mean": statistics.mean(q)})
+                print(f"round {i}: plain DDP {rounds[-1]['plain_median'] * 1e3:.3f} ms, "
+                      f"prover {rounds[-1]['prover_median'] * 1e3:.3f} ms per step (median, "
+                      f"rank 0, {steps} steps)", flush=True)
+    med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+    out = {"recipe": args.recipe, "steps": steps, "rounds": rounds,
+           "overhead_median": round(med["prover_median"] / med["plain_median"] - 1, 3),
+           "overhead_mean": round(med["prover_mean"] / med["plain_mean"] - 1, 3)}
+    print(f"DDP 2 ranks, {args.recipe}: prover overhead {out['overhead_median']:+.0%} "
+          f"(median step), {out['overhead_mean']:+.0%} (mean step) over plain DDP")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Data-parallel training (2 gloo processes, real DDP) and its audit: every step
+committed, the ranks' agreement check, exact (2 processes) and tolerance (1 process)
+replay, and (with Ray installed) the exact audit on a local Ray equal to the local one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+from e2e import Env, checks
+
+from ledger.errors import MalformedError, UsageError
+from prover.derive import check_world, shard_bounds
+from prover.distributed import (
+    DataParallelError,
+    DataParallelSession,
+    DataParallelWorker,
+    start_local,
+    stop_local,
+)
+from prover.recipes import get_recipe
+from prover.session import Batch
+
+
+def test_shard_vector() -> None:
+    # docs/protocol.md §4.8
+    assert shard_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert shard_bounds(32, 2) == [(0, 16), (16, 32)]
+    assert shard_bounds(29, 2) == [(0, 14), (14, 29)]
+    with pytest.raises(UsageError):
+        shard_bounds(2, 3)
+    check_world(1437, 32, 2)
+    with pytest.raises(UsageError, match="fewer examples than ranks"):
+        check_world(65, 32, 2)  # the last batch of an epoch holds 1 example
+
+
+def test_auditor_checks_the_committed_world() -> None:
+    from auditor.replay_dp import world_size
+
+    def dp(**kw: Any) -> dict[str, Any]:
+        return {"data_parallel": {"world_size": 2, "split": "potd-shard-v1", **kw}}
+
+    assert world_size({}, 1437, 32) == 1
+    assert world_size(dp(), 1437, 32) == 2
+    for body in (dp(split="potd-shard-v0"), dp(world_size=0), dp(world_size=10**9),
+                 dp(world_size="2"), dp(world_size=True), {"data_parallel": "2"}):
+        with pytest.raises(MalformedError):
+            world_size(body, 1437, 32)
+    with pytest.raises(MalformedError, match="fewer examples than ranks"):
+        world_size(dp(), 65, 32)  # a step of one example cannot have been split over 2
+
+
+class OtherBatchWorker(DataParallelWorker):
+    """Rank 1 trains step 3 on the other half of the batch (rank 0's shard)."""
+
+    def shard(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.step == 3:
+            lo, hi = shard_bounds(len(batch.indexes), self.world)[0]
+            return batch.x[lo:hi], batch.y[lo:hi]
+        return super().shard(batch)
+
+
+def train_dp(env: Env, tag: str, worker: str | None = None) -> DataParallelSession:
+    recipe = get_recipe("digits-mlp", epochs=1)
+    procs = start_local(recipe, 2, worker=worker or
+                        "prover.distributed:DataParallelWorker")
+    s = env.session(tag, cls=DataParallelSession)
+    try:
+        s.open()
+        for b in s.batches():
+            s.train_step(b)
+    except BaseException:
+        s._shutdown()
+        stop_local(procs, timeout=0)
+        raise
+    s.close()
+    stop_local(procs)
+    assert all(p.exitcode == 0 for p in procs)
+    return s
+
+
+@pytest.mark.slow
+def test_two_rank_run_commits_every_step_and_audits_in_both_modes(
+        env: Env, ray_available: bool) -> None:
+    tkey = env.dir / "trainer.key"
+    tkey.write_text(env.trainer.private_string())
+    t = subprocess.run([sys.executable, "-m", "ledger", "prover", "train", "--nproc", "2",
+                        "--recipe", "digits-mlp", "--epochs", "1", "--log", env.url,
+                        "--vkey", str(env.log_key.verifier), "--key", str(tkey),
+                        "--evidence", str(env.dir / "ev-dp"), "--json",
+                        str(env.dir / "dp.json")], capture_output=True, text=True, timeout=600)
+    assert t.returncode == 0, t.stderr
+    summary = json.loads((env.dir / "dp.json").read_text())
+    n = summary["steps"]
+    assert summary["statements"] == n + 2
+    run = summary["run"]
+    with env.client() as c:
+        cp = c.checkpoint()
+        entries = [json.loads(e) for e in c.entries(0, cp.size, cp)]
+    opened = entries[0]["body"]
+    assert opened["data_parallel"] == {"world_size": 2, "split": "potd-shard-v1",
+                                       "backend": "gloo"}
+    assert [e["kind"] for e in entries] == ["run.open"] + ["step"] * n + ["run.close"]
+    seed = bytes(range(32))  # the same sample for the local and the Ray audit
+    exact = env.audit(run, env.dir / "ev-dp", replay_mode="exact", samples=2, seed=seed)
+    assert checks(exact)["replay"] == "pass", exact["checks"]
+    rep: Any = exact["replay"]
+    assert rep["mode"] == "exact" and "2 gloo processes" in rep["mode_reason"]
+    tol = env.audit(run, env.dir / "ev-dp", replay_mode="tolerance", samples=2,
+                    state="state-tol")
+    assert checks(tol)["replay"] == "pass", [c for c in tol["checks"] if c["name"] == "replay"]
+    assert "one process" in tol["replay"]["mode_reason"]
+    if ray_available:  # the same replays as Ray tasks: the same report
+        from test_ray import comparable
+
+        on_ray = env.audit(run, env.dir / "ev-dp", replay_mode="exact", samples=2,
+                           seed=seed, ray="auto", state="state-ray")
+        assert on_ray["options"]["ray"] == "auto"
+        assert comparable(on_ray) == comparable(exact)
+
+
+@pytest.mark.slow
+def test_rank_training_another_batch_is_refused_while_training(env: Env) -> None:
+    with pytest.raises(DataParallelError, match=r"step 3: rank\(s\) 1 trained on examples"):
+        train_dp(env, "bad", worker="test_distributed:OtherBatchWorker")
+    # nothing after step 2 was committed: the spool holds run.open and steps 0..2
+    from prover.spool import Spool
+
+    total, _ = Spool(str(env.dir / "bad.spool")).counts()
+    assert total == 4
+
+
+@pytest.mark.slow
+def test_world_size_the_batch_cannot_split_is_refused_before_logging(env: Env) -> None:
+    recipe = get_recipe("digits-mlp", epochs=1, batch_size=1)
+    procs = start_local(recipe, 2)
+    s = env.session("tiny", cls=DataParallelSession, overrides={"batch_size": 1})
+    try:
+        with pytest.raises(UsageError, match="fewer examples than ranks"):
+            s.open()
+    finally:
+        stop_local(procs)
+    assert all(p.exitcode == 1 for p in procs)  # told by rank 0, not left waiting
+    with env.client() as c:
+        assert c.checkpoint().size == 0
