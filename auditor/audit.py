@@ -82,6 +82,8 @@ class AuditOptions:
     replay_mode: str = "auto"          # auto: exact iff the environment matches; exact;
                                        # tolerance (calibrated unless ``tolerance``)
     ray: str | None = None             # replay segments as tasks on this Ray cluster
+    disclosure: str | None = None      # data server URL: audit without the data
+                                       # (auditor.disclosure; needs public_challenge)
 
 
 STATUSES = ("pass", "fail", "inconclusive", "warn", "skip")
@@ -119,7 +121,8 @@ def header(client: LogClient, opts: AuditOptions) -> dict[str, Any]:
             "samples": opts.samples, "memorization_segments": opts.memorization_segments,
             "replay_mode": opts.replay_mode, "tolerance": opts.tolerance,
             "workers": opts.workers, "recipe": opts.recipe, "evidence": opts.evidence,
-            "model": opts.model, "beacon_url": opts.beacon_url, "ray": opts.ray}}
+            "model": opts.model, "beacon_url": opts.beacon_url, "ray": opts.ray,
+            "disclosure": opts.disclosure}}
 
 
 class Audit:
@@ -128,6 +131,10 @@ class Audit:
         if opts.replay_mode not in ("auto", "exact", "tolerance"):
             raise UsageError(f"replay mode {opts.replay_mode!r} is not auto, exact or "
                              "tolerance")
+        if opts.disclosure and (not opts.public_challenge or opts.workers > 1 or opts.ray):
+            raise UsageError("--disclosure needs --public-challenge, one worker and no Ray",
+                             hint="the data server discloses only what the public challenge "
+                                  "draws, and replays run in this process")
         self.client, self.opts = client, opts
         self.progress = progress
         self._phase = "log.checkpoint"  # the check an unreachable peer leaves unmade
@@ -268,6 +275,11 @@ class Audit:
         overrides this: no replay)."""
         from .replay_check import ReplayCheck
 
+        if self.opts.disclosure:
+            from .disclosure import DisclosureCheck
+
+            DisclosureCheck(self, view, snap, o, close, cp).run()
+            return
         ReplayCheck(self, view, snap, o, close, cp).run()
 
 

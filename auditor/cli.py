@@ -133,6 +133,11 @@ class _Bars:
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Where the auditor's own copy of the recipe's data lives (the recipe's "
                    "data_dir); it must hash to the committed root.")
+@click.option("--disclosure", metavar="URL",
+              help="Audit without the training data: the trainer's data server (`potd prover "
+                   "serve-data`) discloses only the sampled segments' examples and a "
+                   "held-out sample, each checked against the committed hashes. Implies "
+                   "--public-challenge.")
 @click.option("--samples", "-r", default=4, show_default=True,
               help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
                    "holding each is replayed, once.")
@@ -183,7 +188,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
           max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
           beacon_chain: str | None, require_drand: bool, state: str, model_file: str | None,
           json_out: str | None, html_out: str | None, quiet: bool,
-          ray_address: str | None) -> None:
+          ray_address: str | None, disclosure: str | None = None) -> None:
     """Audit a training run and name the model it certifies.
 
     Checks the log, the statements, the seed, the data order, the checkpoint chain,
@@ -221,6 +226,8 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
                         model=model_file, beacon_url=beacon_url,
                         beacon_chain=load_chain(beacon_chain) if beacon_chain else None,
                         require_drand=require_drand, ray=ray_address)
+    if disclosure:  # the data server discloses only what the public challenge draws
+        opts.disclosure, opts.public_challenge = disclosure, True
     with _client(log_url, vkey, state, witness, quorum) as client:
         report = Audit(client, opts, progress=bars).run()
     bars.close()

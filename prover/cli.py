@@ -274,3 +274,55 @@ def abort(spool: str, key: str, reason: str, timeout: float) -> None:
     st = abort_run(spool, read_signer(key), reason, timeout=timeout)
     click.echo(f"run {st.run}: aborted after {st.body['steps']} steps ({reason}); s_rand "
                "revealed")
+
+
+@prover.command("serve-data")
+@click.option("--log", "log_url", required=True, help="Log server URL.")
+@click.option("--vkey", required=True, help="The log's verifier key (string or file).")
+@click.option("--run", "run_id", required=True, help="The closed run whose data to disclose.")
+@click.option("--recipe", help="The recipe to load the data with (default: the built-in "
+              "the run names).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help="Where the recipe's data lives (as for train); it must hash to the "
+                   "committed root.")
+@click.option("--evidence", default="", help="The run's evidence (directory or URL): "
+              "needed only for a drand challenge beacon.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8090, show_default=True, help="Port (0: any free port).")
+@click.option("--max-samples", default=16, show_default=True,
+              help="Largest replay sample (--samples) an audit may draw: the examples of "
+                   "the segments holding the first N challenge-drawn steps are disclosed.")
+@click.option("--max-memorization-segments", default=8, show_default=True,
+              help="Largest memorization sample an audit may draw.")
+@click.option("--budget-examples", type=int, help="Examples served per challenge "
+              "(default: twice the allowed set).")
+@click.option("--budget-bytes", default=1 << 30, show_default=True,
+              help="Bytes of examples served per challenge.")
+def serve_data(log_url: str, vkey: str, run_id: str, recipe: str | None,
+               data_dir: str | None, evidence: str, host: str, port: int, max_samples: int,
+               max_memorization_segments: int, budget_examples: int | None,
+               budget_bytes: int) -> None:
+    """Serve a closed run's examples for audits with selective disclosure.
+
+    Discloses only the examples the run's public challenge (fixed by run.close) asks an
+    audit to replay and test for memorization — recomputed here from the log, never
+    taken from a request — within a per-challenge budget. Auditors use it with
+    `potd auditor audit --disclosure URL`. Stops on SIGINT/SIGTERM.
+    """
+    from ledger.client import LogClient
+
+    from .dataserver import load, serve
+
+    with LogClient(log_url, read_verifier(vkey)) as client:
+        d = load(client, run_id, recipe=recipe, data_dir=data_dir, evidence=evidence,
+                 max_samples=max_samples, max_memorization=max_memorization_segments,
+                 budget_examples=budget_examples, budget_bytes=budget_bytes)
+    info = d.info()
+
+    def ready(h: str, p: int) -> None:
+        click.echo(f"serving run {run_id[:16]}… at http://{h}:{p}: "
+                   f"{info['train']['allowed']} of {info['train']['total']} training and "
+                   f"{info['heldout']['allowed']} of {info['heldout']['total']} held-out "
+                   f"examples disclosable for challenge {info['challenge'][:16]}…", err=True)
+
+    serve(d, host, port, on_ready=ready)
