@@ -682,10 +682,12 @@ def _add_role_groups() -> None:
     from prover.cli import prover
 
     from .beacon_cli import beacon
+    from .rotate_cli import rotate_key
     from .witness_cli import witness
 
     for group in (witness, beacon, prover, auditor):
         main.add_command(group)
+    ledger.add_command(rotate_key)
 
 
 _add_role_groups()

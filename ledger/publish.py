@@ -44,7 +44,8 @@ def publish_once(log: Log, out_dir: str, *, fsync: bool = True,
 
 
 def publish(log: Log, out_dir: str, *, follow: bool = False, interval: float = 1.0,
-            fsync: bool = True, gzip_bundles: bool = False, report: Callable[[int, int], None] | None = None,
+            fsync: bool = True, gzip_bundles: bool = False,
+            report: Callable[[int, int], None] | None = None,
             stop: Callable[[], bool] = lambda: False) -> None:
     """Publish now; with ``follow``, again whenever the log has grown, until ``stop()``."""
     last = -1
