@@ -594,6 +594,10 @@ def publish(db: str, out: str, follow: bool, interval: float, gzip_bundles: bool
               help="A witness to send checkpoints to (C2SP tlog-witness); repeatable.")
 @click.option("--witness-quorum", type=int,
               help="Cosignatures a checkpoint needs before it is published (default: all).")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+              help="A C2SP tlog-policy file whose quorum rule a checkpoint must meet before "
+                   "it is published; replaces --witness-quorum. Witnesses: --witness, else "
+                   "the policy's witness lines that carry a URL.")
 @click.option("--wait-for-witnesses", is_flag=True,
               help="Answer writes only once a witnessed checkpoint covers them (default: "
                    "answer after durability and integration).")
@@ -609,7 +613,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
           body_timeout: float, header_timeout: float, max_connections: int,
           open_registration: bool, timestamps: bool,
           log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
-          wait_for_witnesses: bool, also_sign: tuple[str, ...], gzip_bundles: bool) -> None:
+          policy: str | None, wait_for_witnesses: bool, also_sign: tuple[str, ...],
+          gzip_bundles: bool) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
@@ -619,7 +624,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
 
     With --witness URL=VKEY (repeatable), every new checkpoint is sent to the witnesses
     and GET /checkpoint serves only checkpoints cosigned by --witness-quorum of them
-    (default: all). Writes do not wait for witnessing unless --wait-for-witnesses.
+    (default: all), or meeting the quorum rule of a --policy file (C2SP tlog-policy).
+    Writes do not wait for witnessing unless --wait-for-witnesses.
     """
     from .server import serve as run_server
 
@@ -635,7 +641,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
                body_timeout=body_timeout, header_timeout=header_timeout,
                max_connections=max_connections, witnesses=witness,
                witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses,
-               gzip_bundles=gzip_bundles)
+               gzip_bundles=gzip_bundles,
+               witness_policy=read_policy(policy) if policy else None)
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:
