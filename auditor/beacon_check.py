@@ -93,7 +93,7 @@ def _attested_before(a: Audit, text: object, index: int, cp: SignedCheckpoint,
             raise BeaconFail("fail", f"the checkpoint attesting {what} has size {old.size}: "
                              f"it must cover index {index} and not exceed {cp.size}")
         check_tree(a.client.consistency_proof(old, cp), cp.size, cp.root, old.size, old.root)
-        t, basis = attested_ms(old, a.client.witnesses, a.client.quorum)
+        t, basis = attested_ms(old, a.client.witnesses, a.client.quorum, a.client.policy)
     except PotdError as e:
         raise BeaconFail("fail", f"the checkpoint attesting {what} is rejected: "
                          f"{e.message}") from None

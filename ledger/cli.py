@@ -90,6 +90,15 @@ def read_signer(path: str) -> Any:
     return Signer.parse(text)
 
 
+def _warn_origin(origin: str | None, vkey: Any) -> None:
+    """Warn (stderr) when --origin differs from the pinned key's name."""
+    from .note import origin_warning
+
+    w = origin_warning(origin, vkey)
+    if w is not None:
+        click.echo(w, err=True)
+
+
 def read_policy(path: str) -> Any:
     """A C2SP tlog-policy file."""
     from .policy import MAX_POLICY_BYTES, parse_policy
@@ -367,9 +376,12 @@ def _hashes(d: dict[str, Any]) -> list[bytes]:
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False),
               help="A C2SP tlog-policy file (logs, witnesses, quorum); replaces --witness "
                    "and --quorum.")
+@click.option("--origin", help="The log's origin, when its key is named otherwise (C2SP "
+              "tlog-checkpoint: the key name SHOULD match the origin); default: the key's "
+              "name. Warns when it differs.")
 def verify_inclusion(vkey: str | None, proof_file: str, cp_file: str | None,
                      entry: str | None, witness: tuple[str, ...], quorum: int | None,
-                     policy: str | None) -> None:
+                     policy: str | None, origin: str | None) -> None:
     """Check an inclusion proof against a signed checkpoint, a pinned log key and a
     witness policy (--witness/--quorum or --policy)."""
     from .errors import InclusionError
@@ -403,9 +415,10 @@ def verify_inclusion(vkey: str | None, proof_file: str, cp_file: str | None,
             v = read_verifier(vkey)
             if pol is not None and pol.logs and v not in pol.logs:
                 raise UsageError(f"--vkey {v.name} is not one of the policy's logs")
+            _warn_origin(origin, v)
             return v
-        origin = Checkpoint.from_text(parse_note(note).text).origin
-        v = pol.log_key(origin) if pol is not None else None
+        cp_origin = Checkpoint.from_text(parse_note(note).text).origin
+        v = pol.log_key(cp_origin) if pol is not None else None
         if v is None:
             raise UsageError("no log key: pass --vkey (or a --policy listing this origin)")
         return v
@@ -416,12 +429,12 @@ def verify_inclusion(vkey: str | None, proof_file: str, cp_file: str | None,
         assert cp_bytes is not None
         tp = TlogProof(tp.index, tp.hashes, cp_bytes, tp.extra)
         cp = verify_tlog_proof(tp, leaf_hash(Path(entry).read_bytes()), log_key(cp_bytes),
-                               witnesses=ws, quorum=q, policy=pol)
+                               witnesses=ws, quorum=q, policy=pol, origin=origin)
         click.echo(f"OK: entry {tp.index} is in {cp.origin} at tree size {cp.size}")
         return
     d = _json_bytes(raw, proof_file)
     cp_text = cp_bytes.decode("utf-8", "replace") if cp_bytes else _field(d, "checkpoint", str)
-    cp = open_checkpoint(cp_text, log_key(cp_text))
+    cp = open_checkpoint(cp_text, log_key(cp_text), origin=origin)
     check_witness_policy(cp, ws, q, pol)
     index, size = _field(d, "index", int), _field(d, "size", int)
     leaf = check_hash(b64decode(_field(d, "leaf_hash", str), "leaf_hash"), "leaf_hash")
@@ -442,18 +455,22 @@ def verify_inclusion(vkey: str | None, proof_file: str, cp_file: str | None,
               help="The older signed checkpoint you trust (default: the one in the proof).")
 @click.option("--new", "new_file", type=click.Path(exists=True, dir_okay=False),
               help="The newer signed checkpoint (default: the one in the proof).")
+@click.option("--origin", help="The log's origin, when its key is named otherwise (C2SP "
+              "tlog-checkpoint: the key name SHOULD match the origin); default: the key's "
+              "name. Warns when it differs.")
 def verify_consistency(vkey: str, proof_file: str, old_file: str | None,
-                       new_file: str | None) -> None:
+                       new_file: str | None, origin: str | None) -> None:
     """Check that a newer checkpoint extends an older one (no fork, no rollback)."""
     from .merkle import check_tree
     from .note import open_checkpoint
 
     v = read_verifier(vkey)
+    _warn_origin(origin, v)
     d = _load_json(proof_file)
     old = open_checkpoint(Path(old_file).read_text() if old_file
-                          else _field(d, "old_checkpoint", str), v)
+                          else _field(d, "old_checkpoint", str), v, origin=origin)
     new = open_checkpoint(Path(new_file).read_text() if new_file
-                          else _field(d, "checkpoint", str), v)
+                          else _field(d, "checkpoint", str), v, origin=origin)
     check_tree(_hashes(d), new.size, new.root, old.size, old.root)
     click.echo(f"OK: {new.origin} size {new.size} is consistent with size {old.size}")
 
@@ -462,12 +479,15 @@ def verify_consistency(vkey: str, proof_file: str, old_file: str | None,
 @click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Directory for the static tlog-tiles mirror.")
-def export(db: str, out: str) -> None:
+@click.option("--gzip-bundles", is_flag=True, help="Store entry bundles gzip-compressed "
+              "(C2SP tlog-tiles allows it); the web server must then send them with "
+              "Content-Encoding: gzip (see the README).")
+def export(db: str, out: str, gzip_bundles: bool) -> None:
     """Write the log as a static C2SP tlog-tiles mirror (checkpoint, tiles, entry bundles)."""
     from .export import export_static
 
     log = _open(db)
-    export_static(log, out)
+    export_static(log, out, gzip_bundles=gzip_bundles)
     click.echo(f"exported {log.size} entries of {log.origin} to {out}")
 
 
@@ -512,7 +532,10 @@ def backup(db: str, out: str) -> None:
               help="Keep publishing as the log grows, until SIGINT/SIGTERM.")
 @click.option("--interval", default=1.0, show_default=True,
               help="With --follow: seconds between looks at the log.")
-def publish(db: str, out: str, follow: bool, interval: float) -> None:
+@click.option("--gzip-bundles", is_flag=True, help="Store entry bundles gzip-compressed "
+              "(C2SP tlog-tiles allows it); the web server must then send them with "
+              "Content-Encoding: gzip (see the README).")
+def publish(db: str, out: str, follow: bool, interval: float, gzip_bundles: bool) -> None:
     """Keep a static C2SP tlog-tiles directory of the log (for any static web server).
 
     New tiles and bundles are written once, then the checkpoint is replaced atomically,
@@ -532,7 +555,7 @@ def publish(db: str, out: str, follow: bool, interval: float) -> None:
         sys.stdout.flush()
 
     run_publish(log, out, follow=follow, interval=max(0.05, interval), report=report,
-                stop=lambda: bool(stopping))
+                stop=lambda: bool(stopping), gzip_bundles=gzip_bundles)
 
 
 @ledger.command()
@@ -571,6 +594,10 @@ def publish(db: str, out: str, follow: bool, interval: float) -> None:
               help="A witness to send checkpoints to (C2SP tlog-witness); repeatable.")
 @click.option("--witness-quorum", type=int,
               help="Cosignatures a checkpoint needs before it is published (default: all).")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+              help="A C2SP tlog-policy file whose quorum rule a checkpoint must meet before "
+                   "it is published; replaces --witness-quorum. Witnesses: --witness, else "
+                   "the policy's witness lines that carry a URL.")
 @click.option("--wait-for-witnesses", is_flag=True,
               help="Answer writes only once a witnessed checkpoint covers them (default: "
                    "answer after durability and integration).")
@@ -586,7 +613,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
           body_timeout: float, header_timeout: float, max_connections: int,
           open_registration: bool, timestamps: bool,
           log_level: str, witness: tuple[str, ...], witness_quorum: int | None,
-          wait_for_witnesses: bool, also_sign: tuple[str, ...], gzip_bundles: bool) -> None:
+          policy: str | None, wait_for_witnesses: bool, also_sign: tuple[str, ...],
+          gzip_bundles: bool) -> None:
     """Serve the log over HTTP: tlog-tiles reads, JSON writes and proofs.
 
     Writes are signed statements (POST /add, /add-batch) from allow-listed signers
@@ -596,7 +624,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
 
     With --witness URL=VKEY (repeatable), every new checkpoint is sent to the witnesses
     and GET /checkpoint serves only checkpoints cosigned by --witness-quorum of them
-    (default: all). Writes do not wait for witnessing unless --wait-for-witnesses.
+    (default: all), or meeting the quorum rule of a --policy file (C2SP tlog-policy).
+    Writes do not wait for witnessing unless --wait-for-witnesses.
     """
     from .server import serve as run_server
 
@@ -612,7 +641,8 @@ def serve(db: str, key: str, host: str, port: int, flush_ms: float, max_batch: i
                body_timeout=body_timeout, header_timeout=header_timeout,
                max_connections=max_connections, witnesses=witness,
                witness_quorum=witness_quorum, wait_for_witnesses=wait_for_witnesses,
-               gzip_bundles=gzip_bundles)
+               gzip_bundles=gzip_bundles,
+               witness_policy=read_policy(policy) if policy else None)
 
 
 def _signer_list(db: str, vkey: str, allowed: bool) -> None:
@@ -659,10 +689,12 @@ def _add_role_groups() -> None:
     from prover.cli import prover
 
     from .beacon_cli import beacon
+    from .rotate_cli import rotate_key
     from .witness_cli import witness
 
     for group in (witness, beacon, prover, auditor):
         main.add_command(group)
+    ledger.add_command(rotate_key)
 
 
 _add_role_groups()

@@ -200,7 +200,7 @@ class LogClient:
                  proofs: str = "server", timeout: float = 30.0, retries: int = 8,
                  backoff: float = 0.2, max_backoff: float = 10.0,
                  witnesses: Sequence[Verifier] = (), quorum: int = 0,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, origin: str | None = None) -> None:
         if policy is not None:  # a C2SP tlog-policy: its witnesses and its quorum rule
             witnesses, quorum = policy.witnesses, 0
         self.policy = policy
@@ -213,6 +213,8 @@ class LogClient:
         check_url(url)
         self.url = url.rstrip("/")
         self.log_key = Verifier.parse(log_key) if isinstance(log_key, str) else log_key
+        # The log's origin when its key is named otherwise (note.open_checkpoint).
+        self._origin = origin
         self.state_dir = Path(state_dir) if state_dir else None
         self.proofs = proofs
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
@@ -234,7 +236,7 @@ class LogClient:
 
     @property
     def origin(self) -> str:
-        return self.log_key.name
+        return self.log_key.name if self._origin is None else self._origin
 
     @property
     def latest(self) -> SignedCheckpoint | None:
@@ -250,7 +252,7 @@ class LogClient:
             return None
         data = p.read_bytes()
         self._pinned_key_signed(data, f"the checkpoint stored in {p}")
-        return open_checkpoint(data, self.log_key)
+        return open_checkpoint(data, self.log_key, origin=self._origin)
 
     def _pinned_key_signed(self, note: bytes, what: str) -> None:
         """Raise :class:`WrongLogKey` if ``note`` has no signature line of the pinned key
@@ -403,7 +405,7 @@ class LogClient:
         fetched one is proven a prefix, if that newer one meets the witness policy."""
         r = self._request("GET", "/checkpoint", limit=MAX_CHECKPOINT)
         self._pinned_key_signed(r.body, f"the checkpoint of {self.url}")
-        cp = open_checkpoint(r.body, self.log_key)
+        cp = open_checkpoint(r.body, self.log_key, origin=self._origin)
         self.check_witnesses(cp)
         newest = self._advance(cp)
         if newest is not cp:
@@ -513,7 +515,7 @@ class LogClient:
             raise MalformedError("log reply lacks a 'checkpoint'")
         cp = opened.get(cp_text) if opened is not None else None
         if cp is None:
-            cp = open_checkpoint(cp_text, self.log_key)
+            cp = open_checkpoint(cp_text, self.log_key, origin=self._origin)
             try:
                 self.check_witnesses(cp)
             except SignatureError as e:

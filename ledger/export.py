@@ -17,10 +17,20 @@ earlier export into the same directory stay: they hold a prefix of the current d
 
 The export is a snapshot of the checkpoint read at the start: entries appended while it
 runs are not included, and the files written are consistent with that checkpoint.
+
+With ``gzip_bundles`` the entry bundles are stored gzip-compressed under their usual
+names, as C2SP tlog-tiles allows ("entry bundles MAY be served compressed"). The files
+are then not bundles by themselves: the web server must send them with
+``Content-Encoding: gzip`` (nginx: ``location /tile/entries/ { add_header
+Content-Encoding gzip; types {} default_type application/octet-stream; }``; S3 and most
+CDNs: set the object's Content-Encoding metadata at upload). Hash tiles and the
+checkpoint stay plain. Use one choice per directory: a server that labels every bundle
+gzip breaks on plain ones, and the reverse.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 
@@ -57,9 +67,19 @@ def bundle_tiles(size: int) -> list[Tile]:
     return out
 
 
-def export_static(log: Log, out_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
+def tile_file(log: Log, tile: Tile, *, gzip_bundles: bool = False) -> bytes:
+    """The bytes of ``tile``'s file: the tile, or a gzip-compressed entry bundle."""
+    data = log.tile(tile)
+    if gzip_bundles and tile.level == ENTRIES_LEVEL:
+        return gzip.compress(data, 6, mtime=0)  # mtime=0: the same bytes every time
+    return data
+
+
+def export_static(log: Log, out_dir: str | os.PathLike[str], *, fsync: bool = True,
+                  gzip_bundles: bool = False) -> None:
     """Write ``log``'s latest checkpoint, all its tiles and entry bundles under ``out_dir``.
 
+    ``gzip_bundles`` stores entry bundles gzip-compressed (see the module doc).
     ``fsync=False`` skips the per-file fsync (each file is still replaced atomically);
     use it only for throw-away mirrors such as tests.
     """
@@ -70,5 +90,6 @@ def export_static(log: Log, out_dir: str | os.PathLike[str], *, fsync: bool = Tr
     for tile in tiles_for_size(size):
         _write_atomic(root, tile.path(), log.tile(tile), fsync=fsync)
     for tile in bundle_tiles(size):
-        _write_atomic(root, tile.path(), log.tile(tile), fsync=fsync)
+        _write_atomic(root, tile.path(), tile_file(log, tile, gzip_bundles=gzip_bundles),
+                      fsync=fsync)
     _write_atomic(root, "checkpoint", cp.to_bytes(), fsync=fsync)

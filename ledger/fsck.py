@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PotdError
+from .errors import PotdError, SignatureError
 from .merkle import CompactRange
-from .note import Verifier, open_checkpoint
+from .note import Checkpoint, Verifier, open_note
 from .storage import BUNDLE
 from .tiles import decode_bundle
 
@@ -49,7 +49,9 @@ class FsckResult:
 
 def fsck(store: Any, progress: Callable[[int], None] | None = None) -> FsckResult:
     """Check ``store`` (any backend) against its own entries; never raises for bad data."""
-    verifier = Verifier.parse(store.vkey())
+    # the log's key, and the keys it retired (ledger rotate-key): older checkpoints carry those
+    retired = store.retired_vkeys()
+    verifier = [Verifier.parse(v) for v in (store.vkey(), *reversed(retired))]
     size = store.size()
     res = FsckResult(size)
     cps = []
@@ -130,9 +132,13 @@ def _bad(res: FsckResult, index: int, problem: str) -> FsckResult:
     return res
 
 
-def _check_cp(res: FsckResult, note: str, size: int, root: bytes, verifier: Verifier) -> None:
-    try:
-        cp = open_checkpoint(note, verifier)
+def _check_cp(res: FsckResult, note: str, size: int, root: bytes,
+              verifiers: list[Verifier]) -> None:
+    try:  # signed by one of the keys, and no key's signature bad (open_note)
+        cp = Checkpoint.from_text(open_note(note, verifiers)[0].text)
+        if cp.origin != verifiers[0].name:
+            raise SignatureError(f"checkpoint origin {cp.origin!r} is not the log's "
+                                 f"{verifiers[0].name!r}")
     except PotdError as e:
         _bad(res, max(0, size - 1), f"checkpoint of size {size}: {e.message}")
         return

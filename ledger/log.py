@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MalformedError, StorageError, UsageError
+from .errors import MalformedError, PotdError, StorageError, UsageError
 from .merkle import (
     CompactRange,
     HashReader,
@@ -102,8 +102,12 @@ class Log:
         self.signer = signer
         self.verifier = signer.verifier if signer is not None else Verifier.parse(store.vkey())
         if signer is not None and str(self.verifier) != store.vkey():
-            raise UsageError(f"key {self.verifier} is not the key this log was created with "
-                             f"({store.vkey()})", hint="use the log's own private key file")
+            if str(self.verifier) in store.retired_vkeys():
+                raise UsageError(f"key {self.verifier} was retired by `potd ledger rotate-key`; "
+                                 f"the log's key is now {store.vkey()}",
+                                 hint="use the log's new private key file")
+            raise UsageError(f"key {self.verifier} is not the key of this log ({store.vkey()})",
+                             hint="use the log's own private key file")
         self.timestamps = timestamps
         self._lock = threading.Lock()
         latest = store.latest_checkpoint()
@@ -248,6 +252,39 @@ class Log:
         with self._lock:
             if self._checkpoint.size == signed.size:
                 self._checkpoint = signed
+
+    def retire_key(self, new: Signer, *, skip_window: bool = False) -> SignedCheckpoint:
+        """Make ``new`` the log's key and retire the current one (``potd ledger rotate-key``).
+
+        The latest checkpoint must already carry ``new``'s signature, i.e. a rotation
+        window ran (``serve --also-sign-with``) in which clients could move their pin;
+        ``skip_window`` adds that signature now instead. That checkpoint is stored with
+        both signatures, so clients pinned to either key verify the checkpoint the switch
+        happens at; later checkpoints carry only ``new``'s. Returns that checkpoint."""
+        self._signer()
+        if new.name != self.origin:
+            raise UsageError(f"new key {new.name!r} is not named after the log origin "
+                             f"{self.origin!r}", hint=f"potd ledger keygen {self.origin}")
+        if str(new.verifier) == str(self.verifier):
+            raise UsageError("the new key is already the log's key")
+        with self._lock:
+            latest = self._checkpoint
+            note = latest.note
+            try:
+                open_checkpoint(str(note), new.verifier)
+            except PotdError:
+                if not skip_window:
+                    raise UsageError(
+                        f"the latest checkpoint (size {latest.size}) is not signed by the new "
+                        "key: no rotation window ran, so clients pinned to the new key have "
+                        "nothing to verify yet",
+                        hint="serve with --also-sign-with NEW.key until a new checkpoint is "
+                             "signed by both keys, or pass --skip-window") from None
+                note = sign_note(note.text, new, existing=note.signatures)
+            self.store.rotate_vkey(str(new.verifier), latest.size, str(note))
+            self.signer, self.verifier, self.also_sign = new, new.verifier, ()
+            self._checkpoint = open_checkpoint(str(note), new.verifier)
+            return self._checkpoint
 
     # -- reading --------------------------------------------------------------
 

@@ -436,11 +436,31 @@ def sign_checkpoint(cp: Checkpoint, signer: Signer) -> SignedCheckpoint:
     return SignedCheckpoint(cp, sign_note(cp.to_text(), signer))
 
 
-def open_checkpoint(data: bytes | str, log_key: Verifier) -> SignedCheckpoint:
-    """Verify a signed checkpoint against the pinned log key; origin must be the key name."""
+def open_checkpoint(data: bytes | str, log_key: Verifier, *,
+                    origin: str | None = None) -> SignedCheckpoint:
+    """Verify a signed checkpoint against the pinned log key and check its origin.
+
+    The origin must be ``origin`` if given, else the key's name. C2SP tlog-checkpoint
+    says the key name SHOULD match the origin, not MUST: a log whose key is named
+    otherwise is read by passing its origin explicitly (the CLI's ``--origin``, which
+    warns). The key is what is trusted; the explicit origin keeps a checkpoint of
+    another log signed by the same key from being taken for this log's.
+    """
     note, _ = open_note(data, [log_key])
     cp = Checkpoint.from_text(note.text)
-    if cp.origin != log_key.name:
-        raise SignatureError(f"checkpoint origin {cp.origin!r} differs from the log key name "
-                             f"{log_key.name!r}", hint="pin the verifier key of this log's origin")
+    want = log_key.name if origin is None else origin
+    if cp.origin != want:
+        how = "the log key name" if origin is None else "the pinned origin"
+        raise SignatureError(f"checkpoint origin {cp.origin!r} differs from {how} {want!r}",
+                             hint="pin the verifier key of this log's origin, or, if the "
+                                  "log's key is named otherwise, pass its origin (--origin)")
     return SignedCheckpoint(cp, note)
+
+
+def origin_warning(origin: str | None, log_key: Verifier) -> str | None:
+    """The warning to show when an explicit origin differs from the pinned key's name."""
+    if origin is None or origin == log_key.name:
+        return None
+    return (f"warning: origin {origin!r} differs from the log key's name {log_key.name!r} "
+            "(allowed by C2SP tlog-checkpoint, which says SHOULD match); trusting the "
+            "pinned key for this origin")

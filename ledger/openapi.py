@@ -181,6 +181,9 @@ def openapi_document(origin: str, vkey: str, version: str = "0.1.0") -> dict[str
                 "type": "object", "description": "present when witnesses are configured",
                 "properties": {
                     "quorum": _UINT,
+                    "rule": {"type": "string", "description": (
+                        "the rule a published checkpoint meets: k of n witnesses, or a "
+                        "tlog-policy file's quorum (serve --policy)")},
                     "published_size": {"type": ["integer", "null"], "description": (
                         "size of the checkpoint GET /checkpoint serves")},
                     "rounds": _UINT,

@@ -45,6 +45,7 @@ class Policy:
     logs: list[Verifier] = field(default_factory=list)
     witnesses: list[Verifier] = field(default_factory=list)
     quorum: bytes = b"none"
+    urls: dict[Verifier, str] = field(default_factory=dict)  # witnesses' submission URLs
     _names: dict[bytes, Verifier | _Group] = field(default_factory=dict, repr=False)
 
     def satisfied(self, cosigned: Iterable[Verifier]) -> bool:
@@ -107,6 +108,10 @@ def parse_policy(data: bytes) -> Policy:
             name, v = new_name(args[0]), vkey(args[1])
             p._names[name] = v
             p.witnesses.append(v)
+            if len(args) == 3:
+                if not re.fullmatch(rb"https?://[\x21-\x7e]{1,2000}", args[2]):
+                    raise bad(f"witness URL {args[2][:60]!r} is not an http(s) URL")
+                p.urls[v] = args[2].decode("ascii")
         elif kind == b"group" and len(args) >= 3:
             name, rule, members = new_name(args[0]), args[1], args[2:]
             for m in members:

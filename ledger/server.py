@@ -62,6 +62,7 @@ from .metrics import Metrics
 from .netutil import listen
 from .note import Signer, b64encode
 from .openapi import openapi_document
+from .policy import Policy
 from .sequencer import Rejected, Sequencer, verify_signatures
 from .statement import Statement, parse_statement, parse_statement_array
 from .storage import open_store
@@ -174,7 +175,7 @@ class LogServer:
                  entries_bytes: int = 1 << 20,
                  witnesses: Sequence[str] = (), witness_quorum: int | None = None,
                  wait_for_witnesses: bool = False, witness_timeout: float = 20.0,
-                 gzip_bundles: bool = False) -> None:
+                 gzip_bundles: bool = False, witness_policy: Policy | None = None) -> None:
         store: Any = log.store
         if hasattr(store, "ensure_indexes"):
             store.ensure_indexes()
@@ -197,7 +198,14 @@ class LogServer:
         self.openapi = json.dumps(openapi_document(log.origin, str(log.verifier))).encode()
         self.publisher: WitnessPublisher | None = None
         self.wait_for_witnesses, self.witness_timeout = wait_for_witnesses, witness_timeout
-        if witnesses:
+        if witness_policy is not None:  # a C2SP tlog-policy replaces --witness-quorum
+            if witness_quorum is not None:
+                raise UsageError("--policy replaces --witness-quorum: give one or the other")
+            self.publisher = WitnessPublisher(lambda: self.sequencer.log,
+                                              [WitnessTarget.parse(w) for w in witnesses], 0,
+                                              policy=witness_policy)
+            self.sequencer.on_flush = self.publisher.notify
+        elif witnesses:
             targets = [WitnessTarget.parse(w) for w in witnesses]
             q = len(targets) if witness_quorum is None else witness_quorum
             if not 1 <= q <= len(targets):

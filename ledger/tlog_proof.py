@@ -117,10 +117,12 @@ def check_witness_policy(cp: SignedCheckpoint, witnesses: Sequence[Verifier],
 
 def verify_tlog_proof(proof: TlogProof, leaf: bytes, log_key: Verifier, *,
                       witnesses: Sequence[Verifier] = (), quorum: int = 0,
-                      policy: Policy | None = None) -> SignedCheckpoint:
+                      policy: Policy | None = None, origin: str | None = None
+                      ) -> SignedCheckpoint:
     """The spec's verification: log signature, witness policy, then inclusion of ``leaf``
-    (the leaf hash) at ``proof.index``. Returns the checkpoint; raises on any failure."""
-    cp = open_checkpoint(proof.checkpoint, log_key)
+    (the leaf hash) at ``proof.index``. Returns the checkpoint; raises on any failure.
+    ``origin``: the log's origin if its key is named otherwise (see open_checkpoint)."""
+    cp = open_checkpoint(proof.checkpoint, log_key, origin=origin)
     check_witness_policy(cp, witnesses, quorum, policy)
     if proof.index >= cp.size:
         raise InclusionError(f"index {proof.index} is beyond the checkpoint's size {cp.size}")

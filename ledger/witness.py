@@ -487,7 +487,8 @@ class Witness:
 # --- HTTP (ASGI) --------------------------------------------------------------------
 
 def create_app(witness: Witness) -> Any:
-    """The Starlette app: ``POST /add-checkpoint``, ``GET /health``, ``GET /state``."""
+    """The Starlette app: ``POST /add-checkpoint``, ``POST /sign-subtree``
+    (:mod:`ledger.witness_subtree`), ``GET /health``, ``GET /state``."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -521,6 +522,21 @@ def create_app(witness: Witness) -> Any:
                             media_type="text/plain")
         return Response(sig, 200, headers={"content-type": "text/plain; charset=utf-8"})
 
+    async def sign_subtree(request: Request) -> Response:
+        from .witness_subtree import sign_subtree as handle
+
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return Response(f"request body larger than {MAX_BODY} bytes\n", 413,
+                                media_type="text/plain")
+        try:
+            sig = await run_in_threadpool(handle, witness, bytes(body))
+        except WitnessError as e:
+            return Response(e.body(), e.status, headers={"content-type": e.content_type})
+        return Response(sig, 200, headers={"content-type": "text/plain; charset=utf-8"})
+
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "witness": str(witness.verifier)})
 
@@ -539,6 +555,7 @@ def create_app(witness: Witness) -> Any:
                              "logs": [s.to_json() for s in logs]})
 
     return Starlette(routes=[Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+                             Route("/sign-subtree", sign_subtree, methods=["POST"]),
                              Route("/health", health, methods=["GET"]),
                              Route("/{origin_hash}/checkpoint", monitoring, methods=["GET"]),
                              Route("/state", state, methods=["GET"])])

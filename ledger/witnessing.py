@@ -53,6 +53,7 @@ from .note import (
     open_checkpoint,
 )
 from .peer import Peer
+from .policy import Policy
 from .witness import ProofError, RootMismatchError, SizeConflictError
 from .witness_client import request_cosignature
 
@@ -114,9 +115,10 @@ class WitnessTarget:
 
 
 def latest_witnessed(log: Log, keys: Sequence[Verifier], quorum: int,
-                     scan: int = STARTUP_SCAN) -> SignedCheckpoint | None:
-    """The newest stored checkpoint with ``quorum`` valid cosignatures by ``keys``,
-    searching at most ``scan`` stored checkpoints back from the latest."""
+                     scan: int = STARTUP_SCAN, policy: Policy | None = None
+                     ) -> SignedCheckpoint | None:
+    """The newest stored checkpoint with ``quorum`` valid cosignatures by ``keys`` (or
+    meeting ``policy``), searching at most ``scan`` stored checkpoints back."""
     rows_of: Callable[[int, int], list[tuple[int, str, int]]] | None = getattr(
         log.store, "checkpoints", None)
     if rows_of is None:
@@ -131,7 +133,7 @@ def latest_witnessed(log: Log, keys: Sequence[Verifier], quorum: int,
                 continue
             try:
                 cp = open_checkpoint(note, log.verifier)
-                if len(count_cosignatures(cp.note, keys)) >= quorum:
+                if _met(cp.note, keys, quorum, policy):
                     return cp
             except PotdError:
                 continue
@@ -139,11 +141,42 @@ def latest_witnessed(log: Log, keys: Sequence[Verifier], quorum: int,
     return None
 
 
+def _met(note: Note, keys: Sequence[Verifier], quorum: int, policy: Policy | None) -> bool:
+    """Whether ``note``'s valid cosignatures meet the quorum (or the policy's rule)."""
+    if policy is not None:
+        return policy.satisfied(count_cosignatures(note, policy.witnesses))
+    return len(count_cosignatures(note, keys)) >= quorum
+
+
+def policy_targets(policy: Policy, targets: Sequence[WitnessTarget]) -> list[WitnessTarget]:
+    """The witnesses to ask under ``policy``: ``targets`` (``--witness URL=VKEY``), else the
+    policy's witnesses that have a URL. UsageError if they cannot meet its quorum."""
+    if policy.quorum == b"none":
+        raise UsageError("the policy's quorum is none: no cosignature is needed",
+                         hint="serve without --policy, or give the policy a quorum")
+    if not targets:
+        targets = [WitnessTarget(url, v) for v, url in policy.urls.items()]
+    ids = {(t.key.name, t.key.key_id) for t in targets}
+    reachable = [v for v in policy.witnesses
+                 if (as_cosigner(v).name, as_cosigner(v).key_id) in ids]
+    if not policy.satisfied(reachable):
+        raise UsageError(f"the {len(targets)} witnesses to ask cannot meet the policy's "
+                         "quorum", hint="give each witness the policy needs as --witness "
+                                        "URL=VKEY, or its URL on the policy's witness line")
+    return list(targets)
+
+
 class WitnessPublisher:
     """Collects cosignatures for the log's checkpoints and keeps the published one."""
 
     def __init__(self, log: Log | Callable[[], Log], witnesses: Sequence[WitnessTarget],
-                 quorum: int) -> None:
+                 quorum: int, policy: Policy | None = None) -> None:
+        """``policy`` (a C2SP tlog-policy) replaces ``quorum``: a checkpoint is published
+        once its cosignatures meet the policy's quorum rule."""
+        self.policy = policy
+        if policy is not None:
+            witnesses = policy_targets(policy, witnesses)
+            quorum = len(witnesses)  # unused for the rule; keeps the bound checks simple
         if not witnesses:
             raise UsageError("a witness publisher needs at least one witness")
         if not 1 <= quorum <= len(witnesses):
@@ -153,8 +186,8 @@ class WitnessPublisher:
         self.witnesses = list(witnesses)
         self.quorum = quorum
         self.keys = [w.key for w in self.witnesses]
-        self.published: SignedCheckpoint | None = latest_witnessed(self._log(), self.keys,
-                                                                   quorum)
+        self.published: SignedCheckpoint | None = latest_witnessed(
+            self._log(), self.keys, 0 if policy else quorum, policy=policy)
         self.rounds = 0  # rounds that published a checkpoint
         self.latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)  # flush -> published
         self._flushed: deque[tuple[int, float]] = deque(maxlen=100_000)  # (size, monotonic)
@@ -165,6 +198,11 @@ class WitnessPublisher:
         self._pool = ThreadPoolExecutor(len(self.witnesses) + 1, "potd-witness")
 
     # -- lifecycle (event loop) ------------------------------------------------------
+
+    def _rule(self) -> str:
+        if self.policy is not None:
+            return f"the policy's quorum {self.policy.quorum.decode('utf-8', 'replace')!r}"
+        return f"{self.quorum} of {len(self.witnesses)}"
 
     def start(self) -> None:
         self._wake.set()  # a first round at once: the latest checkpoint may be unwitnessed
@@ -205,7 +243,7 @@ class WitnessPublisher:
         except TimeoutError:
             raise PushbackError(
                 f"stored, but no checkpoint of size {size} or more met the witness quorum "
-                f"({self.quorum} of {len(self.witnesses)}) within {timeout:.0f} s",
+                f"({self._rule()}) within {timeout:.0f} s",
                 retry_after=5.0, hint="the write is durable in the log; its witnessed "
                 "checkpoint follows at GET /checkpoint once the witnesses answer") from None
 
@@ -218,7 +256,8 @@ class WitnessPublisher:
             return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
 
         cp = self.published
-        return {"quorum": self.quorum, "published_size": cp.size if cp else None,
+        return {"quorum": self.quorum, "rule": self._rule(),
+                "published_size": cp.size if cp else None,
                 "rounds": self.rounds,
                 "publish_ms": {"count": len(lat), "p50": ms(0.5), "p99": ms(0.99),
                                "max": ms(1.0)},
@@ -270,7 +309,7 @@ class WitnessPublisher:
                         have.add((s.name, s.key_id))
                         merged.append(s)
             note = Note(cp.note.text, tuple(merged))
-            if len(count_cosignatures(note, self.keys)) >= self.quorum:
+            if _met(note, self.keys, self.quorum, self.policy):
                 break
         else:
             return False

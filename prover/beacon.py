@@ -16,7 +16,9 @@ Attested time of a checkpoint (:func:`attested_ms`), given the auditor's witness
 (``quorum`` k of pinned witnesses): with k > 0, the k-th smallest verified cosignature
 time ``t`` (unix s) gives ``(t + 1) * 1000`` ms — if fewer than k of the witnesses lie,
 one honest witness saw the checkpoint by then; with k = 0, the checkpoint's ``timestamp``
-line (the log operator's word). Soundness needs ``attested < round_time(R) * 1000``.
+line (the log operator's word). With a C2SP tlog-policy instead of k: the earliest time
+by which the witnesses that had cosigned satisfy its quorum rule. Soundness needs
+``attested < round_time(R) * 1000``.
 
 Public challenge (run.close decides): ``run.close.body.challenge_beacon = {"type":
 "drand", "chain": hex, "round": R_c}``; the evidence directory holds ``challenge.json``
@@ -32,13 +34,14 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ledger.cosignature import verify_cosignature
+from ledger.cosignature import as_cosigner, verify_cosignature
 from ledger.drand import ChainInfo
 from ledger.errors import SignatureError, VerificationError
 from ledger.note import SignedCheckpoint, Verifier
+from ledger.policy import Policy
 
 CHALLENGE_V1 = b"potd-challenge-v1\n"
 CHALLENGE_V2 = b"potd-challenge-v2\n"
@@ -59,27 +62,49 @@ def pick_round(chain: ChainInfo, now: float, lead: float = DEFAULT_LEAD) -> int:
     return r
 
 
-def attested_ms(cp: SignedCheckpoint, witnesses: Sequence[Verifier], quorum: int
-                ) -> tuple[int, str]:
-    """When ``cp`` provably existed, in unix ms, and on whose word (see module doc)."""
-    if quorum > 0:
-        times = []
-        for w in set(witnesses):  # one time per witness: its latest valid cosignature
-            mine = []
-            for s in cp.note.signatures:
-                if (s.name, s.key_id) == (w.name, w.key_id):
-                    try:
-                        mine.append(verify_cosignature(cp.note.text, s, w))
-                    except SignatureError:
-                        pass
-            if mine:
-                times.append(max(mine))
-        if len(times) < quorum:
-            raise VerificationError(f"the checkpoint of size {cp.size} has {len(times)} of "
+def _cosigned_at(cp: SignedCheckpoint, witnesses: Iterable[Verifier]) -> dict[Verifier, int]:
+    """Each witness's latest valid cosignature time on ``cp`` (unix s); bad lines ignored."""
+    out: dict[Verifier, int] = {}
+    for w in set(witnesses):
+        c = as_cosigner(w)
+        for s in cp.note.signatures:
+            if (s.name, s.key_id) == (c.name, c.key_id):
+                try:
+                    t = verify_cosignature(cp.note.text, s, w)
+                except SignatureError:
+                    continue
+                out[w] = max(t, out.get(w, t))
+    return out
+
+
+def attested_ms(cp: SignedCheckpoint, witnesses: Sequence[Verifier], quorum: int,
+                policy: Policy | None = None) -> tuple[int, str]:
+    """When ``cp`` provably existed, in unix ms, and on whose word (see module doc).
+
+    With a C2SP tlog-policy (``policy``, replacing ``witnesses``/``quorum``): the
+    earliest cosignature time by which the witnesses that had cosigned satisfy its
+    quorum rule (for a flat k-of-n policy, the k-th smallest time, as without one)."""
+    if policy is not None and policy.quorum != b"none":
+        times = _cosigned_at(cp, policy.witnesses)
+        have: list[Verifier] = []
+        for w, t in sorted(times.items(), key=lambda wt: wt[1]):
+            have.append(w)
+            if policy.satisfied(have):
+                return (t + 1) * 1000, ("cosignature times of the policy's witnesses (the "
+                                        f"earliest that meets its quorum: {t})")
+        raise VerificationError(f"the checkpoint of size {cp.size} has cosignatures by "
+                                f"{len(times)} of the policy's witnesses, not enough for its "
+                                "quorum: no witnessed time",
+                                hint="the trainer must keep a witnessed checkpoint (log with "
+                                     "--wait-for-witnesses)")
+    if quorum > 0 and policy is None:
+        times_l = sorted(_cosigned_at(cp, witnesses).values())
+        if len(times_l) < quorum:
+            raise VerificationError(f"the checkpoint of size {cp.size} has {len(times_l)} of "
                                     f"the {quorum} required witness cosignatures: no witnessed "
                                     "time", hint="the trainer must keep a witnessed "
                                     "checkpoint (log with --wait-for-witnesses)")
-        t = sorted(times)[quorum - 1]
+        t = times_l[quorum - 1]
         return (t + 1) * 1000, (f"cosignature times of {quorum} of the pinned witnesses "
                                 f"(k-th smallest: {t})")
     ts = cp.checkpoint.timestamp_ms

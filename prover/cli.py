@@ -16,6 +16,26 @@ def prover() -> None:
     """Train while committing seed, data and weights to a log, step by step."""
 
 
+def _time_policy(witness: tuple[str, ...], quorum: int | None, policy: str | None,
+                 log_key: Any) -> dict[str, Any]:
+    """The witnesses that attest time: --witness/--quorum, or a --policy file."""
+    from ledger.cli import read_policy
+    from ledger.errors import UsageError
+
+    if policy is not None:
+        if witness or quorum is not None:
+            raise UsageError("--policy replaces --witness/--quorum: give one or the other")
+        pol = read_policy(policy)
+        if log_key is not None and pol.logs and log_key not in pol.logs:
+            raise UsageError(f"the log key {log_key.name}+{log_key.key_id:08x} is not one of "
+                             "the policy's logs", hint="check --vkey against the policy file")
+        return {"time_policy": pol}
+    if quorum is not None and not 0 <= quorum <= len(witness):
+        raise UsageError(f"--quorum {quorum} needs at least that many --witness keys")
+    return {"time_witnesses": [read_verifier(w) for w in witness],
+            "time_quorum": len(witness) if quorum is None else quorum}
+
+
 @prover.command()
 @click.argument("name")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
@@ -91,13 +111,16 @@ def _overrides(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
 @click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
 @click.option("--nproc", default=1, show_default=True, help="Data-parallel training in N "
               "local processes (torch DDP, gloo); this process is rank 0 and commits.")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+              help="With --beacon: a C2SP tlog-policy file whose witnesses and quorum rule "
+                   "attest time; replaces --witness/--quorum.")
 def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: str | None,
           epochs: int | None, k: int | None, batch_size: int | None, lr: str | None,
           settings: tuple[str, ...], config_file: str | None, data_dir: str | None,
           alg: str, no_per_step_weights: bool,
           json_out: str | None, beacon_url: str | None, beacon_chain: str | None,
           beacon_lead: float, witness: tuple[str, ...], quorum: int | None,
-          nproc: int) -> None:
+          nproc: int, policy: str | None) -> None:
     """Train RECIPE, committing every step to the log at --log.
 
     Statements are spooled to disk first and submitted in the background; if the log is
@@ -122,19 +145,16 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
         bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
     elif beacon_chain:
         raise UsageError("--beacon-chain needs --beacon")
-    if quorum is not None and not 0 <= quorum <= len(witness):
-        raise UsageError(f"--quorum {quorum} needs at least that many --witness keys")
     session: Any = TrainingSession
     procs: list[Any] = []
+    timing = _time_policy(witness, quorum, policy, client.log_key)
     if nproc != 1:
         from prover.distributed import DataParallelSession, start_local
 
         procs, session = start_local(r, nproc, alg), DataParallelSession
     sess = session(r, client, read_signer(key), evidence, spool_path,
                    per_step_weights=not no_per_step_weights, weights_hash=alg,
-                   beacon=bc, beacon_lead=beacon_lead,
-                   time_witnesses=[read_verifier(w) for w in witness],
-                   time_quorum=len(witness) if quorum is None else quorum)
+                   beacon=bc, beacon_lead=beacon_lead, **timing)
     bar: Any
     opened = False
     try:
@@ -201,9 +221,13 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="With --train: where the recipe's data lives now (default: where it lived "
                    "when the run was trained); it must still hash to the committed root.")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+              help="With --beacon: a C2SP tlog-policy file whose witnesses and quorum rule "
+                   "attest time; replaces --witness/--quorum.")
 def resume(spool: str, timeout: float, retrain: bool, key: str | None,
            beacon_url: str | None, beacon_chain: str | None, witness: tuple[str, ...],
-           quorum: int | None, beacon_lead: float, data_dir: str | None) -> None:
+           quorum: int | None, beacon_lead: float, data_dir: str | None,
+           policy: str | None) -> None:
     """Submit whatever an interrupted trainer spooled but the log has not acknowledged.
 
     Every statement ends up in the log exactly once: statements the log already holds
@@ -228,8 +252,7 @@ def resume(spool: str, timeout: float, retrain: bool, key: str | None,
 
             bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
         sess = resume_session(spool, read_signer(key), beacon=bc,
-                              time_witnesses=[read_verifier(w) for w in witness],
-                              time_quorum=len(witness) if quorum is None else quorum,
+                              **_time_policy(witness, quorum, policy, None),
                               beacon_lead=beacon_lead, data_dir=data_dir)
         click.echo(f"run {sess.run_id}: resuming at step {sess.start_step} of "
                    f"{len(sess.plan)}")

@@ -25,6 +25,7 @@ from ledger.client import LogClient
 from ledger.errors import UsageError
 from ledger.merkle import leaf_hash
 from ledger.note import Signer, Verifier
+from ledger.policy import Policy
 from ledger.statement import Statement, build_statement, parse_statement
 from prover.beacon import DEFAULT_LEAD
 from prover.derive import seed_commitment
@@ -127,7 +128,8 @@ def _submit(run: SpooledRun, client: LogClient | None, timeout: float) -> None:
 def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int = 256,
                    client: LogClient | None = None, beacon: BeaconClient | None = None,
                    time_witnesses: Sequence[Verifier] | None = None,
-                   time_quorum: int | None = None, beacon_lead: float = DEFAULT_LEAD,
+                   time_quorum: int | None = None, time_policy: Policy | None = None,
+                   beacon_lead: float = DEFAULT_LEAD,
                    data_dir: str | Path | None = None) -> TrainingSession:
     """A :class:`~prover.session.TrainingSession` continuing the run in ``spool_path``,
     already resumed: iterate ``batches()``, ``train_step`` each, then ``close()``. A
@@ -158,7 +160,8 @@ def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int
                            submit_batch=submit_batch, preflight=False,
                            beacon=beacon if isinstance(drand, dict) else None,
                            beacon_lead=beacon_lead,
-                           time_witnesses=time_witnesses, time_quorum=time_quorum)
+                           time_witnesses=time_witnesses, time_quorum=time_quorum,
+                           time_policy=time_policy)
     sess.resume(run.opened, [(st, st.raw) for st in run.steps], bytes.fromhex(m["beacon"]),
                 json.loads(m["step0"]))
     return sess

@@ -52,6 +52,7 @@ from ledger.client import LogClient, Receipt
 from ledger.errors import PotdError, UsageError, VerificationError
 from ledger.merkle import check_record, leaf_hash
 from ledger.note import SignedCheckpoint, Signer, Verifier, b64decode, open_checkpoint
+from ledger.policy import Policy
 from ledger.statement import Statement, build_statement, run_id
 from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, attested_ms, beacon_field, pick_round
 from prover.committer import Committer, client_settings, decimal_string
@@ -119,7 +120,8 @@ class TrainingSession:
                  progress: Callable[[int, int], None] | None = None,
                  beacon: BeaconClient | None = None, beacon_lead: float = DEFAULT_LEAD,
                  time_witnesses: Sequence[Verifier] | None = None,
-                 time_quorum: int | None = None, preflight: bool = True,
+                 time_quorum: int | None = None, time_policy: Policy | None = None,
+                 preflight: bool = True,
                  data_dir: str | Path | None = None) -> None:
         self.recipe, self.client, self.trainer = recipe, client, trainer
         if data_dir is not None:  # where the data lives here: not committed
@@ -144,6 +146,9 @@ class TrainingSession:
         self.time_witnesses = tuple(client.witnesses if time_witnesses is None
                                     else time_witnesses)
         self.time_quorum = client.quorum if time_quorum is None else time_quorum
+        # a C2SP tlog-policy replaces witnesses and quorum (given, else the client's)
+        self.time_policy = (time_policy if time_policy is not None
+                            else client.policy if time_witnesses is None else None)
         self.receipts: list[Receipt] = []
         self._committer: Committer | None = None
         self._hasher: threading.Thread | None = None
@@ -383,7 +388,7 @@ class TrainingSession:
         try:
             while True:
                 try:
-                    attested_ms(cp, self.time_witnesses, self.time_quorum)
+                    attested_ms(cp, self.time_witnesses, self.time_quorum, self.time_policy)
                     return cp
                 except VerificationError:
                     if time.time() * 1000 >= by_ms:
@@ -419,7 +424,7 @@ class TrainingSession:
         return rnd.randomness, {"beacon_round": rnd.to_json(), "open_checkpoint": str(cp)}
 
     def _check_attested(self, cp: SignedCheckpoint, due_ms: int, what: str) -> None:
-        t, basis = attested_ms(cp, self.time_witnesses, self.time_quorum)
+        t, basis = attested_ms(cp, self.time_witnesses, self.time_quorum, self.time_policy)
         if t >= due_ms:
             raise PotdError(f"the log attests the statement at {t} ms ({basis}), not before "
                             f"{what} ({due_ms} ms): the auditor would reject it",

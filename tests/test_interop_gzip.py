@@ -109,3 +109,71 @@ def test_verify_log_reads_a_static_mirror_with_gzip_bundles(tmp_path: Path) -> N
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+class _PrecompressedStatic(http.server.SimpleHTTPRequestHandler):
+    """A plain static server configured as the README says for ``--gzip-bundles``: file
+    bytes as stored, plus ``Content-Encoding: gzip`` on /tile/entries/ (if ``label``)."""
+
+    label = True
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = Path(self.directory) / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        if self.label and self.path.startswith("/tile/entries/"):
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(root: Path, label: bool) -> http.server.ThreadingHTTPServer:
+    cls = type("H", (_PrecompressedStatic,), {"label": label})
+
+    def handler(*a: object, **kw: object) -> _PrecompressedStatic:
+        return cls(*a, directory=str(root), **kw)  # type: ignore[no-any-return]
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("command", ["export", "publish"])
+def test_precompressed_bundles_from_export_and_publish(tmp_path: Path, command: str) -> None:
+    from ledger.note import Signer
+
+    key = Signer.generate("potd.example/pre")
+    log = Log.create(str(tmp_path / "log.db"), key)
+    log.append([b"entry %d " % i * (i % 40 + 1) for i in range(300)])  # a full bundle + 44
+    log.store.close()
+    out = tmp_path / "mirror"
+    r = CliRunner().invoke(main, ["ledger", command, "--db", str(tmp_path / "log.db"),
+                                  "--out", str(out), "--gzip-bundles"])
+    assert r.exit_code == 0, r.output
+    for rel in ("tile/entries/000", "tile/entries/001.p/44"):
+        assert (out / rel).read_bytes()[:2] == b"\x1f\x8b"  # stored compressed
+    assert (out / "checkpoint").read_bytes().startswith(b"potd.example/pre\n")  # plain
+    assert (out / "tile/0/000").stat().st_size == 256 * 32  # hash tiles plain
+    for label, ok in ((True, True), (False, False)):
+        srv = _serve(out, label)
+        try:
+            url = f"http://127.0.0.1:{srv.server_address[1]}"
+            run = CliRunner().invoke(main, ["auditor", "verify-log", "--log", url, "--vkey",
+                                            str(key.verifier), "--state",
+                                            str(tmp_path / f"st{label}"), "--json"])
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        if ok:
+            assert run.exit_code == 0, run.output
+            assert json.loads(run.stdout)["size"] == 300
+        else:  # served without the header: a named failure, not a traceback
+            assert run.exit_code == 1, run.output
+            assert "Traceback" not in run.output and "bundle" in run.output, run.output

@@ -74,6 +74,15 @@ class Store(Protocol):
 
     def vkey(self) -> str: ...
 
+    def retired_vkeys(self) -> list[str]:
+        """Verifier keys the log signed with before key rotations, oldest first."""
+        ...
+
+    def rotate_vkey(self, new_vkey: str, size: int, note: str) -> None:
+        """Make ``new_vkey`` the log's key (the current one retired) and replace the note
+        of checkpoint ``size`` (the latest), in one transaction."""
+        ...
+
     def size(self) -> int: ...
 
     def append(self, old_size: int, entries: Sequence[bytes],

@@ -144,6 +144,11 @@ class PostgresStore:
             with self._pool.connection() as conn, conn.transaction():
                 row: Any = conn.execute("SELECT value FROM meta WHERE key='size' FOR UPDATE"
                                         ).fetchone()
+                vkey = conn.execute("SELECT value FROM meta WHERE key='vkey'").fetchone()
+                if vkey is None or str(vkey[0]) != self._vkey:
+                    raise UsageError("the log's key was rotated since this frontend started "
+                                     "(potd ledger rotate-key): it must not sign",
+                                     hint="restart it with the log's new key")
                 self._local.conn = conn
                 try:
                     yield int(row[0])
@@ -347,6 +352,31 @@ class PostgresStore:
             pos += take
             n += take
         return out
+
+    def retired_vkeys(self) -> list[str]:
+        """Verifier keys this log signed with before its key rotations, oldest first."""
+        with self._conn("reading retired keys") as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='retired_vkeys'").fetchone()
+        return str(row[0]).split("\n") if row else []
+
+    def rotate_vkey(self, new_vkey: str, size: int, note: str) -> None:
+        """Make ``new_vkey`` the log's key, the current one retired, and store ``note`` (the
+        latest checkpoint, also signed by the new key) at ``size``: one transaction, under
+        the coordination row, so no frontend integrates meanwhile."""
+        with self.writing() as stored:
+            if stored != size:
+                raise UsageError(f"the log grew to {stored} during the rotation (from {size})",
+                                 hint="stop every frontend, then rotate")
+            with self._conn("rotating the log key") as conn:
+                retired = [*self.retired_vkeys(), self._vkey]
+                cur = conn.execute("UPDATE checkpoints SET note=%s WHERE size=%s", (note, size))
+                if cur.rowcount != 1:
+                    raise UsageError(f"no checkpoint of size {size} to update")
+                conn.execute("UPDATE meta SET value=%s WHERE key='vkey'", (new_vkey,))
+                conn.execute("INSERT INTO meta (key, value) VALUES ('retired_vkeys', %s) ON "
+                             "CONFLICT (key) DO UPDATE SET value=EXCLUDED.value",
+                             ("\n".join(retired),))
+        self._vkey = new_vkey
 
     def replace_checkpoint(self, size: int, note: str) -> None:
         with self._conn("updating a checkpoint") as conn:

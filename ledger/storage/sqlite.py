@@ -431,6 +431,39 @@ class SQLiteStore:
             n += take
         return out
 
+    def retired_vkeys(self) -> list[str]:
+        """Verifier keys this log signed with before its key rotations, oldest first."""
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='retired_vkeys'").fetchone()
+        return str(row[0]).split("\n") if row else []
+
+    def rotate_vkey(self, new_vkey: str, size: int, note: str) -> None:
+        """Make ``new_vkey`` the log's key, the current one retired, and store ``note`` (the
+        latest checkpoint, also signed by the new key) at ``size``, in one transaction."""
+        retired = [*self.retired_vkeys(), self._vkey]
+        conn = self.conn
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    stored = int(conn.execute("SELECT value FROM meta WHERE key='size'"
+                                              ).fetchone()[0])
+                    if stored != size:
+                        raise UsageError(f"the log grew to {stored} during the rotation")
+                    cur = conn.execute("UPDATE checkpoints SET note=? WHERE size=?", (note, size))
+                    if cur.rowcount != 1:
+                        raise UsageError(f"no checkpoint of size {size} to update")
+                    conn.execute("UPDATE meta SET value=? WHERE key='vkey'", (new_vkey,))
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES "
+                                 "('retired_vkeys', ?)", ("\n".join(retired),))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot rotate the key of {self.path}: {e}") from None
+        self._vkey = new_vkey
+
     def replace_checkpoint(self, size: int, note: str) -> None:
         """Replace the note of checkpoint ``size`` (same body, more cosignatures)."""
         with self._lock:
