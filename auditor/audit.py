@@ -82,6 +82,7 @@ class AuditOptions:
     replay_mode: str = "auto"          # auto: exact iff the environment matches; exact;
                                        # tolerance (calibrated unless ``tolerance``)
     ray: str | None = None             # replay segments as tasks on this Ray cluster
+    device: str = "cpu"                # where replays train (cpu, cuda, cuda:i)
 
 
 STATUSES = ("pass", "fail", "inconclusive", "warn", "skip")
