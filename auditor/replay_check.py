@@ -595,7 +595,7 @@ class ReplayCheck:
 
             results = list(map(tick, ray_map(
                 jobs, a.opts.ray, world=world, exact=exact,
-                gpu=str(env.get("device", "cpu")).startswith("cuda"))))
+                gpu=a.opts.device != "cpu")))  # tasks replay on --device
         elif exact and world > 1:  # the trainer's world, spawned here (auditor.replay_dp)
             from .replay_dp import replay_segments
 
