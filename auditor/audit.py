@@ -84,6 +84,7 @@ class AuditOptions:
     ray: str | None = None             # replay segments as tasks on this Ray cluster
     disclosure: str | None = None      # data server URL: audit without the data
                                        # (auditor.disclosure; needs public_challenge)
+    device: str = "cpu"                # where replays train (cpu, cuda, cuda:i)
 
 
 STATUSES = ("pass", "fail", "inconclusive", "warn", "skip")

@@ -2,9 +2,11 @@
 §5, step 7).
 
 Exact mode (weights hashes bit for bit) is chosen only when the run's recorded
-environment is the auditor's: ``torch``, ``device`` and ``threads`` present and equal, and
-every other field both record equal. Otherwise distances are judged against 10x the
-*honest reproduction noise*, measured here so that it cannot degenerate:
+environment is the auditor's: ``torch``, ``device`` (the device type, :mod:`prover.device`)
+and ``threads`` present and equal, and every other field both record equal (a run trained
+on CUDA and replayed on the CPU, or the reverse, is always tolerance mode). Otherwise
+distances are judged against 10x the *honest reproduction noise*, measured here so that
+it cannot degenerate:
 
 * the noise replays use thread counts that really differ from the replay's own (the
   trainer's recorded count, and 2 when the replay runs on 1 thread, else 1) — never
@@ -53,7 +55,12 @@ def mode_reason(opts: AuditOptions, same: bool, run: dict[str, Any],
         return "the run's recorded environment equals the auditor's"
     diff = [f"{k} {run.get(k)!r} vs {mine.get(k)!r}" for k in sorted(set(run) | set(mine))
             if (k in ENV_KEYS or (k in run and k in mine)) and run.get(k) != mine.get(k)]
-    return "environment differs (run vs auditor): " + ", ".join(diff)[:300]
+    why = "environment differs (run vs auditor): " + ", ".join(diff)[:300]
+    if run.get("device") != mine.get("device"):  # e.g. trained on CUDA, replayed on CPU
+        why = (f"the run trained on device type {str(run.get('device'))[:20]!r}, the auditor "
+               f"replays on {mine.get('device')!r}: kernels differ across device types, so "
+               "replay is compared under a tolerance; " + why)
+    return why
 
 
 def recorded_threads(v: Any) -> int | None:

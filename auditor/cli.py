@@ -149,6 +149,8 @@ class _Bars:
 @click.option("--ray", "ray_address", help="Replay the segments as tasks on a Ray cluster: "
               "auto (the cluster this machine runs, else a new local one) or its ADDRESS "
               "(needs potd[ray]; the evidence must be reachable from the workers).")
+@click.option("--device", default="cpu", show_default=True, help="Where replays train: cpu, "
+              "cuda or cuda:INDEX. A device type other than the run's means tolerance mode.")
 @click.option("--memorization-segments", default=8, show_default=True,
               help="Segments for the memorization test.")
 @click.option("--tolerance", type=float,
@@ -188,7 +190,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
           max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
           beacon_chain: str | None, require_drand: bool, state: str, model_file: str | None,
           json_out: str | None, html_out: str | None, quiet: bool,
-          ray_address: str | None, disclosure: str | None = None) -> None:
+          ray_address: str | None, device: str, disclosure: str | None = None) -> None:
     """Audit a training run and name the model it certifies.
 
     Checks the log, the statements, the seed, the data order, the checkpoint chain,
@@ -209,6 +211,9 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
         raise UsageError(f"--tolerance {tolerance} with --replay-mode {replay_mode}",
                          hint="a tolerance is a number >= 0 and implies tolerance mode")
 
+    from prover.device import parse_device
+
+    device = str(parse_device(device))  # an unavailable device: exit 2 before any work
     if model_file is not None:
         model_file_hash(model_file, "sha256")  # unreadable / not safetensors: exit 2 now
     if recipe is not None:  # a missing file or a non-recipe is the auditor's input: exit 2
@@ -225,7 +230,7 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
                         max_abandoned=max_abandoned, max_model_bytes=max_model_bytes,
                         model=model_file, beacon_url=beacon_url,
                         beacon_chain=load_chain(beacon_chain) if beacon_chain else None,
-                        require_drand=require_drand, ray=ray_address)
+                        require_drand=require_drand, ray=ray_address, device=device)
     if disclosure:  # the data server discloses only what the public challenge draws
         opts.disclosure, opts.public_challenge = disclosure, True
     with _client(log_url, vkey, state, witness, quorum) as client:

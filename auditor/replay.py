@@ -30,6 +30,7 @@ import torch
 
 from prover.datasets import Datasets, as_datasets, call_data
 from prover.derive import batch_indexes
+from prover.device import to_device
 from prover.evidence import EvidenceError, EvidenceSource, flatten_optimizer, restore_optimizer
 from prover.hashing import StateHasher
 from prover.recipes import Data, Recipe, get_recipe, train_step
@@ -61,6 +62,7 @@ class SegmentJob:
     # (which derives the order anyway); empty: derived here from ``step_starts``
     batches: tuple[tuple[int, ...], ...] = ()
     data_dir: str | None = None  # the auditor's copy of the data (Recipe.data_dir)
+    device: str = "cpu"          # where the replay trains (prover.device); results are CPU
 
 
 @dataclass
@@ -82,7 +84,7 @@ class SegmentResult:
 
 
 def _flat(sd: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([sd[k].detach().double().reshape(-1) for k in sorted(sd)])
+    return torch.cat([sd[k].detach().to("cpu", torch.float64).reshape(-1) for k in sorted(sd)])
 
 
 def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
@@ -138,8 +140,11 @@ class Trainee:
     one. Either way the start state is exactly the checked evidence, whatever ran before.
     """
 
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, device: str = "cpu") -> None:
+        from prover.device import parse_device
+
         self.recipe = recipe
+        self.device = parse_device(device)  # model and optimizer state live there
         self.model: torch.nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.opt_model: torch.nn.Module | None = None
@@ -167,7 +172,8 @@ class Trainee:
         with torch.device("meta"):
             model = self.recipe.model()
         check_layout(model.state_dict(), sd, "weights")
-        model.load_state_dict({k: v.clone() for k, v in sd.items()}, assign=True)
+        model.load_state_dict({k: v.to(self.device, copy=True) for k, v in sd.items()},
+                              assign=True)
         self.model = model
         self.state_nbytes = sum(t.nbytes for t in model.state_dict().values())
         return model
@@ -193,6 +199,10 @@ class Trainee:
                        for g in opt.param_groups]
         if opt_sd is not None:
             restore_optimizer(opt, opt_sd)
+            if self.device.type != "cpu":
+                from prover.device import optimizer_to
+
+                optimizer_to(opt, self.device)
         self.opt, self.opt_model = opt, model
         return opt
 
@@ -236,7 +246,7 @@ def check_layout(model: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tenso
         raise EvidenceError(f"the committed {what} do not fit the recipe's model: {problem}")
 
 
-_TRAINEES: dict[tuple[str, str, str], Trainee] = {}
+_TRAINEES: dict[tuple[str, str, str, str], Trainee] = {}
 _THREADS: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
 
@@ -251,12 +261,13 @@ def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
 PARALLEL_LOAD_BYTES = 4 << 20
 
 
-def trainee(name: str, config: Mapping[str, Any], data_dir: str | None = None) -> Trainee:
+def trainee(name: str, config: Mapping[str, Any], data_dir: str | None = None,
+            device: str = "cpu") -> Trainee:
     """This process's :class:`Trainee` for the recipe ``name`` with ``config``, its
-    data read from ``data_dir``."""
-    key = (name, repr(sorted(config.items())), str(data_dir))
+    data read from ``data_dir``, training on ``device``."""
+    key = (name, repr(sorted(config.items())), str(data_dir), device)
     if key not in _TRAINEES:
-        _TRAINEES[key] = Trainee(get_recipe(name, data_dir=data_dir, **config))
+        _TRAINEES[key] = Trainee(get_recipe(name, data_dir=data_dir, **config), device)
     return _TRAINEES[key]
 
 
@@ -274,7 +285,7 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
     if job.threads:
         torch.set_num_threads(job.threads)
     src = EvidenceSource(job.evidence)
-    tr = trainee(job.recipe, job.config, job.data_dir)
+    tr = trainee(job.recipe, job.config, job.data_dir, job.device)
     recipe = tr.recipe
     try:
         # for a large state, the optimizer file is read, hash-checked and parsed on a
@@ -322,6 +333,8 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
             for i, step in enumerate(steps):
                 idx = batches[i]
                 x, y = data.batch(idx)
+                if tr.device.type != "cpu":
+                    x, y = to_device(x, tr.device), to_device(y, tr.device)
                 train_step(recipe, model, opt, x, y, job.seed, step)
                 want = job.step_hashes[i]
                 if want is not None and job.exact and (per_step or step == job.end):
@@ -376,7 +389,8 @@ def _end_distances(src: EvidenceSource, job: SegmentJob, model: torch.nn.Module,
     opt_distance = None
     if job.end_optimizer and job.end_optimizer_hash:
         end_opt = src.load(job.end_optimizer, job.end_optimizer_hash, job.algorithm)
-        opt_distance = optimizer_distance(flatten_optimizer(opt), end_opt, opt_sd)
+        opt_distance = optimizer_distance({k: v.cpu() for k, v in flatten_optimizer(opt).items()},
+                                          end_opt, opt_sd)
         distance = max(distance, opt_distance)
     return distance, opt_distance
 
@@ -390,7 +404,7 @@ def noise_distance(job: SegmentJob, threads: tuple[int, int]) -> float:
     thread's torch thread count is restored."""
     before = torch.get_num_threads()
     src = EvidenceSource(job.evidence)
-    tr = trainee(job.recipe, job.config, job.data_dir)
+    tr = trainee(job.recipe, job.config, job.data_dir, job.device)
     recipe = tr.recipe
     start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
     opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
@@ -410,9 +424,13 @@ def noise_distance(job: SegmentJob, threads: tuple[int, int]) -> float:
             model, opt = tr.load(start_sd, opt_sd)
             for i, step in enumerate(steps):
                 x, y = data.batch(batches[i])
+                if tr.device.type != "cpu":
+                    x, y = to_device(x, tr.device), to_device(y, tr.device)
                 train_step(recipe, model, opt, x, y, job.seed, step)
-            ends.append(({k: v.detach().clone() for k, v in model.state_dict().items()},
-                         {k: v.clone() for k, v in flatten_optimizer(opt).items()}))
+            ends.append(({k: v.detach().to("cpu", copy=True)
+                          for k, v in model.state_dict().items()},
+                         {k: v.to("cpu", copy=True)
+                          for k, v in flatten_optimizer(opt).items()}))
     finally:
         torch.set_num_threads(before)
     (w0, o0), (w1, o1) = ends

@@ -556,7 +556,7 @@ class ReplayCheck:
             return
         env = self.o.body.get("environment") or {}
         env = env if isinstance(env, dict) else {}
-        mine = environment()
+        mine = environment(a.opts.device)  # the device the replays run on
         self.threads = int(mine["threads"])  # every replay runs with it (workers too)
         same = same_environment(env, mine)  # see auditor.calibration
         mode = a.opts.replay_mode
@@ -595,7 +595,7 @@ class ReplayCheck:
 
             results = list(map(tick, ray_map(
                 jobs, a.opts.ray, world=world, exact=exact,
-                gpu=str(env.get("device", "cpu")).startswith("cuda"))))
+                gpu=a.opts.device != "cpu")))  # tasks replay on --device
         elif exact and world > 1:  # the trainer's world, spawned here (auditor.replay_dp)
             from .replay_dp import replay_segments
 
@@ -711,7 +711,8 @@ class ReplayCheck:
                                                   for t in range(start, end + 1)),
             end_weights=str(seg[1]["weights"]), end_weights_hash=str(seg[1]["weights_hash"]),
             end_optimizer=seg[1].get("optimizer"), end_optimizer_hash=seg[1].get("optimizer_hash"),
-            exact=exact, batches=batches, threads=self.threads, data_dir=self.a.opts.data_dir)
+            exact=exact, batches=batches, threads=self.threads, data_dir=self.a.opts.data_dir,
+            device=self.a.opts.device)
 
     def _memorization(self, recipe: Recipe, segments: list[tuple[dict[str, Any],
                       dict[str, Any]]], cseed: bytes, seed: bytes) -> None:

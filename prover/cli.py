@@ -114,13 +114,16 @@ def _overrides(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False),
               help="With --beacon: a C2SP tlog-policy file whose witnesses and quorum rule "
                    "attest time; replaces --witness/--quorum.")
+@click.option("--device", default="cpu", show_default=True, help="Where the model, optimizer "
+              "state and batches live: cpu, cuda or cuda:INDEX (recorded in run.open; "
+              "evidence is saved from CPU copies).")
 def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: str | None,
           epochs: int | None, k: int | None, batch_size: int | None, lr: str | None,
           settings: tuple[str, ...], config_file: str | None, data_dir: str | None,
           alg: str, no_per_step_weights: bool,
           json_out: str | None, beacon_url: str | None, beacon_chain: str | None,
           beacon_lead: float, witness: tuple[str, ...], quorum: int | None,
-          nproc: int, policy: str | None) -> None:
+          nproc: int, policy: str | None, device: str) -> None:
     """Train RECIPE, committing every step to the log at --log.
 
     Statements are spooled to disk first and submitted in the background; if the log is
@@ -128,9 +131,14 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     """
     from ledger.client import LogClient
     from ledger.errors import UsageError
+    from prover.device import parse_device
     from prover.recipes import get_recipe
     from prover.session import TrainingSession
 
+    dev = parse_device(device)  # before anything else: an unavailable device is refused
+    if nproc != 1 and dev.type != "cpu":
+        raise UsageError(f"--device {device} with --nproc {nproc}: data-parallel training "
+                         "runs on the CPU (gloo) only", hint="drop --device or --nproc")
     over = _overrides(settings, config_file)
     over.update({k_: v for k_, v in (("epochs", epochs), ("k", k), ("batch_size", batch_size),
                                      ("lr", lr)) if v is not None})
@@ -152,7 +160,8 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
         from prover.distributed import DataParallelSession, start_local
 
         procs, session = start_local(r, nproc, alg), DataParallelSession
-    sess = session(r, client, read_signer(key), evidence, spool_path,
+    extra: dict[str, Any] = {"device": dev} if nproc == 1 else {}
+    sess = session(r, client, read_signer(key), evidence, spool_path, **extra,
                    per_step_weights=not no_per_step_weights, weights_hash=alg,
                    beacon=bc, beacon_lead=beacon_lead, **timing)
     bar: Any

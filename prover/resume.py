@@ -161,7 +161,8 @@ def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int
                            beacon=beacon if isinstance(drand, dict) else None,
                            beacon_lead=beacon_lead,
                            time_witnesses=time_witnesses, time_quorum=time_quorum,
-                           time_policy=time_policy)
+                           time_policy=time_policy,
+                           device=m.get("device") or None)  # the device it trained on
     sess.resume(run.opened, [(st, st.raw) for st in run.steps], bytes.fromhex(m["beacon"]),
                 json.loads(m["step0"]))
     return sess

@@ -90,13 +90,23 @@ SMALL_STATE = 1 << 20
 RING_MIN, RING_MAX, RING_STEPS = 4 << 20, 64 << 20, 32
 
 
-def environment() -> dict[str, Any]:
+def environment(device: torch.device | str | None = None) -> dict[str, Any]:
     """What bit-exact reproduction depends on, recorded in ``run.open`` (the auditor
-    replays exactly only in an equal one): library versions, device, default dtype,
+    replays exactly only in an equal one): library versions (torch, numpy, python; CUDA
+    and cuDNN on a GPU), device type and name (:mod:`prover.device`), default dtype,
     threads, deterministic algorithms."""
     import platform
 
-    return {"torch": torch.__version__, "python": platform.python_version(), "device": "cpu",
+    from prover.device import device_environment, parse_device
+
+    try:
+        import numpy
+        numpy_version: str | None = numpy.__version__
+    except ImportError:
+        numpy_version = None
+    return {"torch": torch.__version__, "numpy": numpy_version,
+            "python": platform.python_version(),
+            **device_environment(parse_device(device)),
             "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
             "threads": torch.get_num_threads(),
             "deterministic": bool(torch.are_deterministic_algorithms_enabled())}
@@ -122,8 +132,13 @@ class TrainingSession:
                  time_witnesses: Sequence[Verifier] | None = None,
                  time_quorum: int | None = None, time_policy: Policy | None = None,
                  preflight: bool = True,
-                 data_dir: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None,
+                 device: str | torch.device | None = None) -> None:
+        from prover.device import parse_device
+
         self.recipe, self.client, self.trainer = recipe, client, trainer
+        # where model, optimizer state and batches live (evidence is saved from CPU copies)
+        self.device = parse_device(device)
         if data_dir is not None:  # where the data lives here: not committed
             recipe.data_dir = Path(data_dir).resolve()
         try:
@@ -230,7 +245,7 @@ class TrainingSession:
                                 "lr": str(r.config["lr"]), "batch_size": r.batch_size,
                                 "epochs": r.epochs, "steps": len(self.plan), "k": r.k,
                                 "per_step_weights": self.per_step_weights},
-            "environment": environment(),
+            "environment": self.environment(),
             "weights_hash": self.alg,
         }
         if self.beacon is not None:
@@ -243,7 +258,7 @@ class TrainingSession:
                             config=json.dumps(r.config), evidence=str(self.evidence.root),
                             weights_hash=self.alg,
                             per_step_weights=json.dumps(self.per_step_weights),
-                            data_dir=str(r.data_dir or ""))
+                            data_dir=str(r.data_dir or ""), device=str(self.device))
         self.spool.put(0, opened)
         store_recipe_source(self.evidence.root, self.run_id, r)
         receipt = self.client.add(opened)
@@ -330,12 +345,13 @@ class TrainingSession:
         if body.get("recipe", {}).get("code_hash") != r.source_hash():
             raise UsageError(f"recipe {r.name}'s code changed since the run was opened",
                              hint="resume with the recipe code the run committed")
-        if body.get("environment") != environment():
-            raise UsageError(f"this environment {environment()} differs from the run's "
+        if body.get("environment") != self.environment():
+            raise UsageError(f"this environment {self.environment()} differs from the run's "
                              f"{body.get('environment')}: training would not reproduce the "
                              "committed steps bit for bit",
-                             hint="resume with the torch version and thread count "
-                                  "(torch.set_num_threads) of the interrupted run")
+                             hint="resume with the torch version, device (--device) and "
+                                  "thread count (torch.set_num_threads) of the interrupted "
+                                  "run")
         self.run_id, self.step0_extra = opened.run, step0
         if self.beacon is not None:  # drand mode: the same chain; run.close picks its round
             self.chain = self.beacon.chain or self.beacon.info()
@@ -358,6 +374,10 @@ class TrainingSession:
             self.model.load_state_dict(src.load(c["weights"], c["weights_hash"], self.alg))
             restore_optimizer(self.optimizer,
                               src.load(c["optimizer"], c["optimizer_hash"], self.alg))
+            if self.device.type != "cpu":
+                from prover.device import optimizer_to
+
+                optimizer_to(self.optimizer, self.device)
             self.start_step = st.seq  # statement t + 1 is step t
             self._prior_checkpoints = [{"step": s.seq - 1, **s.body["checkpoint"]}  # type: ignore[dict-item]
                                        for s, _ in ckpts]
@@ -449,11 +469,13 @@ class TrainingSession:
         r = self.recipe
         self.seed = derive_seed(bytes.fromhex(self.dataset_root), self._s_rand, beacon)
         torch.manual_seed(init_seed(self.seed))
-        self.model = r.model()
-        self.optimizer = r.optimizer(self.model)
+        self.model = r.model()  # on the CPU: the same initial weights on every device
         state = self.model.state_dict()
         self.init_weights = hash_tensors(state, self.alg)
         self.init_evidence = self.evidence.put(state)
+        if self.device.type != "cpu":
+            self.model.to(self.device)
+        self.optimizer = r.optimizer(self.model)
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The data order of ``epoch``: the seed-derived permutation (docs/protocol.md §4)."""
@@ -470,6 +492,10 @@ class TrainingSession:
             x, y = self.train.batch(idx)
             yield Batch(step, epoch, tuple(idx), x, y, None)
 
+    def environment(self) -> dict[str, Any]:
+        """This session's environment record (:func:`environment` on its device)."""
+        return environment(self.device)
+
     def statement_lr(self, step: int) -> float:
         """The learning rate logged for ``step``: the recipe's committed schedule."""
         return self.recipe.lr(step)
@@ -480,7 +506,12 @@ class TrainingSession:
         Its ``optimizer.step()`` first waits for the previous step's hash (see the
         module's invariants); this step's hash may still be running when it returns.
         """
-        loss = float(train_step(self.recipe, self.model, self.optimizer, batch.x, batch.y,
+        x, y = batch.x, batch.y
+        if self.device.type != "cpu":
+            from prover.device import to_device
+
+            x, y = to_device(x, self.device), to_device(y, self.device)
+        loss = float(train_step(self.recipe, self.model, self.optimizer, x, y,
                                 self.seed, batch.step))
         self._record(batch, loss)
         return loss

@@ -24,6 +24,12 @@
         --samples 4
     .venv/bin/python scripts/bench_auditor.py --entries 0 --recipe tiny-gpt --epochs 2 \
         --samples 4 --repeats 5                                 # the language model
+    .venv/bin/python scripts/bench_auditor.py --entries 0 --recipe tiny-gpt --epochs 1 \
+        --device cuda --set n_layer=12 n_head=12 n_embd=768 block=1024   # on a GPU
+
+``--device``: training, replay and the plain loop all run there (the audit replays with
+``--device`` too, so the run's and the auditor's device types agree: exact mode).
+``--set``: recipe settings (as ``potd prover train --set``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,14 +56,17 @@ from prover.session import TrainingSession  # noqa: E402
 
 
 def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
-                 repeats: int = 1, ray: bool = False) -> dict[str, object]:
+                 repeats: int = 1, ray: bool = False, device: str = "cpu",
+                 settings: dict[str, Any] | None = None) -> dict[str, object]:
+    settings = settings or {}
     key = Signer.generate("bench.example/replay-log")
     (d / "r.key").write_text(key.private_string())
     Log.create(str(d / "r.db"), key).store.close()
     with ServerProcess(str(d / "r.db"), str(d / "r.key"), extra=["--open-registration"]) as srv:
-        sess = TrainingSession(get_recipe(recipe, epochs=epochs),
+        sess = TrainingSession(get_recipe(recipe, **{"epochs": epochs, **settings}),
                                LogClient(srv.url, key.verifier),
-                               Signer.generate("bench.example/trainer"), d / "ev", d / "sp")
+                               Signer.generate("bench.example/trainer"), d / "ev", d / "sp",
+                               device=device)
         sess.open()
         step_s: dict[int, float] = {}
         for b in sess.batches():
@@ -77,7 +87,7 @@ def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
                 seed = bytes([i]) * 32
                 rep = Audit(c, AuditOptions(run=sess.run_id, evidence=str(d / "ev"),
                                             samples=samples, memorization_segments=0,
-                                            seed=seed)).run()
+                                            seed=seed, device=device)).run()
                 ray_s = None
                 if ray:
                     rr = Audit(c, AuditOptions(run=sess.run_id, evidence=str(d / "ev"),
@@ -91,7 +101,8 @@ def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
                 rounds.append({"verdict": rep["verdict"], "segments": len(segs),
                                "steps": len(replayed), "replay": replay_s,
                                "train": sum(step_s[t] for t in replayed),
-                               "plain": _plain_seconds(recipe, epochs, replayed),
+                               "plain": _plain_seconds(recipe, epochs, replayed, device,
+                                                       settings),
                                "local_replay_wall": rep["timing"]["replay_seconds"],
                                "ray_over_local": ray_s})
     import torch
@@ -102,7 +113,8 @@ def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
     ratio_plain = statistics.median(float(r["replay"]) / float(r["plain"]) for r in rounds)
     return {"recipe": recipe, "verdict": ",".join(sorted({str(r["verdict"]) for r in rounds})),
             "segments": rounds[0]["segments"], "steps_replayed": med["steps"],
-            "repeats": repeats, "threads": torch.get_num_threads(),
+            "repeats": repeats, "threads": torch.get_num_threads(), "device": device,
+            "replay_mode": str(rep["replay"].get("mode")),
             "replay_seconds": round(med["replay"], 3),
             "original_training_seconds": round(med["train"], 3),
             "plain_training_seconds": round(med["plain"], 3),
@@ -115,17 +127,20 @@ def replay_bench(d: Path, recipe: str, epochs: int, samples: int,
             "rounds": rounds}
 
 
-def _plain_seconds(recipe_name: str, epochs: int, steps: list[int]) -> float:
+def _plain_seconds(recipe_name: str, epochs: int, steps: list[int], device: str = "cpu",
+                   settings: dict[str, Any] | None = None) -> float:
     """The same steps trained by a plain loop without the prover (a stricter baseline)."""
     import torch
 
     from prover.datasets import as_datasets
     from prover.derive import batch_indexes, schedule
+    from prover.device import to_device
     from prover.recipes import train_step
 
-    r = get_recipe(recipe_name, epochs=epochs)
+    dev = torch.device(device)
+    r = get_recipe(recipe_name, **{"epochs": epochs, **(settings or {})})
     data = as_datasets(r.data()).train
-    model, seed = r.model(), bytes(32)
+    model, seed = r.model().to(dev), bytes(32)
     opt = r.optimizer(model)
     plan = schedule(len(data), r.batch_size, r.epochs)
     total = 0.0
@@ -135,7 +150,9 @@ def _plain_seconds(recipe_name: str, epochs: int, steps: list[int]) -> float:
                                          cache))
         t = time.perf_counter()
         x, y = data.batch(idx)
-        train_step(r, model, opt, x, y, seed, step)
+        train_step(r, model, opt, to_device(x, dev), to_device(y, dev), seed, step)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         if step in steps:
             total += time.perf_counter() - t
     return total
@@ -178,8 +195,19 @@ def main() -> None:
                     help="log size for the verify-log benchmark (0: skip it)")
     ap.add_argument("--ray", action="store_true",
                     help="also replay each audit's sample on a local Ray instance (2 CPUs)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:INDEX (default cpu)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="recipe settings, e.g. n_layer=12 n_head=12 n_embd=768 block=1024")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
+    from ledger.errors import PotdError
+    from prover.device import parse_device
+    from prover.recipes.settings import parse_settings
+
+    try:
+        device, settings = str(parse_device(args.device)), parse_settings(tuple(args.set))
+    except PotdError as e:
+        ap.error(f"{e.message} ({e.hint})")
     if args.ray:
         import ray
 
@@ -195,14 +223,15 @@ def main() -> None:
         d = Path(td)
         if args.samples > 0:
             out["replay"] = r = replay_bench(d, args.recipe, args.epochs, args.samples,
-                                             args.repeats, args.ray)
+                                             args.repeats, args.ray, device, settings)
             print(f"replay   {r['recipe']}: {r['steps_replayed']} steps in {r['segments']} "
                   f"segments replayed in {r['replay_seconds']}s vs "
                   f"{r['original_training_seconds']}s of "
                   f"original training: ratio {r['ratio']}; vs {r['plain_training_seconds']}s of "
                   f"plain training without the prover: ratio {r['ratio_vs_plain']} "
                   f"(medians of {r['repeats']} audits, ratios {r['ratios_vs_plain']}; "
-                  f"{r['threads']} torch threads; verdict {r['verdict']})", flush=True)
+                  f"{r['threads']} torch threads; device {r['device']}, "
+                  f"{r['replay_mode']} mode; verdict {r['verdict']})", flush=True)
             if args.ray:
                 walls = [x["local_replay_wall"] for x in r["rounds"]]  # type: ignore[attr-defined]
                 print(f"ray      replay phase on Ray / local (same segments): "

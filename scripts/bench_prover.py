@@ -26,6 +26,11 @@ time) / plain time — a commit process that falls behind shows up there.
     .venv/bin/python scripts/bench_prover.py --recipes wide-mlp --steps 200 --json out.json
     .venv/bin/python scripts/bench_prover.py --recipes tiny-gpt --steps 200
     .venv/bin/python scripts/bench_prover.py --json          # JSON on stdout, table on stderr
+    .venv/bin/python scripts/bench_prover.py --recipes tiny-gpt --device cuda \
+        --set n_layer=12 n_head=12 n_embd=768 block=1024 --steps 50   # GPT-2-small shape
+
+``--device`` trains every loop there (timed steps end with a device synchronization);
+``--set`` overrides recipe settings (as ``potd prover train --set``) for every recipe.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from ledger.client import LogClient  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.note import Signer  # noqa: E402
+from prover.device import parse_device, to_device  # noqa: E402
 from prover.hashing import StateHasher  # noqa: E402
 from prover.recipes import get_recipe, train_step  # noqa: E402
 from prover.session import SMALL_STATE, TrainingSession  # noqa: E402
@@ -61,6 +67,7 @@ TARGETS = {"digits-mlp": 0.05, "wide-mlp": 0.10, "tiny-gpt": 0.05}
 
 def save_state(sess: TrainingSession) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     params = [v.detach().clone() for v in sess.model.state_dict().values()]
+    sync(sess.device)
     opt = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in st.items()}
            for st in sess.optimizer.state.values()]
     return params, opt
@@ -78,6 +85,17 @@ def restore_state(sess: TrainingSession, saved: tuple[list[torch.Tensor], list[A
                     st[k].copy_(v)
                 else:
                     st[k] = v
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so a timer sees it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def on_device(sess: TrainingSession, b: Any) -> tuple[Any, Any]:
+    """Batch ``b``'s inputs and targets on the session's device."""
+    return to_device(b.x, sess.device), to_device(b.y, sess.device)
 
 
 def hash_only(sess: TrainingSession, chunk: list[Any], hasher: StateHasher) -> list[float]:
@@ -98,7 +116,8 @@ def hash_only(sess: TrainingSession, chunk: list[Any], hasher: StateHasher) -> l
     try:
         for b in chunk:
             t = time.perf_counter()
-            train_step(r, model, opt, b.x, b.y, sess.seed, b.step)
+            train_step(r, model, opt, *on_device(sess, b), sess.seed, b.step)
+            sync(sess.device)
             if inline:
                 hasher.hash(state)
             else:
@@ -131,13 +150,14 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str,
-          d: Path, server_pid: int | None) -> dict[str, Any]:
-    over = dict(OVERRIDES.get(name, {}))
+          d: Path, server_pid: int | None, device: torch.device | None = None,
+          settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    over = {**OVERRIDES.get(name, {}), **(settings or {})}
     if k is not None:
         over["k"] = k
     r = get_recipe(name, **over)
     sess = TrainingSession(r, LogClient(url, vkey), Signer.generate("bench.example/trainer"),
-                           d / f"ev-{name}", d / f"{name}.spool")
+                           d / f"ev-{name}", d / f"{name}.spool", device=device)
     sess.open()
     warm = 10
     if len(sess.plan) < warm + steps:
@@ -162,7 +182,8 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
         saved = save_state(sess)
         for b in chunk:
             t = time.perf_counter()
-            train_step(r, sess.model, sess.optimizer, b.x, b.y, sess.seed, b.step)
+            train_step(r, sess.model, sess.optimizer, *on_device(sess, b), sess.seed, b.step)
+            sync(sess.device)
             plain.append(time.perf_counter() - t)
         restore_state(sess, saved)
         hashed += hash_only(sess, chunk, hasher)
@@ -197,6 +218,7 @@ def bench(name: str, steps: int, chunks: int, k: int | None, url: str, vkey: str
     res["overhead_mean"] = res["prover_mean_ms"] / res["plain_mean_ms"] - 1
     res["cpu_us_per_prover_step"] = {key: v / len(proved) * 1e6 for key, v in cpu.items()}
     res["torch_threads"] = torch.get_num_threads()
+    res["device"] = sess.environment()["device_name"] if sess.device.type != "cpu" else "cpu"
     res["overhead_with_catch_up"] = (sum(proved) + flush_s) / sum(plain) - 1
     res["hash_only_overhead_mean"] = res["hash_only_mean_ms"] / res["plain_mean_ms"] - 1
     if name in TARGETS:
@@ -257,6 +279,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int,
                     help="torch intra-op threads for every loop (default: torch's default, "
                          "here one per core); the same for the plain and the prover loop")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:INDEX (default cpu)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="recipe settings for every recipe, e.g. n_layer=12 n_embd=768")
     ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
                     help="write the results as JSON to PATH (no PATH: to stdout, and the "
                          "table to stderr)")
@@ -265,6 +290,13 @@ def main() -> None:
         ap.error(f"--steps must be 1..{MAX_STEPS} and --chunks 1..steps")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ledger.errors import PotdError
+    from prover.recipes.settings import parse_settings
+
+    try:
+        device, settings = parse_device(args.device), parse_settings(tuple(args.set))
+    except PotdError as e:
+        ap.error(f"{e.message} ({e.hint})")
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
@@ -279,7 +311,8 @@ def main() -> None:
                 k = {"wide-mlp": args.k_wide, "digits-mlp": args.k_digits}.get(name)
                 out[name] = bench(name, args.steps, args.chunks, k, srv.url,
                                   str(log_key.verifier), d,
-                                  srv.proc.pid if srv.proc is not None else None)
+                                  srv.proc.pid if srv.proc is not None else None,
+                                  device, settings)
     text = table(out)
     print(text, file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json == "-":

@@ -11,7 +11,7 @@ parameters (decay on the matrices of attention and MLP; none on biases, LayerNor
 the embeddings), linear warmup then cosine decay to ``min_lr`` (a ``LambdaLR`` from the
 ``scheduler`` hook, a function of the step only), and a custom ``step``: gradient
 accumulation over ``micro_batches``, clipping of the global gradient norm to ``clip``
-(0: off), optional bf16 ``torch.autocast`` on the CPU (``autocast``). The per-example
+(0: off), optional bf16 ``torch.autocast`` on the batch's device (``autocast``). The per-example
 loss is the mean token loss of a window.
 
 Scale to GPT-2-small shape with ``--set n_layer=12 n_head=12 n_embd=768 block=1024``
@@ -241,10 +241,11 @@ class TinyGPT(Recipe):
              y: torch.Tensor, step: int) -> torch.Tensor:
         c = self.config
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=x.device)  # on the batch's device (CPU or CUDA)
         for xs, ys in zip(x.chunk(int(c["micro_batches"])), y.chunk(int(c["micro_batches"])),
                           strict=True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(c["autocast"])):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                enabled=bool(c["autocast"])):
                 loss = self.per_example_loss(model, xs, ys).sum() / len(x)
             loss.backward()  # type: ignore[no-untyped-call]
             total += loss.detach()
