@@ -34,6 +34,7 @@ import concurrent.futures
 import json
 import sys
 import time
+from binascii import b2a_base64
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +43,6 @@ from typing import Any, NoReturn, cast
 
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, StorageError
 from .log import Log
-from .note import b64encode
 from .statement import Statement, parse_statement, verify_statement_signature
 from .storage import IndexedStore
 
@@ -340,12 +340,14 @@ class Sequencer:
         size = cp.size
         indexes = list(range(base, size))
         proofs = log.inclusion_proofs(indexes, size)
-        quoted: dict[bytes, str] = {}
+        # the replies are built as bytes: every proof hash is base64-quoted once, and the
+        # part every reply of this flush shares (the checkpoint) once
+        quoted: dict[bytes, bytes] = {}
         for p in proofs:
             for h in p:
                 if h not in quoted:
-                    quoted[h] = f'"{b64encode(h)}"'
-        cp_json = json.dumps(str(cp))
+                    quoted[h] = b'"' + b2a_base64(h, newline=False) + b'"'
+        head = b'{"checkpoint":' + json.dumps(str(cp)).encode() + b',"inclusion_proof":['
         out: list[bytes | PotdError] = []
         for sub in subs:
             if sub.error is not None:
@@ -355,14 +357,17 @@ class Sequencer:
             for i, st in enumerate(sub.statements):
                 idx = sub.first + i
                 k = idx - base
-                proof = ",".join([quoted[h] for h in proofs[k]])
-                beacon = ""
+                proof = b",".join([quoted[h] for h in proofs[k]])
+                tail = b'],"index":%d,"leaf_hash":"%s"}' % (
+                    idx, b2a_base64(leaves[k], newline=False))
                 if st.kind == "run.open":
-                    beacon = f'"beacon_checkpoint":{json.dumps(str(log.checkpoint_at(idx + 1)))},'
-                parts.append(f'{{{beacon}"checkpoint":{cp_json},"inclusion_proof":[{proof}],'
-                             f'"index":{idx},"leaf_hash":"{b64encode(leaves[k])}"}}')
-            body = ",".join(parts)
-            out.append((f"[{body}]" if sub.batch else body).encode())
+                    beacon = json.dumps(str(log.checkpoint_at(idx + 1))).encode()
+                    parts.append(b'{"beacon_checkpoint":' + beacon + b"," + head[1:] + proof
+                                 + tail)
+                else:
+                    parts.append(head + proof + tail)
+            body = b",".join(parts)
+            out.append(b"[" + body + b"]" if sub.batch else body)
         return out
 
     def _admit(self, st: Statement, state: RunState | None) -> RunState:

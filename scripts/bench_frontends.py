@@ -1,7 +1,8 @@
 """``scripts/bench_server.py --db postgresql://...``: add-batch throughput of one and of
 two PostgreSQL frontends beside one SQLite frontend, in the same run, with CPU per
 entry of the frontends and of the database (from /proc; the database must run on this
-machine for its share to count).
+machine for its share to count: the server behind the URL and its child processes, not
+other PostgreSQL servers on the machine).
 
 Each configuration gets a fresh log (a new database ``potd_bench_<n>`` next to the one
 in the URL, dropped afterwards; a new SQLite file) and the same number of pre-signed
@@ -52,20 +53,38 @@ def verify_cpu_us(statements: list[bytes]) -> float:
     return 1e6 * (time.process_time() - t) / len(statements)
 
 
-def postgres_pids() -> list[int]:
-    out = []
+def postmaster_pid(url: str) -> int | None:
+    """The pid of the PostgreSQL server behind ``url`` (the parent of a backend), or
+    None when it does not run on this machine."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:  # the backend lives meanwhile
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        try:
+            fields = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            return None
+    return int(fields[1])
+
+
+def postgres_pids(postmaster: int | None) -> list[int]:
+    """The server process and its children (backends, writers): other PostgreSQL
+    servers on the machine (other users' databases) are not counted."""
+    if postmaster is None:
+        return []
+    out = [postmaster]
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                if Path(f"/proc/{d}/comm").read_text().strip() in ("postgres", "postmaster"):
-                    out.append(int(d))
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
-                pass
+                continue
+            if int(fields[1]) == postmaster:
+                out.append(int(d))
     return out
 
 
-def postgres_cpu() -> dict[int, float]:
-    return {p: cpu_seconds(p) for p in postgres_pids()}
+def postgres_cpu(postmaster: int | None) -> dict[int, float]:
+    return {p: cpu_seconds(p) for p in postgres_pids(postmaster)}
 
 
 def _load(ports: list[int], per_client: list[list[bytes]], limit_s: float, out: Any) -> None:
@@ -127,14 +146,15 @@ def one(label: str, db: str, frontends: int, runs: list[list[bytes]], batch: int
         reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + batch]) + b"]")
                  for i in range(0, len(r), batch)] for r in runs]
         fe0 = [cpu_seconds(p.pid) for p, _ in procs]
-        pg0 = postgres_cpu()
+        postmaster = postmaster_pid(db) if "postgresql" in db else None
+        pg0 = postgres_cpu(postmaster)
         q: Any = mp.Queue()
         lp = mp.Process(target=_load, args=([port for _, port in procs], reqs, seconds, q))
         lp.start()
         res = q.get()
         lp.join()
         fe = sum(cpu_seconds(p.pid) - c for (p, _), c in zip(procs, fe0, strict=True))
-        pg1 = postgres_cpu()
+        pg1 = postgres_cpu(postmaster)
         pg = sum(c - pg0.get(p, 0.0) for p, c in pg1.items())
     finally:
         for p, _ in procs:
