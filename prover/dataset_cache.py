@@ -115,13 +115,21 @@ def write_entry(path: Path, kb: bytes, table: HashTable) -> None:
 
 
 def compute(ds: Dataset) -> HashTable:
-    """Hash ``ds`` streaming: its hashes in one buffer, then the RFC 6962 root."""
-    out = bytearray()
-    for h in ds.hashes():
-        out += h
-    blob = bytes(out)
+    """Hash ``ds`` streaming: its hashes in one buffer, then the RFC 6962 root (both with
+    the optional native hasher when it is built and the dataset offers ``hash_blob``)."""
+    from prover.datasets import _native
+
+    blob_of = getattr(ds, "hash_blob", None)
+    if callable(blob_of):
+        blob = bytes(blob_of())
+    else:
+        out = bytearray()
+        for h in ds.hashes():
+            out += h
+        blob = bytes(out)
     table = HashTable(blob, "")
-    table.root = merkle_root_hex(table)
+    table.root = (_native.rfc6962_root(blob).hex() if _native is not None and blob
+                  else merkle_root_hex(table))
     return table
 
 

@@ -41,6 +41,11 @@ from ledger.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
+try:  # the optional native hasher (setup.py; same bytes as the Python path)
+    from prover import _native  # type: ignore[attr-defined, unused-ignore]
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None
+
 Indexes = Any  # a sequence of ints, or a 1-d integer tensor
 CHUNK_BUDGET = 16 << 20  # bytes of data read at once while hashing
 TENSOR_ENCODING = "potd-example-v1/sha256"
@@ -134,6 +139,11 @@ class Subset(Dataset):
             return
         for i in range(self.start, self.stop):
             yield self.parent.example_hash(i)
+
+    def hash_blob(self) -> bytes:
+        if isinstance(self.parent, TokenFile):
+            return self.parent.hash_blob(self.start, self.stop)
+        return b"".join(self.hashes())
 
     def cache_key(self) -> dict[str, Any] | None:
         key = self.parent.cache_key()
@@ -266,15 +276,14 @@ class TokenFile(Dataset):
         t = torch.from_numpy(win)
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
-    def hashes(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
-        """Hashes of windows ``start..stop-1``, reading at most :data:`CHUNK_BUDGET`
-        bytes at a time (one ``readinto`` per chunk; one C call per window)."""
+    def _chunks(self, start: int, stop: int | None) -> Iterator[tuple[memoryview, int]]:
+        """Windows ``start..stop-1`` as ``(bytes of n consecutive windows, n)``, reading at
+        most :data:`CHUNK_BUDGET` bytes at a time (one ``readinto`` per chunk)."""
         stop = self.windows if stop is None else stop
         wb, sb = (self.block + 1) * self.width, self.stride * self.width
         per = max(1, (CHUNK_BUDGET - wb) // sb + 1)  # windows per chunk
         buf = bytearray(min(CHUNK_BUDGET, (per - 1) * sb + wb) if per > 1 else wb)
         mv = memoryview(buf)
-        sha, hd = hashlib.sha256, self.header
         with open(self.path, "rb") as f:
             i = start
             while i < stop:
@@ -284,8 +293,25 @@ class TokenFile(Dataset):
                 if f.readinto(mv[:span]) != span:
                     raise UsageError(f"token file {self.path} shrank while it was hashed",
                                      hint="do not change the data while training")
-                yield from [sha(hd + mv[o:o + wb]).digest() for o in range(0, n * sb, sb)]
+                yield mv[:span], n
                 i += n
+
+    def hashes(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """Hashes of windows ``start..stop-1``, in bounded memory (one C call per
+        window)."""
+        wb, sb = (self.block + 1) * self.width, self.stride * self.width
+        sha, hd = hashlib.sha256, self.header
+        for mv, n in self._chunks(start, stop):
+            yield from [sha(hd + mv[o:o + wb]).digest() for o in range(0, n * sb, sb)]
+
+    def hash_blob(self, start: int = 0, stop: int | None = None) -> bytes:
+        """The hashes of windows ``start..stop-1`` concatenated: with the optional native
+        hasher (``prover._native``) one C call per chunk, else :meth:`hashes`."""
+        if _native is None:
+            return b"".join(self.hashes(start, stop))
+        wb, sb = (self.block + 1) * self.width, self.stride * self.width
+        return b"".join(_native.window_hashes(mv, self.header, wb, sb, n)
+                        for mv, n in self._chunks(start, stop))
 
 
 class FileDir(Dataset):

@@ -29,6 +29,7 @@ from prover.dataset_cache import dataset_hashes
 from prover.datasets import (
     Datasets,
     FileDir,
+    Subset,
     TensorDataset,
     TokenFile,
     as_datasets,
@@ -395,3 +396,35 @@ def test_resume_reads_moved_data_from_data_dir(env: Env, tmp_path: Path) -> None
     assert "closed after" in ok.stdout
     rep = env.audit(s.run_id, ev, samples=2, recipe=f"{src}:Bigram", data_dir=str(new))
     assert rep["verdict"] == "pass", [c for c in rep["checks"] if c["status"] != "pass"]
+
+
+def test_native_hasher_equals_the_python_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """The optional native hasher (prover/_native.c, built by setup.py with OpenSSL) gives
+    the bytes of the pure-Python path: every window hash and the root, across chunk
+    boundaries and for subsets; CI (POTD_REQUIRE_NATIVE=1) requires it to be built."""
+    if datasets._native is None:
+        if os.environ.get("POTD_REQUIRE_NATIVE") == "1":
+            pytest.fail("prover._native is not built (needs Debian libssl-dev and a C "
+                        "compiler; pip install -e . builds it)")
+        pytest.skip("prover._native is not built (optional: needs OpenSSL's headers)")
+    monkeypatch.setattr(datasets, "CHUNK_BUDGET", 4096)
+    rng = np.random.default_rng(7)
+    path = write_tokens(tmp_path / "t.bin", rng.integers(0, 65535, 20_011), "uint16")
+    for block, stride in ((16, 16), (16, 7), (64, 65), (3, 1)):
+        tf = TokenFile(path, "uint16", block=block, stride=stride)
+        assert tf.hash_blob() == b"".join(tf.hashes())
+        sub = Subset(tf, 5, len(tf) - 3)
+        assert sub.hash_blob() == b"".join(sub.hashes())
+        native = cache.compute(tf)
+        monkeypatch.setattr(datasets, "_native", None)
+        python = cache.compute(tf)
+        monkeypatch.undo()
+        monkeypatch.setattr(datasets, "CHUNK_BUDGET", 4096)
+        assert (native.root, native.blob) == (python.root, python.blob)
+    for n in (1, 2, 3, 5, 8, 9):
+        blob = b"".join(hashlib.sha256(bytes([i])).digest() for i in range(n))
+        assert datasets._native.rfc6962_root(blob).hex() == merkle_root_hex(
+            [blob[i * 32:i * 32 + 32] for i in range(n)])
+    with pytest.raises(ValueError):
+        datasets._native.window_hashes(b"abc", b"h", 4, 1, 1)  # outside the buffer
