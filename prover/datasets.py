@@ -41,8 +41,11 @@ from ledger.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-try:  # the optional native hasher (setup.py; same bytes as the Python path)
-    from prover import _native  # type: ignore[attr-defined, unused-ignore]
+_native: Any  # the optional native hasher (setup.py; same bytes as the Python path)
+try:
+    from prover import _native as _built  # type: ignore[attr-defined, unused-ignore]
+
+    _native = _built
 except ImportError:  # pragma: no cover - depends on the build
     _native = None
 
