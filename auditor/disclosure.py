@@ -22,10 +22,11 @@ server, like the evidence store, is hostile.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from ledger.note import SignedCheckpoint
 from ledger.statement import Statement
 from prover.dataset_cache import HashTable
 from prover.datasets import Dataset, Datasets, Indexes
-from prover.disclosure import RunPlan, decode_example, heldout_indexes, segments, train_indexes
+from prover.disclosure import RunPlan, heldout_indexes, segments, train_indexes
 from prover.hashing import merkle_root_hex
 
 from .audit import Audit, AuditOptions
@@ -202,7 +203,11 @@ class Disclosed(Dataset):
             rows = [self.examples[int(i)] for i in indexes]
         except KeyError as e:
             raise UsageError(f"example {e.args[0]} was not disclosed") from None
-        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        try:
+            return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        except RuntimeError as e:  # committed examples of differing shapes
+            raise MalformedError(f"the disclosed examples do not stack into a batch: "
+                                 f"{str(e)[:200]}") from None
 
 
 class _Mismatch(Exception):
@@ -218,6 +223,7 @@ class DisclosureCheck(ReplayCheck):
     """:class:`ReplayCheck` on the published hash list and the disclosed examples."""
 
     _challenge: tuple[bytes | None, dict[str, Any]] | None = None
+    _recipe_decode: Callable[[str, bytes], tuple[torch.Tensor, torch.Tensor]]
 
     def _public_challenge(self) -> tuple[bytes | None, dict[str, Any]]:
         if self._challenge is None:
@@ -232,12 +238,13 @@ class DisclosureCheck(ReplayCheck):
         ds = ds if isinstance(ds, dict) else {}
         enc = str(ds.get("example_hash"))
         try:
-            decode_example(enc, b"")
+            recipe.decode(enc, b"")
         except UsageError as e:
             a.check("dataset", "inconclusive", f"disclosure mode: {e.message}", hint=e.hint)
             return False
-        except PotdError:
-            pass  # a known encoding: the empty blob is merely malformed
+        except Exception:  # noqa: BLE001, S110 — decodable: the empty blob is not an example
+            pass
+        self._recipe_decode = recipe.decode
         with tempfile.TemporaryDirectory(prefix="potd-disclosure-") as work:
             got = _verified_list(a, a.opts.evidence, self.o, Path(work))
             if got is None:
@@ -256,13 +263,13 @@ class DisclosureCheck(ReplayCheck):
         from .replay import provided_data
 
         a = self.a
-        world = self._world(recipe)
-        if world is None:
-            return  # a failed check says why
-        if world > 1:
-            a.check("disclosure", "skip", f"a data-parallel run (world size {world}): its "
-                    "replay runs in spawned processes, which disclosed examples do not "
-                    "reach yet", hint="audit it with the full data (--data-dir)")
+        if self._world(recipe) is None:
+            return  # a failed check says why (a data-parallel run replays as any: its
+            # global batches are disclosed, and the replay splits them per the shard rule)
+        if a.opts.ray:
+            a.check("disclosure", "skip", "replay as Ray tasks (--ray): disclosed examples "
+                    "do not reach the tasks", hint="audit without --ray (a data-parallel "
+                    "run replays with local processes), or with the full data (--data-dir)")
             a.check("replay", "inconclusive", "nothing replayed (see the disclosure check)")
             return
         public, _ = self._public_challenge()
@@ -332,8 +339,15 @@ class DisclosureCheck(ReplayCheck):
                 "its committed hash. Not checked: the content of the other "
                 f"{n - len(train)} training examples", **a.report["disclosure"])
         data = Datasets(Disclosed(enc, n, train), Disclosed(enc, h, held))
-        with provided_data(recipe, data):
-            super()._replay(recipe, seed, ckpts)
+        opts = a.opts
+        # the examples are in this process: replay here (a data-parallel run's exact
+        # replay hands them to its ranks, auditor.replay_dp), not in a worker pool
+        a.opts = dataclasses.replace(opts, workers=1)
+        try:
+            with provided_data(recipe, data):
+                super()._replay(recipe, seed, ckpts)
+        finally:
+            a.opts = opts
 
     _bytes = 0
 
@@ -348,8 +362,11 @@ class DisclosureCheck(ReplayCheck):
                 raise _Mismatch(split, i, got, hashes[i])
             self._bytes += len(blob)
             try:
-                out[i] = decode_example(enc, blob)
+                out[i] = self._recipe_decode(enc, blob)
             except MalformedError as e:  # it is the committed example: committed garbage
                 raise _Mismatch(split, i, got, hashes[i], e.message) from None
+            except Exception as e:  # noqa: BLE001 — a recipe's own decode refusing it
+                raise _Mismatch(split, i, got, hashes[i], f"the recipe's decode refuses it "
+                                f"({type(e).__name__}: {str(e)[:200]})") from None
             self.a._tick(f"disclosure {split}", done + 1, len(indexes))
         return out

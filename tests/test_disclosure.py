@@ -204,5 +204,7 @@ def test_decoded_bytes_equal_the_adapters_batches(tmp_path: Path) -> None:
     for bad in (blob[:-3], blob[:20], b"nope", blob + b"\x00"):
         with pytest.raises(MalformedError):
             decode_example(tds[0].encoding, bad)
+    with pytest.raises(UsageError, match="recipe's transform"):
+        decode_example("potd-file-v1/sha256", b"x")  # a file needs the recipe's transform
     with pytest.raises(UsageError, match="cannot be decoded"):
-        decode_example("potd-file-v1/sha256", b"x")
+        decode_example("potd-other-v9/sha256", b"x")
