@@ -15,8 +15,10 @@ memorization on those examples only (check ``disclosure``).
 Verdicts: a disclosed example whose bytes do not hash to the committed hash, or held-out
 hashes that do not make the committed root, fail (the trainer lied); a server that does
 not answer, or refuses to disclose what the challenge asks for, leaves the audit
-inconclusive (nothing learnt about the claim). Trusts the pinned log key only; the data
-server, like the evidence store, is hostile.
+inconclusive by design (nothing learnt about the claim: an unreachable server is no
+evidence against the trainer, and withholding never earns a pass). The order check runs
+on the verified hash list, and its report says so. Trusts the pinned log key only; the
+data server, like the evidence store, is hostile.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ NOT_CHECKED = [
     "list proves order and membership, not content",
     "the held-out examples beyond the memorization sample",
 ]
+ORDER_NOT_CHECKED = (
+    "the order check proves that each step's batch is the seed-derived selection of "
+    "committed example hashes; what the undisclosed examples contain (which documents "
+    "they are) is not checked: only the disclosed ones were seen")
 
 
 def _int(x: Any) -> int:
@@ -259,6 +265,23 @@ class DisclosureCheck(ReplayCheck):
                 "verified hash list, and each disclosed example is checked against them")
         return True
 
+    def _order(self, recipe: Recipe, seed: bytes) -> None:
+        """The order check of :class:`ReplayCheck`, on the verified hash list: its report
+        says so, and what a check on hashes cannot see."""
+        super()._order(recipe, seed)
+        c = self.a.checks[-1]
+        if c["name"] != "order":
+            return
+        c["evidence"].update(basis="the committed example-hash list (hashes, not data)",
+                             not_checked=ORDER_NOT_CHECKED)
+        if c["status"] == "pass":
+            c["summary"] = (f"all {len(self.steps)} batch roots equal the roots recomputed "
+                            "in the seed-derived order from the committed example-hash list "
+                            "(hashes, not data: disclosure mode). Not checked: what the "
+                            "examples the trainer did not disclose contain")
+        else:
+            c["summary"] += " (recomputed from the committed example-hash list)"
+
     def _replay(self, recipe: Recipe, seed: bytes, ckpts: list[dict[str, Any]]) -> None:
         from .replay import provided_data
 
@@ -319,7 +342,9 @@ class DisclosureCheck(ReplayCheck):
             why = "did not answer" if unreachable(e) or isinstance(e, PeerUnreachable) \
                 else "refused"
             a.check("disclosure", "inconclusive", f"the data server {url} {why}: "
-                    f"{e.message}", server=url, hint=e.hint)
+                    f"{e.message}. Inconclusive by design: nothing was learnt about the "
+                    "claim, and a run whose trainer withholds the examples never passes",
+                    server=url, hint=e.hint)
             a.check("replay", "inconclusive", "the sampled segments' examples were not "
                     "disclosed: nothing replayed")
             return

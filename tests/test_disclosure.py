@@ -151,6 +151,8 @@ def test_unreachable_server_is_inconclusive(honest: Any) -> None:
         port = s.getsockname()[1]  # closed once the block ends: nothing listens
     rep = _audit(env, run, f"http://127.0.0.1:{port}")
     assert checks(rep)["disclosure"] == "inconclusive" and rep["verdict"] == "inconclusive"
+    dc = next(x for x in rep["checks"] if x["name"] == "disclosure")
+    assert "did not answer" in dc["summary"] and "by design" in dc["summary"]
 
 
 @pytest.mark.parametrize("cls", [ForgedCheckpoint, DataSubstitution])

@@ -133,6 +133,9 @@ def test_filedir_run_audits_with_disclosure_and_catches_substitution(case: Case)
     assert rep["verdict"] == "pass", [x for x in rep["checks"] if x["status"] != "pass"]
     assert c["disclosure"] == c["replay"] == c["order"] == "pass"
     assert "potd-file-v1" in next(x for x in rep["checks"] if x["name"] == "dataset")["summary"]
+    order = next(x for x in rep["checks"] if x["name"] == "order")
+    assert "committed example-hash list (hashes, not data" in order["summary"]
+    assert "did not disclose" in order["summary"] and order["evidence"]["not_checked"]
     assert 0 < rep["disclosure"]["train"]["fraction"] < 1
 
     # the data server discloses another file in place of a committed one: named, fail
