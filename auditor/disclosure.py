@@ -24,7 +24,6 @@ data server, like the evidence store, is hostile.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 import tempfile
@@ -289,12 +288,6 @@ class DisclosureCheck(ReplayCheck):
         if self._world(recipe) is None:
             return  # a failed check says why (a data-parallel run replays as any: its
             # global batches are disclosed, and the replay splits them per the shard rule)
-        if a.opts.ray:
-            a.check("disclosure", "skip", "replay as Ray tasks (--ray): disclosed examples "
-                    "do not reach the tasks", hint="audit without --ray (a data-parallel "
-                    "run replays with local processes), or with the full data (--data-dir)")
-            a.check("replay", "inconclusive", "nothing replayed (see the disclosure check)")
-            return
         public, _ = self._public_challenge()
         if public is None:
             a.check("disclosure", "skip", "no trusted public challenge: nothing to ask "
@@ -364,15 +357,10 @@ class DisclosureCheck(ReplayCheck):
                 "its committed hash. Not checked: the content of the other "
                 f"{n - len(train)} training examples", **a.report["disclosure"])
         data = Datasets(Disclosed(enc, n, train), Disclosed(enc, h, held))
-        opts = a.opts
-        # the examples are in this process: replay here (a data-parallel run's exact
-        # replay hands them to its ranks, auditor.replay_dp), not in a worker pool
-        a.opts = dataclasses.replace(opts, workers=1)
-        try:
-            with provided_data(recipe, data):
-                super()._replay(recipe, seed, ckpts)
-        finally:
-            a.opts = opts
+        # one worker (Audit refuses more): the replays run here, and a data-parallel
+        # run's exact replay hands the examples to its ranks (auditor.replay_dp)
+        with provided_data(recipe, data):
+            super()._replay(recipe, seed, ckpts)
 
     _bytes = 0
 

@@ -88,11 +88,12 @@ class Case:
         with self.env.client() as c:
             return DataServer(load(c, run, recipe=self.spec, data_dir=str(self.data), **kw))
 
-    def audit(self, run: str, url: str, tag: str, samples: int = 2) -> dict[str, Any]:
+    def audit(self, run: str, url: str, tag: str, samples: int = 2, **kw: Any
+              ) -> dict[str, Any]:
         # no data_dir: the auditor holds the recipe's code, not its files
         return self.env.audit(run, self.env.dir / f"ev-{tag}", state=f"state-{tag}-{url[-5:]}",
                               disclosure=url, public_challenge=True, recipe=self.spec,
-                              samples=samples, memorization_segments=1)
+                              samples=samples, memorization_segments=1, **kw)
 
 
 @pytest.fixture(scope="module")
