@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from .errors import PotdError, UsageError
+from .netutil import connection_options
 
 
 def _b64(b: bytes) -> str:
@@ -577,12 +578,7 @@ def publish(db: str, out: str, follow: bool, interval: float, gzip_bundles: bool
 @click.option("--max-buffered-bytes", default=64 << 20, show_default=True,
               help="Request bodies being received or parsed, all requests together; past "
                    "it, writes are answered 503 with Retry-After.")
-@click.option("--body-timeout", default=30.0, show_default=True,
-              help="Seconds a request body may take to arrive (then 408).")
-@click.option("--header-timeout", default=10.0, show_default=True,
-              help="Seconds a connection may take to send a request's headers.")
-@click.option("--max-connections", default=1024, show_default=True,
-              help="Open connections; past it the oldest idle or half-open one is closed.")
+@connection_options
 @click.option("--open-registration", is_flag=True,
               help="Accept statements from any signer, not only allow-listed ones.")
 @click.option("--timestamps", is_flag=True,
