@@ -36,7 +36,13 @@ from ledger.note import SignedCheckpoint
 from ledger.statement import Statement
 from prover.dataset_cache import HashTable
 from prover.datasets import Dataset, Datasets, Indexes
-from prover.disclosure import RunPlan, heldout_indexes, segments, train_indexes
+from prover.disclosure import (
+    RunPlan,
+    TransformError,
+    heldout_indexes,
+    segments,
+    train_indexes,
+)
 from prover.hashing import merkle_root_hex
 
 from .audit import Audit, AuditOptions
@@ -224,6 +230,14 @@ class _Mismatch(Exception):
         self.split, self.index, self.got, self.want, self.why = split, index, got, want, why
 
 
+class _Undecodable(Exception):
+    """A disclosed example is the committed one, but the recipe's code cannot make
+    tensors of it here (no evidence either way: the trainer ran it in its environment)."""
+
+    def __init__(self, split: str, index: int, why: str) -> None:
+        self.split, self.index, self.why = split, index, why
+
+
 class DisclosureCheck(ReplayCheck):
     """:class:`ReplayCheck` on the published hash list and the disclosed examples."""
 
@@ -329,6 +343,17 @@ class DisclosureCheck(ReplayCheck):
                     server=url)
             a.check("replay", "skip", "the disclosed data is not the committed data")
             return
+        except _Undecodable as u:
+            a.check("disclosure", "inconclusive", f"disclosed {u.split} example {u.index} "
+                    f"is the committed one, but the recipe cannot make tensors of it here: "
+                    f"{u.why}. Nothing is learnt about the claim (the trainer ran the same "
+                    "recipe code in its own environment)", split=u.split, index=u.index,
+                    server=url, hint="a recipe's transform must depend on the example's "
+                    "bytes and the config only (not on its data directory); else audit "
+                    "with the full data (--data-dir)")
+            a.check("replay", "inconclusive", "the disclosed examples could not be made "
+                    "into tensors: nothing replayed")
+            return
         except PotdError as e:
             from .audit import unreachable
 
@@ -378,8 +403,10 @@ class DisclosureCheck(ReplayCheck):
                 out[i] = self._recipe_decode(enc, blob)
             except MalformedError as e:  # it is the committed example: committed garbage
                 raise _Mismatch(split, i, got, hashes[i], e.message) from None
-            except Exception as e:  # noqa: BLE001 — a recipe's own decode refusing it
-                raise _Mismatch(split, i, got, hashes[i], f"the recipe's decode refuses it "
-                                f"({type(e).__name__}: {str(e)[:200]})") from None
+            except TransformError as e:
+                raise _Undecodable(split, i, e.message) from None
+            except Exception as e:  # noqa: BLE001 — a recipe's own decode, run here
+                raise _Undecodable(split, i, f"the recipe's decode fails "
+                                   f"({type(e).__name__}: {str(e)[:200]})") from None
             self.a._tick(f"disclosure {split}", done + 1, len(indexes))
         return out

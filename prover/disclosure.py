@@ -18,7 +18,9 @@ the held-out examples are those the memorization test reads: the first
 
 Decoding trusts nothing: a blob is decoded only after its SHA-256 under the committed
 encoding equals the committed example hash (the caller checks), and a blob that still
-does not parse as its encoding is a :class:`~ledger.errors.MalformedError`.
+does not parse as its encoding is a :class:`~ledger.errors.MalformedError` (the trainer
+committed something that is not an example); a recipe transform failing on it is a
+:class:`TransformError` (recipe code in the decoder's environment: no evidence).
 """
 
 from __future__ import annotations
@@ -29,12 +31,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ledger.errors import MalformedError, UsageError
+from ledger.errors import MalformedError, PotdError, UsageError
 
 from .derive import batch_indexes, choose, schedule
 
 if TYPE_CHECKING:
     import torch
+
+class TransformError(PotdError):
+    """The recipe's transform failed on an example here: recipe code in this
+    environment (the trainer ran the same code on the same bytes in its own), so it says
+    nothing about the example."""
+
+    code = "transform_failed"
+
 
 HELDOUT_SAMPLE = 256  # held-out examples the memorization test reads (replay.memorization)
 MAX_EXAMPLE_BYTES = 64 << 20  # one disclosed example, at most
@@ -154,9 +164,9 @@ def decode_example(encoding: str, blob: bytes, transform: Transform | None = Non
     is a :class:`UsageError`: it cannot be decoded without the recipe). The default of
     :meth:`prover.recipes.Recipe.decode`.
 
-    A blob that does not parse as its encoding, or that the transform refuses (any
-    exception of recipe code) or turns into something other than two tensors, is a
-    :class:`MalformedError`."""
+    A blob that does not parse as its encoding is a :class:`MalformedError`; one the
+    transform refuses (any exception of recipe code) or turns into something other than
+    two tensors, a :class:`TransformError`."""
     import numpy as np
     import torch
 
@@ -182,10 +192,10 @@ def decode_example(encoding: str, blob: bytes, transform: Transform | None = Non
             got = transform(blob[len(FILE_HEADER):])
             x, y = got
         except Exception as e:  # noqa: BLE001 — recipe code on a (committed) file
-            raise MalformedError(f"the recipe's transform refuses the file "
+            raise TransformError(f"the recipe's transform refuses the file "
                                  f"({type(e).__name__}: {str(e)[:200]})") from None
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-            raise MalformedError(f"the recipe's transform made {type(x).__name__} and "
+            raise TransformError(f"the recipe's transform made {type(x).__name__} and "
                                  f"{type(y).__name__} of the file, not two tensors")
         return x, y
     for dtype, width in TOKEN_WIDTHS.items():

@@ -19,6 +19,7 @@ from test_disclosure import DataServer
 from ledger.errors import MalformedError, UsageError
 from prover.attacks import DataSubstitution
 from prover.dataserver import load
+from prover.disclosure import TransformError
 from prover.recipes import get_recipe
 from prover.session import TrainingSession
 
@@ -115,7 +116,7 @@ def test_decode_hook_equals_the_file_adapters_batches(case: Case) -> None:
     blob = train.example_bytes(0)
     with pytest.raises(MalformedError, match="header"):
         r.decode(train.encoding, blob[3:])
-    with pytest.raises(MalformedError, match="transform refuses"):
+    with pytest.raises(TransformError, match="transform refuses"):
         r.decode(train.encoding, blob[:16])  # too short: content[8] is out of range
     plain = get_recipe("digits-mlp")  # no transform hook: a usage error, not a guess
     with pytest.raises(UsageError, match="transform"):
@@ -123,13 +124,27 @@ def test_decode_hook_equals_the_file_adapters_batches(case: Case) -> None:
 
 
 @pytest.mark.slow
-def test_filedir_run_audits_with_disclosure_and_catches_substitution(case: Case) -> None:
+def test_filedir_run_audits_with_disclosure_and_catches_substitution(
+        case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     run = case.train("honest")
     srv = case.serve(run, max_samples=2, max_memorization=1)
     try:
         rep = case.audit(run, srv.url, "honest")
+        # the same recipe code failing in the auditor's environment (say, a transform
+        # reading a file of the trainer's data directory) is no evidence: inconclusive
+        cls = type(get_recipe(case.spec))
+
+        def broken(self: Any, content: bytes) -> Any:
+            raise OSError("vocab.json: no such file")
+
+        with monkeypatch.context() as m:
+            m.setattr(cls, "transform", broken)
+            env_bound = case.audit(run, srv.url, "honest")
     finally:
         srv.stop()
+    dc = next(x for x in env_bound["checks"] if x["name"] == "disclosure")
+    assert dc["status"] == "inconclusive" and "vocab.json" in dc["summary"], dc
+    assert env_bound["verdict"] == "inconclusive"
     c = checks(rep)
     assert rep["verdict"] == "pass", [x for x in rep["checks"] if x["status"] != "pass"]
     assert c["disclosure"] == c["replay"] == c["order"] == "pass"

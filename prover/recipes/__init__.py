@@ -142,7 +142,8 @@ class Recipe:
         token windows by their framing, files through :meth:`transform`
         (:func:`prover.disclosure.decode_example`). Raise
         :class:`~ledger.errors.UsageError` for an encoding the recipe cannot decode and
-        :class:`~ledger.errors.MalformedError` for bytes that are not an example."""
+        :class:`~ledger.errors.MalformedError` for bytes that are not an example (the
+        audit fails); any other exception leaves it inconclusive."""
         from prover.disclosure import decode_example
 
         own = type(self).transform is not Recipe.transform
