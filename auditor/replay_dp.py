@@ -58,10 +58,14 @@ def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
 
     from prover.distributed import free_address
 
+    from .replay import provided
+
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     address = free_address()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, address, jobs, out), daemon=True,
+    data = provided(jobs[0]) if jobs else None  # disclosed examples travel to the ranks
+    procs = [ctx.Process(target=_rank_main, args=(r, world, address, jobs, out, data),
+                         daemon=True,
                          name=f"potd-replay-rank-{r}") for r in range(world)]
     for p in procs:
         p.start()
@@ -83,14 +87,22 @@ def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
 
 
 def _rank_main(rank: int, world: int, address: str, jobs: list[SegmentJob],
-               out: Any) -> None:
+               out: Any, data: Any = None) -> None:
+    import contextlib
+
     import torch.distributed as dist
 
     from prover.distributed import init_process_group
 
+    from .replay import provided_data, trainee
+
     try:
         init_process_group(rank, world, address)
-        results = [replay_shard(job, rank, world).to_json() for job in jobs]
+        with contextlib.ExitStack() as stack:
+            if data is not None and jobs:  # selective disclosure: no data() here either
+                stack.enter_context(provided_data(trainee(jobs[0].recipe,
+                                                          jobs[0].config).recipe, data))
+            results = [replay_shard(job, rank, world).to_json() for job in jobs]
         if rank == 0:
             out.put({"results": results})
     except Exception as e:  # noqa: BLE001 — reported as the segments' error

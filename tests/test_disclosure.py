@@ -151,6 +151,8 @@ def test_unreachable_server_is_inconclusive(honest: Any) -> None:
         port = s.getsockname()[1]  # closed once the block ends: nothing listens
     rep = _audit(env, run, f"http://127.0.0.1:{port}")
     assert checks(rep)["disclosure"] == "inconclusive" and rep["verdict"] == "inconclusive"
+    dc = next(x for x in rep["checks"] if x["name"] == "disclosure")
+    assert "did not answer" in dc["summary"] and "by design" in dc["summary"]
 
 
 @pytest.mark.parametrize("cls", [ForgedCheckpoint, DataSubstitution])
@@ -204,8 +206,10 @@ def test_decoded_bytes_equal_the_adapters_batches(tmp_path: Path) -> None:
     for bad in (blob[:-3], blob[:20], b"nope", blob + b"\x00"):
         with pytest.raises(MalformedError):
             decode_example(tds[0].encoding, bad)
+    with pytest.raises(UsageError, match="recipe's transform"):
+        decode_example("potd-file-v1/sha256", b"x")  # a file needs the recipe's transform
     with pytest.raises(UsageError, match="cannot be decoded"):
-        decode_example("potd-file-v1/sha256", b"x")
+        decode_example("potd-other-v9/sha256", b"x")
 
 
 def test_data_server_is_guarded_like_the_log_server(honest: Any) -> None:
