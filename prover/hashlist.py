@@ -163,7 +163,7 @@ class MerkleFile:
     """
 
     def __init__(self, path: str | os.PathLike[str], offset: int = 0, *,
-                 cache_level: int = 8) -> None:
+                 cache_level: int = 8, row: bytes | None = None) -> None:
         self.path, self.offset, self.cache_level = Path(path), offset, cache_level
         size = os.path.getsize(self.path) - offset
         if size < 0 or size % 32:
@@ -174,7 +174,14 @@ class MerkleFile:
         self._mm = (mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
                     if self.size else None)
         self.levels: list[list[bytes]] = []
-        self._build()
+        if row is None:
+            self._build()
+        else:  # the ``cache_level`` nodes, as :meth:`row_bytes` gave them (a cache)
+            if len(row) != 32 * (self.size >> cache_level):
+                self.close()
+                raise MalformedError(f"{self.path.name}: a cached node row of {len(row)} "
+                                     f"bytes does not fit {self.size} entries")
+            self._grow([row[o:o + 32] for o in range(0, len(row), 32)])
         self.root = tree_hash(self.size, self) if self.size else EMPTY_ROOT
 
     def close(self) -> None:
@@ -220,6 +227,13 @@ class MerkleFile:
             for o in range(0, len(data), 32 * width):
                 row.append(self._perfect([_sha256(b"\x00" + data[p:p + 32]).digest()
                                           for p in range(o, o + 32 * width, 32)]))
+        self._grow(row)
+
+    def row_bytes(self) -> bytes:
+        """The nodes at ``cache_level`` (what a cache keeps to skip :meth:`_build`)."""
+        return b"".join(self.levels[0]) if self.levels else b""
+
+    def _grow(self, row: list[bytes]) -> None:
         self.levels = [row]
         while len(row) > 1:
             row = [_sha256(b"\x01" + row[i] + row[i + 1]).digest()
