@@ -541,6 +541,7 @@ def verify_membership(proof: str, vkey: str, run_id: str | None, as_json: bool) 
     click.echo(f"valid: proof for run {res['run']} in {res['origin']} at size "
                f"{res['checkpoint_size']}; steps: {res['steps_verified']}")
     for x in res["answers"]:
-        extra = (f" (dataset index(es) {x['indexes'][:10]}, step(s) {(x['steps'] or [])[:20]})"
+        steps = "unknown" if x["steps"] is None else x["steps"][:20]
+        extra = (f" (dataset index(es) {x['indexes'][:10]}, step(s) {steps})"
                  if x["answer"] == "included" else "")
         click.echo(f"  {x['answer']}: {x['hash']}{extra}")

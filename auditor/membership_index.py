@@ -12,13 +12,14 @@ never an allocation.
 
 Cache (``cache_dir``; None = none): one directory per hash list, named by its SHA-256
 (which ``run.open`` commits): ``list.hashes``, ``sorted.bin``, ``positions.bin``, the
-cached node rows of both trees, and ``index.json`` with the SHA-256 of every other file
-and the roots computed when the entry was built. Entries are built in a temporary
-directory and renamed into place (atomic). On a hit, every file is re-hashed against
-``index.json`` (the list against its own name), both roots are recomputed from the
-cached files and rows, and any mismatch (corruption, an edited file) discards the entry
-and rebuilds it: a cache entry is never trusted for more than a recomputation from it
-shows. The roots are then compared with ``run.open`` exactly as for a fresh download.
+ordered tree's cached node row (level 8) and ``index.json`` with the SHA-256 of every
+other file and the roots computed when the entry was built. Entries are built in a
+temporary directory and renamed into place (atomic). On a hit, every file is re-hashed
+against ``index.json`` (the list against its own name), the sorted tree is rebuilt from
+``sorted.bin`` and the ordered root recomputed from the row, and any mismatch
+(corruption, an edited file) discards the entry and rebuilds it. The roots are then
+compared with ``run.open`` exactly as for a fresh download. What a hit skips is the
+download, the sort and the ordered tree's leaf hashing.
 
 Trusts: the pinned log key (through the caller's checks); the evidence location is
 hostile. The cache directory is the auditor's own disk: the re-hashing catches
@@ -45,7 +46,7 @@ INDEX_FORMAT = "potd-membership-index-v1"
 MAX_HASH_LIST_BYTES = 1 << 30  # about 33.5M examples (32 bytes each)
 # list 32 + sorted 32 + positions 40 + the sort's spilled runs 40 (removed after)
 BYTES_PER_EXAMPLE = 144
-_FILES = ("list.hashes", "sorted.bin", "positions.bin", "ordered.row", "sorted.row")
+_FILES = ("list.hashes", "sorted.bin", "positions.bin", "ordered.row")
 
 
 def default_cache_dir() -> Path:
@@ -150,7 +151,6 @@ def build(d: Path) -> dict[str, Any]:
         (d / "ordered.row").write_bytes(ordered.row_bytes())
         root, size = ordered.root.hex(), ordered.size
     with MerkleFile(d / "sorted.bin") as srt:
-        (d / "sorted.row").write_bytes(srt.row_bytes())
         sroot, distinct = srt.root.hex(), srt.size
     return {"format": INDEX_FORMAT, "size": size, "root": root, "sorted_root": sroot,
             "distinct": distinct, "files": {f: _sha256_file(d / f) for f in _FILES}}
@@ -158,8 +158,8 @@ def build(d: Path) -> dict[str, Any]:
 
 def _open(d: Path, meta: dict[str, Any], source: str) -> Index:
     ordered = MerkleFile(d / "list.hashes", HEADER_SIZE, row=(d / "ordered.row").read_bytes())
-    try:
-        srt = MerkleFile(d / "sorted.bin", row=(d / "sorted.row").read_bytes())
+    try:  # rebuilt from its leaves: the sorted root is re-verified from the file itself
+        srt = MerkleFile(d / "sorted.bin")
     except BaseException:
         ordered.close()
         raise

@@ -238,9 +238,9 @@ def _steps(doc: dict[str, Any], answers: list[Any], o: Statement, oi: int,
            ds: dict[str, Any], cp: Any, vkey: Verifier) -> str:
     if not any(a.get("answer") == "included" and a.get("steps") is not None for a in answers):
         if doc.get("close") is None and any(a.get("answer") == "included" for a in answers):
-            return ("unknown: the proof carries no run.close (made while the run was open); "
-                    "the steps are derived from the seed revealed at run.close, so they are "
-                    "unknown until the run closes")
+            return ("unknown until the run closes (the proof carries no run.close: it was "
+                    "made while the run was open, and the steps derive from the seed that "
+                    "run.close reveals)")
         return "no steps claimed"
     if doc.get("close") is None or doc.get("step0") is None:
         raise MembershipProofError("steps are named but the proof has no run.close and step 0")
