@@ -3,8 +3,10 @@
 
 Order: verify the log and the run like an audit does (checkpoint, every entry rehashed,
 signatures, hash chain; :class:`~auditor.audit.Audit`), derive the seed when the run is
-closed (:class:`~auditor.replay_check.ReplayCheck`), fetch the hash list that
-``run.open`` names, check it against *both* committed roots (``hash_list`` named check),
+closed (:class:`~auditor.replay_check.ReplayCheck`; a run still open is answered from its
+``run.open``, naming no steps), fetch the hash list that ``run.open`` names within the
+operator's bounds, or take its index from the cache (:mod:`auditor.membership_index`),
+check it against *both* committed roots (``hash_list`` named check),
 then answer each query from the verified list: *included* (sorted index, every dataset
 index, the steps whose batches held it — each step's committed batch root recomputed
 from the list) or *absent* (the two neighbouring sorted leaves). Every answer carries

@@ -331,3 +331,18 @@ def test_merkle_file_native_and_python_rows_agree(tmp_path: Path,
             assert (b.row_bytes(), b.root) == (row, root)
         monkeypatch.undo()
         assert root.hex() == (merkle_root_hex(hs) if n else root_of([]).hex())
+
+
+def test_local_evidence_fifo_and_oversize(tmp_path: Path) -> None:
+    """From an evidence directory: a FIFO in the list's place is refused unread (never
+    blocks), a file longer than the committed list is cut off and fails."""
+    objects = tmp_path / "ev" / "objects"
+    objects.mkdir(parents=True)
+    os.mkfifo(objects / f"{NAME}.hashes")
+    with pytest.raises(Unavailable, match="not a regular file"):
+        fetch(str(tmp_path / "ev"), NAME, 10, tmp_path / "l")
+    os.unlink(objects / f"{NAME}.hashes")
+    (objects / f"{NAME}.hashes").write_bytes(encode_header(10) + bytes(32 * 11))
+    with pytest.raises(Corrupt, match="longer than"):
+        fetch(str(tmp_path / "ev"), NAME, 10, tmp_path / "l")
+    assert not (tmp_path / "l").exists()
