@@ -199,6 +199,9 @@ def index(evidence: str, name: str, size: int, *, max_bytes: int = MAX_HASH_LIST
     """The verified index of hash list ``name`` of ``size`` examples: from ``cache_dir``
     when a valid entry is there, else fetched from ``evidence`` and built (into the
     cache when there is one, else into ``work``). Unavailable or Corrupt otherwise."""
+    if len(name) != 64 or name.strip("0123456789abcdef") or size < 0:
+        raise Corrupt(f"{name[:80]!r} is not a hash list's SHA-256 (64 lowercase hex "
+                      "digits), or the size is negative")
     want = HEADER_SIZE + 32 * size
     if want > max_bytes:
         raise Unavailable(
