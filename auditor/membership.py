@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.client import LogClient
-from ledger.errors import PushbackError
+from ledger.errors import MalformedError, PushbackError
 from ledger.merkle import Node, prove_record, prove_tree, split_stored_hash_index
 from ledger.note import SignedCheckpoint
 from ledger.statement import Statement
@@ -146,6 +146,15 @@ def answer(q: bytes, ordered: MerkleFile, srt: MerkleFile, positions: Path) -> d
     r = srt.bisect(q)
     if r < srt.size and srt.entry(r) == q:
         idx = positions_of(positions, q)
+        # the positions file is derived data (possibly from a cache): every index it names
+        # must hold q in the verified ordered list, else it is not used at all
+        wrong = [i for i in idx[:MAX_ORDERED_PROOFS]
+                 if not 0 <= i < ordered.size or ordered.entry(i) != q]
+        if wrong or not idx:
+            raise MalformedError(f"the membership index names dataset index "
+                                 f"{wrong[0] if wrong else 'none'} for {q.hex()[:16]}…, "
+                                 "which does not hold it", hint="run again with --no-cache (or delete "
+                                 "the cache directory's entry): the index is rebuilt")
         # every index listed is proven; a hash repeated more often says how many in all
         shown = idx[:MAX_ORDERED_PROOFS]
         return {"hash": q.hex(), "answer": "included", "indexes": shown,
@@ -250,6 +259,9 @@ def membership(client: LogClient, run: str, queries: list[bytes], evidence: str,
         try:
             answers = [answer(q, ordered, srt, ppath) for q in queries]
             _steps(a, o, ordered, answers)
+        except MalformedError as e:  # a damaged local index: nothing said of the run
+            return {**rep, "answer": "inconclusive", "reason": f"index: {e.message}",
+                    "hint": e.hint}
         finally:
             ordered.close()
             srt.close()

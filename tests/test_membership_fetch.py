@@ -346,3 +346,28 @@ def test_local_evidence_fifo_and_oversize(tmp_path: Path) -> None:
     with pytest.raises(Corrupt, match="longer than"):
         fetch(str(tmp_path / "ev"), NAME, 10, tmp_path / "l")
     assert not (tmp_path / "l").exists()
+
+
+def test_an_index_naming_a_wrong_position_is_never_used(tmp_path: Path) -> None:
+    """The positions file is derived (and may come from the cache): an index it names for
+    a hash must hold that hash in the verified ordered list, else the answer is refused
+    (the membership command then answers inconclusive with a hint), never a proof of the
+    wrong dataset index."""
+    from auditor.membership import answer
+    from ledger.errors import MalformedError
+
+    hs = [hashlib.sha256(str(i).encode()).digest() for i in range(300)]
+    ev = tmp_path / "ev"
+    fields = publish(ev / "objects", hs)
+    got = index(str(ev), str(fields["hash_list"]), len(hs), cache_dir=None, work=tmp_path)
+    try:
+        q = hs[17]
+        assert answer(q, got.ordered, got.srt, got.positions)["indexes"] == [17]
+        data = bytearray(got.positions.read_bytes())
+        rec = next(k for k in range(0, len(data), 40) if bytes(data[k:k + 32]) == q)
+        data[rec + 32:rec + 40] = (18).to_bytes(8, "big")  # claims q sits at index 18
+        got.positions.write_bytes(bytes(data))
+        with pytest.raises(MalformedError, match="does not hold it"):
+            answer(q, got.ordered, got.srt, got.positions)
+    finally:
+        got.close()
