@@ -153,8 +153,9 @@ def answer(q: bytes, ordered: MerkleFile, srt: MerkleFile, positions: Path) -> d
         if wrong or not idx:
             raise MalformedError(f"the membership index names dataset index "
                                  f"{wrong[0] if wrong else 'none'} for {q.hex()[:16]}…, "
-                                 "which does not hold it", hint="run again with --no-cache (or delete "
-                                 "the cache directory's entry): the index is rebuilt")
+                                 "which does not hold it",
+                                 hint="run again with --no-cache (or delete the cache "
+                                      "directory's entry): the index is rebuilt")
         # every index listed is proven; a hash repeated more often says how many in all
         shown = idx[:MAX_ORDERED_PROOFS]
         return {"hash": q.hex(), "answer": "included", "indexes": shown,
