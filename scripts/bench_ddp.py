@@ -13,7 +13,9 @@ Alternates ``--rounds`` times, on the same recipe, data and machine:
 Reports rank 0's median and mean step time for each and the overhead (prover / plain - 1),
 medians over the rounds.
 
-    .venv/bin/python scripts/bench_ddp.py --recipe digits-mlp --rounds 3 --threads 1
+    .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1     # tiny-gpt, 36 steps
+    .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1 \
+        --set n_embd=128 n_layer=4 n_head=4 block=128               # 0.8M parameters
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -37,6 +40,7 @@ from ledger.client import LogClient  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.note import Signer  # noqa: E402
+from prover.datasets import as_datasets, call_data  # noqa: E402
 from prover.derive import permutation, schedule, shard_bounds  # noqa: E402
 from prover.distributed import (  # noqa: E402
     DataParallelSession,
@@ -59,7 +63,7 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
     torch.set_num_threads(threads)
     init_process_group(rank, world, address)
     r = get_recipe(spec, **config)
-    data = r.data()
+    data = as_datasets(call_data(r)).train
     torch.manual_seed(0)
     model = r.model()
     opt = r.optimizer(model)
@@ -69,15 +73,15 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
     times = []
     order: list[int] = []
     current = -1
-    for step, epoch, offset in schedule(len(data.x), r.batch_size, r.epochs)[:steps]:
+    for step, epoch, offset in schedule(len(data), r.batch_size, r.epochs)[:steps]:
         if epoch != current:
-            order, current = permutation(SEED, len(data.x), epoch), epoch
+            order, current = permutation(SEED, len(data), epoch), epoch
         idx = order[offset:offset + r.batch_size]
         lo, hi = shard_bounds(len(idx), world)[rank]
-        t = torch.tensor(idx[lo:hi])
+        x, y = data.batch(idx[lo:hi])
         share.weight = (hi - lo) / len(idx)
         t0 = time.perf_counter()
-        train_step(r, ddp, opt, data.x[t], data.y[t], SEED, step)
+        train_step(r, ddp, opt, x, y, SEED, step)
         times.append(time.perf_counter() - t0)
     if rank == 0:
         out.put(times)
@@ -120,8 +124,10 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--recipe", default="digits-mlp")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--recipe", default="tiny-gpt")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="recipe settings, e.g. n_embd=128 n_layer=4 n_head=4 block=128")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, help="torch threads per rank, both sides "
                     "(default: torch's default)")
@@ -129,9 +135,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = {"epochs": args.epochs}
+    from prover.recipes.settings import parse_settings
+
+    config = {**parse_settings(tuple(args.set)), "epochs": args.epochs}
     r = get_recipe(args.recipe, **config)
-    steps = len(schedule(len(r.data().x), r.batch_size, r.epochs))
+    steps = len(schedule(len(as_datasets(call_data(r)).train), r.batch_size, r.epochs))
     rounds = []
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
@@ -147,15 +155,26 @@ def main() -> None:
                                "prover_median": statistics.median(q),
                                "plain_mean": statistics.mean(p),
                                "prover_mean": statistics.mean(q)})
+                rounds[-1]["overhead"] = rounds[-1]["prover_median"] / \
+                    rounds[-1]["plain_median"] - 1
                 print(f"round {i}: plain DDP {rounds[-1]['plain_median'] * 1e3:.3f} ms, "
                       f"prover {rounds[-1]['prover_median'] * 1e3:.3f} ms per step (median, "
-                      f"rank 0, {steps} steps)", flush=True)
+                      f"rank 0, {steps} steps): {rounds[-1]['overhead']:+.1%}; load average "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
     med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
     out = {"recipe": args.recipe, "steps": steps, "rounds": rounds,
            "overhead_median": round(med["prover_median"] / med["plain_median"] - 1, 3),
-           "overhead_mean": round(med["prover_mean"] / med["plain_mean"] - 1, 3)}
-    print(f"DDP 2 ranks, {args.recipe}: prover overhead {out['overhead_median']:+.0%} "
-          f"(median step), {out['overhead_mean']:+.0%} (mean step) over plain DDP")
+           "overhead_mean": round(med["prover_mean"] / med["plain_mean"] - 1, 3),
+           "overhead_rounds_median": round(med["overhead"], 3),
+           "plain_median_ms": round(med["plain_median"] * 1e3, 3),
+           "prover_median_ms": round(med["prover_median"] * 1e3, 3),
+           "threads": torch.get_num_threads(), "set": args.set}
+    print(f"DDP 2 ranks, {args.recipe} {' '.join(args.set)}: plain DDP "
+          f"{out['plain_median_ms']} ms, prover {out['prover_median_ms']} ms per step; "
+          f"prover overhead {out['overhead_median']:+.1%} (median step), "
+          f"{out['overhead_mean']:+.1%} (mean step), {out['overhead_rounds_median']:+.1%} "
+          f"(median of the rounds' overheads) over plain DDP; {args.rounds} rounds, "
+          f"{torch.get_num_threads()} torch threads per rank")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
