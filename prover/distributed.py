@@ -26,7 +26,8 @@ Invariants:
   weights and the digest of the examples it actually fed the step; the values are
   all-gathered and every rank checks them: weights that differ, or a shard that is not
   this rank's part of the committed batch, raise :class:`DataParallelError` naming the
-  ranks, and the step is not committed.
+  ranks, and the step is not committed. Rank 0 commits the weights hash it contributed
+  (the weights are hashed once per rank and step).
 
 Trusts: the other ranks are the trainer's own processes (the check catches a rank that
 drifts or reads the wrong data, not a trainer who lies: that is the audit's job).
@@ -107,6 +108,7 @@ class _Ranks:
     optimizer: torch.optim.Optimizer
     seed: bytes
     alg: str
+    agreed: str  # the weights hash after the last step, as all ranks contributed it
 
     def _wrap(self) -> None:
         from torch.nn.parallel import DistributedDataParallel
