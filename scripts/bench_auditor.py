@@ -289,8 +289,8 @@ def main() -> None:
                 own = statistics.median((x["ray_replay_wall"] - x["ray_task_seconds"])
                                         / x["local_replay_wall"] for x in rounds)
                 print(f"ray      Ray's own share (replay phase wall minus the segments' replay "
-                      f"time inside the tasks, over the local phase): {own:+.1%} (median)",
-                      flush=True)
+                      f"time inside the tasks, over the local phase; meaningful when the "
+                      f"tasks run one at a time): {own:+.1%} (median)", flush=True)
         if args.entries > 0:
             out["verify_log"] = v = verify_log_bench(d, args.entries)
             print(f"verify-log {v['entries']:,} entries + {v['tiles']} tiles over HTTP in "
