@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from binascii import a2b_base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -393,10 +394,66 @@ def parse_statement(data: bytes) -> Statement:
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedError("a statement is bytes")
     data = bytes(data)
+    fast = _canonical_values(data, array=False)
+    if fast is not None:
+        return _from_json(fast[0][0], data)
     return _from_json(parse_canonical(data), data)
 
 
 _WS = " \t\n\r"
+
+# --- the fast path -------------------------------------------------------------------
+#
+# A valid statement (or batch) is parsed with one plain ``json.loads`` and re-encoded
+# once; it is accepted only if the re-encoding gives back the exact input. That one
+# comparison stands in for the strict parser's checks: duplicate keys (the re-encoding
+# would have fewer members), any whitespace, escape or number spelled another way, and
+# lone surrogates (JSON escapes that decode to one re-encode as a raw character) all make
+# it differ. What re-encodes identically but is not allowed is refused up front: floats,
+# NaN and Infinity by the decoder's hooks (called only for such numbers), integers of 19
+# or more digits (possibly outside 64 bits) by a scan of the input. Anything the fast
+# path does not accept goes through the strict parser, which finds and names the fault,
+# so errors are the same either way (tests/test_statement_fast.py).
+
+# An integer token of 19+ digits: in the canonical form a number follows ':', '[' or ','
+# (a string holding such a sequence only sends its batch to the strict parser).
+_LONG_INT = re.compile(rb"[:,\[]-?[0-9]{19}")
+
+
+class _NotFast(Exception):
+    pass
+
+
+def _refuse(s: str) -> JSON:
+    raise _NotFast
+
+
+_FAST_DECODER = json.JSONDecoder(parse_float=_refuse, parse_constant=_refuse)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+
+
+def _canonical_values(data: bytes, *, array: bool) -> list[tuple[JSON, bytes]] | None:
+    """``[(value, exact bytes)]`` of the statements in ``data`` (a JSON array of them
+    with ``array``, else one), if ``data`` is exactly their canonical encoding - an
+    array with no whitespace - and holds no float or long integer; else None."""
+    if _LONG_INT.search(data) is not None:
+        return None
+    try:
+        text = data.decode("utf-8")
+        value = _FAST_DECODER.decode(text)
+        if not array:  # not an object (a bare number, say): the strict parser names it
+            if type(value) is not dict or _CANONICAL.encode(value) != text:
+                return None
+            return [(value, data)]
+        if type(value) is not list or not value or any(type(v) is not dict for v in value):
+            return None
+        canon = [_CANONICAL.encode(v) for v in value]
+    except (ValueError, RecursionError, _NotFast):  # UnicodeError is a ValueError
+        return None
+    if len(text) != len(canon) + 1 + sum(map(len, canon)) or text != "[" + ",".join(canon) + "]":
+        return None
+    return [(v, c.encode("utf-8")) for v, c in zip(value, canon, strict=True)]
 
 
 def parse_statement_array(data: bytes) -> list[Statement]:
@@ -406,6 +463,27 @@ def parse_statement_array(data: bytes) -> list[Statement]:
     canonical encoding of its statement: those bytes become the log entry. Errors name
     the failing statement's position (``error.statement``, 0-based).
     """
+    fast = _canonical_values(bytes(data), array=True)
+    if fast is not None:
+        out: list[Statement] = []
+        for k, (obj, raw) in enumerate(fast):
+            try:
+                out.append(_from_json(obj, raw))
+            except MalformedError as e:
+                _name_statement(e, k)
+                raise
+        return out
+    return _parse_array_strict(data)
+
+
+def _name_statement(e: MalformedError, k: int) -> None:
+    e.message = f"statement #{k}: {e.message}"
+    e.args = (e.message,)
+    setattr(e, "statement", k)  # noqa: B010 (reported to the client as "statement")
+
+
+def _parse_array_strict(data: bytes) -> list[Statement]:
+    """:func:`parse_statement_array` by the strict parser, element by element."""
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -441,9 +519,7 @@ def parse_statement_array(data: bytes) -> list[Statement]:
             _require_canonical(obj, raw)
             out.append(_from_json(obj, raw))
         except MalformedError as e:
-            e.message = f"statement #{k}: {e.message}"
-            e.args = (e.message,)
-            setattr(e, "statement", k)  # noqa: B010 (reported to the client as "statement")
+            _name_statement(e, k)
             raise
         i = skip(j)
         if i < n and text[i] == ",":
@@ -458,8 +534,8 @@ def _from_json(obj: JSON, data: bytes) -> Statement:
     if not isinstance(obj, dict):
         raise MalformedError("a statement is a JSON object",
                              hint="keys: " + ", ".join(FIELDS))
-    keys = set(obj)
-    if keys != set(FIELDS):
+    if obj.keys() != _FIELD_SET:
+        keys = set(obj)
         missing, extra = sorted(set(FIELDS) - keys), sorted(keys - set(FIELDS))
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"unexpected {', '.join(repr(k) for k in extra)}"] if extra else [])
@@ -474,15 +550,25 @@ def _from_json(obj: JSON, data: bytes) -> Statement:
             raise MalformedError(f"statement field {name!r} must be an integer")
     sig_s = obj["sig"]
     assert isinstance(sig_s, str)
-    sig = b64decode(sig_s, "statement 'sig'")
-    if b64encode(sig) != sig_s:  # set padding bits: a second spelling of one statement
-        raise MalformedError("statement 'sig' is not canonical base64 (unused bits set)",
-                             hint="encode the 64 signature bytes with standard base64")
+    if _SIG_B64.fullmatch(sig_s):  # the canonical spelling of 64 bytes
+        sig = a2b_base64(sig_s)
+    else:
+        sig = b64decode(sig_s, "statement 'sig'")
+        if b64encode(sig) != sig_s:  # set padding bits: a second spelling of one statement
+            raise MalformedError("statement 'sig' is not canonical base64 (unused bits set)",
+                                 hint="encode the 64 signature bytes with standard base64")
     body = obj["body"]
     assert isinstance(body, dict)
-    return Statement(kind=str(obj["kind"]), run=str(obj["run"]), seq=int(str(obj["seq"])),
-                     signer=str(obj["signer"]), sig=sig, body=body,
-                     v=int(str(obj["v"])), raw=data)
+    kind, run, signer, seq, v = obj["kind"], obj["run"], obj["signer"], obj["seq"], obj["v"]
+    assert isinstance(kind, str) and isinstance(run, str) and isinstance(signer, str)
+    assert isinstance(seq, int) and isinstance(v, int)
+    return Statement(kind=kind, run=run, seq=seq, signer=signer, sig=sig, body=body, v=v,
+                     raw=data)
+
+
+_FIELD_SET = frozenset(FIELDS)
+# standard base64 of 64 bytes with the 4 unused bits of its last character zero
+_SIG_B64 = re.compile(r"[A-Za-z0-9+/]{85}[AQgw]==")
 
 
 def verify_statement_signature(stmt: Statement) -> None:
