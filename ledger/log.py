@@ -18,7 +18,7 @@ import bisect
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -318,6 +318,13 @@ class Log:
         self._check_size(size)
         return prove_records(size, indexes, self.store)
 
+    def inclusion_proofs_joined(self, indexes: Sequence[int], size: int,
+                                quote: Callable[[bytes], bytes]) -> list[bytes]:
+        """``[b",".join(map(quote, p)) for p in self.inclusion_proofs(indexes, size)]``,
+        built in time linear in the number of records (:func:`prove_records_joined`)."""
+        self._check_size(size)
+        return prove_records_joined(size, indexes, self.store, quote)
+
     def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
         size2 = self._checkpoint.size if size2 is None else size2
         self._check_size(size2)
@@ -361,6 +368,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_Split = tuple[int, int, int, int, int, int]  # (lo, mid, hi, a, m, b)
+
+
 def prove_records(t: int, indexes: Sequence[int], reader: HashReader) -> list[list[bytes]]:
     """Inclusion proofs (RFC 9162 audit paths, as :func:`~ledger.merkle.prove_record`) of
     several records in the tree of size ``t``, reading every stored hash once.
@@ -369,13 +379,60 @@ def prove_records(t: int, indexes: Sequence[int], reader: HashReader) -> list[li
     gets the right half's hash appended after its own path, and vice versa. Hashes of
     complete, aligned subtrees are stored hashes; the others are computed and memoised.
     """
+    targets, splits, mth = _plan(t, indexes, reader)
+    if not targets:
+        return []
+    # splits were recorded top-down; appending bottom-up gives leaf-sibling-first.
+    proofs: list[list[bytes]] = [[] for _ in targets]
+    for lo, mid, hi, a, m, b in reversed(splits):
+        if a < m:
+            h = mth(mid, hi)
+            for j in range(a, m):
+                proofs[j].append(h)
+        if m < b:
+            h = mth(lo, mid)
+            for j in range(m, b):
+                proofs[j].append(h)
+    if len(indexes) == len(targets) and all(
+            a == b for a, b in zip(indexes, targets, strict=True)):
+        return proofs
+    pos = {n: j for j, n in enumerate(targets)}
+    return [list(proofs[pos[n]]) for n in indexes]
+
+
+def prove_records_joined(t: int, indexes: Sequence[int], reader: HashReader,
+                         quote: Callable[[bytes], bytes]) -> list[bytes]:
+    """The proofs of :func:`prove_records`, each as ``b",".join(map(quote, proof))``.
+
+    Records under one subtree share the upper part of their paths, which comes last in
+    a proof: each subtree's joined tail is built once and extended downwards, so the
+    work is linear in the number of records rather than in records times path length
+    (the log server answers a whole flush this way)."""
+    targets, splits, mth = _plan(t, indexes, reader)
+    if not targets:
+        return []
+    tails: dict[tuple[int, int], bytes] = {(0, t): b""}
+    for lo, mid, hi, a, m, b in splits:  # top-down: a parent's tail before its children's
+        up = tails.pop((lo, hi))
+        sep = b"," + up if up else b""
+        if a < m:
+            tails[(lo, mid)] = quote(mth(mid, hi)) + sep
+        if m < b:
+            tails[(mid, hi)] = quote(mth(lo, mid)) + sep
+    return [tails[(n, n + 1)] for n in indexes]
+
+
+def _plan(t: int, indexes: Sequence[int], reader: HashReader
+          ) -> tuple[list[int], list[_Split], Callable[[int, int], bytes]]:
+    """The sorted distinct targets, RFC 6962's splits that separate them (top-down), and
+    the subtree hash function over the stored hashes the proofs need (read at once)."""
     for n in indexes:
         if not 0 <= n < t:
             raise UsageError(f"cannot prove inclusion of index {n} in a tree of size {t}",
                              hint="the index must be below the tree size")
     targets = sorted(set(indexes))
     if not targets:
-        return []
+        return [], [], node_hash
     stored: dict[tuple[int, int], tuple[int, int]] = {}  # complete (lo, hi) -> (level, n)
 
     def need(lo: int, hi: int) -> None:
@@ -386,7 +443,7 @@ def prove_records(t: int, indexes: Sequence[int], reader: HashReader) -> list[li
             lo += k
 
     # Pass 1: which stored hashes the proofs need. targets[a:b] lie in [lo, hi).
-    splits: list[tuple[int, int, int, int, int, int]] = []  # (lo, mid, hi, a, m, b)
+    splits: list[_Split] = []
     todo = [(0, t, 0, len(targets))]
     while todo:
         lo, hi, a, b = todo.pop()
@@ -419,19 +476,4 @@ def prove_records(t: int, indexes: Sequence[int], reader: HashReader) -> list[li
             h = got[(lo, hi)] = node_hash(mth(lo, lo + k), mth(lo + k, hi))
         return h
 
-    # Pass 2: splits were recorded top-down; appending bottom-up gives leaf-sibling-first.
-    proofs: list[list[bytes]] = [[] for _ in targets]
-    for lo, mid, hi, a, m, b in reversed(splits):
-        if a < m:
-            h = mth(mid, hi)
-            for j in range(a, m):
-                proofs[j].append(h)
-        if m < b:
-            h = mth(lo, mid)
-            for j in range(m, b):
-                proofs[j].append(h)
-    if len(indexes) == len(targets) and all(
-            a == b for a, b in zip(indexes, targets, strict=True)):
-        return proofs
-    pos = {n: j for j, n in enumerate(targets)}
-    return [list(proofs[pos[n]]) for n in indexes]
+    return targets, splits, mth
