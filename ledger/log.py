@@ -432,7 +432,7 @@ def _plan(t: int, indexes: Sequence[int], reader: HashReader
                              hint="the index must be below the tree size")
     targets = sorted(set(indexes))
     if not targets:
-        return [], [], node_hash
+        return [], [], lambda lo, hi: b""
     stored: dict[tuple[int, int], tuple[int, int]] = {}  # complete (lo, hi) -> (level, n)
 
     def need(lo: int, hi: int) -> None:

@@ -572,10 +572,11 @@ def _from_json(obj: JSON, data: bytes) -> Statement:
                                  hint="encode the 64 signature bytes with standard base64")
     body = obj["body"]
     assert isinstance(body, dict)
-    kind, run, signer, seq, v = obj["kind"], obj["run"], obj["signer"], obj["seq"], obj["v"]
-    assert isinstance(kind, str) and isinstance(run, str) and isinstance(signer, str)
+    kind_s, run, signer = obj["kind"], obj["run"], obj["signer"]
+    seq, v = obj["seq"], obj["v"]
+    assert isinstance(kind_s, str) and isinstance(run, str) and isinstance(signer, str)
     assert isinstance(seq, int) and isinstance(v, int)
-    return Statement(kind=kind, run=run, seq=seq, signer=signer, sig=sig, body=body, v=v,
+    return Statement(kind=kind_s, run=run, seq=seq, signer=signer, sig=sig, body=body, v=v,
                      raw=data)
 
 

@@ -34,6 +34,7 @@ from ledger.log import Log
 from ledger.note import Signer
 from ledger.storage import open_store
 
+
 def postmaster_pid(url: str) -> int | None:
     """The pid of the PostgreSQL server behind ``url`` (the parent of a backend), or
     None when it does not run on this machine."""
