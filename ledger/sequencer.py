@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, StorageError
-from .log import Log
+from .log import Appended, Log
 from .statement import Statement, parse_statement, verify_statement_signature
 from .storage import IndexedStore
 
@@ -266,14 +266,14 @@ class Sequencer:
             return self._failed_commit(subs, e)
         if isinstance(done, list):
             return done
-        leaves, base, flush_states = done
+        appended, flush_states = done
         if self.storage_error is not None:
             self._recovered()
         for run, state in flush_states.items():
             self._remember(run, state)
         self.flushes += 1
-        self.flushed += len(leaves)
-        return self._replies(subs, leaves, base)
+        self.flushed += len(appended.leaf_hashes)
+        return self._replies(subs, appended)
 
     def sync(self) -> None:
         """(Flush thread, idle, shared store) catch up with other frontends' commits, so
@@ -285,8 +285,7 @@ class Sequencer:
             self._failed(e)
 
     def _admit_and_append(self, subs: list[_Submission]
-                          ) -> list[bytes | PotdError] | tuple[Sequence[bytes], int,
-                                                               dict[str, RunState]]:
+                          ) -> list[bytes | PotdError] | tuple[Appended, dict[str, RunState]]:
         for sub in subs:
             if not sub.verified:
                 try:
@@ -332,7 +331,7 @@ class Sequencer:
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
         appended = self.log.append(entries, run_rows=rows)  # StorageError: see _flush
-        return appended.leaf_hashes, base, flush_states
+        return appended, flush_states
 
     def _failed_commit(self, subs: list[_Submission], e: StorageError
                        ) -> list[bytes | PotdError]:
@@ -340,11 +339,11 @@ class Sequencer:
         self._recover()
         return [s.error if s.error is not None else e for s in subs]
 
-    def _replies(self, subs: list[_Submission], leaves: Sequence[bytes], base: int
+    def _replies(self, subs: list[_Submission], appended: Appended
                  ) -> list[bytes | PotdError]:
         log = self.log
-        cp = log.checkpoint()
-        size = cp.size
+        cp = appended.checkpoint
+        base, leaves = appended.first_index, appended.leaf_hashes
         # the replies are built as bytes: every proof hash is base64-quoted once, the
         # proofs of the flush's consecutive records share their upper parts (built
         # once), and the part every reply shares (the checkpoint) is encoded once
@@ -356,7 +355,7 @@ class Sequencer:
                 q = quoted[h] = b'"' + b2a_base64(h, newline=False) + b'"'
             return q
 
-        proofs = log.inclusion_proofs_joined(range(base, size), size, quote)
+        proofs = log.appended_proofs_joined(appended, quote)
         head = b'{"checkpoint":' + json.dumps(str(cp)).encode() + b',"inclusion_proof":['
         out: list[bytes | PotdError] = []
         for sub in subs:
