@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger import statement
 from ledger.errors import MalformedError
 from ledger.merkle import leaf_hash
 from ledger.note import Signer
@@ -122,15 +123,25 @@ def test_single_statement_same_outcome_as_the_strict_parser(data: bytes) -> None
     assert outcome(parse_statement, data) == outcome(strict_single, data)
 
 
+@pytest.fixture(params=["whole", "elementwise"])
+def decoding(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with small batches decoded in one call and, again, element by element
+    (as batches over 1 MiB are)."""
+    if request.param == "elementwise":
+        monkeypatch.setattr(statement, "_WHOLE_MAX", 0)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("data", HOSTILE, ids=range(len(HOSTILE)))
-def test_batch_with_a_bad_statement_same_error_as_the_strict_parser(data: bytes) -> None:
+def test_batch_with_a_bad_statement_same_error_as_the_strict_parser(data: bytes,
+                                                                    decoding: str) -> None:
     for body in (b"[" + GOOD + b"," + data + b"," + GOOD + b"]", b"[" + data + b"]",
                  b"[" + data + b"," + GOOD + b"]", b"[" + GOOD + b", " + data + b"]"):
         fast, strict = outcome(parse_statement_array, body), outcome(_parse_array_strict, body)
         assert fast == strict
 
 
-def test_the_fast_path_takes_a_canonical_batch_and_nothing_else() -> None:
+def test_the_fast_path_takes_a_canonical_batch_and_nothing_else(decoding: str) -> None:
     batch = [OPEN, GOOD, step(1, prev=leaf_hash(GOOD).hex())]
     body = b"[" + b",".join(batch) + b"]"
     fast = _canonical_values(body, array=True)
@@ -148,6 +159,7 @@ def test_the_fast_path_takes_a_canonical_batch_and_nothing_else() -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_mutated_batches_same_outcome(data: st.DataObject) -> None:
+    statement._WHOLE_MAX = data.draw(st.sampled_from([0, 1 << 20]))
     body = bytearray(b"[" + GOOD + b"," + OPEN + b"]")
     for _ in range(data.draw(st.integers(1, 3))):
         i = data.draw(st.integers(0, len(body) - 1))
@@ -160,7 +172,10 @@ def test_mutated_batches_same_outcome(data: st.DataObject) -> None:
         else:
             del body[i]
     b = bytes(body)
-    assert outcome(parse_statement_array, b) == outcome(_parse_array_strict, b)
+    try:
+        assert outcome(parse_statement_array, b) == outcome(_parse_array_strict, b)
+    finally:
+        statement._WHOLE_MAX = 1 << 20
 
 
 @settings(max_examples=100, deadline=None)
