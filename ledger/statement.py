@@ -206,8 +206,7 @@ def _require_canonical(value: JSON, data: bytes) -> None:
 
 # --- field checks -------------------------------------------------------------------
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX = re.compile(r"(?:[0-9a-f]{2}){16,64}")
+_HEX_DIGITS = "0123456789abcdef"
 _DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
                       r"|(?i:-?(?:nan|inf|infinity))")
 
@@ -219,11 +218,14 @@ def _is_int(v: JSON) -> bool:
 
 
 def _is_hash(v: JSON) -> bool:
-    return isinstance(v, str) and _HEX64.fullmatch(v) is not None
+    """64 lowercase hex digits (``strip`` leaves nothing iff every character is one)."""
+    return isinstance(v, str) and len(v) == 64 and not v.strip(_HEX_DIGITS)
 
 
 def _is_hex(v: JSON) -> bool:
-    return isinstance(v, str) and _HEX.fullmatch(v) is not None
+    """32 to 128 lowercase hex digits, an even number of them."""
+    return (isinstance(v, str) and 32 <= len(v) <= 128 and not len(v) % 2
+            and not v.strip(_HEX_DIGITS))
 
 
 def _is_decimal(v: JSON) -> bool:

@@ -194,3 +194,16 @@ def test_any_json_value_in_a_body_same_outcome(v: JSON) -> None:
     assert outcome(parse_statement_array, body) == outcome(_parse_array_strict, body)
     if outcome(strict_single, data)[0] == "ok":
         assert canonical_json(json.loads(data)) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789abcdefABCDEF g\u0660\u00e9", max_size=140)
+       | st.sampled_from(["a" * 64, "0" * 63, "f" * 65, "ab" * 16, "ab" * 64, "a" * 33,
+                          "ab" * 65, "A" * 64, " " + "a" * 63, "\u0660" * 64]))
+def test_hex_checks_match_their_regular_expressions(v: str) -> None:
+    import re
+
+    from ledger.statement import _is_hash, _is_hex
+    assert _is_hash(v) == (re.fullmatch(r"[0-9a-f]{64}", v) is not None)
+    assert _is_hex(v) == (re.fullmatch(r"(?:[0-9a-f]{2}){16,64}", v) is not None)
+    assert not _is_hash(64) and not _is_hex(None)  # type: ignore[arg-type]
