@@ -233,7 +233,8 @@ def cpu_split(cpu_s: float, entries: int, verify_us: float) -> str:
 
 # --- the server ---------------------------------------------------------------------------
 
-def start_server(d: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int, Signer]:
+def start_server(d: str, extra: list[str], stages: str | None = None
+                 ) -> tuple[subprocess.Popen[bytes], int, Signer]:
     key = Signer.generate("bench.example/log")
     Path(d, "log.key").write_text(key.private_string())
     Log.create(os.path.join(d, "log.db"), key).store.close()
@@ -243,7 +244,9 @@ def start_server(d: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int
     store.set_signer_allowed(str(trainer.verifier), True)
     store.close()
     errf = open(os.path.join(d, "server.err"), "w+b")  # noqa: SIM115
-    p = subprocess.Popen([sys.executable, "-c", "from ledger.cli import main; main()", "ledger",
+    potd = ([sys.executable, "-c", "from ledger.cli import main; main()"] if stages is None
+            else [sys.executable, str(ROOT / "scripts" / "stage_clock.py"), stages])
+    p = subprocess.Popen([*potd, "ledger",
                           "serve", "--db", os.path.join(d, "log.db"), "--key",
                           os.path.join(d, "log.key"), "--port", "0", *extra],
                          stderr=errf, cwd=ROOT)
@@ -280,6 +283,9 @@ def main() -> None:
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra argument for potd ledger serve (repeatable)")
     ap.add_argument("--json", help="write the results as JSON to this file")
+    ap.add_argument("--stages", action="store_true",
+                    help="time the server's write-path stages in CPU (scripts/stage_clock.py) "
+                         "and print them per entry; use with --phases batch")
     ap.add_argument("--db", help="a postgresql:// URL (CREATEDB rights): compare add-batch of "
                                  "one SQLite, one and two PostgreSQL frontends instead")
     a = ap.parse_args()
@@ -294,7 +300,8 @@ def main() -> None:
     rnd = random.Random(1)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="potd-bench-") as d:
-        proc, port, trainer = start_server(d, a.server_arg)
+        stages_file = os.path.join(d, "stages.json") if a.stages else None
+        proc, port, trainer = start_server(d, a.server_arg, stages_file)
         try:
             steps = max(1, a.adds // a.clients - 1)
             print(f"signing {a.clients} runs x {steps + 1} statements and "
@@ -352,6 +359,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
+        stages = (json.loads(Path(stages_file).read_text())
+                  if stages_file and os.path.exists(stages_file) else None)
     print()
     print(f"{'phase':26} {'requests':>9} {'ok':>7} {'s':>6} {'entries|req/s':>14} "
           f"{'p50 ms':>8} {'p99 ms':>8}")
@@ -366,11 +375,27 @@ def main() -> None:
         if "frontend_cpu_us" in r:
             print(f"{r['phase']}: frontend CPU " + cpu_split(
                 r["frontend_cpu_us"] / 1e6, 1, verify_us) + f"; load {_load_avg()}")
+            if stages is not None:
+                print_stages(stages, r)
     if a.json:
         Path(a.json).write_text(json.dumps({"phases": results, "library_per_s": {
             str(a.clients): round(lib1), str(a.batch): round(lib2)},
             "parse_verify_per_s": round(verify_per_s), "verify_cpu_us": round(verify_us, 2),
             "parse_cpu_us": round(parse_us, 2)}, indent=2) + "\n")
+
+
+def print_stages(stages: dict[str, float], phase: dict[str, Any]) -> None:
+    """CPU per entry by write-path stage (nested stages indented); the rest of the
+    frontend's CPU is the event loop, HTTP and hand-offs between threads."""
+    entries = max(1, phase["ok"] * int(phase["phase"].rsplit(" ", 1)[1]))
+    print("  CPU per entry by stage (µs; scripts/stage_clock.py):")
+    top = 0.0
+    for name in sorted(stages):
+        us = 1e6 * stages[name] / entries
+        if "." not in name:
+            top += us
+        print(f"    {'  ' * name.count('.')}{name.rsplit('.', 1)[-1]:24} {us:7.1f}")
+    print(f"    {'outside these (loop, HTTP)':24} {phase['frontend_cpu_us'] - top:7.1f}")
 
 
 def _load_avg() -> str:
