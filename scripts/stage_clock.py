@@ -69,6 +69,10 @@ def install() -> None:
 
 
 def main() -> None:
+    if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
+        print((__doc__ or "").strip())
+        print("\nusage: stage_clock.py OUT.json potd-arguments...")
+        raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     out = Path(sys.argv[1])
     install()
     atexit.register(lambda: out.write_text(json.dumps(TOTALS, indent=1) + "\n"))
