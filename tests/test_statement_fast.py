@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import statement
+from ledger import fastjson
 from ledger.errors import MalformedError
+from ledger.fastjson import canonical_values
 from ledger.merkle import leaf_hash
 from ledger.note import Signer
 from ledger.statement import (
     JSON,
-    _canonical_values,
     _from_json,
     _parse_array_strict,
     build_statement,
@@ -128,7 +128,7 @@ def decoding(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Run a test with small batches decoded in one call and, again, element by element
     (as batches over 1 MiB are)."""
     if request.param == "elementwise":
-        monkeypatch.setattr(statement, "_WHOLE_MAX", 0)
+        monkeypatch.setattr(fastjson, "_WHOLE_MAX", 0)
     return str(request.param)
 
 
@@ -144,22 +144,22 @@ def test_batch_with_a_bad_statement_same_error_as_the_strict_parser(data: bytes,
 def test_the_fast_path_takes_a_canonical_batch_and_nothing_else(decoding: str) -> None:
     batch = [OPEN, GOOD, step(1, prev=leaf_hash(GOOD).hex())]
     body = b"[" + b",".join(batch) + b"]"
-    fast = _canonical_values(body, array=True)
+    fast = canonical_values(body, array=True)
     assert fast is not None and [raw for _, raw in fast] == batch
     assert [s.raw for s in parse_statement_array(body)] == batch
     assert outcome(parse_statement_array, body) == outcome(_parse_array_strict, body)
     # whitespace between elements is allowed, but only the strict parser handles it
     spaced = b"[ " + b" , ".join(batch) + b" ]"
-    assert _canonical_values(spaced, array=True) is None
+    assert canonical_values(spaced, array=True) is None
     assert [s.raw for s in parse_statement_array(spaced)] == batch
     for bad in HOSTILE[:9] + HOSTILE[10:17] + HOSTILE[22:24]:  # faults of the JSON itself
-        assert _canonical_values(b"[" + GOOD + b"," + bad + b"]", array=True) is None
+        assert canonical_values(b"[" + GOOD + b"," + bad + b"]", array=True) is None
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_mutated_batches_same_outcome(data: st.DataObject) -> None:
-    statement._WHOLE_MAX = data.draw(st.sampled_from([0, 1 << 20]))
+    fastjson._WHOLE_MAX = data.draw(st.sampled_from([0, 1 << 20]))
     body = bytearray(b"[" + GOOD + b"," + OPEN + b"]")
     for _ in range(data.draw(st.integers(1, 3))):
         i = data.draw(st.integers(0, len(body) - 1))
@@ -175,7 +175,7 @@ def test_mutated_batches_same_outcome(data: st.DataObject) -> None:
     try:
         assert outcome(parse_statement_array, b) == outcome(_parse_array_strict, b)
     finally:
-        statement._WHOLE_MAX = 1 << 20
+        fastjson._WHOLE_MAX = 1 << 20
 
 
 @settings(max_examples=100, deadline=None)
