@@ -23,6 +23,12 @@ each get one of the machine's cores.
 
     .venv/bin/python scripts/bench_server.py              # the defaults below
     .venv/bin/python scripts/bench_server.py --quick      # a few seconds per phase
+    .venv/bin/python scripts/bench_server.py --phases batch --stages  # CPU by stage
+
+The add-batch phase also reports the server's CPU per entry (/proc), split into
+verification - the Ed25519 check alone, measured on one core in the same run - and
+everything else (parsing, admission, storage, replies, HTTP), and with ``--stages``
+that CPU by write-path stage (scripts/stage_clock.py).
 """
 
 from __future__ import annotations
