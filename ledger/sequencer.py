@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, StorageError
-from .log import Log
+from .log import Appended, Log
 from .statement import Statement, parse_statement, verify_statement_signature
 from .storage import IndexedStore
 
@@ -116,6 +116,7 @@ class Sequencer:
         self._pending = 0  # statements in the pool
         self._arriving = 0  # requests being read that will submit
         self._wake = asyncio.Event()
+        self._arrived = asyncio.Event()  # set whenever a request stops arriving
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "potd-flush")
@@ -156,6 +157,7 @@ class Sequencer:
             yield
         finally:
             self._arriving -= 1
+            self._arrived.set()
 
     async def submit(self, statements: Sequence[Statement], *, batch: bool,
                      verified: bool = False) -> bytes:
@@ -200,11 +202,16 @@ class Sequencer:
                 if self._closing:
                     return
                 continue
-            started, spins = time.monotonic(), 0
-            while (self._arriving and self._pending < self.max_batch and not self._closing
-                   and time.monotonic() - started < self.flush_s):
-                spins += 1  # a few event-loop passes, then short naps (slow uploads)
-                await asyncio.sleep(0 if spins < 16 else 0.0005)
+            deadline = time.monotonic() + self.flush_s
+            while self._arriving and self._pending < self.max_batch and not self._closing:
+                left = deadline - time.monotonic()  # woken when a request stops arriving
+                if left <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except TimeoutError:
+                    break
             take: list[_Submission] = []
             total = 0
             while self._pool and (not take or total + len(self._pool[0].statements)
@@ -259,14 +266,14 @@ class Sequencer:
             return self._failed_commit(subs, e)
         if isinstance(done, list):
             return done
-        leaves, base, flush_states = done
+        appended, flush_states = done
         if self.storage_error is not None:
             self._recovered()
         for run, state in flush_states.items():
             self._remember(run, state)
         self.flushes += 1
-        self.flushed += len(leaves)
-        return self._replies(subs, leaves, base)
+        self.flushed += len(appended.leaf_hashes)
+        return self._replies(subs, appended)
 
     def sync(self) -> None:
         """(Flush thread, idle, shared store) catch up with other frontends' commits, so
@@ -278,8 +285,7 @@ class Sequencer:
             self._failed(e)
 
     def _admit_and_append(self, subs: list[_Submission]
-                          ) -> list[bytes | PotdError] | tuple[Sequence[bytes], int,
-                                                               dict[str, RunState]]:
+                          ) -> list[bytes | PotdError] | tuple[Appended, dict[str, RunState]]:
         for sub in subs:
             if not sub.verified:
                 try:
@@ -325,7 +331,7 @@ class Sequencer:
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
         appended = self.log.append(entries, run_rows=rows)  # StorageError: see _flush
-        return appended.leaf_hashes, base, flush_states
+        return appended, flush_states
 
     def _failed_commit(self, subs: list[_Submission], e: StorageError
                        ) -> list[bytes | PotdError]:
@@ -333,20 +339,23 @@ class Sequencer:
         self._recover()
         return [s.error if s.error is not None else e for s in subs]
 
-    def _replies(self, subs: list[_Submission], leaves: Sequence[bytes], base: int
+    def _replies(self, subs: list[_Submission], appended: Appended
                  ) -> list[bytes | PotdError]:
         log = self.log
-        cp = log.checkpoint()
-        size = cp.size
-        indexes = list(range(base, size))
-        proofs = log.inclusion_proofs(indexes, size)
-        # the replies are built as bytes: every proof hash is base64-quoted once, and the
-        # part every reply of this flush shares (the checkpoint) once
+        cp = appended.checkpoint
+        base, leaves = appended.first_index, appended.leaf_hashes
+        # the replies are built as bytes: every proof hash is base64-quoted once, the
+        # proofs of the flush's consecutive records share their upper parts (built
+        # once), and the part every reply shares (the checkpoint) is encoded once
         quoted: dict[bytes, bytes] = {}
-        for p in proofs:
-            for h in p:
-                if h not in quoted:
-                    quoted[h] = b'"' + b2a_base64(h, newline=False) + b'"'
+
+        def quote(h: bytes) -> bytes:
+            q = quoted.get(h)
+            if q is None:
+                q = quoted[h] = b'"' + b2a_base64(h, newline=False) + b'"'
+            return q
+
+        proofs = log.appended_proofs_joined(appended, quote)
         head = b'{"checkpoint":' + json.dumps(str(cp)).encode() + b',"inclusion_proof":['
         out: list[bytes | PotdError] = []
         for sub in subs:
@@ -354,18 +363,17 @@ class Sequencer:
                 out.append(sub.error)
                 continue
             parts = []
-            for i, st in enumerate(sub.statements):
-                idx = sub.first + i
-                k = idx - base
-                proof = b",".join([quoted[h] for h in proofs[k]])
+            k = sub.first - base
+            for st in sub.statements:
                 tail = b'],"index":%d,"leaf_hash":"%s"}' % (
-                    idx, b2a_base64(leaves[k], newline=False))
+                    base + k, b2a_base64(leaves[k], newline=False))
                 if st.kind == "run.open":
-                    beacon = json.dumps(str(log.checkpoint_at(idx + 1))).encode()
-                    parts.append(b'{"beacon_checkpoint":' + beacon + b"," + head[1:] + proof
-                                 + tail)
+                    beacon = json.dumps(str(log.checkpoint_at(base + k + 1))).encode()
+                    parts.append(b'{"beacon_checkpoint":' + beacon + b"," + head[1:]
+                                 + proofs[k] + tail)
                 else:
-                    parts.append(head + proof + tail)
+                    parts.append(head + proofs[k] + tail)
+                k += 1
             body = b",".join(parts)
             out.append(b"[" + body + b"]" if sub.batch else body)
         return out

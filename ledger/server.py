@@ -239,14 +239,16 @@ class LogServer:
     @contextmanager
     def _buffering(self) -> Iterator[list[int]]:
         """Account a request's body against the global budget for the request's life
-        (receiving and parsing); on exit the bytes are released and, after a large
-        body, the allocator hands freed memory back to the system."""
+        (receiving and parsing); on exit the bytes are released and, once no large body
+        is held any more, the allocator hands freed memory back to the system."""
         held = [0]
         try:
             yield held
         finally:
             self.buffered -= held[0]
-            if held[0] >= PARSE_OFF_LOOP:
+            # once the last large body goes (not after each one: trimming and faulting
+            # the pages back in again costs the next request's CPU)
+            if held[0] >= PARSE_OFF_LOOP and self.buffered < PARSE_OFF_LOOP:
                 trim_memory()
 
     def _reserve(self, held: list[int], n: int) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from binascii import a2b_base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,6 +39,7 @@ import nacl.exceptions
 import nacl.signing
 
 from .errors import MalformedError, SignatureError
+from .fastjson import canonical_values
 from .note import ALG_ED25519, Signer, Verifier, b64decode, b64encode
 
 JSON = None | bool | int | str | list["JSON"] | dict[str, "JSON"]
@@ -205,8 +207,7 @@ def _require_canonical(value: JSON, data: bytes) -> None:
 
 # --- field checks -------------------------------------------------------------------
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX = re.compile(r"(?:[0-9a-f]{2}){16,64}")
+_HEX_DIGITS = "0123456789abcdef"
 _DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
                       r"|(?i:-?(?:nan|inf|infinity))")
 
@@ -218,11 +219,14 @@ def _is_int(v: JSON) -> bool:
 
 
 def _is_hash(v: JSON) -> bool:
-    return isinstance(v, str) and _HEX64.fullmatch(v) is not None
+    """64 lowercase hex digits (``strip`` leaves nothing iff every character is one)."""
+    return isinstance(v, str) and len(v) == 64 and not v.strip(_HEX_DIGITS)
 
 
 def _is_hex(v: JSON) -> bool:
-    return isinstance(v, str) and _HEX.fullmatch(v) is not None
+    """32 to 128 lowercase hex digits, an even number of them."""
+    return (isinstance(v, str) and 32 <= len(v) <= 128 and not len(v) % 2
+            and not v.strip(_HEX_DIGITS))
 
 
 def _is_decimal(v: JSON) -> bool:
@@ -393,11 +397,13 @@ def parse_statement(data: bytes) -> Statement:
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedError("a statement is bytes")
     data = bytes(data)
+    fast = canonical_values(data, array=False)
+    if fast is not None:
+        return _from_json(fast[0][0], data)
     return _from_json(parse_canonical(data), data)
 
 
 _WS = " \t\n\r"
-
 
 def parse_statement_array(data: bytes) -> list[Statement]:
     """Parse a JSON array of statements (``POST /add-batch``).
@@ -406,6 +412,27 @@ def parse_statement_array(data: bytes) -> list[Statement]:
     canonical encoding of its statement: those bytes become the log entry. Errors name
     the failing statement's position (``error.statement``, 0-based).
     """
+    fast = canonical_values(bytes(data), array=True)
+    if fast is not None:
+        out: list[Statement] = []
+        for k, (obj, raw) in enumerate(fast):
+            try:
+                out.append(_from_json(obj, raw))
+            except MalformedError as e:
+                _name_statement(e, k)
+                raise
+        return out
+    return _parse_array_strict(data)
+
+
+def _name_statement(e: MalformedError, k: int) -> None:
+    e.message = f"statement #{k}: {e.message}"
+    e.args = (e.message,)
+    setattr(e, "statement", k)  # noqa: B010 (reported to the client as "statement")
+
+
+def _parse_array_strict(data: bytes) -> list[Statement]:
+    """:func:`parse_statement_array` by the strict parser, element by element."""
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -441,9 +468,7 @@ def parse_statement_array(data: bytes) -> list[Statement]:
             _require_canonical(obj, raw)
             out.append(_from_json(obj, raw))
         except MalformedError as e:
-            e.message = f"statement #{k}: {e.message}"
-            e.args = (e.message,)
-            setattr(e, "statement", k)  # noqa: B010 (reported to the client as "statement")
+            _name_statement(e, k)
             raise
         i = skip(j)
         if i < n and text[i] == ",":
@@ -458,8 +483,8 @@ def _from_json(obj: JSON, data: bytes) -> Statement:
     if not isinstance(obj, dict):
         raise MalformedError("a statement is a JSON object",
                              hint="keys: " + ", ".join(FIELDS))
-    keys = set(obj)
-    if keys != set(FIELDS):
+    if obj.keys() != _FIELD_SET:
+        keys = set(obj)
         missing, extra = sorted(set(FIELDS) - keys), sorted(keys - set(FIELDS))
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"unexpected {', '.join(repr(k) for k in extra)}"] if extra else [])
@@ -474,15 +499,26 @@ def _from_json(obj: JSON, data: bytes) -> Statement:
             raise MalformedError(f"statement field {name!r} must be an integer")
     sig_s = obj["sig"]
     assert isinstance(sig_s, str)
-    sig = b64decode(sig_s, "statement 'sig'")
-    if b64encode(sig) != sig_s:  # set padding bits: a second spelling of one statement
-        raise MalformedError("statement 'sig' is not canonical base64 (unused bits set)",
-                             hint="encode the 64 signature bytes with standard base64")
+    if _SIG_B64.fullmatch(sig_s):  # the canonical spelling of 64 bytes
+        sig = a2b_base64(sig_s)
+    else:
+        sig = b64decode(sig_s, "statement 'sig'")
+        if b64encode(sig) != sig_s:  # set padding bits: a second spelling of one statement
+            raise MalformedError("statement 'sig' is not canonical base64 (unused bits set)",
+                                 hint="encode the 64 signature bytes with standard base64")
     body = obj["body"]
     assert isinstance(body, dict)
-    return Statement(kind=str(obj["kind"]), run=str(obj["run"]), seq=int(str(obj["seq"])),
-                     signer=str(obj["signer"]), sig=sig, body=body,
-                     v=int(str(obj["v"])), raw=data)
+    kind_s, run, signer = obj["kind"], obj["run"], obj["signer"]
+    seq, v = obj["seq"], obj["v"]
+    assert isinstance(kind_s, str) and isinstance(run, str) and isinstance(signer, str)
+    assert isinstance(seq, int) and isinstance(v, int)
+    return Statement(kind=kind_s, run=run, seq=seq, signer=signer, sig=sig, body=body, v=v,
+                     raw=data)
+
+
+_FIELD_SET = frozenset(FIELDS)
+# standard base64 of 64 bytes with the 4 unused bits of its last character zero
+_SIG_B64 = re.compile(r"[A-Za-z0-9+/]{85}[AQgw]==")
 
 
 def verify_statement_signature(stmt: Statement) -> None:

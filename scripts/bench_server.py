@@ -23,6 +23,12 @@ each get one of the machine's cores.
 
     .venv/bin/python scripts/bench_server.py              # the defaults below
     .venv/bin/python scripts/bench_server.py --quick      # a few seconds per phase
+    .venv/bin/python scripts/bench_server.py --phases batch --stages  # CPU by stage
+
+The add-batch phase also reports the server's CPU per entry (/proc), split into
+verification - the Ed25519 check alone, measured on one core in the same run - and
+everything else (parsing, admission, storage, replies, HTTP), and with ``--stages``
+that CPU by write-path stage (scripts/stage_clock.py).
 """
 
 from __future__ import annotations
@@ -186,9 +192,55 @@ def verify_rate(statements: list[bytes]) -> float:
     return len(statements) / (time.perf_counter() - t)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def verify_cpu_us(statements: list[bytes], rounds: int = 3) -> tuple[float, float]:
+    """CPU time per statement (not wall time: the machine may be shared), the median of
+    ``rounds`` passes, of (1) the Ed25519 signature check alone - the one thing a
+    frontend must do per statement, the "verification" of the split - and (2) parsing
+    it (strict JSON, canonical form, field checks), which counts as overhead."""
+    import nacl.signing
+
+    from ledger.note import Verifier
+    parsed = [parse_statement(raw) for raw in statements]
+    keys = {st.signer: nacl.signing.VerifyKey(Verifier.parse(st.signer).public_key)
+            for st in parsed}
+    work = [(keys[st.signer], st.signing_message(), st.sig) for st in parsed]
+    verify, parse = [], []
+    for _ in range(rounds):
+        t = time.process_time()
+        for key, msg, sig in work:
+            key.verify(msg, sig)
+        verify.append(1e6 * (time.process_time() - t) / len(work))
+        t = time.process_time()
+        for raw in statements:
+            parse_statement(raw)
+        parse.append(1e6 * (time.process_time() - t) / len(statements))
+    return statistics.median(verify), statistics.median(parse)
+
+
+def cpu_split(cpu_s: float, entries: int, verify_us: float) -> str:
+    """``frontend CPU µs/entry; not verification µs (% of verification)``."""
+    per = 1e6 * cpu_s / max(entries, 1)
+    other = per - verify_us
+    return (f"{per:.1f} µs/entry, of which not verification {other:.1f} "
+            f"({100 * other / verify_us:.0f} % of the {verify_us:.1f} µs Ed25519 check)")
+
+
 # --- the server ---------------------------------------------------------------------------
 
-def start_server(d: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int, Signer]:
+def start_server(d: str, extra: list[str], stages: str | None = None
+                 ) -> tuple[subprocess.Popen[bytes], int, Signer]:
     key = Signer.generate("bench.example/log")
     Path(d, "log.key").write_text(key.private_string())
     Log.create(os.path.join(d, "log.db"), key).store.close()
@@ -198,7 +250,9 @@ def start_server(d: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int
     store.set_signer_allowed(str(trainer.verifier), True)
     store.close()
     errf = open(os.path.join(d, "server.err"), "w+b")  # noqa: SIM115
-    p = subprocess.Popen([sys.executable, "-c", "from ledger.cli import main; main()", "ledger",
+    potd = ([sys.executable, "-c", "from ledger.cli import main; main()"] if stages is None
+            else [sys.executable, str(ROOT / "scripts" / "stage_clock.py"), stages])
+    p = subprocess.Popen([*potd, "ledger",
                           "serve", "--db", os.path.join(d, "log.db"), "--key",
                           os.path.join(d, "log.key"), "--port", "0", *extra],
                          stderr=errf, cwd=ROOT)
@@ -235,6 +289,9 @@ def main() -> None:
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra argument for potd ledger serve (repeatable)")
     ap.add_argument("--json", help="write the results as JSON to this file")
+    ap.add_argument("--stages", action="store_true",
+                    help="time the server's write-path stages in CPU (scripts/stage_clock.py) "
+                         "and print them per entry; use with --phases batch")
     ap.add_argument("--db", help="a postgresql:// URL (CREATEDB rights): compare add-batch of "
                                  "one SQLite, one and two PostgreSQL frontends instead")
     a = ap.parse_args()
@@ -249,7 +306,8 @@ def main() -> None:
     rnd = random.Random(1)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="potd-bench-") as d:
-        proc, port, trainer = start_server(d, a.server_arg)
+        stages_file = os.path.join(d, "stages.json") if a.stages else None
+        proc, port, trainer = start_server(d, a.server_arg, stages_file)
         try:
             steps = max(1, a.adds // a.clients - 1)
             print(f"signing {a.clients} runs x {steps + 1} statements and "
@@ -263,6 +321,7 @@ def main() -> None:
 
             # baselines, measured while the server idles
             verify_per_s = verify_rate(sample[:5000])
+            verify_us, parse_us = verify_cpu_us([s for r in brun for s in r][:5000])
             lib1 = library_rate(os.path.join(d, "b1.db"), sample, a.clients)
             lib2 = library_rate(os.path.join(d, "b2.db"), [s for r in brun for s in r][:20_000],
                                 a.batch)
@@ -280,8 +339,12 @@ def main() -> None:
             if "batch" in phases:
                 reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + a.batch]) + b"]")
                          for i in range(0, len(r), a.batch)] for r in brun]
+                cpu0 = cpu_seconds(proc.pid)
                 res = run_load(port, reqs, a.seconds)
+                batch_cpu = cpu_seconds(proc.pid) - cpu0
                 results.append(summarize(f"add-batch of {a.batch}", res, a.batch))
+                results[-1]["frontend_cpu_us"] = round(
+                    1e6 * batch_cpu / max(res["statuses"].get(200, 0) * a.batch, 1), 1)
             if "add" not in phases and "batch" not in phases:  # something to read
                 run_load(port, [[post("/add-batch", b"[" + b",".join(r) + b"]")]
                                 for r in runs], a.seconds)
@@ -302,6 +365,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
+        stages = (json.loads(Path(stages_file).read_text())
+                  if stages_file and os.path.exists(stages_file) else None)
     print()
     print(f"{'phase':26} {'requests':>9} {'ok':>7} {'s':>6} {'entries|req/s':>14} "
           f"{'p50 ms':>8} {'p99 ms':>8}")
@@ -310,11 +375,37 @@ def main() -> None:
               f"{r['per_s']:>14,} {r['p50_ms']:>8} {r['p99_ms']:>8}")
     print(f"\nbaseline, same run: Log.append {lib1:,.0f} entries/s in batches of {a.clients}, "
           f"{lib2:,.0f} in batches of {a.batch}; parse + verify one statement "
-          f"{verify_per_s:,.0f}/s on one core")
+          f"{verify_per_s:,.0f}/s on one core; CPU per statement: Ed25519 check "
+          f"{verify_us:.1f} µs, parsing {parse_us:.1f} µs")
+    for r in results:
+        if "frontend_cpu_us" in r:
+            print(f"{r['phase']}: frontend CPU " + cpu_split(
+                r["frontend_cpu_us"] / 1e6, 1, verify_us) + f"; load {_load_avg()}")
+            if stages is not None:
+                print_stages(stages, r)
     if a.json:
         Path(a.json).write_text(json.dumps({"phases": results, "library_per_s": {
             str(a.clients): round(lib1), str(a.batch): round(lib2)},
-            "parse_verify_per_s": round(verify_per_s)}, indent=2) + "\n")
+            "parse_verify_per_s": round(verify_per_s), "verify_cpu_us": round(verify_us, 2),
+            "parse_cpu_us": round(parse_us, 2)}, indent=2) + "\n")
+
+
+def print_stages(stages: dict[str, float], phase: dict[str, Any]) -> None:
+    """CPU per entry by write-path stage (nested stages indented); the rest of the
+    frontend's CPU is the event loop, HTTP and hand-offs between threads."""
+    entries = max(1, phase["ok"] * int(phase["phase"].rsplit(" ", 1)[1]))
+    print("  CPU per entry by stage (µs; scripts/stage_clock.py):")
+    top = 0.0
+    for name in sorted(stages):
+        us = 1e6 * stages[name] / entries
+        if "." not in name:
+            top += us
+        print(f"    {'  ' * name.count('.')}{name.rsplit('.', 1)[-1]:24} {us:7.1f}")
+    print(f"    {'outside these (loop, HTTP)':24} {phase['frontend_cpu_us'] - top:7.1f}")
+
+
+def _load_avg() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def health(port: int) -> dict[str, Any]:

@@ -328,9 +328,10 @@ class PostgresStore:
                             "unnest(%s::bytea[], %s::bigint[]) AS u(h, i) ORDER BY h, i "
                             "ON CONFLICT (hash) DO NOTHING",
                             (list(leaves), list(range(old_size, old_size + len(leaves)))))
-            if run_rows:
-                cur.executemany("INSERT INTO run_entries (run, seq, idx) VALUES (%s, %s, %s)",
-                                run_rows)
+            if run_rows:  # COPY: an executemany costs the frontend ~8 µs of CPU per row
+                with cur.copy("COPY run_entries (run, seq, idx) FROM STDIN") as cp:
+                    for run_row in run_rows:
+                        cp.write_row(run_row)
 
     def _merge_level(self, conn: Any, level: int, first: int, new: Sequence[bytes]
                      ) -> list[tuple[int, int, bytes]]:
