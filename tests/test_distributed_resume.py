@@ -53,6 +53,37 @@ def test_committed_world() -> None:
         assert committed_world(junk) == 1
 
 
+def test_resume_needs_the_committed_world_size(tmp_path: Path) -> None:
+    """--nproc must be the world size run.open commits; the spool's record must agree."""
+    from ledger.note import Signer
+    from ledger.statement import build_statement, parse_statement
+    from prover.resume import SpooledRun, _world
+
+    key = Signer.generate("trainer.example/t")
+
+    def run(world: int | None, meta: dict[str, str]) -> SpooledRun:
+        body: dict[str, Any] = {"seed_commitment": "00" * 32,
+                                "dataset": {"root": "11" * 32, "size": 1437}}
+        if world is not None:
+            body["data_parallel"] = {"world_size": world, "split": "potd-shard-v1"}
+        opened = parse_statement(build_statement("run.open", None, 0, body, key))
+        return SpooledRun(Spool(tmp_path / "s.db"), meta, [opened])
+
+    dp = run(2, {"world_size": "2"})
+    assert _world(dp, None) == _world(dp, 2) == 2
+    for n in (1, 3):
+        with pytest.raises(UsageError, match=f"--nproc {n}: .* trained data-parallel with "
+                                             "2 processes") as e:
+            _world(dp, n)
+        assert "--nproc 2" in (e.value.hint or "")
+    single = run(None, {})
+    assert _world(single, None) == _world(single, 1) == 1
+    with pytest.raises(UsageError, match="trained in one process"):
+        _world(single, 2)
+    with pytest.raises(UsageError, match="the spool records world size 3"):
+        _world(run(2, {"world_size": "3"}), None)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_cuda_data_parallel_refused_here(tmp_path: Path) -> None:
     """`train --device cuda --nproc 2` and the replay ranks' devices: "not available",
