@@ -15,8 +15,10 @@ memorization on those examples only (check ``disclosure``).
 Verdicts: a disclosed example whose bytes do not hash to the committed hash, or held-out
 hashes that do not make the committed root, fail (the trainer lied); a server that does
 not answer, or refuses to disclose what the challenge asks for, leaves the audit
-inconclusive (nothing learnt about the claim). Trusts the pinned log key only; the data
-server, like the evidence store, is hostile.
+inconclusive by design (nothing learnt about the claim: an unreachable server is no
+evidence against the trainer, and withholding never earns a pass). The order check runs
+on the verified hash list, and its report says so. Trusts the pinned log key only; the
+data server, like the evidence store, is hostile.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import base64
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,13 @@ from ledger.note import SignedCheckpoint
 from ledger.statement import Statement
 from prover.dataset_cache import HashTable
 from prover.datasets import Dataset, Datasets, Indexes
-from prover.disclosure import RunPlan, decode_example, heldout_indexes, segments, train_indexes
+from prover.disclosure import (
+    RunPlan,
+    TransformError,
+    heldout_indexes,
+    segments,
+    train_indexes,
+)
 from prover.hashing import merkle_root_hex
 
 from .audit import Audit, AuditOptions
@@ -56,6 +64,10 @@ NOT_CHECKED = [
     "list proves order and membership, not content",
     "the held-out examples beyond the memorization sample",
 ]
+ORDER_NOT_CHECKED = (
+    "the order check proves that each step's batch is the seed-derived selection of "
+    "committed example hashes; what the undisclosed examples contain (which documents "
+    "they are) is not checked: only the disclosed ones were seen")
 
 
 def _int(x: Any) -> int:
@@ -202,7 +214,11 @@ class Disclosed(Dataset):
             rows = [self.examples[int(i)] for i in indexes]
         except KeyError as e:
             raise UsageError(f"example {e.args[0]} was not disclosed") from None
-        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        try:
+            return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        except RuntimeError as e:  # committed examples of differing shapes
+            raise MalformedError(f"the disclosed examples do not stack into a batch: "
+                                 f"{str(e)[:200]}") from None
 
 
 class _Mismatch(Exception):
@@ -214,10 +230,19 @@ class _Mismatch(Exception):
         self.split, self.index, self.got, self.want, self.why = split, index, got, want, why
 
 
+class _Undecodable(Exception):
+    """A disclosed example is the committed one, but the recipe's code cannot make
+    tensors of it here (no evidence either way: the trainer ran it in its environment)."""
+
+    def __init__(self, split: str, index: int, why: str) -> None:
+        self.split, self.index, self.why = split, index, why
+
+
 class DisclosureCheck(ReplayCheck):
     """:class:`ReplayCheck` on the published hash list and the disclosed examples."""
 
     _challenge: tuple[bytes | None, dict[str, Any]] | None = None
+    _recipe_decode: Callable[[str, bytes], tuple[torch.Tensor, torch.Tensor]]
 
     def _public_challenge(self) -> tuple[bytes | None, dict[str, Any]]:
         if self._challenge is None:
@@ -232,12 +257,13 @@ class DisclosureCheck(ReplayCheck):
         ds = ds if isinstance(ds, dict) else {}
         enc = str(ds.get("example_hash"))
         try:
-            decode_example(enc, b"")
+            recipe.decode(enc, b"")
         except UsageError as e:
             a.check("dataset", "inconclusive", f"disclosure mode: {e.message}", hint=e.hint)
             return False
-        except PotdError:
-            pass  # a known encoding: the empty blob is merely malformed
+        except Exception:  # noqa: BLE001, S110 — decodable: the empty blob is not an example
+            pass
+        self._recipe_decode = recipe.decode
         with tempfile.TemporaryDirectory(prefix="potd-disclosure-") as work:
             got = _verified_list(a, a.opts.evidence, self.o, Path(work))
             if got is None:
@@ -252,19 +278,30 @@ class DisclosureCheck(ReplayCheck):
                 "verified hash list, and each disclosed example is checked against them")
         return True
 
+    def _order(self, recipe: Recipe, seed: bytes) -> None:
+        """The order check of :class:`ReplayCheck`, on the verified hash list: its report
+        says so, and what a check on hashes cannot see."""
+        super()._order(recipe, seed)
+        c = self.a.checks[-1]
+        if c["name"] != "order":
+            return
+        c["evidence"].update(basis="the committed example-hash list (hashes, not data)",
+                             not_checked=ORDER_NOT_CHECKED)
+        if c["status"] == "pass":
+            c["summary"] = (f"all {len(self.steps)} batch roots equal the roots recomputed "
+                            "in the seed-derived order from the committed example-hash list "
+                            "(hashes, not data: disclosure mode). Not checked: what the "
+                            "examples the trainer did not disclose contain")
+        else:
+            c["summary"] += " (recomputed from the committed example-hash list)"
+
     def _replay(self, recipe: Recipe, seed: bytes, ckpts: list[dict[str, Any]]) -> None:
         from .replay import provided_data
 
         a = self.a
-        world = self._world(recipe)
-        if world is None:
-            return  # a failed check says why
-        if world > 1:
-            a.check("disclosure", "skip", f"a data-parallel run (world size {world}): its "
-                    "replay runs in spawned processes, which disclosed examples do not "
-                    "reach yet", hint="audit it with the full data (--data-dir)")
-            a.check("replay", "inconclusive", "nothing replayed (see the disclosure check)")
-            return
+        if self._world(recipe) is None:
+            return  # a failed check says why (a data-parallel run replays as any: its
+            # global batches are disclosed, and the replay splits them per the shard rule)
         public, _ = self._public_challenge()
         if public is None:
             a.check("disclosure", "skip", "no trusted public challenge: nothing to ask "
@@ -306,13 +343,26 @@ class DisclosureCheck(ReplayCheck):
                     server=url)
             a.check("replay", "skip", "the disclosed data is not the committed data")
             return
+        except _Undecodable as u:
+            a.check("disclosure", "inconclusive", f"disclosed {u.split} example {u.index} "
+                    f"is the committed one, but the recipe cannot make tensors of it here: "
+                    f"{u.why}. Nothing is learnt about the claim (the trainer ran the same "
+                    "recipe code in its own environment)", split=u.split, index=u.index,
+                    server=url, hint="a recipe's transform must depend on the example's "
+                    "bytes and the config only (not on its data directory); else audit "
+                    "with the full data (--data-dir)")
+            a.check("replay", "inconclusive", "the disclosed examples could not be made "
+                    "into tensors: nothing replayed")
+            return
         except PotdError as e:
             from .audit import unreachable
 
             why = "did not answer" if unreachable(e) or isinstance(e, PeerUnreachable) \
                 else "refused"
             a.check("disclosure", "inconclusive", f"the data server {url} {why}: "
-                    f"{e.message}", server=url, hint=e.hint)
+                    f"{e.message}. Inconclusive by design: nothing was learnt about the "
+                    "claim, and a run whose trainer withholds the examples never passes",
+                    server=url, hint=e.hint)
             a.check("replay", "inconclusive", "the sampled segments' examples were not "
                     "disclosed: nothing replayed")
             return
@@ -332,6 +382,8 @@ class DisclosureCheck(ReplayCheck):
                 "its committed hash. Not checked: the content of the other "
                 f"{n - len(train)} training examples", **a.report["disclosure"])
         data = Datasets(Disclosed(enc, n, train), Disclosed(enc, h, held))
+        # one worker (Audit refuses more): the replays run here, and a data-parallel
+        # run's exact replay hands the examples to its ranks (auditor.replay_dp)
         with provided_data(recipe, data):
             super()._replay(recipe, seed, ckpts)
 
@@ -348,8 +400,13 @@ class DisclosureCheck(ReplayCheck):
                 raise _Mismatch(split, i, got, hashes[i])
             self._bytes += len(blob)
             try:
-                out[i] = decode_example(enc, blob)
+                out[i] = self._recipe_decode(enc, blob)
             except MalformedError as e:  # it is the committed example: committed garbage
                 raise _Mismatch(split, i, got, hashes[i], e.message) from None
+            except TransformError as e:
+                raise _Undecodable(split, i, e.message) from None
+            except Exception as e:  # noqa: BLE001 — a recipe's own decode, run here
+                raise _Undecodable(split, i, f"the recipe's decode fails "
+                                   f"({type(e).__name__}: {str(e)[:200]})") from None
             self.a._tick(f"disclosure {split}", done + 1, len(indexes))
         return out

@@ -118,13 +118,24 @@ def provided_data(recipe: Recipe, data: Datasets) -> Iterator[None]:
     key = (recipe.spec, repr(sorted(recipe.config.items())), str(recipe.data_dir))
     before = _DATA.get(key)
     _DATA[key] = data
+    _PROVIDED[key] = data
     try:
         yield
     finally:
+        _PROVIDED.pop(key, None)
         if before is None:
             _DATA.pop(key, None)
         else:
             _DATA[key] = before
+
+
+_PROVIDED: dict[tuple[str, str, str], Datasets] = {}
+
+
+def provided(job: SegmentJob) -> Datasets | None:
+    """The data :func:`provided_data` stands in for ``job``'s recipe in this process
+    (None: the recipe reads its own): what spawned replay processes must be handed."""
+    return _PROVIDED.get((job.recipe, repr(sorted(job.config.items())), str(job.data_dir)))
 
 
 class Trainee:

@@ -63,11 +63,15 @@ def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
 
     from prover.distributed import free_address
 
+    from .replay import provided
+
     devices = rank_devices(jobs[0].device if jobs else "cpu", world)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     address = free_address()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, address, jobs, out, str(dev)),
+    data = provided(jobs[0]) if jobs else None  # disclosed examples travel to the ranks
+    procs = [ctx.Process(target=_rank_main,
+                         args=(r, world, address, jobs, out, data, str(dev)),
                          daemon=True, name=f"potd-replay-rank-{r}")
              for r, dev in enumerate(devices)]
     for p in procs:
@@ -102,15 +106,24 @@ def rank_devices(device: str, world: int) -> list[torch.device]:
 
 
 def _rank_main(rank: int, world: int, address: str, jobs: list[SegmentJob],
-               out: Any, device: str = "cpu") -> None:
+               out: Any, data: Any = None, device: str = "cpu") -> None:
+    import contextlib
+
     import torch.distributed as dist
 
     from prover.distributed import init_process_group
 
+    from .replay import provided_data, trainee
+
     try:
         init_process_group(rank, world, address, device)
-        results = [replay_shard(replace(job, device=device), rank, world).to_json()
-                   for job in jobs]
+        jobs = [replace(job, device=device) for job in jobs]  # this rank's device
+        with contextlib.ExitStack() as stack:
+            if data is not None and jobs:  # selective disclosure: no data() here either
+                j = jobs[0]  # the recipe replay_shard's trainee uses
+                stack.enter_context(provided_data(
+                    trainee(j.recipe, j.config, j.data_dir, j.device).recipe, data))
+            results = [replay_shard(job, rank, world).to_json() for job in jobs]
         if rank == 0:
             out.put({"results": results})
     except Exception as e:  # noqa: BLE001 — reported as the segments' error

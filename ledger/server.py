@@ -35,7 +35,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -56,10 +55,10 @@ from .errors import (
     StorageError,
     UsageError,
 )
-from .guard import guarded_protocol, raise_fd_limit, trim_memory
+from .guard import trim_memory
 from .log import Log
 from .metrics import Metrics
-from .netutil import listen
+from .netutil import listen, make_server
 from .note import Signer, b64encode
 from .openapi import openapi_document
 from .policy import Policy
@@ -581,8 +580,6 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
           **options: Any) -> None:
     """Open the log at ``db`` with its private key and serve it until SIGINT/SIGTERM;
     ``also_sign``: keys of the same origin that co-sign each checkpoint (key rotation)."""
-    import uvicorn
-
     signer = key if isinstance(key, Signer) else Signer.parse(key)
     store = open_store(db, server=True, writer=True)
     try:
@@ -596,7 +593,6 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
     except UsageError:
         store.close()
         raise
-    bound = sock.getsockname()[1]
     # A long-running server allocates many short-lived containers per request; fewer,
     # later cyclic-GC passes (nothing here relies on them) cost less than frequent ones.
     gc.collect()
@@ -604,20 +600,9 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
     gc.set_threshold(50_000, 20, 100)
     # slowloris and connection floods: a header deadline and a connection cap that stays
     # under the open-file limit (ledger.guard); idle keep-alive connections close after 5 s
-    fds = raise_fd_limit()
-    protocol = guarded_protocol(header_timeout, max(16, min(max_connections, fds - 64)))
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, workers=1,
-                            timeout_graceful_shutdown=30, backlog=2048, lifespan="on",
-                            http=protocol, timeout_keep_alive=5)
-    server = uvicorn.Server(config)
-    if on_ready is not None:
-        orig = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await orig(sockets=sockets)
-            on_ready(host, bound)
-
-        server.startup = startup  # type: ignore[method-assign]
+    server = make_server(app, sock, on_ready=on_ready, log_level=log_level,
+                         header_timeout=header_timeout, max_connections=max_connections,
+                         lifespan="on", timeout_graceful_shutdown=30, backlog=2048)
     # uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown; with these handlers
     # that ends here, so a clean shutdown exits 0 instead of dying by the signal.
     for sig in (signal.SIGINT, signal.SIGTERM):

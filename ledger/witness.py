@@ -58,7 +58,7 @@ from .errors import (
     UsageError,
 )
 from .merkle import EMPTY_ROOT, HASH_SIZE, check_tree
-from .netutil import listen
+from .netutil import BodyError, listen, read_body
 from .note import (
     ALG_COSIGNATURE_V1,
     ALG_ED25519,
@@ -486,7 +486,7 @@ class Witness:
 
 # --- HTTP (ASGI) --------------------------------------------------------------------
 
-def create_app(witness: Witness) -> Any:
+def create_app(witness: Witness, *, body_timeout: float = 30.0) -> Any:
     """The Starlette app: ``POST /add-checkpoint``, ``POST /sign-subtree``
     (:mod:`ledger.witness_subtree`), ``GET /health``, ``GET /state``."""
     from starlette.applications import Starlette
@@ -500,15 +500,13 @@ def create_app(witness: Witness) -> Any:
     pool = ThreadPoolExecutor(WORKER_THREADS, "witness")
 
     async def add_checkpoint(request: Request) -> Response:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return Response(f"request body larger than {MAX_BODY} bytes\n", 413,
-                                media_type="text/plain")
+        try:
+            body = await read_body(request, MAX_BODY, body_timeout)
+        except BodyError as e:
+            return Response(f"{e.message}\n", e.status, media_type="text/plain")
         try:
             sig = await asyncio.get_running_loop().run_in_executor(
-                pool, witness.add_checkpoint, bytes(body))
+                pool, witness.add_checkpoint, body)
         except WitnessError as e:
             if e.status >= 500:
                 log.error("add-checkpoint failed: %s", e)
@@ -525,14 +523,12 @@ def create_app(witness: Witness) -> Any:
     async def sign_subtree(request: Request) -> Response:
         from .witness_subtree import sign_subtree as handle
 
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return Response(f"request body larger than {MAX_BODY} bytes\n", 413,
-                                media_type="text/plain")
         try:
-            sig = await run_in_threadpool(handle, witness, bytes(body))
+            body = await read_body(request, MAX_BODY, body_timeout)
+        except BodyError as e:
+            return Response(f"{e.message}\n", e.status, media_type="text/plain")
+        try:
+            sig = await run_in_threadpool(handle, witness, body)
         except WitnessError as e:
             return Response(e.body(), e.status, headers={"content-type": e.content_type})
         return Response(sig, 200, headers={"content-type": "text/plain; charset=utf-8"})
@@ -563,33 +559,24 @@ def create_app(witness: Witness) -> Any:
 
 def serve(db: str, signer: Signer, logs: Sequence[tuple[str, Verifier]] = (), *,
           host: str = "127.0.0.1", port: int = 8081, log_level: str = "warning",
-          on_ready: Callable[[str, int], None] | None = None) -> None:
-    """Pin ``logs`` in ``db``, then serve the witness until SIGINT/SIGTERM."""
-    import socket
-
-    import uvicorn
+          on_ready: Callable[[str, int], None] | None = None, header_timeout: float = 10.0,
+          body_timeout: float = 30.0, max_connections: int = 1024) -> None:
+    """Pin ``logs`` in ``db``, then serve the witness until SIGINT/SIGTERM; connections
+    are guarded as the log server's are (:func:`ledger.netutil.make_server`)."""
+    from .netutil import make_server
 
     state = WitnessState(db)
     for origin, vkey in logs:
         state.add_log(origin, vkey)
-    app = create_app(Witness(state, signer))
+    app = create_app(Witness(state, signer), body_timeout=body_timeout)
     try:
         sock = listen(host, port)
     except UsageError:
         state.close()
         raise
-    bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, workers=1,
-                            backlog=2048, lifespan="off")
-    server = uvicorn.Server(config)
-    if on_ready is not None:
-        orig = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await orig(sockets=sockets)
-            on_ready(host, bound)
-
-        server.startup = startup  # type: ignore[method-assign]
+    server = make_server(app, sock, on_ready=on_ready, log_level=log_level,
+                         header_timeout=header_timeout, max_connections=max_connections,
+                         backlog=2048)
     try:
         server.run(sockets=[sock])
     finally:

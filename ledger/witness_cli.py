@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .errors import UsageError
+from .netutil import connection_options
 
 
 @click.group()
@@ -138,8 +139,10 @@ def state(db: str, as_json: bool) -> None:
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="uvicorn and witness log level.")
+@connection_options
 def serve(db: str, key: str, logs: tuple[str, ...], host: str, port: int,
-          log_level: str) -> None:
+          log_level: str, header_timeout: float, body_timeout: float,
+          max_connections: int) -> None:
     """Serve POST /add-checkpoint (C2SP tlog-witness), GET /health and GET /state.
 
     Prints "listening on http://HOST:PORT" to stderr once ready; stops on SIGINT/SIGTERM.
@@ -162,4 +165,6 @@ def serve(db: str, key: str, logs: tuple[str, ...], host: str, port: int,
         click.echo(f"witness {signer.verifier}", err=True)
         click.echo(f"listening on http://{h}:{p}", err=True)
 
-    run(db, signer, parsed, host=host, port=port, log_level=log_level, on_ready=ready)
+    run(db, signer, parsed, host=host, port=port, log_level=log_level, on_ready=ready,
+        header_timeout=header_timeout, body_timeout=body_timeout,
+        max_connections=max_connections)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ledger.cli import PotdGroup, keygen_to, read_signer, read_verifier
+from ledger.netutil import connection_options
 
 
 @click.group(cls=PotdGroup)
@@ -343,10 +344,12 @@ def abort(spool: str, key: str, reason: str, timeout: float) -> None:
               "(default: twice the allowed set).")
 @click.option("--budget-bytes", default=1 << 30, show_default=True,
               help="Bytes of examples served per challenge.")
+@connection_options
 def serve_data(log_url: str, vkey: str, run_id: str, recipe: str | None,
                data_dir: str | None, evidence: str, host: str, port: int, max_samples: int,
                max_memorization_segments: int, budget_examples: int | None,
-               budget_bytes: int) -> None:
+               budget_bytes: int, header_timeout: float, body_timeout: float,
+               max_connections: int) -> None:
     """Serve a closed run's examples for audits with selective disclosure.
 
     Discloses only the examples the run's public challenge (fixed by run.close) asks an
@@ -370,4 +373,5 @@ def serve_data(log_url: str, vkey: str, run_id: str, recipe: str | None,
                    f"{info['heldout']['allowed']} of {info['heldout']['total']} held-out "
                    f"examples disclosable for challenge {info['challenge'][:16]}…", err=True)
 
-    serve(d, host, port, on_ready=ready)
+    serve(d, host, port, on_ready=ready, header_timeout=header_timeout,
+          body_timeout=body_timeout, max_connections=max_connections)

@@ -40,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ledger.errors import UsageError
+from ledger.netutil import BodyError, read_body
 
 from .disclosure import RunPlan, heldout_indexes, segments, train_indexes
 
@@ -95,7 +96,7 @@ def _json(obj: Any) -> Response:
     return Response(json.dumps(obj), media_type="application/json")
 
 
-def create_app(d: Disclosure) -> Starlette:
+def create_app(d: Disclosure, *, body_timeout: float = 30.0) -> Starlette:
     held = json.dumps({"run": d.run, "hashes": [d.heldout.example_hash(i).hex()
                                                 for i in range(len(d.heldout))]})
 
@@ -106,12 +107,13 @@ def create_app(d: Disclosure) -> Starlette:
         return Response(held, media_type="application/json")
 
     async def examples(request: Request) -> Response:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
+        try:
+            body = await read_body(request, MAX_BODY, body_timeout)
+        except BodyError as e:
+            if e.status == 413:
                 return _error(413, "too-large", f"a request body is at most {MAX_BODY} "
                               "bytes", hint=f"ask for at most {MAX_INDEXES} indexes at once")
+            return _error(408, "timeout", e.message, hint="send the whole request at once")
         try:
             req = json.loads(body)
             run, challenge, split = req["run"], req["challenge"], req["split"]
@@ -202,33 +204,24 @@ def load(client: Any, run: str, *, recipe: str | None = None, data_dir: str | No
 
 def make_server(d: Disclosure, host: str = "127.0.0.1", port: int = 8090,
                 on_ready: Callable[[str, int], None] | None = None,
-                log_level: str = "warning") -> tuple[Any, Any]:
+                log_level: str = "warning", *, header_timeout: float = 10.0,
+                body_timeout: float = 30.0, max_connections: int = 1024
+                ) -> tuple[Any, Any]:
     """A uvicorn server for ``d`` and its bound socket (``server.run(sockets=[sock])``
-    serves until SIGINT/SIGTERM or ``server.should_exit``)."""
-    import socket
-
-    import uvicorn
-
+    serves until SIGINT/SIGTERM or ``server.should_exit``), its connections guarded as
+    the log server's are (:func:`ledger.netutil.make_server`)."""
     from ledger.netutil import listen
+    from ledger.netutil import make_server as guarded
 
     sock = listen(host, port)
-    bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(d), log_level=log_level,
-                                           access_log=False, workers=1,
-                                           timeout_keep_alive=5, lifespan="off"))
-    if on_ready is not None:
-        orig = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await orig(sockets=sockets)
-            on_ready(host, bound)
-
-        server.startup = startup  # type: ignore[method-assign]
+    server = guarded(create_app(d, body_timeout=body_timeout), sock, on_ready=on_ready,
+                     log_level=log_level, header_timeout=header_timeout,
+                     max_connections=max_connections)
     return server, sock
 
 
 def serve(d: Disclosure, host: str = "127.0.0.1", port: int = 8090,
-          on_ready: Callable[[str, int], None] | None = None) -> None:
-    """Serve ``d`` until SIGINT/SIGTERM."""
-    server, sock = make_server(d, host, port, on_ready)
+          on_ready: Callable[[str, int], None] | None = None, **limits: Any) -> None:
+    """Serve ``d`` until SIGINT/SIGTERM (``limits``: as for :func:`make_server`)."""
+    server, sock = make_server(d, host, port, on_ready, **limits)
     server.run(sockets=[sock])

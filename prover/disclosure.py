@@ -1,6 +1,7 @@
 """Selective disclosure, the protocol part (docs/protocol.md §4.9): which examples a
 public challenge of a closed run discloses, and how disclosed example bytes become the
-tensors a recipe trains on.
+tensors a recipe trains on
+(:func:`decode_example`, the default of :meth:`prover.recipes.Recipe.decode`).
 
 Both sides compute the set from public values only — the run's seed, the committed
 dataset size and schedule, the committed checkpoint steps and the public challenge fixed
@@ -17,23 +18,33 @@ the held-out examples are those the memorization test reads: the first
 
 Decoding trusts nothing: a blob is decoded only after its SHA-256 under the committed
 encoding equals the committed example hash (the caller checks), and a blob that still
-does not parse as its encoding is a :class:`~ledger.errors.MalformedError`.
+does not parse as its encoding is a :class:`~ledger.errors.MalformedError` (the trainer
+committed something that is not an example); a recipe transform failing on it is a
+:class:`TransformError` (recipe code in the decoder's environment: no evidence).
 """
 
 from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ledger.errors import MalformedError, UsageError
+from ledger.errors import MalformedError, PotdError, UsageError
 
 from .derive import batch_indexes, choose, schedule
 
 if TYPE_CHECKING:
     import torch
+
+class TransformError(PotdError):
+    """The recipe's transform failed on an example here: recipe code in this
+    environment (the trainer ran the same code on the same bytes in its own), so it says
+    nothing about the example."""
+
+    code = "transform_failed"
+
 
 HELDOUT_SAMPLE = 256  # held-out examples the memorization test reads (replay.memorization)
 MAX_EXAMPLE_BYTES = 64 << 20  # one disclosed example, at most
@@ -139,16 +150,34 @@ def decode_tensors(blob: bytes, header: bytes) -> dict[str, torch.Tensor]:
     return out
 
 
-def decode_example(encoding: str, blob: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+Transform = Callable[[bytes], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def decode_example(encoding: str, blob: bytes, transform: Transform | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """One example's ``(x, y)`` from its canonical bytes (the adapter's
-    ``example_bytes``): ``potd-example-v1`` framing (TensorDataset) or a token window
-    (TokenFile: ``x`` the first ``block`` tokens, ``y`` the next ones, int64). FileDir
-    examples need the recipe's own transform and the recipe's dataset; they are not
-    decodable here."""
+    ``example_bytes``), exactly what the adapter's ``batch`` yields for it unstacked:
+    ``potd-example-v1`` framing (TensorDataset), a token window (TokenFile: ``x`` the
+    first ``block`` tokens, ``y`` the next ones, int64), or a file (FileDir: the file's
+    bytes after the ``potd-file-v1`` header, through the recipe's ``transform`` — the
+    function the recipe gave :class:`~prover.datasets.FileDir`; without it a file example
+    is a :class:`UsageError`: it cannot be decoded without the recipe). The default of
+    :meth:`prover.recipes.Recipe.decode`.
+
+    A blob that does not parse as its encoding is a :class:`MalformedError`; one the
+    transform refuses (any exception of recipe code) or turns into something other than
+    two tensors, a :class:`TransformError`."""
     import numpy as np
     import torch
 
-    from .datasets import TENSOR_ENCODING, TOKEN_WIDTHS, token_encoding, token_header
+    from .datasets import (
+        FILE_ENCODING,
+        FILE_HEADER,
+        TENSOR_ENCODING,
+        TOKEN_WIDTHS,
+        token_encoding,
+        token_header,
+    )
     from .hashing import EXAMPLE_HEADER
 
     if encoding == TENSOR_ENCODING:
@@ -156,6 +185,19 @@ def decode_example(encoding: str, blob: bytes) -> tuple[torch.Tensor, torch.Tens
         if set(t) != {"x", "y"}:
             raise MalformedError(f"the example holds tensors {sorted(t)[:4]}, not x and y")
         return t["x"], t["y"]
+    if encoding == FILE_ENCODING and transform is not None:
+        if not blob.startswith(FILE_HEADER):
+            raise MalformedError("the example does not start with the potd-file-v1 header")
+        try:
+            got = transform(blob[len(FILE_HEADER):])
+            x, y = got
+        except Exception as e:  # noqa: BLE001 — recipe code on a (committed) file
+            raise TransformError(f"the recipe's transform refuses the file "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise TransformError(f"the recipe's transform made {type(x).__name__} and "
+                                 f"{type(y).__name__} of the file, not two tensors")
+        return x, y
     for dtype, width in TOKEN_WIDTHS.items():
         if encoding == token_encoding(dtype):
             head = token_header(dtype)
@@ -164,7 +206,13 @@ def decode_example(encoding: str, blob: bytes) -> tuple[torch.Tensor, torch.Tens
                 raise MalformedError("the example is not a token window of this encoding")
             win = torch.from_numpy(np.frombuffer(body, dtype=f"<u{width}").astype(np.int64))
             return win[:-1].contiguous(), win[1:].contiguous()
+    if encoding == FILE_ENCODING:
+        raise UsageError("examples encoded as potd-file-v1/sha256 (one file each) become "
+                         "tensors only through the recipe's transform, which this recipe "
+                         "does not define", hint="the recipe defines transform(content) and "
+                         "passes it to FileDir(path, self.transform) (docs/protocol.md "
+                         "§4.6); else audit with the full data (--data-dir)")
     raise UsageError(f"examples encoded as {encoding!r} cannot be decoded without the "
-                     "recipe's data", hint="selective disclosure supports the tensor "
-                     "(potd-example-v1) and token-window encodings; audit with the full "
-                     "data (--data-dir) instead")
+                     "recipe's data", hint="selective disclosure supports the encodings of "
+                     "docs/protocol.md §4.6 (tensors, token windows, files through the "
+                     "recipe's transform); audit with the full data (--data-dir) instead")

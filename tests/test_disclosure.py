@@ -151,6 +151,8 @@ def test_unreachable_server_is_inconclusive(honest: Any) -> None:
         port = s.getsockname()[1]  # closed once the block ends: nothing listens
     rep = _audit(env, run, f"http://127.0.0.1:{port}")
     assert checks(rep)["disclosure"] == "inconclusive" and rep["verdict"] == "inconclusive"
+    dc = next(x for x in rep["checks"] if x["name"] == "disclosure")
+    assert "did not answer" in dc["summary"] and "by design" in dc["summary"]
 
 
 @pytest.mark.parametrize("cls", [ForgedCheckpoint, DataSubstitution])
@@ -204,5 +206,43 @@ def test_decoded_bytes_equal_the_adapters_batches(tmp_path: Path) -> None:
     for bad in (blob[:-3], blob[:20], b"nope", blob + b"\x00"):
         with pytest.raises(MalformedError):
             decode_example(tds[0].encoding, bad)
+    with pytest.raises(UsageError, match="recipe's transform"):
+        decode_example("potd-file-v1/sha256", b"x")  # a file needs the recipe's transform
     with pytest.raises(UsageError, match="cannot be decoded"):
-        decode_example("potd-file-v1/sha256", b"x")
+        decode_example("potd-other-v9/sha256", b"x")
+
+
+def test_data_server_is_guarded_like_the_log_server(honest: Any) -> None:
+    """The data server faces hostile auditors: a half-open flood past its connection cap
+    does not starve it, a half-open connection is closed after the header deadline, and a
+    trickled body gets 408 (ledger.netutil.make_server, read_body)."""
+    env, run, srv = honest
+    ready = threading.Event()
+    server, sock = make_server(srv.d, "127.0.0.1", 0, on_ready=lambda h, p: ready.set(),
+                               header_timeout=1.0, body_timeout=1.0, max_connections=16)
+    port = sock.getsockname()[1]
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    assert ready.wait(30)
+    attackers = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /v1/disclosure HTTP/1.1\r\nHost: x\r\n")
+            attackers.append(s)
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/disclosure", timeout=5)
+        assert r.status_code == 200 and r.json()["run"] == run
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as s:
+            s.sendall(b"GET /v1/disclosure HTTP/1.1\r\nHost: x\r\n")
+            assert s.recv(1024) == b""  # closed by the server's header deadline
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as s:
+            s.sendall(b"POST /v1/disclosure/examples HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 500\r\n\r\n{")
+            reply = s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+            assert b'"timeout"' in reply or b'"timeout"' in s.recv(4096)
+    finally:
+        for s in attackers:
+            s.close()
+        server.should_exit = True
+        t.join(30)

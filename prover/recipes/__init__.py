@@ -127,6 +127,28 @@ class Recipe:
         file, a directory of files). Read files under :attr:`data_dir` when it is set."""
         raise NotImplementedError
 
+    def transform(self, content: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+        """One example ``(x, y)`` from the bytes of one file, for a recipe whose data is a
+        directory of files: give it to the adapter, ``FileDir(path, self.transform)``, so
+        that the auditor, holding only disclosed files and no data directory, makes the
+        same tensors (:meth:`decode`). Depend on the bytes and the config only."""
+        raise NotImplementedError
+
+    def decode(self, encoding: str, blob: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+        """One example ``(x, y)`` from its canonical bytes under the committed
+        ``encoding`` — what the recipe's dataset's ``batch`` yields for it, unstacked. The
+        selective-disclosure audit builds its batches this way, without :meth:`data`
+        (docs/protocol.md §4.9). The default decodes every encoding of §4.6: tensors and
+        token windows by their framing, files through :meth:`transform`
+        (:func:`prover.disclosure.decode_example`). Raise
+        :class:`~ledger.errors.UsageError` for an encoding the recipe cannot decode and
+        :class:`~ledger.errors.MalformedError` for bytes that are not an example (the
+        audit fails); any other exception leaves it inconclusive."""
+        from prover.disclosure import decode_example
+
+        own = type(self).transform is not Recipe.transform
+        return decode_example(encoding, blob, self.transform if own else None)
+
     def model(self) -> torch.nn.Module:
         raise NotImplementedError
 
