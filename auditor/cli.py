@@ -419,13 +419,23 @@ def runs(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None, 
               help="A directory of documents (every regular file in it); repeatable.")
 @click.option("--out", "out", type=click.Path(dir_okay=False),
               help="Write the self-contained proof file (JSON).")
+@click.option("--max-hash-list-bytes", type=click.IntRange(min=0), default=1 << 30,
+              show_default=True,
+              help="Fetch no larger hash list (32 bytes per example): a run committing "
+                   "more is inconclusive.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache of verified hash-list indexes, by SHA-256 "
+                   "[default: $XDG_CACHE_HOME/potd/membership].")
+@click.option("--no-cache", is_flag=True,
+              help="Build the index in a temporary directory, keep nothing.")
 @witness_options
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answers and checks as JSON.")
 def membership(log_url: str, vkey: str, run_id: str, evidence: str,
                documents: tuple[str, ...], hashes: tuple[str, ...], dirs: tuple[str, ...],
-               out: str | None, witness: tuple[str, ...], quorum: int | None, state: str,
+               out: str | None, max_hash_list_bytes: int, cache_dir: str | None,
+               no_cache: bool, witness: tuple[str, ...], quorum: int | None, state: str,
                as_json: bool) -> None:
     """Was this document in run RUN's training data? Proven either way, without the data.
 
@@ -434,12 +444,16 @@ def membership(log_url: str, vkey: str, run_id: str, evidence: str,
     dataset indexes and the steps that trained on it) or absent (the two neighbouring
     hashes of the sorted list). Exit status 0 = answered, 1 = the run or its hash list
     fails verification, 3 = inconclusive, 2 = usage (e.g. a document the run's example
-    encoding cannot encode).
+    encoding cannot encode). A run still open is answered from its run.open; the steps
+    are then unknown until it closes.
     """
     from ledger.errors import UsageError
 
     from .membership import ANSWERS
     from .membership import membership as ask
+    from .membership_index import default_cache_dir
+
+    cache = None if no_cache else str(cache_dir or default_cache_dir())
 
     docs = [Path(d).read_bytes() for d in documents]
     for d in dirs:
@@ -457,7 +471,8 @@ def membership(log_url: str, vkey: str, run_id: str, evidence: str,
         raise UsageError("nothing to ask about", hint="give --document, --hash or --dir")
     bars = _Bars()
     with _client(log_url, vkey, state, witness, quorum) as client:
-        rep = ask(client, run_id, qs, evidence, progress=bars, documents=docs)
+        rep = ask(client, run_id, qs, evidence, progress=bars, documents=docs,
+                  max_hash_list_bytes=max_hash_list_bytes, cache_dir=cache)
     bars.close()
     proof = rep.pop("proof", None)
     if out and proof is not None:
@@ -468,10 +483,12 @@ def membership(log_url: str, vkey: str, run_id: str, evidence: str,
         for x in rep.get("answers", []):
             if x["answer"] == "included":
                 ix = x["indexes"]
+                steps = ("steps unknown until the run closes" if rep.get("run_state") == "open"
+                         else "trained on at step(s) " + (", ".join(
+                             map(str, (x.get("steps") or [])[:20])) or "(not named)"))
                 click.echo(f"included: {x['hash']} at dataset index(es) "
                            f"{', '.join(map(str, ix[:10]))}{' …' if len(ix) > 10 else ''}; "
-                           f"trained on at step(s) "
-                           f"{', '.join(map(str, (x.get('steps') or [])[:20])) or '(not named)'}")
+                           f"{steps}")
             else:
                 lo, hi = x.get("left"), x.get("right")
                 click.echo(f"absent:   {x['hash']} lies between sorted leaves "
@@ -481,6 +498,8 @@ def membership(log_url: str, vkey: str, run_id: str, evidence: str,
             click.echo(f"{rep['answer']}: {rep.get('reason')}")
         for c in rep["checks"]:
             click.echo(f"  {c['status']:4s}  {c['name']}: {c['summary'][:160]}")
+            if c["status"] == "inconclusive" and c.get("evidence", {}).get("hint"):
+                click.echo(f"        hint: {c['evidence']['hint']}")
         if out and proof is not None:
             click.echo(f"proof file: {out} (check it with `potd auditor verify-membership "
                        f"{out} --vkey KEY`)")
@@ -522,6 +541,7 @@ def verify_membership(proof: str, vkey: str, run_id: str | None, as_json: bool) 
     click.echo(f"valid: proof for run {res['run']} in {res['origin']} at size "
                f"{res['checkpoint_size']}; steps: {res['steps_verified']}")
     for x in res["answers"]:
-        extra = (f" (dataset index(es) {x['indexes'][:10]}, step(s) {(x['steps'] or [])[:20]})"
+        steps = "unknown" if x["steps"] is None else x["steps"][:20]
+        extra = (f" (dataset index(es) {x['indexes'][:10]}, step(s) {steps})"
                  if x["answer"] == "included" else "")
         click.echo(f"  {x['answer']}: {x['hash']}{extra}")

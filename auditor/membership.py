@@ -3,8 +3,10 @@
 
 Order: verify the log and the run like an audit does (checkpoint, every entry rehashed,
 signatures, hash chain; :class:`~auditor.audit.Audit`), derive the seed when the run is
-closed (:class:`~auditor.replay_check.ReplayCheck`), fetch the hash list that
-``run.open`` names, check it against *both* committed roots (``hash_list`` named check),
+closed (:class:`~auditor.replay_check.ReplayCheck`; a run still open is answered from its
+``run.open``, naming no steps), fetch the hash list that ``run.open`` names within the
+operator's bounds, or take its index from the cache (:mod:`auditor.membership_index`),
+check it against *both* committed roots (``hash_list`` named check),
 then answer each query from the verified list: *included* (sorted index, every dataset
 index, the steps whose batches held it — each step's committed batch root recomputed
 from the list) or *absent* (the two neighbouring sorted leaves). Every answer carries
@@ -16,29 +18,23 @@ Trusts the pinned log key; the evidence location and everything in it are hostil
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ledger.client import LogClient
-from ledger.errors import PotdError, PushbackError
+from ledger.errors import MalformedError, PushbackError
 from ledger.merkle import Node, prove_record, prove_tree, split_stored_hash_index
 from ledger.note import SignedCheckpoint
 from ledger.statement import Statement
 from prover.derive import batch_indexes, schedule
 from prover.hashing import merkle_root_hex
-from prover.hashlist import (
-    HEADER_SIZE,
-    MerkleFile,
-    check_hash_list,
-    external_sort,
-    positions_of,
-)
+from prover.hashlist import MerkleFile, positions_of
 
 from .audit import Audit, AuditOptions
 from .logview import LogSnapshot
+from .membership_index import MAX_HASH_LIST_BYTES
 from .membership_proof import FORMAT, b64, derive_steps
 from .runs import RunView
 
@@ -69,8 +65,25 @@ class _Levels:
 class MembershipCheck(Audit):
     """An :class:`Audit` that stops after the log, the run's structure and the seed."""
 
-    found: tuple[RunView, LogSnapshot, Statement, Statement, SignedCheckpoint] | None = None
+    found: tuple[RunView, LogSnapshot, Statement, Statement | None,
+                 SignedCheckpoint] | None = None
     seed: bytes | None = None
+
+    def _problems(self, view: RunView, snap: LogSnapshot) -> list[str]:
+        # a run that is still open is sound so far: membership answers from run.open
+        from .runs import NOT_CLOSED
+
+        got = super()._problems(view, snap)
+        if view.abort is None and not any(st.kind == "run.close" for _, st in view.statements):
+            got = [p for p in got if p != NOT_CLOSED]
+        return got
+
+    def _incomplete(self, view: RunView, snap: LogSnapshot, o: Statement,
+                    cp: SignedCheckpoint) -> bool:
+        # run.open commits the dataset: inclusion and absence are answerable now; the
+        # steps come from the seed, which run.close reveals
+        self.found = (view, snap, o, None, cp)
+        return True
 
     def _verify(self, view: RunView, snap: LogSnapshot, o: Statement, close: Statement,
                 cp: SignedCheckpoint) -> None:
@@ -82,94 +95,46 @@ class MembershipCheck(Audit):
 
 def _verified_list(a: Audit, evidence: str, o: Statement, work: Path
                    ) -> tuple[MerkleFile, MerkleFile, Path] | None:
-    """Fetch the hash list ``run.open`` names and check it against both roots; the
-    ordered and sorted trees and the positions file, or None (a failed check)."""
-    from prover.evidence import EvidenceSource
+    """Fetch the hash list ``run.open`` names (or take it from the cache) and check it
+    against both roots; the ordered and sorted trees and the positions file, or None (a
+    failed or inconclusive ``hash_list`` check). Bounds and cache: ``a.opts``
+    (``max_hash_list_bytes``, ``hash_list_cache``) and :mod:`auditor.membership_index`."""
+    from .membership_index import Corrupt, Unavailable, index
 
     ds = o.body.get("dataset")
     ds = ds if isinstance(ds, dict) else {}
     name, size = ds.get("hash_list"), ds.get("size")
-    if not isinstance(name, str) or "sorted_root" not in ds or type(size) is not int:
+    if not isinstance(name, str) or "sorted_root" not in ds or type(size) is not int \
+            or len(name) != 64 or name.strip("0123456789abcdef") or size < 0:
         a.check("hash_list", "inconclusive", "not committed: the run commits no sorted root "
                 "or hash list (a run from before membership proofs); nothing can be proven")
         return None
-    path = work / "list.hashes"
-    limit = HEADER_SIZE + 32 * min(size, 1 << 34)
+    cache = a.opts.hash_list_cache
     try:
-        src = EvidenceSource(evidence)
-        if src.is_url:
-            data = src.read(f"objects/{name}.hashes", limit=limit)
-            digest = hashlib.sha256(data).hexdigest()
-            path.write_bytes(data)
-            del data
-        else:  # streamed: memory does not grow with the list
-            digest = copy_regular(Path(evidence) / "objects" / f"{name}.hashes", path, limit)
-    except PotdError as e:
-        a.check("hash_list", "inconclusive", f"the published hash list cannot be read: "
-                f"{e.message}", hint=e.hint)
+        got = index(evidence, name, size, max_bytes=a.opts.max_hash_list_bytes,
+                    cache_dir=Path(cache) if cache else None, work=work)
+    except Unavailable as e:
+        a.check("hash_list", "inconclusive", e.message, hint=e.hint)
         return None
-    if digest != name:
-        a.check("hash_list", "fail", f"the published hash list objects/{name[:16]}….hashes "
-                "does not have the SHA-256 its name and run.open commit")
+    except Corrupt as e:
+        a.check("hash_list", "fail", e.message)
         return None
-    try:
-        check_hash_list(path, size)
-    except PotdError as e:
-        a.check("hash_list", "fail", f"the published hash list is malformed: {e.message}")
-        return None
-    ordered = MerkleFile(path, HEADER_SIZE)
+    ordered, srt = got.ordered, got.srt
     if ordered.root.hex() != ds.get("root"):
-        ordered.close()
+        got.close()
         a.check("hash_list", "fail", "the published hash list does not hash to the "
                 "committed dataset root", got=ordered.root.hex(), committed=ds.get("root"))
         return None
-    spath, ppath, _ = external_sort(
-        (ordered.entry(i) for i in range(ordered.size)), work)
-    assert ppath is not None
-    srt = MerkleFile(spath)
     if srt.root.hex() != ds.get("sorted_root") or srt.size != ds.get("distinct"):
-        ordered.close()
-        srt.close()
+        got.close()
         a.check("hash_list", "fail", "the published hash list's distinct hashes do not hash "
                 "to the committed sorted root (or their count differs from 'distinct')",
                 got=srt.root.hex(), committed=ds.get("sorted_root"), distinct=srt.size)
         return None
     a.check("hash_list", "pass", f"the published list of {ordered.size} example hashes "
-            f"({srt.size} distinct) matches the committed ordered and sorted roots")
-    return ordered, srt, ppath
-
-
-def copy_regular(src: Path, dest: Path, limit: int) -> str:
-    """Copy the regular file ``src`` (at most ``limit`` bytes, else EvidenceError) to
-    ``dest`` in blocks; return its SHA-256 (hex). Never blocks on a FIFO or reads a
-    device (type checked on the opened descriptor)."""
-    import os
-    import stat
-
-    from prover.evidence import EvidenceError
-
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(src, flags)
-    except OSError as e:
-        raise EvidenceError(f"evidence file {src} cannot be read: {e.strerror}",
-                            hint="the trainer must publish the hash list run.open "
-                                 "names") from None
-    h = hashlib.sha256()
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            raise EvidenceError(f"evidence file {src} is not a regular file of at most "
-                                f"{limit} bytes")
-        with os.fdopen(fd, "rb", closefd=False) as f, open(dest, "wb") as out:
-            left = st.st_size
-            while left > 0 and (block := f.read(min(1 << 20, left))):
-                h.update(block)
-                out.write(block)
-                left -= len(block)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
+            f"({srt.size} distinct) matches the committed ordered and sorted roots "
+            f"(index: {got.source})", index=got.source)
+    return ordered, srt, got.positions
 
 
 def _proof(t: MerkleFile, i: int) -> dict[str, Any]:
@@ -181,6 +146,16 @@ def answer(q: bytes, ordered: MerkleFile, srt: MerkleFile, positions: Path) -> d
     r = srt.bisect(q)
     if r < srt.size and srt.entry(r) == q:
         idx = positions_of(positions, q)
+        # the positions file is derived data (possibly from a cache): every index it names
+        # must hold q in the verified ordered list, else it is not used at all
+        wrong = [i for i in idx[:MAX_ORDERED_PROOFS]
+                 if not 0 <= i < ordered.size or ordered.entry(i) != q]
+        if wrong or not idx:
+            raise MalformedError(f"the membership index names dataset index "
+                                 f"{wrong[0] if wrong else 'none'} for {q.hex()[:16]}…, "
+                                 "which does not hold it",
+                                 hint="run again with --no-cache (or delete the cache "
+                                      "directory's entry): the index is rebuilt")
         # every index listed is proven; a hash repeated more often says how many in all
         shown = idx[:MAX_ORDERED_PROOFS]
         return {"hash": q.hex(), "answer": "included", "indexes": shown,
@@ -202,6 +177,11 @@ def _steps(a: MembershipCheck, o: Statement, ordered: MerkleFile,
     bs, ep, n = hp.get("batch_size"), hp.get("epochs"), ordered.size
     inc = [x for x in answers if x["answer"] == "included"]
     if not inc:
+        return
+    if a.found[3] is None:
+        a.check("membership.steps", "skip", "the run is open: which steps trained on an "
+                "example is derived from the seed, revealed only at run.close; the steps "
+                "are unknown until the run closes")
         return
     if a.seed is None or type(bs) is not int or type(ep) is not int or bs < 1 or ep < 1:
         a.check("membership.steps", "skip", "no seed or schedule: the steps that trained on "
@@ -231,15 +211,21 @@ def _steps(a: MembershipCheck, o: Statement, ordered: MerkleFile,
 
 def membership(client: LogClient, run: str, queries: list[bytes], evidence: str,
                progress: Callable[[str, int, int], None] | None = None,
-               documents: Sequence[bytes] = ()) -> dict[str, Any]:
+               documents: Sequence[bytes] = (), *,
+               max_hash_list_bytes: int = MAX_HASH_LIST_BYTES,
+               cache_dir: str | None = None) -> dict[str, Any]:
     """Answer each example hash in ``queries`` (and of each of ``documents``, hashed in
     the run's committed example encoding, :mod:`prover.encodings`) for run ``run``: a
     report with ``answer`` (included / absent / mixed, or unverified / inconclusive), the
-    checks, per-query ``answers`` and ``proof`` (a :data:`FORMAT` document). A document
-    the run's encoding cannot encode raises UsageError."""
+    checks, per-query ``answers`` and ``proof`` (a :data:`FORMAT` document). A run still
+    open is answered from its ``run.open`` (``run_state`` "open": no steps are named; they
+    are unknown until the run closes). A document the run's encoding cannot encode raises
+    UsageError. ``max_hash_list_bytes`` and ``cache_dir`` (None: no cache) bound and
+    cache the hash list (:mod:`auditor.membership_index`)."""
     from prover.encodings import document_hash
 
-    opts = AuditOptions(run=run, evidence=evidence, max_abandoned=1 << 62)
+    opts = AuditOptions(run=run, evidence=evidence, max_abandoned=1 << 62,
+                        max_hash_list_bytes=max_hash_list_bytes, hash_list_cache=cache_dir)
     a = MembershipCheck(client, opts, progress)
     rep: dict[str, Any] = {"format": "potd-membership-v1", "run": run, "checks": a.checks}
     try:
@@ -250,9 +236,13 @@ def membership(client: LogClient, run: str, queries: list[bytes], evidence: str,
     failed = [c for c in a.checks if c["status"] == "fail"]
     if a.found is None or failed:
         why = (f"{failed[0]['name']}: {failed[0]['summary']}" if failed else
-               "the run is not closed (or aborted): no answer is given for it")
+               "the run has no run.open in the log: no answer is given for it")
         return {**rep, "answer": "unverified" if failed else "inconclusive", "reason": why}
     view, snap, o, close, cp = a.found
+    rep["run_state"] = "closed" if close is not None else "open"
+    if close is None:
+        rep["steps"] = ("unknown until the run closes: they are derived from the seed, "
+                        "which run.close reveals")
     ds = o.body.get("dataset")
     enc = ds.get("example_hash") if isinstance(ds, dict) else None
     queries = [*queries, *(document_hash(enc if isinstance(enc, str) else None, d)
@@ -262,12 +252,17 @@ def membership(client: LogClient, run: str, queries: list[bytes], evidence: str,
         got = _verified_list(a, evidence, o, Path(tmp))
         if got is None:
             st = a.checks[-1]["status"]
+            hint = a.checks[-1]["evidence"].get("hint")
             return {**rep, "answer": "unverified" if st == "fail" else "inconclusive",
-                    "reason": f"hash_list: {a.checks[-1]['summary']}"}
+                    "reason": f"hash_list: {a.checks[-1]['summary']}",
+                    **({"hint": hint} if hint else {})}
         ordered, srt, ppath = got
         try:
             answers = [answer(q, ordered, srt, ppath) for q in queries]
             _steps(a, o, ordered, answers)
+        except MalformedError as e:  # a damaged local index: nothing said of the run
+            return {**rep, "answer": "inconclusive", "reason": f"index: {e.message}",
+                    "hint": e.hint}
         finally:
             ordered.close()
             srt.close()
@@ -278,11 +273,14 @@ def membership(client: LogClient, run: str, queries: list[bytes], evidence: str,
     rep["answer"] = ("included" if all(x["answer"] == "included" for x in answers) else
                      "absent" if all(x["answer"] == "absent" for x in answers) else "mixed")
     rep["proof"] = proof_file(run, view, snap, o, close, cp, answers)
+    if close is None:
+        rep["proof"]["run_state"] = "open"
     return rep
 
 
-def proof_file(run: str, view: RunView, snap: LogSnapshot, o: Statement, close: Statement,
-               cp: SignedCheckpoint, answers: list[dict[str, Any]]) -> dict[str, Any]:
+def proof_file(run: str, view: RunView, snap: LogSnapshot, o: Statement,
+               close: Statement | None, cp: SignedCheckpoint,
+               answers: list[dict[str, Any]]) -> dict[str, Any]:
     """The self-contained :data:`FORMAT` document (see :mod:`auditor.membership_proof`)."""
     reader = _Levels(snap)
 
@@ -293,7 +291,7 @@ def proof_file(run: str, view: RunView, snap: LogSnapshot, o: Statement, close: 
     by_obj = {id(st): i for i, st in view.statements}
     doc: dict[str, Any] = {"format": FORMAT, "run": run, "checkpoint": str(cp),
                            "open": stmt(by_obj[id(o)], o), "answers": answers}
-    if any(x.get("steps") is not None for x in answers):
+    if close is not None and any(x.get("steps") is not None for x in answers):
         doc["close"] = stmt(by_obj[id(close)], close)
         i0, s0 = view.steps[0]
         doc["step0"] = stmt(i0, s0)

@@ -3,7 +3,9 @@ verification (``potd auditor verify-membership``; docs/protocol.md §4.7).
 
 A proof file holds a signed checkpoint, the run's ``run.open`` (and ``run.close`` and first
 step, when steps are named) with their inclusion proofs into that checkpoint, and one
-answer per queried example hash:
+answer per queried example hash. A proof made while the run was open has no
+``run.close``: it proves inclusion or absence (both roots are in ``run.open``) and names
+no steps, which stay unknown until the run closes:
 
 * ``included``: the sorted-tree index and inclusion proof of the hash, and every dataset
   index with its inclusion proof into the ordered root (``dataset.root``);
@@ -235,6 +237,10 @@ def verify_proof(doc: Any, vkey: Verifier, run: str | None = None) -> dict[str, 
 def _steps(doc: dict[str, Any], answers: list[Any], o: Statement, oi: int,
            ds: dict[str, Any], cp: Any, vkey: Verifier) -> str:
     if not any(a.get("answer") == "included" and a.get("steps") is not None for a in answers):
+        if doc.get("close") is None and any(a.get("answer") == "included" for a in answers):
+            return ("unknown until the run closes (the proof carries no run.close: it was "
+                    "made while the run was open, and the steps derive from the seed that "
+                    "run.close reveals)")
         return "no steps claimed"
     if doc.get("close") is None or doc.get("step0") is None:
         raise MembershipProofError("steps are named but the proof has no run.close and step 0")

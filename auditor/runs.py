@@ -84,6 +84,9 @@ def group_runs(snap: LogSnapshot) -> tuple[dict[str, RunView], list[int]]:
     return runs, foreign
 
 
+NOT_CLOSED = "the run is not closed (no run.close)"
+
+
 def check_run(view: RunView, snap: LogSnapshot) -> list[str]:
     """Structural problems of one run (empty list = sound)."""
     problems: list[str] = []
@@ -125,7 +128,7 @@ def check_run(view: RunView, snap: LogSnapshot) -> list[str]:
         prev = leaf_hash(snap.entries[idx]).hex()
     last = sts[-1][1]
     if last.kind != "run.close":
-        problems.append("the run is not closed (no run.close)")
+        problems.append(NOT_CLOSED)
     elif last.body.get("steps") != step_expected:
         problems.append(f"run.close claims {last.body.get('steps')} steps, the log holds "
                         f"{step_expected}")

@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import DeadlineExceeded, MalformedError, PeerUnreachable, ResponseTooLarge
@@ -161,15 +161,38 @@ def _decoder(encoding: str, url: str) -> Any:
     raise MalformedError(f"{url}: unsupported Content-Encoding {encoding[:40]!r}")
 
 
-def _read_body(r: http.client.HTTPResponse, limit: int, url: str, truncate: bool) -> bytes:
+def _read_body(r: http.client.HTTPResponse, limit: int, url: str, truncate: bool,
+               sink: Callable[[bytes], object] | None = None) -> bytes:
     """The decoded body, at most ``limit`` bytes (more: ResponseTooLarge, or with
-    ``truncate`` the first ``limit`` bytes)."""
+    ``truncate`` the first ``limit`` bytes). With ``sink`` the body is handed to it in
+    blocks of at most 64 KiB as it arrives (memory stays flat) and b"" is returned."""
     dec = _decoder(r.getheader("Content-Encoding") or "", url)
     if dec is None and r.length is not None and not truncate:
         if r.length > limit:
             raise ResponseTooLarge(f"{url}: the peer announces {r.length} bytes, more than "
                                    f"the {limit} allowed")
-        return r.read()
+        if sink is None:
+            return r.read()
+    if sink is not None:
+        got = 0
+        while chunk := r.read1(_CHUNK):
+            while chunk:
+                part = dec.decompress(chunk, _CHUNK) if dec is not None else chunk
+                chunk = dec.unconsumed_tail if dec is not None else b""
+                got += len(part)
+                if got > limit:
+                    raise ResponseTooLarge(f"{url}: the peer sent more than the {limit} "
+                                           "bytes allowed"
+                                           + (" (decoded)" if dec is not None else ""))
+                sink(part)
+        if dec is not None and (tail := dec.flush()):
+            if got + len(tail) > limit:
+                raise ResponseTooLarge(f"{url}: the peer sent more than the {limit} bytes "
+                                       "allowed (decoded)")
+            sink(tail)
+        if r.length:  # cut off (or shut down by the deadline): handled like read()'s
+            raise http.client.IncompleteRead(b"", r.length)
+        return b""
     out = bytearray()
     while len(out) <= limit:
         chunk = r.read1(_CHUNK)
@@ -204,6 +227,14 @@ def _origin(origin: str) -> tuple[str, str, int | None]:
         return u.scheme, u.hostname, u.port
     except ValueError:
         raise MalformedError(f"{origin[:200]!r} has a bad port") from None
+
+
+class _SinkFailed(Exception):
+    """Carries an exception raised by a caller's sink through the transport handling."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Peer:
@@ -253,23 +284,43 @@ class Peer:
         return c
 
     def get(self, url: str, *, limit: int, deadline: float | None = None,
-            headers: Mapping[str, str] | None = None) -> Response:
-        return self.request("GET", url, limit=limit, deadline=deadline, headers=headers)
+            headers: Mapping[str, str] | None = None,
+            sink: Callable[[bytes], object] | None = None) -> Response:
+        return self.request("GET", url, limit=limit, deadline=deadline, headers=headers,
+                            sink=sink)
 
     def request(self, method: str, url: str, *, limit: int, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None,
-                deadline: float | None = None) -> Response:
+                deadline: float | None = None,
+                sink: Callable[[bytes], object] | None = None) -> Response:
         """One request, its answer read in full within ``limit`` bytes and ``deadline``
         seconds (default: the peer's). A kept-alive connection the server had closed is
-        replaced once."""
+        replaced once (not once ``sink`` has been handed part of a body).
+
+        ``sink``: a successful (status < 300) body is streamed to it in blocks instead of
+        being kept (the Response's ``body`` is then b""); an exception it raises ends the
+        request and propagates unchanged."""
         scheme, host, port, target = _split(url)
         hdrs = {**self.headers, **headers} if headers else self.headers
         end = time.monotonic() + (self.deadline if deadline is None else deadline)
+        fed = [0]
+
+        def own(b: bytes) -> None:
+            fed[0] += 1
+            try:
+                assert sink is not None
+                sink(b)
+            except BaseException as e:  # the sink's own failure, not the peer's
+                raise _SinkFailed(e) from e
         for attempt in (0, 1):
             conn = self._conn(scheme, host, port)
             reused = conn.sock is not None
             try:
-                return self._exchange(conn, method, target, body, hdrs, limit, end, url)
+                return self._exchange(conn, method, target, body, hdrs, limit, end, url,
+                                      own if sink is not None else None)
+            except _SinkFailed as e:
+                conn.close()
+                raise e.error from None
             except (OSError, http.client.HTTPException, ValueError) as e:
                 conn.close()
                 if time.monotonic() >= end:
@@ -278,7 +329,7 @@ class Peer:
                                            " s") from None
                 stale = isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,
                                        BrokenPipeError))
-                if attempt == 0 and reused and stale:
+                if attempt == 0 and reused and stale and not fed[0]:
                     continue
                 # the cause is kept: a client tells a refusal or a bad certificate
                 # (no retry helps) from a transient failure by it
@@ -290,7 +341,7 @@ class Peer:
 
     def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
                   body: bytes | None, hdrs: dict[str, str], limit: int, end: float,
-                  url: str) -> Response:
+                  url: str, sink: Callable[[bytes], object] | None = None) -> Response:
         remaining = end - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("deadline passed before sending")
@@ -328,7 +379,8 @@ class Peer:
             conn.request(method, target, body=body, headers=hdrs)
             r = conn.getresponse()
             data = _read_body(r, limit if r.status < 300 else min(limit, MAX_ERROR_BODY),
-                              url, truncate=r.status >= 300)
+                              url, truncate=r.status >= 300,
+                              sink=sink if r.status < 300 else None)
         finally:
             if armed is not None:
                 _watchdog.disarm(armed)

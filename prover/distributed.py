@@ -40,7 +40,8 @@ Invariants:
   weights and the digest of the examples it actually fed the step; the values are
   all-gathered and every rank checks them: weights that differ, or a shard that is not
   this rank's part of the committed batch, raise :class:`DataParallelError` naming the
-  ranks, and the step is not committed.
+  ranks, and the step is not committed. Rank 0 commits the weights hash it contributed
+  (the weights are hashed once per rank and step).
 
 Trusts: the other ranks are the trainer's own processes (the check catches a rank that
 drifts or reads the wrong data, not a trainer who lies: that is the audit's job).
@@ -163,6 +164,7 @@ class _Ranks:
     seed: bytes
     alg: str
     device: torch.device
+    agreed: str  # the weights hash after the last step, as all ranks contributed it
 
     def _wrap(self) -> None:
         from torch.nn.parallel import DistributedDataParallel
@@ -187,21 +189,35 @@ class _Ranks:
         loss = train_step(self.recipe, self.ddp, self.optimizer, xd, yd, self.seed, batch.step)
         return self._agree(batch, x, y, float(loss))
 
+    def _weights_state(self) -> dict[str, torch.Tensor]:
+        """The tensors whose hash this rank contributes (rank 0: the session's cached
+        state dict)."""
+        return self.model.state_dict(keep_vars=True)
+
     def _agree(self, batch: Batch, x: torch.Tensor, y: torch.Tensor, loss: float) -> float:
-        """All-gather (weights hash, digest of the fed examples, shard loss); raise on
-        disagreement; the global batch's loss (the shard losses weighted by share)."""
-        mine = bytes.fromhex(self._rank_hasher.hash(self.model.state_dict(keep_vars=True)))
-        fed = hashlib.sha256(b"".join(example_hashes(x, y))).digest()
+        """All-gather (weights hash, digest of the fed examples, shard loss) in one
+        collective; raise on disagreement; the global batch's loss (the shard losses
+        weighted by share). The weights hash is kept in ``self.agreed`` (rank 0 commits
+        it: the weights are hashed once per rank and step)."""
+        mine = bytes.fromhex(self._rank_hasher.hash(self._weights_state()))
+        self.agreed = mine.hex()
+        bounds = shard_bounds(len(batch.indexes), self.world)
+        # each rank's fed examples against its shard of the global batch as this rank
+        # loaded it (the tensor framing: any dataset adapter, docs/protocol.md §4.8); the
+        # global batch's example hashes once, this rank's fed digest from them when it fed
+        # its shard's very tensors (the same memory, so the same bytes)
+        ex = example_hashes(batch.x, batch.y)
+        expected = [hashlib.sha256(b"".join(ex[lo:hi])).digest() for lo, hi in bounds]
+        lo, hi = bounds[self.rank]
+        fed = (expected[self.rank] if _same_memory(x, batch.x[lo:hi])
+               and _same_memory(y, batch.y[lo:hi])
+               else hashlib.sha256(b"".join(example_hashes(x, y))).digest())
         local = torch.frombuffer(bytearray(mine + fed + struct.pack(">d", loss)),
                                  dtype=torch.uint8).to(self.device)  # NCCL: on the GPU
         got = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(got, local)
-        rows = [bytes(g.tolist()) for g in got]
-        bounds = shard_bounds(len(batch.indexes), self.world)
-        # each rank's fed examples against its shard of the global batch as this rank
-        # loaded it (the tensor framing: any dataset adapter, docs/protocol.md §4.8)
-        wrong_data = [r for r, (lo, hi) in enumerate(bounds) if rows[r][32:64] != hashlib.sha256(
-            b"".join(example_hashes(batch.x[lo:hi], batch.y[lo:hi]))).digest()]
+        rows = [g.cpu().numpy().tobytes() for g in got]  # NCCL: copied from the GPU
+        wrong_data = [r for r in range(self.world) if rows[r][32:64] != expected[r]]
         if wrong_data:
             raise DataParallelError(
                 f"step {batch.step}: rank(s) {', '.join(map(str, wrong_data))} trained on "
@@ -216,6 +232,12 @@ class _Ranks:
                 hint="all ranks need the same recipe, torch version and thread count")
         return sum(float(struct.unpack(">d", row[64:])[0]) * (hi - lo) / len(batch.indexes)
                    for row, (lo, hi) in zip(rows, bounds, strict=True))
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are the same elements of the same memory (hence the same bytes)."""
+    return (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
 
 
 class DataParallelSession(_Ranks, TrainingSession):
@@ -288,6 +310,30 @@ class DataParallelSession(_Ranks, TrainingSession):
         loss = self._dp_step(batch)
         self._record(batch, loss)
         return loss
+
+    def _weights_state(self) -> dict[str, torch.Tensor]:
+        return self._state()
+
+    def _record(self, batch: Batch, loss: float) -> None:
+        """Commit the step with the weights hash the ranks just agreed on (hashed once:
+        no copy of the weights to the commit process, no second hash). A checkpoint
+        step, which also writes the weights and optimizer state as evidence, goes the
+        single-process way."""
+        last = batch.step == len(self.plan) - 1
+        if (batch.step + 1) % self._k == 0 or last or not self.per_step_weights:
+            super()._record(batch, loss)
+            return
+        if self._hash_error is not None:
+            raise self._hash_error
+        if self._hasher is not None:  # a checkpoint's record still on the hasher thread
+            self._hash_q.join()       # goes first (records reach the committer in order)
+        self.losses.append(loss)
+        assert self._committer is not None
+        self._committer.step(batch.step, batch.epoch, loss, float(self.statement_lr(batch.step)),
+                             weights=self.agreed, ring=None, indexes=batch.indexes,
+                             root=batch.root, last=False)
+        if self.progress:
+            self.progress(batch.step + 1, len(self.plan))
 
 
 class DataParallelWorker(_Ranks):

@@ -27,11 +27,17 @@ import re
 import stat
 import tempfile
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.errors import MalformedError, PotdError, VerificationError
+from ledger.errors import (
+    LimitError,
+    MalformedError,
+    PotdError,
+    ResponseTooLarge,
+    VerificationError,
+)
 from ledger.peer import Peer, parse_json
 
 if TYPE_CHECKING:
@@ -217,6 +223,47 @@ class EvidenceSource:
             return r.body
         return _read_regular(Path(self.location) / rel, rel, limit)
 
+    def download(self, rel: str, dest: str | os.PathLike[str], limit: int) -> tuple[str, int]:
+        """Copy a named file of the evidence directory to ``dest`` in blocks, hashing as
+        it goes (memory stays flat whatever its size); return its SHA-256 (hex) and size,
+        unchecked. More than ``limit`` bytes: :class:`~ledger.errors.ResponseTooLarge`
+        (nothing past the limit is written); over HTTP the whole transfer is bounded by
+        the source's ``deadline`` (:class:`~ledger.errors.DeadlineExceeded`); anything
+        else that stops the copy: :class:`EvidenceError`. An error of ``dest`` itself
+        (the disk filling up) propagates as OSError, with ``dest`` removed."""
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with open(dest, "wb") as out:
+                def sink(block: bytes) -> None:
+                    nonlocal n
+                    h.update(block)
+                    out.write(block)
+                    n += len(block)
+
+                if self.is_url:
+                    self._stream(rel, limit, sink)
+                else:
+                    _copy_regular(Path(self.location) / rel, rel, limit, sink)
+        except BaseException:
+            Path(dest).unlink(missing_ok=True)
+            raise
+        return h.hexdigest(), n
+
+    def _stream(self, rel: str, limit: int, sink: Callable[[bytes], object]) -> None:
+        where = f"{self.location.rstrip('/')}/{rel}"
+        if self._peer is None:
+            self._peer = Peer(deadline=self.deadline)
+        try:
+            r = self._peer.get(where, limit=limit, sink=sink)
+        except LimitError:
+            raise
+        except PotdError as e:
+            raise EvidenceError(f"cannot fetch evidence {where}: {e.message}", file=rel,
+                                hint=e.hint) from None
+        if r.status != 200:
+            raise EvidenceError(f"evidence {where}: HTTP {r.status}", file=rel)
+
     def read(self, rel: str, limit: int = 1 << 20) -> bytes:
         """A named file of the evidence directory (e.g. ``challenge.json``, at most
         ``limit`` bytes), unchecked: the caller verifies what it holds."""
@@ -317,5 +364,45 @@ def _read_regular(path: Path, rel: str, limit: int) -> bytes:
     except OSError as e:
         raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
                             file=rel) from None
+    finally:
+        os.close(fd)
+
+
+def _copy_regular(path: Path, rel: str, limit: int, sink: Callable[[bytes], object]) -> None:
+    """Hand a regular file's bytes to ``sink`` in 1 MiB blocks, no further than the size
+    it had when opened and at most ``limit`` (more: ResponseTooLarge, nothing read);
+    type and size taken from the opened descriptor, and opening never blocks (a FIFO)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise EvidenceError(f"evidence file {path} is missing", file=rel,
+                            hint="the trainer must publish every object the log "
+                                 "names") from None
+    except OSError as e:
+        raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
+                            file=rel) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EvidenceError(f"evidence file {path} is not a regular file; refusing to "
+                                "read it", file=rel,
+                                hint="an evidence directory holds plain files only (no "
+                                     "devices, FIFOs or links to them)")
+        if st.st_size > limit:
+            raise ResponseTooLarge(f"evidence file {path} has {st.st_size} bytes, more "
+                                   f"than the {limit} allowed")
+        left = st.st_size
+        while left > 0:
+            try:
+                block = os.read(fd, min(1 << 20, left))
+            except OSError as e:
+                raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
+                                    file=rel) from None
+            if not block:
+                raise EvidenceError(f"evidence file {path} shrank while it was read",
+                                    file=rel)
+            sink(block)
+            left -= len(block)
     finally:
         os.close(fd)

@@ -28,8 +28,9 @@ import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 from ledger.errors import MalformedError, UsageError
 from ledger.merkle import EMPTY_ROOT, Node, prove_record, tree_hash
@@ -157,13 +158,20 @@ def external_sort(hashes: Iterable[bytes], out_dir: str | os.PathLike[str], *,
 
 # --- a Merkle tree over a file of 32-byte entries -----------------------------------
 
+def _native_root() -> Callable[[bytes], bytes] | None:
+    """The optional native RFC 6962 root (``prover._native``, built by setup.py), or None."""
+    from prover.datasets import _native
+
+    return None if _native is None else cast(Callable[[bytes], bytes], _native.rfc6962_root)
+
+
 class MerkleFile:
     """The RFC 6962 tree whose leaf entries are the 32-byte records of a file (from byte
     ``offset``), nodes at or above ``cache_level`` cached in memory (one pass to build).
     """
 
     def __init__(self, path: str | os.PathLike[str], offset: int = 0, *,
-                 cache_level: int = 8) -> None:
+                 cache_level: int = 8, row: bytes | None = None) -> None:
         self.path, self.offset, self.cache_level = Path(path), offset, cache_level
         size = os.path.getsize(self.path) - offset
         if size < 0 or size % 32:
@@ -174,7 +182,14 @@ class MerkleFile:
         self._mm = (mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
                     if self.size else None)
         self.levels: list[list[bytes]] = []
-        self._build()
+        if row is None:
+            self._build()
+        else:  # the ``cache_level`` nodes, as :meth:`row_bytes` gave them (a cache)
+            if len(row) != 32 * (self.size >> cache_level):
+                self.close()
+                raise MalformedError(f"{self.path.name}: a cached node row of {len(row)} "
+                                     f"bytes does not fit {self.size} entries")
+            self._grow([row[o:o + 32] for o in range(0, len(row), 32)])
         self.root = tree_hash(self.size, self) if self.size else EMPTY_ROOT
 
     def close(self) -> None:
@@ -214,12 +229,25 @@ class MerkleFile:
         blocks = self.size // width
         row: list[bytes] = []
         per_read = max(1, (1 << 20) // (32 * width))  # blocks per read: about 1 MiB
+        native = _native_root()
         self._f.seek(self.offset)
         while len(row) < blocks:
             data = self._f.read(32 * width * min(per_read, blocks - len(row)))
+            if len(data) % (32 * width):
+                raise MalformedError(f"{self.path.name} shrank while it was read")
             for o in range(0, len(data), 32 * width):
+                if native is not None:  # the same bytes, one C call per block
+                    row.append(native(data[o:o + 32 * width]))
+                    continue
                 row.append(self._perfect([_sha256(b"\x00" + data[p:p + 32]).digest()
                                           for p in range(o, o + 32 * width, 32)]))
+        self._grow(row)
+
+    def row_bytes(self) -> bytes:
+        """The nodes at ``cache_level`` (what a cache keeps to skip :meth:`_build`)."""
+        return b"".join(self.levels[0]) if self.levels else b""
+
+    def _grow(self, row: list[bytes]) -> None:
         self.levels = [row]
         while len(row) > 1:
             row = [_sha256(b"\x01" + row[i] + row[i + 1]).digest()

@@ -10,7 +10,11 @@ own peak RSS:
 2. ``external``: what the trainer and auditor run: :func:`prover.hashlist.external_sort`
    in chunks of ``--chunk`` records (spilled to disk, merged) and the sorted root via
    :class:`prover.hashlist.MerkleFile` (memory bounded by the chunk, not N).
-3. ``query``: answering ``--queries`` membership queries (half members, half not) with
+3. ``cache``: the auditor's index of a published hash list
+   (:func:`auditor.membership_index.index`): cold (copy the list from an evidence
+   directory, sort, build both trees, write the cache entry) against warm (re-hash every
+   file of the entry, recompute both roots from it); ratio warm/cold.
+4. ``query``: answering ``--queries`` membership queries (half members, half not) with
    proofs from the stored sorted list, positions and tree (:func:`auditor.membership.answer`),
    after the trees are built; p50/p99 latency per query.
 
@@ -18,7 +22,7 @@ Ratios are against the baseline measured in the same run.
 
     .venv/bin/python scripts/bench_membership.py                   # 1M examples
     .venv/bin/python scripts/bench_membership.py --n 10000000 --skip-baseline
-    .venv/bin/python scripts/bench_membership.py --phase external --n 10000000 --work DIR
+    .venv/bin/python scripts/bench_membership.py --phase cache --n 1000000 --work DIR
 """
 
 from __future__ import annotations
@@ -64,6 +68,25 @@ def phase(name: str, n: int, chunk: int, queries: int, work: str) -> dict[str, f
             root, distinct = t.root, t.size
         return {"seconds": time.perf_counter() - t0, "rss_mb": peak_mb(),
                 "distinct": distinct, "root": root.hex()}  # type: ignore[dict-item]
+    if name == "cache":
+        from auditor.membership_index import index
+        from prover.hashlist import publish
+
+        ev, cache, w = Path(work) / "ev", Path(work) / "cache", Path(work) / "w"
+        w.mkdir()
+        lname = str(publish(ev / "objects", synthetic(n), chunk=chunk)["hash_list"])
+        times = []
+        for want in ("fetched", "cache"):
+            t = time.perf_counter()
+            got = index(str(ev), lname, n, cache_dir=cache, work=w)
+            times.append(time.perf_counter() - t)
+            assert got.source == want, got.source
+            got.close()
+        t = time.perf_counter()
+        with MerkleFile(cache / lname / "sorted.bin"):  # the sorted tree rebuilt from leaves
+            full_sorted = time.perf_counter() - t
+        return {"cold_seconds": times[0], "warm_seconds": times[1],
+                "sorted_tree_from_leaves_seconds": full_sorted, "rss_mb": peak_mb()}
     from auditor.membership import answer
 
     lst = Path(work) / "list.hashes"
@@ -92,7 +115,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=1 << 18, help="records sorted in memory")
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--phase", choices=["baseline", "external", "query"],
+    ap.add_argument("--phase", choices=["baseline", "external", "cache", "query"],
                     help="run one phase in this process and print its JSON (needs --work)")
     ap.add_argument("--work", help="scratch directory of --phase")
     a = ap.parse_args()
@@ -100,8 +123,8 @@ def main() -> None:
         print(json.dumps(phase(a.phase, a.n, a.chunk, a.queries, a.work)))
         return
     out = {}
-    for name in (["external", "query"] if a.skip_baseline else ["baseline", "external",
-                                                                 "query"]):
+    for name in (["external", "cache", "query"] if a.skip_baseline
+                 else ["baseline", "external", "cache", "query"]):
         with tempfile.TemporaryDirectory(prefix="potd-bench-") as work:
             r = subprocess.run([sys.executable, __file__, "--phase", name, "--n", str(a.n),
                                 "--chunk", str(a.chunk), "--queries", str(a.queries),
@@ -119,6 +142,11 @@ def main() -> None:
               f"{b['rss_mb']:.0f} MB -> external/in-memory: time "
               f"{ext['seconds'] / b['seconds']:.2f}x, RSS {ext['rss_mb'] / b['rss_mb']:.2f}x "
               "(same sorted root)")
+    c = out["cache"]
+    print(f"auditor's index of the {a.n:,}-example hash list: cold {c['cold_seconds']:.2f} s "
+          f"(copy, sort, both trees, cache entry written), warm {c['warm_seconds']:.2f} s "
+          f"(entry re-hashed, both roots recomputed from it) -> warm/cold "
+          f"{c['warm_seconds'] / c['cold_seconds']:.2f}x")
     q = out["query"]
     print(f"membership query with proofs ({a.queries} queries, half members): p50 "
           f"{q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms (index build "

@@ -22,6 +22,7 @@ from prover.distributed import (
     start_local,
     stop_local,
 )
+from prover.hashing import hash_tensors
 from prover.recipes import get_recipe
 from prover.session import Batch
 
@@ -64,11 +65,34 @@ class OtherBatchWorker(DataParallelWorker):
         return super().shard(batch)
 
 
-def train_dp(env: Env, tag: str, worker: str | None = None) -> DataParallelSession:
-    recipe = get_recipe("digits-mlp", epochs=1)
+class InPlaceShardWorker(DataParallelWorker):
+    """Rank 1 feeds step 3 its shard's own tensors (the memory rank 0's check would trust
+    without rehashing them), changed in place: other examples in the same memory."""
+
+    def shard(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = super().shard(batch)
+        if batch.step == 3:
+            x.add_(1)
+        return x, y
+
+
+class HashingSession(DataParallelSession):
+    """Rank 0, also hashing its weights independently after every step."""
+
+    def train_step(self, batch: Batch) -> float:
+        loss = super().train_step(batch)
+        self.after.append(hash_tensors(self.model.state_dict(), self.alg))
+        return loss
+
+
+def train_dp(env: Env, tag: str, worker: str | None = None,
+             cls: type[DataParallelSession] = DataParallelSession,
+             recipe_name: str = "digits-mlp", **overrides: Any) -> DataParallelSession:
+    recipe = get_recipe(recipe_name, **{"epochs": 1, **overrides})
     procs = start_local(recipe, 2, worker=worker or
                         "prover.distributed:DataParallelWorker")
-    s = env.session(tag, cls=DataParallelSession)
+    s = env.session(tag, cls=cls, recipe=recipe_name, overrides=overrides)
+    s.after = []  # type: ignore[attr-defined]
     try:
         s.open()
         for b in s.batches():
@@ -132,6 +156,34 @@ def test_rank_training_another_batch_is_refused_while_training(env: Env) -> None
 
     total, _ = Spool(str(env.dir / "bad.spool")).counts()
     assert total == 4
+
+
+@pytest.mark.slow
+def test_rank_changing_its_shard_in_place_is_refused_while_training(env: Env) -> None:
+    # a rank feeding its shard's own memory is not rehashed: its digest comes from the
+    # batch as it loaded it, so changing that memory changes what it reports
+    with pytest.raises(DataParallelError, match=r"step 3: rank\(s\) 1 trained on examples"):
+        train_dp(env, "inplace", worker="test_distributed:InPlaceShardWorker")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe_name,overrides", [
+    ("digits-mlp", {}),                                 # weights streamed to the commit process
+    ("wide-mlp", {"hidden": 400, "k": 4, "epochs": 1}),  # 1.4 MB: the hasher thread's path
+])
+def test_each_step_commits_the_weights_hash_the_ranks_agreed_on(
+        env: Env, recipe_name: str, overrides: dict[str, Any]) -> None:
+    # rank 0 hashes its weights once per step (for the agreement) and commits that hash;
+    # checkpoint steps still go through the session's snapshot path
+    s = train_dp(env, f"h-{recipe_name}", cls=HashingSession, recipe_name=recipe_name,
+                 **overrides)
+    with env.client() as c:
+        cp = c.checkpoint()
+        entries = [json.loads(e) for e in c.entries(0, cp.size, cp)]
+    steps = [e["body"] for e in entries if e["kind"] == "step" and e["run"] == s.run_id]
+    assert [b["step"] for b in steps] == list(range(len(s.plan)))
+    assert [b["weights"] for b in steps] == s.after  # type: ignore[attr-defined]
+    assert sum("checkpoint" in b for b in steps) >= 2
 
 
 @pytest.mark.slow

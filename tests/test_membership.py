@@ -207,7 +207,8 @@ def test_cli_membership_and_offline_verify(honest: Any, tmp_path: Path) -> None:
     vk = str(env.log_key.verifier)
     r = subprocess.run([*base, "membership", "--log", env.url, "--vkey", vk, "--run",
                         s.run_id, "--evidence", str(env.dir / "ev-run"), "--dir", str(d),
-                        "--state", str(tmp_path / "st"), "--out", str(tmp_path / "p.json")],
+                        "--state", str(tmp_path / "st"), "--out", str(tmp_path / "p.json"),
+                        "--cache-dir", str(tmp_path / "cache")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "included:" in r.stdout and "absent:" in r.stdout
@@ -224,7 +225,8 @@ def test_cli_membership_and_offline_verify(honest: Any, tmp_path: Path) -> None:
     (tmp_path / "bad.bin").write_bytes(b"hello")
     u = subprocess.run([*base, "membership", "--log", env.url, "--vkey", vk, "--run",
                         s.run_id, "--evidence", str(env.dir / "ev-run"), "--document",
-                        str(tmp_path / "bad.bin"), "--state", str(tmp_path / "st")],
+                        str(tmp_path / "bad.bin"), "--state", str(tmp_path / "st"),
+                        "--no-cache"],
                        capture_output=True, text=True, timeout=300)
     assert u.returncode == 2 and "cannot be encoded" in u.stderr, u.stdout + u.stderr
 
