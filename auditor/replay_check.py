@@ -629,7 +629,8 @@ class ReplayCheck:
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
-            "mode_reason": mode_reason(a.opts, same, env, mine) + _world_reason(world, exact),
+            "mode_reason": mode_reason(a.opts, same, env, mine) + _world_reason(
+                world, exact, a.opts.device),
             "world_size": world,
             "segments_total": len(segments), "steps_total": len(self.steps),
             "steps_drawn": len(drawn), "steps_sampled": drawn[:1000],
@@ -776,13 +777,16 @@ class ReplayCheck:
                     "held-out data; " + summary, combined_z=combined)
 
 
-def _world_reason(world: int, exact: bool) -> str:
+def _world_reason(world: int, exact: bool, device: str = "cpu") -> str:
     """What a data-parallel run's replay mode means (for the report)."""
+    from prover.distributed import backend_for
+
     if world == 1:
         return ""
     if exact:
-        return (f"; data-parallel run of world size {world}: replayed with {world} gloo "
-                "processes, each on its shard, for bit-identical weights hashes")
+        return (f"; data-parallel run of world size {world}: replayed with {world} "
+                f"{backend_for(device)} processes on {device}, each on its shard, for "
+                "bit-identical weights hashes")
     return (f"; data-parallel run of world size {world}: one process replays the global "
             "batch as the ranks split it (each shard's gradient weighted by its share), "
             "which equals their all-reduced update only up to rounding, so the distance is "

@@ -2,9 +2,13 @@
 
 A run's ``run.open`` commits ``data_parallel`` (world size ``N``, split
 ``potd-shard-v1``). In exact mode the auditor replays its segments with ``N`` spawned
-gloo processes on this machine, as the trainer trained: the same DDP wrapper and
+processes on this machine, as the trainer trained: the same DDP wrapper and
 gradient-weighting hook (:mod:`prover.distributed`), each rank its shard of every
-step's global batch. The weights hashes must match bit for bit. (Tolerance mode needs
+step's global batch, on the audit's ``--device`` (gloo on the CPU; NCCL on ``cuda:i``,
+rank ``r`` on ``cuda:i+r``, as :func:`prover.distributed.rank_device` places the
+trainer's ranks). The weights hashes must match bit for bit. A device type other than
+the run's makes the audit tolerance mode, decided before any replay
+(:mod:`auditor.calibration`). (Tolerance mode needs
 one process replaying the global batch as the ranks split it (:func:`replay_split`): per
 shard, the step RNG seeded as each rank seeds it, the gradients weighted by the shards'
 shares and summed, then one update; the distance to the committed checkpoint is judged
@@ -53,20 +57,23 @@ def world_size(open_body: dict[str, Any], n_examples: int, batch_size: int) -> i
 
 def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
                     ) -> list[SegmentResult]:
-    """Replay ``jobs`` in order with ``world`` spawned gloo processes; rank 0's results."""
+    """Replay ``jobs`` in order with ``world`` spawned processes on the jobs' device
+    (:func:`rank_devices`); rank 0's results."""
     import multiprocessing
 
     from prover.distributed import free_address
 
     from .replay import provided
 
+    devices = rank_devices(jobs[0].device if jobs else "cpu", world)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     address = free_address()
     data = provided(jobs[0]) if jobs else None  # disclosed examples travel to the ranks
-    procs = [ctx.Process(target=_rank_main, args=(r, world, address, jobs, out, data),
-                         daemon=True,
-                         name=f"potd-replay-rank-{r}") for r in range(world)]
+    procs = [ctx.Process(target=_rank_main,
+                         args=(r, world, address, jobs, out, data, str(dev)),
+                         daemon=True, name=f"potd-replay-rank-{r}")
+             for r, dev in enumerate(devices)]
     for p in procs:
         p.start()
     try:
@@ -86,8 +93,20 @@ def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
     return [SegmentResult(**r) for r in got["results"]]
 
 
+def rank_devices(device: str, world: int) -> list[torch.device]:
+    """The device of each of ``world`` replay ranks on ``device`` (``cpu`` or ``cuda:i``:
+    rank ``r`` on ``cuda:i+r``); a :class:`~ledger.errors.UsageError` when this machine
+    lacks one (before any process starts)."""
+    from prover.device import parse_device
+    from prover.distributed import rank_device
+
+    base = parse_device(device)
+    count = torch.cuda.device_count() if base.type == "cuda" else None
+    return [rank_device(base, r, None, count) for r in range(world)]
+
+
 def _rank_main(rank: int, world: int, address: str, jobs: list[SegmentJob],
-               out: Any, data: Any = None) -> None:
+               out: Any, data: Any = None, device: str = "cpu") -> None:
     import contextlib
 
     import torch.distributed as dist
@@ -97,11 +116,13 @@ def _rank_main(rank: int, world: int, address: str, jobs: list[SegmentJob],
     from .replay import provided_data, trainee
 
     try:
-        init_process_group(rank, world, address)
+        init_process_group(rank, world, address, device)
+        jobs = [replace(job, device=device) for job in jobs]  # this rank's device
         with contextlib.ExitStack() as stack:
             if data is not None and jobs:  # selective disclosure: no data() here either
-                stack.enter_context(provided_data(trainee(jobs[0].recipe,
-                                                          jobs[0].config).recipe, data))
+                j = jobs[0]  # the recipe replay_shard's trainee uses
+                stack.enter_context(provided_data(
+                    trainee(j.recipe, j.config, j.data_dir, j.device).recipe, data))
             results = [replay_shard(job, rank, world).to_json() for job in jobs]
         if rank == 0:
             out.put({"results": results})
@@ -116,7 +137,7 @@ def _rank_main(rank: int, world: int, address: str, jobs: list[SegmentJob],
 _DDP: dict[int, Any] = {}
 
 
-def _wrapped(model: torch.nn.Module) -> tuple[Any, Any]:
+def _wrapped(model: torch.nn.Module, device: torch.device) -> tuple[Any, Any]:
     """The DDP wrapper of this process's model (built once per model) and its share."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -124,7 +145,8 @@ def _wrapped(model: torch.nn.Module) -> tuple[Any, Any]:
 
     if id(model) not in _DDP:
         share = _Share()
-        ddp = DistributedDataParallel(model)
+        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
         ddp.register_comm_hook(share, _weighted_allreduce)
         _DDP[id(model)] = (ddp, share, model)
     ddp, share, _ = _DDP[id(model)]
@@ -133,9 +155,11 @@ def _wrapped(model: torch.nn.Module) -> tuple[Any, Any]:
 
 def replay_shard(job: SegmentJob, rank: int, world: int) -> SegmentResult:
     """:func:`auditor.replay.replay_segment` for rank ``rank`` of ``world``: every step on
-    this rank's shard of the global batch, through DDP (exact mode only)."""
+    this rank's shard of the global batch, through DDP, on ``job.device`` (this rank's
+    device; exact mode only)."""
     from ledger.errors import PotdError
     from prover.datasets import as_datasets
+    from prover.device import to_device
     from prover.evidence import EvidenceSource
     from prover.recipes import train_step
 
@@ -146,7 +170,8 @@ def replay_shard(job: SegmentJob, rank: int, world: int) -> SegmentResult:
         torch.set_num_threads(job.threads)
     job = replace(job, exact=True)
     src = EvidenceSource(job.evidence)
-    tr = trainee(job.recipe, job.config)
+    tr = trainee(job.recipe, job.config, job.data_dir, job.device)
+    dev = tr.device
     recipe = tr.recipe
     try:
         start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
@@ -167,11 +192,14 @@ def replay_shard(job: SegmentJob, rank: int, world: int) -> SegmentResult:
         distance = opt_distance = None
         for per_step in (False, True):
             model, opt = tr.load(start_sd, opt_sd)
-            ddp, share = _wrapped(model)
+            ddp, share = _wrapped(model, dev)
             first_bad = None
             for i, step in enumerate(steps):
                 idx, share.weight = shards[i]
-                train_step(recipe, ddp, opt, *data.batch(idx), job.seed, step)
+                x, y = data.batch(idx)
+                if dev.type != "cpu":
+                    x, y = to_device(x, dev), to_device(y, dev)
+                train_step(recipe, ddp, opt, x, y, job.seed, step)
                 want = job.step_hashes[i]
                 if want is not None and (per_step or step == job.end):
                     checked += 1
@@ -236,6 +264,7 @@ def replay_split(job: SegmentJob, world: int) -> SegmentResult:
     is in the result, judged by the caller."""
     from ledger.errors import PotdError
     from prover.datasets import as_datasets
+    from prover.device import to_device
     from prover.evidence import EvidenceSource
 
     from .replay import _end_distances, recipe_data, trainee
@@ -244,7 +273,7 @@ def replay_split(job: SegmentJob, world: int) -> SegmentResult:
     if job.threads:
         torch.set_num_threads(job.threads)
     src = EvidenceSource(job.evidence)
-    tr = trainee(job.recipe, job.config)
+    tr = trainee(job.recipe, job.config, job.data_dir, job.device)
     try:
         start_sd = src.load(job.start_weights, job.start_weights_hash, job.algorithm)
         opt_sd = (src.load(job.start_optimizer, job.start_optimizer_hash, job.algorithm)
@@ -259,6 +288,8 @@ def replay_split(job: SegmentJob, world: int) -> SegmentResult:
         for i, step in enumerate(steps):
             idx = torch.tensor(job.batches[i])
             x, y = data.batch(idx)
+            if tr.device.type != "cpu":
+                x, y = to_device(x, tr.device), to_device(y, tr.device)
             split_step(tr.recipe, model, opt, x, y, job.seed, step, world)
         distance, opt_distance = _end_distances(src, job, model, opt, start_sd, opt_sd)
         return SegmentResult(job.start, job.end, False, None, distance, None,

@@ -111,7 +111,8 @@ def _overrides(pairs: tuple[str, ...], config: str | None) -> dict[str, Any]:
               "repeatable). Default: the log's timestamp line.")
 @click.option("--quorum", type=int, help="Witness cosignatures needed (default: all).")
 @click.option("--nproc", default=1, show_default=True, help="Data-parallel training in N "
-              "local processes (torch DDP, gloo); this process is rank 0 and commits.")
+              "local processes (torch DDP: gloo on the CPU; NCCL with --device cuda:I, rank "
+              "R on cuda:I+R); this process is rank 0 and commits.")
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False),
               help="With --beacon: a C2SP tlog-policy file whose witnesses and quorum rule "
                    "attest time; replaces --witness/--quorum.")
@@ -137,9 +138,6 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     from prover.session import TrainingSession
 
     dev = parse_device(device)  # before anything else: an unavailable device is refused
-    if nproc != 1 and dev.type != "cpu":
-        raise UsageError(f"--device {device} with --nproc {nproc}: data-parallel training "
-                         "runs on the CPU (gloo) only", hint="drop --device or --nproc")
     over = _overrides(settings, config_file)
     over.update({k_: v for k_, v in (("epochs", epochs), ("k", k), ("batch_size", batch_size),
                                      ("lr", lr)) if v is not None})
@@ -160,9 +158,8 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
     if nproc != 1:
         from prover.distributed import DataParallelSession, start_local
 
-        procs, session = start_local(r, nproc, alg), DataParallelSession
-    extra: dict[str, Any] = {"device": dev} if nproc == 1 else {}
-    sess = session(r, client, read_signer(key), evidence, spool_path, **extra,
+        procs, session = start_local(r, nproc, alg, device=dev), DataParallelSession
+    sess = session(r, client, read_signer(key), evidence, spool_path, device=dev,
                    per_step_weights=not no_per_step_weights, weights_hash=alg,
                    beacon=bc, beacon_lead=beacon_lead, **timing)
     bar: Any
@@ -234,10 +231,13 @@ def train(recipe: str, log_url: str, vkey: str, key: str, evidence: str, spool: 
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False),
               help="With --beacon: a C2SP tlog-policy file whose witnesses and quorum rule "
                    "attest time; replaces --witness/--quorum.")
+@click.option("--nproc", type=int, help="With --train: the number of processes, which must "
+              "be the run's committed world size (default: that size; a data-parallel run "
+              "resumes with as many local processes, on the device it trained on).")
 def resume(spool: str, timeout: float, retrain: bool, key: str | None,
            beacon_url: str | None, beacon_chain: str | None, witness: tuple[str, ...],
            quorum: int | None, beacon_lead: float, data_dir: str | None,
-           policy: str | None) -> None:
+           policy: str | None, nproc: int | None) -> None:
     """Submit whatever an interrupted trainer spooled but the log has not acknowledged.
 
     Every statement ends up in the log exactly once: statements the log already holds
@@ -263,12 +263,25 @@ def resume(spool: str, timeout: float, retrain: bool, key: str | None,
             bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
         sess = resume_session(spool, read_signer(key), beacon=bc,
                               **_time_policy(witness, quorum, policy, None),
-                              beacon_lead=beacon_lead, data_dir=data_dir)
+                              beacon_lead=beacon_lead, data_dir=data_dir, nproc=nproc)
+        procs: list[Any] = getattr(sess, "local_ranks", [])
+        ranks = f" with {len(procs) + 1} processes" if procs else ""
         click.echo(f"run {sess.run_id}: resuming at step {sess.start_step} of "
-                   f"{len(sess.plan)}")
-        for batch in sess.batches():
-            sess.train_step(batch)
-        sess.close(timeout)
+                   f"{len(sess.plan)}{ranks}")
+        try:
+            for batch in sess.batches():
+                sess.train_step(batch)
+            sess.close(timeout)
+        except BaseException:
+            if procs:
+                from prover.distributed import stop_local
+
+                stop_local(procs, timeout=0)
+            raise
+        if procs:
+            from prover.distributed import stop_local
+
+            stop_local(procs)
         click.echo(f"run {sess.run_id}: closed after {len(sess.plan)} steps, "
                    f"{len(sess.receipts)} statements, every inclusion proof verified; "
                    f"final weights {sess.final_weights}")

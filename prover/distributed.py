@@ -8,13 +8,27 @@ Usage under ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``/``MAST
         for batch in run.batches():
             run.train_step(batch)
 
-``potd prover train --nproc N`` does the same with ``N`` local processes (gloo on CPU).
+``potd prover train --nproc N`` does the same with ``N`` local processes (gloo on CPU;
+NCCL with ``--device cuda[:i]``, rank ``r`` on ``cuda:i+r``), and ``potd prover resume
+--train`` continues such a run with the same number of processes.
 
 Rank 0 is a :class:`DataParallelSession`: the single-process :class:`TrainingSession`
 (it alone logs ``run.open``, derives the seed, builds, signs and submits the statements
 and writes the evidence), with the world committed in ``run.open``'s ``data_parallel``
 field. The other ranks are :class:`DataParallelWorker`: they receive the seed from rank 0
 (broadcast), build the same seed-derived model and train their shard.
+
+Start-up: rank 0 broadcasts one message, the seed and where training starts — step 0, or
+for a resumed run the step after the last spooled checkpoint and that checkpoint's
+evidence (weights and optimizer state, names and hashes). Every rank restores that
+checkpoint from the evidence store (hash-checked), so all ranks continue from the same
+state; the step RNG is a function of the seed and the step (:func:`prover.recipes.
+train_step` reseeds it), so nothing else carries over.
+
+Devices (:func:`backend_for`, :func:`rank_device`): the CPU with gloo, or CUDA with NCCL,
+rank ``r`` on ``cuda:LOCAL_RANK`` under ``torchrun`` and on ``cuda:i+r`` for local ranks
+started from ``--device cuda:i``. Tensors that cross ranks live on the rank's device;
+hashes and evidence are computed from CPU copies.
 
 Invariants:
 
@@ -37,6 +51,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Iterator
@@ -62,8 +77,8 @@ from prover.hashing import StateHasher, example_hashes
 from prover.recipes import Recipe, train_step
 from prover.session import Batch, TrainingSession
 
-__all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker",
-           "data_parallel_session", "init_process_group"]
+__all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
+           "data_parallel_session", "init_process_group", "rank_device"]
 
 TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -72,10 +87,50 @@ class DataParallelError(PotdError):
     """The ranks of a data-parallel run disagree (weights or data after a step)."""
 
 
-def init_process_group(rank: int, world: int, address: str, device: str = "cpu") -> None:
-    """Join the process group (gloo on CPU, NCCL on CUDA) at ``address`` (host:port)."""
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank,
+def backend_for(device: torch.device | str) -> str:
+    """The torch.distributed backend for ranks on ``device``: NCCL on CUDA, else gloo."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def local_rank() -> int | None:
+    """``LOCAL_RANK`` as a launcher (torchrun) sets it, else None."""
+    v = os.environ.get("LOCAL_RANK", "")
+    return int(v) if v.isdigit() else None
+
+
+def rank_device(base: torch.device | str, rank: int, local: int | None = None,
+                count: int | None = None) -> torch.device:
+    """The device of rank ``rank`` in a run on ``base``: the CPU for every rank of a CPU
+    run; on CUDA, ``cuda:local`` under a launcher that gives the local rank (torchrun's
+    ``LOCAL_RANK``), else ``cuda:i+rank`` for local ranks started from ``cuda:i``.
+    ``count``: the CUDA devices here, checked when given (a
+    :class:`~ledger.errors.UsageError` names the devices there are)."""
+    base = torch.device(base)
+    if base.type != "cuda":
+        return torch.device("cpu")
+    i = local if local is not None else (base.index or 0) + rank
+    if count is not None and i >= count:
+        raise UsageError(f"rank {rank} would train on cuda:{i}, but this machine has "
+                         f"{count} CUDA device{'s' if count != 1 else ''}",
+                         hint="start at most one process per GPU on each node "
+                              "(torchrun --nproc-per-node)" if local is not None else
+                              f"--nproc N from --device cuda:I needs cuda:I..cuda:I+N-1: "
+                              f"lower --nproc or the index (0..{count - 1})")
+    return torch.device("cuda", i)
+
+
+def _cuda_count(device: torch.device) -> int | None:
+    return torch.cuda.device_count() if device.type == "cuda" else None
+
+
+def init_process_group(rank: int, world: int, address: str,
+                       device: torch.device | str = "cpu") -> None:
+    """Join the process group at ``address`` (host:port) with the backend for ``device``
+    (:func:`backend_for`; on CUDA, after making ``device`` this process's current one)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend_for(dev), init_method=f"tcp://{address}", rank=rank,
                             world_size=world, timeout=TIMEOUT)
 
 
@@ -108,6 +163,7 @@ class _Ranks:
     optimizer: torch.optim.Optimizer
     seed: bytes
     alg: str
+    device: torch.device
     agreed: str  # the weights hash after the last step, as all ranks contributed it
 
     def _wrap(self) -> None:
@@ -115,7 +171,9 @@ class _Ranks:
 
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._share = _Share()
-        self.ddp = DistributedDataParallel(self.model)
+        cuda = self.device.type == "cuda"
+        self.ddp = DistributedDataParallel(self.model,
+                                           device_ids=[self.device] if cuda else None)
         self.ddp.register_comm_hook(self._share, _weighted_allreduce)
         self._rank_hasher = StateHasher(self.alg)
 
@@ -127,7 +185,8 @@ class _Ranks:
     def _dp_step(self, batch: Batch) -> float:
         x, y = self.shard(batch)
         self._share.weight = len(x) / len(batch.indexes)
-        loss = train_step(self.recipe, self.ddp, self.optimizer, x, y, self.seed, batch.step)
+        xd, yd = (x, y) if self.device.type == "cpu" else _on(self.device, x, y)
+        loss = train_step(self.recipe, self.ddp, self.optimizer, xd, yd, self.seed, batch.step)
         return self._agree(batch, x, y, float(loss))
 
     def _weights_state(self) -> dict[str, torch.Tensor]:
@@ -154,10 +213,10 @@ class _Ranks:
                and _same_memory(y, batch.y[lo:hi])
                else hashlib.sha256(b"".join(example_hashes(x, y))).digest())
         local = torch.frombuffer(bytearray(mine + fed + struct.pack(">d", loss)),
-                                 dtype=torch.uint8)
+                                 dtype=torch.uint8).to(self.device)  # NCCL: on the GPU
         got = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(got, local)
-        rows = [g.numpy().tobytes() for g in got]
+        rows = [g.cpu().numpy().tobytes() for g in got]  # NCCL: copied from the GPU
         wrong_data = [r for r in range(self.world) if rows[r][32:64] != expected[r]]
         if wrong_data:
             raise DataParallelError(
@@ -183,7 +242,9 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 class DataParallelSession(_Ranks, TrainingSession):
     """Rank 0 of a data-parallel run: a :class:`TrainingSession` that commits the world
-    in ``run.open`` and trains its shard with DDP (see the module docstring)."""
+    in ``run.open`` and trains its shard with DDP (see the module docstring). Resumed with
+    :meth:`resume` (via :func:`prover.resume.resume_session`) in a process group of the
+    committed world size."""
 
     def __init__(self, recipe: Recipe, client: LogClient, trainer: Signer,
                  evidence_dir: str | Path, spool_path: str | Path, **kw: Any) -> None:
@@ -191,31 +252,59 @@ class DataParallelSession(_Ranks, TrainingSession):
         if not dist.is_initialized() or dist.get_rank() != 0:
             raise UsageError("DataParallelSession runs on rank 0 of an initialized process "
                              "group", hint="use data_parallel_session()")
+        self.device = rank_device(self.device, 0, local_rank(), _cuda_count(self.device))
         self._seed_sent = False
 
     def open(self) -> None:
         try:
             super().open()
         except BaseException as e:
-            if not self._seed_sent:  # the other ranks wait for the seed: tell them
-                _send([f"rank 0 could not open the run: {e}"[:500]])
+            self._tell_ranks(f"rank 0 could not open the run: {e}")
             raise
+
+    def resume(self, opened: Any, steps: Any, beacon: bytes, step0: dict[str, Any]) -> None:
+        try:
+            super().resume(opened, steps, beacon, step0)
+        except BaseException as e:
+            self._tell_ranks(f"rank 0 could not resume the run: {e}")
+            raise
+
+    def _tell_ranks(self, error: str) -> None:
+        """The other ranks wait for the start message: send them the error instead."""
+        if not self._seed_sent:
+            self._seed_sent = True
+            _send([None, error[:500]])
 
     def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
         check_world(len(self.train), self.recipe.batch_size, dist.get_world_size())
+        self.spool.set_meta(world_size=str(dist.get_world_size()))  # resume starts as many
         return {**body, "data_parallel": {"world_size": dist.get_world_size(),
                                           "split": SHARD_SPLIT,
                                           "backend": dist.get_backend()}}
 
-    def _init_from_seed(self, beacon: bytes) -> None:
-        super()._init_from_seed(beacon)
-        _send([self.seed])
-        self._seed_sent = True
-        self._wrap()
+    def _resume(self, committer: Any, opened: Any, steps: Any, beacon: bytes,
+                step0: dict[str, Any]) -> None:
+        world = committed_world(opened.body)
+        if world != dist.get_world_size():
+            raise UsageError(f"run {opened.run[:16]}... was trained by {world} process"
+                             f"{'es' if world != 1 else ''}; this process group has "
+                             f"{dist.get_world_size()}",
+                             hint=f"resume it with --nproc {world}")
+        super()._resume(committer, opened, steps, beacon, step0)
 
-    def resume(self, *_: Any, **__: Any) -> None:
-        raise UsageError("resuming a data-parallel run is not supported yet",
-                         hint="abort it (potd prover abort) and train a new run")
+    def _start(self, committer: Any, seq: int) -> None:
+        """Tell the other ranks the seed and where training starts (the last spooled
+        checkpoint of a resumed run, restored here already), then wrap the model."""
+        start: dict[str, Any] = {"step": self.start_step}
+        if self.start_step and self._prior_checkpoints:
+            c = self._prior_checkpoints[-1]
+            start.update(evidence=str(self.evidence.root), algorithm=self.alg,
+                         **{k: c[k] for k in ("weights", "weights_hash", "optimizer",
+                                              "optimizer_hash")})
+        self._seed_sent = True
+        _send([self.seed, json.dumps(start)])
+        self._wrap()
+        super()._start(committer, seq)
 
     def train_step(self, batch: Batch) -> float:
         loss = self._dp_step(batch)
@@ -248,11 +337,18 @@ class DataParallelSession(_Ranks, TrainingSession):
 
 
 class DataParallelWorker(_Ranks):
-    """Rank ``r > 0`` of a data-parallel run: trains its shard, commits nothing."""
+    """Rank ``r > 0`` of a data-parallel run: trains its shard, commits nothing. It
+    starts where rank 0 says (step 0, or a resumed run's last spooled checkpoint)."""
 
-    def __init__(self, recipe: Recipe, weights_hash: str = "blake3") -> None:
+    def __init__(self, recipe: Recipe, weights_hash: str = "blake3",
+                 device: str | torch.device | None = None) -> None:
+        from prover.device import parse_device
+
         self.recipe, self.alg = recipe, weights_hash
+        self.device = rank_device(parse_device(device), dist.get_rank(), local_rank(),
+                                  _cuda_count(parse_device(device)))
         self.losses: list[float] = []
+        self.start_step = 0
 
     def __enter__(self) -> DataParallelWorker:
         self.open()
@@ -262,22 +358,54 @@ class DataParallelWorker(_Ranks):
         pass
 
     def open(self) -> None:
+        """Load the data (while rank 0 opens the run), wait for rank 0's start message,
+        then :meth:`begin`."""
+        self._load()
+        seed, start = _send([None, None])
+        if not isinstance(seed, bytes):
+            raise DataParallelError(str(start), hint="see rank 0's error")
+        self.begin(seed, json.loads(start))
+
+    def begin(self, seed: bytes, start: dict[str, Any]) -> None:
+        """Build the seed-derived model and optimizer, restore the checkpoint ``start``
+        names (if any) and wrap the model."""
+        r = self.recipe
+        if not hasattr(self, "train"):
+            self._load()
+        self.seed = seed
+        torch.manual_seed(init_seed(self.seed))
+        self.model = r.model()  # on the CPU, as rank 0 builds it
+        if self.device.type != "cpu":
+            self.model.to(self.device)
+        self.optimizer = r.optimizer(self.model)
+        self._restore(start)
+        self._wrap()
+
+    def _load(self) -> None:
         r = self.recipe
         self.train = as_datasets(call_data(r)).train
         self.plan = schedule(len(self.train), r.batch_size, r.epochs)
-        got = _send([None])[0]
-        if not isinstance(got, bytes):
-            raise DataParallelError(str(got), hint="see rank 0's error")
-        self.seed = got
-        torch.manual_seed(init_seed(self.seed))
-        self.model = r.model()
-        self.optimizer = r.optimizer(self.model)
-        self._wrap()
+
+    def _restore(self, start: dict[str, Any]) -> None:
+        """Load the checkpoint rank 0 resumes from (hash-checked evidence)."""
+        self.start_step = int(start["step"])
+        if "weights" not in start:
+            return
+        from prover.device import optimizer_to
+        from prover.evidence import EvidenceSource, restore_optimizer
+
+        src = EvidenceSource(start["evidence"])
+        alg = start["algorithm"]
+        self.model.load_state_dict(src.load(start["weights"], start["weights_hash"], alg))
+        restore_optimizer(self.optimizer,
+                          src.load(start["optimizer"], start["optimizer_hash"], alg))
+        if self.device.type != "cpu":
+            optimizer_to(self.optimizer, self.device)
 
     def batches(self) -> Iterator[Batch]:
         order: list[int] = []
         current = -1
-        for step, epoch, offset in self.plan:
+        for step, epoch, offset in self.plan[self.start_step:]:
             if epoch != current:
                 order, current = permutation(self.seed, len(self.train), epoch), epoch
             idx = order[offset:offset + self.recipe.batch_size]
@@ -293,11 +421,25 @@ class DataParallelWorker(_Ranks):
         pass
 
 
+def committed_world(open_body: Any) -> int:
+    """The world size a ``run.open`` body commits (1: not a data-parallel run)."""
+    dp = open_body.get("data_parallel") if isinstance(open_body, dict) else None
+    world = dp.get("world_size") if isinstance(dp, dict) else 1
+    return world if type(world) is int and world >= 1 else 1
+
+
+def _on(device: torch.device, *ts: torch.Tensor) -> tuple[Any, ...]:
+    from prover.device import to_device
+
+    return tuple(to_device(t, device) for t in ts)
+
+
 def _send(obj: list[Any]) -> list[Any]:
-    """Broadcast ``obj`` (a one-item list: the seed, or rank 0's error text) from rank 0.
-    Only bytes and str travel (the peers are the trainer's own ranks)."""
+    """Broadcast ``obj`` from rank 0: ``[seed, start]`` (the start as JSON, see
+    :meth:`DataParallelSession._start`) or ``[None, error text]``. Only bytes and str
+    travel (the peers are the trainer's own ranks)."""
     dist.broadcast_object_list(obj, src=0)
-    if not isinstance(obj[0], bytes | str | None):
+    if len(obj) != 2 or not isinstance(obj[0], bytes | None) or not isinstance(obj[1], str):
         raise DataParallelError("rank 0 sent neither a seed nor an error")
     return obj
 
@@ -312,26 +454,33 @@ def free_address() -> str:
 
 
 def start_local(recipe: Recipe, nproc: int, weights_hash: str = "blake3",
-                worker: str = "prover.distributed:DataParallelWorker") -> list[Any]:
+                worker: str = "prover.distributed:DataParallelWorker",
+                device: torch.device | str = "cpu") -> list[Any]:
     """Start ranks ``1..nproc-1`` of a local run as spawned processes and join the
     process group as rank 0 (this process). ``worker``: ``module:Class`` of the ranks'
-    :class:`DataParallelWorker` (tests pass attack subclasses). Returns the processes
-    (join them after closing the run; terminate them if it fails)."""
+    :class:`DataParallelWorker` (tests pass attack subclasses). ``device``: the CPU
+    (gloo), or ``cuda:i`` (NCCL; rank ``r`` on ``cuda:i+r``, all checked to exist before
+    any process starts). Returns the processes (join them after closing the run;
+    terminate them if it fails)."""
     import multiprocessing
+
+    from prover.device import parse_device
 
     if nproc < 2:
         raise UsageError(f"--nproc {nproc}: a data-parallel run needs at least 2 processes")
+    base = parse_device(device)
+    devices = [rank_device(base, r, None, _cuda_count(base)) for r in range(nproc)]
     address = free_address()
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, daemon=True, name=f"potd-rank-{r}",
                          args=(r, nproc, address, recipe.spec, dict(recipe.config),
                                weights_hash, torch.get_num_threads(), worker,
-                               recipe.data_dir))
+                               recipe.data_dir, str(base)))
              for r in range(1, nproc)]
     for p in procs:
         p.start()
     try:
-        init_process_group(0, nproc, address)
+        init_process_group(0, nproc, address, devices[0])
     except BaseException:
         stop_local(procs)
         raise
@@ -350,7 +499,8 @@ def stop_local(procs: list[Any], timeout: float = 30) -> None:
 
 
 def _worker_main(rank: int, world: int, address: str, spec: str, config: dict[str, Any],
-                 alg: str, threads: int, worker: str, data_dir: Any = None) -> None:
+                 alg: str, threads: int, worker: str, data_dir: Any = None,
+                 device: str = "cpu") -> None:
     import importlib
     import sys
 
@@ -359,9 +509,9 @@ def _worker_main(rank: int, world: int, address: str, spec: str, config: dict[st
     torch.set_num_threads(threads)
     mod, _, name = worker.partition(":")
     cls = getattr(importlib.import_module(mod), name)
-    init_process_group(rank, world, address)
+    init_process_group(rank, world, address, rank_device(device, rank))
     try:
-        with cls(get_recipe(spec, data_dir=data_dir, **config), alg) as w:
+        with cls(get_recipe(spec, data_dir=data_dir, **config), alg, device) as w:
             for batch in w.batches():
                 w.train_step(batch)
     except PotdError as e:
@@ -376,12 +526,19 @@ def data_parallel_session(recipe: Recipe, client: LogClient, trainer: Signer,
                           ) -> DataParallelSession | DataParallelWorker:
     """This rank's part of a data-parallel run; joins the process group from the
     ``torchrun`` environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``)
-    unless it is initialized already."""
+    unless it is initialized already: gloo, or NCCL for ``device="cuda"`` (each rank on
+    ``cuda:LOCAL_RANK``)."""
+    from prover.device import parse_device
+
+    base = parse_device(kw.get("device"))
     if not dist.is_initialized():
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise UsageError("no process group: RANK and WORLD_SIZE are not set",
                              hint="launch with torchrun, or call init_process_group first")
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+        dev = rank_device(base, int(os.environ["RANK"]), local_rank(), _cuda_count(base))
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend_for(dev), timeout=TIMEOUT)
     if dist.get_rank() == 0:
         return DataParallelSession(recipe, client, trainer, evidence_dir, spool_path, **kw)
-    return DataParallelWorker(recipe, kw.get("weights_hash", "blake3"))
+    return DataParallelWorker(recipe, kw.get("weights_hash", "blake3"), base)

@@ -9,7 +9,11 @@ both commands here take it again.
   ``reason`` and revealing ``s_rand``, submitted after every spooled statement, so an
   auditor sees exactly which seed was abandoned and why.
 * :func:`resume_session` rebuilds a :class:`~prover.session.TrainingSession` that
-  continues the run from its last spooled checkpoint with the same seed and order.
+  continues the run from its last spooled checkpoint with the same seed and order. A
+  data-parallel run (``run.open`` commits its world size, the spool's meta repeats it)
+  resumes with as many ranks (:class:`~prover.distributed.DataParallelSession`): local
+  processes spawned here, or the caller's process group (torchrun) when one is
+  initialized; every rank restores the same checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ledger.beacon_client import BeaconClient
 from ledger.client import LogClient
@@ -130,19 +134,25 @@ def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int
                    time_witnesses: Sequence[Verifier] | None = None,
                    time_quorum: int | None = None, time_policy: Policy | None = None,
                    beacon_lead: float = DEFAULT_LEAD,
-                   data_dir: str | Path | None = None) -> TrainingSession:
+                   data_dir: str | Path | None = None,
+                   nproc: int | None = None) -> TrainingSession:
     """A :class:`~prover.session.TrainingSession` continuing the run in ``spool_path``,
     already resumed: iterate ``batches()``, ``train_step`` each, then ``close()``. A
     drand-mode run needs its ``beacon`` (and the witnesses attesting time) again: its
     ``run.close`` commits a challenge round. ``data_dir``: where the data lives now (the
     recipe's ``data_dir``; default: where it lived when the run was trained, as spooled);
-    the data must still hash to the committed root."""
+    the data must still hash to the committed root. ``nproc``: the number of processes,
+    which must be the run's world size (default: that size); a data-parallel run's ranks
+    are started here unless a process group is initialized (then it must have that size).
+    The session's ``local_ranks`` are the processes started here: join them with
+    :func:`prover.distributed.stop_local` after ``close()``."""
     from prover.recipes import get_recipe
     from prover.session import TrainingSession
 
     run = load_run(spool_path, trainer)
     m = run.meta
     run.spool.close()
+    world = _world(run, nproc)
     if "beacon" not in m or "step0" not in m or "config" not in m:
         raise UsageError(f"{spool_path} does not record the run's beacon and settings "
                          "(written by an older potd, or interrupted before step 0)",
@@ -154,15 +164,63 @@ def resume_session(spool_path: str | Path, trainer: Signer, *, submit_batch: int
                          hint="pass --beacon (and --beacon-chain, --witness as for train)")
     recipe = get_recipe(m["recipe"], data_dir=data_dir or m.get("data_dir") or None,
                         **json.loads(m["config"]))
-    sess = TrainingSession(recipe, client or run.client(), trainer, m["evidence"],
-                           spool_path, per_step_weights=json.loads(m["per_step_weights"]),
-                           weights_hash=m["weights_hash"], s_rand=bytes.fromhex(m["s_rand"]),
-                           submit_batch=submit_batch, preflight=False,
-                           beacon=beacon if isinstance(drand, dict) else None,
-                           beacon_lead=beacon_lead,
-                           time_witnesses=time_witnesses, time_quorum=time_quorum,
-                           time_policy=time_policy,
-                           device=m.get("device") or None)  # the device it trained on
+    session: type[TrainingSession] = TrainingSession
+    procs: list[Any] = []
+    if world > 1:
+        import torch.distributed as dist
+
+        from prover.distributed import DataParallelSession, start_local
+
+        session = DataParallelSession
+        if not dist.is_initialized():
+            procs = start_local(recipe, world, m["weights_hash"],
+                                device=m.get("device") or "cpu")
+    try:
+        sess = _resumed(session, run, recipe, spool_path, trainer, client, submit_batch,
+                        beacon if isinstance(drand, dict) else None, beacon_lead,
+                        time_witnesses, time_quorum, time_policy)
+    except BaseException:
+        if procs:
+            from prover.distributed import stop_local
+
+            stop_local(procs, timeout=0)
+        raise
+    sess.local_ranks = procs  # type: ignore[attr-defined]
+    return sess
+
+
+def _world(run: SpooledRun, nproc: int | None) -> int:
+    """The run's committed world size, checked against the spool's record and ``nproc``."""
+    from prover.distributed import committed_world
+
+    world = committed_world(run.opened.body)
+    if run.meta.get("world_size", str(world)) != str(world):
+        raise UsageError(f"the spool records world size {run.meta['world_size'][:20]}, the "
+                         f"run's run.open commits {world}",
+                         hint="this spool is not the one the run was trained with")
+    if nproc is not None and nproc != world:
+        what = (f"data-parallel with {world} processes" if world > 1
+                else "in one process")
+        raise UsageError(f"--nproc {nproc}: run {run.opened.run[:16]}... was trained "
+                         f"{what}; a resume must use the same world size to reproduce "
+                         "its steps bit for bit",
+                         hint=f"resume with --nproc {world} (or without --nproc)")
+    return world
+
+
+def _resumed(session: type[TrainingSession], run: SpooledRun, recipe: Any,
+             spool_path: str | Path, trainer: Signer, client: LogClient | None,
+             submit_batch: int, beacon: BeaconClient | None, beacon_lead: float,
+             time_witnesses: Sequence[Verifier] | None, time_quorum: int | None,
+             time_policy: Policy | None) -> TrainingSession:
+    m = run.meta
+    sess = session(recipe, client or run.client(), trainer, m["evidence"], spool_path,
+                   per_step_weights=json.loads(m["per_step_weights"]),
+                   weights_hash=m["weights_hash"], s_rand=bytes.fromhex(m["s_rand"]),
+                   submit_batch=submit_batch, preflight=False, beacon=beacon,
+                   beacon_lead=beacon_lead, time_witnesses=time_witnesses,
+                   time_quorum=time_quorum, time_policy=time_policy,
+                   device=m.get("device") or None)  # the device it trained on
     sess.resume(run.opened, [(st, st.raw) for st in run.steps], bytes.fromhex(m["beacon"]),
                 json.loads(m["step0"]))
     return sess

@@ -3,7 +3,9 @@
 # (12 layers, 12 heads, 768-wide embeddings, 1024-token windows: ~124M parameters).
 # Prints the prover's overhead (prover vs plain training, same run) and the replay ratio
 # (auditor replay vs original training, same run); both scripts print ratios against a
-# baseline measured in the same run.
+# baseline measured in the same run. With 2 or more GPUs it then runs a 2-rank NCCL
+# data-parallel smoke run (scripts/ddp_smoke.py: train with --nproc 2 on cuda:0 and
+# cuda:1, audit exactly with 2 NCCL ranks) and fails if that audit does not pass.
 #
 #   scripts/gpu_check.sh            # on a machine with CUDA: the full check
 #   scripts/gpu_check.sh --smoke    # a CPU smoke run (tiny shape, few steps), as in CI
@@ -33,6 +35,7 @@ if [ "$smoke" = 1 ]; then
     echo "== replay ratio (CPU smoke)"
     "$PY" scripts/bench_auditor.py --entries 0 --recipe tiny-gpt --epochs 1 --samples 1 \
         --repeats 1 --device cpu --set "${shape[@]}"
+    echo "== 2-rank NCCL smoke: skipped (no CUDA device; scripts/ddp_smoke.py --device cpu is the gloo version)"
     echo "gpu_check: smoke run done (no GPU numbers measured)"
     exit 0
 fi
@@ -45,3 +48,10 @@ echo "== prover overhead on $DEVICE (tiny-gpt at GPT-2-small shape: ${shape[*]})
 echo "== replay ratio on $DEVICE (same shape)"
 "$PY" scripts/bench_auditor.py --entries 0 --recipe tiny-gpt --epochs 1 --samples 2 \
     --repeats 2 --device "$DEVICE" --set "${shape[@]}"
+ngpu=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+if [ "$ngpu" -ge 2 ]; then
+    echo "== 2-rank NCCL smoke (data-parallel training on cuda:0 and cuda:1, exact audit on CUDA)"
+    "$PY" scripts/ddp_smoke.py --device cuda:0 --nproc 2
+else
+    echo "== 2-rank NCCL smoke: skipped ($ngpu CUDA device: it needs 2)"
+fi

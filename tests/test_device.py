@@ -170,3 +170,4 @@ def test_gpu_check_smoke_without_cuda() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "no CUDA device" in r.stdout
     assert "overhead" in r.stdout and "replay" in r.stdout and "ratio" in r.stdout
+    assert "2-rank NCCL smoke: skipped (no CUDA device" in r.stdout
