@@ -138,6 +138,10 @@ class _Bars:
                    "serve-data`) discloses only the sampled segments' examples and a "
                    "held-out sample, each checked against the committed hashes. Implies "
                    "--public-challenge.")
+@click.option("--max-hash-list-bytes", type=click.IntRange(min=0), default=1 << 30,
+              show_default=True,
+              help="With --disclosure: fetch no larger published hash list (32 bytes per "
+                   "example); a run committing more is inconclusive.")
 @click.option("--samples", "-r", default=4, show_default=True,
               help="Steps to draw for replay; the segment (checkpoint to checkpoint) "
                    "holding each is replayed, once.")
@@ -190,7 +194,8 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
           max_abandoned: int, max_model_bytes: int, beacon_url: str | None,
           beacon_chain: str | None, require_drand: bool, state: str, model_file: str | None,
           json_out: str | None, html_out: str | None, quiet: bool,
-          ray_address: str | None, device: str, disclosure: str | None = None) -> None:
+          ray_address: str | None, device: str, disclosure: str | None = None,
+          max_hash_list_bytes: int = 1 << 30) -> None:
     """Audit a training run and name the model it certifies.
 
     Checks the log, the statements, the seed, the data order, the checkpoint chain,
@@ -230,7 +235,8 @@ def audit(log_url: str, vkey: str, run_id: str, evidence: str, recipe: str | Non
                         max_abandoned=max_abandoned, max_model_bytes=max_model_bytes,
                         model=model_file, beacon_url=beacon_url,
                         beacon_chain=load_chain(beacon_chain) if beacon_chain else None,
-                        require_drand=require_drand, ray=ray_address, device=device)
+                        require_drand=require_drand, ray=ray_address, device=device,
+                        max_hash_list_bytes=max_hash_list_bytes)
     if disclosure:  # the data server discloses only what the public challenge draws
         opts.disclosure, opts.public_challenge = disclosure, True
     with _client(log_url, vkey, state, witness, quorum) as client:

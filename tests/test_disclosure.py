@@ -246,3 +246,27 @@ def test_data_server_is_guarded_like_the_log_server(honest: Any) -> None:
             s.close()
         server.should_exit = True
         t.join(30)
+
+
+def test_audit_cli_caps_the_hash_list_it_fetches(honest: Any, tmp_path: Path) -> None:
+    """`audit --disclosure` fetches the published hash list within --max-hash-list-bytes:
+    a list over the cap is not fetched and the audit is inconclusive (exit 3), naming the
+    option, never a failure."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ledger.cli import main
+
+    env, run, srv = honest
+    out = tmp_path / "report.json"
+    r = CliRunner().invoke(main, [
+        "auditor", "audit", "--log", env.url, "--vkey", str(env.log_key.verifier),
+        "--run", run, "--evidence", str(env.dir / "ev-run"), "--disclosure", srv.url,
+        "--samples", "2", "--memorization-segments", "1", "--max-hash-list-bytes", "64",
+        "--state", str(tmp_path / "state"), "--json", str(out), "--quiet"])
+    assert r.exit_code == 3, r.output
+    rep = json.loads(out.read_text())
+    bad = next(c for c in rep["checks"] if c["name"] == "hash_list")
+    assert bad["status"] == "inconclusive" and "--max-hash-list-bytes" in (
+        bad["summary"] + str(bad.get("evidence", {}))), bad

@@ -87,9 +87,15 @@ def test_publish_follow_verified_by_auditor_while_writes_go_on(
     try:
         state = str(tmp_path / "state")
         for _ in range(3):
-            deadline = time.monotonic() + 20
-            while not (site / "checkpoint").exists() and time.monotonic() < deadline:
+            deadline = time.monotonic() + 60
+            while not (site / "checkpoint").exists() and time.monotonic() < deadline \
+                    and pub.poll() is None:
                 time.sleep(0.05)
+            if not (site / "checkpoint").exists():  # say why, not just a 404 later
+                pub.kill()
+                _, err = pub.communicate(timeout=30)
+                pytest.fail(f"publish --follow wrote no checkpoint (exit "
+                            f"{pub.returncode}): {err[-2000:]}")
             r = potd("auditor", "verify-log", "--log", url, "--vkey", str(server.vkey),
                      "--state", state, "--json")
             assert r.returncode == 0, r.stdout + r.stderr
