@@ -335,9 +335,9 @@ def _looks_pickled(data: bytes) -> bool:
     return (len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5) or data[:4] == b"PK\x03\x04"
 
 
-def _read_regular(path: Path, rel: str, limit: int) -> bytes:
-    """A regular file's bytes, at most ``limit``: the type and the size are taken from the
-    opened descriptor (no race with a swap), and opening never blocks (a FIFO)."""
+def _open_regular(path: Path, rel: str) -> tuple[int, os.stat_result]:
+    """An open descriptor on the regular file ``path`` and its stat: the type is taken from
+    the opened descriptor (no race with a swap), and opening never blocks (a FIFO)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -355,6 +355,16 @@ def _read_regular(path: Path, rel: str, limit: int) -> bytes:
                                 "read it", file=rel,
                                 hint="an evidence directory holds plain files only (no "
                                      "devices, FIFOs or links to them)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _read_regular(path: Path, rel: str, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit`` (:func:`_open_regular`)."""
+    fd, st = _open_regular(path, rel)
+    try:
         if st.st_size > limit:
             raise EvidenceError(f"evidence file {path} has {st.st_size} bytes, more than "
                                 f"the {limit} allowed", file=rel)
@@ -370,25 +380,10 @@ def _read_regular(path: Path, rel: str, limit: int) -> bytes:
 
 def _copy_regular(path: Path, rel: str, limit: int, sink: Callable[[bytes], object]) -> None:
     """Hand a regular file's bytes to ``sink`` in 1 MiB blocks, no further than the size
-    it had when opened and at most ``limit`` (more: ResponseTooLarge, nothing read);
-    type and size taken from the opened descriptor, and opening never blocks (a FIFO)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    it had when opened and at most ``limit`` (more: ResponseTooLarge, nothing read)
+    (:func:`_open_regular`)."""
+    fd, st = _open_regular(path, rel)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise EvidenceError(f"evidence file {path} is missing", file=rel,
-                            hint="the trainer must publish every object the log "
-                                 "names") from None
-    except OSError as e:
-        raise EvidenceError(f"cannot read evidence file {path}: {e.strerror}",
-                            file=rel) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise EvidenceError(f"evidence file {path} is not a regular file; refusing to "
-                                "read it", file=rel,
-                                hint="an evidence directory holds plain files only (no "
-                                     "devices, FIFOs or links to them)")
         if st.st_size > limit:
             raise ResponseTooLarge(f"evidence file {path} has {st.st_size} bytes, more "
                                    f"than the {limit} allowed")
