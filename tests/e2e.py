@@ -78,3 +78,22 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def checks(report: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["status"] for c in report["checks"]}
+
+
+def drive_data_parallel(s: Any, procs: list[Any]) -> None:
+    """Train a :class:`~prover.distributed.DataParallelSession` whose other ranks are the
+    local processes ``procs`` (``start_local``) through its whole run, then close it and
+    stop them; on a failure stop everything at once and re-raise."""
+    from prover.distributed import stop_local
+
+    try:
+        s.open()
+        for b in s.batches():
+            s.train_step(b)
+    except BaseException:
+        s._shutdown()
+        stop_local(procs, timeout=0)
+        raise
+    s.close()
+    stop_local(procs)
+    assert all(p.exitcode == 0 for p in procs)

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e import checks, make_env
+from e2e import checks, drive_data_parallel, make_env
 from test_disclosure_filedir import Case
 
-from prover.distributed import DataParallelSession, DataParallelWorker, start_local, stop_local
+from prover.distributed import DataParallelSession, DataParallelWorker, start_local
 from prover.recipes import get_recipe
 from prover.session import Batch
 
@@ -45,17 +45,7 @@ def _train(case: Case, tag: str, session: type[DataParallelSession], worker: str
     procs = start_local(recipe, 2, worker=worker)
     s = session(recipe, env.client(), env.trainer, env.dir / f"ev-{tag}",
                 env.dir / f"{tag}.spool", data_dir=case.data)
-    try:
-        s.open()
-        for b in s.batches():
-            s.train_step(b)
-    except BaseException:
-        s._shutdown()
-        stop_local(procs, timeout=0)
-        raise
-    s.close()
-    stop_local(procs)
-    assert all(p.exitcode == 0 for p in procs)
+    drive_data_parallel(s, procs)
     return s.run_id
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from e2e import Env, checks
+from e2e import Env, checks, drive_data_parallel
 
 from ledger.errors import MalformedError, UsageError
 from prover.derive import check_world, shard_bounds
@@ -93,17 +93,7 @@ def train_dp(env: Env, tag: str, worker: str | None = None,
                         "prover.distributed:DataParallelWorker")
     s = env.session(tag, cls=cls, recipe=recipe_name, overrides=overrides)
     s.after = []  # type: ignore[attr-defined]
-    try:
-        s.open()
-        for b in s.batches():
-            s.train_step(b)
-    except BaseException:
-        s._shutdown()
-        stop_local(procs, timeout=0)
-        raise
-    s.close()
-    stop_local(procs)
-    assert all(p.exitcode == 0 for p in procs)
+    drive_data_parallel(s, procs)
     return s
 
 
