@@ -253,7 +253,7 @@ def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
 
         Path(json_out).write_text(report_json(report, indent=2) + "\n")
     if html_out:
-        from .render import write_html
+        from .render_html import write_html
 
         write_html(report, html_out)
     if not quiet:
