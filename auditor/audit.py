@@ -87,6 +87,7 @@ class AuditOptions:
     device: str = "cpu"                # where replays train (cpu, cuda, cuda:i)
     max_hash_list_bytes: int = 1 << 30  # a published example-hash list is fetched no larger
     hash_list_cache: str | None = None  # cache of verified hash-list indexes (membership)
+    hash_list_cache_max_bytes: int | None = 8 << 30  # pruned to this, least recently used
 
 
 STATUSES = ("pass", "fail", "inconclusive", "warn", "skip")

@@ -253,7 +253,7 @@ def _emit(report: dict[str, Any], json_out: str | None, html_out: str | None,
 
         Path(json_out).write_text(report_json(report, indent=2) + "\n")
     if html_out:
-        from .render import write_html
+        from .render_html import write_html
 
         write_html(report, html_out)
     if not quiet:
@@ -434,6 +434,10 @@ def runs(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None, 
                    "[default: $XDG_CACHE_HOME/potd/membership].")
 @click.option("--no-cache", is_flag=True,
               help="Build the index in a temporary directory, keep nothing.")
+@click.option("--cache-max-bytes", type=click.IntRange(min=0), default=8 << 30,
+              show_default=True,
+              help="Keep the cache under this size: least recently used indexes are "
+                   "removed after each use (never one used in the last 10 minutes).")
 @witness_options
 @click.option("--state", default=DEFAULT_STATE, show_default=True,
               help="Directory keeping the last verified checkpoint per log.")
@@ -441,8 +445,8 @@ def runs(log_url: str, vkey: str, witness: tuple[str, ...], quorum: int | None, 
 def membership(log_url: str, vkey: str, run_id: str, evidence: str,
                documents: tuple[str, ...], hashes: tuple[str, ...], dirs: tuple[str, ...],
                out: str | None, max_hash_list_bytes: int, cache_dir: str | None,
-               no_cache: bool, witness: tuple[str, ...], quorum: int | None, state: str,
-               as_json: bool) -> None:
+               no_cache: bool, cache_max_bytes: int, witness: tuple[str, ...],
+               quorum: int | None, state: str, as_json: bool) -> None:
     """Was this document in run RUN's training data? Proven either way, without the data.
 
     Verifies the log and the run, checks the published example-hash list against the
@@ -478,7 +482,8 @@ def membership(log_url: str, vkey: str, run_id: str, evidence: str,
     bars = _Bars()
     with _client(log_url, vkey, state, witness, quorum) as client:
         rep = ask(client, run_id, qs, evidence, progress=bars, documents=docs,
-                  max_hash_list_bytes=max_hash_list_bytes, cache_dir=cache)
+                  max_hash_list_bytes=max_hash_list_bytes, cache_dir=cache,
+                  cache_max_bytes=cache_max_bytes)
     bars.close()
     proof = rep.pop("proof", None)
     if out and proof is not None:

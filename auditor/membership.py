@@ -34,7 +34,7 @@ from prover.hashlist import MerkleFile, positions_of
 
 from .audit import Audit, AuditOptions
 from .logview import LogSnapshot
-from .membership_index import MAX_HASH_LIST_BYTES
+from .membership_index import CACHE_MAX_BYTES, MAX_HASH_LIST_BYTES
 from .membership_proof import FORMAT, b64, derive_steps
 from .runs import RunView
 
@@ -112,7 +112,8 @@ def _verified_list(a: Audit, evidence: str, o: Statement, work: Path
     cache = a.opts.hash_list_cache
     try:
         got = index(evidence, name, size, max_bytes=a.opts.max_hash_list_bytes,
-                    cache_dir=Path(cache) if cache else None, work=work)
+                    cache_dir=Path(cache) if cache else None,
+                    cache_max_bytes=a.opts.hash_list_cache_max_bytes, work=work)
     except Unavailable as e:
         a.check("hash_list", "inconclusive", e.message, hint=e.hint)
         return None
@@ -213,7 +214,8 @@ def membership(client: LogClient, run: str, queries: list[bytes], evidence: str,
                progress: Callable[[str, int, int], None] | None = None,
                documents: Sequence[bytes] = (), *,
                max_hash_list_bytes: int = MAX_HASH_LIST_BYTES,
-               cache_dir: str | None = None) -> dict[str, Any]:
+               cache_dir: str | None = None,
+               cache_max_bytes: int | None = CACHE_MAX_BYTES) -> dict[str, Any]:
     """Answer each example hash in ``queries`` (and of each of ``documents``, hashed in
     the run's committed example encoding, :mod:`prover.encodings`) for run ``run``: a
     report with ``answer`` (included / absent / mixed, or unverified / inconclusive), the
@@ -221,11 +223,13 @@ def membership(client: LogClient, run: str, queries: list[bytes], evidence: str,
     open is answered from its ``run.open`` (``run_state`` "open": no steps are named; they
     are unknown until the run closes). A document the run's encoding cannot encode raises
     UsageError. ``max_hash_list_bytes`` and ``cache_dir`` (None: no cache) bound and
-    cache the hash list (:mod:`auditor.membership_index`)."""
+    cache the hash list, the cache kept under ``cache_max_bytes`` (None: unbounded;
+    :mod:`auditor.membership_index`)."""
     from prover.encodings import document_hash
 
     opts = AuditOptions(run=run, evidence=evidence, max_abandoned=1 << 62,
-                        max_hash_list_bytes=max_hash_list_bytes, hash_list_cache=cache_dir)
+                        max_hash_list_bytes=max_hash_list_bytes, hash_list_cache=cache_dir,
+                        hash_list_cache_max_bytes=cache_max_bytes)
     a = MembershipCheck(client, opts, progress)
     rep: dict[str, Any] = {"format": "potd-membership-v1", "run": run, "checks": a.checks}
     try:

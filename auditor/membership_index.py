@@ -19,7 +19,12 @@ against ``index.json`` (the list against its own name), the sorted tree is rebui
 ``sorted.bin`` and the ordered root recomputed from the row, and any mismatch
 (corruption, an edited file) discards the entry and rebuilds it. The roots are then
 compared with ``run.open`` exactly as for a fresh download. What a hit skips is the
-download, the sort and the ordered tree's leaf hashing.
+download, the sort and the ordered tree's leaf hashing. The cache is bounded
+(``cache_max_bytes``, :data:`CACHE_MAX_BYTES` by default): each use marks its entry
+(``index.json``'s modification time) and then the least recently used other entries are
+removed until the cache fits, sparing any used in the last :data:`IN_USE_S` seconds
+(another audit may be reading it); build directories a killed audit left behind are
+removed once :data:`STALE_TMP_S` old.
 
 Trusts: the pinned log key (through the caller's checks); the evidence location is
 hostile. The cache directory is the auditor's own disk: the re-hashing catches
@@ -34,6 +39,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,9 @@ MAX_HASH_LIST_BYTES = 1 << 30  # about 33.5M examples (32 bytes each)
 # list 32 + sorted 32 + positions 40 + the sort's spilled runs 40 (removed after)
 BYTES_PER_EXAMPLE = 144
 _FILES = ("list.hashes", "sorted.bin", "positions.bin", "ordered.row")
+CACHE_MAX_BYTES = 8 << 30  # about 58M cached examples' lists and indexes
+IN_USE_S = 600.0           # an entry used this recently is never pruned
+STALE_TMP_S = 86400.0      # a build directory this old was left by a killed audit
 
 
 def default_cache_dir() -> Path:
@@ -194,11 +203,72 @@ def _load(d: Path, name: str, size: int) -> Index:
         raise Corrupt(e.message) from None
 
 
+def _entry_bytes(d: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def prune(cache_dir: Path, max_bytes: int, keep: str = "", *,
+          now: float | None = None) -> list[str]:
+    """Remove least recently used entries of ``cache_dir`` (never ``keep``, nor one used
+    in the last :data:`IN_USE_S` seconds) until it holds at most ``max_bytes``, and build
+    directories older than :data:`STALE_TMP_S`; the names removed, oldest first."""
+    now = time.time() if now is None else now
+    entries: list[tuple[float, int, str]] = []
+    try:
+        listing = list(os.scandir(cache_dir))
+    except OSError:
+        return []
+    for e in listing:
+        if not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            used = os.stat(os.path.join(e.path, "index.json")).st_mtime
+        except OSError:  # no index: a build in progress (.tmp-) or a broken entry
+            used = e.stat(follow_symlinks=False).st_mtime
+        if e.name.startswith(".tmp-"):
+            if now - used > STALE_TMP_S:
+                shutil.rmtree(e.path, ignore_errors=True)
+            continue
+        if len(e.name) == 64 and not e.name.strip("0123456789abcdef"):
+            entries.append((used, _entry_bytes(Path(e.path)), e.name))
+    total = sum(b for _, b, _ in entries)
+    removed = []
+    for used, size, name in sorted(entries):
+        if total <= max_bytes:
+            break
+        if name == keep or now - used < IN_USE_S:
+            continue
+        shutil.rmtree(cache_dir / name, ignore_errors=True)
+        total -= size
+        removed.append(name)
+    return removed
+
+
+def _used(cache_dir: Path, name: str, max_bytes: int | None) -> None:
+    """Mark entry ``name`` used now, then prune the cache to ``max_bytes`` (None: no
+    bound). Failing to do either only costs disk space, never the answer."""
+    try:
+        os.utime(cache_dir / name / "index.json")
+    except OSError:
+        pass
+    if max_bytes is not None:
+        prune(cache_dir, max_bytes, keep=name)
+
+
 def index(evidence: str, name: str, size: int, *, max_bytes: int = MAX_HASH_LIST_BYTES,
-          cache_dir: Path | None = None, work: Path, deadline: float = DEADLINE) -> Index:
+          cache_dir: Path | None = None, cache_max_bytes: int | None = CACHE_MAX_BYTES,
+          work: Path, deadline: float = DEADLINE) -> Index:
     """The verified index of hash list ``name`` of ``size`` examples: from ``cache_dir``
     when a valid entry is there, else fetched from ``evidence`` and built (into the
-    cache when there is one, else into ``work``). Unavailable or Corrupt otherwise."""
+    cache when there is one, pruned to ``cache_max_bytes`` after, else into ``work``).
+    Unavailable or Corrupt otherwise."""
     if len(name) != 64 or name.strip("0123456789abcdef") or size < 0:
         raise Corrupt(f"{name[:80]!r} is not a hash list's SHA-256 (64 lowercase hex "
                       "digits), or the size is negative")
@@ -213,10 +283,14 @@ def index(evidence: str, name: str, size: int, *, max_bytes: int = MAX_HASH_LIST
         entry = cache_dir / name
         if entry.is_dir():
             try:
-                return _load(entry, name, size)
+                got = _load(entry, name, size)
+                _used(cache_dir, name, cache_max_bytes)
+                return got
             except Corrupt as e:
                 why = e.message
                 shutil.rmtree(entry, ignore_errors=True)
+        if cache_max_bytes is not None:  # make room for this entry first
+            prune(cache_dir, max(0, cache_max_bytes - _need(size)), keep=name)
         _check_room(cache_dir, size)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".tmp-"))
         try:
@@ -231,7 +305,9 @@ def index(evidence: str, name: str, size: int, *, max_bytes: int = MAX_HASH_LIST
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return _open(entry, meta, f"cache rebuilt: {why}" if why else "fetched")
+        got = _open(entry, meta, f"cache rebuilt: {why}" if why else "fetched")
+        _used(cache_dir, name, cache_max_bytes)
+        return got
     _check_room(work, size)
     fetch(evidence, name, size, work / "list.hashes", deadline=deadline)
     meta = build(work)

@@ -445,18 +445,41 @@ def deny(db: str, vkey: str) -> None:
     _signer_list(db, vkey, False)
 
 
+ROLE_GROUPS = "potd.commands"  # the entry-point group the other packages register in
+
+
+def _not_installed(name: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True},
+                   add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        """(not installed: run `pip install -e .` in the source tree)"""
+        raise UsageError(f"`potd {name}` is registered when potd is installed (an entry "
+                         f"point), and this copy of potd is not",
+                         hint="run `pip install -e .` in the source tree (scripts/test and "
+                              "scripts/demo do it)")
+    return command
+
+
 def _add_role_groups() -> None:
-    """Attach the other roles' groups, each defined in its own package."""
-    from auditor.cli import auditor
-    from prover.cli import prover
+    """Attach the command groups of the roles above the ledger. The prover's and the
+    auditor's are registered as entry points (group :data:`ROLE_GROUPS`, setup.cfg), so
+    this, the lowest package, never imports the packages built on it; the witness's,
+    the beacon's and the proof commands are the ledger's own."""
+    from importlib.metadata import entry_points
 
     from .beacon_cli import beacon
     from .proof_cli import prove, verify
     from .rotate_cli import rotate_key
     from .witness_cli import witness
 
-    for group in (witness, beacon, prover, auditor):
+    for group in (witness, beacon):
         main.add_command(group)
+    for ep in sorted(entry_points(group=ROLE_GROUPS), key=lambda ep: ep.name):
+        main.add_command(ep.load(), ep.name)
+    for name in ("auditor", "prover"):
+        if name not in main.commands:  # run from a source tree that was never installed
+            main.add_command(_not_installed(name))
     for command in (prove, verify, rotate_key):
         ledger.add_command(command)
 

@@ -17,18 +17,14 @@ the event loop are all "not verification".
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing as mp
 import os
-import re
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench_server import ROOT, _client, cpu_seconds, make_runs, post, verify_cpu_us
+from bench_server import make_runs, verify_cpu_us
+from benchlib import cpu_seconds, http_request, run_load, start_potd
 
 from ledger.log import Log
 from ledger.note import Signer
@@ -69,35 +65,10 @@ def postgres_cpu(postmaster: int | None) -> dict[int, float]:
     return {p: cpu_seconds(p) for p in postgres_pids(postmaster)}
 
 
-def _load(ports: list[int], per_client: list[list[bytes]], limit_s: float, out: Any) -> None:
-    async def main() -> dict[str, Any]:
-        lat: list[float] = []
-        statuses: dict[int, int] = {}
-        t0 = time.perf_counter()
-        await asyncio.gather(*[_client(ports[i % len(ports)], reqs, t0 + limit_s, lat, statuses)
-                               for i, reqs in enumerate(per_client)])
-        return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses}
-
-    out.put(asyncio.run(main()))
-
-
 def start(db: str, key: Path, d: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
-    err = open(d / f"server{n}.err", "w+b")  # noqa: SIM115
-    p = subprocess.Popen([sys.executable, "-c", "from ledger.cli import main; main()", "ledger",
-                          "serve", "--db", db, "--key", str(key), "--port", "0"],
-                         stderr=err, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        err.seek(0)
-        m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", err.read())
-        if m:
-            return p, int(m.group(1))
-        if p.poll() is not None:
-            break
-        time.sleep(0.05)
-    p.kill()
-    err.seek(0)
-    raise SystemExit("server did not start:\n" + err.read().decode(errors="replace"))
+    p, url = start_potd(["ledger", "serve", "--db", db, "--key", str(key), "--port", "0"],
+                        d / f"server{n}.err")
+    return p, int(url.rsplit(":", 1)[1])
 
 
 def new_database(url: str, n: int) -> tuple[str, str]:
@@ -125,16 +96,12 @@ def one(label: str, db: str, frontends: int, runs: list[list[bytes]], batch: int
     store.close()
     procs = [start(db, d / "log.key", d, k) for k in range(frontends)]
     try:
-        reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + batch]) + b"]")
+        reqs = [[http_request("POST", "/add-batch", b"[" + b",".join(r[i:i + batch]) + b"]")
                  for i in range(0, len(r), batch)] for r in runs]
         fe0 = [cpu_seconds(p.pid) for p, _ in procs]
         postmaster = postmaster_pid(db) if "postgresql" in db else None
         pg0 = postgres_cpu(postmaster)
-        q: Any = mp.Queue()
-        lp = mp.Process(target=_load, args=([port for _, port in procs], reqs, seconds, q))
-        lp.start()
-        res = q.get()
-        lp.join()
+        res = run_load([port for _, port in procs], reqs, seconds)
         fe = sum(cpu_seconds(p.pid) - c for (p, _), c in zip(procs, fe0, strict=True))
         pg1 = postgres_cpu(postmaster)
         pg = sum(c - pg0.get(p, 0.0) for p, c in pg1.items())

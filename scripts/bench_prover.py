@@ -31,6 +31,11 @@ time) / plain time — a commit process that falls behind shows up there.
 
 ``--device`` trains every loop there (timed steps end with a device synchronization);
 ``--set`` overrides recipe settings (as ``potd prover train --set``) for every recipe.
+
+Data-parallel training (2 gloo ranks, the prover vs plain DDP in the same run) is
+measured by scripts/bench_ddp.py; ``--ddp`` runs it with the remaining arguments:
+
+    .venv/bin/python scripts/bench_prover.py --ddp --rounds 3 --threads 1
 """
 
 from __future__ import annotations
@@ -263,7 +268,14 @@ def table(out: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    if "--ddp" in sys.argv[1:]:  # the data-parallel overhead: scripts/bench_ddp.py
+        rest = [a for a in sys.argv[1:] if a != "--ddp"]
+        script = str(Path(__file__).with_name("bench_ddp.py"))
+        os.execv(sys.executable, [sys.executable, script, *rest])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--ddp", action="store_true",
+                    help="measure data-parallel training instead: runs scripts/bench_ddp.py "
+                         "with the other arguments (see its --help)")
     ap.add_argument("--recipes", default="digits-mlp,wide-mlp,tiny-gpt")
     ap.add_argument("--steps", type=int, default=200,
                     help=f"timed steps per recipe, each way (at most {MAX_STEPS})")

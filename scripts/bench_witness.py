@@ -33,10 +33,8 @@ the time a checkpoint takes to be published.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
-import re
 import statistics
 import subprocess
 import sys
@@ -49,7 +47,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402
 import httpx  # noqa: E402
+from benchlib import http_request, pct, start_potd  # noqa: E402
 
 from ledger.cosignature import count_cosignatures  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
@@ -82,63 +82,15 @@ def _prepare(args: tuple[str, str, int, int]) -> list[bytes]:
 
 
 def http_post(body: bytes) -> bytes:
-    return (f"POST /add-checkpoint HTTP/1.1\r\nHost: bench\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-# --- the load generator (a child process) ------------------------------------------------
-
-async def _client(port: int, requests: list[bytes], deadline: float, lat: list[float],
-                  statuses: dict[int, int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for req in requests:
-            if time.perf_counter() > deadline:
-                break
-            t = time.perf_counter()
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            m = re.search(rb"(?i)content-length: *(\d+)", head)
-            if m:
-                await reader.readexactly(int(m.group(1)))
-            lat.append(time.perf_counter() - t)
-            statuses[status] = statuses.get(status, 0) + 1
-            if status != 200:  # the next request would start from the wrong size
-                break
-    finally:
-        writer.close()
-
-
-def _load(port: int, per_client: list[list[bytes]], limit_s: float, out: Any) -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-
-    async def main() -> dict[str, Any]:
-        lat: list[float] = []
-        statuses: dict[int, int] = {}
-        t0 = time.perf_counter()
-        await asyncio.gather(*[_client(port, reqs, t0 + limit_s, lat, statuses)
-                               for reqs in per_client])
-        return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses}
-
-    out.put(asyncio.run(main()))
+    return http_request("POST", "/add-checkpoint", body, "text/plain")
 
 
 def run_load(port: int, per_client: list[list[bytes]], limit_s: float) -> dict[str, Any]:
-    q: Any = mp.Queue()
-    p = mp.Process(target=_load, args=(port, [[http_post(b) for b in c] for c in per_client],
-                                       limit_s, q))
-    p.start()
-    res: dict[str, Any] = q.get()
-    p.join()
-    return res
+    """The prepared checkpoints, each client's in order (a client stops at its first
+    non-200: its next request would start from the wrong size)."""
+    return benchlib.run_load(port, [[http_post(b) for b in c] for c in per_client], limit_s,
+                             on_error="stop")
 
-
-# --- live and contention phases (threads in this process) ---------------------------------
 
 def run_live(url: str, logs: list[Log], per: int, limit_s: float, max_requests: int
              ) -> dict[str, Any]:
@@ -330,11 +282,6 @@ def run_publish(d: str, wurl: str, wkey: Signer, flushes: int, limit_s: float
 
 # --- reporting -----------------------------------------------------------------------------
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
-
-
 def summarize(name: str, res: dict[str, Any]) -> dict[str, Any]:
     lat = res["latencies"]
     out = {"phase": name, "requests": len(lat), "statuses": res["statuses"],
@@ -357,22 +304,8 @@ def summarize(name: str, res: dict[str, Any]) -> dict[str, Any]:
 def start_witness(d: str) -> tuple[subprocess.Popen[bytes], str]:
     key = Signer.generate("bench.example/witness", ALG_COSIGNATURE_V1)
     Path(d, "w.key").write_text(key.private_string())
-    errf = open(Path(d, "witness.err"), "w+b")  # noqa: SIM115
-    p = subprocess.Popen([sys.executable, "-c", "from ledger.cli import main; main()",
-                          "witness", "serve", "--db", str(Path(d, "witness.db")), "--key",
-                          str(Path(d, "w.key")), "--port", "0"], stderr=errf, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        errf.seek(0)
-        m = re.search(rb"listening on (http://127\.0\.0\.1:\d+)", errf.read())
-        if m:
-            return p, m.group(1).decode()
-        if p.poll() is not None:
-            break
-        time.sleep(0.05)
-    p.kill()
-    errf.seek(0)
-    raise SystemExit("witness did not start:\n" + errf.read().decode(errors="replace"))
+    return start_potd(["witness", "serve", "--db", str(Path(d, "witness.db")), "--key",
+                       str(Path(d, "w.key")), "--port", "0"], Path(d, "witness.err"), "witness")
 
 
 def load_phases(a: argparse.Namespace, d: str, url: str, signers: list[Signer],

@@ -23,7 +23,15 @@ import pytest
 from e2e import Env, make_env
 
 from auditor.membership import membership
-from auditor.membership_index import Corrupt, Unavailable, fetch, index
+from auditor.membership_index import (
+    IN_USE_S,
+    STALE_TMP_S,
+    Corrupt,
+    Unavailable,
+    fetch,
+    index,
+    prune,
+)
 from auditor.membership_proof import verify_proof
 from prover.hashing import example_hash
 from prover.hashlist import HEADER_SIZE, encode_header, publish
@@ -233,6 +241,53 @@ def test_index_cache_hit_and_corruption_rebuilt(tmp_path: Path) -> None:
         again = get()
         assert again[0].startswith("cache rebuilt: the roots recomputed"), (f, again[0])
         assert again[1:] == cold[1:]
+
+
+def test_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
+    """The cache stays under its byte bound: after each use the least recently used
+    entries go (never the one just used, nor one used in the last IN_USE_S seconds, which
+    another audit may be reading); a killed audit's build directory goes once stale."""
+    ev, cache, w = tmp_path / "ev", tmp_path / "cache", tmp_path / "w"
+    w.mkdir()
+    names = []
+    for k in range(3):
+        hs = [hashlib.sha256(f"{k}/{i}".encode()).digest() for i in range(2000)]
+        names.append(str(publish(ev / "objects", hs)["hash_list"]))
+
+    def use(name: str, bound: int | None) -> str:
+        got = index(str(ev), name, 2000, cache_dir=cache, cache_max_bytes=bound, work=w)
+        got.close()
+        return got.source
+
+    for n in names:
+        assert use(n, None) == "fetched"
+    one = sum(f.stat().st_size for f in (cache / names[0]).iterdir())
+    assert sorted(p.name for p in cache.iterdir()) == sorted(names)
+    # all three were used just now: a bound of one entry removes nothing yet
+    assert use(names[0], one) == "cache"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(names)
+    # age them (names[1] least recently used, then names[2], then names[0])
+    now = time.time()
+    for n, age in zip(names, (2, 4, 3), strict=True):
+        t = now - IN_USE_S - age * 60
+        os.utime(cache / n / "index.json", (t, t))
+    stale = cache / ".tmp-killed"
+    stale.mkdir()
+    (stale / "list.hashes").write_bytes(b"x" * 100)
+    os.utime(stale, (now - STALE_TMP_S - 1, now - STALE_TMP_S - 1))
+    fresh = cache / ".tmp-building"
+    fresh.mkdir()
+    assert use(names[2], 2 * one) == "cache"  # a hit prunes: names[1] (oldest) goes
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [names[0], names[2], ".tmp-building"])
+    # the bound below one entry: everything but the entry in use goes
+    assert prune(cache, 0, keep=names[2]) == [names[0]]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([names[2], ".tmp-building"])
+    # a fetch into a full cache makes room for itself (names[2] no longer in use)
+    t = time.time() - IN_USE_S - 1
+    os.utime(cache / names[2] / "index.json", (t, t))
+    assert use(names[1], one) == "fetched"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([names[1], ".tmp-building"])
 
 
 # --- open runs and the whole path -------------------------------------------------------

@@ -201,7 +201,7 @@ def test_audit_names_and_checks_the_model(env: Env) -> None:
     bad = env.audit(s.run_id, ev, samples=1, memorization_segments=1, model=str(other))
     assert bad["verdict"] == "fail" and checks(bad)["model"] == "fail"
 
-    from auditor.render import render_html
+    from auditor.render_html import render_html
 
     assert s.final_weights in render_html(rep)
 

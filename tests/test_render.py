@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from auditor.render import plot_images, render_html, render_terminal, write_html
+from auditor.render import render_terminal
+from auditor.render_html import plot_images, render_html, write_html
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "auditor" / "report_example.json"
 EVIL = '<script>alert("pwned")</script>'

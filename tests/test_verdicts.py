@@ -240,7 +240,8 @@ def test_report_header_states_policy_version_options_and_warnings(env: Env) -> N
     from rich.console import Console
 
     from auditor.audit import STATUSES
-    from auditor.render import render_html, render_terminal
+    from auditor.render import render_terminal
+    from auditor.render_html import render_html
 
     s0 = env.session("abandoned")
     s0.open()  # its seed is fixed; then the run is left open (abandoned)
