@@ -1,7 +1,8 @@
 """The PostgreSQL backend: one database shared by any number of log frontends.
 
 Same layout and invariants as every backend (:mod:`ledger.storage.base`); the server's
-indexes (leaf hashes, run entries, allowed signers) always exist. Connections come from
+indexes (leaf hashes, run entries, allowed signers) always exist; the leaf-hash index is
+kept off the commit path as in SQLite (:meth:`PostgresStore.index_leaves`). Connections come from
 a pool (psycopg 3 + psycopg_pool); a connection lost mid-request raises StorageError
 (the server answers 503 with ``Retry-After``) and the pool opens a fresh one for the
 next request, so the frontend recovers without a restart.
@@ -26,6 +27,7 @@ from typing import Any
 from ..errors import StorageError, UsageError
 from ..merkle import HASH_SIZE, split_stored_hash_index
 from .base import BLOCK, BUNDLE, SCHEMA_VERSION, check_schema, full_bundles
+from . import sqlite_indexes
 
 _SCHEMA = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -92,7 +94,7 @@ class PostgresStore:
                         conn.cursor().executemany(
                             "INSERT INTO meta (key, value) VALUES (%s, %s)",
                             [("schema", str(SCHEMA_VERSION)), ("origin", create[0]),
-                             ("vkey", create[1]), ("size", "0")])
+                             ("vkey", create[1]), ("size", "0"), ("leaves_size", "0")])
                 elif not exists:
                     raise StorageError(f"no log in {self.path}",
                                        hint="create one with `potd ledger init --db URL "
@@ -321,13 +323,6 @@ class PostgresStore:
                         checkpoint)
             cur.execute("UPDATE meta SET value=%s WHERE key='size'",
                         (str(old_size + len(entries)),))
-            leaves = level_hashes[0] if level_hashes else []
-            if leaves:
-                # first index per leaf hash: insert only the hashes not yet in the log
-                cur.execute("INSERT INTO leaves (hash, idx) SELECT DISTINCT ON (h) h, i FROM "
-                            "unnest(%s::bytea[], %s::bigint[]) AS u(h, i) ORDER BY h, i "
-                            "ON CONFLICT (hash) DO NOTHING",
-                            (list(leaves), list(range(old_size, old_size + len(leaves)))))
             if run_rows:  # COPY: an executemany costs the frontend ~8 µs of CPU per row
                 with cur.copy("COPY run_entries (run, seq, idx) FROM STDIN") as cp:
                     for run_row in run_rows:
@@ -398,7 +393,49 @@ class PostgresStore:
     def ensure_indexes(self) -> None:
         """The indexes exist from ``init`` on and every append maintains them."""
 
+    def index_leaves(self) -> int:
+        """Index the leaves appended since the leaf index was last brought up to date
+        (see :mod:`.sqlite_indexes`: off the commit path, caught up by lookups); return
+        how many. Catch-ups of several frontends are serialised by the ``leaves_size``
+        row, so each starts where the previous one ended and keeps first indexes."""
+        done = 0
+        while True:
+            with self._conn("updating the leaf index") as conn, conn.transaction():
+                row = conn.execute("SELECT value FROM meta WHERE key='leaves_size' FOR UPDATE"
+                                   ).fetchone()
+                first = int(row[0])
+                size = int(conn.execute("SELECT value FROM meta WHERE key='size'"
+                                        ).fetchone()[0])
+                end = min(size, first + sqlite_indexes.CATCH_UP)
+                if first < end:
+                    b0, b1 = first // BLOCK, (end - 1) // BLOCK
+                    data = b"".join(bytes(r[0]) for r in conn.execute(
+                        "SELECT data FROM hashes WHERE level=0 AND block>=%s AND block<=%s "
+                        "ORDER BY block", (b0, b1)))
+                    lo, hi = (first - b0 * BLOCK) * HASH_SIZE, (end - b0 * BLOCK) * HASH_SIZE
+                    if len(data) < hi:
+                        raise StorageError(f"the stored leaf hashes of {self.path} end before "
+                                           f"{end}: the database is damaged",
+                                           hint="run `potd ledger fsck`")
+                    # first index per leaf hash: insert only the hashes not yet indexed
+                    conn.execute("INSERT INTO leaves (hash, idx) SELECT DISTINCT ON (h) h, i "
+                                 "FROM unnest(%s::bytea[], %s::bigint[]) AS u(h, i) "
+                                 "ORDER BY h, i ON CONFLICT (hash) DO NOTHING",
+                                 ([data[i:i + HASH_SIZE] for i in range(lo, hi, HASH_SIZE)],
+                                  list(range(first, end))))
+                    conn.execute("UPDATE meta SET value=%s WHERE key='leaves_size'", (str(end),))
+            done += max(0, end - first)
+            if end >= size:
+                return done
+
     def leaf_index(self, leaf: bytes) -> int | None:
+        """The first log index whose leaf hash is ``leaf``, or None (the index is first
+        brought up to the committed tree)."""
+        with self._conn("reading the leaf index") as conn:
+            behind = conn.execute("SELECT (SELECT value FROM meta WHERE key='size') != "
+                                  "(SELECT value FROM meta WHERE key='leaves_size')").fetchone()
+        if behind is None or behind[0] is not False:
+            self.index_leaves()
         with self._conn("reading the leaf index") as conn:
             row = conn.execute("SELECT idx FROM leaves WHERE hash=%s", (leaf,)).fetchone()
         return int(row[0]) if row else None

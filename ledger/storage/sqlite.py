@@ -13,10 +13,8 @@ memory stays flat as the log grows; a writer checks, inside its write transactio
 the stored size is the one it expects, so two sequencers on one file cannot interleave.
 
 Server indexes (created by :meth:`SQLiteStore.ensure_indexes`, which the log server
-calls): ``leaves`` maps each leaf hash to its first index, ``run_entries`` maps
-``(run, seq)`` to the index of that statement, ``allowed_signers`` is the operator's
-allow-list. Once ``leaves`` exists, every append also indexes its leaves, and run rows
-are written in the append's own transaction, so the indexes never disagree with the tree.
+calls; :mod:`.sqlite_indexes`): run rows are written in the append's own transaction,
+the leaf-hash index is brought up to date by lookups, off the commit path.
 
 Concurrency: with ``read_connection=True`` reads from threads other than the one inside
 ``append`` use a second connection (WAL readers never wait for the writer), so a server
@@ -27,13 +25,11 @@ holds at least the tree that was committed before the reader asked.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import sqlite_utils
@@ -42,6 +38,7 @@ from ..errors import StorageError, UsageError
 from ..merkle import HASH_SIZE, split_stored_hash_index
 from .base import BLOCK, BUNDLE, SCHEMA_VERSION, check_schema, full_bundles
 from .dbfile import lock_writer, rollback, storage_failure
+from .sqlite_indexes import SQLiteIndexes
 
 # Full entry bundles (tlog-tiles tile/entries/N), written once, in the same transaction
 # as the entries that complete them: serving one is a single blob read.
@@ -55,7 +52,7 @@ def _tune_reads(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA cache_size=-16384")
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteIndexes):
     """The embedded default backend: one SQLite file in WAL mode, via sqlite-utils."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: tuple[str, str] | None = None,
@@ -75,6 +72,8 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
+            if create is not None:  # 16 KiB pages: a hash block fits one, commits write
+                conn.execute("PRAGMA page_size=16384")  # fewer frames (~1/3 less CPU)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             _tune_reads(conn)
@@ -362,9 +361,6 @@ class SQLiteStore:
                                  "VALUES (?, ?, ?)", checkpoint)
                     conn.execute("UPDATE meta SET value=? WHERE key='size'",
                                  (str(old_size + len(entries)),))
-                    if self._indexing:
-                        self._index_leaves(conn, old_size,
-                                           level_hashes[0] if level_hashes else [])
                     if run_rows:
                         conn.executemany("INSERT INTO run_entries (run, seq, idx) "
                                          "VALUES (?, ?, ?)", run_rows)
@@ -486,123 +482,3 @@ class SQLiteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
-
-    # -- server indexes: leaf hashes, runs, allowed signers ---------------------------
-
-    def ensure_indexes(self) -> None:
-        """Create the server's index tables if missing and index any unindexed leaves."""
-        conn = self.conn
-        with self._lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.execute("CREATE TABLE IF NOT EXISTS leaves (hash BLOB PRIMARY KEY, "
-                                 "idx INTEGER NOT NULL) WITHOUT ROWID")
-                    conn.execute("CREATE TABLE IF NOT EXISTS run_entries (run TEXT NOT NULL, "
-                                 "seq INTEGER NOT NULL, idx INTEGER NOT NULL, "
-                                 "PRIMARY KEY (run, seq)) WITHOUT ROWID")
-                    conn.execute("CREATE TABLE IF NOT EXISTS allowed_signers (vkey TEXT "
-                                 "PRIMARY KEY, added_ms INTEGER NOT NULL)")
-                    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES "
-                                 "('leaves_size', '0')")
-                    size = int(conn.execute("SELECT value FROM meta WHERE key='size'"
-                                            ).fetchone()[0])
-                    done = self._leaves_size(conn)
-                    step = 10000
-                    for start in range(done, size, step):
-                        rows = conn.execute("SELECT data FROM entries WHERE idx >= ? AND "
-                                            "idx < ? ORDER BY idx",
-                                            (start, min(size, start + step))).fetchall()
-                        self._index_leaves(conn, start, [hashlib.sha256(b"\x00" + r[0]).digest()
-                                                         for r in rows])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise StorageError(f"cannot create the server indexes in {self.path}: {e}"
-                                   ) from None
-            self._indexing = True
-
-    @staticmethod
-    def _leaves_size(conn: sqlite3.Connection) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE key='leaves_size'").fetchone()
-        return int(row[0]) if row else 0
-
-    def _index_leaves(self, conn: sqlite3.Connection, first: int, leaves: Sequence[bytes]
-                      ) -> None:
-        """Inside a write transaction: index the leaf hashes of entries ``first..``."""
-        if self._leaves_size(conn) != first:
-            raise StorageError(f"the leaf index of {self.path} is out of step with the log",
-                               hint="restart the log server: it rebuilds the index on start")
-        conn.executemany("INSERT OR IGNORE INTO leaves (hash, idx) VALUES (?, ?)",
-                         zip(leaves, range(first, first + len(leaves)), strict=True))
-        conn.execute("UPDATE meta SET value=? WHERE key='leaves_size'",
-                     (str(first + len(leaves)),))
-
-    def _require_indexes(self) -> None:
-        if not self._indexing:
-            raise StorageError(f"{self.path} has no server indexes yet",
-                               hint="start `potd ledger serve` once on it, or run "
-                                    "`potd ledger allow`, which create them")
-
-    def leaf_index(self, leaf: bytes) -> int | None:
-        """The first log index whose leaf hash is ``leaf``, or None."""
-        self._require_indexes()
-        with self._reading() as conn:
-            row = conn.execute("SELECT idx FROM leaves WHERE hash=?", (leaf,)).fetchone()
-        return int(row[0]) if row else None
-
-    def run_indexes(self, run: str, start_seq: int = 0, limit: int = -1) -> list[int]:
-        """Log indexes of a run's statements from ``start_seq`` on, in seq order."""
-        self._require_indexes()
-        with self._reading() as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT idx FROM run_entries WHERE run=? AND seq>=? ORDER BY seq LIMIT ?",
-                (run, start_seq, limit))]
-
-    def run_last(self, run: str) -> tuple[int, int] | None:
-        """``(seq, index)`` of a run's latest statement, or None for an unknown run."""
-        self._require_indexes()
-        with self._reading() as conn:
-            row = conn.execute("SELECT seq, idx FROM run_entries WHERE run=? ORDER BY seq "
-                               "DESC LIMIT 1", (run,)).fetchone()
-        return (int(row[0]), int(row[1])) if row else None
-
-    def run_index(self, run: str, seq: int) -> int | None:
-        """The log index of statement ``seq`` of ``run``, or None."""
-        self._require_indexes()
-        with self._reading() as conn:
-            row = conn.execute("SELECT idx FROM run_entries WHERE run=? AND seq=?",
-                               (run, seq)).fetchone()
-        return int(row[0]) if row else None
-
-    def allowed_signers(self, vkeys: Iterable[str] | None = None) -> set[str]:
-        """The allow-listed signer keys (all, or those among ``vkeys``)."""
-        self._require_indexes()
-        with self._reading() as conn:
-            if vkeys is None:
-                return {r[0] for r in conn.execute("SELECT vkey FROM allowed_signers")}
-            want = list(set(vkeys))
-            got: set[str] = set()
-            for k in range(0, len(want), 500):
-                chunk = want[k:k + 500]
-                got.update(r[0] for r in conn.execute(
-                    "SELECT vkey FROM allowed_signers WHERE vkey IN ("
-                    + ",".join("?" * len(chunk)) + ")", chunk))
-            return got
-
-    def set_signer_allowed(self, vkey: str, allowed: bool) -> bool:
-        """Add ``vkey`` to (or remove it from) the allow-list; True if that changed it."""
-        self._require_indexes()
-        with self._lock:
-            try:
-                if allowed:
-                    cur = self.conn.execute("INSERT OR IGNORE INTO allowed_signers (vkey, "
-                                            "added_ms) VALUES (?, ?)",
-                                            (vkey, int(time.time() * 1000)))
-                else:
-                    cur = self.conn.execute("DELETE FROM allowed_signers WHERE vkey=?", (vkey,))
-            except sqlite3.Error as e:
-                raise StorageError(f"cannot update the allow-list in {self.path}: {e}") from None
-            return cur.rowcount == 1
