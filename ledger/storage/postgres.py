@@ -26,8 +26,16 @@ from typing import Any
 
 from ..errors import StorageError, UsageError
 from ..merkle import HASH_SIZE, split_stored_hash_index
-from .base import BLOCK, BUNDLE, SCHEMA_VERSION, check_schema, full_bundles
 from . import sqlite_indexes
+from .base import (
+    BLOCK,
+    BUNDLE,
+    SCHEMA_VERSION,
+    bundled_entries,
+    check_schema,
+    entry_spans,
+    full_bundles,
+)
 
 _SCHEMA = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -235,25 +243,27 @@ class PostgresStore:
         return data[lo:hi]
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
+        """Entries ``start..end-1``: from their full bundles, and the partial bundle's
+        rows, in one query (one snapshot, whatever an append does meanwhile)."""
+        if end <= start:
+            return []
         with self._conn("reading entries") as conn:
-            rows = conn.execute("SELECT idx, data FROM entries WHERE idx >= %s AND idx < %s "
-                                "ORDER BY idx", (start, end)).fetchall()
-        if len(rows) != max(0, end - start) or (rows and rows[0][0] != start):
-            raise UsageError(f"entries {start}..{end} are not all in the log")
-        return [bytes(r[1]) for r in rows]
+            rows = conn.execute(
+                "SELECT 0, n, data FROM bundles WHERE n >= %s AND n <= %s UNION ALL "
+                "SELECT 1, idx, data FROM entries WHERE idx >= %s AND idx < %s ORDER BY 1, 2",
+                (start // BUNDLE, (end - 1) // BUNDLE, start, end)).fetchall()
+        return bundled_entries(start, end, rows)
 
     def read_entries_capped(self, start: int, end: int, max_bytes: int) -> list[bytes]:
         """Entries from ``start`` on, stopping before ``end`` or before their total size
         passes ``max_bytes`` (at least one entry)."""
         out: list[bytes] = []
         total = 0
-        with self._conn("reading entries") as conn:
-            cur = conn.execute("SELECT data FROM entries WHERE idx >= %s AND idx < %s "
-                               "ORDER BY idx LIMIT 10000", (start, end))
-            for (data,) in cur:
+        for lo, hi in entry_spans(start, end):
+            for data in self.read_entries(lo, hi):
                 if out and total + len(data) > max_bytes:
-                    break
-                out.append(bytes(data))
+                    return out
+                out.append(data)
                 total += len(data)
         if len(out) < min(end - start, 1):
             raise UsageError(f"entries {start}..{end} are not all in the log")
@@ -301,11 +311,6 @@ class PostgresStore:
                                    hint="writers take the coordination row with writing(); "
                                         "retry, the frontend reloads the tree")
             cur = conn.cursor()
-            if entries:
-                with cur.copy("COPY entries (idx, data) FROM STDIN") as cp:
-                    for row in zip(range(old_size, old_size + len(entries)), entries,
-                                   strict=True):
-                        cp.write_row(row)
             writes = []
             for level, new in enumerate(level_hashes):
                 if new:
@@ -314,11 +319,20 @@ class PostgresStore:
                             "ON CONFLICT (level, block) DO UPDATE SET data = EXCLUDED.data",
                             writes)
             start = old_size - old_size % BUNDLE
-            tail = [bytes(r[0]) for r in conn.execute(
+            old_tail = [bytes(r[0]) for r in conn.execute(
                 "SELECT data FROM entries WHERE idx >= %s AND idx < %s ORDER BY idx",
                 (start, old_size))]
-            _, bundles = full_bundles(old_size, tail, entries)
-            cur.executemany("INSERT INTO bundles (n, data) VALUES (%s, %s)", bundles)
+            tail, bundles = full_bundles(old_size, old_tail, entries)
+            keep = old_size + len(entries) - len(tail)  # the new partial bundle
+            if bundles:  # their entries now live in the bundles
+                cur.execute("DELETE FROM entries WHERE idx < %s", (keep,))
+                cur.executemany("INSERT INTO bundles (n, data) VALUES (%s, %s)", bundles)
+            rows = (zip(range(keep, keep + len(tail)), tail, strict=True) if keep >= old_size
+                    else zip(range(old_size, keep + len(tail)), entries, strict=True))
+            if entries:
+                with cur.copy("COPY entries (idx, data) FROM STDIN") as cp:
+                    for row in rows:
+                        cp.write_row(row)
             cur.execute("INSERT INTO checkpoints (size, note, created_ms) VALUES (%s, %s, %s)",
                         checkpoint)
             cur.execute("UPDATE meta SET value=%s WHERE key='size'",
