@@ -18,6 +18,7 @@ import bisect
 import hashlib
 import threading
 import time
+from binascii import b2a_base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from .merkle import (
     HashReader,
     check_hash,
     check_tree,
+    native,
     node_hash,
     prove_record,
     prove_tree,
@@ -215,11 +217,14 @@ class Log:
     # -- writing --------------------------------------------------------------
 
     def append(self, entries: Sequence[bytes], *,
-               run_rows: Sequence[tuple[str, int, int]] = ()) -> Appended:
+               run_rows: Sequence[tuple[str, int, int]] = (),
+               leaves: Sequence[bytes] | None = None) -> Appended:
         """Sequence, integrate, sign and durably store ``entries`` as one batch.
 
         ``run_rows`` (``(run, seq, index)``, from the log server) are stored in the same
-        transaction as the entries; each index must fall inside this batch."""
+        transaction as the entries; each index must fall inside this batch. ``leaves``:
+        the entries' RFC 6962 leaf hashes if the caller computed them already (the log
+        server does, admitting statements); they are trusted to match."""
         for i, e in enumerate(entries):
             if not isinstance(e, (bytes, bytearray)):
                 raise MalformedError(f"entry #{i} is {type(e).__name__}, not bytes")
@@ -230,8 +235,11 @@ class Log:
         with self._lock:
             old = self._checkpoint
             rng = CompactRange(self._range.size, self._range.edge)
-            sha = hashlib.sha256
-            leaves = [sha(b"\x00" + e).digest() for e in entries]
+            if leaves is None:
+                sha = hashlib.sha256
+                leaves = [sha(b"\x00" + e).digest() for e in entries]
+            elif len(leaves) != len(entries):
+                raise UsageError(f"{len(leaves)} leaf hashes for {len(entries)} entries")
             levels = rng.extend(leaves)
             if not entries:
                 return Appended(old.size, (), old)
@@ -347,6 +355,18 @@ class Log:
         overlay = _Overlay(self.store, appended.first_index, appended.levels)
         return prove_range_joined(size, appended.first_index, overlay.node, quote)
 
+    def appended_proofs_quoted(self, appended: Appended) -> list[bytes]:
+        """:meth:`appended_proofs_joined` with each hash quoted as a JSON base64 string
+        (``"..."``), built by the C helper when it is there."""
+        size = appended.checkpoint.size
+        self._check_size(size)
+        overlay = _Overlay(self.store, appended.first_index, appended.levels)
+        if native is not None and appended.first_index < size:
+            return list(native.range_proofs(size, appended.first_index,
+                                             [list(lv) for lv in appended.levels],
+                                             overlay.node))
+        return prove_range_joined(size, appended.first_index, overlay.node, _quote)
+
     def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
         size2 = self._checkpoint.size if size2 is None else size2
         self._check_size(size2)
@@ -384,6 +404,10 @@ class Log:
         if start + tile.width > available:
             raise UsageError(f"tile {tile.path()} is beyond the tree size {size}")
         return self.store.level_hashes(TILE_HEIGHT * tile.level, start, start + tile.width)
+
+
+def _quote(h: bytes) -> bytes:
+    return b'"' + b2a_base64(h, newline=False) + b'"'
 
 
 def _now_ms() -> int:

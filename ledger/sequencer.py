@@ -81,6 +81,7 @@ class _Submission:
     first: int = -1
     states: dict[str, RunState] = field(default_factory=dict)
     verified: bool = False
+    leaves: list[bytes] = field(default_factory=list)  # leaf hashes, once admitted
 
 
 def verify_signatures(statements: Sequence[Statement], batch: bool, start: int = 0) -> None:
@@ -299,11 +300,13 @@ class Sequencer:
         flush_states: dict[str, RunState] = {}
         entries: list[bytes] = []
         rows: list[tuple[str, int, int]] = []
+        leaves: list[bytes] = []  # computed once, by _admit
         base = self.log.size
         for sub in subs:
             if sub.error is not None:
                 continue
             local: dict[str, RunState] = {}
+            sub.leaves = []
             try:
                 for k, st in enumerate(sub.statements):
                     try:
@@ -313,7 +316,8 @@ class Sequencer:
                                            hint="ask the log operator to run `potd ledger "
                                                 "allow` with this verifier key")
                         state = local.get(st.run) or flush_states.get(st.run)
-                        local[st.run] = self._admit(st, state or self._state(st.run))
+                        local[st.run] = now = self._admit(st, state or self._state(st.run))
+                        sub.leaves.append(now.last_leaf)
                     except PotdError as e:
                         if sub.batch:
                             e.message = f"statement #{k}: {e.message}"
@@ -328,9 +332,11 @@ class Sequencer:
             for i, st in enumerate(sub.statements):
                 entries.append(st.raw)
                 rows.append((st.run, st.seq, sub.first + i))
+            leaves.extend(sub.leaves)
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
-        appended = self.log.append(entries, run_rows=rows)  # StorageError: see _flush
+        # StorageError: see _flush
+        appended = self.log.append(entries, run_rows=rows, leaves=leaves)
         return appended, flush_states
 
     def _failed_commit(self, subs: list[_Submission], e: StorageError
@@ -344,18 +350,10 @@ class Sequencer:
         log = self.log
         cp = appended.checkpoint
         base, leaves = appended.first_index, appended.leaf_hashes
-        # the replies are built as bytes: every proof hash is base64-quoted once, the
-        # proofs of the flush's consecutive records share their upper parts (built
-        # once), and the part every reply shares (the checkpoint) is encoded once
-        quoted: dict[bytes, bytes] = {}
-
-        def quote(h: bytes) -> bytes:
-            q = quoted.get(h)
-            if q is None:
-                q = quoted[h] = b'"' + b2a_base64(h, newline=False) + b'"'
-            return q
-
-        proofs = log.appended_proofs_joined(appended, quote)
+        # the replies are built as bytes: the proofs of the flush's consecutive records
+        # share their upper parts (built once, by the C helper where it is built), and
+        # the part every reply shares (the checkpoint) is encoded once
+        proofs = log.appended_proofs_quoted(appended)
         head = b'{"checkpoint":' + json.dumps(str(cp)).encode() + b',"inclusion_proof":['
         out: list[bytes | PotdError] = []
         for sub in subs:
