@@ -11,7 +11,10 @@
  *       log.prove_range_joined with the standard quoting: for each record
  *       first..size-1, its RFC 9162 inclusion proof in the tree of ``size`` as
  *       ``"b64","b64",...``; ``levels`` as returned by extend for the batch that
- *       starts at ``first``, ``node(level, n)`` for any other stored hash. */
+ *       starts at ``first``, ``node(level, n)`` for any other stored hash.
+ *   replies(head, proofs, leaves, base, start, end) -> bytes
+ *       the log server's JSON replies of records start..end-1 of a flush, joined by
+ *       "," (ledger/sequencer.py builds the same bytes without it). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/sha.h>
@@ -279,7 +282,68 @@ fail:
     return NULL;
 }
 
+/* replies(head, proofs, leaves, base, start, end) -> bytes: the log server's replies of
+ * records start..end-1 of a flush, joined by ",": each
+ * head + proofs[k] + '],"index":<base+k>,"leaf_hash":"<base64 leaves[k]>"}'. */
+static PyObject *replies(PyObject *self, PyObject *args) {
+    PyObject *head, *proofs, *leaves;
+    unsigned long long base;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "SO!OKnn", &head, &PyList_Type, &proofs, &leaves, &base,
+                          &start, &end))
+        return NULL;
+    if (!PyTuple_Check(leaves) && !PyList_Check(leaves)) {
+        PyErr_SetString(PyExc_TypeError, "leaves must be a tuple or list");
+        return NULL;
+    }
+    Py_ssize_t nl = PySequence_Fast_GET_SIZE(leaves);
+    if (start < 0 || end < start || end > PyList_GET_SIZE(proofs) || end > nl) {
+        PyErr_SetString(PyExc_ValueError, "records outside the flush");
+        return NULL;
+    }
+    static const char mid[] = "],\"index\":";
+    static const char lh[] = ",\"leaf_hash\":";
+    Py_ssize_t hl = PyBytes_GET_SIZE(head), total = 0;
+    for (Py_ssize_t k = start; k < end; k++) {
+        PyObject *p = PyList_GET_ITEM(proofs, k);
+        if (!PyBytes_Check(p)) {
+            PyErr_SetString(PyExc_TypeError, "proofs must be bytes");
+            return NULL;
+        }
+        const unsigned char *h;
+        if (as_hash(PySequence_Fast_GET_ITEM(leaves, k), &h) < 0)
+            return NULL;
+        total += hl + PyBytes_GET_SIZE(p) + (Py_ssize_t)(sizeof mid - 1 + 20 + sizeof lh - 1)
+                 + QUOTED + 2;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out), *w = o;
+    for (Py_ssize_t k = start; k < end; k++) {
+        PyObject *p = PyList_GET_ITEM(proofs, k);
+        if (k > start)
+            *w++ = ',';
+        memcpy(w, PyBytes_AS_STRING(head), (size_t)hl);
+        w += hl;
+        memcpy(w, PyBytes_AS_STRING(p), (size_t)PyBytes_GET_SIZE(p));
+        w += PyBytes_GET_SIZE(p);
+        memcpy(w, mid, sizeof mid - 1);
+        w += sizeof mid - 1;
+        w += sprintf(w, "%llu", base + (unsigned long long)k);
+        memcpy(w, lh, sizeof lh - 1);
+        w += sizeof lh - 1;
+        quote((const unsigned char *)PyBytes_AS_STRING(PySequence_Fast_GET_ITEM(leaves, k)), w);
+        w += QUOTED;
+        *w++ = '}';
+    }
+    if (_PyBytes_Resize(&out, w - o) < 0)
+        return NULL;
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"replies", replies, METH_VARARGS, "The joined replies of a run of a flush's records."},
     {"extend", extend, METH_VARARGS, "Append leaf hashes to a compact range's edge."},
     {"range_proofs", range_proofs, METH_VARARGS,
      "Joined, quoted inclusion proofs of records first..size-1."},

@@ -43,6 +43,7 @@ from typing import Any, NoReturn, cast
 
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, StorageError
 from .log import Appended, Log
+from .merkle import native
 from .statement import Statement, parse_statement, verify_statement_signature
 from .storage import IndexedStore
 
@@ -62,7 +63,22 @@ class Rejected(PotdError):
         self.extra = extra
 
 
-@dataclass
+def _python_replies(head: bytes, proofs: Sequence[bytes], leaves: Sequence[bytes], base: int,
+                    start: int, end: int) -> bytes:
+    """Replies of records ``start..end-1`` of a flush, joined (as the C helper's)."""
+    return b",".join(head + proofs[k] + b'],"index":%d,"leaf_hash":"%s"}' % (
+        base + k, b2a_base64(leaves[k], newline=False)) for k in range(start, end))
+
+
+_replies: Callable[[bytes, Sequence[bytes], Sequence[bytes], int, int, int], bytes] = (
+    native.replies if native is not None else _python_replies)
+
+
+def _short(run: str) -> str:
+    return run[:16] + "..."
+
+
+@dataclass(slots=True)
 class RunState:
     """What the log needs to know about a run to admit its next statement."""
 
@@ -360,52 +376,59 @@ class Sequencer:
             if sub.error is not None:
                 out.append(sub.error)
                 continue
+            k0, n = sub.first - base, len(sub.statements)
             parts = []
-            k = sub.first - base
-            for st in sub.statements:
-                tail = b'],"index":%d,"leaf_hash":"%s"}' % (
-                    base + k, b2a_base64(leaves[k], newline=False))
-                if st.kind == "run.open":
+            at = 0  # a run.open's reply also carries its beacon checkpoint
+            for i in [*(i for i, st in enumerate(sub.statements) if st.kind == "run.open"), n]:
+                if at < i:
+                    parts.append(_replies(head, proofs, leaves, base, k0 + at, k0 + i))
+                if i < n:
+                    k = k0 + i
                     beacon = json.dumps(str(log.checkpoint_at(base + k + 1))).encode()
                     parts.append(b'{"beacon_checkpoint":' + beacon + b"," + head[1:]
-                                 + proofs[k] + tail)
-                else:
-                    parts.append(head + proofs[k] + tail)
-                k += 1
+                                 + _replies(head, proofs, leaves, base, k, k + 1)[len(head):])
+                at = i + 1
             body = b",".join(parts)
             out.append(b"[" + body + b"]" if sub.batch else body)
         return out
 
     def _admit(self, st: Statement, state: RunState | None) -> RunState:
         """The run's state after ``st``, or Rejected (403/409) if ``st`` may not follow."""
-        run = st.run[:16] + "..."
         if st.kind == "run.open":
             if state is not None:
-                self._duplicate(st, f"run {run} is already open", "run_exists")
+                self._duplicate(st, f"run {_short(st.run)} is already open", "run_exists")
             return RunState(st.signer, 1, st.leaf_hash(), False)
         if state is None:
-            raise Rejected(f"run {run} has no run.open in this log", code="unknown_run",
-                           status=409, hint="submit the run's run.open (seq 0) first")
+            raise Rejected(f"run {_short(st.run)} has no run.open in this log",
+                           code="unknown_run", status=409,
+                           hint="submit the run's run.open (seq 0) first")
         if st.signer != state.signer:
-            raise Rejected(f"run {run} was opened by another signer; statement signed by "
-                           f"{st.signer}", code="wrong_signer", status=403,
+            raise Rejected(f"run {_short(st.run)} was opened by another signer; statement "
+                           f"signed by {st.signer}", code="wrong_signer", status=403,
                            hint="sign every statement of a run with the key of its run.open")
+        seq = st.seq
+        if seq != state.next_seq or state.closed:
+            self._out_of_order(st, state)
+        last = state.last_leaf.hex()
+        if st.prev != last:
+            raise Rejected(f"run {_short(st.run)}: body.prev {st.prev} is not the leaf hash "
+                           f"of seq {seq - 1} ({last})", code="wrong_prev",
+                           status=409, expected_prev=last,
+                           hint="prev = hex SHA-256(0x00 || previous statement's bytes)")
+        return RunState(state.signer, seq + 1, st.leaf_hash(), st.kind == "run.close")
+
+    def _out_of_order(self, st: Statement, state: RunState) -> NoReturn:
+        """The 409 for a seq that is not the run's next one, or a closed run."""
+        run = _short(st.run)
         if st.seq < state.next_seq:
             self._duplicate(st, f"run {run} already has seq {st.seq}; the next is "
                                 f"{state.next_seq}")
         if state.closed:
             raise Rejected(f"run {run} is closed", code="run_closed", status=409,
                            hint="a run ends with its run.close; open a new run")
-        if st.seq != state.next_seq:
-            raise Rejected(f"run {run}: seq {st.seq} is not the next one ({state.next_seq})",
-                           code="wrong_seq", status=409, expected_seq=state.next_seq,
-                           hint="submit a run's statements in order, without gaps")
-        if st.prev != state.last_leaf.hex():
-            raise Rejected(f"run {run}: body.prev {st.prev} is not the leaf hash of seq "
-                           f"{st.seq - 1} ({state.last_leaf.hex()})", code="wrong_prev",
-                           status=409, expected_prev=state.last_leaf.hex(),
-                           hint="prev = hex SHA-256(0x00 || previous statement's bytes)")
-        return RunState(state.signer, st.seq + 1, st.leaf_hash(), st.kind == "run.close")
+        raise Rejected(f"run {run}: seq {st.seq} is not the next one ({state.next_seq})",
+                       code="wrong_seq", status=409, expected_seq=state.next_seq,
+                       hint="submit a run's statements in order, without gaps")
 
     def _store(self) -> IndexedStore:
         return cast(IndexedStore, self.log.store)

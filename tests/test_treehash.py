@@ -98,3 +98,18 @@ def test_bad_inputs_raise_instead_of_reading_out_of_bounds() -> None:
         native.range_proofs(4, 0, [[h]], lambda lv, n: b"short")
     with pytest.raises(KeyError):
         native.range_proofs(4, 2, [[h, h]], lambda lv, n: {}[lv])
+
+
+def test_replies_equal_the_python_path() -> None:
+    from ledger.sequencer import _python_replies
+    leaves = tuple(leaf_hash(b"%d" % i) for i in range(9))
+    proofs = [b"", *(quote(h) + b"," + quote(leaves[0]) for h in leaves[1:])]
+    head = b'{"checkpoint":"x\\n","inclusion_proof":['
+    for start, end in [(0, 0), (0, 1), (0, 9), (3, 7), (8, 9)]:
+        for base in (0, 5, 2**40):
+            assert native.replies(head, proofs, leaves, base, start, end) == _python_replies(
+                head, proofs, leaves, base, start, end)
+    with pytest.raises(ValueError):
+        native.replies(head, proofs, leaves, 0, 0, 10)
+    with pytest.raises(ValueError):
+        native.replies(head, proofs, (b"short",), 0, 0, 1)
