@@ -57,7 +57,9 @@ class Appended:
     leaf_hashes: tuple[bytes, ...]
     checkpoint: SignedCheckpoint
     # the stored hashes the append wrote: levels[l] starts at level-l hash first_index >> l
-    levels: tuple[tuple[bytes, ...], ...] = field(default=(), repr=False, compare=False)
+    levels: tuple[Sequence[bytes], ...] = field(default=(), repr=False, compare=False)
+    # the tree's right edge before the append (CompactRange.edge at first_index)
+    old_edge: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
 
 
 class _Overlay:
@@ -67,22 +69,34 @@ class _Overlay:
     ``old_size >> l`` of that level.
     """
 
-    def __init__(self, store: Store, old_size: int, levels: Sequence[Sequence[bytes]]
-                 ) -> None:
+    def __init__(self, store: Store, old_size: int, levels: Sequence[Sequence[bytes]],
+                 old_edge: Sequence[bytes] = ()) -> None:
         self.store, self.old_size, self.levels = store, old_size, levels
+        # the old tree's right edge (its complete subtrees, largest first), from memory:
+        # the left siblings of every new record's path, so proofs need no store reads
+        self.edge: dict[tuple[int, int], bytes] = {}
+        if old_edge:
+            lo = 0
+            for level, h in zip([b for b in range(old_size.bit_length() - 1, -1, -1)
+                                 if old_size >> b & 1], old_edge, strict=True):
+                self.edge[(level, lo >> level)] = h
+                lo += 1 << level
 
     def _pending(self, index: int) -> bytes | None:
         level, n = split_stored_hash_index(index)
         k = n - (self.old_size >> level)
         if k >= 0 and level < len(self.levels) and k < len(self.levels[level]):
             return self.levels[level][k]
-        return None
+        return self.edge.get((level, n))
 
     def node(self, level: int, n: int) -> bytes:
         """Stored hash ``n`` of level ``level``: the batch's, else read from the store."""
         k = n - (self.old_size >> level)
         if k >= 0 and level < len(self.levels) and k < len(self.levels[level]):
             return self.levels[level][k]
+        h = self.edge.get((level, n))
+        if h is not None:
+            return h
         return check_hash(self.store.read_hashes([stored_hash_index(level, n)])[0],
                           "stored hash")
 
@@ -234,7 +248,8 @@ class Log:
         self._signer()
         with self._lock:
             old = self._checkpoint
-            rng = CompactRange(self._range.size, self._range.edge)
+            old_edge = self._range.edge
+            rng = CompactRange(self._range.size, old_edge)
             if leaves is None:
                 sha = hashlib.sha256
                 leaves = [sha(b"\x00" + e).digest() for e in entries]
@@ -249,7 +264,8 @@ class Log:
                                      f"[{old.size}, {rng.size})")
             new = self._sign(rng.size, rng.root())
             if old.size:
-                proof = prove_tree(new.size, old.size, _Overlay(self.store, old.size, levels))
+                proof = prove_tree(new.size, old.size,
+                                   _Overlay(self.store, old.size, levels, old_edge))
                 check_tree(proof, new.size, new.root, old.size, old.root)
             cp_row = (new.size, str(new), _now_ms())
             if run_rows:
@@ -259,8 +275,7 @@ class Log:
                 self.store.append(old.size, [bytes(e) for e in entries], levels, cp_row)
             self._range = rng
             self._checkpoint = new
-            return Appended(old.size, tuple(leaves), new,
-                            tuple(tuple(lv) for lv in levels))
+            return Appended(old.size, tuple(leaves), new, tuple(levels), tuple(old_edge))
 
     def add_cosignatures(self, signed: SignedCheckpoint) -> None:
         """Store a checkpoint note with extra cosignatures (same body as the stored one)."""
@@ -352,7 +367,8 @@ class Log:
         (:func:`prove_range_joined`)."""
         size = appended.checkpoint.size
         self._check_size(size)
-        overlay = _Overlay(self.store, appended.first_index, appended.levels)
+        overlay = _Overlay(self.store, appended.first_index, appended.levels,
+                           appended.old_edge)
         return prove_range_joined(size, appended.first_index, overlay.node, quote)
 
     def appended_proofs_quoted(self, appended: Appended) -> list[bytes]:
@@ -360,11 +376,11 @@ class Log:
         (``"..."``), built by the C helper when it is there."""
         size = appended.checkpoint.size
         self._check_size(size)
-        overlay = _Overlay(self.store, appended.first_index, appended.levels)
+        overlay = _Overlay(self.store, appended.first_index, appended.levels,
+                           appended.old_edge)
         if native is not None and appended.first_index < size:
             return list(native.range_proofs(size, appended.first_index,
-                                             [list(lv) for lv in appended.levels],
-                                             overlay.node))
+                                             list(appended.levels), overlay.node))
         return prove_range_joined(size, appended.first_index, overlay.node, _quote)
 
     def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:

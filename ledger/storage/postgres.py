@@ -312,9 +312,12 @@ class PostgresStore:
                                         "retry, the frontend reloads the tree")
             cur = conn.cursor()
             writes = []
+            heads = self._blocks([(level, (old_size >> level) // BLOCK)  # one query
+                                  for level, new in enumerate(level_hashes)
+                                  if new and (old_size >> level) % BLOCK])
             for level, new in enumerate(level_hashes):
                 if new:
-                    writes.extend(self._merge_level(conn, level, old_size >> level, new))
+                    writes.extend(self._merge_level(heads, level, old_size >> level, new))
             cur.executemany("INSERT INTO hashes (level, block, data) VALUES (%s, %s, %s) "
                             "ON CONFLICT (level, block) DO UPDATE SET data = EXCLUDED.data",
                             writes)
@@ -342,8 +345,10 @@ class PostgresStore:
                     for run_row in run_rows:
                         cp.write_row(run_row)
 
-    def _merge_level(self, conn: Any, level: int, first: int, new: Sequence[bytes]
-                     ) -> list[tuple[int, int, bytes]]:
+    def _merge_level(self, heads: dict[tuple[int, int], bytes], level: int, first: int,
+                     new: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
+        """Blocks to write so that level ``level`` gains ``new`` from hash ``first`` on;
+        ``heads`` holds the partial blocks it extends (read in the write transaction)."""
         out = []
         pos = 0
         n = first
@@ -352,9 +357,7 @@ class PostgresStore:
             take = min(BLOCK - off, len(new) - pos)
             head = b""
             if off:
-                row = conn.execute("SELECT data FROM hashes WHERE level=%s AND block=%s",
-                                   (level, block)).fetchone()
-                head = bytes(row[0]) if row else b""
+                head = heads.get((level, block), b"")
                 if len(head) != off * HASH_SIZE:
                     raise StorageError(f"hash block ({level}, {block}) has {len(head)} bytes, "
                                        f"expected {off * HASH_SIZE}: the database is damaged")
