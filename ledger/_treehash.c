@@ -14,7 +14,9 @@
  *       starts at ``first``, ``node(level, n)`` for any other stored hash.
  *   replies(head, proofs, leaves, base, start, end) -> bytes
  *       the log server's JSON replies of records start..end-1 of a flush, joined by
- *       "," (ledger/sequencer.py builds the same bytes without it). */
+ *       "," (ledger/sequencer.py builds the same bytes without it).
+ *   bundle(entries) -> bytes
+ *       a tlog-tiles entry bundle (ledger/tiles.py encode_bundle). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/sha.h>
@@ -342,7 +344,40 @@ static PyObject *replies(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* bundle(entries) -> bytes: a tlog-tiles entry bundle, each entry as uint16 BE length
+ * || bytes (tiles.encode_bundle). */
+static PyObject *bundle(PyObject *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "entries must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(e) || PyBytes_GET_SIZE(e) > 0xFFFF) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "entries are bytes of at most 65535");
+            return NULL;
+        }
+        total += 2 + PyBytes_GET_SIZE(e);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out != NULL) {
+        unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *e = PySequence_Fast_GET_ITEM(seq, i);
+            Py_ssize_t len = PyBytes_GET_SIZE(e);
+            *w++ = (unsigned char)(len >> 8);
+            *w++ = (unsigned char)len;
+            memcpy(w, PyBytes_AS_STRING(e), (size_t)len);
+            w += len;
+        }
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"bundle", bundle, METH_O, "A tlog-tiles entry bundle."},
     {"replies", replies, METH_VARARGS, "The joined replies of a run of a flush's records."},
     {"extend", extend, METH_VARARGS, "Append leaf hashes to a compact range's edge."},
     {"range_proofs", range_proofs, METH_VARARGS,

@@ -239,12 +239,17 @@ class Log:
         transaction as the entries; each index must fall inside this batch. ``leaves``:
         the entries' RFC 6962 leaf hashes if the caller computed them already (the log
         server does, admitting statements); they are trusted to match."""
-        for i, e in enumerate(entries):
-            if not isinstance(e, (bytes, bytearray)):
-                raise MalformedError(f"entry #{i} is {type(e).__name__}, not bytes")
-            if len(e) > MAX_ENTRY_SIZE:
-                raise UsageError(f"entry #{i} has {len(e)} bytes; the limit is {MAX_ENTRY_SIZE}",
-                                 hint="tlog-tiles entry bundles length-prefix entries with 16 bits")
+        types = set(map(type, entries))  # the checks in C; the loop names the entry
+        if not types <= {bytes, bytearray} or (entries and max(map(len, entries))
+                                                > MAX_ENTRY_SIZE):
+            for i, e in enumerate(entries):
+                if not isinstance(e, (bytes, bytearray)):
+                    raise MalformedError(f"entry #{i} is {type(e).__name__}, not bytes")
+                if len(e) > MAX_ENTRY_SIZE:
+                    raise UsageError(f"entry #{i} has {len(e)} bytes; the limit is "
+                                     f"{MAX_ENTRY_SIZE}", hint="tlog-tiles entry bundles "
+                                     "length-prefix entries with 16 bits")
+        stored = list(entries) if types <= {bytes} else [bytes(e) for e in entries]
         self._signer()
         with self._lock:
             old = self._checkpoint
@@ -258,10 +263,9 @@ class Log:
             levels = rng.extend(leaves)
             if not entries:
                 return Appended(old.size, (), old)
-            for row in run_rows:
-                if not old.size <= row[2] < rng.size:
-                    raise UsageError(f"run row {row} points outside the batch "
-                                     f"[{old.size}, {rng.size})")
+            if run_rows and not old.size <= min(r[2] for r in run_rows) <= max(
+                    r[2] for r in run_rows) < rng.size:
+                raise UsageError(f"a run row points outside the batch [{old.size}, {rng.size})")
             new = self._sign(rng.size, rng.root())
             if old.size:
                 proof = prove_tree(new.size, old.size,
@@ -269,10 +273,9 @@ class Log:
                 check_tree(proof, new.size, new.root, old.size, old.root)
             cp_row = (new.size, str(new), _now_ms())
             if run_rows:
-                self.store.append(old.size, [bytes(e) for e in entries], levels, cp_row,
-                                  run_rows=run_rows)
+                self.store.append(old.size, stored, levels, cp_row, run_rows=run_rows)
             else:
-                self.store.append(old.size, [bytes(e) for e in entries], levels, cp_row)
+                self.store.append(old.size, stored, levels, cp_row)
             self._range = rng
             self._checkpoint = new
             return Appended(old.size, tuple(leaves), new, tuple(levels), tuple(old_edge))

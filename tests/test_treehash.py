@@ -113,3 +113,13 @@ def test_replies_equal_the_python_path() -> None:
         native.replies(head, proofs, leaves, 0, 0, 10)
     with pytest.raises(ValueError):
         native.replies(head, proofs, (b"short",), 0, 0, 1)
+
+
+def test_bundle_equals_encode_bundle() -> None:
+    from ledger.tiles import encode_bundle
+    for entries in ([], [b""], [b"a", b"bc" * 300, b"x" * 65535]):
+        assert native.bundle(entries) == encode_bundle(entries)
+    with pytest.raises(ValueError):
+        native.bundle([b"x" * 65536])
+    with pytest.raises(ValueError):
+        native.bundle(["str"])
