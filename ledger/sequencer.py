@@ -318,22 +318,25 @@ class Sequencer:
         rows: list[tuple[str, int, int]] = []
         leaves: list[bytes] = []  # computed once, by _admit
         base = self.log.size
+        check = not self.open_registration
+        admit = self._admit
         for sub in subs:
             if sub.error is not None:
                 continue
             local: dict[str, RunState] = {}
-            sub.leaves = []
+            sub.leaves = got = []
             try:
-                for k, st in enumerate(sub.statements):
+                for k, st in enumerate(sts := sub.statements):
                     try:
-                        if not self.open_registration and st.signer not in allowed:
+                        if check and st.signer not in allowed:
                             raise Rejected(f"signer {st.signer} is not allowed to write to "
                                            "this log", code="signer_not_allowed", status=403,
                                            hint="ask the log operator to run `potd ledger "
                                                 "allow` with this verifier key")
-                        state = local.get(st.run) or flush_states.get(st.run)
-                        local[st.run] = now = self._admit(st, state or self._state(st.run))
-                        sub.leaves.append(now.last_leaf)
+                        run = st.run
+                        state = local.get(run) or flush_states.get(run) or self._state(run)
+                        local[run] = now = admit(st, state)
+                        got.append(now.last_leaf)
                     except PotdError as e:
                         if sub.batch:
                             e.message = f"statement #{k}: {e.message}"
@@ -344,11 +347,11 @@ class Sequencer:
                 sub.error = e
                 continue
             flush_states.update(local)
-            sub.first = base + len(entries)
-            for i, st in enumerate(sub.statements):
-                entries.append(st.raw)
-                rows.append((st.run, st.seq, sub.first + i))
-            leaves.extend(sub.leaves)
+            sub.first = first = base + len(entries)
+            entries.extend([st.raw for st in sts])
+            rows.extend(zip([st.run for st in sts], [st.seq for st in sts],
+                            range(first, first + len(sts))))
+            leaves.extend(got)
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
         # StorageError: see _flush
