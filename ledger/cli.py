@@ -278,6 +278,19 @@ def fsck(db: str) -> None:
 
 @ledger.command()
 @click.option("--db", required=True, type=DB, help=DB_HELP)
+def migrate(db: str) -> None:
+    """Upgrade a log database from schema version 1 to 2 in place (one transaction).
+
+    Version 2 stores each entry once (in its entry bundle) and keeps the leaf-hash index
+    off the commit path. Stop every log server on the database first; take a backup.
+    A database already at version 2 is left alone. Prints JSON."""
+    from .storage.migrate import migrate as run_migrate
+
+    click.echo(json.dumps(run_migrate(db)))
+
+
+@ledger.command()
+@click.option("--db", required=True, type=DB, help=DB_HELP)
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="New file for the copy.")
 def backup(db: str, out: str) -> None:

@@ -18,6 +18,7 @@ import bisect
 import hashlib
 import threading
 import time
+from binascii import b2a_base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from .merkle import (
     HashReader,
     check_hash,
     check_tree,
+    native,
     node_hash,
     prove_record,
     prove_tree,
@@ -55,7 +57,9 @@ class Appended:
     leaf_hashes: tuple[bytes, ...]
     checkpoint: SignedCheckpoint
     # the stored hashes the append wrote: levels[l] starts at level-l hash first_index >> l
-    levels: tuple[tuple[bytes, ...], ...] = field(default=(), repr=False, compare=False)
+    levels: tuple[Sequence[bytes], ...] = field(default=(), repr=False, compare=False)
+    # the tree's right edge before the append (CompactRange.edge at first_index)
+    old_edge: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
 
 
 class _Overlay:
@@ -65,22 +69,34 @@ class _Overlay:
     ``old_size >> l`` of that level.
     """
 
-    def __init__(self, store: Store, old_size: int, levels: Sequence[Sequence[bytes]]
-                 ) -> None:
+    def __init__(self, store: Store, old_size: int, levels: Sequence[Sequence[bytes]],
+                 old_edge: Sequence[bytes] = ()) -> None:
         self.store, self.old_size, self.levels = store, old_size, levels
+        # the old tree's right edge (its complete subtrees, largest first), from memory:
+        # the left siblings of every new record's path, so proofs need no store reads
+        self.edge: dict[tuple[int, int], bytes] = {}
+        if old_edge:
+            lo = 0
+            for level, h in zip([b for b in range(old_size.bit_length() - 1, -1, -1)
+                                 if old_size >> b & 1], old_edge, strict=True):
+                self.edge[(level, lo >> level)] = h
+                lo += 1 << level
 
     def _pending(self, index: int) -> bytes | None:
         level, n = split_stored_hash_index(index)
         k = n - (self.old_size >> level)
         if k >= 0 and level < len(self.levels) and k < len(self.levels[level]):
             return self.levels[level][k]
-        return None
+        return self.edge.get((level, n))
 
     def node(self, level: int, n: int) -> bytes:
         """Stored hash ``n`` of level ``level``: the batch's, else read from the store."""
         k = n - (self.old_size >> level)
         if k >= 0 and level < len(self.levels) and k < len(self.levels[level]):
             return self.levels[level][k]
+        h = self.edge.get((level, n))
+        if h is not None:
+            return h
         return check_hash(self.store.read_hashes([stored_hash_index(level, n)])[0],
                           "stored hash")
 
@@ -215,44 +231,54 @@ class Log:
     # -- writing --------------------------------------------------------------
 
     def append(self, entries: Sequence[bytes], *,
-               run_rows: Sequence[tuple[str, int, int]] = ()) -> Appended:
+               run_rows: Sequence[tuple[str, int, int]] = (),
+               leaves: Sequence[bytes] | None = None) -> Appended:
         """Sequence, integrate, sign and durably store ``entries`` as one batch.
 
         ``run_rows`` (``(run, seq, index)``, from the log server) are stored in the same
-        transaction as the entries; each index must fall inside this batch."""
-        for i, e in enumerate(entries):
-            if not isinstance(e, (bytes, bytearray)):
-                raise MalformedError(f"entry #{i} is {type(e).__name__}, not bytes")
-            if len(e) > MAX_ENTRY_SIZE:
-                raise UsageError(f"entry #{i} has {len(e)} bytes; the limit is {MAX_ENTRY_SIZE}",
-                                 hint="tlog-tiles entry bundles length-prefix entries with 16 bits")
+        transaction as the entries; each index must fall inside this batch. ``leaves``:
+        the entries' RFC 6962 leaf hashes if the caller computed them already (the log
+        server does, admitting statements); they are trusted to match."""
+        types = set(map(type, entries))  # the checks in C; the loop names the entry
+        if not types <= {bytes, bytearray} or (entries and max(map(len, entries))
+                                                > MAX_ENTRY_SIZE):
+            for i, e in enumerate(entries):
+                if not isinstance(e, (bytes, bytearray)):
+                    raise MalformedError(f"entry #{i} is {type(e).__name__}, not bytes")
+                if len(e) > MAX_ENTRY_SIZE:
+                    raise UsageError(f"entry #{i} has {len(e)} bytes; the limit is "
+                                     f"{MAX_ENTRY_SIZE}", hint="tlog-tiles entry bundles "
+                                     "length-prefix entries with 16 bits")
+        stored = list(entries) if types <= {bytes} else [bytes(e) for e in entries]
         self._signer()
         with self._lock:
             old = self._checkpoint
-            rng = CompactRange(self._range.size, self._range.edge)
-            sha = hashlib.sha256
-            leaves = [sha(b"\x00" + e).digest() for e in entries]
+            old_edge = self._range.edge
+            rng = CompactRange(self._range.size, old_edge)
+            if leaves is None:
+                sha = hashlib.sha256
+                leaves = [sha(b"\x00" + e).digest() for e in entries]
+            elif len(leaves) != len(entries):
+                raise UsageError(f"{len(leaves)} leaf hashes for {len(entries)} entries")
             levels = rng.extend(leaves)
             if not entries:
                 return Appended(old.size, (), old)
-            for row in run_rows:
-                if not old.size <= row[2] < rng.size:
-                    raise UsageError(f"run row {row} points outside the batch "
-                                     f"[{old.size}, {rng.size})")
+            if run_rows and not old.size <= min(r[2] for r in run_rows) <= max(
+                    r[2] for r in run_rows) < rng.size:
+                raise UsageError(f"a run row points outside the batch [{old.size}, {rng.size})")
             new = self._sign(rng.size, rng.root())
             if old.size:
-                proof = prove_tree(new.size, old.size, _Overlay(self.store, old.size, levels))
+                proof = prove_tree(new.size, old.size,
+                                   _Overlay(self.store, old.size, levels, old_edge))
                 check_tree(proof, new.size, new.root, old.size, old.root)
             cp_row = (new.size, str(new), _now_ms())
             if run_rows:
-                self.store.append(old.size, [bytes(e) for e in entries], levels, cp_row,
-                                  run_rows=run_rows)
+                self.store.append(old.size, stored, levels, cp_row, run_rows=run_rows)
             else:
-                self.store.append(old.size, [bytes(e) for e in entries], levels, cp_row)
+                self.store.append(old.size, stored, levels, cp_row)
             self._range = rng
             self._checkpoint = new
-            return Appended(old.size, tuple(leaves), new,
-                            tuple(tuple(lv) for lv in levels))
+            return Appended(old.size, tuple(leaves), new, tuple(levels), tuple(old_edge))
 
     def add_cosignatures(self, signed: SignedCheckpoint) -> None:
         """Store a checkpoint note with extra cosignatures (same body as the stored one)."""
@@ -344,8 +370,21 @@ class Log:
         (:func:`prove_range_joined`)."""
         size = appended.checkpoint.size
         self._check_size(size)
-        overlay = _Overlay(self.store, appended.first_index, appended.levels)
+        overlay = _Overlay(self.store, appended.first_index, appended.levels,
+                           appended.old_edge)
         return prove_range_joined(size, appended.first_index, overlay.node, quote)
+
+    def appended_proofs_quoted(self, appended: Appended) -> list[bytes]:
+        """:meth:`appended_proofs_joined` with each hash quoted as a JSON base64 string
+        (``"..."``), built by the C helper when it is there."""
+        size = appended.checkpoint.size
+        self._check_size(size)
+        overlay = _Overlay(self.store, appended.first_index, appended.levels,
+                           appended.old_edge)
+        if native is not None and appended.first_index < size:
+            return list(native.range_proofs(size, appended.first_index,
+                                             list(appended.levels), overlay.node))
+        return prove_range_joined(size, appended.first_index, overlay.node, _quote)
 
     def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
         size2 = self._checkpoint.size if size2 is None else size2
@@ -384,6 +423,10 @@ class Log:
         if start + tile.width > available:
             raise UsageError(f"tile {tile.path()} is beyond the tree size {size}")
         return self.store.level_hashes(TILE_HEIGHT * tile.level, start, start + tile.width)
+
+
+def _quote(h: bytes) -> bytes:
+    return b'"' + b2a_base64(h, newline=False) + b'"'
 
 
 def _now_ms() -> int:

@@ -27,6 +27,13 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 _sha256 = hashlib.sha256
 
+native: Any  # the optional C helper (ledger/_treehash.c, setup.py): same hashes, fewer calls
+try:
+    from . import _treehash as _built  # type: ignore[attr-defined, unused-ignore]
+    native = _built
+except ImportError:  # built by setup.py where OpenSSL's headers exist
+    native = None
+
 
 def leaf_hash(entry: bytes) -> bytes:
     """RFC 6962 §2.1 leaf hash: ``SHA-256(0x00 || entry)``."""
@@ -421,8 +428,12 @@ class CompactRange:
         ``result[l]`` lists the new level-``l`` hashes in order; the first is hash
         number ``old_size >> l`` of that level. Same effect as repeated :meth:`append`.
         """
+        if native is not None:
+            levels: list[list[bytes]] = native.extend(self._stack, self.size, leaves)
+            self.size += len(levels[0])
+            return levels
         stack = self._stack
-        levels: list[list[bytes]] = [list(leaves)]
+        levels = [list(leaves)]
         n = self.size
         sha = _sha256
         for h in leaves:

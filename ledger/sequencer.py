@@ -43,6 +43,7 @@ from typing import Any, NoReturn, cast
 
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, StorageError
 from .log import Appended, Log
+from .merkle import native
 from .statement import Statement, parse_statement, verify_statement_signature
 from .storage import IndexedStore
 
@@ -62,7 +63,22 @@ class Rejected(PotdError):
         self.extra = extra
 
 
-@dataclass
+def _python_replies(head: bytes, proofs: Sequence[bytes], leaves: Sequence[bytes], base: int,
+                    start: int, end: int) -> bytes:
+    """Replies of records ``start..end-1`` of a flush, joined (as the C helper's)."""
+    return b",".join(head + proofs[k] + b'],"index":%d,"leaf_hash":"%s"}' % (
+        base + k, b2a_base64(leaves[k], newline=False)) for k in range(start, end))
+
+
+_replies: Callable[[bytes, Sequence[bytes], Sequence[bytes], int, int, int], bytes] = (
+    native.replies if native is not None else _python_replies)
+
+
+def _short(run: str) -> str:
+    return run[:16] + "..."
+
+
+@dataclass(slots=True)
 class RunState:
     """What the log needs to know about a run to admit its next statement."""
 
@@ -81,6 +97,7 @@ class _Submission:
     first: int = -1
     states: dict[str, RunState] = field(default_factory=dict)
     verified: bool = False
+    leaves: list[bytes] = field(default_factory=list)  # leaf hashes, once admitted
 
 
 def verify_signatures(statements: Sequence[Statement], batch: bool, start: int = 0) -> None:
@@ -299,21 +316,27 @@ class Sequencer:
         flush_states: dict[str, RunState] = {}
         entries: list[bytes] = []
         rows: list[tuple[str, int, int]] = []
+        leaves: list[bytes] = []  # computed once, by _admit
         base = self.log.size
+        check = not self.open_registration
+        admit = self._admit
         for sub in subs:
             if sub.error is not None:
                 continue
             local: dict[str, RunState] = {}
+            sub.leaves = got = []
             try:
-                for k, st in enumerate(sub.statements):
+                for k, st in enumerate(sts := sub.statements):
                     try:
-                        if not self.open_registration and st.signer not in allowed:
+                        if check and st.signer not in allowed:
                             raise Rejected(f"signer {st.signer} is not allowed to write to "
                                            "this log", code="signer_not_allowed", status=403,
                                            hint="ask the log operator to run `potd ledger "
                                                 "allow` with this verifier key")
-                        state = local.get(st.run) or flush_states.get(st.run)
-                        local[st.run] = self._admit(st, state or self._state(st.run))
+                        run = st.run
+                        state = local.get(run) or flush_states.get(run) or self._state(run)
+                        local[run] = now = admit(st, state)
+                        got.append(now.last_leaf)
                     except PotdError as e:
                         if sub.batch:
                             e.message = f"statement #{k}: {e.message}"
@@ -324,13 +347,15 @@ class Sequencer:
                 sub.error = e
                 continue
             flush_states.update(local)
-            sub.first = base + len(entries)
-            for i, st in enumerate(sub.statements):
-                entries.append(st.raw)
-                rows.append((st.run, st.seq, sub.first + i))
+            sub.first = first = base + len(entries)
+            entries.extend([st.raw for st in sts])
+            rows.extend(zip([st.run for st in sts], [st.seq for st in sts],
+                            range(first, first + len(sts))))
+            leaves.extend(got)
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
-        appended = self.log.append(entries, run_rows=rows)  # StorageError: see _flush
+        # StorageError: see _flush
+        appended = self.log.append(entries, run_rows=rows, leaves=leaves)
         return appended, flush_states
 
     def _failed_commit(self, subs: list[_Submission], e: StorageError
@@ -344,70 +369,69 @@ class Sequencer:
         log = self.log
         cp = appended.checkpoint
         base, leaves = appended.first_index, appended.leaf_hashes
-        # the replies are built as bytes: every proof hash is base64-quoted once, the
-        # proofs of the flush's consecutive records share their upper parts (built
-        # once), and the part every reply shares (the checkpoint) is encoded once
-        quoted: dict[bytes, bytes] = {}
-
-        def quote(h: bytes) -> bytes:
-            q = quoted.get(h)
-            if q is None:
-                q = quoted[h] = b'"' + b2a_base64(h, newline=False) + b'"'
-            return q
-
-        proofs = log.appended_proofs_joined(appended, quote)
+        # the replies are built as bytes: the proofs of the flush's consecutive records
+        # share their upper parts (built once, by the C helper where it is built), and
+        # the part every reply shares (the checkpoint) is encoded once
+        proofs = log.appended_proofs_quoted(appended)
         head = b'{"checkpoint":' + json.dumps(str(cp)).encode() + b',"inclusion_proof":['
         out: list[bytes | PotdError] = []
         for sub in subs:
             if sub.error is not None:
                 out.append(sub.error)
                 continue
+            k0, n = sub.first - base, len(sub.statements)
             parts = []
-            k = sub.first - base
-            for st in sub.statements:
-                tail = b'],"index":%d,"leaf_hash":"%s"}' % (
-                    base + k, b2a_base64(leaves[k], newline=False))
-                if st.kind == "run.open":
+            at = 0  # a run.open's reply also carries its beacon checkpoint
+            for i in [*(i for i, st in enumerate(sub.statements) if st.kind == "run.open"), n]:
+                if at < i:
+                    parts.append(_replies(head, proofs, leaves, base, k0 + at, k0 + i))
+                if i < n:
+                    k = k0 + i
                     beacon = json.dumps(str(log.checkpoint_at(base + k + 1))).encode()
                     parts.append(b'{"beacon_checkpoint":' + beacon + b"," + head[1:]
-                                 + proofs[k] + tail)
-                else:
-                    parts.append(head + proofs[k] + tail)
-                k += 1
+                                 + _replies(head, proofs, leaves, base, k, k + 1)[len(head):])
+                at = i + 1
             body = b",".join(parts)
             out.append(b"[" + body + b"]" if sub.batch else body)
         return out
 
     def _admit(self, st: Statement, state: RunState | None) -> RunState:
         """The run's state after ``st``, or Rejected (403/409) if ``st`` may not follow."""
-        run = st.run[:16] + "..."
         if st.kind == "run.open":
             if state is not None:
-                self._duplicate(st, f"run {run} is already open", "run_exists")
+                self._duplicate(st, f"run {_short(st.run)} is already open", "run_exists")
             return RunState(st.signer, 1, st.leaf_hash(), False)
         if state is None:
-            raise Rejected(f"run {run} has no run.open in this log", code="unknown_run",
-                           status=409, hint="submit the run's run.open (seq 0) first")
+            raise Rejected(f"run {_short(st.run)} has no run.open in this log",
+                           code="unknown_run", status=409,
+                           hint="submit the run's run.open (seq 0) first")
         if st.signer != state.signer:
-            raise Rejected(f"run {run} was opened by another signer; statement signed by "
-                           f"{st.signer}", code="wrong_signer", status=403,
+            raise Rejected(f"run {_short(st.run)} was opened by another signer; statement "
+                           f"signed by {st.signer}", code="wrong_signer", status=403,
                            hint="sign every statement of a run with the key of its run.open")
+        seq = st.seq
+        if seq != state.next_seq or state.closed:
+            self._out_of_order(st, state)
+        last = state.last_leaf.hex()
+        if st.prev != last:
+            raise Rejected(f"run {_short(st.run)}: body.prev {st.prev} is not the leaf hash "
+                           f"of seq {seq - 1} ({last})", code="wrong_prev",
+                           status=409, expected_prev=last,
+                           hint="prev = hex SHA-256(0x00 || previous statement's bytes)")
+        return RunState(state.signer, seq + 1, st.leaf_hash(), st.kind == "run.close")
+
+    def _out_of_order(self, st: Statement, state: RunState) -> NoReturn:
+        """The 409 for a seq that is not the run's next one, or a closed run."""
+        run = _short(st.run)
         if st.seq < state.next_seq:
             self._duplicate(st, f"run {run} already has seq {st.seq}; the next is "
                                 f"{state.next_seq}")
         if state.closed:
             raise Rejected(f"run {run} is closed", code="run_closed", status=409,
                            hint="a run ends with its run.close; open a new run")
-        if st.seq != state.next_seq:
-            raise Rejected(f"run {run}: seq {st.seq} is not the next one ({state.next_seq})",
-                           code="wrong_seq", status=409, expected_seq=state.next_seq,
-                           hint="submit a run's statements in order, without gaps")
-        if st.prev != state.last_leaf.hex():
-            raise Rejected(f"run {run}: body.prev {st.prev} is not the leaf hash of seq "
-                           f"{st.seq - 1} ({state.last_leaf.hex()})", code="wrong_prev",
-                           status=409, expected_prev=state.last_leaf.hex(),
-                           hint="prev = hex SHA-256(0x00 || previous statement's bytes)")
-        return RunState(state.signer, st.seq + 1, st.leaf_hash(), st.kind == "run.close")
+        raise Rejected(f"run {run}: seq {st.seq} is not the next one ({state.next_seq})",
+                       code="wrong_seq", status=409, expected_seq=state.next_seq,
+                       hint="submit a run's statements in order, without gaps")
 
     def _store(self) -> IndexedStore:
         return cast(IndexedStore, self.log.store)

@@ -440,8 +440,8 @@ class LogServer:
                 raise UsageError("give either index or leaf_hash, not both")
             if not _HEX64_RE.fullmatch(hexleaf):
                 raise UsageError("leaf_hash must be 64 lowercase hex digits")
-            store: Any = log.store
-            found = store.leaf_index(bytes.fromhex(hexleaf))
+            store: Any = log.store  # a thread: the lookup may first catch the index up
+            found = await asyncio.to_thread(store.leaf_index, bytes.fromhex(hexleaf))
             if found is None or found >= size:
                 raise NotFound(f"no record with leaf hash {hexleaf} in the tree of size {size}")
             index = int(found)

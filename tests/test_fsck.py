@@ -14,8 +14,10 @@ from click.testing import CliRunner
 from server_helpers import LogServer, Trainer, potd
 
 from ledger.cli import main
+from ledger.errors import StorageError
 from ledger.log import Log
 from ledger.note import Signer
+from ledger.tiles import ENTRIES_LEVEL, Tile, decode_bundle
 
 
 def flip(db: str, table: str, where: str, offset: int) -> None:
@@ -57,11 +59,11 @@ def test_fsck_passes_a_sound_log_and_names_the_first_bad_index(db: str) -> None:
     code, out = fsck(db)
     assert code == 0 and out["ok"] and out["size"] == 700
     assert out["entries"] == 700 and out["bundles"] == 2 and out["checkpoints"] == 5
-    # a flipped byte in an entry
-    flip(db, "entries", "idx = 300", 2)
+    # a flipped byte in an entry (of the partial bundle: entries 512..699 are rows)
+    flip(db, "entries", "idx = 600", 2)
     code, out = fsck(db)
-    assert code == 1 and out["first_bad_index"] == 300 and "entry" in str(out["problem"])
-    flip(db, "entries", "idx = 300", 2)
+    assert code == 1 and out["first_bad_index"] == 600 and "entry" in str(out["problem"])
+    flip(db, "entries", "idx = 600", 2)
     assert fsck(db)[0] == 0
     # ... in a stored hash (level 0, leaf 10), and one of level 3 (entries 16..23)
     flip(db, "hashes", "level = 0 AND block = 0", 10 * 32 + 5)
@@ -77,6 +79,10 @@ def test_fsck_passes_a_sound_log_and_names_the_first_bad_index(db: str) -> None:
     code, out = fsck(db)
     assert code == 1 and out["first_bad_index"] == 256 and "bundle 1" in str(out["problem"])
     flip(db, "bundles", "n = 1", 3)
+    flip(db, "bundles", "n = 0", 0)  # ... in a bundle's length prefix: it does not parse
+    code, out = fsck(db)
+    assert code == 1 and out["first_bad_index"] == 0 and "bundle 0" in str(out["problem"])
+    flip(db, "bundles", "n = 0", 0)
     # ... in a checkpoint's signature
     flip_note = ("UPDATE checkpoints SET note = replace(note, '\u2014 ', '\u2014  ') "
                  "WHERE size = 300")
@@ -123,3 +129,57 @@ def test_backup_during_a_write_storm_opens_and_verifies(tmp_path: Path) -> None:
         assert sizes == sorted(sizes) and sizes[-1] > 1
         r = potd("ledger", "backup", "--db", str(server.db), "--out", str(out))
         assert r.returncode == 2 and "refusing to overwrite" in r.stderr + r.stdout
+
+
+def run_sql(db: str, *queries: str) -> None:
+    if db.startswith("postgresql://"):
+        import psycopg
+        with psycopg.connect(db, autocommit=True) as conn:
+            for q in queries:
+                conn.execute(q)  # type: ignore[arg-type]
+    else:
+        conn = sqlite3.connect(db)
+        for q in queries:
+            conn.execute(q)
+        conn.commit()
+        conn.close()
+
+
+def test_a_version_1_log_is_refused_with_a_hint_then_migrated(db: str) -> None:
+
+    # make the version-1 layout: every entry also a row; bundle 0 never stored (an older
+    # file); PostgreSQL's leaf index written by appends (no leaves_size row)
+    log = Log.open(db)
+    rows = list(enumerate(log.entries(0, 512)))
+    log.store.close()
+    if db.startswith("postgresql://"):
+        import psycopg
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.cursor().executemany("INSERT INTO entries (idx, data) VALUES (%s, %s)", rows)
+    else:
+        conn = sqlite3.connect(db)
+        conn.executemany("INSERT INTO entries (idx, data) VALUES (?, ?)", rows)
+        conn.commit()
+        conn.close()
+    pg = db.startswith("postgresql://")
+    run_sql(db, "DELETE FROM bundles WHERE n = 0",
+            "UPDATE meta SET value = '1' WHERE key = 'schema'",
+            *(["DELETE FROM meta WHERE key = 'leaves_size'"] if pg else []))
+    with pytest.raises(StorageError) as e:
+        Log.open(db)
+    assert "schema version 1" in e.value.message and "potd ledger migrate --db" in str(e.value.hint)
+    r = CliRunner().invoke(main, ["ledger", "migrate", "--db", db])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["migrated"] and out["bundles_written"] == 1 and out["entry_rows_deleted"] == 512
+    code, res = fsck(db)
+    assert code == 0 and res["bundles"] == 2, res
+    log = Log.open(db)
+    assert log.entries(0, 700) == [b"entry %d" % i for i in range(700)]
+    assert decode_bundle(log.tile(Tile(ENTRIES_LEVEL, 0))) == [b"entry %d" % i for i in range(256)]
+    log.store.close()
+    r = CliRunner().invoke(main, ["ledger", "migrate", "--db", db])
+    assert r.exit_code == 0 and not json.loads(r.output)["migrated"]
+    run_sql(db, "UPDATE meta SET value = '7' WHERE key = 'schema'")
+    r = CliRunner().invoke(main, ["ledger", "migrate", "--db", db])
+    assert r.exit_code == 2 and "schema version 7" in r.output

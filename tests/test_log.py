@@ -268,3 +268,22 @@ def test_full_database_reports_its_cause_and_recovers(tmp_path: Path, signer: Si
     log.store.close()
     again = Log.open(path)
     assert again.size == 11 and again.entries(10, 11) == [b"after"]
+
+
+def test_append_refuses_bad_input_naming_it_and_stores_nothing(tmp_path: Path,
+                                                               signer: Signer) -> None:
+    from ledger.errors import MalformedError
+    log = Log.create(str(tmp_path / "log.db"), signer)
+    log.store.ensure_indexes()  # type: ignore[attr-defined]
+    with pytest.raises(MalformedError, match="entry #1 is str"):
+        log.append([b"a", "b"])  # type: ignore[list-item]
+    with pytest.raises(UsageError, match="entry #2 has 65536 bytes"):
+        log.append([b"a", b"b", b"x" * 65536])
+    with pytest.raises(UsageError, match="outside the batch"):
+        log.append([b"a", b"b"], run_rows=[("r", 0, 0), ("r", 1, 2)])
+    with pytest.raises(UsageError, match="2 leaf hashes for 1 entries"):
+        log.append([b"a"], leaves=[leaf_hash(b"a")] * 2)
+    assert log.size == 0
+    got = log.append([bytearray(b"a"), b"b"], run_rows=[("r", 0, 0), ("r", 1, 1)])
+    assert got.leaf_hashes == (leaf_hash(b"a"), leaf_hash(b"b")) and log.entries(0, 2) == [
+        b"a", b"b"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,19 @@ def sql(db: str) -> Callable[[str], None]:
             conn.commit()
             conn.close()
     return run
+
+
+def query(db: str, q: str) -> list[tuple[Any, ...]]:
+    """The rows of one raw SQL query against the backend."""
+    if db.startswith("postgresql://"):
+        import psycopg
+        with psycopg.connect(db, autocommit=True) as conn:
+            return [tuple(r) for r in conn.execute(q).fetchall()]
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(q).fetchall()
+    finally:
+        conn.close()
 
 
 def entries(a: int, b: int) -> list[bytes]:
@@ -186,6 +200,26 @@ def test_server_indexes(db: str, signer: Signer) -> None:
     assert store.allowed_signers(["k1", "k2"]) == {"k1"}  # type: ignore[attr-defined]
     assert store.set_signer_allowed("k1", False)  # type: ignore[attr-defined]
     assert store.allowed_signers() == set()  # type: ignore[attr-defined]
+    store.close()
+
+
+def test_leaf_index_is_kept_off_the_commit_path_and_caught_up_by_lookups(
+        db: str, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ledger.storage.sqlite_indexes as idx
+    monkeypatch.setattr(idx, "CATCH_UP", 7)  # several catch-up transactions per lookup
+    log = Log.create(db, signer)
+    store: Any = log.store
+    store.ensure_indexes()
+    log.append([b"x%d" % (i % 20) for i in range(30)])  # 10..29 repeat 0..9
+    assert query(db, "SELECT count(*) FROM leaves") == [(0,)]  # the append did not index
+    assert store.leaf_index(leaf_hash(b"x3")) == 3  # the first index of a repeated leaf
+    assert store.leaf_index(leaf_hash(b"x19")) == 19
+    assert query(db, "SELECT count(*) FROM leaves") == [(20,)]
+    log.append([b"later", b"x5"])
+    assert store.leaf_index(leaf_hash(b"later")) == 30  # appended after a lookup
+    assert store.leaf_index(leaf_hash(b"x5")) == 5
+    assert store.leaf_index(leaf_hash(b"never")) is None
+    assert store.index_leaves() == 0  # up to date
     store.close()
 
 

@@ -1,44 +1,54 @@
 """What every storage backend of the log provides, and the helpers they share.
 
-Layout (the same in every backend). Entries are rows ``(idx, data)``. Stored hashes (Go
-tlog's stored hashes, addressed by :func:`~ledger.merkle.stored_hash_index`) are kept
-per tree level in blocks of 256: block ``c`` of level ``l`` holds level-``l`` hashes
+Layout (the same in every backend). Each entry is stored once: inside its full entry
+bundle (C2SP tlog-tiles ``tile/entries/N``: 256 entries, each uint16 length || bytes),
+or, while its bundle is partial, as a row ``(idx, data)`` of ``entries``; the append
+that completes a bundle writes it and deletes those rows. Stored hashes (Go tlog's
+stored hashes, addressed by :func:`~ledger.merkle.stored_hash_index`) are kept per tree
+level in blocks of 256: block ``c`` of level ``l`` holds level-``l`` hashes
 ``256c .. 256c+255``, so a tlog-tiles tile at level ``L`` is exactly the prefix of block
 ``(8L, N)`` and a proof reads each hash it needs by (level, n) with no recomputation.
-Full entry bundles are stored once, in the transaction that completes them. Checkpoint
-history keeps every signed checkpoint by size. ``meta`` holds the schema version, the
-origin, the verifier key and the size (the writers' coordination row).
+Checkpoint history keeps every signed checkpoint by size. ``meta`` holds the schema
+version, the origin, the verifier key and the size (the writers' coordination row).
 
-Invariants: one append = one transaction (entries, hashes, bundles, checkpoint, size,
-leaf and run index rows advance together or not at all); a writer checks, inside its
-write transaction, that the stored size is the one it expects, so two writers can never
-interleave; stored data only ever grows (a block row is replaced by a longer one with
+Invariants: one append = one transaction (entries, bundles, hashes, checkpoint, size and
+run index rows advance together or not at all; the leaf-hash index is caught up later,
+see :mod:`.sqlite_indexes`); ``entries`` holds exactly the partial bundle's entries; a
+read of entries is one query, so it sees one snapshot; a writer checks, inside its write
+transaction, that the stored size is the one it expects, so two writers can never
+interleave; stored hashes only ever grow (a block row is replaced by a longer one with
 the same prefix), so any snapshot a reader sees holds at least the tree committed before
 it asked. A database whose recorded schema version is not :data:`SCHEMA_VERSION` is
-refused at open.
+refused at open; version 1 (every entry also a row, the leaf index written by appends)
+is upgraded in place by ``potd ledger migrate`` (:mod:`.migrate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..errors import StorageError
-from ..tiles import encode_bundle
+from ..errors import MalformedError, StorageError, UsageError
+from ..merkle import native
+from ..tiles import decode_bundle, encode_bundle
 
 BLOCK = 256  # stored hashes per block row
 BUNDLE = 256  # entries per entry bundle (tlog-tiles)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# the C helper's encoder where built (entries are already checked by Log.append)
+_bundle = native.bundle if native is not None else encode_bundle
 
 
 def check_schema(where: str, meta: Mapping[str, Any]) -> None:
     """Refuse a database of another schema version (or none: not a potd log)."""
     got = meta.get("schema")
     if got is None or str(got) != str(SCHEMA_VERSION):
+        hint = ("upgrade it in place (one transaction, with no log server running on it): "
+                f"`potd ledger migrate --db {where}`" if str(got) == "1" else
+                "open it with the potd release that wrote it, or publish it "
+                "(`potd ledger export`) and serve that directory read-only")
         raise StorageError(f"{where} has schema version {got}, this potd reads version "
-                           f"{SCHEMA_VERSION}",
-                           hint="open it with the potd release that wrote it, or export it "
-                                "(`potd ledger export`) and import into a new log")
+                           f"{SCHEMA_VERSION}", hint=hint)
 
 
 def is_postgres_url(db: str) -> bool:
@@ -61,10 +71,46 @@ def full_bundles(first: int, tail: Sequence[bytes], entries: Sequence[bytes]
         rest.extend(entries[pos:pos + take])
         pos += take
         if len(rest) == BUNDLE:
-            out.append((n, encode_bundle(rest)))
+            out.append((n, _bundle(rest)))
             n += 1
             rest = []
     return rest, out
+
+
+def bundled_entries(start: int, end: int, rows: Iterable[tuple[int, int, bytes]]
+                    ) -> list[bytes]:
+    """Entries ``start..end-1`` from the rows of one query, in order: ``(0, n, bundle)``
+    for full bundles, then ``(1, idx, entry)`` for entries of the partial one."""
+    out: list[bytes] = []
+    at = start
+    for kind, key, data in rows:
+        first = key * BUNDLE if kind == 0 else key
+        if first > at:
+            break
+        if kind == 0:
+            try:
+                got = decode_bundle(bytes(data), expect=BUNDLE)
+            except MalformedError as e:
+                raise StorageError(f"entry bundle {key} is damaged: {e.message}",
+                                   hint="run `potd ledger fsck`; restore from a backup"
+                                   ) from None
+            hi = min(end, first + BUNDLE)
+            out.extend(got[at - first:hi - first])
+            at = hi
+        elif first == at:
+            out.append(bytes(data))
+            at += 1
+    if at != max(start, end):
+        raise UsageError(f"entries {start}..{end} are not all in the log")
+    return out
+
+
+def entry_spans(start: int, end: int, step: int = BUNDLE) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` cut at bundle boundaries (at most ``step`` entries each)."""
+    while start < end:
+        stop = min(end, (start // step + 1) * step)
+        yield start, stop
+        start = stop
 
 
 class Store(Protocol):

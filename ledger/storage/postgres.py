@@ -1,7 +1,8 @@
 """The PostgreSQL backend: one database shared by any number of log frontends.
 
 Same layout and invariants as every backend (:mod:`ledger.storage.base`); the server's
-indexes (leaf hashes, run entries, allowed signers) always exist. Connections come from
+indexes (leaf hashes, run entries, allowed signers) always exist; the leaf-hash index is
+kept off the commit path as in SQLite (:meth:`PostgresStore.index_leaves`). Connections come from
 a pool (psycopg 3 + psycopg_pool); a connection lost mid-request raises StorageError
 (the server answers 503 with ``Retry-After``) and the pool opens a fresh one for the
 next request, so the frontend recovers without a restart.
@@ -25,7 +26,16 @@ from typing import Any
 
 from ..errors import StorageError, UsageError
 from ..merkle import HASH_SIZE, split_stored_hash_index
-from .base import BLOCK, BUNDLE, SCHEMA_VERSION, check_schema, full_bundles
+from . import sqlite_indexes
+from .base import (
+    BLOCK,
+    BUNDLE,
+    SCHEMA_VERSION,
+    bundled_entries,
+    check_schema,
+    entry_spans,
+    full_bundles,
+)
 
 _SCHEMA = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -92,7 +102,7 @@ class PostgresStore:
                         conn.cursor().executemany(
                             "INSERT INTO meta (key, value) VALUES (%s, %s)",
                             [("schema", str(SCHEMA_VERSION)), ("origin", create[0]),
-                             ("vkey", create[1]), ("size", "0")])
+                             ("vkey", create[1]), ("size", "0"), ("leaves_size", "0")])
                 elif not exists:
                     raise StorageError(f"no log in {self.path}",
                                        hint="create one with `potd ledger init --db URL "
@@ -233,25 +243,27 @@ class PostgresStore:
         return data[lo:hi]
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
+        """Entries ``start..end-1``: from their full bundles, and the partial bundle's
+        rows, in one query (one snapshot, whatever an append does meanwhile)."""
+        if end <= start:
+            return []
         with self._conn("reading entries") as conn:
-            rows = conn.execute("SELECT idx, data FROM entries WHERE idx >= %s AND idx < %s "
-                                "ORDER BY idx", (start, end)).fetchall()
-        if len(rows) != max(0, end - start) or (rows and rows[0][0] != start):
-            raise UsageError(f"entries {start}..{end} are not all in the log")
-        return [bytes(r[1]) for r in rows]
+            rows = conn.execute(
+                "SELECT 0, n, data FROM bundles WHERE n >= %s AND n <= %s UNION ALL "
+                "SELECT 1, idx, data FROM entries WHERE idx >= %s AND idx < %s ORDER BY 1, 2",
+                (start // BUNDLE, (end - 1) // BUNDLE, start, end)).fetchall()
+        return bundled_entries(start, end, rows)
 
     def read_entries_capped(self, start: int, end: int, max_bytes: int) -> list[bytes]:
         """Entries from ``start`` on, stopping before ``end`` or before their total size
         passes ``max_bytes`` (at least one entry)."""
         out: list[bytes] = []
         total = 0
-        with self._conn("reading entries") as conn:
-            cur = conn.execute("SELECT data FROM entries WHERE idx >= %s AND idx < %s "
-                               "ORDER BY idx LIMIT 10000", (start, end))
-            for (data,) in cur:
+        for lo, hi in entry_spans(start, end):
+            for data in self.read_entries(lo, hi):
                 if out and total + len(data) > max_bytes:
-                    break
-                out.append(bytes(data))
+                    return out
+                out.append(data)
                 total += len(data)
         if len(out) < min(end - start, 1):
             raise UsageError(f"entries {start}..{end} are not all in the log")
@@ -299,42 +311,44 @@ class PostgresStore:
                                    hint="writers take the coordination row with writing(); "
                                         "retry, the frontend reloads the tree")
             cur = conn.cursor()
-            if entries:
-                with cur.copy("COPY entries (idx, data) FROM STDIN") as cp:
-                    for row in zip(range(old_size, old_size + len(entries)), entries,
-                                   strict=True):
-                        cp.write_row(row)
             writes = []
+            heads = self._blocks([(level, (old_size >> level) // BLOCK)  # one query
+                                  for level, new in enumerate(level_hashes)
+                                  if new and (old_size >> level) % BLOCK])
             for level, new in enumerate(level_hashes):
                 if new:
-                    writes.extend(self._merge_level(conn, level, old_size >> level, new))
+                    writes.extend(self._merge_level(heads, level, old_size >> level, new))
             cur.executemany("INSERT INTO hashes (level, block, data) VALUES (%s, %s, %s) "
                             "ON CONFLICT (level, block) DO UPDATE SET data = EXCLUDED.data",
                             writes)
             start = old_size - old_size % BUNDLE
-            tail = [bytes(r[0]) for r in conn.execute(
+            old_tail = [bytes(r[0]) for r in conn.execute(
                 "SELECT data FROM entries WHERE idx >= %s AND idx < %s ORDER BY idx",
                 (start, old_size))]
-            _, bundles = full_bundles(old_size, tail, entries)
-            cur.executemany("INSERT INTO bundles (n, data) VALUES (%s, %s)", bundles)
+            tail, bundles = full_bundles(old_size, old_tail, entries)
+            keep = old_size + len(entries) - len(tail)  # the new partial bundle
+            if bundles:  # their entries now live in the bundles
+                cur.execute("DELETE FROM entries WHERE idx < %s", (keep,))
+                cur.executemany("INSERT INTO bundles (n, data) VALUES (%s, %s)", bundles)
+            rows = (zip(range(keep, keep + len(tail)), tail, strict=True) if keep >= old_size
+                    else zip(range(old_size, keep + len(tail)), entries, strict=True))
+            if entries:
+                with cur.copy("COPY entries (idx, data) FROM STDIN") as cp:
+                    for row in rows:
+                        cp.write_row(row)
             cur.execute("INSERT INTO checkpoints (size, note, created_ms) VALUES (%s, %s, %s)",
                         checkpoint)
             cur.execute("UPDATE meta SET value=%s WHERE key='size'",
                         (str(old_size + len(entries)),))
-            leaves = level_hashes[0] if level_hashes else []
-            if leaves:
-                # first index per leaf hash: insert only the hashes not yet in the log
-                cur.execute("INSERT INTO leaves (hash, idx) SELECT DISTINCT ON (h) h, i FROM "
-                            "unnest(%s::bytea[], %s::bigint[]) AS u(h, i) ORDER BY h, i "
-                            "ON CONFLICT (hash) DO NOTHING",
-                            (list(leaves), list(range(old_size, old_size + len(leaves)))))
             if run_rows:  # COPY: an executemany costs the frontend ~8 µs of CPU per row
                 with cur.copy("COPY run_entries (run, seq, idx) FROM STDIN") as cp:
                     for run_row in run_rows:
                         cp.write_row(run_row)
 
-    def _merge_level(self, conn: Any, level: int, first: int, new: Sequence[bytes]
-                     ) -> list[tuple[int, int, bytes]]:
+    def _merge_level(self, heads: dict[tuple[int, int], bytes], level: int, first: int,
+                     new: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
+        """Blocks to write so that level ``level`` gains ``new`` from hash ``first`` on;
+        ``heads`` holds the partial blocks it extends (read in the write transaction)."""
         out = []
         pos = 0
         n = first
@@ -343,9 +357,7 @@ class PostgresStore:
             take = min(BLOCK - off, len(new) - pos)
             head = b""
             if off:
-                row = conn.execute("SELECT data FROM hashes WHERE level=%s AND block=%s",
-                                   (level, block)).fetchone()
-                head = bytes(row[0]) if row else b""
+                head = heads.get((level, block), b"")
                 if len(head) != off * HASH_SIZE:
                     raise StorageError(f"hash block ({level}, {block}) has {len(head)} bytes, "
                                        f"expected {off * HASH_SIZE}: the database is damaged")
@@ -398,7 +410,49 @@ class PostgresStore:
     def ensure_indexes(self) -> None:
         """The indexes exist from ``init`` on and every append maintains them."""
 
+    def index_leaves(self) -> int:
+        """Index the leaves appended since the leaf index was last brought up to date
+        (see :mod:`.sqlite_indexes`: off the commit path, caught up by lookups); return
+        how many. Catch-ups of several frontends are serialised by the ``leaves_size``
+        row, so each starts where the previous one ended and keeps first indexes."""
+        done = 0
+        while True:
+            with self._conn("updating the leaf index") as conn, conn.transaction():
+                row = conn.execute("SELECT value FROM meta WHERE key='leaves_size' FOR UPDATE"
+                                   ).fetchone()
+                first = int(row[0])
+                size = int(conn.execute("SELECT value FROM meta WHERE key='size'"
+                                        ).fetchone()[0])
+                end = min(size, first + sqlite_indexes.CATCH_UP)
+                if first < end:
+                    b0, b1 = first // BLOCK, (end - 1) // BLOCK
+                    data = b"".join(bytes(r[0]) for r in conn.execute(
+                        "SELECT data FROM hashes WHERE level=0 AND block>=%s AND block<=%s "
+                        "ORDER BY block", (b0, b1)))
+                    lo, hi = (first - b0 * BLOCK) * HASH_SIZE, (end - b0 * BLOCK) * HASH_SIZE
+                    if len(data) < hi:
+                        raise StorageError(f"the stored leaf hashes of {self.path} end before "
+                                           f"{end}: the database is damaged",
+                                           hint="run `potd ledger fsck`")
+                    # first index per leaf hash: insert only the hashes not yet indexed
+                    conn.execute("INSERT INTO leaves (hash, idx) SELECT DISTINCT ON (h) h, i "
+                                 "FROM unnest(%s::bytea[], %s::bigint[]) AS u(h, i) "
+                                 "ORDER BY h, i ON CONFLICT (hash) DO NOTHING",
+                                 ([data[i:i + HASH_SIZE] for i in range(lo, hi, HASH_SIZE)],
+                                  list(range(first, end))))
+                    conn.execute("UPDATE meta SET value=%s WHERE key='leaves_size'", (str(end),))
+            done += max(0, end - first)
+            if end >= size:
+                return done
+
     def leaf_index(self, leaf: bytes) -> int | None:
+        """The first log index whose leaf hash is ``leaf``, or None (the index is first
+        brought up to the committed tree)."""
+        with self._conn("reading the leaf index") as conn:
+            behind = conn.execute("SELECT (SELECT value FROM meta WHERE key='size') != "
+                                  "(SELECT value FROM meta WHERE key='leaves_size')").fetchone()
+        if behind is None or behind[0] is not False:
+            self.index_leaves()
         with self._conn("reading the leaf index") as conn:
             row = conn.execute("SELECT idx FROM leaves WHERE hash=%s", (leaf,)).fetchone()
         return int(row[0]) if row else None

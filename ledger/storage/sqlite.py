@@ -1,22 +1,18 @@
 """The SQLite backend: the embedded default, one file in WAL mode.
 
-Layout. Entries are rows ``(idx, data)``. Stored hashes (Go tlog's stored hashes,
-addressed by :func:`~ledger.merkle.stored_hash_index`) are kept per tree level in blocks
-of 256: block ``c`` of level ``l`` holds level-``l`` hashes ``256c .. 256c+255``, so a
-tlog-tiles tile at level ``L`` is exactly the prefix of block ``(8L, N)`` and a proof
-reads each hash it needs by (level, n) with no recomputation. Checkpoint history keeps
-every signed checkpoint by size.
+Layout: as every backend (:mod:`.base`): each entry stored once (in its full entry
+bundle, or a row while its bundle is partial), stored hashes per level in blocks of 256,
+every signed checkpoint by size. New files use 16 KiB pages (a hash block fits one page;
+a commit writes a third fewer WAL frames than with 4 KiB).
 
-Invariants: one append = one transaction (entries, hashes, checkpoint and size advance
-together or not at all); only full blocks are cached in memory (they are immutable), so
+Invariants: one append = one transaction (entries, bundles, hashes, checkpoint and size
+advance together or not at all); only full blocks are cached in memory (they are immutable), so
 memory stays flat as the log grows; a writer checks, inside its write transaction, that
 the stored size is the one it expects, so two sequencers on one file cannot interleave.
 
 Server indexes (created by :meth:`SQLiteStore.ensure_indexes`, which the log server
-calls): ``leaves`` maps each leaf hash to its first index, ``run_entries`` maps
-``(run, seq)`` to the index of that statement, ``allowed_signers`` is the operator's
-allow-list. Once ``leaves`` exists, every append also indexes its leaves, and run rows
-are written in the append's own transaction, so the indexes never disagree with the tree.
+calls; :mod:`.sqlite_indexes`): run rows are written in the append's own transaction,
+the leaf-hash index is brought up to date by lookups, off the commit path.
 
 Concurrency: with ``read_connection=True`` reads from threads other than the one inside
 ``append`` use a second connection (WAL readers never wait for the writer), so a server
@@ -27,26 +23,32 @@ holds at least the tree that was committed before the reader asked.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import sqlite_utils
 
 from ..errors import StorageError, UsageError
 from ..merkle import HASH_SIZE, split_stored_hash_index
-from .base import BLOCK, BUNDLE, SCHEMA_VERSION, check_schema, full_bundles
+from .base import (
+    BLOCK,
+    BUNDLE,
+    SCHEMA_VERSION,
+    bundled_entries,
+    check_schema,
+    entry_spans,
+    full_bundles,
+)
 from .dbfile import lock_writer, rollback, storage_failure
+from .sqlite_indexes import SQLiteIndexes
 
 # Full entry bundles (tlog-tiles tile/entries/N), written once, in the same transaction
 # as the entries that complete them: serving one is a single blob read.
-_BUNDLES_TABLE = ("CREATE TABLE IF NOT EXISTS bundles (n INTEGER PRIMARY KEY, "
-                  "data BLOB NOT NULL)")
+_BUNDLES_TABLE = "CREATE TABLE bundles (n INTEGER PRIMARY KEY, data BLOB NOT NULL)"
 
 
 def _tune_reads(conn: sqlite3.Connection) -> None:
@@ -55,7 +57,7 @@ def _tune_reads(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA cache_size=-16384")
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteIndexes):
     """The embedded default backend: one SQLite file in WAL mode, via sqlite-utils."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: tuple[str, str] | None = None,
@@ -75,6 +77,8 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
+            if create is not None:
+                conn.execute("PRAGMA page_size=16384")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             _tune_reads(conn)
@@ -114,7 +118,6 @@ class SQLiteStore:
         self._indexing = self._has_table("leaves")
         self._preload()
         try:
-            conn.execute(_BUNDLES_TABLE)
             size = self.size()
             # entries of the current partial bundle: with them, appends write full bundles
             self._bundle_tail = self.read_entries(size - size % BUNDLE, size)
@@ -287,23 +290,26 @@ class SQLiteStore:
         return data[lo:hi]
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
+        """Entries ``start..end-1``: from their full bundles, and the partial bundle's
+        rows, in one query (one snapshot, whatever an append does meanwhile)."""
+        if end <= start:
+            return []
         with self._reading() as conn:
-            rows = conn.execute("SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? "
-                                "ORDER BY idx", (start, end)).fetchall()
-        if len(rows) != max(0, end - start) or (rows and rows[0][0] != start):
-            raise UsageError(f"entries {start}..{end} are not all in the log")
-        return [r[1] for r in rows]
+            rows = conn.execute(
+                "SELECT 0, n, data FROM bundles WHERE n >= ? AND n <= ? UNION ALL "
+                "SELECT 1, idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY 1, 2",
+                (start // BUNDLE, (end - 1) // BUNDLE, start, end)).fetchall()
+        return bundled_entries(start, end, rows)
 
     def read_entries_capped(self, start: int, end: int, max_bytes: int) -> list[bytes]:
         """Entries from ``start`` on, stopping before ``end`` or before their total size
         passes ``max_bytes`` (at least one entry): a page that is bounded in memory."""
         out: list[bytes] = []
         total = 0
-        with self._reading() as conn:
-            for (data,) in conn.execute("SELECT data FROM entries WHERE idx >= ? AND idx < ? "
-                                        "ORDER BY idx", (start, end)):
+        for lo, hi in entry_spans(start, end):
+            for data in self.read_entries(lo, hi):
                 if out and total + len(data) > max_bytes:
-                    break
+                    return out
                 out.append(data)
                 total += len(data)
         if len(out) < min(end - start, 1):
@@ -347,8 +353,16 @@ class SQLiteStore:
                             f"log size in {self.path} is {stored}, the sequencer expected "
                             f"{old_size}: another process is writing to this log",
                             hint="run exactly one sequencer (potd ledger serve/append) per file")
+                    tail, bundles = self._bundles(old_size, entries)
+                    keep = old_size + len(entries) - len(tail)  # the new partial bundle
+                    if bundles:  # their entries now live in the bundles
+                        conn.execute("DELETE FROM entries WHERE idx < ?", (keep,))
+                        conn.executemany("INSERT INTO bundles (n, data) VALUES (?, ?)",
+                                         bundles)
                     conn.executemany("INSERT INTO entries (idx, data) VALUES (?, ?)",
-                                     zip(range(old_size, old_size + len(entries)), entries,
+                                     zip(range(keep, keep + len(tail)), tail, strict=True)
+                                     if keep >= old_size else
+                                     zip(range(old_size, keep + len(tail)), entries,
                                          strict=True))
                     writes = []
                     for level, new in enumerate(level_hashes):
@@ -356,15 +370,10 @@ class SQLiteStore:
                             writes.extend(self._merge_level(level, old_size >> level, new))
                     conn.executemany("INSERT OR REPLACE INTO hashes (level, block, data) "
                                      "VALUES (?, ?, ?)", writes)
-                    tail, bundles = self._bundles(old_size, entries)
-                    conn.executemany("INSERT INTO bundles (n, data) VALUES (?, ?)", bundles)
                     conn.execute("INSERT INTO checkpoints (size, note, created_ms) "
                                  "VALUES (?, ?, ?)", checkpoint)
                     conn.execute("UPDATE meta SET value=? WHERE key='size'",
                                  (str(old_size + len(entries)),))
-                    if self._indexing:
-                        self._index_leaves(conn, old_size,
-                                           level_hashes[0] if level_hashes else [])
                     if run_rows:
                         conn.executemany("INSERT INTO run_entries (run, seq, idx) "
                                          "VALUES (?, ?, ?)", run_rows)
@@ -405,7 +414,7 @@ class SQLiteStore:
         return full_bundles(old_size, self._bundle_tail, entries)
 
     def read_bundle(self, n: int) -> bytes | None:
-        """Full entry bundle ``n`` as stored, or None (not full yet, or an older file)."""
+        """Full entry bundle ``n`` as stored, or None (not full yet)."""
         with self._reading() as conn:
             row = conn.execute("SELECT data FROM bundles WHERE n=?", (n,)).fetchone()
         return bytes(row[0]) if row else None
@@ -486,123 +495,3 @@ class SQLiteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
-
-    # -- server indexes: leaf hashes, runs, allowed signers ---------------------------
-
-    def ensure_indexes(self) -> None:
-        """Create the server's index tables if missing and index any unindexed leaves."""
-        conn = self.conn
-        with self._lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.execute("CREATE TABLE IF NOT EXISTS leaves (hash BLOB PRIMARY KEY, "
-                                 "idx INTEGER NOT NULL) WITHOUT ROWID")
-                    conn.execute("CREATE TABLE IF NOT EXISTS run_entries (run TEXT NOT NULL, "
-                                 "seq INTEGER NOT NULL, idx INTEGER NOT NULL, "
-                                 "PRIMARY KEY (run, seq)) WITHOUT ROWID")
-                    conn.execute("CREATE TABLE IF NOT EXISTS allowed_signers (vkey TEXT "
-                                 "PRIMARY KEY, added_ms INTEGER NOT NULL)")
-                    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES "
-                                 "('leaves_size', '0')")
-                    size = int(conn.execute("SELECT value FROM meta WHERE key='size'"
-                                            ).fetchone()[0])
-                    done = self._leaves_size(conn)
-                    step = 10000
-                    for start in range(done, size, step):
-                        rows = conn.execute("SELECT data FROM entries WHERE idx >= ? AND "
-                                            "idx < ? ORDER BY idx",
-                                            (start, min(size, start + step))).fetchall()
-                        self._index_leaves(conn, start, [hashlib.sha256(b"\x00" + r[0]).digest()
-                                                         for r in rows])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise StorageError(f"cannot create the server indexes in {self.path}: {e}"
-                                   ) from None
-            self._indexing = True
-
-    @staticmethod
-    def _leaves_size(conn: sqlite3.Connection) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE key='leaves_size'").fetchone()
-        return int(row[0]) if row else 0
-
-    def _index_leaves(self, conn: sqlite3.Connection, first: int, leaves: Sequence[bytes]
-                      ) -> None:
-        """Inside a write transaction: index the leaf hashes of entries ``first..``."""
-        if self._leaves_size(conn) != first:
-            raise StorageError(f"the leaf index of {self.path} is out of step with the log",
-                               hint="restart the log server: it rebuilds the index on start")
-        conn.executemany("INSERT OR IGNORE INTO leaves (hash, idx) VALUES (?, ?)",
-                         zip(leaves, range(first, first + len(leaves)), strict=True))
-        conn.execute("UPDATE meta SET value=? WHERE key='leaves_size'",
-                     (str(first + len(leaves)),))
-
-    def _require_indexes(self) -> None:
-        if not self._indexing:
-            raise StorageError(f"{self.path} has no server indexes yet",
-                               hint="start `potd ledger serve` once on it, or run "
-                                    "`potd ledger allow`, which create them")
-
-    def leaf_index(self, leaf: bytes) -> int | None:
-        """The first log index whose leaf hash is ``leaf``, or None."""
-        self._require_indexes()
-        with self._reading() as conn:
-            row = conn.execute("SELECT idx FROM leaves WHERE hash=?", (leaf,)).fetchone()
-        return int(row[0]) if row else None
-
-    def run_indexes(self, run: str, start_seq: int = 0, limit: int = -1) -> list[int]:
-        """Log indexes of a run's statements from ``start_seq`` on, in seq order."""
-        self._require_indexes()
-        with self._reading() as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT idx FROM run_entries WHERE run=? AND seq>=? ORDER BY seq LIMIT ?",
-                (run, start_seq, limit))]
-
-    def run_last(self, run: str) -> tuple[int, int] | None:
-        """``(seq, index)`` of a run's latest statement, or None for an unknown run."""
-        self._require_indexes()
-        with self._reading() as conn:
-            row = conn.execute("SELECT seq, idx FROM run_entries WHERE run=? ORDER BY seq "
-                               "DESC LIMIT 1", (run,)).fetchone()
-        return (int(row[0]), int(row[1])) if row else None
-
-    def run_index(self, run: str, seq: int) -> int | None:
-        """The log index of statement ``seq`` of ``run``, or None."""
-        self._require_indexes()
-        with self._reading() as conn:
-            row = conn.execute("SELECT idx FROM run_entries WHERE run=? AND seq=?",
-                               (run, seq)).fetchone()
-        return int(row[0]) if row else None
-
-    def allowed_signers(self, vkeys: Iterable[str] | None = None) -> set[str]:
-        """The allow-listed signer keys (all, or those among ``vkeys``)."""
-        self._require_indexes()
-        with self._reading() as conn:
-            if vkeys is None:
-                return {r[0] for r in conn.execute("SELECT vkey FROM allowed_signers")}
-            want = list(set(vkeys))
-            got: set[str] = set()
-            for k in range(0, len(want), 500):
-                chunk = want[k:k + 500]
-                got.update(r[0] for r in conn.execute(
-                    "SELECT vkey FROM allowed_signers WHERE vkey IN ("
-                    + ",".join("?" * len(chunk)) + ")", chunk))
-            return got
-
-    def set_signer_allowed(self, vkey: str, allowed: bool) -> bool:
-        """Add ``vkey`` to (or remove it from) the allow-list; True if that changed it."""
-        self._require_indexes()
-        with self._lock:
-            try:
-                if allowed:
-                    cur = self.conn.execute("INSERT OR IGNORE INTO allowed_signers (vkey, "
-                                            "added_ms) VALUES (?, ?)",
-                                            (vkey, int(time.time() * 1000)))
-                else:
-                    cur = self.conn.execute("DELETE FROM allowed_signers WHERE vkey=?", (vkey,))
-            except sqlite3.Error as e:
-                raise StorageError(f"cannot update the allow-list in {self.path}: {e}") from None
-            return cur.rowcount == 1
