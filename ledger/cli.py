@@ -466,9 +466,10 @@ def _not_installed(name: str) -> click.Command:
                    add_help_option=False)
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def command(args: tuple[str, ...]) -> None:
-        """(not installed: run `pip install -e .` in the source tree)"""
-        raise UsageError(f"`potd {name}` is registered when potd is installed (an entry "
-                         f"point), and this copy of potd is not",
+        """(not registered: run `pip install -e .` in the source tree)"""
+        raise UsageError(f"`potd {name}` is not registered: it reaches `potd` as an entry "
+                         "point, and potd's installed metadata has none (never installed "
+                         "from this tree, or installed before setup.cfg registered it)",
                          hint="run `pip install -e .` in the source tree (scripts/test and "
                               "scripts/demo do it)")
     return command
