@@ -54,11 +54,26 @@ static int lit(Parser *ps, const char *s, size_t n) {
     return 1;
 }
 
-static int hexval(unsigned char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
+/* Lookup tables, filled by init_tables(): lowercase hex digit values (-1: not one),
+ * base64 std values (-1: not one), and string byte classes (0: plain ASCII). */
+static signed char HEX[256], B64[256];
+static unsigned char STR_CLASS[256];
+enum { S_PLAIN, S_QUOTE, S_BACKSLASH, S_CONTROL, S_HIGH };
+
+static void init_tables(void) {
+    static const char b64[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    memset(HEX, -1, sizeof HEX);
+    memset(B64, -1, sizeof B64);
+    for (int i = 0; i < 10; i++) HEX['0' + i] = (signed char)i;
+    for (int i = 0; i < 6; i++) HEX['a' + i] = (signed char)(10 + i);
+    for (int i = 0; i < 64; i++) B64[(unsigned char)b64[i]] = (signed char)i;
+    for (int c = 0; c < 256; c++)
+        STR_CLASS[c] = c < 0x20 ? S_CONTROL : c == '"' ? S_QUOTE : c == '\\' ? S_BACKSLASH
+                     : c >= 0x80 ? S_HIGH : S_PLAIN;
 }
+
+static inline int hexval(unsigned char c) { return HEX[c]; }
 
 /* Length of the strict UTF-8 sequence at p (lead byte >= 0x80), or 0. */
 static int utf8_len(const unsigned char *p, const unsigned char *end) {
@@ -87,6 +102,7 @@ static PyObject *parse_string(Parser *ps) {
     const unsigned char *s = ++ps->p, *end = ps->end, *q = s;
     int ascii = 1, escaped = 0;
     while (1) {
+        while (q < end && STR_CLASS[*q] == S_PLAIN) q++;
         if (q >= end) return FAIL;
         unsigned char c = *q;
         if (c == '"') break;
@@ -364,14 +380,7 @@ static int check_fields(PyObject *obj, Rule *rules) {
 
 /* --- statements ---------------------------------------------------------------------- */
 
-static int b64val(unsigned char c) {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-}
+static inline int b64val(unsigned char c) { return B64[c]; }
 
 /* The 88 characters [A-Za-z0-9+/]{85}[AQgw]== (canonical base64 of 64 bytes). */
 static int decode_sig(const unsigned char *s, unsigned char *out) {
@@ -690,6 +699,7 @@ static int intern(PyObject **o, const char *s) {
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
+    init_tables();
     if (sodium_init() < 0) {
         PyErr_SetString(PyExc_ImportError, "libsodium failed to initialise");
         return NULL;
