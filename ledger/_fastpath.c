@@ -608,8 +608,10 @@ static PyObject *verify(PyObject *self, PyObject *args) {
         Py_XDECREF(held);
         return PyErr_NoMemory();
     }
-    for (; ready < m; ready++) {
+    for (; ready < m && start + ready < PyList_GET_SIZE(list); ready++) {
+        /* the resolver runs Python code: the list may change meanwhile */
         PyObject *st = PyList_GET_ITEM(list, start + ready);
+        Py_INCREF(st);
         PyObject *raw = PyObject_GetAttr(st, s_raw);
         PyObject *sig = raw ? PyObject_GetAttr(st, s_sig) : NULL;
         PyObject *signer = sig ? PyObject_GetAttr(st, s_signer) : NULL;
@@ -620,6 +622,7 @@ static PyObject *verify(PyObject *self, PyObject *args) {
         Py_XDECREF(raw);
         Py_XDECREF(sig);
         Py_XDECREF(signer);
+        Py_DECREF(st);
         if (!ok) {
             PyErr_Clear();
             break;

@@ -23,6 +23,12 @@ What this module checks is everything a single statement can show by itself: for
 field types, ``run`` of a ``run.open``, ``seq`` of a ``step``, and the signature. Whether
 ``seq``/``prev`` continue the run and whether the signer may write needs the log's state;
 the sequencer checks that. Trusts nothing: every input is parsed strictly.
+
+Parsing tries, in order, the native parser (:mod:`ledger.statement_native`, optional C),
+the decode-and-re-encode fast path (:mod:`ledger.fastjson`) and the strict parser here.
+The first two only ever accept, and only exactly what the strict parser accepts; anything
+they decline goes on to the strict parser, which names the fault. Signatures are checked
+by libsodium either way (PyNaCl's, or the extension's).
 """
 
 from __future__ import annotations
