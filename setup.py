@@ -12,6 +12,7 @@ COMPAT = [("OPENSSL_API_COMPAT", "0x10100000L")]
 setup(ext_modules=[
     Extension("prover._native", ["prover/_native.c"], libraries=["crypto"],
               define_macros=COMPAT, optional=True),
-    Extension("ledger._fastpath", ["ledger/_fastpath.c"], libraries=["crypto", "sodium"],
+    Extension("ledger._fastpath", ["ledger/_fastpath.c", "ledger/_fastpath_json.c"],
+              depends=["ledger/_fastpath.h"], libraries=["crypto", "sodium"],
               define_macros=COMPAT, optional=True),
 ])

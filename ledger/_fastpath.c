@@ -2,29 +2,27 @@
  * canonical form of a statement, or of a batch of them, into Statement objects, and
  * verifying their Ed25519 signatures with the GIL released.
  *
- * The parser knows one grammar only: the bytes Python's json.dumps(sort_keys=True,
- * separators=(",", ":"), ensure_ascii=False) writes, encoded as UTF-8 - no whitespace,
- * object keys strictly increasing by code point (so no duplicates), strings in strict
- * UTF-8 (no surrogates, no overlong forms) with exactly Python's escapes (\" \\ \b \f \n
- * \r \t, other controls as \u00xx in lowercase hex), integers of at most 18 digits
- * without leading zeros or "-0", no floats, nesting at most MAX_DEPTH. On top it checks
- * everything ledger/statement.py's _from_json and Statement.__post_init__ check (the
- * signer key through the Python resolver given to configure(), cached). It never makes
- * an error message: whatever it does not accept - hostile input or merely an unusual
- * spelling the strict parser may still take - is "not fast" (None), and the caller runs
- * the Python parser, which accepts it or names the fault (tests/test_statement_fast.py).
+ * The parser (its JSON part in ledger/_fastpath_json.c) knows one grammar only: the
+ * bytes Python's json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+ * writes, encoded as UTF-8 - no whitespace, object keys strictly increasing by code
+ * point (so no duplicates), strings in strict UTF-8 (no surrogates, no overlong forms)
+ * with exactly Python's escapes (\" \\ \b \f \n \r \t, other controls as \u00xx in
+ * lowercase hex), integers of at most 18 digits without leading zeros or "-0", no
+ * floats, nesting at most MAX_DEPTH. On top it checks everything ledger/statement.py's
+ * _from_json and Statement.__post_init__ check (the signer key through the Python
+ * resolver given to configure(), cached). It never makes an error message: whatever it
+ * does not accept - hostile input or merely an unusual spelling the strict parser may
+ * still take - is "not fast" (None), and the caller runs the Python parser, which
+ * accepts it or names the fault (tests/test_statement_native.py).
  *
  * Built by setup.py when OpenSSL's and libsodium's headers are present (optional).
  * Ed25519 is libsodium's crypto_sign_verify_detached, the function PyNaCl calls, so
  * both paths accept exactly the same signatures. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fastpath.h"
 #include <openssl/sha.h>
 #include <sodium.h>
 #include <string.h>
 
-#define MAX_DEPTH 64
-#define MAX_DIGITS 18
 #define SIGNER_CACHE_MAX 4096
 
 static PyObject *statement_type;  /* ledger.statement.Statement */
@@ -34,257 +32,6 @@ static PyObject *s_body, *s_kind, *s_run, *s_seq, *s_sig, *s_signer, *s_v, *s_ra
 static PyObject *s_prev, *s_step, *s_dataset;
 static PyObject *kinds[3];        /* "run.open", "step", "run.close" */
 static PyObject *one;
-
-typedef struct {
-    const unsigned char *start, *p, *end;
-    int depth;
-    PyObject *memo;  /* object keys seen in this call, shared */
-    unsigned char *buf;
-    Py_ssize_t cap;
-} Parser;
-
-#define FAIL ((PyObject *)NULL)
-
-static PyObject *parse_value(Parser *ps);
-
-static int lit(Parser *ps, const char *s, size_t n) {
-    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, s, n) != 0)
-        return 0;
-    ps->p += n;
-    return 1;
-}
-
-/* Lookup tables, filled by init_tables(): lowercase hex digit values (-1: not one),
- * base64 std values (-1: not one), and string byte classes (0: plain ASCII). */
-static signed char HEX[256], B64[256];
-static unsigned char STR_CLASS[256];
-enum { S_PLAIN, S_QUOTE, S_BACKSLASH, S_CONTROL, S_HIGH };
-
-static void init_tables(void) {
-    static const char b64[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    memset(HEX, -1, sizeof HEX);
-    memset(B64, -1, sizeof B64);
-    for (int i = 0; i < 10; i++) HEX['0' + i] = (signed char)i;
-    for (int i = 0; i < 6; i++) HEX['a' + i] = (signed char)(10 + i);
-    for (int i = 0; i < 64; i++) B64[(unsigned char)b64[i]] = (signed char)i;
-    for (int c = 0; c < 256; c++)
-        STR_CLASS[c] = c < 0x20 ? S_CONTROL : c == '"' ? S_QUOTE : c == '\\' ? S_BACKSLASH
-                     : c >= 0x80 ? S_HIGH : S_PLAIN;
-}
-
-static inline int hexval(unsigned char c) { return HEX[c]; }
-
-/* Length of the strict UTF-8 sequence at p (lead byte >= 0x80), or 0. */
-static int utf8_len(const unsigned char *p, const unsigned char *end) {
-    unsigned char c = p[0];
-    Py_ssize_t left = end - p;
-    unsigned char lo = 0x80, hi = 0xBF;
-    int n;
-    if (c >= 0xC2 && c <= 0xDF) n = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;  /* no UTF-16 surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else return 0;
-    if (left < n || p[1] < lo || p[1] > hi) return 0;
-    for (int i = 2; i < n; i++)
-        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
-    return n;
-}
-
-/* A JSON string at ps->p (the opening quote) in canonical spelling -> str. */
-static PyObject *parse_string(Parser *ps) {
-    const unsigned char *s = ++ps->p, *end = ps->end, *q = s;
-    int ascii = 1, escaped = 0;
-    while (1) {
-        while (q < end && STR_CLASS[*q] == S_PLAIN) q++;
-        if (q >= end) return FAIL;
-        unsigned char c = *q;
-        if (c == '"') break;
-        if (c < 0x20) return FAIL;
-        if (c == '\\') {
-            escaped = 1;
-            if (q + 1 >= end) return FAIL;
-            unsigned char e = q[1];
-            if (e == '"' || e == '\\' || e == 'b' || e == 'f' || e == 'n' || e == 'r' ||
-                e == 't') {
-                q += 2;
-                continue;
-            }
-            if (e != 'u' || end - q < 6 || q[2] != '0' || q[3] != '0') return FAIL;
-            int h = hexval(q[4]), l = hexval(q[5]);
-            if (h < 0 || l < 0) return FAIL;
-            int v = h * 16 + l;
-            if (v >= 0x20 || v == 8 || v == 9 || v == 10 || v == 12 || v == 13) return FAIL;
-            q += 6;
-            continue;
-        }
-        if (c < 0x80) {
-            q++;
-            continue;
-        }
-        int n = utf8_len(q, end);
-        if (!n) return FAIL;
-        ascii = 0;
-        q += n;
-    }
-    ps->p = q + 1;
-    Py_ssize_t len = q - s;
-    if (!escaped) {
-        if (ascii) {
-            PyObject *u = PyUnicode_New(len, 127);
-            if (u) memcpy(PyUnicode_1BYTE_DATA(u), s, (size_t)len);
-            return u;
-        }
-        return PyUnicode_DecodeUTF8((const char *)s, len, "strict");
-    }
-    if (ps->cap < len) {
-        unsigned char *b = PyMem_Realloc(ps->buf, (size_t)len);
-        if (!b) return FAIL;
-        ps->buf = b;
-        ps->cap = len;
-    }
-    unsigned char *o = ps->buf;
-    for (const unsigned char *r = s; r < q;) {
-        if (*r != '\\') {
-            *o++ = *r++;
-            continue;
-        }
-        unsigned char e = r[1];
-        switch (e) {
-        case 'b': *o++ = 8; break;
-        case 'f': *o++ = 12; break;
-        case 'n': *o++ = 10; break;
-        case 'r': *o++ = 13; break;
-        case 't': *o++ = 9; break;
-        case 'u': *o++ = (unsigned char)(hexval(r[4]) * 16 + hexval(r[5])); r += 4; break;
-        default: *o++ = e;
-        }
-        r += 2;
-    }
-    return PyUnicode_DecodeUTF8((const char *)ps->buf, o - ps->buf, "strict");
-}
-
-static PyObject *parse_int(Parser *ps) {
-    const unsigned char *q = ps->p, *end = ps->end;
-    int neg = 0;
-    if (*q == '-') {
-        neg = 1;
-        q++;
-    }
-    const unsigned char *d = q;
-    long long v = 0;
-    while (q < end && *q >= '0' && *q <= '9') {
-        v = v * 10 + (*q - '0');
-        q++;
-        if (q - d > MAX_DIGITS) return FAIL;
-    }
-    if (q == d || (*d == '0' && (q - d > 1 || neg))) return FAIL;  /* "", "01", "-0" */
-    ps->p = q;
-    return PyLong_FromLongLong(neg ? -v : v);
-}
-
-static PyObject *parse_object(Parser *ps) {
-    if (++ps->depth > MAX_DEPTH) return FAIL;
-    ps->p++;
-    PyObject *d = PyDict_New(), *prev = NULL;
-    if (!d) return FAIL;
-    if (ps->p < ps->end && *ps->p == '}') {
-        ps->p++;
-        ps->depth--;
-        return d;
-    }
-    while (1) {
-        if (ps->p >= ps->end || *ps->p != '"') goto fail;
-        PyObject *k = parse_string(ps);
-        if (!k) goto fail;
-        PyObject *m = PyDict_SetDefault(ps->memo, k, k);  /* borrowed */
-        if (!m) {
-            Py_DECREF(k);
-            goto fail;
-        }
-        Py_INCREF(m);
-        Py_DECREF(k);
-        k = m;
-        if (prev) {
-            int c = PyUnicode_Compare(prev, k);
-            Py_DECREF(prev);
-            prev = NULL;
-            if (c >= 0) {  /* keys sorted by code point, no duplicates */
-                Py_DECREF(k);
-                goto fail;
-            }
-        }
-        if (!lit(ps, ":", 1)) {
-            Py_DECREF(k);
-            goto fail;
-        }
-        PyObject *v = parse_value(ps);
-        if (!v || PyDict_SetItem(d, k, v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(k);
-            goto fail;
-        }
-        Py_DECREF(v);
-        prev = k;
-        if (lit(ps, ",", 1)) continue;
-        if (lit(ps, "}", 1)) break;
-        goto fail;
-    }
-    Py_XDECREF(prev);
-    ps->depth--;
-    return d;
-fail:
-    Py_XDECREF(prev);
-    Py_DECREF(d);
-    return FAIL;
-}
-
-static PyObject *parse_array(Parser *ps) {
-    if (++ps->depth > MAX_DEPTH) return FAIL;
-    ps->p++;
-    PyObject *l = PyList_New(0);
-    if (!l) return FAIL;
-    if (lit(ps, "]", 1)) {
-        ps->depth--;
-        return l;
-    }
-    while (1) {
-        PyObject *v = parse_value(ps);
-        if (!v || PyList_Append(l, v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(l);
-            return FAIL;
-        }
-        Py_DECREF(v);
-        if (lit(ps, ",", 1)) continue;
-        if (lit(ps, "]", 1)) break;
-        Py_DECREF(l);
-        return FAIL;
-    }
-    ps->depth--;
-    return l;
-}
-
-static PyObject *parse_value(Parser *ps) {
-    if (ps->p >= ps->end) return FAIL;
-    switch (*ps->p) {
-    case '{': return parse_object(ps);
-    case '[': return parse_array(ps);
-    case '"': return parse_string(ps);
-    case 'n': if (lit(ps, "null", 4)) Py_RETURN_NONE; return FAIL;
-    case 't': if (lit(ps, "true", 4)) Py_RETURN_TRUE; return FAIL;
-    case 'f': if (lit(ps, "false", 5)) Py_RETURN_FALSE; return FAIL;
-    default:
-        if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) return parse_int(ps);
-        return FAIL;
-    }
-}
 
 /* --- field checks (ledger/statement.py BODY_FIELDS, DATASET_FIELDS) ------------------ */
 
@@ -315,7 +62,7 @@ static int lower_hex(PyObject *v, Py_ssize_t lo, Py_ssize_t hi, int even) {
     if (n < lo || n > hi || (even && n % 2)) return 0;
     const Py_UCS1 *s = PyUnicode_1BYTE_DATA(v);
     for (Py_ssize_t i = 0; i < n; i++)
-        if (hexval(s[i]) < 0) return 0;
+        if (fp_hexval(s[i]) < 0) return 0;
     return 1;
 }
 
@@ -380,13 +127,12 @@ static int check_fields(PyObject *obj, Rule *rules) {
 
 /* --- statements ---------------------------------------------------------------------- */
 
-static inline int b64val(unsigned char c) { return B64[c]; }
 
 /* The 88 characters [A-Za-z0-9+/]{85}[AQgw]== (canonical base64 of 64 bytes). */
 static int decode_sig(const unsigned char *s, unsigned char *out) {
     int v[86];
     for (int i = 0; i < 86; i++)
-        if ((v[i] = b64val(s[i])) < 0) return 0;
+        if ((v[i] = fp_b64val(s[i])) < 0) return 0;
     if (v[85] & 15 || s[86] != '=' || s[87] != '=') return 0;
     for (int g = 0; g < 21; g++) {
         int x = v[4 * g] << 18 | v[4 * g + 1] << 12 | v[4 * g + 2] << 6 | v[4 * g + 3];
@@ -417,7 +163,7 @@ static PyObject *public_key(PyObject *signer) {
 
 static int field_key(Parser *ps, const char *name) {
     size_t n = strlen(name);
-    return lit(ps, ",\"", 2) && lit(ps, name, n) && lit(ps, "\":", 2);
+    return fp_lit(ps, ",\"", 2) && fp_lit(ps, name, n) && fp_lit(ps, "\":", 2);
 }
 
 /* One statement at ps->p ('{'), exactly canonical and valid -> Statement, else NULL. */
@@ -425,25 +171,25 @@ static PyObject *parse_statement(Parser *ps, PyObject *raw_obj) {
     const unsigned char *st = ps->p;
     PyObject *body = NULL, *run = NULL, *seq = NULL, *signer = NULL, *sig = NULL,
              *raw = NULL, *leaf = NULL, *d = NULL, *obj = NULL;
-    if (!lit(ps, "{\"body\":", 8) || ps->p >= ps->end || *ps->p != '{') return FAIL;
+    if (!fp_lit(ps, "{\"body\":", 8) || ps->p >= ps->end || *ps->p != '{') return FAIL;
     const unsigned char *b0 = ps->p;
     ps->depth = 0;
-    if (!(body = parse_object(ps))) return FAIL;
+    if (!(body = fp_parse_object(ps))) return FAIL;
     const unsigned char *b1 = ps->p;
     int kind;
     if (field_key(ps, "kind") == 0) goto fail;
-    if (lit(ps, "\"run.open\"", 10)) kind = 0;
-    else if (lit(ps, "\"step\"", 6)) kind = 1;
-    else if (lit(ps, "\"run.close\"", 11)) kind = 2;
+    if (fp_lit(ps, "\"run.open\"", 10)) kind = 0;
+    else if (fp_lit(ps, "\"step\"", 6)) kind = 1;
+    else if (fp_lit(ps, "\"run.close\"", 11)) kind = 2;
     else goto fail;
     if (!field_key(ps, "run") || ps->end - ps->p < 66 || ps->p[0] != '"' || ps->p[65] != '"')
         goto fail;
     const unsigned char *r = ps->p + 1;
     for (int i = 0; i < 64; i++)
-        if (hexval(r[i]) < 0) goto fail;
+        if (fp_hexval(r[i]) < 0) goto fail;
     ps->p += 66;
     if (!field_key(ps, "seq") || ps->p >= ps->end || *ps->p == '-') goto fail;
-    if (!(seq = parse_int(ps))) goto fail;
+    if (!(seq = fp_parse_int(ps))) goto fail;
     long long seqv = PyLong_AsLongLong(seq);
     unsigned char sigb[64];
     if (!field_key(ps, "sig") || ps->end - ps->p < 90 || ps->p[0] != '"' || ps->p[89] != '"' ||
@@ -451,8 +197,8 @@ static PyObject *parse_statement(Parser *ps, PyObject *raw_obj) {
         goto fail;
     ps->p += 90;
     if (!field_key(ps, "signer") || ps->p >= ps->end || *ps->p != '"') goto fail;
-    if (!(signer = parse_string(ps))) goto fail;
-    if (!lit(ps, ",\"v\":1}", 7)) goto fail;
+    if (!(signer = fp_parse_string(ps))) goto fail;
+    if (!fp_lit(ps, ",\"v\":1}", 7)) goto fail;
     if (!public_key(signer)) goto fail;
     /* Statement.__post_init__'s checks */
     if (!check_fields(body, rules_of[kind])) goto fail;
@@ -702,7 +448,7 @@ static int intern(PyObject **o, const char *s) {
 }
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    init_tables();
+    fp_init_tables();
     if (sodium_init() < 0) {
         PyErr_SetString(PyExc_ImportError, "libsodium failed to initialise");
         return NULL;

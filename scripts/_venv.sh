@@ -14,7 +14,8 @@ PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check install)
 if [ -d /opt/wheels ]; then PIP+=(--find-links /opt/wheels); fi
 stamp="$VENV/.potd-installed${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$stamp" ] || [ "$ROOT/setup.cfg" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] \
-        || [ "$ROOT/prover/_native.c" -nt "$stamp" ] || [ "$ROOT/ledger/_fastpath.c" -nt "$stamp" ]; then
+        || [ "$ROOT/prover/_native.c" -nt "$stamp" ] || [ "$ROOT/ledger/_fastpath.c" -nt "$stamp" ] \
+        || [ "$ROOT/ledger/_fastpath_json.c" -nt "$stamp" ]; then
     echo "==> installing torch==2.13.0 (CPU) and potd${EXTRAS:+[$EXTRAS]} into .venv"
     "${PIP[@]}" "torch==2.13.0"
     "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}"

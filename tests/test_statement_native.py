@@ -27,6 +27,7 @@ from ledger.statement import (
     _parse_array_strict,
     canonical_json,
     parse_statement,
+    parse_statement_array,
     run_id,
     signing_message,
 )
@@ -344,3 +345,25 @@ def test_a_signer_key_python_refuses_is_never_taken() -> None:
         raw = canonical_json(d)
         native_agrees(raw)
         assert outcome(parse_statement, raw) == outcome(strict_single, raw)
+
+
+def test_without_the_extension_the_python_path_does_it_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install without a C compiler or the headers: same statements, same errors."""
+    gen = Gen(10)
+    raws = [gen.statement() for _ in range(6)]
+    raws = [r for r in raws if outcome(strict_single, r)[0] == "ok"]
+    body = b"[" + b",".join(raws) + b"]"
+    bad = _with_sig(raws[-1], bytes(64))
+    with_native = [fields(s) for s in parse_statement_array(body)]
+    monkeypatch.setattr(statement_native, "_native", None)
+    monkeypatch.setattr(statement_native, "_verify", None)
+    assert statement_native.parse_batch(body) is None
+    assert statement_native.first_bad_signature([]) is None
+    sts = parse_statement_array(body)
+    assert [fields(s) for s in sts] == with_native
+    assert all("_leaf" not in vars(s) for s in sts)
+    verify_signatures(sts, True)
+    with pytest.raises(SignatureError) as e:
+        verify_signatures([*sts, parse_statement(bad)], True, 3)
+    assert getattr(e.value, "statement", None) == 3 + len(sts)
