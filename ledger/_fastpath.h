@@ -28,8 +28,15 @@ FP_LOCAL extern signed char FP_HEX[256], FP_B64[256];
 static inline int fp_hexval(unsigned char c) { return FP_HEX[c]; }
 static inline int fp_b64val(unsigned char c) { return FP_B64[c]; }
 
+/* consume exactly the n bytes s, or nothing */
+static inline int fp_lit(Parser *ps, const char *s, size_t n) {
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, s, n) != 0)
+        return 0;
+    ps->p += n;
+    return 1;
+}
+
 FP_LOCAL void fp_init_tables(void);
-FP_LOCAL int fp_lit(Parser *ps, const char *s, size_t n);  /* consume exactly s, or nothing */
 FP_LOCAL PyObject *fp_parse_string(Parser *ps);  /* at the opening quote */
 FP_LOCAL PyObject *fp_parse_int(Parser *ps);
 FP_LOCAL PyObject *fp_parse_object(Parser *ps);  /* at '{' */

@@ -6,13 +6,6 @@
 
 static PyObject *parse_value(Parser *ps);
 
-int fp_lit(Parser *ps, const char *s, size_t n) {
-    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, s, n) != 0)
-        return 0;
-    ps->p += n;
-    return 1;
-}
-
 signed char FP_HEX[256], FP_B64[256];
 static unsigned char STR_CLASS[256];  /* byte classes inside strings */
 enum { S_PLAIN, S_QUOTE, S_BACKSLASH, S_CONTROL, S_HIGH };
