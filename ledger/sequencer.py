@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
-from . import statement_native as native
+from . import statement_native
 from .errors import MalformedError, PotdError, PushbackError, SignatureError, StorageError
 from .log import Appended, Log
 from .statement import Statement, parse_statement, verify_statement_signature
@@ -92,7 +92,7 @@ def verify_signatures(statements: Sequence[Statement], batch: bool, start: int =
     pass, checking goes on with the next statement)."""
     i, n = 0, len(statements)
     while i < n:
-        bad = native.first_bad_signature(statements, i)
+        bad = statement_native.first_bad_signature(statements, i)
         if bad is None:  # no extension: Python checks the rest
             bad = i
         if bad >= n:
