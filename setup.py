@@ -1,12 +1,21 @@
-"""Only the optional native helpers (OpenSSL's SHA-256): the dataset hasher
-(prover/_native.c) and the log flush's tree hashing and proofs (ledger/_treehash.c); all
-other metadata is in setup.cfg. A machine without OpenSSL's headers (Debian libssl-dev)
-or a C compiler installs potd without it: the pure-Python path hashes the same bytes."""
+"""Only the optional native extensions; all other metadata is in setup.cfg.
+
+``prover._native`` (the dataset hasher, OpenSSL's SHA-256), ``ledger._treehash`` (the
+log flush's tree hashing and proofs, OpenSSL's SHA-256) and ``ledger._fastpath``
+(statement parsing with OpenSSL's SHA-256, Ed25519 verification with libsodium). A
+machine without their headers (Debian libssl-dev, libsodium-dev) or a C compiler installs
+potd without them: the pure-Python paths compute the same results."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("prover._native", ["prover/_native.c"], libraries=["crypto"],
-                             define_macros=[("OPENSSL_API_COMPAT", "0x10100000L")],
-                             optional=True),
-                   Extension("ledger._treehash", ["ledger/_treehash.c"], libraries=["crypto"],
-                             optional=True)])
+COMPAT = [("OPENSSL_API_COMPAT", "0x10100000L")]
+
+setup(ext_modules=[
+    Extension("prover._native", ["prover/_native.c"], libraries=["crypto"],
+              define_macros=COMPAT, optional=True),
+    Extension("ledger._treehash", ["ledger/_treehash.c"], libraries=["crypto"],
+              optional=True),
+    Extension("ledger._fastpath", ["ledger/_fastpath.c", "ledger/_fastpath_json.c"],
+              depends=["ledger/_fastpath.h"], libraries=["crypto", "sodium"],
+              define_macros=COMPAT, optional=True),
+])

@@ -1,4 +1,6 @@
-"""The fast path of statement parsing (:mod:`ledger.statement`, docs/protocol.md §3).
+"""The Python fast path of statement parsing (:mod:`ledger.statement`, docs/protocol.md
+§3), used when the native parser (:mod:`ledger.statement_native`) is not built or
+declines the input.
 
 A valid statement (or each statement of a batch) is decoded by the C decoder without
 Python hooks and re-encoded once; it is accepted only if the re-encoding gives back the

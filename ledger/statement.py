@@ -23,6 +23,12 @@ What this module checks is everything a single statement can show by itself: for
 field types, ``run`` of a ``run.open``, ``seq`` of a ``step``, and the signature. Whether
 ``seq``/``prev`` continue the run and whether the signer may write needs the log's state;
 the sequencer checks that. Trusts nothing: every input is parsed strictly.
+
+Parsing tries, in order, the native parser (:mod:`ledger.statement_native`, optional C),
+the decode-and-re-encode fast path (:mod:`ledger.fastjson`) and the strict parser here.
+The first two only ever accept, and only exactly what the strict parser accepts; anything
+they decline goes on to the strict parser, which names the fault. Signatures are checked
+by libsodium either way (PyNaCl's, or the extension's).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from functools import lru_cache
 import nacl.exceptions
 import nacl.signing
 
+from . import statement_native as native
 from .errors import MalformedError, SignatureError
 from .fastjson import canonical_values
 from .note import ALG_ED25519, Signer, Verifier, b64decode, b64encode
@@ -384,8 +391,10 @@ class Statement:
         return SIGNING_PREFIX + raw[:i] + raw[j:]
 
     def leaf_hash(self) -> bytes:
-        """RFC 6962 leaf hash of the statement as a log entry."""
-        return hashlib.sha256(b"\x00" + self.raw).digest()
+        """RFC 6962 leaf hash of the statement as a log entry (the native parser hands
+        it over already computed)."""
+        h: bytes | None = self.__dict__.get("_leaf")
+        return h if h is not None else hashlib.sha256(b"\x00" + self.raw).digest()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Statement:
@@ -397,6 +406,9 @@ def parse_statement(data: bytes) -> Statement:
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedError("a statement is bytes")
     data = bytes(data)
+    st = native.parse_one(data)
+    if st is not None:
+        return st
     fast = canonical_values(data, array=False)
     if fast is not None:
         return _from_json(fast[0][0], data)
@@ -412,7 +424,11 @@ def parse_statement_array(data: bytes) -> list[Statement]:
     canonical encoding of its statement: those bytes become the log entry. Errors name
     the failing statement's position (``error.statement``, 0-based).
     """
-    fast = canonical_values(bytes(data), array=True)
+    data = bytes(data)
+    sts = native.parse_batch(data)
+    if sts is not None:
+        return sts
+    fast = canonical_values(data, array=True)
     if fast is not None:
         out: list[Statement] = []
         for k, (obj, raw) in enumerate(fast):
@@ -531,6 +547,13 @@ def verify_statement_signature(stmt: Statement) -> None:
                              f"does not verify under its signer key",
                              hint="sign potd-statement-v1\\n || canonical JSON without 'sig' "
                                   "with the private key of 'signer'") from None
+
+
+def _public_key(signer: str) -> bytes:
+    return _signer_key(signer)[0].public_key
+
+
+native.configure(Statement, _public_key)
 
 
 # --- building (the prover's side) ---------------------------------------------------

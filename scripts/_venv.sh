@@ -13,8 +13,11 @@ PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check install)
 # a local wheel directory (where this machine keeps the CPU torch wheel), if present
 if [ -d /opt/wheels ]; then PIP+=(--find-links /opt/wheels); fi
 stamp="$VENV/.potd-installed${EXTRAS:+-$EXTRAS}"
-if [ ! -f "$stamp" ] || [ "$ROOT/setup.cfg" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] \
-        || [ "$ROOT/prover/_native.c" -nt "$stamp" ] || [ "$ROOT/ledger/_treehash.c" -nt "$stamp" ]; then
+stale=0  # reinstall (and rebuild the native helpers) when setup or a C source changed
+for f in "$ROOT"/setup.cfg "$ROOT"/setup.py "$ROOT"/prover/*.c "$ROOT"/ledger/*.[ch]; do
+    if [ ! -f "$stamp" ] || [ "$f" -nt "$stamp" ]; then stale=1; fi
+done
+if [ "$stale" = 1 ]; then
     echo "==> installing torch==2.13.0 (CPU) and potd${EXTRAS:+[$EXTRAS]} into .venv"
     "${PIP[@]}" "torch==2.13.0"
     "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}"

@@ -55,6 +55,9 @@ def install() -> None:
     _clock(ledger.server, "parse_statement_array", "parse")
     _clock(ledger.server, "verify_signatures", "verify")
     _clock(nacl.signing.VerifyKey, "verify", "verify.ed25519")
+    import ledger.statement_native
+    if ledger.statement_native._verify is not None:  # the native path: Ed25519 in C
+        _clock(ledger.statement_native, "_verify", "verify.ed25519")
     _clock(ledger.sequencer.Sequencer, "_flush", "flush")
     _clock(ledger.sequencer.Sequencer, "_admit_and_append", "flush.admit")
     _clock(ledger.log.Log, "append", "flush.admit.log_append")

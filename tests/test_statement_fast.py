@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import fastjson
+from ledger import fastjson, statement_native
 from ledger.errors import MalformedError
 from ledger.fastjson import canonical_values
 from ledger.merkle import leaf_hash
 from ledger.note import Signer
 from ledger.statement import (
     JSON,
+    Statement,
     _from_json,
     _parse_array_strict,
     build_statement,
@@ -207,3 +209,77 @@ def test_hex_checks_match_their_regular_expressions(v: str) -> None:
     assert _is_hash(v) == (re.fullmatch(r"[0-9a-f]{64}", v) is not None)
     assert _is_hex(v) == (re.fullmatch(r"(?:[0-9a-f]{2}){16,64}", v) is not None)
     assert not _is_hash(64) and not _is_hex(None)  # type: ignore[arg-type]
+
+
+# --- the native fast path (ledger/_fastpath.c) --------------------------------------
+
+def require_native() -> None:
+    """Skip without the extension - a failure in CI (POTD_REQUIRE_NATIVE=1)."""
+    if not statement_native.available():
+        if os.environ.get("POTD_REQUIRE_NATIVE") == "1":
+            pytest.fail("ledger._fastpath is not built (needs Debian libssl-dev, libsodium-dev "
+                        "and a C compiler) [POTD_REQUIRE_NATIVE=1 forbids skipping]",
+                        pytrace=False)
+        pytest.skip("ledger._fastpath is not built (optional: needs OpenSSL's and "
+                    "libsodium's headers)")
+
+
+def fields(s: Statement) -> tuple[object, ...]:
+    return (repr((s.raw, s.kind, s.run, s.seq, s.signer, s.sig, s.body, s.v)),
+            s.leaf_hash(), type(s.raw), type(s.sig), type(s.seq), type(s.kind))
+
+
+def native_agrees(data: bytes) -> bool:
+    """C takes ``data`` only if the strict parser does, with the same fields and leaf
+    hash; returns whether C took it."""
+    st = statement_native.parse_one(data)
+    if st is None:
+        return False
+    ref = strict_single(data)
+    assert isinstance(ref, Statement)
+    assert fields(st) == fields(ref)
+    assert st.leaf_hash() == leaf_hash(data)
+    return True
+
+
+@pytest.mark.parametrize("data", HOSTILE, ids=range(len(HOSTILE)))
+def test_native_parser_takes_exactly_what_the_strict_parser_takes(data: bytes) -> None:
+    require_native()
+    took = native_agrees(data)
+    # integers of 19 digits (possibly outside 64 bits) are left to Python by design
+    if not took:
+        assert (outcome(strict_single, data)[0] == "error"
+                or fastjson._LONG_INT.search(data) is not None)
+    for body in (b"[" + GOOD + b"," + data + b"]", b"[" + data + b"," + GOOD + b"]",
+                 b"[" + data + b"]"):
+        sts = statement_native.parse_batch(body)
+        if sts is None:
+            continue
+        assert [fields(s) for s in sts] == [fields(s) for s in _parse_array_strict(body)]
+
+
+def test_native_parser_builds_the_statements_of_a_canonical_batch() -> None:
+    require_native()
+    batch = [OPEN, GOOD, step(1, prev=leaf_hash(GOOD).hex())]
+    body = b"[" + b",".join(batch) + b"]"
+    sts = parse_statement_array(body)
+    assert all("_leaf" in vars(s) for s in sts)  # the native path was taken
+    assert [fields(s) for s in sts] == [fields(s) for s in _parse_array_strict(body)]
+    assert "_leaf" in vars(parse_statement(GOOD))
+    # not the canonical batch form: Python's path, same statements
+    for other in (b"[ " + b" , ".join(batch) + b" ]", body + b" ", b"\n" + body):
+        assert statement_native.parse_batch(other) is None
+        assert [s.raw for s in parse_statement_array(other)] == batch
+    assert statement_native.parse_batch(b"[]") is None
+    assert statement_native.parse_batch(b"[" + GOOD + b",]") is None
+    assert statement_native.parse_batch(b"[" + GOOD + b"]]") is None
+
+
+def test_native_parser_never_crashes_on_a_truncated_input() -> None:
+    require_native()
+    body = b"[" + OPEN + b"," + GOOD + b"]"
+    for n in range(len(body)):
+        assert statement_native.parse_batch(body[:n]) is None
+    for n in range(len(OPEN)):
+        assert statement_native.parse_one(OPEN[:n]) is None
+    assert statement_native.parse_one(b"") is None
