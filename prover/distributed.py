@@ -78,7 +78,8 @@ from prover.recipes import Recipe, train_step
 from prover.session import Batch, TrainingSession
 
 __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
-           "data_parallel_session", "init_process_group", "rank_device"]
+           "data_parallel_session", "init_process_group", "join_from_environment",
+           "rank_device"]
 
 TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -255,6 +256,13 @@ class DataParallelSession(_Ranks, TrainingSession):
         self.device = rank_device(self.device, 0, local_rank(), _cuda_count(self.device))
         self._seed_sent = False
 
+    def __enter__(self) -> DataParallelSession:
+        """Open the run, unless :meth:`resume` started it already
+        (:func:`prover.resume.resume_data_parallel`)."""
+        if not self._seed_sent:
+            self.open()
+        return self
+
     def open(self) -> None:
         try:
             super().open()
@@ -351,7 +359,8 @@ class DataParallelWorker(_Ranks):
         self.start_step = 0
 
     def __enter__(self) -> DataParallelWorker:
-        self.open()
+        if not hasattr(self, "seed"):  # not started yet (a resume starts it)
+            self.open()
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -531,14 +540,43 @@ def data_parallel_session(recipe: Recipe, client: LogClient, trainer: Signer,
     from prover.device import parse_device
 
     base = parse_device(kw.get("device"))
-    if not dist.is_initialized():
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise UsageError("no process group: RANK and WORLD_SIZE are not set",
-                             hint="launch with torchrun, or call init_process_group first")
-        dev = rank_device(base, int(os.environ["RANK"]), local_rank(), _cuda_count(base))
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend_for(dev), timeout=TIMEOUT)
+    join_from_environment(base)
     if dist.get_rank() == 0:
         return DataParallelSession(recipe, client, trainer, evidence_dir, spool_path, **kw)
     return DataParallelWorker(recipe, kw.get("weights_hash", "blake3"), base)
+
+
+def join_from_environment(base: torch.device) -> None:
+    """Join the process group a launcher describes (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``: torchrun) unless one is initialized: gloo, or NCCL
+    for a ``base`` on CUDA (each rank on ``cuda:LOCAL_RANK``). A rank torchrun started
+    stops when torchrun dies (:func:`_follow_launcher`)."""
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise UsageError("no process group: RANK and WORLD_SIZE are not set",
+                         hint="launch with torchrun, or call init_process_group first")
+    dev = rank_device(base, int(os.environ["RANK"]), local_rank(), _cuda_count(base))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    _follow_launcher()
+    dist.init_process_group(backend_for(dev), timeout=TIMEOUT)
+
+
+def _follow_launcher() -> None:
+    """Under torchrun (``TORCHELASTIC_RUN_ID`` set), have the kernel send this rank
+    SIGTERM when torchrun dies. torchrun starts each rank in a session of its own, so a
+    SIGKILL of torchrun (or of its process group) otherwise leaves the ranks running:
+    rank 0 would go on committing steps of a run its operator means to resume. On Linux
+    (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing changes."""
+    import sys
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) == 0 \
+            and os.getppid() == 1:  # torchrun died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
