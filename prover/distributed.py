@@ -159,6 +159,16 @@ _weighted_allreduce.__annotations__ = {"state": _Share, "bucket": dist.GradBucke
 class _Ranks:
     """What every rank does the same way: wrap the model, shard, train, agree."""
 
+    # the process group was joined for this rank by data_parallel_session (or a resume
+    # under a launcher): it is left when the run ends, as torch asks of every process
+    # before exit (an exiting process whose gloo group is left up may abort with
+    # "terminate called without an active exception", pytorch/pytorch#190489)
+    owns_group = False
+
+    def _leave_group(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
     recipe: Recipe
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -263,6 +273,20 @@ class DataParallelSession(_Ranks, TrainingSession):
             self.open()
         return self
 
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            self._leave_group()
+
+    def close(self, timeout: float | None = 600) -> None:
+        """:meth:`TrainingSession.close`, then leave the process group if this rank
+        joined it for the run (:attr:`owns_group`)."""
+        try:
+            super().close(timeout)
+        finally:
+            self._leave_group()
+
     def open(self) -> None:
         try:
             super().open()
@@ -364,7 +388,7 @@ class DataParallelWorker(_Ranks):
         return self
 
     def __exit__(self, *_: object) -> None:
-        pass
+        self._leave_group()
 
     def open(self) -> None:
         """Load the data (while rank 0 opens the run), wait for rank 0's start message,
@@ -427,7 +451,7 @@ class DataParallelWorker(_Ranks):
         return loss
 
     def close(self) -> None:
-        pass
+        self._leave_group()
 
 
 def committed_world(open_body: Any) -> int:
@@ -540,19 +564,23 @@ def data_parallel_session(recipe: Recipe, client: LogClient, trainer: Signer,
     from prover.device import parse_device
 
     base = parse_device(kw.get("device"))
-    join_from_environment(base)
+    joined = join_from_environment(base)
+    run: DataParallelSession | DataParallelWorker
     if dist.get_rank() == 0:
-        return DataParallelSession(recipe, client, trainer, evidence_dir, spool_path, **kw)
-    return DataParallelWorker(recipe, kw.get("weights_hash", "blake3"), base)
+        run = DataParallelSession(recipe, client, trainer, evidence_dir, spool_path, **kw)
+    else:
+        run = DataParallelWorker(recipe, kw.get("weights_hash", "blake3"), base)
+    run.owns_group = joined  # left when the run ends
+    return run
 
 
-def join_from_environment(base: torch.device) -> None:
+def join_from_environment(base: torch.device) -> bool:
     """Join the process group a launcher describes (``RANK``, ``WORLD_SIZE``,
     ``MASTER_ADDR``, ``MASTER_PORT``: torchrun) unless one is initialized: gloo, or NCCL
-    for a ``base`` on CUDA (each rank on ``cuda:LOCAL_RANK``). A rank torchrun started
-    stops when torchrun dies (:func:`_follow_launcher`)."""
+    for a ``base`` on CUDA (each rank on ``cuda:LOCAL_RANK``); whether it joined. A rank
+    torchrun started stops when torchrun dies (:func:`_follow_launcher`)."""
     if dist.is_initialized():
-        return
+        return False
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise UsageError("no process group: RANK and WORLD_SIZE are not set",
                          hint="launch with torchrun, or call init_process_group first")
@@ -561,6 +589,7 @@ def join_from_environment(base: torch.device) -> None:
         torch.cuda.set_device(dev)
     _follow_launcher()
     dist.init_process_group(backend_for(dev), timeout=TIMEOUT)
+    return True
 
 
 def _follow_launcher() -> None:

@@ -271,9 +271,11 @@ def resume_data_parallel(spool_path: str | Path, trainer: Signer, **kw: Any
     from prover.device import parse_device
 
     device = m.get("device") or None
-    join_from_environment(parse_device(device))
+    joined = join_from_environment(parse_device(device))
     if dist.get_rank() == 0:
-        return resume_session(spool_path, trainer, nproc=int(world), **kw)
+        sess = resume_session(spool_path, trainer, nproc=int(world), **kw)
+        sess.owns_group = joined  # type: ignore[attr-defined]  # left when the run ends
+        return sess
     data_dir = kw.get("data_dir") or m.get("data_dir") or None
     try:
         recipe = get_recipe(m["recipe"], data_dir=data_dir, **json.loads(m["config"]))
@@ -281,6 +283,7 @@ def resume_data_parallel(spool_path: str | Path, trainer: Signer, **kw: Any
         raise UsageError(f"{spool_path} does not record the run's recipe settings ({e})",
                          hint="abort the run with `potd prover abort`") from None
     w = DataParallelWorker(recipe, m["weights_hash"], device)
+    w.owns_group = joined
     w.open()
     return w
 

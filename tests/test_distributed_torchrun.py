@@ -149,3 +149,38 @@ def test_launched_resume_checks_the_world_first(tmp_path: Path,
         with pytest.raises(UsageError, match="cannot read the spool"):
             resume_data_parallel(junk, key)
     assert not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_a_session_leaves_the_process_group_it_joined(env: Env,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """data_parallel_session joins the launcher's group for the run and leaves it when the
+    run closes (a process exiting with its gloo group up may abort: "terminate called
+    without an active exception"); a group the caller initialized stays the caller's."""
+    import torch.distributed as dist
+
+    from prover.distributed import data_parallel_session, free_address, init_process_group
+    from prover.recipes import get_recipe
+
+    host, port = free_address().split(":")
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host,
+                 "MASTER_PORT": port}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    recipe = get_recipe("digits-mlp", epochs=1)
+    try:
+        with data_parallel_session(recipe, env.client(), env.trainer, env.dir / "ev",
+                                   env.dir / "ev" / "spool.db") as run:
+            assert dist.is_initialized() and run.owns_group
+            for b in run.batches():
+                run.train_step(b)
+        assert not dist.is_initialized()
+        init_process_group(0, 1, free_address())
+        run = data_parallel_session(recipe, env.client(), env.trainer, env.dir / "ev2",
+                                    env.dir / "ev2" / "spool.db")
+        assert not run.owns_group
+        run._leave_group()
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
