@@ -10,7 +10,11 @@ Usage under ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``/``MAST
 
 ``potd prover train --nproc N`` does the same with ``N`` local processes (gloo on CPU;
 NCCL with ``--device cuda[:i]``, rank ``r`` on ``cuda:i+r``), and ``potd prover resume
---train`` continues such a run with the same number of processes.
+--train`` continues such a run with the same number of processes (a run trained under
+``torchrun``: every rank runs it under ``torchrun`` again,
+:func:`prover.resume.resume_data_parallel`). A session that joined the launcher's
+process group leaves it when the run ends; a rank ``torchrun`` started stops when
+``torchrun`` dies (:func:`_follow_launcher`).
 
 Rank 0 is a :class:`DataParallelSession`: the single-process :class:`TrainingSession`
 (it alone logs ``run.open``, derives the seed, builds, signs and submits the statements
