@@ -14,7 +14,7 @@ NCCL with ``--device cuda[:i]``, rank ``r`` on ``cuda:i+r``), and ``potd prover 
 ``torchrun``: every rank runs it under ``torchrun`` again,
 :func:`prover.resume.resume_data_parallel`). A session that joined the launcher's
 process group leaves it when the run ends; a rank ``torchrun`` started stops when
-``torchrun`` dies (:func:`_follow_launcher`).
+``torchrun`` dies (:mod:`prover.launch`).
 
 Rank 0 is a :class:`DataParallelSession`: the single-process :class:`TrainingSession`
 (it alone logs ``run.open``, derives the seed, builds, signs and submits the statements
@@ -82,8 +82,7 @@ from prover.recipes import Recipe, train_step
 from prover.session import Batch, TrainingSession
 
 __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
-           "data_parallel_session", "init_process_group", "join_from_environment",
-           "rank_device"]
+           "data_parallel_session", "init_process_group", "rank_device"]
 
 TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -566,6 +565,7 @@ def data_parallel_session(recipe: Recipe, client: LogClient, trainer: Signer,
     unless it is initialized already: gloo, or NCCL for ``device="cuda"`` (each rank on
     ``cuda:LOCAL_RANK``)."""
     from prover.device import parse_device
+    from prover.launch import join_from_environment
 
     base = parse_device(kw.get("device"))
     joined = join_from_environment(base)
@@ -576,40 +576,3 @@ def data_parallel_session(recipe: Recipe, client: LogClient, trainer: Signer,
         run = DataParallelWorker(recipe, kw.get("weights_hash", "blake3"), base)
     run.owns_group = joined  # left when the run ends
     return run
-
-
-def join_from_environment(base: torch.device) -> bool:
-    """Join the process group a launcher describes (``RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR``, ``MASTER_PORT``: torchrun) unless one is initialized: gloo, or NCCL
-    for a ``base`` on CUDA (each rank on ``cuda:LOCAL_RANK``); whether it joined. A rank
-    torchrun started stops when torchrun dies (:func:`_follow_launcher`)."""
-    if dist.is_initialized():
-        return False
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise UsageError("no process group: RANK and WORLD_SIZE are not set",
-                         hint="launch with torchrun, or call init_process_group first")
-    dev = rank_device(base, int(os.environ["RANK"]), local_rank(), _cuda_count(base))
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    _follow_launcher()
-    dist.init_process_group(backend_for(dev), timeout=TIMEOUT)
-    return True
-
-
-def _follow_launcher() -> None:
-    """Under torchrun (``TORCHELASTIC_RUN_ID`` set), have the kernel send this rank
-    SIGTERM when torchrun dies. torchrun starts each rank in a session of its own, so a
-    SIGKILL of torchrun (or of its process group) otherwise leaves the ranks running:
-    rank 0 would go on committing steps of a run its operator means to resume. On Linux
-    (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing changes."""
-    import sys
-
-    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    if ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) == 0 \
-            and os.getppid() == 1:  # torchrun died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)

@@ -254,7 +254,8 @@ def resume_data_parallel(spool_path: str | Path, trainer: Signer, **kw: Any
 
     import torch.distributed as dist
 
-    from prover.distributed import DataParallelWorker, join_from_environment
+    from prover.distributed import DataParallelWorker
+    from prover.launch import join_from_environment
     from prover.recipes import get_recipe
 
     if not launched():
