@@ -107,7 +107,8 @@ def ray_map(jobs: list[SegmentJob], address: str, *, world: int = 1, exact: bool
     slots = max(1, int(resources.get("CPU", 1)) // cpus)
     size = 1 if kind != "exact-dp" else -(-len(jobs) // slots)
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-    refs = [task.remote(kind, chunk, world, gpu) for chunk in chunks]
+    # ``gpu`` only when set: a CPU audit's tasks call _task as workers of older potd expect
+    refs = [task.remote(kind, chunk, world, *([gpu] if gpu else [])) for chunk in chunks]
     out = []
     for chunk, ref in zip(chunks, refs, strict=True):
         try:
