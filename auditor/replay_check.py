@@ -215,8 +215,8 @@ class ReplayCheck:
             text = str(self.steps[0].body["beacon_checkpoint"])
             try:
                 beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1,
-                                                origin=a.client.origin)
-                bcp = open_checkpoint(text, a.client.log_key, origin=a.client.origin)
+                                                origin=self.cp.origin)  # the audited log's
+                bcp = open_checkpoint(text, a.client.log_key, origin=self.cp.origin)
                 proof = a.client.consistency_proof(bcp, self.cp)
                 check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
             except PotdError as e:
