@@ -88,7 +88,7 @@ def _attested_before(a: Audit, text: object, index: int, cp: SignedCheckpoint,
     if not isinstance(text, str):
         raise BeaconFail("fail", f"no checkpoint attests when {what} existed")
     try:
-        old = open_checkpoint(text, a.client.log_key)
+        old = open_checkpoint(text, a.client.log_key, origin=cp.origin)  # the audited log's
         if old.size <= index or old.size > cp.size:
             raise BeaconFail("fail", f"the checkpoint attesting {what} has size {old.size}: "
                              f"it must cover index {index} and not exceed {cp.size}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from ledger.cli import PotdGroup, read_verifier
+from ledger.cli import PotdGroup, _warn_origin, read_verifier
 
 DEFAULT_STATE = str(Path.home() / ".potd" / "auditor")
 
@@ -72,8 +72,10 @@ def _client(log: str, vkey: str, state: str | None, witness: tuple[str, ...] = (
         if policy.logs and log_key not in policy.logs:
             raise UsageError(f"the log key {log_key.name}+{log_key.key_id:08x} is not one of "
                              "the policy's logs", hint="check --vkey against the policy file")
+    origin = click.get_current_context().meta.get("potd.origin")
+    _warn_origin(origin, log_key)
     return LogClient(log, log_key, state_dir=state, proofs="tiles", witnesses=ws,
-                     quorum=q, policy=policy)
+                     quorum=q, policy=policy, origin=origin)
 
 
 def _policy(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
@@ -83,8 +85,20 @@ def _policy(ctx: click.Context, param: click.Parameter, path: str | None) -> Non
         ctx.meta["potd.policy"] = read_policy(path)
 
 
+def _origin(ctx: click.Context, param: click.Parameter, origin: str | None) -> None:
+    if origin is not None:
+        ctx.meta["potd.origin"] = origin
+
+
+ORIGIN_HELP = ("The log's origin, when its key is named otherwise (C2SP tlog-checkpoint: the "
+               "key name SHOULD match the origin); default: the key's name. Warns when it "
+               "differs.")
+
+
 def witness_options(f: Any) -> Any:
-    """--witness VKEY (repeatable) and --quorum K, or --policy FILE: the checkpoint policy."""
+    """--witness VKEY (repeatable) and --quorum K, or --policy FILE: the checkpoint policy;
+    --origin: the log's origin, if its key is named otherwise."""
+    f = click.option("--origin", callback=_origin, expose_value=False, help=ORIGIN_HELP)(f)
     f = click.option("--policy", type=click.Path(exists=True, dir_okay=False),
                      callback=_policy, expose_value=False,
                      help="A C2SP tlog-policy file (witnesses, groups, quorum; its log "
@@ -522,7 +536,9 @@ def membership(log_url: str, vkey: str, run_id: str, evidence: str,
 @click.option("--vkey", required=True, help="Pinned log verifier key (string or file).")
 @click.option("--run", "run_id", help="Require the proof to be about this run (hex).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verified answers as JSON.")
-def verify_membership(proof: str, vkey: str, run_id: str | None, as_json: bool) -> None:
+@click.option("--origin", help=ORIGIN_HELP)
+def verify_membership(proof: str, vkey: str, run_id: str | None, as_json: bool,
+                      origin: str | None) -> None:
     """Re-verify a membership proof file offline (no log, no evidence, no data).
 
     Checks the checkpoint's signature under the pinned key, the run's statements and
@@ -545,7 +561,8 @@ def verify_membership(proof: str, vkey: str, run_id: str | None, as_json: bool) 
         doc = parse_json(data, proof, max_depth=16)
     except MalformedError as e:
         raise MembershipProofError(f"the proof file is not valid JSON: {e.message}") from None
-    res = verify_proof(doc, key, run_id)
+    _warn_origin(origin, key)
+    res = verify_proof(doc, key, run_id, origin=origin)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return

@@ -194,10 +194,12 @@ def derive_steps(seed: bytes, n: int, batch_size: int, epochs: int,
     return sorted(steps)
 
 
-def verify_proof(doc: Any, vkey: Verifier, run: str | None = None) -> dict[str, Any]:
+def verify_proof(doc: Any, vkey: Verifier, run: str | None = None, *,
+                 origin: str | None = None) -> dict[str, Any]:
     """Verify a proof file against the pinned log key (and, given ``run``, that it is
-    about that run); return a summary (run, checkpoint size, per-hash answers, steps
-    verified or why not). Raises on any defect."""
+    about that run; ``origin``: the log's, if its key is named otherwise); return a
+    summary (run, checkpoint size, per-hash answers, steps verified or why not). Raises
+    on any defect."""
     doc = _obj(doc, "the proof file")
     if run is not None and doc.get("run") != run:
         raise MembershipProofError(f"the proof is about run {str(doc.get('run'))[:64]}, "
@@ -208,7 +210,7 @@ def verify_proof(doc: Any, vkey: Verifier, run: str | None = None) -> dict[str, 
     if not isinstance(text, str):
         raise MembershipProofError("the proof file has no checkpoint")
     try:
-        cp = open_checkpoint(text, vkey)
+        cp = open_checkpoint(text, vkey, origin=origin)
     except PotdError as e:
         raise MembershipProofError(f"checkpoint: {e.message}") from None
     oi, o = _statement(doc.get("open"), "run.open", cp.size, cp.root)
@@ -262,8 +264,9 @@ def _steps(doc: dict[str, Any], answers: list[Any], o: Statement, oi: int,
     text = s0.body.get("beacon_checkpoint")
     cons = _obj(doc.get("beacon_consistency"), "beacon_consistency")
     try:
-        beacon = beacon_from_checkpoint(str(text), vkey, oi + 1)
-        bcp = open_checkpoint(str(text), vkey)
+        # of the proof's log: its origin (cp's, checked against the pinned one)
+        beacon = beacon_from_checkpoint(str(text), vkey, oi + 1, origin=cp.origin)
+        bcp = open_checkpoint(str(text), vkey, origin=cp.origin)
         check_tree(_path(cons.get("proof"), "beacon consistency"), cp.size, cp.root,
                    bcp.size, bcp.root)
     except PotdError as e:

@@ -214,8 +214,9 @@ class ReplayCheck:
                 return None
             text = str(self.steps[0].body["beacon_checkpoint"])
             try:
-                beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1)
-                bcp = open_checkpoint(text, a.client.log_key)
+                beacon = beacon_from_checkpoint(text, a.client.log_key, open_index + 1,
+                                                origin=self.cp.origin)  # the audited log's
+                bcp = open_checkpoint(text, a.client.log_key, origin=self.cp.origin)
                 proof = a.client.consistency_proof(bcp, self.cp)
                 check_tree(proof, self.cp.size, self.cp.root, bcp.size, bcp.root)
             except PotdError as e:

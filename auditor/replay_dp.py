@@ -3,17 +3,18 @@
 A run's ``run.open`` commits ``data_parallel`` (world size ``N``, split
 ``potd-shard-v1``). In exact mode the auditor replays its segments with ``N`` spawned
 processes on this machine, as the trainer trained: the same DDP wrapper and
-gradient-weighting hook (:mod:`prover.distributed`), each rank its shard of every
-step's global batch, on the audit's ``--device`` (gloo on the CPU; NCCL on ``cuda:i``,
-rank ``r`` on ``cuda:i+r``, as :func:`prover.distributed.rank_device` places the
-trainer's ranks). The weights hashes must match bit for bit. A device type other than
-the run's makes the audit tolerance mode, decided before any replay
-(:mod:`auditor.calibration`). (Tolerance mode needs
-one process replaying the global batch as the ranks split it (:func:`replay_split`): per
-shard, the step RNG seeded as each rank seeds it, the gradients weighted by the shards'
-shares and summed, then one update; the distance to the committed checkpoint is judged
-under the calibrated tolerance. A plain global-batch replay would draw one dropout mask
-for the whole batch where the ranks drew one per shard.)
+gradient-weighting hook (:mod:`prover.distributed`), each rank its shard of every step's
+global batch, on the audit's ``--device`` (gloo on the CPU; NCCL on ``cuda:i``, rank
+``r`` on ``cuda:i+r``, as :func:`prover.distributed.rank_device` places the trainer's
+ranks; in a Ray task, on the GPUs Ray assigned it: :func:`replay_device`). The weights
+hashes must match bit for bit. A device type other than the run's makes the audit
+tolerance mode, decided before any replay (:mod:`auditor.calibration`). (Tolerance mode
+needs one process replaying the global batch as the ranks split it
+(:func:`replay_split`): per shard, the step RNG seeded as each rank seeds it, the
+gradients weighted by the shards' shares and summed, then one update; the distance to
+the committed checkpoint is judged under the calibrated tolerance. A plain global-batch
+replay would draw one dropout mask for the whole batch where the ranks drew one per
+shard.)
 
 Rank 0's results travel back as plain data (:class:`~auditor.replay.SegmentResult`
 fields). Trusts: the auditor's own processes.
@@ -55,17 +56,18 @@ def world_size(open_body: dict[str, Any], n_examples: int, batch_size: int) -> i
     return world
 
 
-def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
-                    ) -> list[SegmentResult]:
+def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600,
+                    assigned: bool = False) -> list[SegmentResult]:
     """Replay ``jobs`` in order with ``world`` spawned processes on the jobs' device
-    (:func:`rank_devices`); rank 0's results."""
+    (:func:`rank_devices`; ``assigned``: in a Ray task holding its GPUs); rank 0's
+    results."""
     import multiprocessing
 
     from prover.distributed import free_address
 
     from .replay import provided
 
-    devices = rank_devices(jobs[0].device if jobs else "cpu", world)
+    devices = rank_devices(jobs[0].device if jobs else "cpu", world, assigned)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     address = free_address()
@@ -93,16 +95,52 @@ def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600
     return [SegmentResult(**r) for r in got["results"]]
 
 
-def rank_devices(device: str, world: int) -> list[torch.device]:
-    """The device of each of ``world`` replay ranks on ``device`` (``cpu`` or ``cuda:i``:
-    rank ``r`` on ``cuda:i+r``); a :class:`~ledger.errors.UsageError` when this machine
-    lacks one (before any process starts)."""
-    from prover.device import parse_device
-    from prover.distributed import rank_device
+def replay_device(base: torch.device | str, rank: int, world: int, visible: int | None,
+                  assigned: bool = False) -> torch.device:
+    """Where replay rank ``rank`` of ``world`` trains for an audit on ``base`` (its
+    ``--device``) with ``visible`` CUDA devices in this process (None: not checked). A
+    pure function: the CPU for every rank of a CPU replay. On CUDA, rank ``r`` on
+    ``cuda:i+r``, as the trainer's local ranks from ``cuda:i`` (the index ``--device``
+    names is honoured); but in a Ray task that asked for GPUs (``assigned``), Ray makes
+    the GPUs it assigned the task's only visible ones (``CUDA_VISIBLE_DEVICES``, which the
+    spawned ranks inherit) and torch numbers them from 0: rank ``r`` on ``cuda:r``
+    whatever the index (one of the auditor's machine, not of the worker's). Each rank gets
+    its own GPU; a rank beyond the visible devices is a
+    :class:`~ledger.errors.UsageError`."""
+    from ledger.errors import UsageError
 
-    base = parse_device(device)
+    base = torch.device(base)
+    if base.type != "cuda":
+        return torch.device("cpu")
+    first = 0 if assigned else base.index or 0
+    i = first + rank
+    if visible is not None and i >= visible:
+        if assigned:
+            raise UsageError(f"a Ray task asked for {world} GPUs to replay {world} ranks, "
+                             f"but sees {visible} CUDA device{'s' if visible != 1 else ''}",
+                             hint="the cluster's GPU resources must match its GPUs "
+                                  "(ray start --num-gpus)")
+        raise UsageError(f"an exact replay of a {world}-process run on cuda:{first} needs "
+                         f"cuda:{first}..cuda:{first + world - 1}, one GPU per rank; this "
+                         f"machine has {visible} CUDA device{'s' if visible != 1 else ''}",
+                         hint=("give --device cuda:0, " if first and world <= visible
+                               else "") + "replay on --ray (a cluster with the GPUs), or "
+                              "use --replay-mode tolerance (one process)")
+    return torch.device("cuda", i)
+
+
+def rank_devices(device: str, world: int, assigned: bool = False) -> list[torch.device]:
+    """The device of each of ``world`` replay ranks on ``device`` (``cpu`` or ``cuda:i``;
+    :func:`replay_device`, counting this process's CUDA devices); a
+    :class:`~ledger.errors.UsageError` when this machine lacks one (before any process
+    starts)."""
+    from prover.device import parse_device
+
+    # in a Ray task the index is the auditor's: only the type is checked here
+    base = parse_device(torch.device(device).type if assigned else device)
     count = torch.cuda.device_count() if base.type == "cuda" else None
-    return [rank_device(base, r, None, count) for r in range(world)]
+    return [replay_device(torch.device(device), r, world, count, assigned)
+            for r in range(world)]
 
 
 def _rank_main(rank: int, world: int, address: str, jobs: list[SegmentJob],

@@ -9,8 +9,10 @@ replay_segment`; for a data-parallel run :func:`~auditor.replay_dp.replay_segmen
 the committed world size, or :func:`~auditor.replay_dp.replay_split`), so the report is
 the local one apart from timings. A task asks for one CPU per torch thread of each
 process it runs (the run's thread count, which every replay uses; at most the cluster's
-CPUs), so Ray runs no more replays at once than there are cores, and one GPU per
-process when the run was trained on CUDA.
+CPUs), so Ray runs no more replays at once than there are cores, and on a CUDA audit
+(``--device cuda[:i]``) one GPU per process it runs (:func:`task_gpus`): Ray makes those
+the task's only visible GPUs, so its ranks train on ``cuda:0..`` there whatever index
+``--device`` names (:func:`auditor.replay_dp.replay_device`).
 
 Ray is the optional extra ``potd[ray]``. Trusts: the Ray cluster the auditor names (its
 workers compute the verdict's replays).
@@ -45,11 +47,22 @@ def connect(address: str) -> None:
         ray.init(include_dashboard=False, log_to_driver=False)
 
 
-def _task(kind: str, jobs: list[SegmentJob], world: int) -> list[dict[str, Any]]:
+def _task(kind: str, jobs: list[SegmentJob], world: int, gpu: bool = False
+          ) -> list[dict[str, Any]]:
+    """Run in a Ray worker. ``gpu``: the task holds the GPUs it asked for
+    (:func:`task_gpus`), numbered from ``cuda:0`` here whatever index the audit's
+    ``--device`` names (:func:`auditor.replay_dp.replay_device`)."""
     if kind == "exact-dp":  # one process group for all the task's segments
         from .replay_dp import replay_segments
 
-        return [r.to_json() for r in replay_segments(jobs, world)]
+        return [r.to_json() for r in replay_segments(jobs, world, assigned=gpu)]
+    if gpu:
+        from dataclasses import replace
+
+        from .replay_dp import rank_devices
+
+        jobs = [replace(j, device=str(rank_devices(j.device, 1, assigned=True)[0]))
+                for j in jobs]
     if kind == "split":
         from .replay_dp import replay_split
 
@@ -57,6 +70,13 @@ def _task(kind: str, jobs: list[SegmentJob], world: int) -> list[dict[str, Any]]
     from .replay import replay_segment
 
     return [replay_segment(job).to_json() for job in jobs]
+
+
+def task_gpus(kind: str, world: int, gpu: bool) -> int:
+    """The GPUs a task asks for: one per process it replays with (an exact
+    data-parallel replay runs the committed world's ranks; the others one process), none
+    for a CPU audit."""
+    return (world if kind == "exact-dp" else 1) if gpu else 0
 
 
 def task_cpus(jobs: list[SegmentJob], processes: int, cluster: float) -> int:
@@ -80,14 +100,15 @@ def ray_map(jobs: list[SegmentJob], address: str, *, world: int = 1, exact: bool
     kind = "exact-dp" if world > 1 and exact else "split" if world > 1 else "single"
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call, unused-ignore]
     cpus = task_cpus(jobs, world if kind == "exact-dp" else 1, resources.get("CPU", 1))
-    task = ray.remote(_task).options(num_cpus=cpus, num_gpus=world if gpu else 0,
+    task = ray.remote(_task).options(num_cpus=cpus, num_gpus=task_gpus(kind, world, gpu),
                                      max_retries=0)
     # one segment per task; an exact data-parallel replay spawns its world's processes
     # once per task, so its segments go in as many tasks as the cluster runs at once
     slots = max(1, int(resources.get("CPU", 1)) // cpus)
     size = 1 if kind != "exact-dp" else -(-len(jobs) // slots)
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-    refs = [task.remote(kind, chunk, world) for chunk in chunks]
+    # ``gpu`` only when set: a CPU audit's tasks call _task as workers of older potd expect
+    refs = [task.remote(kind, chunk, world, *([gpu] if gpu else [])) for chunk in chunks]
     out = []
     for chunk, ref in zip(chunks, refs, strict=True):
         try:

@@ -246,6 +246,8 @@ def resume(spool: str, timeout: float, retrain: bool, key: str | None,
     With --train, also continue training: the run restarts from its last spooled
     checkpoint, re-derives the statements after it (which must equal the spooled ones,
     byte for byte) and trains on to the end, bit-identically to an uninterrupted run.
+    A data-parallel run started under torchrun resumes under torchrun, every rank running
+    this command (`torchrun --nproc-per-node N -m ledger prover resume --train ...`).
     """
     from ledger.client import LogClient
     from ledger.errors import UsageError
@@ -254,16 +256,19 @@ def resume(spool: str, timeout: float, retrain: bool, key: str | None,
     if retrain:
         if key is None:
             raise UsageError("--train needs --key (the run's private key)")
-        from prover.resume import resume_session
+        from prover.resume import launched, resume_session
 
         bc = None
         if beacon_url:
             from ledger.beacon_client import BeaconClient, load_chain
 
             bc = BeaconClient(beacon_url, load_chain(beacon_chain) if beacon_chain else None)
-        sess = resume_session(spool, read_signer(key), beacon=bc,
-                              **_time_policy(witness, quorum, policy, None),
-                              beacon_lead=beacon_lead, data_dir=data_dir, nproc=nproc)
+        how = dict(beacon=bc, **_time_policy(witness, quorum, policy, None),
+                   beacon_lead=beacon_lead, data_dir=data_dir)
+        if launched():  # one rank of several under torchrun: every rank runs this
+            _resume_rank(spool, read_signer(key), nproc, timeout, how)
+            return
+        sess = resume_session(spool, read_signer(key), nproc=nproc, **how)
         procs: list[Any] = getattr(sess, "local_ranks", [])
         ranks = f" with {len(procs) + 1} processes" if procs else ""
         click.echo(f"run {sess.run_id}: resuming at step {sess.start_step} of "
@@ -299,6 +304,45 @@ def resume(spool: str, timeout: float, retrain: bool, key: str | None,
     total, acked = sp.counts()
     click.echo(f"run {meta['run']}: {acked - before[1]} statements submitted now, "
                f"{acked}/{total} acknowledged")
+
+
+def _resume_rank(spool: str, trainer: Any, nproc: int | None, timeout: float,
+                 how: dict[str, Any]) -> None:
+    """``resume --train`` on one rank under a launcher (torchrun): rank 0 resumes and
+    closes the run and reports; the other ranks train their shards silently."""
+    import os
+
+    import torch.distributed as dist
+
+    from ledger.errors import UsageError
+    from prover.distributed import DataParallelWorker
+    from prover.resume import resume_data_parallel
+
+    if nproc is not None and str(nproc) != os.environ["WORLD_SIZE"]:
+        raise UsageError(f"--nproc {nproc}, but the launcher started "
+                         f"{os.environ['WORLD_SIZE'][:20]} processes",
+                         hint="under torchrun, leave out --nproc")
+    sess = resume_data_parallel(spool, trainer, **how)
+    try:
+        if isinstance(sess, DataParallelWorker):
+            for batch in sess.batches():
+                sess.train_step(batch)
+            return
+        click.echo(f"run {sess.run_id}: resuming at step {sess.start_step} of "
+                   f"{len(sess.plan)} with {dist.get_world_size()} processes (launched)")
+        try:
+            for batch in sess.batches():
+                sess.train_step(batch)
+        except BaseException as e:  # the run stays open: say how to go on
+            sess.__exit__(type(e), e, e.__traceback__)
+            raise
+        sess.close(timeout)
+        click.echo(f"run {sess.run_id}: closed after {len(sess.plan)} steps, "
+                   f"{len(sess.receipts)} statements, every inclusion proof verified; "
+                   f"final weights {sess.final_weights}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @prover.command()

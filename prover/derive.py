@@ -52,13 +52,15 @@ def seed_commitment(s_rand: bytes) -> str:
     return hashlib.sha256(SEED_DOMAIN + s_rand).hexdigest()
 
 
-def beacon_from_checkpoint(note_text: str | bytes, log_key: Verifier, expect_size: int) -> bytes:
+def beacon_from_checkpoint(note_text: str | bytes, log_key: Verifier, expect_size: int, *,
+                           origin: str | None = None) -> bytes:
     """Verify the beacon checkpoint and return ``SHA-256(log signature)``.
 
-    The checkpoint must be signed by ``log_key``, have exactly ``expect_size`` entries and
-    no extension lines (so exactly one such checkpoint exists).
+    The checkpoint must be signed by ``log_key``, be of the log's origin (``origin``, by
+    default the key's name: :func:`ledger.note.open_checkpoint`), have exactly
+    ``expect_size`` entries and no extension lines (so exactly one such checkpoint exists).
     """
-    cp: SignedCheckpoint = open_checkpoint(note_text, log_key)
+    cp: SignedCheckpoint = open_checkpoint(note_text, log_key, origin=origin)
     if cp.size != expect_size:
         raise MalformedError(f"beacon checkpoint has size {cp.size}, expected {expect_size} "
                              "(index of run.open + 1)")

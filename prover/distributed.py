@@ -10,7 +10,11 @@ Usage under ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``/``MAST
 
 ``potd prover train --nproc N`` does the same with ``N`` local processes (gloo on CPU;
 NCCL with ``--device cuda[:i]``, rank ``r`` on ``cuda:i+r``), and ``potd prover resume
---train`` continues such a run with the same number of processes.
+--train`` continues such a run with the same number of processes (a run trained under
+``torchrun``: every rank runs it under ``torchrun`` again,
+:func:`prover.resume.resume_data_parallel`). A session that joined the launcher's
+process group leaves it when the run ends; a rank ``torchrun`` started stops when
+``torchrun`` dies (:mod:`prover.launch`).
 
 Rank 0 is a :class:`DataParallelSession`: the single-process :class:`TrainingSession`
 (it alone logs ``run.open``, derives the seed, builds, signs and submits the statements
@@ -158,6 +162,16 @@ _weighted_allreduce.__annotations__ = {"state": _Share, "bucket": dist.GradBucke
 class _Ranks:
     """What every rank does the same way: wrap the model, shard, train, agree."""
 
+    # the process group was joined for this rank by data_parallel_session (or a resume
+    # under a launcher): it is left when the run ends, as torch asks of every process
+    # before exit (an exiting process whose gloo group is left up may abort with
+    # "terminate called without an active exception", pytorch/pytorch#190489)
+    owns_group = False
+
+    def _leave_group(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
     recipe: Recipe
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -255,6 +269,27 @@ class DataParallelSession(_Ranks, TrainingSession):
         self.device = rank_device(self.device, 0, local_rank(), _cuda_count(self.device))
         self._seed_sent = False
 
+    def __enter__(self) -> DataParallelSession:
+        """Open the run, unless :meth:`resume` started it already
+        (:func:`prover.resume.resume_data_parallel`)."""
+        if not self._seed_sent:
+            self.open()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            self._leave_group()
+
+    def close(self, timeout: float | None = 600) -> None:
+        """:meth:`TrainingSession.close`, then leave the process group if this rank
+        joined it for the run (:attr:`owns_group`)."""
+        try:
+            super().close(timeout)
+        finally:
+            self._leave_group()
+
     def open(self) -> None:
         try:
             super().open()
@@ -351,11 +386,12 @@ class DataParallelWorker(_Ranks):
         self.start_step = 0
 
     def __enter__(self) -> DataParallelWorker:
-        self.open()
+        if not hasattr(self, "seed"):  # not started yet (a resume starts it)
+            self.open()
         return self
 
     def __exit__(self, *_: object) -> None:
-        pass
+        self._leave_group()
 
     def open(self) -> None:
         """Load the data (while rank 0 opens the run), wait for rank 0's start message,
@@ -418,7 +454,7 @@ class DataParallelWorker(_Ranks):
         return loss
 
     def close(self) -> None:
-        pass
+        self._leave_group()
 
 
 def committed_world(open_body: Any) -> int:
@@ -529,16 +565,14 @@ def data_parallel_session(recipe: Recipe, client: LogClient, trainer: Signer,
     unless it is initialized already: gloo, or NCCL for ``device="cuda"`` (each rank on
     ``cuda:LOCAL_RANK``)."""
     from prover.device import parse_device
+    from prover.launch import join_from_environment
 
     base = parse_device(kw.get("device"))
-    if not dist.is_initialized():
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise UsageError("no process group: RANK and WORLD_SIZE are not set",
-                             hint="launch with torchrun, or call init_process_group first")
-        dev = rank_device(base, int(os.environ["RANK"]), local_rank(), _cuda_count(base))
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend_for(dev), timeout=TIMEOUT)
+    joined = join_from_environment(base)
+    run: DataParallelSession | DataParallelWorker
     if dist.get_rank() == 0:
-        return DataParallelSession(recipe, client, trainer, evidence_dir, spool_path, **kw)
-    return DataParallelWorker(recipe, kw.get("weights_hash", "blake3"), base)
+        run = DataParallelSession(recipe, client, trainer, evidence_dir, spool_path, **kw)
+    else:
+        run = DataParallelWorker(recipe, kw.get("weights_hash", "blake3"), base)
+    run.owns_group = joined  # left when the run ends
+    return run

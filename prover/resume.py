@@ -12,8 +12,12 @@ both commands here take it again.
   continues the run from its last spooled checkpoint with the same seed and order. A
   data-parallel run (``run.open`` commits its world size, the spool's meta repeats it)
   resumes with as many ranks (:class:`~prover.distributed.DataParallelSession`): local
-  processes spawned here, or the caller's process group (torchrun) when one is
-  initialized; every rank restores the same checkpoint.
+  processes spawned here, or the caller's process group when one is initialized; every
+  rank restores the same checkpoint.
+* :func:`resume_data_parallel` is each rank's part of that resume under a launcher
+  (torchrun; ``potd prover resume --train`` calls it when ``RANK`` and ``WORLD_SIZE``
+  are set): rank 0 resumes the run as above, the other ranks read the spooled recipe
+  settings (read-only) and restore the checkpoint rank 0 names.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from prover.derive import seed_commitment
 from prover.spool import Spool, Submitter
 
 if TYPE_CHECKING:
+    from prover.distributed import DataParallelWorker
     from prover.session import TrainingSession
 
-__all__ = ["SpooledRun", "abort_run", "load_run", "resume_session"]
+__all__ = ["SpooledRun", "abort_run", "load_run", "resume_data_parallel", "resume_session"]
 
 MAX_REASON = 1000
 
@@ -224,3 +229,76 @@ def _resumed(session: type[TrainingSession], run: SpooledRun, recipe: Any,
     sess.resume(run.opened, [(st, st.raw) for st in run.steps], bytes.fromhex(m["beacon"]),
                 json.loads(m["step0"]))
     return sess
+
+
+def launched() -> bool:
+    """A launcher (torchrun) started this process as one rank of several."""
+    import os
+
+    return "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def resume_data_parallel(spool_path: str | Path, trainer: Signer, **kw: Any
+                         ) -> TrainingSession | DataParallelWorker:
+    """This rank's part of resuming the data-parallel run in ``spool_path`` under a
+    launcher: every rank calls it with the same arguments, as
+    :func:`prover.distributed.data_parallel_session` on every rank started the run, and
+    gets its part ready to train (``for b in run.batches(): run.train_step(b)``, then
+    ``run.close()``). It checks the launcher's world size against the spooled one (on
+    every rank, before any joins), joins the process group from the environment on the
+    device the run trained on, then rank 0 resumes the run (:func:`resume_session`,
+    ``kw`` as there) and the other ranks build the spooled recipe and restore the
+    checkpoint rank 0 names (from its evidence directory, which they must see at the
+    same path). ``trainer`` is used by rank 0 only."""
+    import os
+
+    import torch.distributed as dist
+
+    from prover.distributed import DataParallelWorker
+    from prover.launch import join_from_environment
+    from prover.recipes import get_recipe
+
+    if not launched():
+        raise UsageError("not started by a launcher: RANK and WORLD_SIZE (> 1) are not set",
+                         hint="run it under torchrun, or use resume_session (which starts "
+                              "the ranks itself)")
+    m = _read_meta(spool_path)
+    world = os.environ["WORLD_SIZE"]
+    if m.get("world_size", "1") != world:
+        raise UsageError(f"the launcher started {world[:20]} processes; run "
+                         f"{m['run'][:16]}... was trained by {m.get('world_size', '1')[:20]}",
+                         hint=f"launch {m.get('world_size', '1')[:20]} processes "
+                              "(torchrun --nproc-per-node)")
+    from prover.device import parse_device
+
+    device = m.get("device") or None
+    joined = join_from_environment(parse_device(device))
+    if dist.get_rank() == 0:
+        sess = resume_session(spool_path, trainer, nproc=int(world), **kw)
+        sess.owns_group = joined  # type: ignore[attr-defined]  # left when the run ends
+        return sess
+    data_dir = kw.get("data_dir") or m.get("data_dir") or None
+    try:
+        recipe = get_recipe(m["recipe"], data_dir=data_dir, **json.loads(m["config"]))
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"{spool_path} does not record the run's recipe settings ({e})",
+                         hint="abort the run with `potd prover abort`") from None
+    w = DataParallelWorker(recipe, m["weights_hash"], device)
+    w.owns_group = joined
+    w.open()
+    return w
+
+
+def _read_meta(spool_path: str | Path) -> dict[str, str]:
+    """The spool's meta table, read without writing (rank 0 holds the spool open)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{Path(spool_path).resolve()}?mode=ro", uri=True,
+                             timeout=30) as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.Error as e:
+        raise UsageError(f"cannot read the spool {spool_path}: {e}") from None
+    if "run" not in meta or "weights_hash" not in meta:
+        raise UsageError(f"{spool_path} is not a potd spool with a run in it")
+    return dict(meta)
