@@ -417,12 +417,25 @@ def step_sample(seed: bytes, ends: list[int], steps: int, r: int
     return drawn, sorted(picks), uncovered
 
 
-def pool_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> list[Any]:
+def pool_map(fn: Callable[[Any], Any], jobs: list[Any], workers: int,
+             lost: Callable[[Any, str], Any] | None = None) -> list[Any]:
+    """``map(fn, jobs)`` on ``workers`` spawned processes (in this one for one worker or
+    job). A worker that dies (killed, out of memory) gives ``lost(job, why)`` for each
+    job it took down, when ``lost`` is given; the others still run."""
     if workers <= 1 or len(jobs) <= 1:
         return list(map(fn, jobs))  # no comprehension frame under the replay's steps
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        return list(ex.map(fn, jobs))
+        futures = [ex.submit(fn, job) for job in jobs]
+        out = []
+        for job, fut in zip(jobs, futures, strict=True):
+            try:
+                out.append(fut.result())
+            except concurrent.futures.process.BrokenProcessPool as e:
+                if lost is None:
+                    raise
+                out.append(lost(job, f"a replay worker process died: {e}"))
+        return out
 
 
 __all__ = ["Audit", "AuditOptions", "LogSnapshot", "RunView", "Statement", "open_checkpoint"]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ledger.errors import PotdError
 from prover.datasets import Datasets, as_datasets, call_data
 from prover.derive import batch_indexes
 from prover.device import to_device
@@ -78,9 +79,29 @@ class SegmentResult:
     steps_checked: int = 0
     optimizer_distance: float | None = None  # tolerance mode: optimizer state's distance
     detail: list[str] = field(default_factory=list)
+    # the replay could not be carried out (the evidence server unreachable or stalled, a
+    # replay worker lost): ``error`` says why; not evidence of a false claim
+    unavailable: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def not_replayed(job: SegmentJob, why: str) -> SegmentResult:
+    """The result of a segment whose replay could not be carried out (``unavailable``)."""
+    return SegmentResult(job.start, job.end, False, None, None, None, 0.0, error=why,
+                         unavailable=True)
+
+
+def failed_result(job: SegmentJob, e: PotdError, t0: float) -> SegmentResult:
+    """The result of a replay stopped by ``e``: unavailable when a peer could not be
+    asked (nothing was learnt; the evidence source wraps that as the context of its
+    error), else a failure the evidence caused."""
+    from .audit import unreachable
+
+    return SegmentResult(job.start, job.end, False, None, None, None,
+                         time.perf_counter() - t0, error=e.message,
+                         unavailable=unreachable(e) or unreachable(e.__context__))
 
 
 def _flat(sd: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -290,7 +311,7 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
     — but torch then runs a second OpenMP thread team, and on 2 cores the calling
     thread's later training steps were measured 25 % to 3x slower.)
     """
-    from ledger.errors import PotdError, UsageError
+    from ledger.errors import UsageError
 
     t0 = time.perf_counter()
     if job.threads:
@@ -374,8 +395,7 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                              time.perf_counter() - t0, steps_checked=checked,
                              error=end_error, optimizer_distance=opt_distance)
     except PotdError as e:
-        return SegmentResult(job.start, job.end, False, None, None, None,
-                             time.perf_counter() - t0, error=e.message)
+        return failed_result(job, e, t0)
     except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
         # the audit checks every object's layout first; this is the backstop for a
         # committed state the recipe's model or optimizer cannot take

@@ -43,7 +43,7 @@ from .chain import (
 )
 from .logview import LogSnapshot
 from .model import checkpoints_check, model_check
-from .replay import SegmentJob, SegmentResult, memorization, replay_segment
+from .replay import SegmentJob, SegmentResult, memorization, not_replayed, replay_segment
 from .runs import RunView
 
 if TYPE_CHECKING:
@@ -53,6 +53,15 @@ if TYPE_CHECKING:
 # honest runs of digits-mlp give combined z of about 3 to 6 over 8 segments).
 MEMORIZATION_THRESHOLD = 1.0
 
+
+
+def _evidence_status(e: EvidenceError) -> str:
+    """"inconclusive" for evidence that could not be fetched (the server not answering:
+    the transport error is the context the evidence source wraps), else "fail"
+    (missing, altered or misshapen evidence is evidence against the trainer)."""
+    from .audit import unreachable
+
+    return "inconclusive" if unreachable(e.__context__) else "fail"
 
 class ReplayCheck:
     def __init__(self, audit: Audit, view: RunView, snap: LogSnapshot, o: Statement,
@@ -481,13 +490,9 @@ class ReplayCheck:
     def _evidence_error(self, e: EvidenceError) -> None:
         """An object the log names could not be had: missing, altered or misshapen is
         evidence (fail); the evidence server not answering at all is not (inconclusive)."""
-        from .audit import unreachable
-
-        if unreachable(e.__context__):
-            self.a.check("evidence", "inconclusive", f"could not be fetched: {e.message}",
-                         file=e.evidence.get("file"))
-        else:
-            self.a.check("evidence", "fail", e.message, file=e.evidence.get("file"))
+        status = _evidence_status(e)
+        self.a.check("evidence", status, f"could not be fetched: {e.message}"
+                     if status == "inconclusive" else e.message, file=e.evidence.get("file"))
 
     def _no_manifest(self, src: EvidenceSource, error: EvidenceError | None = None
                      ) -> str | None:
@@ -608,12 +613,12 @@ class ReplayCheck:
 
             run = partial(replay_split, world=world)
             results = list(map(tick, map(run, jobs) if a.opts.workers <= 1 else
-                               pool_map(run, jobs, a.opts.workers)))
+                               pool_map(run, jobs, a.opts.workers, not_replayed)))
         else:
             # in-process, map() calls replay_segment straight from C: no frame of ours
             # between this one and the replayed steps (see replay_segment's loop)
             results = list(map(tick, map(replay_segment, jobs) if a.opts.workers <= 1 else
-                               pool_map(replay_segment, jobs, a.opts.workers)))
+                               pool_map(replay_segment, jobs, a.opts.workers, not_replayed)))
         replay_s = time.perf_counter() - t0
         tol = None
         undecided: str | None = None  # why a distance cannot be judged (inconclusive)
@@ -627,6 +632,7 @@ class ReplayCheck:
                 if r.error is None and r.distance is not None:
                     r.match = r.distance <= tol if tol is not None else r.distance == 0.0
         bad = [r for r in results if not r.match]
+        failed = [r for r in bad if not r.unavailable]  # evidence of a false claim
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
@@ -651,13 +657,13 @@ class ReplayCheck:
             a.check("replay", "fail", f"step(s) {', '.join(map(str, uncovered[:10]))} drawn "
                     "for replay lie after the last committed checkpoint: no segment covers "
                     "them, they cannot be replayed", uncovered=uncovered[:1000])
-        elif undecided is not None and bad and all(r.error is None for r in bad):
+        elif undecided is not None and failed and all(r.error is None for r in failed):
             a.check("replay", "inconclusive", f"{undecided} ({drew})",
                     segments=[x.to_json() for x in bad],
                     hint="audit in the trainer's environment (exact mode) or give "
                          "--tolerance from a calibration you trust")
-        elif bad:
-            r = bad[0]
+        elif failed:
+            r = failed[0]
             where = (f"weights differ from the committed hash from step {r.first_mismatch_step}"
                      if r.first_mismatch_step is not None else
                      (r.error or f"distance {r.distance:.3g} exceeds tolerance {tol:.3g}"
@@ -673,7 +679,14 @@ class ReplayCheck:
                              "--replay-mode tolerance to judge it against measured noise"}
                     if exact and r.distance is not None else {})
             a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where} ({drew})",
-                    segments=[x.to_json() for x in bad], **hint)
+                    segments=[x.to_json() for x in failed], **hint)
+        elif bad:  # not replayed, for reasons that are not the trainer's
+            r = bad[0]
+            a.check("replay", "inconclusive", f"{len(bad)} segment(s) could not be replayed, "
+                    f"e.g. steps {r.start}..{r.end}: {r.error} ({drew})",
+                    segments=[x.to_json() for x in bad],
+                    hint="nothing was learnt about those segments: retry the audit when "
+                         "the evidence server and the replay workers are up")
         else:
             a.check("replay", "pass", drew + " "
                     + ("bit-exactly (same environment)" if exact else
@@ -736,8 +749,9 @@ class ReplayCheck:
             try:
                 w0 = src.load(str(s0["weights"]), str(s0["weights_hash"]), self.alg)
                 w1 = src.load(str(s1["weights"]), str(s1["weights_hash"]), self.alg)
-            except EvidenceError as e:
-                a.check("memorization", "fail", e.message, file=e.evidence.get("file"))
+            except EvidenceError as e:  # unreachable: inconclusive (see _evidence_error)
+                a.check("memorization", _evidence_status(e), e.message,
+                        file=e.evidence.get("file"))
                 return
             examples: list[int] = []
             for t in range(int(s0["step"]) + 1, int(s1["step"]) + 1):
@@ -747,7 +761,7 @@ class ReplayCheck:
             try:
                 m = memorization(recipe, w0, w1, examples)
             except EvidenceError as e:
-                a.check("memorization", "fail", e.message)
+                a.check("memorization", _evidence_status(e), e.message)
                 return
             m.update(start=int(s0["step"]) + 1, end=int(s1["step"]), flagged=m["z"] < 0.0)
             rows.append(m)

@@ -31,7 +31,7 @@ import torch
 from ledger.errors import MalformedError
 from prover.derive import SHARD_SPLIT, check_world, shard_bounds
 
-from .replay import SegmentJob, SegmentResult
+from .replay import SegmentJob, SegmentResult, failed_result, not_replayed
 
 MAX_WORLD = 64  # ranks one auditor machine spawns for an exact replay
 
@@ -88,9 +88,8 @@ def replay_segments(jobs: list[SegmentJob], world: int, timeout: float = 3600,
             if p.is_alive():
                 p.terminate()
                 p.join()
-    if "error" in got:
-        return [SegmentResult(j.start, j.end, False, None, None, None, 0.0,
-                              error=f"data-parallel replay ({world} processes): {got['error']}")
+    if "error" in got:  # the ranks could not run (replay_shard reports bad evidence)
+        return [not_replayed(j, f"data-parallel replay ({world} processes): {got['error']}")
                 for j in jobs]
     return [SegmentResult(**r) for r in got["results"]]
 
@@ -261,8 +260,7 @@ def replay_shard(job: SegmentJob, rank: int, world: int) -> SegmentResult:
                              time.perf_counter() - t0, steps_checked=checked,
                              error=end_error, optimizer_distance=opt_distance)
     except PotdError as e:
-        return SegmentResult(job.start, job.end, False, None, None, None,
-                             time.perf_counter() - t0, error=e.message)
+        return failed_result(job, e, t0)
 
 
 def split_step(recipe: Any, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -333,5 +331,4 @@ def replay_split(job: SegmentJob, world: int) -> SegmentResult:
         return SegmentResult(job.start, job.end, False, None, distance, None,
                              time.perf_counter() - t0, optimizer_distance=opt_distance)
     except PotdError as e:
-        return SegmentResult(job.start, job.end, False, None, None, None,
-                             time.perf_counter() - t0, error=e.message)
+        return failed_result(job, e, t0)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ledger.errors import UsageError
 
-from .replay import SegmentJob, SegmentResult
+from .replay import SegmentJob, SegmentResult, not_replayed
 
 
 def connect(address: str) -> None:
@@ -93,7 +93,8 @@ def task_cpus(jobs: list[SegmentJob], processes: int, cluster: float) -> int:
 def ray_map(jobs: list[SegmentJob], address: str, *, world: int = 1, exact: bool = True,
             gpu: bool = False) -> list[SegmentResult]:
     """Replay ``jobs`` as Ray tasks; results in job order. A task that fails (a lost
-    worker, an exception) fails its segment with the reason."""
+    worker, an exception: the replay itself reports bad evidence in its result) leaves
+    its segments not replayed (``unavailable``), with the reason."""
     import ray
 
     connect(address)
@@ -113,8 +114,7 @@ def ray_map(jobs: list[SegmentJob], address: str, *, world: int = 1, exact: bool
     for chunk, ref in zip(chunks, refs, strict=True):
         try:
             out += [SegmentResult(**r) for r in ray.get(ref)]
-        except Exception as e:  # noqa: BLE001 — a lost task fails its segments, named
-            out += [SegmentResult(job.start, job.end, False, None, None, None, 0.0,
-                                  error=f"Ray task failed: {type(e).__name__}: "
-                                        f"{str(e)[:200]}") for job in chunk]
+        except Exception as e:  # noqa: BLE001 — a lost task: its segments not replayed
+            out += [not_replayed(job, f"Ray task failed: {type(e).__name__}: "
+                                      f"{str(e)[:200]}") for job in chunk]
     return out

@@ -1,0 +1,93 @@
+"""Honest verdicts when a replay cannot be carried out (brief: fail only on evidence of a
+false claim). An evidence server that stops answering mid-audit, or a replay worker
+that dies, leaves segments *not replayed*: the replay check is inconclusive, never a
+failure of the trainer; evidence that is there but wrong still fails."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from e2e import Env, checks, env  # noqa: F401 (the env fixture)
+
+from auditor.audit import Audit, AuditOptions, pool_map
+
+
+class _Evidence:
+    """A loopback HTTP server over an evidence directory; once ``refuse`` is set it drops
+    every connection asking for an object, without an answer (a server gone away)."""
+
+    def __init__(self, root: Path) -> None:
+        self.refuse = threading.Event()
+        self.dropped = 0
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                rel = self.path.lstrip("/")
+                if outer.refuse.is_set() and rel.startswith("objects/"):
+                    outer.dropped += 1
+                    self.close_connection = True
+                    return
+                p = root / rel
+                if ".." in rel or not p.is_file():
+                    self.send_error(404)
+                    return
+                data = p.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_port}"
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_evidence_server_gone_mid_replay_is_inconclusive(env: Env) -> None:  # noqa: F811
+    s = env.train()
+    ev = _Evidence(env.dir / "ev-run")
+    try:
+        def progress(what: str, done: int, total: int) -> None:
+            if what == "replay" and done == 1:  # after the first segment: server gone
+                ev.refuse.set()
+
+        with env.client(state_dir=str(env.dir / "state"), proofs="tiles") as c:
+            rep = Audit(c, AuditOptions(run=s.run_id, evidence=ev.url, samples=1000),
+                        progress).run()
+    finally:
+        ev.close()
+    assert ev.dropped > 0
+    got = checks(rep)
+    assert got["replay"] == "inconclusive", rep["checks"]
+    assert rep["verdict"] == "inconclusive", [c for c in rep["checks"] if c["status"] == "fail"]
+    segs = rep["replay"]["segments"]
+    assert segs[0]["match"] and not segs[0]["unavailable"]
+    gone = [x for x in segs if x["unavailable"]]
+    assert gone and all("cannot fetch evidence" in x["error"] for x in gone)
+    replay = next(c for c in rep["checks"] if c["name"] == "replay")
+    assert "could not be replayed" in replay["summary"] and "retry" in replay["evidence"]["hint"]
+
+
+def _die_on_one(job: int) -> int:
+    if job == 1:
+        os._exit(3)  # a worker killed mid-replay (out of memory, say)
+    return job * 10
+
+
+def test_a_dead_replay_worker_is_reported_not_raised() -> None:
+    got = pool_map(_die_on_one, [0, 1, 2, 3], 2, lost=lambda job, why: ("lost", job, why))
+    assert got[1][:2] == ("lost", 1) and "died" in got[1][2]
+    # the jobs the broken pool took down with it are lost too, never a traceback
+    assert all(g == j * 10 or (g[0] == "lost" and g[1] == j) for j, g in enumerate(got))
