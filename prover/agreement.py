@@ -23,7 +23,11 @@ Invariants:
   agreement passed, and after a failed agreement it records nothing more.
 * At most one job is in flight (:meth:`submit` waits for the previous one).
 
-Trusts: the other ranks are the trainer's own processes (as :mod:`prover.distributed`).
+Trusts: the other ranks are the trainer's own processes (as :mod:`prover.distributed`);
+the recipe changes parameters only in ``optimizer.step()``, as the single-process
+session's hasher thread assumes (a recipe that changed them in the next forward pass
+would have them hashed part-way: a disagreement if the ranks differ, else a weights hash
+the audit's replay does not reproduce).
 """
 
 from __future__ import annotations
