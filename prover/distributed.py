@@ -82,6 +82,11 @@ __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "ba
            "data_parallel_session", "init_process_group", "rank_device"]
 
 TIMEOUT = datetime.timedelta(minutes=10)
+# rank 0's records reach the commit process in batches of up to this many seconds (a
+# crash loses at most these unspooled steps, which a resume re-trains), and its submitter
+# sends the log what was spooled at most once per SUBMIT_INTERVAL while training runs
+# (close and drain send at once); measured in scripts/bench_ddp.py
+COMMIT_BATCH_SECONDS, SUBMIT_INTERVAL = 0.05, 1.0
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -277,6 +282,10 @@ class DataParallelSession(_Ranks, TrainingSession):
         self._seed_sent = True
         _send([self.seed, json.dumps(start)])
         self._wrap()
+        # the commit process shares the machine with the ranks: fewer, larger spool
+        # transactions and log requests cost it (and the log) less CPU per step
+        committer.batch_seconds, committer.submit_interval = COMMIT_BATCH_SECONDS, \
+            SUBMIT_INTERVAL
         super()._start(committer, seq)
 
     def train_step(self, batch: Batch) -> float:
