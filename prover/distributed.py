@@ -336,12 +336,14 @@ class DataParallelSession(_Ranks, TrainingSession):
                          hint="call train_step(batch) on every rank")
 
     def flush(self) -> None:
-        self._agreement.wait()
+        if hasattr(self, "_agreement"):
+            self._agreement.wait()
         super().flush()
 
     def close(self, timeout: float | None = 600) -> None:
         try:
-            self._agreement.finish()  # the last step's agreement, and its record
+            if hasattr(self, "_agreement"):
+                self._agreement.finish()  # the last step's agreement, and its record
         except BaseException:
             self._shutdown()
             raise
