@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Data-parallel prover overhead: 2 gloo ranks, the prover vs plain DDP, in the same run.
+r"""Data-parallel prover overhead: 2 gloo ranks, the prover vs plain DDP, in the same run.
 
 Alternates ``--rounds`` times, on the same recipe, data and machine:
 
