@@ -32,6 +32,7 @@ the audit's replay does not reproduce).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import queue
 import struct
@@ -174,6 +175,9 @@ class Agreement:
         self._thread: threading.Thread | None = threading.Thread(
             target=self._loop, name="potd-agreement", daemon=True)
         self._thread.start()
+        # a rank that exits without close() (its loop simply ends) still completes the last
+        # step's all-gather, which the other ranks wait for, before torch tears down
+        atexit.register(self._at_exit)
 
     # -- training thread -------------------------------------------------------------
 
@@ -210,8 +214,12 @@ class Agreement:
             self._abandoned = True
         self._stop(join=self._idle.is_set())
 
+    def _at_exit(self) -> None:
+        self.abandon(timeout=60)
+
     def _stop(self, join: bool = True) -> None:
         t, self._thread = self._thread, None
+        atexit.unregister(self._at_exit)
         if t is not None:
             self._q.put(None)
             if join:
