@@ -12,7 +12,8 @@ Channels (the child's stdin and stdout, plus two inherited descriptors):
 * frames ``u32 LE length || u8 type || payload`` from the parent: ``I`` settings and
   the training set's example hashes (once, first); ``S`` a step record; ``F`` flush;
   ``C`` log ``run.close``; ``D`` drain; ``P`` stop submitting; ``X`` exit. Step records
-  are written in batches (every 32 records or 5 ms); requests send the batch first.
+  are written in batches (every 32 records or :attr:`Committer.batch_seconds`, 5 ms);
+  requests send the batch first.
 * answers to requests, ``u32 LE length || JSON``, on the child's stdout.
 * the ring: a shared memory file. A small model's weights after a step are copied into
   it as their ``potd-tensors-v1`` stream (the exact bytes the weights hash is defined
@@ -67,6 +68,7 @@ _TOKEN = struct.Struct("<cQ")
 _CREDIT = struct.Struct("<q")
 _WEIGHTS, _ROOT, _RING, _CKPT, _LAST = 1, 2, 4, 8, 16
 _BATCH_RECORDS, _BATCH_SECONDS = 32, 0.005
+_SUBMIT_INTERVAL = 0.25  # prover.spool.Submitter's default
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
          "from prover.committer import child_main; child_main(int(sys.argv[2]), int(sys.argv[3]))")
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -218,6 +220,11 @@ class Committer:
         self._token = 0
         self.outages = 0
         self.submitter = SubmitterHandle(self)
+        # set before start(): records wait up to this long to be written together (each
+        # write wakes the child, which spools what it got in one transaction), and the
+        # submitter waits this long between requests while statements trickle in
+        self.batch_seconds = _BATCH_SECONDS
+        self.submit_interval = _SUBMIT_INTERVAL
 
     # frames out
     def _write(self, data: bytes | bytearray) -> None:
@@ -239,7 +246,8 @@ class Committer:
               ring_capacity: int) -> None:
         if ring_capacity:
             self.ring.resize(ring_capacity)
-        js = json.dumps({**settings, "ring": ring_capacity}).encode()
+        js = json.dumps({**settings, "ring": ring_capacity,
+                         "submit_interval": self.submit_interval}).encode()
         self._send(b"I" + _LEN.pack(len(js)) + js + b"".join(example_hashes))
 
     def stream_to_ring(self, parts: Parts, size: int) -> tuple[int, int] | None:
@@ -286,7 +294,7 @@ class Committer:
             self._buf += _LEN.pack(len(frame))
             self._buf += frame
             self._count += 1
-            if self._count >= _BATCH_RECORDS or time.monotonic() - self._since > _BATCH_SECONDS:
+            if self._count >= _BATCH_RECORDS or time.monotonic() - self._since > self.batch_seconds:
                 self._write(self._buf)
                 self._buf.clear()
                 self._count = 0
@@ -511,7 +519,8 @@ class _Child:
         url, key = c.pop("url"), c.pop("log_key")
         c["witnesses"] = [Verifier.parse(w) for w in c.get("witnesses", [])]
         client = LogClient(url, key, **c)
-        self.submitter = Submitter(self.spool, client, self.run_id, batch=s["submit_batch"])
+        self.submitter = Submitter(self.spool, client, self.run_id, batch=s["submit_batch"],
+                                   interval=float(s.get("submit_interval", _SUBMIT_INTERVAL)))
         self.submitter.start()
 
     def ring_slice(self, pos: int, n: int) -> memoryview:

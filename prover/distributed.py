@@ -45,7 +45,10 @@ Invariants:
   all-gathered and every rank checks them: weights that differ, or a shard that is not
   this rank's part of the committed batch, raise :class:`DataParallelError` naming the
   ranks, and the step is not committed. Rank 0 commits the weights hash it contributed
-  (the weights are hashed once per rank and step).
+  (the weights are hashed once per rank and step). This agreement runs on a thread
+  while the next step's forward and backward run; the next step's ``optimizer.step()``
+  waits for it, so the error comes at that update (or at ``close``/``flush`` after the
+  last step), before any later step is committed (:mod:`prover.agreement`).
 
 Trusts: the other ranks are the trainer's own processes (the check catches a rank that
 drifts or reads the wrong data, not a trainer who lies: that is the audit's job).
@@ -54,10 +57,8 @@ drifts or reads the wrong data, not a trainer who lies: that is the audit's job)
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ import torch.distributed as dist
 from ledger.client import LogClient
 from ledger.errors import PotdError, UsageError
 from ledger.note import Signer
+from prover.agreement import Agreement, DataParallelError, Job, StepProfile, snapshot, timed
 from prover.datasets import as_datasets, call_data
 from prover.derive import (
     SHARD_SPLIT,
@@ -77,18 +79,18 @@ from prover.derive import (
     schedule,
     shard_bounds,
 )
-from prover.hashing import StateHasher, example_hashes
 from prover.recipes import Recipe, train_step
-from prover.session import Batch, TrainingSession
+from prover.session import Batch, TrainingSession, _optimizer_tensors
 
 __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
            "data_parallel_session", "init_process_group", "rank_device"]
 
 TIMEOUT = datetime.timedelta(minutes=10)
-
-
-class DataParallelError(PotdError):
-    """The ranks of a data-parallel run disagree (weights or data after a step)."""
+# rank 0's records reach the commit process in batches of up to this many seconds (a
+# crash loses at most these unspooled steps, which a resume re-trains), and its submitter
+# sends the log what was spooled at most once per SUBMIT_INTERVAL while training runs
+# (close and drain send at once); measured in scripts/bench_ddp.py
+COMMIT_BATCH_SECONDS, SUBMIT_INTERVAL = 0.05, 1.0
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -178,7 +180,9 @@ class _Ranks:
     seed: bytes
     alg: str
     device: torch.device
-    agreed: str  # the weights hash after the last step, as all ranks contributed it
+    agreed: str  # the weights hash after the last agreed step
+    losses: list[float]  # the global batch's loss of every agreed step
+    profile: StepProfile | None = None  # per-part timings (scripts/bench_ddp.py --profile)
 
     def _wrap(self) -> None:
         from torch.nn.parallel import DistributedDataParallel
@@ -189,7 +193,10 @@ class _Ranks:
         self.ddp = DistributedDataParallel(self.model,
                                            device_ids=[self.device] if cuda else None)
         self.ddp.register_comm_hook(self._share, _weighted_allreduce)
-        self._rank_hasher = StateHasher(self.alg)
+        self._agreement = Agreement(self.alg, self._agreed, self.profile)
+        # step t+1's update waits for step t's agreement (prover.agreement); registered
+        # before the session's own pre-hook, which waits for the hasher thread
+        self.optimizer.register_step_pre_hook(self._wait_agreed)
 
     def shard(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of ``batch`` (attacks override this)."""
@@ -197,61 +204,32 @@ class _Ranks:
         return batch.x[lo:hi], batch.y[lo:hi]
 
     def _dp_step(self, batch: Batch) -> float:
+        """Train this rank's shard of ``batch`` and submit the step's agreement, which
+        runs while the next step's forward and backward do; the shard's loss."""
         x, y = self.shard(batch)
         self._share.weight = len(x) / len(batch.indexes)
         xd, yd = (x, y) if self.device.type == "cpu" else _on(self.device, x, y)
-        loss = train_step(self.recipe, self.ddp, self.optimizer, xd, yd, self.seed, batch.step)
-        return self._agree(batch, x, y, float(loss))
+        loss = float(train_step(self.recipe, self.ddp, self.optimizer, xd, yd, self.seed,
+                                batch.step))
+        with timed(self.profile, "submit"):
+            state = snapshot(self._weights_state(batch.step))
+            self._agreement.submit(Job(batch, state, x, y, loss))
+        return loss
 
-    def _weights_state(self) -> dict[str, torch.Tensor]:
-        """The tensors whose hash this rank contributes (rank 0: the session's cached
-        state dict)."""
+    def _wait_agreed(self, *_: Any) -> None:
+        with timed(self.profile, "wait"):
+            self._agreement.wait()
+
+    def _weights_state(self, step: int) -> dict[str, torch.Tensor]:
+        """The tensors whose hash this rank contributes after ``step`` (rank 0: the
+        session's cached state dict, checked against a fresh one at checkpoints)."""
         return self.model.state_dict(keep_vars=True)
 
-    def _agree(self, batch: Batch, x: torch.Tensor, y: torch.Tensor, loss: float) -> float:
-        """All-gather (weights hash, digest of the fed examples, shard loss) in one
-        collective; raise on disagreement; the global batch's loss (the shard losses
-        weighted by share). The weights hash is kept in ``self.agreed`` (rank 0 commits
-        it: the weights are hashed once per rank and step)."""
-        mine = bytes.fromhex(self._rank_hasher.hash(self._weights_state()))
-        self.agreed = mine.hex()
-        bounds = shard_bounds(len(batch.indexes), self.world)
-        # each rank's fed examples against its shard of the global batch as this rank
-        # loaded it (the tensor framing: any dataset adapter, docs/protocol.md §4.8); the
-        # global batch's example hashes once, this rank's fed digest from them when it fed
-        # its shard's very tensors (the same memory, so the same bytes)
-        ex = example_hashes(batch.x, batch.y)
-        expected = [hashlib.sha256(b"".join(ex[lo:hi])).digest() for lo, hi in bounds]
-        lo, hi = bounds[self.rank]
-        fed = (expected[self.rank] if _same_memory(x, batch.x[lo:hi])
-               and _same_memory(y, batch.y[lo:hi])
-               else hashlib.sha256(b"".join(example_hashes(x, y))).digest())
-        local = torch.frombuffer(bytearray(mine + fed + struct.pack(">d", loss)),
-                                 dtype=torch.uint8).to(self.device)  # NCCL: on the GPU
-        got = [torch.empty_like(local) for _ in range(self.world)]
-        dist.all_gather(got, local)
-        rows = [g.cpu().numpy().tobytes() for g in got]  # NCCL: copied from the GPU
-        wrong_data = [r for r in range(self.world) if rows[r][32:64] != expected[r]]
-        if wrong_data:
-            raise DataParallelError(
-                f"step {batch.step}: rank(s) {', '.join(map(str, wrong_data))} trained on "
-                "examples other than their shard of the committed batch; the step is not "
-                "committed", hint="every rank must load the same data and shard it with "
-                f"{SHARD_SPLIT} (prover.derive.shard_bounds)")
-        differ = [r for r in range(self.world) if rows[r][:32] != rows[0][:32]]
-        if differ:
-            raise DataParallelError(
-                f"step {batch.step}: the weights of rank(s) {', '.join(map(str, differ))} "
-                "differ from rank 0's after the step; the step is not committed",
-                hint="all ranks need the same recipe, torch version and thread count")
-        return sum(float(struct.unpack(">d", row[64:])[0]) * (hi - lo) / len(batch.indexes)
-                   for row, (lo, hi) in zip(rows, bounds, strict=True))
-
-
-def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """``a`` and ``b`` are the same elements of the same memory (hence the same bytes)."""
-    return (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
-            and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
+    def _agreed(self, job: Job, loss: float, weights: str) -> None:
+        """Agreement thread: step ``job.batch.step`` agreed, with the global batch's loss
+        (the shard losses weighted by share) and the weights hash every rank contributed."""
+        self.agreed = weights
+        self.losses.append(loss)
 
 
 class DataParallelSession(_Ranks, TrainingSession):
@@ -279,14 +257,6 @@ class DataParallelSession(_Ranks, TrainingSession):
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             super().__exit__(exc_type, exc, tb)
-        finally:
-            self._leave_group()
-
-    def close(self, timeout: float | None = 600) -> None:
-        """:meth:`TrainingSession.close`, then leave the process group if this rank
-        joined it for the run (:attr:`owns_group`)."""
-        try:
-            super().close(timeout)
         finally:
             self._leave_group()
 
@@ -339,36 +309,84 @@ class DataParallelSession(_Ranks, TrainingSession):
         self._seed_sent = True
         _send([self.seed, json.dumps(start)])
         self._wrap()
+        # the commit process shares the machine with the ranks: fewer, larger spool
+        # transactions and log requests cost it (and the log) less CPU per step
+        committer.batch_seconds, committer.submit_interval = COMMIT_BATCH_SECONDS, \
+            SUBMIT_INTERVAL
         super()._start(committer, seq)
 
     def train_step(self, batch: Batch) -> float:
+        """Train this rank's shard of ``batch``; the step is recorded once the ranks
+        agree on it (on the agreement thread, before the next step's update: see
+        :mod:`prover.agreement`). Returns rank 0's shard loss; the global batch's loss,
+        which the statement commits, is appended to ``losses`` when the step is agreed."""
         loss = self._dp_step(batch)
-        self._record(batch, loss)
-        return loss
-
-    def _weights_state(self) -> dict[str, torch.Tensor]:
-        return self._state()
-
-    def _record(self, batch: Batch, loss: float) -> None:
-        """Commit the step with the weights hash the ranks just agreed on (hashed once:
-        no copy of the weights to the commit process, no second hash). A checkpoint
-        step, which also writes the weights and optimizer state as evidence, goes the
-        single-process way."""
-        last = batch.step == len(self.plan) - 1
-        if (batch.step + 1) % self._k == 0 or last or not self.per_step_weights:
-            super()._record(batch, loss)
-            return
-        if self._hash_error is not None:
-            raise self._hash_error
-        if self._hasher is not None:  # a checkpoint's record still on the hasher thread
-            self._hash_q.join()       # goes first (records reach the committer in order)
-        self.losses.append(loss)
-        assert self._committer is not None
-        self._committer.step(batch.step, batch.epoch, loss, float(self.statement_lr(batch.step)),
-                             weights=self.agreed, ring=None, indexes=batch.indexes,
-                             root=batch.root, last=False)
         if self.progress:
             self.progress(batch.step + 1, len(self.plan))
+        return loss
+
+    def _weights_state(self, step: int) -> dict[str, torch.Tensor]:
+        last = step == len(self.plan) - 1
+        return self._state(check=(step + 1) % self._k == 0 or last)
+
+    def _agreed(self, job: Job, loss: float, weights: str) -> None:
+        """Agreement thread: record the agreed step with the weights hash the ranks
+        agreed on (hashed once: no copy of the weights to the commit process, no second
+        hash). A checkpoint step also writes the weights (the hashed snapshot) and the
+        optimizer state (unchanged until the next update, which waits for this) as
+        evidence, the single-process way."""
+        batch = job.batch
+        self.agreed = weights
+        if self._hash_error is not None:
+            raise self._hash_error
+        self.losses.append(loss)
+        last = batch.step == len(self.plan) - 1
+        lr = float(self.statement_lr(batch.step))
+        if (batch.step + 1) % self._k == 0 or last:
+            opt = _optimizer_tensors(self.optimizer)
+            if self._inline:
+                self._commit_inline(batch, loss, lr, job.state, opt, last)
+            else:
+                with self._cond:
+                    self._pending += 1
+                self._hash_q.put((batch, loss, lr, job.state, opt, last))
+            return
+        if self._hasher is not None:  # a checkpoint's record still on the hasher thread
+            self._hash_q.join()       # goes first (records reach the committer in order)
+        assert self._committer is not None
+        self._committer.step(batch.step, batch.epoch, loss, lr,
+                             weights=weights if self.per_step_weights else None, ring=None,
+                             indexes=batch.indexes, root=batch.root, last=False)
+
+    def record(self, batch: Batch, loss: float) -> None:
+        raise UsageError("a data-parallel session records the steps train_step trains",
+                         hint="call train_step(batch) on every rank")
+
+    def flush(self) -> None:
+        if hasattr(self, "_agreement"):
+            self._agreement.wait()
+        super().flush()
+
+    def close(self, timeout: float | None = 600) -> None:
+        """Wait for the last step's agreement (and its record), :meth:`TrainingSession.close`,
+        then leave the process group if this rank joined it for the run
+        (:attr:`owns_group`)."""
+        try:
+            try:
+                if hasattr(self, "_agreement"):
+                    self._agreement.finish()  # the last step's agreement, and its record
+            except BaseException:
+                self._shutdown()
+                raise
+            super().close(timeout)
+        finally:
+            self._leave_group()
+
+    def _shutdown(self) -> None:
+        agreement = getattr(self, "_agreement", None)
+        if agreement is not None:
+            agreement.abandon()
+        super()._shutdown()
 
 
 class DataParallelWorker(_Ranks):
@@ -390,8 +408,14 @@ class DataParallelWorker(_Ranks):
             self.open()
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self._leave_group()
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self.close()
+            elif hasattr(self, "_agreement"):
+                self._agreement.abandon()
+        finally:
+            self._leave_group()
 
     def open(self) -> None:
         """Load the data (while rank 0 opens the run), wait for rank 0's start message,
@@ -449,12 +473,18 @@ class DataParallelWorker(_Ranks):
             yield Batch(step, epoch, tuple(idx), x, y, None)
 
     def train_step(self, batch: Batch) -> float:
-        loss = self._dp_step(batch)
-        self.losses.append(loss)
-        return loss
+        """Train this rank's shard of ``batch``; its shard loss (the global batch's loss
+        is appended to ``losses`` once the ranks agree on the step)."""
+        return self._dp_step(batch)
 
     def close(self) -> None:
-        self._leave_group()
+        """Wait for the last step's agreement (raising a disagreement), then leave the
+        process group if this rank joined it for the run (:attr:`owns_group`)."""
+        try:
+            if hasattr(self, "_agreement"):
+                self._agreement.finish()
+        finally:
+            self._leave_group()
 
 
 def committed_world(open_body: Any) -> int:

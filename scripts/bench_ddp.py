@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Data-parallel prover overhead: 2 gloo ranks, the prover vs plain DDP, in the same run.
+r"""Data-parallel prover overhead: 2 gloo ranks, the prover vs plain DDP, in the same run.
 
 Alternates ``--rounds`` times, on the same recipe, data and machine:
 
@@ -19,6 +19,14 @@ process, which signs, spools and submits the statements, and the loopback log se
     .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1     # tiny-gpt, 36 steps
     .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1 \
         --set n_embd=128 n_layer=4 n_head=4 block=128               # 0.8M parameters
+
+``--profile`` adds, for rank 0 and rank 1 of the prover runs, each part's wall and CPU
+time per step (medians over the rounds' steps): ``step`` (the whole train_step, on the
+training thread), ``wait`` (the update waiting for the previous step's agreement: the
+agreement's cost on the critical path), ``submit`` (snapshot and hand-off to the
+agreement thread), and on the agreement thread ``hash`` (the weights), ``examples`` (the
+global batch's example hashes and the shard digests), ``gather`` (the all-gather, with the
+wait for the slower rank) and ``record`` (rank 0: the hand-off to the commit process).
 """
 
 from __future__ import annotations
@@ -43,10 +51,12 @@ from ledger.client import LogClient  # noqa: E402
 from ledger.devserver import ServerProcess  # noqa: E402
 from ledger.log import Log  # noqa: E402
 from ledger.note import Signer  # noqa: E402
+from prover.agreement import StepProfile, timed  # noqa: E402
 from prover.datasets import as_datasets, call_data  # noqa: E402
 from prover.derive import permutation, schedule, shard_bounds  # noqa: E402
 from prover.distributed import (  # noqa: E402
     DataParallelSession,
+    DataParallelWorker,
     _Share,
     _weighted_allreduce,
     free_address,
@@ -57,6 +67,42 @@ from prover.distributed import (  # noqa: E402
 from prover.recipes import get_recipe, train_step  # noqa: E402
 
 SEED = bytes(32)
+BENCH_ENV = "POTD_BENCH_DDP"  # BenchWorker's settings (JSON), set before start_local
+
+
+class BenchSession(DataParallelSession):
+    """Rank 0; ``sync``: wait for each step's agreement before returning, as the prover
+    did before the agreement ran beside the next step (``--compare-sync``)."""
+
+    sync = False
+
+    def train_step(self, batch: Any) -> float:
+        loss = super().train_step(batch)
+        if self.sync:
+            self._agreement.wait()
+        return loss
+
+
+class BenchWorker(DataParallelWorker):
+    """Rank 1: ``sync`` as :class:`BenchSession`; with a ``profile`` path it times its
+    parts and writes them there (JSON) when it closes."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.bench = json.loads(os.environ[BENCH_ENV])
+        self.profile = StepProfile() if self.bench["profile"] else None
+
+    def train_step(self, batch: Any) -> float:
+        with timed(self.profile, "step"):
+            loss = super().train_step(batch)
+            if self.bench["sync"]:
+                self._agreement.wait()
+            return loss
+
+    def close(self) -> None:
+        super().close()
+        if self.profile is not None:
+            Path(self.bench["profile"]).write_text(json.dumps(self.profile.parts))
 
 
 def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str, Any],
@@ -107,29 +153,65 @@ def plain(spec: str, config: dict[str, Any], steps: int) -> tuple[list[float], l
     return times
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) the process ``pid`` has used so far (Linux; else 0)."""
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time (user + system) the process ``pid`` (or its thread ``tid``) has used so
+    far (Linux; else 0)."""
+    stat = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by each thread of process ``pid`` (Linux; else empty)."""
+    out = {}
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            out[int(t)] = cpu_seconds(pid, int(t))
+    except OSError:
+        pass
+    return out
+
+
+def by_thread_name(before: dict[int, float], after: dict[int, float], steps: int
+                   ) -> dict[str, float]:
+    """CPU seconds per step of this process's threads between two :func:`thread_cpu`
+    readings, by Python thread name (threads Python did not start: ``native``)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid, c in after.items():
+        name = "main" if tid == os.getpid() else names.get(tid, "native")
+        out[name] = out.get(name, 0.0) + (c - before.get(tid, 0.0)) / steps
+    return out
+
+
 def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any],
-           steps: int, tag: str, server_pid: int
-           ) -> tuple[list[float], list[float], dict[str, float]]:
+           steps: int, tag: str, server_pid: int, profiles: list[StepProfile] | None = None,
+           sync: bool = False) -> tuple[list[float], list[float], dict[str, float]]:
     """Rank 0's step times, and the CPU seconds per step that the commit process and the
-    log server (sharing the machine with the ranks) used during the steps."""
+    log server (sharing the machine with the ranks) used during the steps. ``profiles``:
+    add rank 0's and rank 1's part timings to these two. ``sync``: each step waits for
+    its agreement (see :class:`BenchSession`)."""
     r = get_recipe(spec, **config)
-    procs = start_local(r, 2)
-    s = DataParallelSession(r, LogClient(url, log_key.verifier),
-                            Signer.generate("bench.example/trainer"), d / f"ev-{tag}",
-                            d / f"{tag}.spool")
+    out = d / f"{tag}-rank1.json"
+    os.environ[BENCH_ENV] = json.dumps({"profile": str(out) if profiles is not None else None,
+                                        "sync": sync})
+    procs = start_local(r, 2, worker="bench_ddp:BenchWorker")
+    s = BenchSession(r, LogClient(url, log_key.verifier),
+                     Signer.generate("bench.example/trainer"), d / f"ev-{tag}",
+                     d / f"{tag}.spool")
+    s.sync = sync
+    if profiles is not None:
+        s.profile = profiles[0]
     s.open()
     assert s._committer is not None
     pids = {"commit_process": s._committer.proc.pid, "log_server": server_pid}
     before = {k: cpu_seconds(p) for k, p in pids.items()}
+    threads0 = thread_cpu(os.getpid())
     times, cpus = [], []
     for b in s.batches():
         t0, c0 = time.perf_counter(), time.process_time()
@@ -137,8 +219,15 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     cpu = {k: (cpu_seconds(p) - before[k]) / len(times) for k, p in pids.items()}
+    threads = by_thread_name(threads0, thread_cpu(os.getpid()), len(times))
     s.close()
     stop_local(procs)
+    if profiles is not None:
+        profiles[0].parts.setdefault("step", []).extend(zip(times, cpus, strict=True))
+        for name, c in threads.items():  # CPU only: one value per run
+            profiles[0].parts.setdefault(f"thread {name}", []).append((0.0, c))
+        for part, xs in json.loads(out.read_text()).items():
+            profiles[1].parts.setdefault(part, []).extend(tuple(x) for x in xs)
     return times[:steps], cpus[:steps], cpu
 
 
@@ -152,6 +241,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, help="torch threads per rank, both sides "
                     "(default: torch's default)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print each part's wall and CPU time per step on rank 0 "
+                         "and rank 1 (see above)")
+    ap.add_argument("--compare-sync", action="store_true",
+                    help="each round also runs the prover with every step waiting for its "
+                         "agreement (the agreement on the critical path, as before it ran "
+                         "beside the next step): overhead of both over plain DDP")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     if args.threads:
@@ -161,7 +257,9 @@ def main() -> None:
     config = {**parse_settings(tuple(args.set)), "epochs": args.epochs}
     r = get_recipe(args.recipe, **config)
     steps = len(schedule(len(as_datasets(call_data(r)).train), r.batch_size, r.epochs))
-    rounds = []
+    rounds: list[dict[str, float]] = []
+    all_steps: dict[str, list[float]] = {"plain": [], "prover": [], "sync": []}
+    profiles = [StepProfile(), StepProfile()] if args.profile else None
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
         key = Signer.generate("bench.example/ddp-log")
@@ -172,7 +270,7 @@ def main() -> None:
             for i in range(args.rounds):
                 p, pc = plain(r.spec, config, steps)
                 q, qc, cpu = prover(d, srv.url, key, r.spec, config, steps, f"r{i}",
-                                    srv.proc.pid)
+                                    srv.proc.pid, profiles)
                 rounds.append({"plain_median": statistics.median(p),
                                "prover_median": statistics.median(q),
                                "plain_mean": statistics.mean(p),
@@ -183,6 +281,23 @@ def main() -> None:
                                "log_server_cpu": cpu["log_server"]})
                 rounds[-1]["overhead"] = rounds[-1]["prover_median"] / \
                     rounds[-1]["plain_median"] - 1
+                rounds[-1]["cpu_overhead"] = rounds[-1]["prover_cpu_median"] / \
+                    rounds[-1]["plain_cpu_median"] - 1
+                all_steps["plain"] += p
+                all_steps["prover"] += q
+                sync = ""
+                if args.compare_sync:
+                    w, wc, _ = prover(d, srv.url, key, r.spec, config, steps, f"s{i}",
+                                      srv.proc.pid, sync=True)
+                    all_steps["sync"] += w
+                    rounds[-1].update(sync_median=statistics.median(w),
+                                      sync_cpu_median=statistics.median(wc))
+                    rounds[-1]["sync_overhead"] = rounds[-1]["sync_median"] / \
+                        rounds[-1]["plain_median"] - 1
+                    sync = (f"; agreement waited for at each step "
+                            f"{rounds[-1]['sync_median'] * 1e3:.3f} ms: "
+                            f"{rounds[-1]['sync_overhead']:+.1%}, CPU "
+                            f"{rounds[-1]['sync_cpu_median'] * 1e3:.3f} ms")
                 print(f"round {i}: plain DDP {rounds[-1]['plain_median'] * 1e3:.3f} ms, "
                       f"prover {rounds[-1]['prover_median'] * 1e3:.3f} ms per step (median, "
                       f"rank 0, {steps} steps): {rounds[-1]['overhead']:+.1%}; rank 0's CPU "
@@ -190,7 +305,7 @@ def main() -> None:
                       f"{rounds[-1]['prover_cpu_median'] * 1e3:.3f} ms; CPU per step "
                       f"of the commit process {cpu['commit_process'] * 1e3:.2f} ms, of the "
                       f"log server {cpu['log_server'] * 1e3:.2f} ms; load average "
-                      f"{os.getloadavg()[0]:.1f}", flush=True)
+                      f"{os.getloadavg()[0]:.1f}{sync}", flush=True)
     med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
     out = {"recipe": args.recipe, "steps": steps, "rounds": rounds,
            "overhead_median": round(med["prover_median"] / med["plain_median"] - 1, 3),
@@ -201,9 +316,20 @@ def main() -> None:
            "plain_cpu_ms": round(med["plain_cpu_median"] * 1e3, 3),
            "prover_cpu_ms": round(med["prover_cpu_median"] * 1e3, 3),
            "cpu_overhead": round(med["prover_cpu_median"] / med["plain_cpu_median"] - 1, 3),
+           "cpu_overhead_rounds_median": round(med["cpu_overhead"], 3),
            "commit_process_cpu_ms": round(med["commit_process_cpu"] * 1e3, 3),
            "log_server_cpu_ms": round(med["log_server_cpu"] * 1e3, 3),
-           "threads": torch.get_num_threads(), "set": args.set}
+           "threads": torch.get_num_threads(), "set": args.set,
+           "load_average": os.getloadavg()[0]}
+    pooled = {k: statistics.median(v) for k, v in all_steps.items() if v}
+    out["overhead_all_steps_median"] = round(pooled["prover"] / pooled["plain"] - 1, 3)
+    if args.compare_sync:
+        out["sync_median_ms"] = round(med["sync_median"] * 1e3, 3)
+        out["sync_overhead_median"] = round(med["sync_median"] / med["plain_median"] - 1, 3)
+        out["sync_overhead_all_steps_median"] = round(pooled["sync"] / pooled["plain"] - 1, 3)
+        out["sync_cpu_ms"] = round(med["sync_cpu_median"] * 1e3, 3)
+    if profiles is not None:
+        out["profile"] = {f"rank{i}": p.summary() for i, p in enumerate(profiles)}
     print(f"DDP 2 ranks, {args.recipe} {' '.join(args.set)}: plain DDP "
           f"{out['plain_median_ms']} ms, prover {out['prover_median_ms']} ms per step; "
           f"prover overhead {out['overhead_median']:+.1%} (median step), "
@@ -212,9 +338,27 @@ def main() -> None:
           f"{torch.get_num_threads()} torch threads per rank; rank 0's CPU time per step "
           f"(all its threads, less sensitive to other load than wall time): plain "
           f"{out['plain_cpu_ms']} ms, prover {out['prover_cpu_ms']} ms "
-          f"({out['cpu_overhead']:+.1%}); CPU per step of the commit "
+          f"({out['cpu_overhead']:+.1%}; median of the rounds' ratios "
+          f"{out['cpu_overhead_rounds_median']:+.1%}); CPU per step of the commit "
           f"process {out['commit_process_cpu_ms']} ms, of the log server "
-          f"{out['log_server_cpu_ms']} ms (medians)")
+          f"{out['log_server_cpu_ms']} ms (medians); median of all {len(all_steps['plain'])} "
+          f"steps: {out['overhead_all_steps_median']:+.1%}")
+    if args.compare_sync:
+        print(f"with each step waiting for its agreement: {out['sync_median_ms']} ms per "
+              f"step, {out['sync_overhead_median']:+.1%} (median step), "
+              f"{out['sync_overhead_all_steps_median']:+.1%} (median of all steps); rank 0's "
+              f"CPU {out['sync_cpu_ms']} ms")
+    if profiles is not None:
+        print("per step, medians (means) over the prover rounds' steps, wall / CPU ms:")
+        for rank, parts in out["profile"].items():
+            for part, v in parts.items():
+                if part.startswith("thread "):  # one value per run: CPU per step
+                    print(f"  {rank} {part}: CPU {v['cpu_median_ms']:.3f} ms per step "
+                          f"(median of {v['n']} runs)")
+                    continue
+                print(f"  {rank} {part:9} wall {v['wall_median_ms']:8.3f} "
+                      f"({v['wall_mean_ms']:.3f})  CPU {v['cpu_median_ms']:8.3f} "
+                      f"({v['cpu_mean_ms']:.3f})  n={v['n']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 

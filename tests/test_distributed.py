@@ -39,6 +39,24 @@ def test_shard_vector() -> None:
         check_world(65, 32, 2)  # the last batch of an epoch holds 1 example
 
 
+def test_rows_example_hashes_are_the_example_hashes() -> None:
+    from prover.agreement import rows_example_hashes
+    from prover.hashing import example_hashes
+
+    g = torch.Generator().manual_seed(0)
+    for xs, ys in [(torch.randint(0, 9, (16, 64), generator=g), torch.randint(0, 9, (16, 64))),
+                   (torch.randn(7, 3, 5, generator=g), torch.arange(7)),
+                   (torch.randn(6, 4, generator=g).to(torch.bfloat16),
+                    torch.rand(6, generator=g) > .5),
+                   (torch.randn(8, 6, generator=g)[:, ::2],  # not contiguous
+                    torch.randn(2, 8, generator=g).t()),
+                   (torch.randn(4, 0), torch.zeros(4, 2, dtype=torch.float16)),
+                   (torch.zeros(0, 3), torch.zeros(0))]:
+        assert rows_example_hashes(xs, ys) == example_hashes(xs, ys)
+    with pytest.raises(UsageError, match="3 inputs but 2 labels"):
+        rows_example_hashes(torch.zeros(3, 1), torch.zeros(2))
+
+
 def test_auditor_checks_the_committed_world() -> None:
     from auditor.replay_dp import world_size
 
@@ -74,6 +92,27 @@ class InPlaceShardWorker(DataParallelWorker):
         if batch.step == 3:
             x.add_(1)
         return x, y
+
+
+class DriftingWorker(DataParallelWorker):
+    """Rank 1's weights drift in the update of step ``DRIFT`` (the last step when None)."""
+
+    DRIFT: int | None = 3
+
+    def shard(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.step == 0:
+            self.optimizer.register_step_post_hook(self._drift)
+        self._step = batch.step
+        return super().shard(batch)
+
+    def _drift(self, *_: Any) -> None:
+        if self._step == (len(self.plan) - 1 if self.DRIFT is None else self.DRIFT):
+            with torch.no_grad():
+                next(self.model.parameters()).add_(1e-3)
+
+
+class LastStepDriftingWorker(DriftingWorker):
+    DRIFT = None
 
 
 class HashingSession(DataParallelSession):
@@ -146,6 +185,40 @@ def test_rank_training_another_batch_is_refused_while_training(env: Env) -> None
 
     total, _ = Spool(str(env.dir / "bad.spool")).counts()
     assert total == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker", ["DriftingWorker", "LastStepDriftingWorker"])
+def test_rank_whose_weights_drift_stops_the_run_before_a_later_update_or_commit(
+        env: Env, worker: str) -> None:
+    # the agreement on step t runs beside step t+1's forward and backward: the error
+    # comes at step t+1's update, before it changes a weight, or (after the last step)
+    # at close; step t is not committed, nor anything after it
+    from prover.spool import Spool
+
+    recipe = get_recipe("digits-mlp", epochs=1)
+    procs = start_local(recipe, 2, worker=f"test_distributed:{worker}")
+    s = env.session(worker, cls=HashingSession)
+    s.after = []  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(DataParallelError) as e:
+            s.open()
+            for b in s.batches():
+                s.train_step(b)
+            s.close()
+        drift = len(s.plan) - 1 if worker.startswith("Last") else 3
+        assert e.value.message.startswith(f"step {drift}: the weights of rank(s) 1 differ")
+        after: list[str] = s.after  # type: ignore[attr-defined]
+        assert len(after) == drift + 1  # step drift+1's update never ran
+        assert hash_tensors(s.model.state_dict(), s.alg) == after[-1]
+        s._shutdown()
+    finally:
+        stop_local(procs, timeout=30)
+    assert all(p.exitcode == 1 for p in procs)  # rank 1 saw it too
+    spool = Spool(str(env.dir / f"{worker}.spool"))
+    assert spool.counts()[0] == 1 + drift  # run.open, steps 0..drift-1: no run.close
+    kinds = [json.loads(d)["kind"] for _, d in spool.statements()]
+    assert kinds == ["run.open"] + ["step"] * drift
 
 
 @pytest.mark.slow
