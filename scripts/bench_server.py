@@ -34,12 +34,10 @@ that CPU by write-path stage (scripts/stage_clock.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import (  # noqa: E402
+    cpu_seconds,
+    http_request,
+    load_avg,
+    pct,
+    run_load,
+    start_potd,
+)
 
 from ledger.log import Log  # noqa: E402
 from ledger.merkle import leaf_hash  # noqa: E402
@@ -97,70 +104,15 @@ def make_runs(trainer: Signer, count: int, steps: int, tag0: int) -> list[list[b
 
 # --- the load generator (runs in a child process) ----------------------------------------
 
-async def _client(port: int, requests: list[bytes], deadline: float, lat: list[float],
-                  statuses: dict[int, int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for req in requests:
-            if time.perf_counter() > deadline:
-                break
-            t = time.perf_counter()
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            m = re.search(rb"(?i)content-length: *(\d+)", head)
-            if m:
-                await reader.readexactly(int(m.group(1)))
-            lat.append(time.perf_counter() - t)
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == 503:
-                await asyncio.sleep(0.05)
-    finally:
-        writer.close()
-
-
-def _load(port: int, per_client: list[list[bytes]], limit_s: float, out: Any) -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-
-    async def main() -> dict[str, Any]:
-        lat: list[float] = []
-        statuses: dict[int, int] = {}
-        t0 = time.perf_counter()
-        await asyncio.gather(*[_client(port, reqs, t0 + limit_s, lat, statuses)
-                               for reqs in per_client])
-        return {"seconds": time.perf_counter() - t0, "latencies": lat, "statuses": statuses}
-
-    out.put(asyncio.run(main()))
-
-
-def run_load(port: int, per_client: list[list[bytes]], limit_s: float) -> dict[str, Any]:
-    q: Any = mp.Queue()
-    p = mp.Process(target=_load, args=(port, per_client, limit_s, q))
-    p.start()
-    res: dict[str, Any] = q.get()
-    p.join()
-    return res
-
-
 def post(path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return http_request("POST", path, body)
 
 
 def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    return http_request("GET", path)
 
 
 # --- reporting ----------------------------------------------------------------------------
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
-
 
 def summarize(name: str, res: dict[str, Any], per_request: int = 1) -> dict[str, Any]:
     ok = res["statuses"].get(200, 0)
@@ -190,18 +142,6 @@ def verify_rate(statements: list[bytes]) -> float:
     for raw in statements:
         verify_statement_signature(parse_statement(raw))
     return len(statements) / (time.perf_counter() - t)
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def verify_cpu_us(statements: list[bytes], rounds: int = 3) -> tuple[float, float]:
@@ -266,25 +206,12 @@ def start_server(d: str, extra: list[str], stages: str | None = None
     store.ensure_indexes()
     store.set_signer_allowed(str(trainer.verifier), True)
     store.close()
-    errf = open(os.path.join(d, "server.err"), "w+b")  # noqa: SIM115
-    potd = ([sys.executable, "-c", "from ledger.cli import main; main()"] if stages is None
-            else [sys.executable, str(ROOT / "scripts" / "stage_clock.py"), stages])
-    p = subprocess.Popen([*potd, "ledger",
-                          "serve", "--db", os.path.join(d, "log.db"), "--key",
-                          os.path.join(d, "log.key"), "--port", "0", *extra],
-                         stderr=errf, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        errf.seek(0)
-        m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", errf.read())
-        if m:
-            return p, int(m.group(1)), trainer
-        if p.poll() is not None:
-            break
-        time.sleep(0.05)
-    p.kill()
-    errf.seek(0)
-    raise SystemExit("server did not start:\n" + errf.read().decode(errors="replace"))
+    args = ["ledger", "serve", "--db", os.path.join(d, "log.db"), "--key",
+            os.path.join(d, "log.key"), "--port", "0", *extra]
+    cmd = (None if stages is None else
+           [sys.executable, str(ROOT / "scripts" / "stage_clock.py"), stages, *args])
+    p, url = start_potd(args, Path(d, "server.err"), cmd=cmd)
+    return p, int(url.rsplit(":", 1)[1]), trainer
 
 
 def main() -> None:
@@ -399,7 +326,7 @@ def main() -> None:
     for r in results:
         if "frontend_cpu_us" in r:
             print(f"{r['phase']}: frontend CPU " + cpu_split(
-                r["frontend_cpu_us"] / 1e6, 1, verify_us) + f"; load {_load_avg()}")
+                r["frontend_cpu_us"] / 1e6, 1, verify_us) + f"; load {load_avg()}")
             if stages is not None:
                 print_stages(stages, r)
     if a.json:
@@ -422,10 +349,6 @@ def print_stages(stages: dict[str, float], phase: dict[str, Any]) -> None:
             top += us
         print(f"    {'  ' * name.count('.')}{name.rsplit('.', 1)[-1]:24} {us:7.1f}")
     print(f"    {'outside these (loop, HTTP)':24} {phase['frontend_cpu_us'] - top:7.1f}")
-
-
-def _load_avg() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def health(port: int) -> dict[str, Any]:
