@@ -35,6 +35,7 @@ from ledger.errors import (
     LimitError,
     MalformedError,
     PotdError,
+    PushbackError,
     ResponseTooLarge,
     VerificationError,
 )
@@ -55,6 +56,19 @@ class EvidenceError(VerificationError):
 
     code = "bad_evidence"
     hint = "the evidence does not match what the log committed; do not trust it"
+
+
+_BUSY = (429, 502, 503, 504)  # the server shedding load or its backend away
+
+
+def _http_error(where: str, status: int, rel: str) -> EvidenceError:
+    """The error for an answer other than 200. A busy or unreachable server (429, 502,
+    503, 504) says nothing about the evidence: its error carries a PushbackError as
+    context, as a transport failure does, so the auditor's checks are inconclusive."""
+    e = EvidenceError(f"evidence {where}: HTTP {status}", file=rel)
+    if status in _BUSY:
+        e.__context__ = PushbackError(f"the evidence server answered HTTP {status}")
+    return e
 
 
 def sync_dir(path: Path) -> None:
@@ -219,7 +233,7 @@ class EvidenceSource:
                 raise EvidenceError(f"cannot fetch evidence {where}: {e.message}", file=rel,
                                     hint=e.hint) from None
             if r.status != 200:
-                raise EvidenceError(f"evidence {where}: HTTP {r.status}", file=rel)
+                raise _http_error(where, r.status, rel)
             return r.body
         return _read_regular(Path(self.location) / rel, rel, limit)
 
@@ -262,7 +276,7 @@ class EvidenceSource:
             raise EvidenceError(f"cannot fetch evidence {where}: {e.message}", file=rel,
                                 hint=e.hint) from None
         if r.status != 200:
-            raise EvidenceError(f"evidence {where}: HTTP {r.status}", file=rel)
+            raise _http_error(where, r.status, rel)
 
     def read(self, rel: str, limit: int = 1 << 20) -> bytes:
         """A named file of the evidence directory (e.g. ``challenge.json``, at most

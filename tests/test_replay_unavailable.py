@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e import Env, checks, env  # noqa: F401 (the env fixture)
 
 from auditor.audit import Audit, AuditOptions, pool_map
@@ -18,9 +19,10 @@ from auditor.audit import Audit, AuditOptions, pool_map
 
 class _Evidence:
     """A loopback HTTP server over an evidence directory; once ``refuse`` is set it drops
-    every connection asking for an object, without an answer (a server gone away)."""
+    every connection asking for an object, without an answer (a server gone away), or
+    answers ``status`` (a server shedding load)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, status: int = 0) -> None:
         self.refuse = threading.Event()
         self.dropped = 0
         outer = self
@@ -30,6 +32,8 @@ class _Evidence:
                 rel = self.path.lstrip("/")
                 if outer.refuse.is_set() and rel.startswith("objects/"):
                     outer.dropped += 1
+                    if status:  # a busy server: an error status, no evidence
+                        self.send_error(status)
                     self.close_connection = True
                     return
                 p = root / rel
@@ -55,9 +59,11 @@ class _Evidence:
         self.srv.server_close()
 
 
-def test_evidence_server_gone_mid_replay_is_inconclusive(env: Env) -> None:  # noqa: F811
+@pytest.mark.parametrize("status", [0, 503])
+def test_evidence_server_gone_mid_replay_is_inconclusive(env: Env,  # noqa: F811
+                                                         status: int) -> None:
     s = env.train()
-    ev = _Evidence(env.dir / "ev-run")
+    ev = _Evidence(env.dir / "ev-run", status)
     try:
         def progress(what: str, done: int, total: int) -> None:
             if what == "replay" and done == 1:  # after the first segment: server gone
@@ -75,7 +81,8 @@ def test_evidence_server_gone_mid_replay_is_inconclusive(env: Env) -> None:  # n
     segs = rep["replay"]["segments"]
     assert segs[0]["match"] and not segs[0]["unavailable"]
     gone = [x for x in segs if x["unavailable"]]
-    assert gone and all("cannot fetch evidence" in x["error"] for x in gone)
+    assert gone and all(("HTTP 503" if status else "cannot fetch evidence") in x["error"]
+                        for x in gone)
     replay = next(c for c in rep["checks"] if c["name"] == "replay")
     assert "could not be replayed" in replay["summary"] and "retry" in replay["evidence"]["hint"]
 
