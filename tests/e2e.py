@@ -3,7 +3,9 @@ a real SQLite file, a trainer key, and helpers to train and audit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import http.server
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,3 +99,32 @@ def drive_data_parallel(s: Any, procs: list[Any]) -> None:
     s.close()
     stop_local(procs)
     assert all(p.exitcode == 0 for p in procs)
+
+
+class LoopbackServer:
+    """A loopback HTTP server answering every GET with ``body(handler)`` (a hostile or
+    failing peer's behaviour); it records the paths asked for."""
+
+    def __init__(self, body: Callable[[http.server.BaseHTTPRequestHandler], None]) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                outer.paths.append(self.path)
+                try:
+                    body(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_port}"
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()

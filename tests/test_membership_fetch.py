@@ -13,14 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import Env, make_env
+from e2e import Env, LoopbackServer, make_env
 
 from auditor.membership import membership
 from auditor.membership_index import (
@@ -41,41 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NAME = "ab" * 32  # a hash-list name no body below has
 
 
-class _Server:
-    """A loopback HTTP server answering every GET with ``body(handler)``; it records the
-    paths asked for."""
-
-    def __init__(self, body: Callable[[http.server.BaseHTTPRequestHandler], None]) -> None:
-        self.paths: list[str] = []
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                outer.paths.append(self.path)
-                try:
-                    body(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.srv.server_port}"
-
-    def close(self) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 @pytest.fixture
-def serve() -> Iterator[Callable[..., _Server]]:
-    made: list[_Server] = []
+def serve() -> Iterator[Callable[..., LoopbackServer]]:
+    made: list[LoopbackServer] = []
 
-    def start(body: Callable[[http.server.BaseHTTPRequestHandler], None]) -> _Server:
-        made.append(_Server(body))
+    def start(body: Callable[[http.server.BaseHTTPRequestHandler], None]) -> LoopbackServer:
+        made.append(LoopbackServer(body))
         return made[-1]
 
     yield start
@@ -117,7 +87,7 @@ def _exact(n: int, announce: int | None = None, pause: float = 0.0
 # --- fetching within bounds -------------------------------------------------------------
 
 def test_over_the_cap_is_inconclusive_and_nothing_is_fetched(
-        serve: Callable[..., _Server], tmp_path: Path) -> None:
+        serve: Callable[..., LoopbackServer], tmp_path: Path) -> None:
     """The cheapest attack: commit 2^34 examples and serve an endless list. The committed
     size alone exceeds the cap: inconclusive with a hint naming the option; the server
     is never asked and nothing is allocated or written."""
@@ -132,7 +102,7 @@ def test_over_the_cap_is_inconclusive_and_nothing_is_fetched(
     assert "--cache-dir" in e.value.hint and srv.paths == []
 
 
-def test_longer_truncated_slow_and_inflated_bodies(serve: Callable[..., _Server],
+def test_longer_truncated_slow_and_inflated_bodies(serve: Callable[..., LoopbackServer],
                                                    tmp_path: Path) -> None:
     size = 1000
     want = HEADER_SIZE + 32 * size
@@ -169,7 +139,7 @@ def test_longer_truncated_slow_and_inflated_bodies(serve: Callable[..., _Server]
         fetch(serve(_exact(want)).url, NAME, size, dest)
 
 
-def test_memory_stays_flat_while_a_large_list_streams(serve: Callable[..., _Server],
+def test_memory_stays_flat_while_a_large_list_streams(serve: Callable[..., LoopbackServer],
                                                       tmp_path: Path) -> None:
     """96 MiB through the fetch in a fresh process: its peak RSS grows by a few MiB at
     most (the list goes to disk in blocks, hashed on the way)."""
@@ -337,7 +307,7 @@ def test_open_run_is_answered_without_steps(open_env: Any, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_cli_open_run_over_the_cap_and_cached(open_env: Any, tmp_path: Path,
-                                              serve: Callable[..., _Server]) -> None:
+                                              serve: Callable[..., LoopbackServer]) -> None:
     """The CLI: a hostile open run committing 2^34 examples served endlessly is
     inconclusive (exit 3) with the hint and no request for the list; an honest open
     run's answer names no steps, and a second ask is answered from the cache."""

@@ -9,15 +9,14 @@ import http.server
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
-from e2e import Env, checks, env  # noqa: F401 (the env fixture)
+from e2e import Env, LoopbackServer, checks, env  # noqa: F401 (the env fixture)
 
 from auditor.audit import Audit, AuditOptions, pool_map
 
 
-class _Evidence:
+class _Evidence(LoopbackServer):
     """A loopback HTTP server over an evidence directory; once ``refuse`` is set it drops
     every connection asking for an object, without an answer (a server gone away), or
     answers ``status`` (a server shedding load)."""
@@ -25,38 +24,26 @@ class _Evidence:
     def __init__(self, root: Path, status: int = 0) -> None:
         self.refuse = threading.Event()
         self.dropped = 0
-        outer = self
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                rel = self.path.lstrip("/")
-                if outer.refuse.is_set() and rel.startswith("objects/"):
-                    outer.dropped += 1
-                    if status:  # a busy server: an error status, no evidence
-                        self.send_error(status)
-                    self.close_connection = True
-                    return
-                p = root / rel
-                if ".." in rel or not p.is_file():
-                    self.send_error(404)
-                    return
-                data = p.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        def body(h: http.server.BaseHTTPRequestHandler) -> None:
+            rel = h.path.lstrip("/")
+            if self.refuse.is_set() and rel.startswith("objects/"):
+                self.dropped += 1
+                if status:  # a busy server: an error status, no evidence
+                    h.send_error(status)
+                h.close_connection = True
+                return
+            p = root / rel
+            if ".." in rel or not p.is_file():
+                h.send_error(404)
+                return
+            data = p.read_bytes()
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
 
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.srv.server_port}"
-
-    def close(self) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
+        super().__init__(body)
 
 
 @pytest.mark.parametrize("status", [0, 503])
