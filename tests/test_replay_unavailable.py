@@ -23,10 +23,22 @@ class _Evidence(LoopbackServer):
 
     def __init__(self, root: Path, status: int = 0) -> None:
         self.refuse = threading.Event()
+        self.corrupt = 0  # the next ``corrupt`` objects are served with a byte flipped
         self.dropped = 0
+        self.corrupted: list[str] = []
 
         def body(h: http.server.BaseHTTPRequestHandler) -> None:
             rel = h.path.lstrip("/")
+            if self.corrupt and rel.startswith("objects/") and (root / rel).is_file():
+                self.corrupt -= 1
+                self.corrupted.append(rel)
+                data = bytearray((root / rel).read_bytes())
+                data[len(data) // 2] ^= 1
+                h.send_response(200)
+                h.send_header("Content-Length", str(len(data)))
+                h.end_headers()
+                h.wfile.write(bytes(data))
+                return
             if self.refuse.is_set() and rel.startswith("objects/"):
                 self.dropped += 1
                 if status:  # a busy server: an error status, no evidence
@@ -72,6 +84,38 @@ def test_evidence_server_gone_mid_replay_is_inconclusive(env: Env,  # noqa: F811
                         for x in gone)
     replay = next(c for c in rep["checks"] if c["name"] == "replay")
     assert "could not be replayed" in replay["summary"] and "retry" in replay["evidence"]["hint"]
+
+
+def test_wrong_evidence_fails_even_when_later_segments_are_unavailable(
+        env: Env) -> None:  # noqa: F811
+    """A trainer cannot turn evidence of a false claim into "inconclusive" by making its
+    server drop the rest of the audit: a segment whose evidence is wrong fails the replay,
+    whatever happens to the segments after it."""
+    s = env.train()
+    ev = _Evidence(env.dir / "ev-run")
+    try:
+        def progress(what: str, done: int, total: int) -> None:
+            if what == "replay" and done == 1:  # the next object is wrong, then silence
+                ev.corrupt = 1
+            if what == "replay" and done == 2:
+                ev.refuse.set()
+
+        with env.client(state_dir=str(env.dir / "state"), proofs="tiles") as c:
+            rep = Audit(c, AuditOptions(run=s.run_id, evidence=ev.url, samples=1000),
+                        progress).run()
+    finally:
+        ev.close()
+    assert ev.corrupted and ev.dropped > 0
+    segs = rep["replay"]["segments"]
+    assert segs[0]["match"] and not segs[0]["unavailable"]
+    assert not segs[1]["match"] and not segs[1]["unavailable"], segs[1]
+    assert any(x["unavailable"] for x in segs[2:]), segs
+    assert checks(rep)["replay"] == "fail", rep["checks"]
+    assert rep["verdict"] == "fail"
+    replay = next(c for c in rep["checks"] if c["name"] == "replay")
+    assert f"steps {segs[1]['start']}..{segs[1]['end']}" in replay["summary"]
+    # the check lists the failed segment only, not the ones that were never replayed
+    assert [x["start"] for x in replay["evidence"]["segments"]] == [segs[1]["start"]]
 
 
 def _die_on_one(job: int) -> int:
