@@ -376,9 +376,13 @@ def replay_segment(job: SegmentJob) -> SegmentResult:
                         break
             if first_bad is None:
                 break
-            # the whole segment was replayed (the first pass checks only its end): how far
-            # its end is from the commitment tells drift (tiny) from forgery (large)
-            distance, opt_distance = _end_distances(src, job, model, opt, start_sd, opt_sd)
+            if not per_step:
+                # the first pass replayed the whole segment (it checks only its end): how
+                # far its end is from the commitment tells drift (tiny) from forgery
+                # (large). The second pass stops at the first differing step, so its
+                # state is no segment end to measure.
+                distance, opt_distance = _end_distances(src, job, model, opt, start_sd,
+                                                        opt_sd)
         match = first_bad is None
         end_error = None
         if job.exact and match:  # the segment must end in the committed next state

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -631,8 +631,12 @@ class ReplayCheck:
                 r.tolerance = tol
                 if r.error is None and r.distance is not None:
                     r.match = r.distance <= tol if tol is not None else r.distance == 0.0
+        drift: list[SegmentResult] = []
+        if exact and not same:
+            drift, tol = self._forced_exact_drift(jobs, results, env)
         bad = [r for r in results if not r.match]
-        failed = [r for r in bad if not r.unavailable]  # evidence of a false claim
+        # evidence of a false claim (not: not replayed, or drift exact mode cannot judge)
+        failed = [r for r in bad if not r.unavailable and all(r is not x for x in drift)]
         segs = [r.to_json() for r in results]
         a.report["replay"] = {
             "samples": len(results), "mode": "exact" if exact else "tolerance",
@@ -677,9 +681,25 @@ class ReplayCheck:
             hint = ({"hint": "a distance near float precision points to an environment "
                              "difference the run did not record: re-audit with "
                              "--replay-mode tolerance to judge it against measured noise"}
-                    if exact and r.distance is not None else {})
+                    if exact and r.distance is not None and tol is None else {})
+            if exact and tol is not None:  # forced exact, judged against measured noise
+                where += f", beyond the replay noise measured here (tolerance {tol:.3g})"
             a.check("replay", "fail", f"segment steps {r.start}..{r.end}: {where} ({drew})",
                     segments=[x.to_json() for x in failed], **hint)
+        elif drift:  # --replay-mode exact in another environment: bits differ, no more
+            r = drift[0]
+            within = (f"within the replay noise measured here (tolerance {tol:.3g})"
+                      if tol is not None else
+                      f"which cannot be judged: {a.report.get('calibration', {}).get('reason')}")
+            a.check("replay", "inconclusive",
+                    f"{len(drift)} segment(s) not bit-identical, e.g. steps {r.start}..{r.end} "
+                    f"(from step {r.first_mismatch_step}), but exact mode was asked for in an "
+                    "environment other than the run's, where rounding differs: the replayed "
+                    f"end is at relative distance {r.distance:.3g} from the commitment, "
+                    f"{within} ({drew})", segments=[x.to_json() for x in drift],
+                    hint="replay in the trainer's recorded environment for a bit-exact "
+                         "check, or audit with --replay-mode auto or tolerance, which "
+                         "judges the distance against measured noise")
         elif bad:  # not replayed, for reasons that are not the trainer's
             r = bad[0]
             a.check("replay", "inconclusive", f"{len(bad)} segment(s) could not be replayed, "
@@ -694,6 +714,25 @@ class ReplayCheck:
                        else "bit for bit, though the environment differs"),
                     steps=sum(r.end - r.start + 1 for r in results))
         self._memorization(recipe, segments, cseed, seed)
+
+    def _forced_exact_drift(self, jobs: list[SegmentJob], results: list[SegmentResult],
+                            env: dict[str, Any]
+                            ) -> tuple[list[SegmentResult], float | None]:
+        """``--replay-mode exact`` where the run's recorded environment differs from the
+        auditor's: a bit difference alone is no evidence of a false claim (honest rounding
+        differs between environments). The mismatches with a distance are judged as
+        tolerance mode judges them: beyond the calibrated noise they stay failures; the
+        rest (within it, or all of them when the noise cannot be measured) are returned,
+        with their tolerance set, for an inconclusive check; and the tolerance (None when
+        nothing was calibrated)."""
+        near = [r for r in results
+                if not r.match and r.error is None and r.distance is not None]
+        if not near:
+            return [], None
+        tol, _ = calibrate(self.a, jobs, results, env, self.threads)
+        for r in near:
+            r.tolerance = tol
+        return [r for r in near if tol is None or cast(float, r.distance) <= tol], tol
 
     def _world(self, recipe: Recipe) -> int | None:
         """The run's committed data-parallel world size; None (after a failed check) when

@@ -103,6 +103,51 @@ def test_exact_mismatch_reports_the_distance(env: Env) -> None:
     assert bad and all(x["distance"] is not None and x["distance"] > 1e-4 for x in bad)
 
 
+def _one_thread_run(env: Env, tag: str, cls: Any = None) -> Any:
+    """A run trained on 1 torch thread (recorded in run.open); skips where the auditor's
+    default is 1 too (the environments would not differ)."""
+    default = torch.get_num_threads()
+    if default < 2:
+        pytest.skip("needs 2 or more torch threads for the environments to differ")
+    torch.set_num_threads(1)
+    try:
+        return env.train(tag, **({"cls": cls} if cls else {}))
+    finally:
+        torch.set_num_threads(default)
+
+
+@pytest.mark.slow
+def test_forced_exact_in_another_environment_is_not_called_forgery(env: Env) -> None:
+    """--replay-mode exact where the run's environment differs (1 thread vs the
+    auditor's default): honest rounding drift makes the bits differ. Before, that failed
+    the honest run; and the distance it quoted was measured at the first differing step,
+    not at the segment's end (0.94 instead of ~1e-8). Now the distance is the segment
+    end's, judged against the measured replay noise: within it the replay is
+    inconclusive, never a fail; a forged segment, far beyond it, still fails."""
+    s = _one_thread_run(env, "onethread")
+    rep = env.audit(s.run_id, env.dir / "ev-onethread", samples=3, replay_mode="exact")
+    assert rep["replay"]["mode"] == "exact"
+    c = next(c for c in rep["checks"] if c["name"] == "replay")
+    segs = rep["replay"]["segments"]
+    if all(x["match"] for x in segs):  # bits happened to agree: nothing to judge
+        assert c["status"] == "pass"
+        return
+    assert c["status"] == "inconclusive", c
+    assert rep["verdict"] == "inconclusive", checks(rep)
+    assert "environment other than the run's" in c["summary"] and c["evidence"]["hint"]
+    for x in segs:
+        if not x["match"]:  # the end of the segment, near float precision
+            assert x["distance"] < 1e-5 and x["tolerance"] is not None, x
+    assert rep["calibration"]["replays"][0]["threads"][1] == 1  # the trainer's count
+
+    forged = _one_thread_run(env, "forged1", ForgedCheckpoint)
+    bad = env.audit(forged.run_id, env.dir / "ev-forged1", replay_mode="exact",
+                    state="st-forged")
+    c = next(c for c in bad["checks"] if c["name"] == "replay")
+    assert c["status"] == "fail" and bad["verdict"] == "fail", c
+    assert "beyond the replay noise measured here" in c["summary"]
+
+
 def test_noise_threads_always_differ_from_the_replay() -> None:
     from auditor.calibration import noise_threads
 
