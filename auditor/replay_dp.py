@@ -245,7 +245,9 @@ def replay_shard(job: SegmentJob, rank: int, world: int) -> SegmentResult:
                         break
             if first_bad is None:
                 break
-            distance, opt_distance = _end_distances(src, job, model, opt, start_sd, opt_sd)
+            if not per_step:  # the whole segment (the second pass stops at first_bad)
+                distance, opt_distance = _end_distances(src, job, model, opt, start_sd,
+                                                        opt_sd)
         match = first_bad is None
         end_error = None
         if match:
