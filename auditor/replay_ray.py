@@ -15,11 +15,18 @@ the task's only visible GPUs, so its ranks train on ``cuda:0..`` there whatever 
 ``--device`` names (:func:`auditor.replay_dp.replay_device`).
 
 Ray is the optional extra ``potd[ray]``. Trusts: the Ray cluster the auditor names (its
-workers compute the verdict's replays).
+workers compute the verdict's replays). A worker runs *its own* installed potd, so every
+task answers with :func:`worker_identity` — potd's version, a hash of its code, and the
+library versions replays depend on — and a task whose worker differs from the auditor is
+not used: its segments are *not replayed* (inconclusive), never judged by other code or
+in another environment than the audit's replay mode assumes.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from ledger.errors import UsageError
@@ -47,11 +54,63 @@ def connect(address: str) -> None:
         ray.init(include_dashboard=False, log_to_driver=False)
 
 
+@functools.cache
+def worker_identity() -> dict[str, str | None]:
+    """What a replay's result depends on besides its job: potd's version and a SHA-256
+    over its packages' Python sources (path and bytes, in path order), and the versions
+    of torch, numpy and Python. The same installation gives the same identity wherever
+    it lives."""
+    import platform
+
+    import torch
+
+    from .audit import potd_version
+
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for pkg in ("ledger", "prover", "auditor"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            rel = f.relative_to(root).as_posix().encode()
+            h.update(len(rel).to_bytes(4, "big") + rel + f.read_bytes())
+    try:
+        import numpy
+        numpy_version: str | None = numpy.__version__
+    except ImportError:
+        numpy_version = None
+    return {"potd": potd_version(), "code": h.hexdigest(), "torch": torch.__version__,
+            "numpy": numpy_version, "python": platform.python_version()}
+
+
+def task_results(reply: Any, jobs: list[SegmentJob], mine: dict[str, str | None]
+                 ) -> list[SegmentResult]:
+    """The results of a task that answered ``reply``: used only when its worker's
+    identity is the auditor's (``mine``); otherwise its segments are not replayed,
+    naming what differs (a worker of an older potd answers without an identity)."""
+    theirs = reply.get("identity") if isinstance(reply, dict) else None
+    if isinstance(theirs, dict) and theirs == mine and isinstance(reply.get("results"), list):
+        return [SegmentResult(**r) for r in reply["results"]]
+    if not isinstance(theirs, dict):
+        why = "a potd without worker identities (older than the auditor's)"
+    else:
+        why = ", ".join(f"{k} {str(theirs.get(k))[:16]} (auditor: {str(mine.get(k))[:16]})"
+                        for k in sorted(set(mine) | set(theirs))
+                        if theirs.get(k) != mine.get(k))
+    return [not_replayed(job, f"the Ray worker runs other code or libraries than the "
+                              f"auditor: {why}; install the auditor's potd and libraries "
+                              "on the workers") for job in jobs]
+
+
 def _task(kind: str, jobs: list[SegmentJob], world: int, gpu: bool = False
-          ) -> list[dict[str, Any]]:
-    """Run in a Ray worker. ``gpu``: the task holds the GPUs it asked for
-    (:func:`task_gpus`), numbered from ``cuda:0`` here whatever index the audit's
-    ``--device`` names (:func:`auditor.replay_dp.replay_device`)."""
+          ) -> dict[str, Any]:
+    """Run in a Ray worker: ``{"identity": worker_identity(), "results": [...]}``.
+    ``gpu``: the task holds the GPUs it asked for (:func:`task_gpus`), numbered from
+    ``cuda:0`` here whatever index the audit's ``--device`` names
+    (:func:`auditor.replay_dp.replay_device`)."""
+    return {"identity": worker_identity(), "results": _replays(kind, jobs, world, gpu)}
+
+
+def _replays(kind: str, jobs: list[SegmentJob], world: int, gpu: bool
+             ) -> list[dict[str, Any]]:
     if kind == "exact-dp":  # one process group for all the task's segments
         from .replay_dp import replay_segments
 
@@ -108,12 +167,14 @@ def ray_map(jobs: list[SegmentJob], address: str, *, world: int = 1, exact: bool
     slots = max(1, int(resources.get("CPU", 1)) // cpus)
     size = 1 if kind != "exact-dp" else -(-len(jobs) // slots)
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-    # ``gpu`` only when set: a CPU audit's tasks call _task as workers of older potd expect
+    # ``gpu`` only when set: a CPU audit's tasks call _task as workers of older potd
+    # expect (which then answer without an identity: see task_results)
     refs = [task.remote(kind, chunk, world, *([gpu] if gpu else [])) for chunk in chunks]
+    mine = worker_identity()
     out = []
     for chunk, ref in zip(chunks, refs, strict=True):
         try:
-            out += [SegmentResult(**r) for r in ray.get(ref)]
+            out += task_results(ray.get(ref), chunk, mine)
         except Exception as e:  # noqa: BLE001 — a lost task: its segments not replayed
             out += [not_replayed(job, f"Ray task failed: {type(e).__name__}: "
                                       f"{str(e)[:200]}") for job in chunk]

@@ -47,3 +47,32 @@ def test_ray_audit_equals_local_and_catches_a_forged_segment(env: Env,
     local, on_ray = both(env, forged.run_id, "forged", samples=1000)
     assert checks(local)["replay"] == "fail"
     assert comparable(on_ray) == comparable(local)
+
+
+def test_a_worker_with_other_code_or_libraries_is_not_trusted() -> None:
+    """A Ray worker runs its own installed potd: a task answering with another identity
+    (another potd, other libraries, or an older potd answering without one) leaves its
+    segments not replayed — inconclusive, never judged by that code."""
+    from auditor.replay import SegmentJob
+    from auditor.replay_ray import task_results, worker_identity
+
+    mine = worker_identity()
+    assert len(str(mine["code"])) == 64 and mine["torch"]
+    jobs = [SegmentJob(recipe="digits-mlp", config={}, seed=b"s" * 32, n_examples=10,
+                       algorithm="sha256", evidence="ev", start=s, end=s + 4,
+                       start_weights="w", start_weights_hash="h", start_optimizer=None,
+                       start_optimizer_hash=None, step_hashes=(), step_starts=())
+            for s in (0, 5)]
+    result = {"start": 0, "end": 4, "match": True, "first_mismatch_step": None,
+              "distance": None, "tolerance": None, "seconds": 1.0}
+    ok = task_results({"identity": dict(mine), "results": [result]}, jobs[:1], mine)
+    assert ok[0].match and not ok[0].unavailable
+    for reply, named in [([result], "older"),  # a worker of an older potd: a bare list
+                         ({"identity": {**mine, "code": "0" * 64}, "results": [result]},
+                          "code"),
+                         ({"identity": {**mine, "torch": "2.0.0"}, "results": [result]},
+                          "torch 2.0.0")]:
+        got = task_results(reply, jobs, mine)
+        assert [(r.start, r.match, r.unavailable) for r in got] == [(0, False, True),
+                                                                     (5, False, True)]
+        assert named in str(got[0].error) and "install the auditor's potd" in str(got[0].error)
