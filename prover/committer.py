@@ -562,7 +562,8 @@ class _Child:
         if flags & _CKPT:
             (m,) = _LEN.unpack_from(f, off)
             where = json.loads(f[off + 4:off + 4 + m])
-            entry = self.checkpoint(step, w, where, memoryview(f)[off + 4 + m:])
+            entry = self.checkpoint(step, w, where, memoryview(f)[off + 4 + m:],
+                                    hashed=ring)
             self.checkpoints.append(entry)
             body["checkpoint"] = {k: v for k, v in entry.items() if k != "step"}
         if ring is not None:
@@ -578,10 +579,13 @@ class _Child:
         return body
 
     def checkpoint(self, step: int, weights_hash: str | None, where: Mapping[str, Any],
-                   inline: memoryview) -> dict[str, Any]:
+                   inline: memoryview, hashed: tuple[int, int] | None = None
+                   ) -> dict[str, Any]:
         """Evidence objects (the bytes ``EvidenceStore.put`` writes) and the optimizer
         state's hash, from the two streams wherever the parent put them: ``ring`` [pos,
-        n], ``inline`` [offset, n] after the record, or ``file`` [path, offset, n]."""
+        n], ``inline`` [offset, n] after the record, or ``file`` [path, offset, n].
+        ``hashed``: the ring slice ``weights_hash`` was just computed from (the weights
+        are not hashed again when they are there)."""
         files: dict[str, mmap.mmap] = {}
         streams: dict[str, memoryview] = {}
         try:
@@ -599,7 +603,9 @@ class _Child:
                     streams[group] = memoryview(files[loc[0]])[loc[1]:loc[1] + loc[2]]
                 else:
                     raise MalformedError(f"checkpoint stream location {kind!r}")
-            got = self.stream_hash(streams["weights"])
+            w = where["weights"]
+            same = hashed is not None and w[0] == "ring" and (w[1], w[2]) == tuple(hashed)
+            got = weights_hash if same else self.stream_hash(streams["weights"])
             if got != weights_hash:
                 raise VerificationError(f"step {step}: the checkpoint's weights hash to {got}, "
                                         f"the step committed {weights_hash}",

@@ -80,17 +80,20 @@ from prover.derive import (
     shard_bounds,
 )
 from prover.recipes import Recipe, train_step
-from prover.session import Batch, TrainingSession, _optimizer_tensors
+from prover.session import SMALL_STATE, Batch, TrainingSession, _optimizer_tensors
 
 __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
            "data_parallel_session", "init_process_group", "rank_device"]
 
 TIMEOUT = datetime.timedelta(minutes=10)
-# rank 0's records reach the commit process in batches of up to this many seconds (a
-# crash loses at most these unspooled steps, which a resume re-trains), and its submitter
-# sends the log what was spooled at most once per SUBMIT_INTERVAL while training runs
-# (close and drain send at once); measured in scripts/bench_ddp.py
-COMMIT_BATCH_SECONDS, SUBMIT_INTERVAL = 0.05, 1.0
+# rank 0's records reach the commit process in batches of up to this many seconds (and
+# at most 32 records; a crash loses at most these unspooled steps, which a resume
+# re-trains): one spool transaction, one evidence sync and one wake-up of the commit
+# process per batch. Its submitter sends the log what was spooled at most once per
+# SUBMIT_INTERVAL while training runs (close and drain send at once). The commit process
+# and the log share the machine with the ranks: their CPU per step comes out of the
+# ranks' (measured in scripts/bench_ddp.py)
+COMMIT_BATCH_SECONDS, SUBMIT_INTERVAL = 0.25, 2.0
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -193,7 +196,11 @@ class _Ranks:
         self.ddp = DistributedDataParallel(self.model,
                                            device_ids=[self.device] if cuda else None)
         self.ddp.register_comm_hook(self._share, _weighted_allreduce)
-        self._agreement = Agreement(self.alg, self._agreed, self.profile)
+        # small weights are hashed on the training thread, large ones on the agreement's
+        # thread (the session's threshold for streaming them to the commit process)
+        size = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self._agreement = Agreement(self.alg, self._agreed, self.profile,
+                                    threaded=size >= SMALL_STATE)
         # step t+1's update waits for step t's agreement (prover.agreement); registered
         # before the session's own pre-hook, which waits for the hasher thread
         self.optimizer.register_step_pre_hook(self._wait_agreed)
@@ -212,7 +219,9 @@ class _Ranks:
         loss = float(train_step(self.recipe, self.ddp, self.optimizer, xd, yd, self.seed,
                                 batch.step))
         with timed(self.profile, "submit"):
-            state = snapshot(self._weights_state(batch.step))
+            state = self._weights_state(batch.step)
+            if self._agreement.threaded or self._keeps_state(batch.step):
+                state = snapshot(state)  # read after the next forward pass
             self._agreement.submit(Job(batch, state, x, y, loss))
         return loss
 
@@ -220,10 +229,21 @@ class _Ranks:
         with timed(self.profile, "wait"):
             self._agreement.wait()
 
+    _rank_sd: dict[str, torch.Tensor] | None = None
+
     def _weights_state(self, step: int) -> dict[str, torch.Tensor]:
-        """The tensors whose hash this rank contributes after ``step`` (rank 0: the
-        session's cached state dict, checked against a fresh one at checkpoints)."""
-        return self.model.state_dict(keep_vars=True)
+        """The tensors whose hash this rank contributes after ``step``: the model's state
+        dict, cached and taken afresh every ``k`` steps (rank 0: the session's cache,
+        checked against a fresh one at checkpoints). A parameter replaced without
+        registering it shows within ``k`` steps, as a disagreement if not sooner."""
+        if self._rank_sd is None or (step + 1) % self.recipe.k == 0:
+            self._rank_sd = self.model.state_dict(keep_vars=True)
+        return self._rank_sd
+
+    def _keeps_state(self, step: int) -> bool:
+        """Whether :meth:`_agreed` reads the job's state after the next forward pass
+        (rank 0, at a checkpoint: buffers are copied for it)."""
+        return False
 
     def _agreed(self, job: Job, loss: float, weights: str) -> None:
         """Agreement thread: step ``job.batch.step`` agreed, with the global batch's loss
@@ -328,6 +348,9 @@ class DataParallelSession(_Ranks, TrainingSession):
     def _weights_state(self, step: int) -> dict[str, torch.Tensor]:
         last = step == len(self.plan) - 1
         return self._state(check=(step + 1) % self._k == 0 or last)
+
+    def _keeps_state(self, step: int) -> bool:
+        return (step + 1) % self._k == 0 or step == len(self.plan) - 1
 
     def _agreed(self, job: Job, loss: float, weights: str) -> None:
         """Agreement thread: record the agreed step with the weights hash the ranks
