@@ -11,9 +11,11 @@ Alternates ``--rounds`` times, on the same recipe, data and machine:
   signed, spooled and streamed to the log, evidence every k steps.
 
 Reports rank 0's median and mean step time for each and the overhead (prover / plain - 1),
-medians over the rounds; rank 0's CPU time per step (all its threads: a machine shared
-with other jobs inflates wall time far more than CPU time), and the CPU time per step
-the prover's other processes on the same machine use while the ranks train (its commit
+medians over the rounds; the time to train (wall time from the first step to the end of
+the last: for the prover, the last step's agreement), over all rounds and per round;
+rank 0's CPU time per step (all its threads: a machine shared with other jobs inflates
+wall time far more than CPU time), and the CPU time per step the prover's other
+processes on the same machine use while the ranks train (its commit
 process, which signs, spools and submits the statements, and the loopback log server).
 
     .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1     # tiny-gpt, 36 steps
@@ -122,6 +124,7 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
     times, cpus = [], []
     order: list[int] = []
     current = -1
+    start = time.perf_counter()
     for step, epoch, offset in schedule(len(data), r.batch_size, r.epochs)[:steps]:
         if epoch != current:
             order, current = permutation(SEED, len(data), epoch), epoch
@@ -133,12 +136,14 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
         train_step(r, ddp, opt, x, y, SEED, step)
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
+    total = time.perf_counter() - start
     if rank == 0:
-        out.put((times, cpus))
+        out.put((times, cpus, total))
     dist.destroy_process_group()
 
 
-def plain(spec: str, config: dict[str, Any], steps: int) -> tuple[list[float], list[float]]:
+def plain(spec: str, config: dict[str, Any], steps: int
+          ) -> tuple[list[float], list[float], float]:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     address = free_address()
@@ -147,7 +152,7 @@ def plain(spec: str, config: dict[str, Any], steps: int) -> tuple[list[float], l
              for r in range(2)]
     for p in procs:
         p.start()
-    times: tuple[list[float], list[float]] = q.get(timeout=1800)
+    times: tuple[list[float], list[float], float] = q.get(timeout=1800)
     for p in procs:
         p.join()
     return times
@@ -193,7 +198,9 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
            steps: int, tag: str, server_pid: int, profiles: list[StepProfile] | None = None,
            sync: bool = False) -> tuple[list[float], list[float], dict[str, float]]:
     """Rank 0's step times, and the CPU seconds per step that the commit process and the
-    log server (sharing the machine with the ranks) used during the steps. ``profiles``:
+    log server (sharing the machine with the ranks) used during the steps, and
+    ``cpu["train"]``: the wall seconds from the first step to the last step's agreement
+    (the time to train, the plain run's loop's counterpart). ``profiles``:
     add rank 0's and rank 1's part timings to these two. ``sync``: each step waits for
     its agreement (see :class:`BenchSession`)."""
     r = get_recipe(spec, **config)
@@ -213,12 +220,16 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     threads0 = thread_cpu(os.getpid())
     times, cpus = [], []
+    start = time.perf_counter()
     for b in s.batches():
         t0, c0 = time.perf_counter(), time.process_time()
         s.train_step(b)
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
+    s._agreement.wait()  # the last step agreed (and handed to the commit process)
+    train = time.perf_counter() - start
     cpu = {k: (cpu_seconds(p) - before[k]) / len(times) for k, p in pids.items()}
+    cpu["train"] = train
     threads = by_thread_name(threads0, thread_cpu(os.getpid()), len(times))
     s.close()
     stop_local(procs)
@@ -268,7 +279,7 @@ def main() -> None:
         with ServerProcess(str(d / "l.db"), str(d / "l.key"),
                            extra=["--open-registration"]) as srv:
             for i in range(args.rounds):
-                p, pc = plain(r.spec, config, steps)
+                p, pc, ptrain = plain(r.spec, config, steps)
                 q, qc, cpu = prover(d, srv.url, key, r.spec, config, steps, f"r{i}",
                                     srv.proc.pid, profiles)
                 rounds.append({"plain_median": statistics.median(p),
@@ -278,7 +289,9 @@ def main() -> None:
                                "plain_cpu_median": statistics.median(pc),
                                "prover_cpu_median": statistics.median(qc),
                                "commit_process_cpu": cpu["commit_process"],
-                               "log_server_cpu": cpu["log_server"]})
+                               "log_server_cpu": cpu["log_server"],
+                               "plain_train": ptrain, "prover_train": cpu["train"]})
+                rounds[-1]["train_overhead"] = cpu["train"] / ptrain - 1
                 rounds[-1]["overhead"] = rounds[-1]["prover_median"] / \
                     rounds[-1]["plain_median"] - 1
                 rounds[-1]["cpu_overhead"] = rounds[-1]["prover_cpu_median"] / \
@@ -304,7 +317,9 @@ def main() -> None:
                       f"per step {rounds[-1]['plain_cpu_median'] * 1e3:.3f} / "
                       f"{rounds[-1]['prover_cpu_median'] * 1e3:.3f} ms; CPU per step "
                       f"of the commit process {cpu['commit_process'] * 1e3:.2f} ms, of the "
-                      f"log server {cpu['log_server'] * 1e3:.2f} ms; load average "
+                      f"log server {cpu['log_server'] * 1e3:.2f} ms; time to train "
+                      f"{ptrain:.3f} / {cpu['train']:.3f} s "
+                      f"({rounds[-1]['train_overhead']:+.1%}); load average "
                       f"{os.getloadavg()[0]:.1f}{sync}", flush=True)
     med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
     out = {"recipe": args.recipe, "steps": steps, "rounds": rounds,
@@ -319,6 +334,11 @@ def main() -> None:
            "cpu_overhead_rounds_median": round(med["cpu_overhead"], 3),
            "commit_process_cpu_ms": round(med["commit_process_cpu"] * 1e3, 3),
            "log_server_cpu_ms": round(med["log_server_cpu"] * 1e3, 3),
+           "plain_train_s": round(med["plain_train"], 3),
+           "prover_train_s": round(med["prover_train"], 3),
+           "train_overhead_rounds_median": round(med["train_overhead"], 3),
+           "train_overhead_total": round(sum(x["prover_train"] for x in rounds)
+                                         / sum(x["plain_train"] for x in rounds) - 1, 3),
            "threads": torch.get_num_threads(), "set": args.set,
            "load_average": os.getloadavg()[0]}
     pooled = {k: statistics.median(v) for k, v in all_steps.items() if v}
@@ -342,7 +362,10 @@ def main() -> None:
           f"{out['cpu_overhead_rounds_median']:+.1%}); CPU per step of the commit "
           f"process {out['commit_process_cpu_ms']} ms, of the log server "
           f"{out['log_server_cpu_ms']} ms (medians); median of all {len(all_steps['plain'])} "
-          f"steps: {out['overhead_all_steps_median']:+.1%}")
+          f"steps: {out['overhead_all_steps_median']:+.1%}; time to train ({steps} steps, "
+          f"to the last step's agreement): plain {out['plain_train_s']} s, prover "
+          f"{out['prover_train_s']} s (medians), {out['train_overhead_total']:+.1%} over "
+          f"all rounds, median of the rounds' {out['train_overhead_rounds_median']:+.1%}")
     if args.compare_sync:
         print(f"with each step waiting for its agreement: {out['sync_median_ms']} ms per "
               f"step, {out['sync_overhead_median']:+.1%} (median step), "
