@@ -308,8 +308,11 @@ class Agreement:
                    else shard_digest(job.x, job.y))
         self._row[:] = mine + fed + struct.pack(">d", job.loss)
         with timed(p, "gather" if wait else "launch"):
-            work = dist.all_gather(self._got, self._local, group=self.group,
-                                   async_op=not wait)
+            if wait:
+                dist.all_gather(self._got, self._local, group=self.group)
+                work = None
+            else:  # the group's own call: dist.all_gather's checks cost the loop more
+                work = self.group.allgather([self._got], [self._local])
         return _Gather(job, mine, expected, work)
 
     def _complete(self, g: _Gather, timeout: float | None) -> None:

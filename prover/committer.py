@@ -144,6 +144,19 @@ def _shared_file() -> int:
     return fd
 
 
+def _map_ring(fd: int, capacity: int) -> mmap.mmap:
+    """Map the ring, its pages mapped in up front where the system can (``MAP_POPULATE``):
+    a page touched for the first time costs the writer (the training loop) a fault, about
+    0.6 ms per megabyte copied, until the ring has wrapped once."""
+    flags = getattr(mmap, "MAP_POPULATE", 0)
+    if flags:
+        try:
+            return mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED | flags)
+        except OSError:
+            pass
+    return mmap.mmap(fd, capacity)
+
+
 class Ring:
     """Parent side of the ring: allocates positions, never past what the child consumed."""
 
@@ -154,8 +167,13 @@ class Ring:
         self.mm: mmap.mmap | None = None
 
     def resize(self, capacity: int) -> None:
+        """Size the ring, its memory allocated and mapped now (:func:`_map_ring`)."""
         os.ftruncate(self.fd, capacity)
-        self.mm = mmap.mmap(self.fd, capacity)
+        try:
+            os.posix_fallocate(self.fd, 0, capacity)
+        except (AttributeError, OSError):  # not everywhere; the pages come on first use
+            pass
+        self.mm = _map_ring(self.fd, capacity)
         self.capacity = capacity
 
     def _read_credits(self) -> None:
@@ -512,7 +530,7 @@ class _Child:
         self.step0, self.init_info = s["step0"], s["init"]
         self.evidence = EvidenceStore(s["evidence"])
         if s["ring"]:
-            self.ring = mmap.mmap(self.ring_fd, s["ring"])
+            self.ring = _map_ring(self.ring_fd, s["ring"])
             self.ring_view = memoryview(self.ring)
         self.spool = Spool(s["spool"])
         c = dict(s["client"])

@@ -45,10 +45,11 @@ Invariants:
   all-gathered and every rank checks them: weights that differ, or a shard that is not
   this rank's part of the committed batch, raise :class:`DataParallelError` naming the
   ranks, and the step is not committed. Rank 0 commits the weights hash it contributed
-  (the weights are hashed once per rank and step). This agreement runs on a thread
-  while the next step's forward and backward run; the next step's ``optimizer.step()``
-  waits for it, so the error comes at that update (or at ``close``/``flush`` after the
-  last step), before any later step is committed (:mod:`prover.agreement`).
+  (the weights are hashed once per rank and step). The all-gather runs while the next
+  step's forward and backward do (small weights are hashed on the training thread
+  first, large ones on a thread beside it); the next step's ``optimizer.step()`` waits
+  for it, so the error comes at that update (or at ``close``/``flush`` after the last
+  step), before any later step is committed (:mod:`prover.agreement`).
 
 Trusts: the other ranks are the trainer's own processes (the check catches a rank that
 drifts or reads the wrong data, not a trainer who lies: that is the audit's job).
@@ -246,8 +247,9 @@ class _Ranks:
         return False
 
     def _agreed(self, job: Job, loss: float, weights: str) -> None:
-        """Agreement thread: step ``job.batch.step`` agreed, with the global batch's loss
-        (the shard losses weighted by share) and the weights hash every rank contributed."""
+        """The agreement (training thread, or its own): step ``job.batch.step`` agreed,
+        with the global batch's loss (the shard losses weighted by share) and the
+        weights hash every rank contributed."""
         self.agreed = weights
         self.losses.append(loss)
 
@@ -337,7 +339,7 @@ class DataParallelSession(_Ranks, TrainingSession):
 
     def train_step(self, batch: Batch) -> float:
         """Train this rank's shard of ``batch``; the step is recorded once the ranks
-        agree on it (on the agreement thread, before the next step's update: see
+        agree on it (before the next step's update: see
         :mod:`prover.agreement`). Returns rank 0's shard loss; the global batch's loss,
         which the statement commits, is appended to ``losses`` when the step is agreed."""
         loss = self._dp_step(batch)
@@ -353,7 +355,7 @@ class DataParallelSession(_Ranks, TrainingSession):
         return (step + 1) % self._k == 0 or step == len(self.plan) - 1
 
     def _agreed(self, job: Job, loss: float, weights: str) -> None:
-        """Agreement thread: record the agreed step with the weights hash the ranks
+        """The agreement: record the agreed step with the weights hash the ranks
         agreed on (hashed once: no copy of the weights to the commit process, no second
         hash). A checkpoint step also writes the weights (the hashed snapshot) and the
         optimizer state (unchanged until the next update, which waits for this) as

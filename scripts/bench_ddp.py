@@ -24,11 +24,13 @@ process, which signs, spools and submits the statements, and the loopback log se
 
 ``--profile`` adds, for rank 0 and rank 1 of the prover runs, each part's wall and CPU
 time per step (medians over the rounds' steps): ``step`` (the whole train_step, on the
-training thread), ``wait`` (the update waiting for the previous step's agreement: the
-agreement's cost on the critical path), ``submit`` (snapshot and hand-off to the
-agreement thread), and on the agreement thread ``hash`` (the weights), ``examples`` (the
-global batch's example hashes and the shard digests), ``gather`` (the all-gather, with the
-wait for the slower rank) and ``record`` (rank 0: the hand-off to the commit process).
+training thread), ``submit`` (the step's agreement started: ``hash``, the weights;
+``examples``, the shard digests; ``launch``, starting the all-gather), ``wait`` (the
+next update waiting for it: ``gather``, the all-gather's end, with the wait for the
+slower rank; the check; ``record``, rank 0's hand-off to the commit process); and the
+CPU per step of rank 0's threads by name (``native``: torch's and gloo's own). With
+large weights the agreement runs on a thread (``potd-agreement``) and ``gather`` is
+the whole all-gather there.
 """
 
 from __future__ import annotations
