@@ -1,38 +1,47 @@
 """The ranks' agreement after each step of a data-parallel run (docs/protocol.md §4.8),
-run beside the training loop instead of on its critical path.
+kept off the training loop's critical path.
 
 After step ``t`` every rank hands :meth:`Agreement.submit` a job: its weights after the
-step (the parameters themselves, which change only in ``optimizer.step()``, and copies of
-the buffers, which the next forward pass may change), the examples it fed, the shard of
-the global batch they should be, and its shard loss. A thread hashes the weights and the
-examples, all-gathers (weights hash, fed digest, loss) over a gloo process group of its
-own on the CPU (the training loop's DDP all-reduces use the default group meanwhile; one
-group per thread, so the two threads' collectives never interleave on one group), checks
-every row and hands the agreed step on (rank 0: to the commit process). Meanwhile the
-training loop runs step ``t+1``'s forward and backward.
+step, the examples it fed, the shard of the global batch they should be, and its shard
+loss. Each rank hashes the weights and the examples and all-gathers (weights hash, fed
+digest, loss) over a gloo process group of its own on the CPU (the training loop's DDP
+all-reduces use the default group; a separate group, so the agreement's collectives
+never interleave with DDP's on one group), checks every row and hands the agreed step
+on (rank 0: to the commit process). Meanwhile the training loop runs step ``t+1``'s
+forward and backward. Two ways, by the size of the weights:
 
-Invariants:
+* small weights (the default tiny recipes): :meth:`submit` hashes on the training
+  thread right away (the weights are those after step ``t``; a few hundred microseconds
+  of hashing beat a thread's wake-ups and its contention for the GIL with the training
+  loop) and starts the all-gather without waiting for it; :meth:`wait` completes it,
+  checks the rows and hands the step on;
+* large weights (``threaded``): a thread does all of it (the parameters themselves,
+  which change only in ``optimizer.step()``, and copies of the buffers, which the next
+  forward pass may change), overlapped with the next step's forward and backward.
+
+Invariants (both ways):
 
 * Step ``t+1``'s ``optimizer.step()`` waits for step ``t``'s job (an optimizer step
-  pre-hook, :meth:`wait`), so the weights and optimizer state the thread reads are those
-  after step ``t``, and a divergence at step ``t`` raises :class:`DataParallelError`
+  pre-hook, :meth:`wait`), so the weights and optimizer state read for step ``t`` are
+  those after step ``t``, and a divergence at step ``t`` raises :class:`DataParallelError`
   naming the ranks there — on every rank that sees it, before step ``t+1`` changes a
   weight — or, after the last step, at ``flush``/``close``.
-* A step is handed on only after its rows agreed, and steps are handed on in order from
-  this one thread: rank 0 never records (spools, submits) step ``t`` before step ``t``'s
-  agreement passed, and after a failed agreement it records nothing more.
+* A step is handed on only after its rows agreed, and steps are handed on in order:
+  rank 0 never records (spools, submits) step ``t`` before step ``t``'s agreement
+  passed, and after a failed agreement it records nothing more.
 * At most one job is in flight (:meth:`submit` waits for the previous one).
 
 Trusts: the other ranks are the trainer's own processes (as :mod:`prover.distributed`);
 the recipe changes parameters only in ``optimizer.step()``, as the single-process
 session's hasher thread assumes (a recipe that changed them in the next forward pass
-would have them hashed part-way: a disagreement if the ranks differ, else a weights hash
-the audit's replay does not reproduce).
+would have them hashed part-way on the threaded way: a disagreement if the ranks
+differ, else a weights hash the audit's replay does not reproduce).
 """
 
 from __future__ import annotations
 
 import atexit
+import datetime
 import hashlib
 import queue
 import struct
@@ -48,18 +57,11 @@ import torch.distributed as dist
 
 from ledger.errors import PotdError
 from prover.derive import SHARD_SPLIT, shard_bounds
-from prover.hashing import (
-    EXAMPLE_HEADER,
-    StateHasher,
-    _frame,
-    dtype_name,
-    example_hashes,
-    tensor_bytes,
-)
+from prover.hashing import StateHasher, _frame, dtype_name, tensor_bytes
 from prover.session import Batch
 
-__all__ = ["Agreement", "DataParallelError", "Job", "StepProfile", "rows_example_hashes",
-           "snapshot"]
+__all__ = ["Agreement", "DataParallelError", "Job", "StepProfile", "shard_digest",
+           "shard_digests", "snapshot"]
 
 
 class DataParallelError(PotdError):
@@ -85,25 +87,36 @@ def snapshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in state.items()}
 
 
-def rows_example_hashes(xs: torch.Tensor, ys: torch.Tensor) -> list[bytes]:
-    """:func:`prover.hashing.example_hashes` of stacked rows, the framing built once: every
-    row has the same dtypes and shapes, so the same frames (tests/test_distributed.py
-    checks the two agree)."""
-    n = len(xs)
-    if n != len(ys):
-        return example_hashes(xs, ys)  # its error
-    if n == 0:
-        return []
-    bx, by = tensor_bytes(xs), tensor_bytes(ys)
-    sx, sy = bx.nbytes // n, by.nbytes // n
-    head = hashlib.sha256(EXAMPLE_HEADER + _frame("x", dtype_name(xs), xs.shape[1:], sx))
-    fy = _frame("y", dtype_name(ys), ys.shape[1:], sy)
+SHARD_HEADER = b"potd-shard-digest-v1\n"
+ROW = 32 + 32 + 8  # weights hash, fed digest, loss (f64 BE): what each rank all-gathers
+
+
+def shard_digest(xs: torch.Tensor, ys: torch.Tensor) -> bytes:
+    """SHA-256 of stacked examples as one framed stream: ``SHARD_HEADER``, then for
+    ``x`` and ``y`` the ``potd-tensors-v1`` frame (name, dtype, shape, byte count) and
+    the tensor's raw bytes. Two shards have the same digest exactly when they hold the
+    same examples in the same order, with the same dtypes and shapes (a rank's digest
+    of what it fed against the digest of its shard of the global batch: what the ranks
+    compare after each step, never committed). One pass over contiguous bytes, where
+    hashing every example cost the training loop a Python loop."""
+    return shard_digests(xs, ys, [(0, len(xs))])[0]
+
+
+def shard_digests(xs: torch.Tensor, ys: torch.Tensor, bounds: list[tuple[int, int]]
+                  ) -> list[bytes]:
+    """:func:`shard_digest` of rows ``[lo, hi)`` of ``xs`` and ``ys`` for each bound,
+    from one byte view of each (tests/test_distributed.py checks they agree)."""
     out = []
-    for i in range(n):
-        h = head.copy()
-        h.update(bx[i * sx:(i + 1) * sx])
-        h.update(fy)
-        h.update(by[i * sy:(i + 1) * sy])
+    views = []
+    for t in (xs, ys):
+        raw = tensor_bytes(t)
+        views.append((raw, raw.nbytes // len(t) if len(t) else 0, dtype_name(t),
+                      tuple(t.shape[1:])))
+    for lo, hi in bounds:
+        h = hashlib.sha256(SHARD_HEADER)
+        for name, (raw, row, dtype, rest) in zip("xy", views, strict=True):
+            h.update(_frame(name, dtype, (hi - lo, *rest), (hi - lo) * row))
+            h.update(raw[lo * row:hi * row])
         out.append(h.digest())
     return out
 
@@ -153,28 +166,48 @@ def timed(profile: StepProfile | None, part: str) -> Any:
     return profile.timed(part) if profile is not None else _untimed()
 
 
+@dataclass
+class _Gather:
+    """A job whose rows are being all-gathered (the inline way)."""
+
+    job: Job
+    mine: bytes  # this rank's weights hash
+    expected: list[bytes]  # every rank's shard digest, from this rank's global batch
+    work: Any  # the all-gather in flight (None: done)
+
+
 class Agreement:
-    """One rank's agreement thread (see the module docstring). ``on_agreed(job,
-    global_loss, weights_hash_hex)`` runs on the thread for every agreed step, in order.
-    Create it on every rank at the same point (it creates a process group)."""
+    """One rank's agreement (see the module docstring). ``on_agreed(job, global_loss,
+    weights_hash_hex)`` runs for every agreed step, in order (on the training thread, or
+    on the agreement thread when ``threaded``). Create it on every rank at the same point
+    (it creates a process group)."""
 
     def __init__(self, alg: str, on_agreed: Callable[[Job, float, str], None],
-                 profile: StepProfile | None = None) -> None:
+                 profile: StepProfile | None = None, threaded: bool = True) -> None:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         # gloo on the CPU whatever the training backend: the rows are CPU bytes, and a
         # second NCCL communicator used from another thread can deadlock with DDP's
         self.group: Any = dist.new_group(backend="gloo")
         self.hasher = StateHasher(alg)
-        self.on_agreed, self.profile = on_agreed, profile
+        self.on_agreed, self.profile, self.threaded = on_agreed, profile, threaded
         self.error: BaseException | None = None
         self._q: queue.Queue[Job | None] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
         self._lock = threading.Lock()  # held while a step is handed on
-        self._abandoned = False
-        self._thread: threading.Thread | None = threading.Thread(
-            target=self._loop, name="potd-agreement", daemon=True)
-        self._thread.start()
+        self._abandoned = self._stopped = False
+        self._gather: _Gather | None = None  # the inline way's job in flight
+        # this rank's row (weights hash, fed digest, loss) and every rank's, reused: one
+        # job at a time uses them
+        self._row = bytearray(ROW)
+        self._local = torch.frombuffer(self._row, dtype=torch.uint8)
+        self._got = [torch.empty(ROW, dtype=torch.uint8) for _ in range(self.world)]
+        self._rows = [t.numpy() for t in self._got]
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="potd-agreement",
+                                            daemon=True)
+            self._thread.start()
         # a rank that exits without close() (its loop simply ends) still completes the last
         # step's all-gather, which the other ranks wait for, before torch tears down
         atexit.register(self._at_exit)
@@ -182,17 +215,27 @@ class Agreement:
     # -- training thread -------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        """Agree on ``job`` in the background (after the previous job; raises its error)."""
+        """Agree on ``job`` (after the previous job; raises its error): hash it now and
+        start its all-gather, or hand it to the thread."""
         self.wait()
-        if self._thread is None:
-            raise DataParallelError("the agreement thread has stopped",
+        if self._stopped:
+            raise DataParallelError("the agreement has stopped",
                                     hint="submit steps before finish()")
+        if not self.threaded:
+            self._gather = self._start(job)
+            return
         self._idle.clear()
         self._q.put(job)
 
     def wait(self, timeout: float | None = None) -> None:
         """Until the job in flight is agreed and handed on; raise its error (and every
         later call raises it again: nothing after a failed step is committed)."""
+        g, self._gather = self._gather, None
+        if g is not None and self.error is None:
+            try:
+                self._complete(g, timeout)
+            except BaseException as e:
+                self.error = e
         if not self._idle.wait(timeout):
             raise DataParallelError(f"the ranks' agreement did not finish within {timeout} s",
                                     hint="another rank stopped or hangs; see its error")
@@ -200,7 +243,7 @@ class Agreement:
             raise self.error
 
     def finish(self) -> None:
-        """Wait for the last job (raising its error), then stop the thread."""
+        """Wait for the last job (raising its error), then stop."""
         try:
             self.wait()
         finally:
@@ -209,7 +252,10 @@ class Agreement:
     def abandon(self, timeout: float = 60) -> None:
         """After a failure elsewhere: let a job in flight finish (up to ``timeout`` s; its
         step is still handed on if the ranks agree), then hand on nothing more."""
-        self._idle.wait(timeout)
+        try:
+            self.wait(timeout)
+        except BaseException:  # the failure elsewhere is the one reported
+            pass
         with self._lock:
             self._abandoned = True
         self._stop(join=self._idle.is_set())
@@ -219,6 +265,7 @@ class Agreement:
 
     def _stop(self, join: bool = True) -> None:
         t, self._thread = self._thread, None
+        self._stopped = True
         atexit.unregister(self._at_exit)
         if t is not None:
             self._q.put(None)
@@ -234,34 +281,58 @@ class Agreement:
                 return
             try:
                 if self.error is None:
-                    self._agree(job)
+                    self._complete(self._start(job, wait=True), None)
             except BaseException as e:  # raised on the training thread at its next wait
                 self.error = e
             finally:
                 self._idle.set()
 
-    def _agree(self, job: Job) -> None:
+    # -- both ways ---------------------------------------------------------------------
+
+    def _start(self, job: Job, wait: bool = False) -> _Gather:
+        """Hash the weights and the examples and start the all-gather of this rank's row
+        (``wait``: finish it too)."""
         p, batch = self.profile, job.batch
         with timed(p, "hash"):
             mine = bytes.fromhex(self.hasher.hash(job.state))
         with timed(p, "examples"):
             # each rank's fed examples against its shard of the global batch as this rank
-            # loaded it (the tensor framing: any dataset adapter, docs/protocol.md §4.8);
-            # this rank's fed digest from the global batch's hashes when it fed its
-            # shard's very tensors (the same memory, so the same bytes)
+            # loaded it (the tensors' bytes: any dataset adapter, docs/protocol.md §4.8);
+            # this rank's fed digest is its shard's when it fed the shard's very tensors
+            # (the same memory, so the same bytes)
             bounds = shard_bounds(len(batch.indexes), self.world)
-            ex = rows_example_hashes(batch.x, batch.y)
-            expected = [hashlib.sha256(b"".join(ex[lo:hi])).digest() for lo, hi in bounds]
+            expected = shard_digests(batch.x, batch.y, bounds)
             lo, hi = bounds[self.rank]
             fed = (expected[self.rank] if _same_memory(job.x, batch.x[lo:hi])
                    and _same_memory(job.y, batch.y[lo:hi])
-                   else hashlib.sha256(b"".join(rows_example_hashes(job.x, job.y))).digest())
-        local = torch.frombuffer(bytearray(mine + fed + struct.pack(">d", job.loss)),
-                                 dtype=torch.uint8)
-        got = [torch.empty_like(local) for _ in range(self.world)]
-        with timed(p, "gather"):
-            dist.all_gather(got, local, group=self.group)
-        rows = [g.numpy().tobytes() for g in got]
+                   else shard_digest(job.x, job.y))
+        self._row[:] = mine + fed + struct.pack(">d", job.loss)
+        with timed(p, "gather" if wait else "launch"):
+            if wait:
+                dist.all_gather(self._got, self._local, group=self.group)
+                work = None
+            else:  # the group's own call: dist.all_gather's checks cost the loop more
+                work = self.group.allgather([self._got], [self._local])
+        return _Gather(job, mine, expected, work)
+
+    def _complete(self, g: _Gather, timeout: float | None) -> None:
+        """Wait for ``g``'s all-gather, check every row, hand the step on."""
+        p, batch = self.profile, g.job.batch
+        if g.work is not None:
+            with timed(p, "gather"):
+                try:
+                    done = g.work.wait() if timeout is None else \
+                        g.work.wait(datetime.timedelta(seconds=timeout))
+                except RuntimeError as e:  # gloo: a peer gone, or the timeout
+                    raise DataParallelError(f"the ranks' all-gather of step {batch.step} "
+                                            f"failed: {e}", hint="another rank stopped or "
+                                            "hangs; see its error") from None
+                if done is False:
+                    raise DataParallelError(
+                        f"the ranks' agreement did not finish within {timeout} s",
+                        hint="another rank stopped or hangs; see its error")
+        rows = [a.tobytes() for a in self._rows]
+        expected = g.expected
         wrong_data = [r for r in range(self.world) if rows[r][32:64] != expected[r]]
         if wrong_data:
             raise DataParallelError(
@@ -275,11 +346,12 @@ class Agreement:
                 f"step {batch.step}: the weights of rank(s) {', '.join(map(str, differ))} "
                 "differ from rank 0's after the step; the step is not committed",
                 hint="all ranks need the same recipe, torch version and thread count")
+        bounds = shard_bounds(len(batch.indexes), self.world)
         loss = sum(float(struct.unpack(">d", row[64:])[0]) * (hi - lo) / len(batch.indexes)
                    for row, (lo, hi) in zip(rows, bounds, strict=True))
         with self._lock, timed(p, "record"):
             if not self._abandoned:
-                self.on_agreed(job, loss, mine.hex())
+                self.on_agreed(g.job, loss, g.mine.hex())
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

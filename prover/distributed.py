@@ -45,10 +45,11 @@ Invariants:
   all-gathered and every rank checks them: weights that differ, or a shard that is not
   this rank's part of the committed batch, raise :class:`DataParallelError` naming the
   ranks, and the step is not committed. Rank 0 commits the weights hash it contributed
-  (the weights are hashed once per rank and step). This agreement runs on a thread
-  while the next step's forward and backward run; the next step's ``optimizer.step()``
-  waits for it, so the error comes at that update (or at ``close``/``flush`` after the
-  last step), before any later step is committed (:mod:`prover.agreement`).
+  (the weights are hashed once per rank and step). The all-gather runs while the next
+  step's forward and backward do (small weights are hashed on the training thread
+  first, large ones on a thread beside it); the next step's ``optimizer.step()`` waits
+  for it, so the error comes at that update (or at ``close``/``flush`` after the last
+  step), before any later step is committed (:mod:`prover.agreement`).
 
 Trusts: the other ranks are the trainer's own processes (the check catches a rank that
 drifts or reads the wrong data, not a trainer who lies: that is the audit's job).
@@ -80,17 +81,20 @@ from prover.derive import (
     shard_bounds,
 )
 from prover.recipes import Recipe, train_step
-from prover.session import Batch, TrainingSession, _optimizer_tensors
+from prover.session import SMALL_STATE, Batch, TrainingSession, _optimizer_tensors
 
 __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
            "data_parallel_session", "init_process_group", "rank_device"]
 
 TIMEOUT = datetime.timedelta(minutes=10)
-# rank 0's records reach the commit process in batches of up to this many seconds (a
-# crash loses at most these unspooled steps, which a resume re-trains), and its submitter
-# sends the log what was spooled at most once per SUBMIT_INTERVAL while training runs
-# (close and drain send at once); measured in scripts/bench_ddp.py
-COMMIT_BATCH_SECONDS, SUBMIT_INTERVAL = 0.05, 1.0
+# rank 0's records reach the commit process in batches of up to this many seconds (and
+# at most 32 records; a crash loses at most these unspooled steps, which a resume
+# re-trains): one spool transaction, one evidence sync and one wake-up of the commit
+# process per batch. Its submitter sends the log what was spooled at most once per
+# SUBMIT_INTERVAL while training runs (close and drain send at once). The commit process
+# and the log share the machine with the ranks: their CPU per step comes out of the
+# ranks' (measured in scripts/bench_ddp.py)
+COMMIT_BATCH_SECONDS, SUBMIT_INTERVAL = 0.25, 2.0
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -193,7 +197,11 @@ class _Ranks:
         self.ddp = DistributedDataParallel(self.model,
                                            device_ids=[self.device] if cuda else None)
         self.ddp.register_comm_hook(self._share, _weighted_allreduce)
-        self._agreement = Agreement(self.alg, self._agreed, self.profile)
+        # small weights are hashed on the training thread, large ones on the agreement's
+        # thread (the session's threshold for streaming them to the commit process)
+        size = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self._agreement = Agreement(self.alg, self._agreed, self.profile,
+                                    threaded=size >= SMALL_STATE)
         # step t+1's update waits for step t's agreement (prover.agreement); registered
         # before the session's own pre-hook, which waits for the hasher thread
         self.optimizer.register_step_pre_hook(self._wait_agreed)
@@ -212,7 +220,9 @@ class _Ranks:
         loss = float(train_step(self.recipe, self.ddp, self.optimizer, xd, yd, self.seed,
                                 batch.step))
         with timed(self.profile, "submit"):
-            state = snapshot(self._weights_state(batch.step))
+            state = self._weights_state(batch.step)
+            if self._agreement.threaded or self._keeps_state(batch.step):
+                state = snapshot(state)  # read after the next forward pass
             self._agreement.submit(Job(batch, state, x, y, loss))
         return loss
 
@@ -220,14 +230,26 @@ class _Ranks:
         with timed(self.profile, "wait"):
             self._agreement.wait()
 
+    _rank_sd: dict[str, torch.Tensor] | None = None
+
     def _weights_state(self, step: int) -> dict[str, torch.Tensor]:
-        """The tensors whose hash this rank contributes after ``step`` (rank 0: the
-        session's cached state dict, checked against a fresh one at checkpoints)."""
-        return self.model.state_dict(keep_vars=True)
+        """The tensors whose hash this rank contributes after ``step``: the model's state
+        dict, cached and taken afresh every ``k`` steps (rank 0: the session's cache,
+        checked against a fresh one at checkpoints). A parameter replaced without
+        registering it shows within ``k`` steps, as a disagreement if not sooner."""
+        if self._rank_sd is None or (step + 1) % self.recipe.k == 0:
+            self._rank_sd = self.model.state_dict(keep_vars=True)
+        return self._rank_sd
+
+    def _keeps_state(self, step: int) -> bool:
+        """Whether :meth:`_agreed` reads the job's state after the next forward pass
+        (rank 0, at a checkpoint: buffers are copied for it)."""
+        return False
 
     def _agreed(self, job: Job, loss: float, weights: str) -> None:
-        """Agreement thread: step ``job.batch.step`` agreed, with the global batch's loss
-        (the shard losses weighted by share) and the weights hash every rank contributed."""
+        """The agreement (training thread, or its own): step ``job.batch.step`` agreed,
+        with the global batch's loss (the shard losses weighted by share) and the
+        weights hash every rank contributed."""
         self.agreed = weights
         self.losses.append(loss)
 
@@ -317,7 +339,7 @@ class DataParallelSession(_Ranks, TrainingSession):
 
     def train_step(self, batch: Batch) -> float:
         """Train this rank's shard of ``batch``; the step is recorded once the ranks
-        agree on it (on the agreement thread, before the next step's update: see
+        agree on it (before the next step's update: see
         :mod:`prover.agreement`). Returns rank 0's shard loss; the global batch's loss,
         which the statement commits, is appended to ``losses`` when the step is agreed."""
         loss = self._dp_step(batch)
@@ -329,8 +351,11 @@ class DataParallelSession(_Ranks, TrainingSession):
         last = step == len(self.plan) - 1
         return self._state(check=(step + 1) % self._k == 0 or last)
 
+    def _keeps_state(self, step: int) -> bool:
+        return (step + 1) % self._k == 0 or step == len(self.plan) - 1
+
     def _agreed(self, job: Job, loss: float, weights: str) -> None:
-        """Agreement thread: record the agreed step with the weights hash the ranks
+        """The agreement: record the agreed step with the weights hash the ranks
         agreed on (hashed once: no copy of the weights to the commit process, no second
         hash). A checkpoint step also writes the weights (the hashed snapshot) and the
         optimizer state (unchanged until the next update, which waits for this) as

@@ -11,10 +11,15 @@ Alternates ``--rounds`` times, on the same recipe, data and machine:
   signed, spooled and streamed to the log, evidence every k steps.
 
 Reports rank 0's median and mean step time for each and the overhead (prover / plain - 1),
-medians over the rounds; rank 0's CPU time per step (all its threads: a machine shared
-with other jobs inflates wall time far more than CPU time), and the CPU time per step
-the prover's other processes on the same machine use while the ranks train (its commit
-process, which signs, spools and submits the statements, and the loopback log server).
+medians over the rounds; the time to train (wall time from the first step to the end of
+the last: for the prover, the last step's agreement), over all rounds and per round;
+rank 0's CPU time per step (all its threads: a machine shared with other jobs inflates
+wall time far more than CPU time), and the CPU time per step the prover's other
+processes on the same machine use while the ranks train (its commit process, which
+signs, spools and submits the statements, and the loopback log server); and the CPU per
+step of all of them together (both ranks, plus the prover's two), against plain DDP's
+two ranks: on a machine whose cores the ranks fill, the prover's extra CPU comes out of
+the ranks' time.
 
     .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1     # tiny-gpt, 36 steps
     .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1 \
@@ -22,11 +27,13 @@ process, which signs, spools and submits the statements, and the loopback log se
 
 ``--profile`` adds, for rank 0 and rank 1 of the prover runs, each part's wall and CPU
 time per step (medians over the rounds' steps): ``step`` (the whole train_step, on the
-training thread), ``wait`` (the update waiting for the previous step's agreement: the
-agreement's cost on the critical path), ``submit`` (snapshot and hand-off to the
-agreement thread), and on the agreement thread ``hash`` (the weights), ``examples`` (the
-global batch's example hashes and the shard digests), ``gather`` (the all-gather, with the
-wait for the slower rank) and ``record`` (rank 0: the hand-off to the commit process).
+training thread), ``submit`` (the step's agreement started: ``hash``, the weights;
+``examples``, the shard digests; ``launch``, starting the all-gather), ``wait`` (the
+next update waiting for it: ``gather``, the all-gather's end, with the wait for the
+slower rank; the check; ``record``, rank 0's hand-off to the commit process); and the
+CPU per step of rank 0's threads by name (``native``: torch's and gloo's own). With
+large weights the agreement runs on a thread (``potd-agreement``) and ``gather`` is
+the whole all-gather there.
 """
 
 from __future__ import annotations
@@ -122,6 +129,7 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
     times, cpus = [], []
     order: list[int] = []
     current = -1
+    start, cpu0 = time.perf_counter(), time.process_time()
     for step, epoch, offset in schedule(len(data), r.batch_size, r.epochs)[:steps]:
         if epoch != current:
             order, current = permutation(SEED, len(data), epoch), epoch
@@ -133,12 +141,14 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
         train_step(r, ddp, opt, x, y, SEED, step)
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    if rank == 0:
-        out.put((times, cpus))
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    out.put((rank, times, cpus, total, cpu / len(times)))  # cpu: the whole process's
     dist.destroy_process_group()
 
 
-def plain(spec: str, config: dict[str, Any], steps: int) -> tuple[list[float], list[float]]:
+def plain(spec: str, config: dict[str, Any], steps: int
+          ) -> tuple[list[float], list[float], float, float]:
+    """Rank 0's step times and CPU, the time to train, and both ranks' CPU per step."""
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     address = free_address()
@@ -147,10 +157,11 @@ def plain(spec: str, config: dict[str, Any], steps: int) -> tuple[list[float], l
              for r in range(2)]
     for p in procs:
         p.start()
-    times: tuple[list[float], list[float]] = q.get(timeout=1800)
+    got = sorted(q.get(timeout=1800) for _ in procs)
     for p in procs:
         p.join()
-    return times
+    _, times, cpus, total, _ = got[0]
+    return times, cpus, total, sum(g[4] for g in got)
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -162,6 +173,16 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def task_cpu(pid: int) -> float:
+    """CPU seconds the threads of process ``pid`` alive now have used (Linux schedstat,
+    nanoseconds; else :func:`cpu_seconds`): a rank's, whose threads live as long as it."""
+    try:
+        return sum(int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[0])
+                   for t in os.listdir(f"/proc/{pid}/task")) / 1e9
+    except (OSError, ValueError, IndexError):
+        return cpu_seconds(pid)
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -193,7 +214,10 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
            steps: int, tag: str, server_pid: int, profiles: list[StepProfile] | None = None,
            sync: bool = False) -> tuple[list[float], list[float], dict[str, float]]:
     """Rank 0's step times, and the CPU seconds per step that the commit process and the
-    log server (sharing the machine with the ranks) used during the steps. ``profiles``:
+    log server (sharing the machine with the ranks) used during the steps, and
+    ``cpu["train"]``: the wall seconds from the first step to the last step's agreement
+    (the time to train, the plain run's loop's counterpart), and ``cpu["ranks"]``: both
+    ranks' CPU seconds per step (all their threads). ``profiles``:
     add rank 0's and rank 1's part timings to these two. ``sync``: each step waits for
     its agreement (see :class:`BenchSession`)."""
     r = get_recipe(spec, **config)
@@ -212,13 +236,19 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
     pids = {"commit_process": s._committer.proc.pid, "log_server": server_pid}
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     threads0 = thread_cpu(os.getpid())
+    rank1 = task_cpu(procs[0].pid)
     times, cpus = [], []
+    start, cpu0 = time.perf_counter(), time.process_time()
     for b in s.batches():
         t0, c0 = time.perf_counter(), time.process_time()
         s.train_step(b)
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
+    s._agreement.wait()  # the last step agreed (and handed to the commit process)
+    train, rank0 = time.perf_counter() - start, time.process_time() - cpu0
+    rank1 = task_cpu(procs[0].pid) - rank1
     cpu = {k: (cpu_seconds(p) - before[k]) / len(times) for k, p in pids.items()}
+    cpu["train"], cpu["ranks"] = train, (rank0 + rank1) / len(times)
     threads = by_thread_name(threads0, thread_cpu(os.getpid()), len(times))
     s.close()
     stop_local(procs)
@@ -268,7 +298,7 @@ def main() -> None:
         with ServerProcess(str(d / "l.db"), str(d / "l.key"),
                            extra=["--open-registration"]) as srv:
             for i in range(args.rounds):
-                p, pc = plain(r.spec, config, steps)
+                p, pc, ptrain, pranks = plain(r.spec, config, steps)
                 q, qc, cpu = prover(d, srv.url, key, r.spec, config, steps, f"r{i}",
                                     srv.proc.pid, profiles)
                 rounds.append({"plain_median": statistics.median(p),
@@ -278,7 +308,12 @@ def main() -> None:
                                "plain_cpu_median": statistics.median(pc),
                                "prover_cpu_median": statistics.median(qc),
                                "commit_process_cpu": cpu["commit_process"],
-                               "log_server_cpu": cpu["log_server"]})
+                               "log_server_cpu": cpu["log_server"],
+                               "plain_train": ptrain, "prover_train": cpu["train"],
+                               "plain_total_cpu": pranks,
+                               "prover_total_cpu": cpu["ranks"] + cpu["commit_process"]
+                               + cpu["log_server"]})
+                rounds[-1]["train_overhead"] = cpu["train"] / ptrain - 1
                 rounds[-1]["overhead"] = rounds[-1]["prover_median"] / \
                     rounds[-1]["plain_median"] - 1
                 rounds[-1]["cpu_overhead"] = rounds[-1]["prover_cpu_median"] / \
@@ -304,7 +339,11 @@ def main() -> None:
                       f"per step {rounds[-1]['plain_cpu_median'] * 1e3:.3f} / "
                       f"{rounds[-1]['prover_cpu_median'] * 1e3:.3f} ms; CPU per step "
                       f"of the commit process {cpu['commit_process'] * 1e3:.2f} ms, of the "
-                      f"log server {cpu['log_server'] * 1e3:.2f} ms; load average "
+                      f"log server {cpu['log_server'] * 1e3:.2f} ms; time to train "
+                      f"{ptrain:.3f} / {cpu['train']:.3f} s "
+                      f"({rounds[-1]['train_overhead']:+.1%}); CPU per step of all "
+                      f"processes {pranks * 1e3:.2f} / "
+                      f"{rounds[-1]['prover_total_cpu'] * 1e3:.2f} ms; load average "
                       f"{os.getloadavg()[0]:.1f}{sync}", flush=True)
     med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
     out = {"recipe": args.recipe, "steps": steps, "rounds": rounds,
@@ -319,6 +358,15 @@ def main() -> None:
            "cpu_overhead_rounds_median": round(med["cpu_overhead"], 3),
            "commit_process_cpu_ms": round(med["commit_process_cpu"] * 1e3, 3),
            "log_server_cpu_ms": round(med["log_server_cpu"] * 1e3, 3),
+           "plain_train_s": round(med["plain_train"], 3),
+           "prover_train_s": round(med["prover_train"], 3),
+           "train_overhead_rounds_median": round(med["train_overhead"], 3),
+           "train_overhead_total": round(sum(x["prover_train"] for x in rounds)
+                                         / sum(x["plain_train"] for x in rounds) - 1, 3),
+           "plain_total_cpu_ms": round(med["plain_total_cpu"] * 1e3, 3),
+           "prover_total_cpu_ms": round(med["prover_total_cpu"] * 1e3, 3),
+           "extra_cpu_ms_rounds_median": round(statistics.median(
+               x["prover_total_cpu"] - x["plain_total_cpu"] for x in rounds) * 1e3, 3),
            "threads": torch.get_num_threads(), "set": args.set,
            "load_average": os.getloadavg()[0]}
     pooled = {k: statistics.median(v) for k, v in all_steps.items() if v}
@@ -342,7 +390,14 @@ def main() -> None:
           f"{out['cpu_overhead_rounds_median']:+.1%}); CPU per step of the commit "
           f"process {out['commit_process_cpu_ms']} ms, of the log server "
           f"{out['log_server_cpu_ms']} ms (medians); median of all {len(all_steps['plain'])} "
-          f"steps: {out['overhead_all_steps_median']:+.1%}")
+          f"steps: {out['overhead_all_steps_median']:+.1%}; time to train ({steps} steps, "
+          f"to the last step's agreement): plain {out['plain_train_s']} s, prover "
+          f"{out['prover_train_s']} s (medians), {out['train_overhead_total']:+.1%} over "
+          f"all rounds, median of the rounds' {out['train_overhead_rounds_median']:+.1%}; "
+          f"CPU per step of all processes (both ranks; the prover's commit process and log "
+          f"server too): plain {out['plain_total_cpu_ms']} ms, prover "
+          f"{out['prover_total_cpu_ms']} ms (medians), the prover's extra "
+          f"{out['extra_cpu_ms_rounds_median']} ms (median of the rounds')")
     if args.compare_sync:
         print(f"with each step waiting for its agreement: {out['sync_median_ms']} ms per "
               f"step, {out['sync_overhead_median']:+.1%} (median step), "

@@ -39,22 +39,37 @@ def test_shard_vector() -> None:
         check_world(65, 32, 2)  # the last batch of an epoch holds 1 example
 
 
-def test_rows_example_hashes_are_the_example_hashes() -> None:
-    from prover.agreement import rows_example_hashes
-    from prover.hashing import example_hashes
+def test_shard_digest_is_equal_exactly_for_the_same_examples() -> None:
+    # what the ranks compare after each step: the bytes fed, whatever memory holds them
+    from prover.agreement import shard_digest, shard_digests
 
     g = torch.Generator().manual_seed(0)
-    for xs, ys in [(torch.randint(0, 9, (16, 64), generator=g), torch.randint(0, 9, (16, 64))),
-                   (torch.randn(7, 3, 5, generator=g), torch.arange(7)),
-                   (torch.randn(6, 4, generator=g).to(torch.bfloat16),
-                    torch.rand(6, generator=g) > .5),
-                   (torch.randn(8, 6, generator=g)[:, ::2],  # not contiguous
-                    torch.randn(2, 8, generator=g).t()),
-                   (torch.randn(4, 0), torch.zeros(4, 2, dtype=torch.float16)),
-                   (torch.zeros(0, 3), torch.zeros(0))]:
-        assert rows_example_hashes(xs, ys) == example_hashes(xs, ys)
-    with pytest.raises(UsageError, match="3 inputs but 2 labels"):
-        rows_example_hashes(torch.zeros(3, 1), torch.zeros(2))
+    x, y = torch.randint(0, 9, (8, 64), generator=g), torch.randint(0, 9, (8, 64))
+    d = shard_digest(x, y)
+    assert shard_digest(x.clone(), y.clone()) == d
+    assert shard_digest(torch.cat([x, x])[8:], y.t().contiguous().t()) == d  # other memory
+    z = torch.randn(8, 6, generator=g)
+    assert shard_digest(z[:, ::2], y) == shard_digest(z[:, ::2].contiguous(), y)
+    changed = x.clone()
+    changed[5, 7] += 1
+    others = [shard_digest(changed, y), shard_digest(x.flip(0), y.flip(0)),  # order
+              shard_digest(x[:4], y[:4]),                                    # fewer rows
+              shard_digest(x.view(4, 128), y),                               # shape
+              shard_digest(x.to(torch.int32), y),                            # dtype
+              shard_digest(x.view(torch.float64), y),                        # same bytes
+              shard_digest(y, x)]                                            # x and y swapped
+    assert len({d, *others}) == 1 + len(others)
+    # the x/y boundary is framed: moving a column from x to y changes the digest
+    xy = torch.cat([x, y], 1)
+    assert shard_digest(xy[:, :64], xy[:, 64:]) == d
+    assert shard_digest(xy[:, :63], xy[:, 63:]) != d
+    assert shard_digest(torch.zeros(0, 3), torch.zeros(0)) != shard_digest(torch.zeros(0, 2),
+                                                                           torch.zeros(0))
+    # the shards of a global batch, from one byte view of it (as the agreement takes them)
+    for xs, ys in [(x, y), (z[:, ::2], torch.arange(8)), (x.bool(), y.to(torch.bfloat16))]:
+        bounds = shard_bounds(8, 3)
+        assert shard_digests(xs, ys, bounds) == [shard_digest(xs[lo:hi], ys[lo:hi])
+                                                 for lo, hi in bounds]
 
 
 def test_auditor_checks_the_committed_world() -> None:
