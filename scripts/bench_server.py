@@ -56,6 +56,7 @@ from benchlib import (  # noqa: E402
     pct,
     run_load,
     start_potd,
+    thread_cpu,
 )
 
 from ledger.log import Log  # noqa: E402
@@ -284,12 +285,15 @@ def main() -> None:
             if "batch" in phases:
                 reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + a.batch]) + b"]")
                          for i in range(0, len(r), a.batch)] for r in brun]
-                cpu0 = cpu_seconds(proc.pid)
+                cpu0, threads0 = cpu_seconds(proc.pid), thread_cpu(proc.pid)
                 res = run_load(port, reqs, a.seconds)
                 batch_cpu = cpu_seconds(proc.pid) - cpu0
+                threads = by_thread(proc.pid, threads0, thread_cpu(proc.pid))
                 results.append(summarize(f"add-batch of {a.batch}", res, a.batch))
-                results[-1]["frontend_cpu_us"] = round(
-                    1e6 * batch_cpu / max(res["statuses"].get(200, 0) * a.batch, 1), 1)
+                n = max(res["statuses"].get(200, 0) * a.batch, 1)
+                results[-1]["frontend_cpu_us"] = round(1e6 * batch_cpu / n, 1)
+                results[-1]["threads"] = [(name, round(1e6 * cpu / n, 1), round(faults / n, 2))
+                                          for name, cpu, faults in threads]
             if "add" not in phases and "batch" not in phases:  # something to read
                 run_load(port, [[post("/add-batch", b"[" + b",".join(r) + b"]")]
                                 for r in runs], a.seconds)
@@ -329,6 +333,10 @@ def main() -> None:
                 r["frontend_cpu_us"] / 1e6, 1, verify_us) + f"; load {load_avg()}")
             if stages is not None:
                 print_stages(stages, r)
+            if stages is not None and r.get("threads"):
+                print("  CPU per entry by thread (µs; minor page faults per entry):")
+                for name, us, faults in r["threads"]:
+                    print(f"    {name:26} {us:7.1f} {faults:8.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"phases": results, "library_per_s": {
             str(a.clients): round(lib1), str(a.batch): round(lib2)},
@@ -349,6 +357,22 @@ def print_stages(stages: dict[str, float], phase: dict[str, Any]) -> None:
             top += us
         print(f"    {'  ' * name.count('.')}{name.rsplit('.', 1)[-1]:24} {us:7.1f}")
     print(f"    {'outside these (loop, HTTP)':24} {phase['frontend_cpu_us'] - top:7.1f}")
+
+
+def by_thread(pid: int, before: dict[int, tuple[float, int]],
+              after: dict[int, tuple[float, int]]) -> list[tuple[str, float, int]]:
+    """``(name, CPU seconds, minor faults)`` of each thread that ran between two
+    :func:`thread_cpu` snapshots, busiest first: the main thread is the event loop; of
+    the others, the two busiest are the verify threads (Ed25519 and parsing), then the
+    flush thread (admission, storage, replies)."""
+    rows = []
+    for tid, (cpu, faults) in after.items():
+        c0, f0 = before.get(tid, (0.0, 0))
+        if cpu - c0 > 0 or faults - f0 > 0:
+            rows.append((tid, cpu - c0, faults - f0))
+    rows.sort(key=lambda r: (r[0] != pid, -r[1]))
+    return [("main (event loop)" if tid == pid else f"thread {tid}", cpu, faults)
+            for tid, cpu, faults in rows]
 
 
 def health(port: int) -> dict[str, Any]:

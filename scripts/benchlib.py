@@ -105,6 +105,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
+    """``{thread id: (user + system CPU seconds, minor page faults)}`` of a process's
+    threads, from /proc (threads that ended are missing)."""
+    out: dict[int, tuple[float, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for t in tids:
+        try:
+            f = Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[int(t)] = ((int(f[11]) + int(f[12])) / TICK, int(f[7]))
+    return out
+
+
 def load_avg() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
