@@ -99,6 +99,7 @@ class _Submission:
     states: dict[str, RunState] = field(default_factory=dict)
     verified: bool = False
     leaves: list[bytes] = field(default_factory=list)  # leaf hashes, once admitted
+    no_open: bool = False  # admitted by the fast path: no run.open among the statements
 
 
 def verify_signatures(statements: Sequence[Statement], batch: bool, start: int = 0) -> None:
@@ -341,6 +342,7 @@ class Sequencer:
             fast = self._admit_fast(sts, allowed, check, local, flush_states)
             if fast is not None:
                 sub.leaves = got = fast
+                sub.no_open = True
             else:  # something to refuse, or a run.open: the exact loop below decides
                 local = {}
                 sub.leaves = got = []
@@ -401,7 +403,9 @@ class Sequencer:
             k0, n = sub.first - base, len(sub.statements)
             parts = []
             at = 0  # a run.open's reply also carries its beacon checkpoint
-            for i in [*(i for i, st in enumerate(sub.statements) if st.kind == "run.open"), n]:
+            opens = () if sub.no_open else (
+                i for i, st in enumerate(sub.statements) if st.kind == "run.open")
+            for i in [*opens, n]:
                 if at < i:
                     parts.append(_replies(head, proofs, leaves, base, k0 + at, k0 + i))
                 if i < n:

@@ -399,7 +399,9 @@ class LogServer:
         """Verify a batch's signatures in chunks on the verify threads, in parallel; a
         failure names the lowest failing statement, as a sequential check would."""
         loop = asyncio.get_running_loop()
-        chunk = max(VERIFY_CHUNK, -(-len(sts) // (4 * self._verify_workers)))
+        # one chunk per verify thread: each hand-off to a thread and back costs the
+        # event loop and the threads CPU, and concurrent requests keep both busy anyway
+        chunk = max(VERIFY_CHUNK, -(-len(sts) // self._verify_workers))
         results = await asyncio.gather(
             *(loop.run_in_executor(self._verify_pool, verify_signatures, sts[k:k + chunk],
                                    True, k) for k in range(0, len(sts), chunk)),
