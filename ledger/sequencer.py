@@ -47,6 +47,7 @@ from .log import Appended, Log
 from .merkle import native
 from .statement import Statement, parse_statement, verify_statement_signature
 from .storage import IndexedStore
+from .storage.base import RunSpan
 
 
 class Rejected(PotdError):
@@ -330,6 +331,7 @@ class Sequencer:
         flush_states: dict[str, RunState] = {}
         entries: list[bytes] = []
         rows: list[tuple[str, int, int]] = []
+        spans: list[RunSpan] = []  # run-index rows of the fast path's submissions
         leaves: list[bytes] = []  # computed once, by _admit
         base = self.log.size
         check = not self.open_registration
@@ -339,7 +341,8 @@ class Sequencer:
                 continue
             sts = sub.statements
             local: dict[str, RunState] = {}
-            fast = self._admit_fast(sts, allowed, check, local, flush_states)
+            sub_spans: list[RunSpan] = []
+            fast = self._admit_fast(sts, allowed, check, local, flush_states, sub_spans)
             if fast is not None:
                 sub.leaves = got = fast
                 sub.no_open = True
@@ -370,13 +373,16 @@ class Sequencer:
             flush_states.update(local)
             sub.first = first = base + len(entries)
             entries.extend([st.raw for st in sts])
-            rows.extend(zip([st.run for st in sts], [st.seq for st in sts],
-                            range(first, first + len(sts))))
+            if fast is not None:
+                spans.extend([(run, seq0, first + pos, n) for run, seq0, pos, n in sub_spans])
+            else:
+                rows.extend(zip([st.run for st in sts], [st.seq for st in sts],
+                                range(first, first + len(sts))))
             leaves.extend(got)
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
         # StorageError: see _flush
-        appended = self.log.append(entries, run_rows=rows, leaves=leaves)
+        appended = self.log.append(entries, run_rows=rows, run_spans=spans, leaves=leaves)
         return appended, flush_states
 
     def _failed_commit(self, subs: list[_Submission], e: StorageError
@@ -420,11 +426,13 @@ class Sequencer:
         return out
 
     def _admit_fast(self, sts: Sequence[Statement], allowed: set[str], check: bool,
-                    local: dict[str, RunState], flush_states: dict[str, RunState]
-                    ) -> list[bytes] | None:
+                    local: dict[str, RunState], flush_states: dict[str, RunState],
+                    spans: list[RunSpan] | None = None) -> list[bytes] | None:
         """The leaf hashes of ``sts`` if every one is a step or run.close that
-        :meth:`_admit` admits (filling ``local`` with the runs' new states), else None -
-        then nothing is kept and the exact loop, which names the refusal, runs instead.
+        :meth:`_admit` admits (filling ``local`` with the runs' new states and ``spans``
+        with their run-index rows as ``(run, first seq, first position, count)``), else
+        None - then the exact loop, which names the refusal, runs instead and what was
+        filled must be dropped.
 
         The checks are :meth:`_admit`'s for these kinds, per run of consecutive
         statements of one run: the signer is the run's (and allowed), the run is open,
@@ -433,11 +441,14 @@ class Sequencer:
         add = got.append
         cur: str | None = None
         signer, nxt, last, closed = "", 0, b"", False
-        for st in sts:
+        seq0 = pos0 = 0
+        for pos, st in enumerate(sts):
             run = st.run
             if run != cur:
                 if cur is not None:
                     local[cur] = RunState(signer, nxt, last, closed)
+                    if spans is not None:
+                        spans.append((cur, seq0, pos0, nxt - seq0))
                 try:
                     state = local.get(run) or flush_states.get(run) or self._state(run)
                 except PotdError:  # the exact loop reports it, naming the statement
@@ -446,6 +457,7 @@ class Sequencer:
                     return None
                 cur, signer, nxt, last, closed = (run, state.signer, state.next_seq,
                                                   state.last_leaf, state.closed)
+                seq0, pos0 = nxt, pos
             kind = st.kind
             if (closed or st.seq != nxt or st.signer != signer or kind == "run.open"
                     or st.body.get("prev") != last.hex()):
@@ -456,6 +468,8 @@ class Sequencer:
             closed = kind == "run.close"
         if cur is not None:
             local[cur] = RunState(signer, nxt, last, closed)
+            if spans is not None:
+                spans.append((cur, seq0, pos0, nxt - seq0))
         return got
 
     def _admit(self, st: Statement, state: RunState | None) -> RunState:

@@ -263,8 +263,8 @@ class LogServer:
         costs the next request's CPU)."""
         wait = self._large_done + TRIM_AFTER - time.monotonic()
         if self.buffered >= PARSE_OFF_LOOP or wait > 0:
-            self._trim = asyncio.get_running_loop().call_later(max(wait, 0.01),
-                                                               self._trim_when_idle)
+            self._trim = asyncio.get_running_loop().call_later(
+                wait if wait > 0 else TRIM_AFTER, self._trim_when_idle)
             return
         self._trim = None
         trim_memory()
