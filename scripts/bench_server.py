@@ -54,6 +54,7 @@ from benchlib import (  # noqa: E402
     http_request,
     load_avg,
     pct,
+    pin_process,
     run_load,
     start_potd,
     thread_cpu,
@@ -237,6 +238,10 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true",
                     help="time the server's write-path stages in CPU (scripts/stage_clock.py) "
                          "and print them per entry; use with --phases batch")
+    ap.add_argument("--pin", action="store_true",
+                    help="put the server (and this process's baselines) on the first CPU "
+                         "and the load generator on the second (a diagnostic: the server "
+                         "then verifies on one core)")
     ap.add_argument("--db", help="a postgresql:// URL (CREATEDB rights): compare add-batch of "
                                  "one SQLite, one and two PostgreSQL frontends instead")
     a = ap.parse_args()
@@ -253,6 +258,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="potd-bench-") as d:
         stages_file = os.path.join(d, "stages.json") if a.stages else None
         proc, port, trainer = start_server(d, a.server_arg, stages_file)
+        cpus = sorted(os.sched_getaffinity(0))
+        load_cpus: set[int] | None = None
+        if a.pin:
+            if len(cpus) < 2:
+                raise SystemExit("--pin needs two CPUs")
+            pin_process(proc.pid, {cpus[0]})
+            load_cpus = {cpus[1]}
         try:
             steps = max(1, a.adds // a.clients - 1)
             print(f"signing {a.clients} runs x {steps + 1} statements and "
@@ -264,7 +276,9 @@ def main() -> None:
             print(f"statement size: {statistics.mean(len(s) for s in sample):.0f} bytes",
                   flush=True)
 
-            # baselines, measured while the server idles
+            # baselines, measured while the server idles (with --pin on the server's CPU)
+            if a.pin:
+                pin_process(os.getpid(), {cpus[0]})
             verify_per_s = verify_rate(sample[:5000])
             native_us, pynacl_us, parse_us = ed25519_cpu_us([s for r in brun for s in r][:5000])
             verify_us = native_us if native_us is not None else pynacl_us
@@ -286,7 +300,7 @@ def main() -> None:
                 reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + a.batch]) + b"]")
                          for i in range(0, len(r), a.batch)] for r in brun]
                 cpu0, threads0 = cpu_seconds(proc.pid), thread_cpu(proc.pid)
-                res = run_load(port, reqs, a.seconds)
+                res = run_load(port, reqs, a.seconds, cpus=load_cpus)
                 batch_cpu = cpu_seconds(proc.pid) - cpu0
                 threads = by_thread(proc.pid, threads0, thread_cpu(proc.pid))
                 results.append(summarize(f"add-batch of {a.batch}", res, a.batch))
