@@ -117,6 +117,19 @@ def trim_memory() -> None:
         _libc.malloc_trim(0)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
+
+
+def keep_large_buffers(threshold: int = 32 << 20) -> None:
+    """Serve allocations up to ``threshold`` bytes from the heap and keep freed memory
+    until :func:`trim_memory` (glibc; elsewhere no-op). A write request's body and reply
+    are each about a megabyte: by default glibc maps each afresh and unmaps it when
+    freed, and faulting its pages in again costs the next request's CPU."""
+    if _libc is not None:
+        _libc.mallopt(M_MMAP_THRESHOLD, threshold)
+        _libc.mallopt(M_TRIM_THRESHOLD, 8 * threshold)
+
+
 def _load_libc() -> Any:
     import ctypes
     import ctypes.util

@@ -46,6 +46,7 @@ from .note import (
     sign_note,
 )
 from .storage import Store, open_store
+from .storage.base import RunSpan
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, TILE_HEIGHT, TILE_WIDTH, Tile, encode_bundle
 
 
@@ -232,11 +233,14 @@ class Log:
 
     def append(self, entries: Sequence[bytes], *,
                run_rows: Sequence[tuple[str, int, int]] = (),
+               run_spans: Sequence[RunSpan] = (),
                leaves: Sequence[bytes] | None = None) -> Appended:
         """Sequence, integrate, sign and durably store ``entries`` as one batch.
 
-        ``run_rows`` (``(run, seq, index)``, from the log server) are stored in the same
-        transaction as the entries; each index must fall inside this batch. ``leaves``:
+        ``run_rows`` (``(run, seq, index)``, from the log server) and ``run_spans``
+        (``(run, first seq, first index, count)``: that many consecutive rows) are stored
+        in the same transaction as the entries; each index must fall inside this batch.
+        ``leaves``:
         the entries' RFC 6962 leaf hashes if the caller computed them already (the log
         server does, admitting statements); they are trusted to match."""
         types = set(map(type, entries))  # the checks in C; the loop names the entry
@@ -266,13 +270,20 @@ class Log:
             if run_rows and not old.size <= min(r[2] for r in run_rows) <= max(
                     r[2] for r in run_rows) < rng.size:
                 raise UsageError(f"a run row points outside the batch [{old.size}, {rng.size})")
+            for _, _, first, n in run_spans:
+                if not (n >= 1 and old.size <= first and first + n <= rng.size):
+                    raise UsageError(f"a run span points outside the batch [{old.size}, "
+                                     f"{rng.size})")
             new = self._sign(rng.size, rng.root())
             if old.size:
                 proof = prove_tree(new.size, old.size,
                                    _Overlay(self.store, old.size, levels, old_edge))
                 check_tree(proof, new.size, new.root, old.size, old.root)
             cp_row = (new.size, str(new), _now_ms())
-            if run_rows:
+            if run_spans:
+                self.store.append(old.size, stored, levels, cp_row, run_rows=run_rows,
+                                  run_spans=run_spans)
+            elif run_rows:
                 self.store.append(old.size, stored, levels, cp_row, run_rows=run_rows)
             else:
                 self.store.append(old.size, stored, levels, cp_row)

@@ -47,6 +47,7 @@ from .log import Appended, Log
 from .merkle import native
 from .statement import Statement, parse_statement, verify_statement_signature
 from .storage import IndexedStore
+from .storage.base import RunSpan
 
 
 class Rejected(PotdError):
@@ -99,6 +100,7 @@ class _Submission:
     states: dict[str, RunState] = field(default_factory=dict)
     verified: bool = False
     leaves: list[bytes] = field(default_factory=list)  # leaf hashes, once admitted
+    no_open: bool = False  # admitted by the fast path: no run.open among the statements
 
 
 def verify_signatures(statements: Sequence[Statement], batch: bool, start: int = 0) -> None:
@@ -329,6 +331,7 @@ class Sequencer:
         flush_states: dict[str, RunState] = {}
         entries: list[bytes] = []
         rows: list[tuple[str, int, int]] = []
+        spans: list[RunSpan] = []  # run-index rows of the fast path's submissions
         leaves: list[bytes] = []  # computed once, by _admit
         base = self.log.size
         check = not self.open_registration
@@ -336,10 +339,18 @@ class Sequencer:
         for sub in subs:
             if sub.error is not None:
                 continue
+            sts = sub.statements
             local: dict[str, RunState] = {}
-            sub.leaves = got = []
+            sub_spans: list[RunSpan] = []
+            fast = self._admit_fast(sts, allowed, check, local, flush_states, sub_spans)
+            if fast is not None:
+                sub.leaves = got = fast
+                sub.no_open = True
+            else:  # something to refuse, or a run.open: the exact loop below decides
+                local = {}
+                sub.leaves = got = []
             try:
-                for k, st in enumerate(sts := sub.statements):
+                for k, st in enumerate(sts if fast is None else ()):
                     try:
                         if check and st.signer not in allowed:
                             raise Rejected(f"signer {st.signer} is not allowed to write to "
@@ -362,13 +373,16 @@ class Sequencer:
             flush_states.update(local)
             sub.first = first = base + len(entries)
             entries.extend([st.raw for st in sts])
-            rows.extend(zip([st.run for st in sts], [st.seq for st in sts],
-                            range(first, first + len(sts))))
+            if fast is not None:
+                spans.extend([(run, seq0, first + pos, n) for run, seq0, pos, n in sub_spans])
+            else:
+                rows.extend(zip([st.run for st in sts], [st.seq for st in sts],
+                                range(first, first + len(sts))))
             leaves.extend(got)
         if not entries:
             return [s.error if s.error is not None else PotdError("nothing to do") for s in subs]
         # StorageError: see _flush
-        appended = self.log.append(entries, run_rows=rows, leaves=leaves)
+        appended = self.log.append(entries, run_rows=rows, run_spans=spans, leaves=leaves)
         return appended, flush_states
 
     def _failed_commit(self, subs: list[_Submission], e: StorageError
@@ -395,7 +409,9 @@ class Sequencer:
             k0, n = sub.first - base, len(sub.statements)
             parts = []
             at = 0  # a run.open's reply also carries its beacon checkpoint
-            for i in [*(i for i, st in enumerate(sub.statements) if st.kind == "run.open"), n]:
+            opens = () if sub.no_open else (
+                i for i, st in enumerate(sub.statements) if st.kind == "run.open")
+            for i in [*opens, n]:
                 if at < i:
                     parts.append(_replies(head, proofs, leaves, base, k0 + at, k0 + i))
                 if i < n:
@@ -404,9 +420,57 @@ class Sequencer:
                     parts.append(b'{"beacon_checkpoint":' + beacon + b"," + head[1:]
                                  + _replies(head, proofs, leaves, base, k, k + 1)[len(head):])
                 at = i + 1
-            body = b",".join(parts)
-            out.append(b"[" + body + b"]" if sub.batch else body)
+            body = b",".join(parts)  # one part: no copy
+            # a batch's reply is about 1 KB a statement: bracket it in one copy, not two
+            out.append(b"".join((b"[", body, b"]")) if sub.batch else body)
         return out
+
+    def _admit_fast(self, sts: Sequence[Statement], allowed: set[str], check: bool,
+                    local: dict[str, RunState], flush_states: dict[str, RunState],
+                    spans: list[RunSpan] | None = None) -> list[bytes] | None:
+        """The leaf hashes of ``sts`` if every one is a step or run.close that
+        :meth:`_admit` admits (filling ``local`` with the runs' new states and ``spans``
+        with their run-index rows as ``(run, first seq, first position, count)``), else
+        None - then the exact loop, which names the refusal, runs instead and what was
+        filled must be dropped.
+
+        The checks are :meth:`_admit`'s for these kinds, per run of consecutive
+        statements of one run: the signer is the run's (and allowed), the run is open,
+        each seq is the next one and each body.prev is the previous leaf hash."""
+        got: list[bytes] = []
+        add = got.append
+        cur: str | None = None
+        signer, nxt, last, closed = "", 0, b"", False
+        seq0 = pos0 = 0
+        for pos, st in enumerate(sts):
+            run = st.run
+            if run != cur:
+                if cur is not None:
+                    local[cur] = RunState(signer, nxt, last, closed)
+                    if spans is not None:
+                        spans.append((cur, seq0, pos0, nxt - seq0))
+                try:
+                    state = local.get(run) or flush_states.get(run) or self._state(run)
+                except PotdError:  # the exact loop reports it, naming the statement
+                    return None
+                if state is None or (check and state.signer not in allowed):
+                    return None
+                cur, signer, nxt, last, closed = (run, state.signer, state.next_seq,
+                                                  state.last_leaf, state.closed)
+                seq0, pos0 = nxt, pos
+            kind = st.kind
+            if (closed or st.seq != nxt or st.signer != signer or kind == "run.open"
+                    or st.body.get("prev") != last.hex()):
+                return None
+            last = st.leaf_hash()
+            add(last)
+            nxt += 1
+            closed = kind == "run.close"
+        if cur is not None:
+            local[cur] = RunState(signer, nxt, last, closed)
+            if spans is not None:
+                spans.append((cur, seq0, pos0, nxt - seq0))
+        return got
 
     def _admit(self, st: Statement, state: RunState | None) -> RunState:
         """The run's state after ``st``, or Rejected (403/409) if ``st`` may not follow."""

@@ -36,6 +36,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -55,7 +56,7 @@ from .errors import (
     StorageError,
     UsageError,
 )
-from .guard import trim_memory
+from .guard import keep_large_buffers, trim_memory
 from .log import Log
 from .metrics import Metrics
 from .netutil import listen, make_server
@@ -162,6 +163,7 @@ def _uint(request: Request, name: str, default: int | None = None) -> int:
 
 VERIFY_CHUNK = 64  # statements per verify task (smaller batches: one task)
 PARSE_OFF_LOOP = 64 << 10  # bodies at least this large are parsed on a worker thread
+TRIM_AFTER = 0.05  # seconds without a large body before freed memory goes back
 
 
 class LogServer:
@@ -184,6 +186,8 @@ class LogServer:
         # all request bodies being received or parsed share this budget: past it, 503
         self.max_buffered_bytes = max(max_buffered_bytes, max_request_bytes)
         self.buffered = 0
+        self._large_done = 0.0  # when the last large body was released
+        self._trim: asyncio.TimerHandle | None = None
         self.body_timeout = body_timeout
         self.max_batch = max_batch
         self.entries_page = entries_page
@@ -240,16 +244,30 @@ class LogServer:
     def _buffering(self) -> Iterator[list[int]]:
         """Account a request's body against the global budget for the request's life
         (receiving and parsing); on exit the bytes are released and, once no large body
-        is held any more, the allocator hands freed memory back to the system."""
+        has been held for :data:`TRIM_AFTER` seconds, the allocator hands freed memory
+        back to the system."""
         held = [0]
         try:
             yield held
         finally:
             self.buffered -= held[0]
-            # once the last large body goes (not after each one: trimming and faulting
-            # the pages back in again costs the next request's CPU)
-            if held[0] >= PARSE_OFF_LOOP and self.buffered < PARSE_OFF_LOOP:
-                trim_memory()
+            if held[0] >= PARSE_OFF_LOOP:
+                self._large_done = time.monotonic()
+                if self._trim is None:
+                    self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER,
+                                                                       self._trim_when_idle)
+
+    def _trim_when_idle(self) -> None:
+        """Trim once the last large body is gone and no other came for TRIM_AFTER s (not
+        between the requests of a storm: trimming and faulting the pages back in again
+        costs the next request's CPU)."""
+        wait = self._large_done + TRIM_AFTER - time.monotonic()
+        if self.buffered >= PARSE_OFF_LOOP or wait > 0:
+            self._trim = asyncio.get_running_loop().call_later(
+                wait if wait > 0 else TRIM_AFTER, self._trim_when_idle)
+            return
+        self._trim = None
+        trim_memory()
 
     def _reserve(self, held: list[int], n: int) -> None:
         """Hold ``n`` bytes of the budget for this body. Bodies under 64 KiB (every
@@ -381,7 +399,9 @@ class LogServer:
         """Verify a batch's signatures in chunks on the verify threads, in parallel; a
         failure names the lowest failing statement, as a sequential check would."""
         loop = asyncio.get_running_loop()
-        chunk = max(VERIFY_CHUNK, -(-len(sts) // (4 * self._verify_workers)))
+        # one chunk per verify thread: each hand-off to a thread and back costs the
+        # event loop and the threads CPU, and concurrent requests keep both busy anyway
+        chunk = max(VERIFY_CHUNK, -(-len(sts) // self._verify_workers))
         results = await asyncio.gather(
             *(loop.run_in_executor(self._verify_pool, verify_signatures, sts[k:k + chunk],
                                    True, k) for k in range(0, len(sts), chunk)),
@@ -525,6 +545,8 @@ class LogServer:
                     await self.publisher.stop()
                 await self.sequencer.close()
                 self._verify_pool.shutdown(wait=False, cancel_futures=True)
+                if self._trim is not None:
+                    self._trim.cancel()
 
         routes = [
             Route("/checkpoint", self.checkpoint, methods=["GET"]),
@@ -600,6 +622,7 @@ def serve(db: str, key: str | Signer, *, host: str = "127.0.0.1", port: int = 80
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    keep_large_buffers()  # freed memory goes back once a burst of requests ends
     # slowloris and connection floods: a header deadline and a connection cap that stays
     # under the open-file limit (ledger.guard); idle keep-alive connections close after 5 s
     server = make_server(app, sock, on_ready=on_ready, log_level=log_level,

@@ -54,8 +54,10 @@ from benchlib import (  # noqa: E402
     http_request,
     load_avg,
     pct,
+    pin_process,
     run_load,
     start_potd,
+    thread_cpu,
 )
 
 from ledger.log import Log  # noqa: E402
@@ -236,6 +238,10 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true",
                     help="time the server's write-path stages in CPU (scripts/stage_clock.py) "
                          "and print them per entry; use with --phases batch")
+    ap.add_argument("--pin", action="store_true",
+                    help="put the server (and this process's baselines) on the first CPU "
+                         "and the load generator on the second (a diagnostic: the server "
+                         "then verifies on one core)")
     ap.add_argument("--db", help="a postgresql:// URL (CREATEDB rights): compare add-batch of "
                                  "one SQLite, one and two PostgreSQL frontends instead")
     a = ap.parse_args()
@@ -252,6 +258,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="potd-bench-") as d:
         stages_file = os.path.join(d, "stages.json") if a.stages else None
         proc, port, trainer = start_server(d, a.server_arg, stages_file)
+        cpus = sorted(os.sched_getaffinity(0))
+        load_cpus: set[int] | None = None
+        if a.pin:
+            if len(cpus) < 2:
+                raise SystemExit("--pin needs two CPUs")
+            pin_process(proc.pid, {cpus[0]})
+            load_cpus = {cpus[1]}
         try:
             steps = max(1, a.adds // a.clients - 1)
             print(f"signing {a.clients} runs x {steps + 1} statements and "
@@ -263,7 +276,9 @@ def main() -> None:
             print(f"statement size: {statistics.mean(len(s) for s in sample):.0f} bytes",
                   flush=True)
 
-            # baselines, measured while the server idles
+            # baselines, measured while the server idles (with --pin on the server's CPU)
+            if a.pin:
+                pin_process(os.getpid(), {cpus[0]})
             verify_per_s = verify_rate(sample[:5000])
             native_us, pynacl_us, parse_us = ed25519_cpu_us([s for r in brun for s in r][:5000])
             verify_us = native_us if native_us is not None else pynacl_us
@@ -284,12 +299,15 @@ def main() -> None:
             if "batch" in phases:
                 reqs = [[post("/add-batch", b"[" + b",".join(r[i:i + a.batch]) + b"]")
                          for i in range(0, len(r), a.batch)] for r in brun]
-                cpu0 = cpu_seconds(proc.pid)
-                res = run_load(port, reqs, a.seconds)
+                cpu0, threads0 = cpu_seconds(proc.pid), thread_cpu(proc.pid)
+                res = run_load(port, reqs, a.seconds, cpus=load_cpus)
                 batch_cpu = cpu_seconds(proc.pid) - cpu0
+                threads = by_thread(proc.pid, threads0, thread_cpu(proc.pid))
                 results.append(summarize(f"add-batch of {a.batch}", res, a.batch))
-                results[-1]["frontend_cpu_us"] = round(
-                    1e6 * batch_cpu / max(res["statuses"].get(200, 0) * a.batch, 1), 1)
+                n = max(res["statuses"].get(200, 0) * a.batch, 1)
+                results[-1]["frontend_cpu_us"] = round(1e6 * batch_cpu / n, 1)
+                results[-1]["threads"] = [(name, round(1e6 * cpu / n, 1), round(faults / n, 2))
+                                          for name, cpu, faults in threads]
             if "add" not in phases and "batch" not in phases:  # something to read
                 run_load(port, [[post("/add-batch", b"[" + b",".join(r) + b"]")]
                                 for r in runs], a.seconds)
@@ -329,6 +347,10 @@ def main() -> None:
                 r["frontend_cpu_us"] / 1e6, 1, verify_us) + f"; load {load_avg()}")
             if stages is not None:
                 print_stages(stages, r)
+            if stages is not None and r.get("threads"):
+                print("  CPU per entry by thread (µs; minor page faults per entry):")
+                for name, us, faults in r["threads"]:
+                    print(f"    {name:26} {us:7.1f} {faults:8.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"phases": results, "library_per_s": {
             str(a.clients): round(lib1), str(a.batch): round(lib2)},
@@ -349,6 +371,22 @@ def print_stages(stages: dict[str, float], phase: dict[str, Any]) -> None:
             top += us
         print(f"    {'  ' * name.count('.')}{name.rsplit('.', 1)[-1]:24} {us:7.1f}")
     print(f"    {'outside these (loop, HTTP)':24} {phase['frontend_cpu_us'] - top:7.1f}")
+
+
+def by_thread(pid: int, before: dict[int, tuple[float, int]],
+              after: dict[int, tuple[float, int]]) -> list[tuple[str, float, int]]:
+    """``(name, CPU seconds, minor faults)`` of each thread that ran between two
+    :func:`thread_cpu` snapshots, busiest first: the main thread is the event loop; of
+    the others, the two busiest are the verify threads (Ed25519 and parsing), then the
+    flush thread (admission, storage, replies)."""
+    rows = []
+    for tid, (cpu, faults) in after.items():
+        c0, f0 = before.get(tid, (0.0, 0))
+        if cpu - c0 > 0 or faults - f0 > 0:
+            rows.append((tid, cpu - c0, faults - f0))
+    rows.sort(key=lambda r: (r[0] != pid, -r[1]))
+    return [("main (event loop)" if tid == pid else f"thread {tid}", cpu, faults)
+            for tid, cpu, faults in rows]
 
 
 def health(port: int) -> dict[str, Any]:

@@ -59,7 +59,9 @@ async def client(port: int, requests: list[bytes], deadline: float, lat: list[fl
 
 
 def _load(ports: list[int], per_client: list[list[bytes]], limit_s: float,
-          on_error: OnError, out: Any) -> None:
+          on_error: OnError, out: Any, cpus: set[int] | None = None) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     try:
         import uvloop
         uvloop.install()
@@ -79,12 +81,12 @@ def _load(ports: list[int], per_client: list[list[bytes]], limit_s: float,
 
 
 def run_load(ports: int | list[int], per_client: list[list[bytes]], limit_s: float,
-             on_error: OnError = "pause") -> dict[str, Any]:
-    """Run the clients (client ``i`` on ``ports[i % len(ports)]``) in a child process:
-    ``{"seconds", "latencies", "statuses"}``."""
+             on_error: OnError = "pause", cpus: set[int] | None = None) -> dict[str, Any]:
+    """Run the clients (client ``i`` on ``ports[i % len(ports)]``) in a child process
+    (on the CPUs ``cpus`` if given): ``{"seconds", "latencies", "statuses"}``."""
     q: Any = mp.Queue()
     p = mp.Process(target=_load, args=([ports] if isinstance(ports, int) else ports,
-                                       per_client, limit_s, on_error, q))
+                                       per_client, limit_s, on_error, q, cpus))
     p.start()
     res: dict[str, Any] = q.get()
     p.join()
@@ -103,6 +105,33 @@ def cpu_seconds(pid: int) -> float:
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
+    """``{thread id: (user + system CPU seconds, minor page faults)}`` of a process's
+    threads, from /proc (threads that ended are missing)."""
+    out: dict[int, tuple[float, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for t in tids:
+        try:
+            f = Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[int(t)] = ((int(f[11]) + int(f[12])) / TICK, int(f[7]))
+    return out
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Move every thread of process ``pid`` onto ``cpus`` (threads it starts later
+    inherit that)."""
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(t), cpus)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
 
 
 def load_avg() -> str:

@@ -48,6 +48,7 @@ def install() -> None:
     import nacl.signing
 
     import ledger.log
+    import ledger.merkle
     import ledger.sequencer
     import ledger.server
     import ledger.storage.sqlite
@@ -69,6 +70,10 @@ def install() -> None:
     else:
         _clock(ledger.storage.postgres.PostgresStore, "append", "flush.admit.log_append.store")
     _clock(ledger.sequencer.Sequencer, "_replies", "flush.replies")
+    _clock(ledger.log.Log, "appended_proofs_quoted", "flush.replies.proofs")
+    _clock(ledger.sequencer, "_replies", "flush.replies.join")
+    _clock(ledger.merkle.CompactRange, "extend", "flush.admit.log_append.hashes")
+    _clock(ledger.sequencer.Sequencer, "_admit_fast", "flush.admit.checks")
 
 
 def main() -> None:

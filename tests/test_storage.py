@@ -203,6 +203,36 @@ def test_server_indexes(db: str, signer: Signer) -> None:
     store.close()
 
 
+def test_run_spans_store_one_row_each_and_keep_the_unique_check(db: str,
+                                                                 signer: Signer) -> None:
+    """A run span (run, first seq, first index, count) is written as that many rows,
+    made inside the database; a span that repeats a stored (run, seq) fails the whole
+    append (the primary key still refuses it), and nothing of that append is stored."""
+    log = Log.create(db, signer)
+    store: Any = log.store
+    store.ensure_indexes()
+    log.append([b"e%d" % i for i in range(7)], run_rows=[("r2", 0, 5)],
+               run_spans=[("r1", 0, 0, 4), ("r3", 3, 4, 1), ("r2", 1, 6, 1)])
+    assert store.run_indexes("r1") == [0, 1, 2, 3]
+    assert store.run_last("r1") == (3, 3) and store.run_index("r3", 3) == 4
+    assert store.run_indexes("r2") == [5, 6]
+    assert query(db, "SELECT count(*) FROM run_entries") == [(7,)]
+    log.append([b"f%d" % i for i in range(3)], run_spans=[("r1", 4, 7, 3)])
+    assert store.run_indexes("r1", 3) == [3, 7, 8, 9]
+    for spans in ([("r1", 6, 10, 3)], [("r9", 0, 10, 1), ("r2", 1, 11, 2)]):
+        with pytest.raises(StorageError):  # (r1, 6) and (r2, 1) are taken
+            log.append([b"g%d" % i for i in range(3)], run_spans=spans)
+        log = Log(store, signer)  # as the sequencer does after a failed commit
+        assert log.size == 10
+        assert query(db, "SELECT count(*) FROM run_entries") == [(10,)]
+    with pytest.raises(UsageError, match="outside the batch"):
+        log.append([b"h"], run_spans=[("r5", 0, 10, 2)])
+    with pytest.raises(UsageError, match="outside the batch"):
+        log.append([b"h"], run_spans=[("r5", 0, 10, 0)])
+    assert log.size == 10
+    store.close()
+
+
 def test_leaf_index_is_kept_off_the_commit_path_and_caught_up_by_lookups(
         db: str, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
     import ledger.storage.sqlite_indexes as idx

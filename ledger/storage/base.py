@@ -32,6 +32,15 @@ from ..errors import MalformedError, StorageError, UsageError
 from ..merkle import native
 from ..tiles import decode_bundle, encode_bundle
 
+# (run, first seq, first index, count): the run-index rows (run, seq + k, index + k) for
+# k < count - a submission's consecutive statements of one run, written as one span
+RunSpan = tuple[str, int, int, int]
+
+
+def span_rows(spans: Sequence[RunSpan]) -> list[tuple[str, int, int]]:
+    """The run-index rows of ``spans``, in order."""
+    return [(run, seq + k, index + k) for run, seq, index, n in spans for k in range(n)]
+
 BLOCK = 256  # stored hashes per block row
 BUNDLE = 256  # entries per entry bundle (tlog-tiles)
 SCHEMA_VERSION = 2
@@ -133,10 +142,13 @@ class Store(Protocol):
 
     def append(self, old_size: int, entries: Sequence[bytes],
                level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int],
-               run_rows: Sequence[tuple[str, int, int]] = ()) -> None:
+               run_rows: Sequence[tuple[str, int, int]] = (),
+               run_spans: Sequence[RunSpan] = ()) -> None:
         """Atomically add ``entries`` (indexes ``old_size..``), the new stored hashes
         (``level_hashes[l]`` = new level-``l`` hashes in order) and a signed checkpoint
-        ``(size, note, created_ms)``, and any run-index rows ``(run, seq, index)``.
+        ``(size, note, created_ms)``, and any run-index rows ``(run, seq, index)``, given
+        one by one (``run_rows``) or as spans of consecutive ones (``run_spans``, each
+        stored as its rows: the database still refuses a (run, seq) twice).
         Raises StorageError if the stored size is not ``old_size``; on any error nothing
         is stored."""
         ...

@@ -38,6 +38,7 @@ from .base import (
     BLOCK,
     BUNDLE,
     SCHEMA_VERSION,
+    RunSpan,
     bundled_entries,
     check_schema,
     entry_spans,
@@ -49,6 +50,12 @@ from .sqlite_indexes import SQLiteIndexes
 # Full entry bundles (tlog-tiles tile/entries/N), written once, in the same transaction
 # as the entries that complete them: serving one is a single blob read.
 _BUNDLES_TABLE = "CREATE TABLE bundles (n INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+
+
+# the rows of a run span (run, seq, idx, count): (run, seq + k, idx + k) for k < count
+_SPAN_INSERT = ("WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k "
+                "WHERE i + 1 < ?4) INSERT INTO run_entries (run, seq, idx) "
+                "SELECT ?1, ?2 + i, ?3 + i FROM k")
 
 
 def _tune_reads(conn: sqlite3.Connection) -> None:
@@ -337,9 +344,13 @@ class SQLiteStore(SQLiteIndexes):
 
     def append(self, old_size: int, entries: Sequence[bytes],
                level_hashes: Sequence[Sequence[bytes]], checkpoint: tuple[int, str, int],
-               run_rows: Sequence[tuple[str, int, int]] = ()) -> None:
-        """As :meth:`Store.append`; ``run_rows`` are ``(run, seq, index)`` rows for the
-        run index, written in the same transaction (needs :meth:`ensure_indexes`)."""
+               run_rows: Sequence[tuple[str, int, int]] = (),
+               run_spans: Sequence[RunSpan] = ()) -> None:
+        """As :meth:`Store.append`; ``run_rows`` (``(run, seq, index)``) and ``run_spans``
+        are rows of the run index, written in the same transaction (needs
+        :meth:`ensure_indexes`). A span of several rows is one statement that makes its
+        rows inside SQLite (a recursive CTE), each row still checked against the
+        primary key (run, seq)."""
         conn = self.conn
         with self._lock:
             self._writer = threading.get_ident()
@@ -374,9 +385,15 @@ class SQLiteStore(SQLiteIndexes):
                                  "VALUES (?, ?, ?)", checkpoint)
                     conn.execute("UPDATE meta SET value=? WHERE key='size'",
                                  (str(old_size + len(entries)),))
-                    if run_rows:
+                    single = list(run_rows)
+                    for span in run_spans:
+                        if span[3] == 1:
+                            single.append(span[:3])
+                        elif span[3] > 1:
+                            conn.execute(_SPAN_INSERT, span)
+                    if single:
                         conn.executemany("INSERT INTO run_entries (run, seq, idx) "
-                                         "VALUES (?, ?, ?)", run_rows)
+                                         "VALUES (?, ?, ?)", single)
                     conn.execute("COMMIT")
                     self._note_written(writes)
                     self._bundle_tail = tail
