@@ -33,7 +33,6 @@ import gc
 import gzip
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -52,114 +51,36 @@ from .errors import (
     MalformedError,
     PotdError,
     PushbackError,
-    SignatureError,
-    StorageError,
     UsageError,
 )
 from .guard import keep_large_buffers, trim_memory
+from .http_common import (
+    HEX64_RE,
+    IMMUTABLE,
+    JSON_TYPE,
+    NO_CACHE,
+    SHORT,
+    NotFound,
+    RequestTimeout,
+    TooLarge,
+    error_payload,
+    error_response,
+    json_response,
+    potd_error_response,
+    status_of,
+    uint_param,
+)
 from .log import Log
 from .metrics import Metrics
 from .netutil import listen, make_server
 from .note import Signer, b64encode
 from .openapi import openapi_document
 from .policy import Policy
-from .sequencer import Rejected, Sequencer, verify_signatures
+from .sequencer import Sequencer, verify_signatures
 from .statement import Statement, parse_statement, parse_statement_array
 from .storage import open_store
 from .tiles import ENTRIES_LEVEL, MAX_ENTRY_SIZE, parse_path
 from .witnessing import WitnessPublisher, WitnessTarget
-
-IMMUTABLE = "public, max-age=31536000, immutable"
-SHORT = "public, max-age=10"
-NO_CACHE = "no-cache"
-JSON_TYPE = "application/json"
-
-
-class TooLarge(PotdError):
-    code = "too_large"
-    hint = "entries are at most 65535 bytes; split large batches into smaller requests"
-
-
-class RequestTimeout(PotdError):
-    code = "request_timeout"
-    hint = "send the whole request body promptly (the server gives each body a deadline)"
-
-
-class NotFound(PotdError):
-    code = "not_found"
-    hint = "check the path and parameters against the current tree size"
-
-
-def status_of(e: PotdError) -> int:
-    """The HTTP status docs/protocol.md §2.5 gives an error."""
-    if isinstance(e, Rejected):
-        return e.status
-    for cls, status in ((TooLarge, 413), (NotFound, 404), (RequestTimeout, 408),
-                        (SignatureError, 401), (MalformedError, 400), (UsageError, 400),
-                        (PushbackError, 503), (StorageError, 503)):
-        if isinstance(e, cls):
-            return status
-    return 500
-
-
-def error_response(status: int, code: str, detail: str, hint: str = "",
-                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    body: dict[str, Any] = {"error": code, "detail": detail}
-    if hint:
-        body["hint"] = hint
-    body.update(extra)
-    return Response(json.dumps(body), status_code=status, media_type=JSON_TYPE,
-                    headers=headers)
-
-
-def error_payload(e: PotdError) -> tuple[int, bytes, dict[str, str]]:
-    """Status, JSON body and extra headers for an error."""
-    status = status_of(e)
-    extra: dict[str, Any] = dict(e.extra) if isinstance(e, Rejected) else {}
-    pos = getattr(e, "statement", None)
-    if isinstance(pos, int):
-        extra["statement"] = pos
-    headers = {}
-    if isinstance(e, PushbackError):
-        headers["Retry-After"] = str(max(1, round(e.retry_after)))
-    elif isinstance(e, StorageError):
-        headers["Retry-After"] = "1"
-    code, message, hint = e.code, e.message, e.hint
-    if status == 500:
-        code, message, hint = "internal", "internal error; the log operator has the details", ""
-    body: dict[str, Any] = {"error": code, "detail": message}
-    if hint:
-        body["hint"] = hint
-    body.update(extra)
-    return status, json.dumps(body).encode(), headers
-
-
-def potd_error_response(e: PotdError) -> Response:
-    status, body, headers = error_payload(e)
-    return Response(body, status_code=status, media_type=JSON_TYPE, headers=headers)
-
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(json.dumps(obj, separators=(",", ":")), status_code=status,
-                    media_type=JSON_TYPE, headers={"Cache-Control": NO_CACHE})
-
-
-_UINT_RE = re.compile(r"0|[1-9][0-9]{0,18}")
-_HEX64_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def _uint(request: Request, name: str, default: int | None = None) -> int:
-    v = request.query_params.get(name)
-    if v is None:
-        if default is None:
-            raise UsageError(f"missing query parameter {name!r}",
-                             hint=f"add ?{name}=<non-negative integer>")
-        return default
-    if not _UINT_RE.fullmatch(v):
-        raise UsageError(f"query parameter {name}={v[:30]!r} is not a non-negative decimal "
-                         "integer", hint="write it without sign, spaces or leading zeros")
-    return int(v)
-
 
 VERIFY_CHUNK = 64  # statements per verify task (smaller batches: one task)
 PARSE_OFF_LOOP = 64 << 10  # bodies at least this large are parsed on a worker thread
@@ -453,12 +374,12 @@ class LogServer:
 
     async def inclusion(self, request: Request) -> Response:
         log = self.log
-        size = _uint(request, "size", self._served_size())
+        size = uint_param(request, "size", self._served_size())
         hexleaf = request.query_params.get("leaf_hash")
         if hexleaf is not None:
             if "index" in request.query_params:
                 raise UsageError("give either index or leaf_hash, not both")
-            if not _HEX64_RE.fullmatch(hexleaf):
+            if not HEX64_RE.fullmatch(hexleaf):
                 raise UsageError("leaf_hash must be 64 lowercase hex digits")
             store: Any = log.store  # a thread: the lookup may first catch the index up
             found = await asyncio.to_thread(store.leaf_index, bytes.fromhex(hexleaf))
@@ -466,46 +387,47 @@ class LogServer:
                 raise NotFound(f"no record with leaf hash {hexleaf} in the tree of size {size}")
             index = int(found)
         else:
-            index = _uint(request, "index")
+            index = uint_param(request, "index")
         if size > log.size:
             raise UsageError(f"tree size {size} is beyond the current size {log.size}")
         if index >= size:
             raise UsageError(f"index {index} is not inside the tree of size {size}")
         proof = log.inclusion_proof(index, size)
-        return _json({"index": index, "size": size, "hashes": [b64encode(h) for h in proof]})
+        return json_response({"index": index, "size": size,
+                              "hashes": [b64encode(h) for h in proof]})
 
     async def consistency(self, request: Request) -> Response:
         log = self.log
-        m = _uint(request, "from")
-        n = _uint(request, "to", self._served_size())
+        m = uint_param(request, "from")
+        n = uint_param(request, "to", self._served_size())
         if not m <= n <= log.size:
             raise UsageError(f"need from <= to <= {log.size} (the current size); got {m}, {n}")
         proof = log.consistency_proof(m, n)
-        return _json({"from": m, "to": n, "hashes": [b64encode(h) for h in proof]})
+        return json_response({"from": m, "to": n, "hashes": [b64encode(h) for h in proof]})
 
     async def entries(self, request: Request) -> Response:
         log = self.log
         size = log.size
-        start = _uint(request, "start")
-        end = _uint(request, "end", min(size, start + self.entries_page))
+        start = uint_param(request, "start")
+        end = uint_param(request, "end", min(size, start + self.entries_page))
         if not start <= end <= size:
             raise UsageError(f"need start <= end <= {size} (the current size); got {start}, "
                              f"{end}")
         end = min(end, start + self.entries_page)
         data = await asyncio.to_thread(log.entries, start, end, self.entries_bytes)
-        return _json({"start": start, "end": start + len(data),
+        return json_response({"start": start, "end": start + len(data),
                       "entries": [b64encode(e) for e in data]})
 
     async def run(self, request: Request) -> Response:
         run = request.path_params["run"]
-        if not _HEX64_RE.fullmatch(run):
+        if not HEX64_RE.fullmatch(run):
             raise UsageError("a run id is 64 lowercase hex digits",
                              hint="run = hex SHA-256 of the canonical JSON of the run.open body")
         store: Any = self.log.store
         indexes = await asyncio.to_thread(store.run_indexes, run)
         if not indexes:
             raise NotFound(f"no run {run} in this log")
-        return _json({"run": run, "indexes": indexes})
+        return json_response({"run": run, "indexes": indexes})
 
     async def health(self, request: Request) -> Response:
         """200 ``"ok"``, or 503 ``"storage_failed"`` with the cause while the last commit
@@ -524,7 +446,7 @@ class LogServer:
             return Response(json.dumps(body, separators=(",", ":")), status_code=503,
                             media_type=JSON_TYPE,
                             headers={"Cache-Control": NO_CACHE, "Retry-After": "1"})
-        return _json(body)
+        return json_response(body)
 
     async def openapi_json(self, request: Request) -> Response:
         return Response(self.openapi, media_type=JSON_TYPE)
