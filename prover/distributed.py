@@ -81,7 +81,8 @@ from prover.derive import (
     shard_bounds,
 )
 from prover.recipes import Recipe, train_step
-from prover.session import SMALL_STATE, Batch, TrainingSession, _optimizer_tensors
+from prover.session import SMALL_STATE, Batch, TrainingSession
+from prover.session_commit import _optimizer_tensors
 
 __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
            "data_parallel_session", "init_process_group", "rank_device"]

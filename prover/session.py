@@ -36,10 +36,8 @@ Invariants:
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,17 +47,16 @@ import torch
 
 from ledger.beacon_client import BeaconClient
 from ledger.client import LogClient, Receipt
-from ledger.errors import PotdError, UsageError, VerificationError
+from ledger.errors import UsageError, VerificationError
 from ledger.merkle import check_record, leaf_hash
-from ledger.note import SignedCheckpoint, Signer, Verifier, b64decode, open_checkpoint
+from ledger.note import Signer, Verifier, b64decode, open_checkpoint
 from ledger.policy import Policy
 from ledger.statement import Statement, build_statement, run_id
-from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, attested_ms, beacon_field, pick_round
+from prover.beacon import CHALLENGE_FILE, DEFAULT_LEAD, beacon_field
 from prover.committer import Committer, client_settings, decimal_string
 from prover.dataset_cache import dataset_hashes
 from prover.datasets import TENSOR_ENCODING, as_datasets, call_data
 from prover.derive import (
-    beacon_from_checkpoint,
     derive_seed,
     init_seed,
     new_s_rand,
@@ -69,16 +66,15 @@ from prover.derive import (
 )
 from prover.evidence import EvidenceStore
 from prover.hashing import (
-    TENSORS_HEADER,
-    Parts,
     StateHasher,
     hash_tensors,
     stream_size,
-    write_stream,
 )
 from prover.hashlist import publish as publish_hash_list
 from prover.recipes import Recipe, train_step
 from prover.recipes.source import store_recipe_source
+from prover.session_beacon import BeaconTiming
+from prover.session_commit import StepCommits
 from prover.spool import Spool
 
 __all__ = ["Batch", "TrainingSession", "decimal_string", "environment"]
@@ -122,7 +118,7 @@ class Batch:
     root: str | None  # batch root; None = computed by the commit process
 
 
-class TrainingSession:
+class TrainingSession(BeaconTiming, StepCommits):
     def __init__(self, recipe: Recipe, client: LogClient, trainer: Signer,
                  evidence_dir: str | Path, spool_path: str | Path, *,
                  per_step_weights: bool = True, weights_hash: str = "blake3",
@@ -389,67 +385,6 @@ class TrainingSession:
     def open_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The ``run.open`` body as it will be committed (the run id is its hash)."""
         return body
-    def choose_round(self) -> int:
-        """The drand round committed in run.open (then in run.close): the first one
-        ``beacon_lead`` seconds ahead (twice that for run.close, which is logged behind
-        the last steps' submission). Attacks override this."""
-        if self._round_open is None:
-            self._round_open = pick_round(self.chain, time.time(), self.beacon_lead)
-            return self._round_open
-        return pick_round(self.chain, time.time(), 2 * self.beacon_lead)
-
-    def _attested(self, index: int, receipt_cp: SignedCheckpoint, by_ms: int
-                  ) -> SignedCheckpoint:
-        """A checkpoint covering ``index`` whose attested time (the client's witness
-        policy, else the log's timestamp) is known; waits for witnesses until ``by_ms``."""
-        cp = receipt_cp
-        # a client without state: /checkpoint as served (the newest witnessed one)
-        fresh = LogClient(self.client.url, self.client.log_key)
-        try:
-            while True:
-                try:
-                    attested_ms(cp, self.time_witnesses, self.time_quorum, self.time_policy)
-                    return cp
-                except VerificationError:
-                    if time.time() * 1000 >= by_ms:
-                        raise
-                time.sleep(0.1)
-                try:
-                    latest = fresh.checkpoint()
-                except PotdError:
-                    continue
-                if latest.size > index:
-                    cp = latest
-        finally:
-            fresh.close()
-
-    def _log_beacon(self, receipt: Receipt) -> tuple[bytes, dict[str, Any]]:
-        """Version 1 beacon: SHA-256 of the log's signature on the checkpoint ending with
-        run.open, and the step-0 evidence (that checkpoint)."""
-        if receipt.beacon_checkpoint is None:
-            raise PotdError("the log's reply to run.open carries no beacon_checkpoint",
-                            hint="this log does not implement the potd write API")
-        beacon = beacon_from_checkpoint(receipt.beacon_checkpoint, self.client.log_key,
-                                        receipt.index + 1)
-        return beacon, {"beacon_checkpoint": receipt.beacon_checkpoint}
-
-    def _drand_beacon(self, receipt: Receipt, round_: int) -> tuple[bytes, dict[str, Any]]:
-        """Wait for round ``round_``: its randomness, and the step-0 evidence (the round
-        and the checkpoint attesting that run.open existed before its publication)."""
-        assert self.beacon is not None
-        due = self.chain.round_time(round_) * 1000
-        cp = self._attested(receipt.index, receipt.checkpoint, due)
-        self._check_attested(cp, due, f"drand round {round_}")
-        rnd = self.beacon.wait_round(round_)
-        return rnd.randomness, {"beacon_round": rnd.to_json(), "open_checkpoint": str(cp)}
-
-    def _check_attested(self, cp: SignedCheckpoint, due_ms: int, what: str) -> None:
-        t, basis = attested_ms(cp, self.time_witnesses, self.time_quorum, self.time_policy)
-        if t >= due_ms:
-            raise PotdError(f"the log attests the statement at {t} ms ({basis}), not before "
-                            f"{what} ({due_ms} ms): the auditor would reject it",
-                            hint="raise the beacon lead (--beacon-lead) or fix the clock")
-
     def _load_data(self) -> Any:
         """The recipe's data as datasets (``train``, ``heldout``), the training set's
         example hashes (cached on disk for file-backed data) and the schedule. ``data``
@@ -520,135 +455,6 @@ class TrainingSession:
         """Commit a step trained by your own loop (hashes before returning)."""
         self._record(batch, loss)
         self._wait_hashed()
-
-    def _record(self, batch: Batch, loss: float) -> None:
-        """Hand the step to the committer with the weights after it: their stream copied
-        into the ring (small models), or their hash, computed on the hasher thread."""
-        if self._hash_error is not None:
-            raise self._hash_error
-        self.losses.append(loss)
-        last = batch.step == len(self.plan) - 1
-        ckpt = (batch.step + 1) % self._k == 0 or last
-        lr = float(self.statement_lr(batch.step))
-        state = opt = None
-        if ckpt or self.per_step_weights:
-            state = self._state(check=ckpt)
-            if ckpt:
-                opt = _optimizer_tensors(self.optimizer)
-        if self._inline:
-            self._commit_inline(batch, loss, lr, state, opt, last)
-        else:
-            if state is not None:  # parameters change only in optimizer.step(); buffers
-                state = {k: v if isinstance(v, torch.nn.Parameter) else v.detach().clone()
-                         for k, v in state.items()}  # may change in the next forward pass
-            with self._cond:
-                self._pending += 1
-            self._hash_q.put((batch, loss, lr, state, opt, last))
-        if self.progress:
-            self.progress(batch.step + 1, len(self.plan))
-
-    def _state(self, check: bool = False) -> dict[str, torch.Tensor]:
-        """The model's state dict (parameters and buffers themselves), cached while no
-        module registers a parameter, buffer or submodule (torch's global registration
-        hooks tell us). ``check``: compare the cache with a fresh one."""
-        sd = self._sd
-        if sd is None or check:
-            fresh = self.model.state_dict(keep_vars=True)
-            if sd is not None and (sd.keys() != fresh.keys()
-                                   or any(fresh[k] is not v for k, v in sd.items())):
-                raise PotdError("the model's parameters or buffers were replaced without "
-                                "registering them (e.g. `del module.weight`)",
-                                hint="assign parameters and buffers as module attributes")
-            sd = self._sd = fresh
-        return sd
-
-    def _structure_changed(self, *_: Any) -> None:
-        self._sd = None
-
-    def _commit_inline(self, batch: Batch, loss: float, lr: float,
-                       state: dict[str, torch.Tensor] | None,
-                       opt: dict[str, torch.Tensor] | None, last: bool) -> None:
-        c = self._committer
-        assert c is not None
-        w = ring = parts = None
-        if state is not None:
-            parts = self._weights.parts(state)
-            ring = c.stream_to_ring(parts, stream_size(parts))
-            if ring is None:  # the commit process is behind: hash here
-                w = self._weights.hash(parts)
-        where: dict[str, Any] | None = None
-        inline = bytearray()
-        if opt is not None and parts is not None:
-            oparts = self._opt_stream.parts(opt)
-            oring = c.stream_to_ring(oparts, stream_size(oparts))
-            where = {}
-            for group, loc, p in (("weights", ring, parts), ("optimizer", oring, oparts)):
-                if loc is not None:
-                    where[group] = ["ring", *loc]
-                else:
-                    data = bytearray(stream_size(p))
-                    write_stream(p, memoryview(data))
-                    where[group] = ["inline", len(inline), len(data)]
-                    inline += data
-        c.step(batch.step, batch.epoch, loss, lr, weights=w, ring=ring, indexes=batch.indexes,
-               root=batch.root, last=last, checkpoint=where, inline=bytes(inline))
-
-    def _commit_hashed(self, batch: Batch, loss: float, lr: float,
-                       state: dict[str, torch.Tensor] | None,
-                       opt: dict[str, torch.Tensor] | None, last: bool,
-                       release: Callable[[], None]) -> None:
-        """Hasher thread: hash, snapshot at a checkpoint, release the next optimizer
-        step, then send the record."""
-        w = where = None
-        if state is not None:
-            parts = self._weights.parts(state)
-            w = self._weights.hash(parts)
-            if opt is not None:
-                path = self.evidence.root / f".snapshot-{os.getpid()}-{batch.step}"
-                oparts = self._opt_stream.parts(opt)
-                with open(path, "wb") as f:
-                    n = _write_stream_file(f, parts)
-                    m = _write_stream_file(f, oparts)
-                where = {"weights": ["file", str(path), 0, n],
-                         "optimizer": ["file", str(path), n, m]}
-        release()
-        assert self._committer is not None
-        self._committer.step(batch.step, batch.epoch, loss, lr, weights=w, ring=None,
-                             indexes=batch.indexes, root=batch.root, last=last,
-                             checkpoint=where)
-
-    def _before_update(self, *_: Any) -> None:
-        self._wait_hashed()
-
-    def _wait_hashed(self) -> None:
-        if self._pending:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending == 0)
-        if self._hash_error is not None:
-            raise self._hash_error
-
-    def _hash_loop(self) -> None:
-        def release() -> None:
-            with self._cond:
-                self._pending -= 1
-                self._cond.notify_all()
-
-        while True:
-            job = self._hash_q.get()
-            try:
-                if job is None:
-                    return
-                if self._hash_error is None:  # after an error, nothing more is committed
-                    batch, loss, lr, state, opt, last = job
-                    self._commit_hashed(batch, loss, lr, state, opt, last, release)
-                else:
-                    release()
-            except BaseException as e:  # surfaced to the training thread
-                self._hash_error = e
-                if self._pending:
-                    release()
-            finally:
-                self._hash_q.task_done()
 
     def flush(self) -> None:
         """Block until every recorded step's statement is durably spooled.
@@ -735,21 +541,3 @@ class TrainingSession:
             proof = [b64decode(h) for h in rj["inclusion_proof"]]
             check_record(proof, cp.size, cp.root, index, b64decode(rj["leaf_hash"]))
             self.receipts.append(Receipt(index, b64decode(rj["leaf_hash"]), cp, tuple(proof)))
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """:func:`prover.evidence.flatten_optimizer` without the copies: names
-    ``state.<param index>.<key>``, the live tensors (scalars as new 0-d tensors)."""
-    out = {}
-    for pid, st in opt.state_dict()["state"].items():
-        for key, v in st.items():
-            out[f"state.{pid}.{key}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-    return out
-
-
-def _write_stream_file(f: Any, parts: Parts) -> int:
-    f.write(TENSORS_HEADER)
-    for frame, raw in parts:
-        f.write(frame)
-        f.write(raw)
-    return stream_size(parts)
