@@ -244,6 +244,15 @@ def _distance_vs_tolerance(seg: Mapping[str, Any], mode: Any, le: str) -> str:
     return f"{_num(d)} {le if d <= t else '>'} {_num(t)}"
 
 
+def segment_status(seg: Mapping[str, Any]) -> str:
+    """The status of a replayed segment for its table row: a segment that could not be
+    replayed (``unavailable``: evidence server gone, worker lost) is inconclusive, never
+    shown as a mismatch."""
+    if seg.get("match") is True:
+        return "pass"
+    return "inconclusive" if seg.get("unavailable") is True else "fail"
+
+
 def _first_mismatch(seg: Mapping[str, Any]) -> str:
     if seg.get("error"):
         return f"error: {_clean(seg['error'])}"
@@ -365,10 +374,10 @@ def render_terminal(report: dict[str, Any], console: Console | None = None) -> N
         t.add_column(f"distance {sym['le']} tolerance", no_wrap=True)
         t.add_column("seconds", justify="right", no_wrap=True)
         for seg in segs:
-            ok = seg.get("match") is True
+            status = segment_status(seg)
+            label = {"pass": "yes", "fail": "no"}.get(status, "not replayed")
             t.add_row(txt(_steps(seg)),
-                      txt(f"{sym['pass']} yes" if ok else f"{sym['fail']} no",
-                           style="green" if ok else "bold red"),
+                      txt(f"{sym[status]} {label}", style=_STATUS_STYLE[status]),
                       txt(_first_mismatch(seg)),
                       txt(_distance_vs_tolerance(seg, mode, sym["le"])),
                       txt(_seconds(seg.get("seconds"))))

@@ -47,6 +47,7 @@ from .render import (
     _steps,
     _verdict,
     _warnings,
+    segment_status,
 )
 
 if TYPE_CHECKING:
@@ -446,11 +447,12 @@ def _replay_html(report: Mapping[str, Any], plot: str) -> str:
              + " segments replayed" + (f" in <b>{_e(mode)}</b> mode" if mode else "") + ".")
     rows = []
     for s in segs:
-        ok = s.get("match") is True
-        cls = "" if ok else ' class="bad"'
+        status = segment_status(s)
+        label = {"pass": "match", "fail": "differs"}.get(status, "not replayed")
+        cls = ' class="bad"' if status == "fail" else ""
         rows.append(
             f"<tr{cls}><td>{_e(_steps(s))}</td>"
-            f"<td>{_pill('pass', 'match') if ok else _pill('fail', 'differs')}</td>"
+            f"<td>{_pill(status, label)}</td>"
             f"<td>{_e(_first_mismatch(s))}</td>"
             f'<td class="num">{_e(_opt(s.get("distance")))}</td>'
             f'<td class="num">{_e(_opt(s.get("tolerance")))}</td>'

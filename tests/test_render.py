@@ -258,3 +258,20 @@ def test_plot_png_saved() -> None:
     assert all(b.startswith(b"\x89PNG") for b in images.values())
     Path("/tmp/potd-plot.png").write_bytes(images["loss"])
     assert plot_images(inconclusive_empty(), "png") == {}
+
+
+def test_a_segment_not_replayed_is_not_shown_as_a_mismatch() -> None:
+    """A segment whose replay could not be carried out (evidence server gone, worker
+    lost: ``unavailable``) is inconclusive in both reports, not "no"/"differs"."""
+    rep = copy.deepcopy(example())
+    segs = rep["replay"]["segments"]
+    segs[0].update(match=False, unavailable=True, error="cannot fetch evidence")
+    out = terminal(rep)
+    row = next(line for line in out.splitlines() if "not replayed" in line)
+    assert "✗" not in row and "?" in row
+    page = render_html(rep)
+    assert '<span class="pill s-inconclusive">not replayed</span>' in page
+    # a segment that was replayed and differs still shows as a mismatch
+    segs[0].update(unavailable=False)
+    assert '<span class="pill s-fail">differs</span>' in render_html(rep)
+    assert "not replayed" not in terminal(rep)
