@@ -8,7 +8,9 @@ from __future__ import annotations
 import http.server
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e import Env, LoopbackServer, checks, env  # noqa: F401 (the env fixture)
@@ -58,21 +60,33 @@ class _Evidence(LoopbackServer):
         super().__init__(body)
 
 
+def _audit(env: Env, ev: _Evidence,  # noqa: F811
+           on_segment: Callable[[int], None]) -> dict[str, Any]:
+    """Train a run and audit it against ``ev`` (every step drawn), calling
+    ``on_segment(done)`` after each replayed segment; the server is closed after."""
+    s = env.train()
+    try:
+        def progress(what: str, done: int, total: int) -> None:
+            if what == "replay":
+                on_segment(done)
+
+        with env.client(state_dir=str(env.dir / "state"), proofs="tiles") as c:
+            return Audit(c, AuditOptions(run=s.run_id, evidence=ev.url, samples=1000),
+                         progress).run()
+    finally:
+        ev.close()
+
+
 @pytest.mark.parametrize("status", [0, 503])
 def test_evidence_server_gone_mid_replay_is_inconclusive(env: Env,  # noqa: F811
                                                          status: int) -> None:
-    s = env.train()
     ev = _Evidence(env.dir / "ev-run", status)
-    try:
-        def progress(what: str, done: int, total: int) -> None:
-            if what == "replay" and done == 1:  # after the first segment: server gone
-                ev.refuse.set()
 
-        with env.client(state_dir=str(env.dir / "state"), proofs="tiles") as c:
-            rep = Audit(c, AuditOptions(run=s.run_id, evidence=ev.url, samples=1000),
-                        progress).run()
-    finally:
-        ev.close()
+    def on_segment(done: int) -> None:
+        if done == 1:  # after the first segment: server gone
+            ev.refuse.set()
+
+    rep = _audit(env, ev, on_segment)
     assert ev.dropped > 0
     got = checks(rep)
     assert got["replay"] == "inconclusive", rep["checks"]
@@ -91,20 +105,15 @@ def test_wrong_evidence_fails_even_when_later_segments_are_unavailable(
     """A trainer cannot turn evidence of a false claim into "inconclusive" by making its
     server drop the rest of the audit: a segment whose evidence is wrong fails the replay,
     whatever happens to the segments after it."""
-    s = env.train()
     ev = _Evidence(env.dir / "ev-run")
-    try:
-        def progress(what: str, done: int, total: int) -> None:
-            if what == "replay" and done == 1:  # the next object is wrong, then silence
-                ev.corrupt = 1
-            if what == "replay" and done == 2:
-                ev.refuse.set()
 
-        with env.client(state_dir=str(env.dir / "state"), proofs="tiles") as c:
-            rep = Audit(c, AuditOptions(run=s.run_id, evidence=ev.url, samples=1000),
-                        progress).run()
-    finally:
-        ev.close()
+    def on_segment(done: int) -> None:
+        if done == 1:  # the next object is wrong, then silence
+            ev.corrupt = 1
+        if done == 2:
+            ev.refuse.set()
+
+    rep = _audit(env, ev, on_segment)
     assert ev.corrupted and ev.dropped > 0
     segs = rep["replay"]["segments"]
     assert segs[0]["match"] and not segs[0]["unavailable"]
