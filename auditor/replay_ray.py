@@ -93,8 +93,8 @@ def task_results(reply: Any, jobs: list[SegmentJob], mine: dict[str, str | None]
         why = "a potd without worker identities (older than the auditor's)"
     else:
         why = ", ".join(f"{k} {str(theirs.get(k))[:16]} (auditor: {str(mine.get(k))[:16]})"
-                        for k in sorted(set(mine) | set(theirs))
-                        if theirs.get(k) != mine.get(k))
+                        for k in sorted(set(mine) | set(theirs), key=str)[:20]
+                        if theirs.get(k) != mine.get(k))[:400]
     return [not_replayed(job, f"the Ray worker runs other code or libraries than the "
                               f"auditor: {why}; install the auditor's potd and libraries "
                               "on the workers") for job in jobs]
