@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, cast
 
 from ledger.errors import PotdError
 from ledger.statement import Statement
+from prover.dataset_cache import HashTable
 from prover.derive import batch_indexes
 from prover.evidence import EvidenceError, EvidenceSource
 from prover.recipes import Recipe
@@ -46,12 +46,15 @@ class SampledReplay:
     a: Audit
     o: Statement
     steps: list[Statement]
-    hashes: Sized                        # the committed training examples' hashes
+    hashes: HashTable                    # the committed training examples' hashes
     plan: list[tuple[int, int, int]]     # (step, epoch, offset) per step
     alg: str
     init: dict[str, Any]
     threads: int
     _job_orders: dict[tuple[bytes, int, int], list[int]]
+
+    def _public_challenge(self) -> tuple[bytes | None, dict[str, Any]]:
+        raise NotImplementedError  # ReplayCheck's
 
     def _replay(self, recipe: Recipe, seed: bytes, ckpts: list[dict[str, Any]]) -> None:
         from .audit import challenge_seed, detection_probabilities, pool_map, step_sample

@@ -494,7 +494,7 @@ class StaleDrandRound(TrainingSession):
 
     def choose_round(self) -> int:
         assert self.beacon is not None
-        r = self.chain.round_at(time.time())
+        r = int(self.chain.round_at(time.time()))
         rnd = self.beacon.wait_round(r)
         for i in itertools.count():
             s_rand = hashlib.sha256(b"stale" + i.to_bytes(8, "big")).digest()
@@ -527,7 +527,7 @@ class StaleChallengeRound(TrainingSession):
 
     def choose_round(self) -> int:
         if self._round_open is not None:
-            return max(1, self.chain.round_at(time.time()) - 1)
+            return max(1, int(self.chain.round_at(time.time())) - 1)
         return super().choose_round()
 
     def _check_attested(self, cp: Any, due_ms: int, what: str) -> None:

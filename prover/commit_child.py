@@ -247,7 +247,8 @@ class _Child:
                     raise MalformedError(f"checkpoint stream location {kind!r}")
             w = where["weights"]
             same = hashed is not None and w[0] == "ring" and (w[1], w[2]) == tuple(hashed)
-            got = weights_hash if same else self.stream_hash(streams["weights"])
+            got = (weights_hash if same and weights_hash is not None
+                   else self.stream_hash(streams["weights"]))
             if got != weights_hash:
                 raise VerificationError(f"step {step}: the checkpoint's weights hash to {got}, "
                                         f"the step committed {weights_hash}",
@@ -256,10 +257,10 @@ class _Child:
 
             opt_hash = self.stream_hash(streams["optimizer"])
             return {"step": step, "weights": self.put_object(streams["weights"]),
-                    "weights_hash": weights_hash,
+                    "weights_hash": got,
                     "optimizer": self.put_object(streams["optimizer"]),
                     "optimizer_hash": opt_hash,
-                    "state": state_hash({"weights": weights_hash, "optimizer": opt_hash})}
+                    "state": state_hash({"weights": got, "optimizer": opt_hash})}
         finally:
             for v in streams.values():
                 v.release()

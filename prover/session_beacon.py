@@ -25,7 +25,7 @@ class BeaconTiming:
     chain: Any
     beacon: BeaconClient | None
     beacon_lead: float
-    time_witnesses: list[Verifier]
+    time_witnesses: tuple[Verifier, ...]
     time_quorum: int
     time_policy: Policy | None
     _round_open: int | None

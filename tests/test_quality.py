@@ -1,5 +1,5 @@
-"""House style is checked, not hoped for: ruff over the whole tree, mypy --strict over the
-ledger and everything it imports (setup.cfg [mypy])."""
+"""House style is checked, not hoped for: ruff over the whole tree, mypy --strict over
+ledger/, prover/ and auditor/ and everything they import (setup.cfg [mypy])."""
 
 from __future__ import annotations
 

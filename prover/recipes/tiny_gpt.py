@@ -159,7 +159,8 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)
         for b in self.blocks:
             x = b(x)
-        return self.ln_f(x) @ self.wte.weight.t()  # the head, tied to the embedding
+        out: torch.Tensor = self.ln_f(x) @ self.wte.weight.t()  # the head, tied to the embedding
+        return out
 
 
 class TinyGPT(Recipe):
