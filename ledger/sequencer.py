@@ -460,7 +460,7 @@ class Sequencer:
                 seq0, pos0 = nxt, pos
             kind = st.kind
             if (closed or st.seq != nxt or st.signer != signer or kind == "run.open"
-                    or st.body.get("prev") != last.hex()):
+                    or st.prev != last.hex()):
                 return None
             last = st.leaf_hash()
             add(last)

@@ -366,7 +366,11 @@ class Statement:
 
     @property
     def prev(self) -> str | None:
-        p = self.body.get("prev")
+        d = self.__dict__
+        if "_prev" in d:  # the native parser's (its body is built only on demand)
+            p: JSON = d["_prev"]
+        else:
+            p = self.body.get("prev")
         return p if isinstance(p, str) else None
 
     def unsigned_json(self) -> dict[str, JSON]:
@@ -399,6 +403,10 @@ class Statement:
     @classmethod
     def from_bytes(cls, data: bytes) -> Statement:
         return parse_statement(data)
+
+
+# the body of a statement the native parser validated without building it
+setattr(Statement, "body", native.LazyBody())  # noqa: B010 (a class attribute after @dataclass)
 
 
 def parse_statement(data: bytes) -> Statement:

@@ -5,7 +5,10 @@ statement or a batch that is exactly in canonical form is parsed and checked in 
 :class:`~ledger.statement.Statement` objects carrying their leaf hash, and signatures are
 verified in C with the GIL released. The C code accepts only what it has fully
 validated; for anything else :func:`parse_one` / :func:`parse_batch` return None and the
-caller runs the Python parser, which accepts it or raises the named error. A signature
+caller runs the Python parser, which accepts it or raises the named error. With
+:data:`LAZY_BODY` (the default) C validates a statement's body without building it: the
+Statement carries its ``prev`` and builds ``body`` from ``raw`` on first use (the write
+path reads only kind, run, seq, signer, prev, the signature and the leaf hash). A signature
 that fails in C is checked again by the Python path, which raises the exact
 :class:`~ledger.errors.SignatureError`. Without the extension every function here says
 "not fast" and the Python paths do all the work (tests/test_statement_fast.py checks
@@ -14,6 +17,7 @@ that both agree).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +31,7 @@ except ImportError:  # not built: the pure-Python path
     _native = None
 
 BATCH_CHUNK = 256  # statements per C call: the GIL is free between chunks
+LAZY_BODY = True  # validate bodies in C without building them (False: build them in C)
 
 # the native calls, by name, so that scripts/stage_clock.py can time them
 _verify: Callable[[list[Any], int], int] | None = _native.verify if _native else None
@@ -47,7 +52,7 @@ def parse_one(data: bytes) -> Statement | None:
     """The statement ``data`` encodes, if C accepts it; None means "use Python"."""
     if _native is None or type(data) is not bytes:
         return None
-    st: Statement | None = _native.parse_one(data)
+    st: Statement | None = _native.parse_one(data, LAZY_BODY)
     return st
 
 
@@ -59,7 +64,7 @@ def parse_batch(data: bytes) -> list[Statement] | None:
     out: list[Statement] = []
     pos = 1
     while pos > 0:
-        got = _native.parse_batch(data, pos, BATCH_CHUNK)
+        got = _native.parse_batch(data, pos, BATCH_CHUNK, LAZY_BODY)
         if got is None:
             return None
         sts, pos = got
@@ -73,3 +78,22 @@ def first_bad_signature(statements: Sequence[Statement], start: int = 0) -> int 
     if _verify is None:
         return None
     return _verify(statements if type(statements) is list else list(statements), start)
+
+
+class LazyBody:
+    """``Statement.body`` of a statement the native parser validated without building
+    its body (:data:`LAZY_BODY`; such a statement carries ``_prev``): decoded from
+    ``raw`` on first use and kept. C accepted ``raw`` as canonical JSON, so ``json.loads``
+    gives the very dict it would have built. A non-data descriptor: an instance's own
+    ``body`` (every statement the Python paths make) is found first, and attribute reads
+    stay plain (a ``__getattr__`` hook would slow every one of them)."""
+
+    def __get__(self, st: Statement | None, owner: type | None = None) -> Any:
+        if st is None:
+            raise AttributeError("body")
+        d = st.__dict__
+        if "_prev" not in d:  # not from the native parser: a body was never set
+            raise AttributeError("body")
+        body = json.loads(d["raw"])["body"]
+        d["body"] = body
+        return body

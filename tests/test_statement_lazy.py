@@ -1,0 +1,123 @@
+"""The native parser's validation-only mode (ledger/_fastpath.c with
+``statement_native.LAZY_BODY``, the default): the body is checked in C without being
+built, and ``Statement.body`` is decoded from ``raw`` on first use. Against the native
+parser that builds the body and against the strict Python parser: the same statements
+taken, the same fields, body, prev and leaf hash, the same refusals (named by the Python
+path either way) - on generated valid, faulty and mutated statements, and on bodies
+whose keys hold escapes (their order is by code point of the decoded key)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ledger import statement_native
+from ledger.merkle import leaf_hash
+from ledger.note import b64encode
+from ledger.statement import Statement, parse_statement, parse_statement_array
+from tests.test_statement_fast import fields, native_agrees, outcome, require_native, strict_single
+from tests.test_statement_native import TRAINER, Gen, hexs, mutate
+
+
+def _native(raw: bytes, lazy: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+    """What C makes of ``raw`` alone and inside a batch of two, in one mode."""
+    monkeypatch.setattr(statement_native, "LAZY_BODY", lazy)
+    one = statement_native.parse_one(raw)
+    two = statement_native.parse_batch(b"[" + raw + b"," + raw + b"]")
+    return (None if one is None else fields(one),
+            None if two is None else [fields(s) for s in two])
+
+
+def test_lazy_and_built_bodies_take_the_same_statements(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    require_native()
+    gen, rng = Gen(21), random.Random(22)
+    took = 0
+    for i in range(2500):
+        raw = gen.statement(faulty=i % 3 == 2)
+        if i % 2:
+            raw = mutate(rng, raw)
+        lazy = _native(raw, True, monkeypatch)
+        assert lazy == _native(raw, False, monkeypatch), raw
+        took += lazy[0] is not None
+        if lazy[0] is not None:  # and the strict parser agrees (fields, leaf hash)
+            monkeypatch.setattr(statement_native, "LAZY_BODY", True)
+            assert native_agrees(raw)
+    assert took > 700  # a third faulty, half mutated: both sides exercised
+
+
+def test_the_body_is_built_on_first_use_only() -> None:
+    require_native()
+    gen = Gen(23)
+    raws = [r for r in (gen.statement() for _ in range(40))  # those C takes
+            if statement_native.parse_one(r) is not None]
+    sts = parse_statement_array(b"[" + b",".join(raws) + b"]")
+    assert len(raws) > 20 and len(sts) == len(raws)
+    for st, raw in zip(sts, raws, strict=True):
+        ref = strict_single(raw)
+        assert isinstance(ref, Statement)
+        assert "body" not in vars(st) and "_leaf" in vars(st)
+        assert st.prev == ref.prev and st.leaf_hash() == leaf_hash(raw)
+        body = st.body
+        assert vars(st)["body"] is body and st.body is body  # decoded once, then kept
+        assert body == ref.body and list(body) == list(ref.body)
+        assert st == ref and st.signing_message() == ref.signing_message()
+    with pytest.raises(AttributeError):  # the class has no body of its own
+        Statement.body  # noqa: B018
+
+
+# keys that need escapes or sort differently once decoded ("\\" is 0x5c, '"' is 0x22)
+KEYS = ["\n", "\x1f", "\x00", "\t", '"', "\\", "a", "a\\", 'a"', "a\n", "é", "\x7f", "b\tc",
+        "", "~", "prev0", "\U0001f600", "\ufeff"]
+
+
+def _statement(members: list[tuple[str, object]], seq: int = 5) -> bytes:
+    """A step statement whose body has exactly these members in this order."""
+    body = "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" +
+                          json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                          for k, v in members) + "}"
+    return ('{"body":' + body + ',"kind":"step","run":"' + "ab" * 32 + f'","seq":{seq},'
+            f'"sig":"{b64encode(bytes(range(64)))}","signer":"{TRAINER.verifier}","v":1}}'
+            ).encode()
+
+
+def test_escaped_keys_are_ordered_by_code_point() -> None:
+    require_native()
+    rng = random.Random(24)
+    for _ in range(400):
+        d: dict[str, object] = {"prev": hexs(rng, 64), "step": 4, "batch_root": hexs(rng, 64)}
+        for k in rng.sample(KEYS, rng.randrange(1, 6)):
+            d[k] = rng.choice([0, "x", {}, [1], None])
+        members = sorted(d.items())
+        raw = _statement(members)
+        assert native_agrees(raw), raw  # canonical: C takes it
+        i = rng.randrange(len(members) - 1)  # two members swapped: never canonical
+        members[i], members[i + 1] = members[i + 1], members[i]
+        swapped = _statement(members)
+        assert not native_agrees(swapped)
+        assert outcome(parse_statement, swapped) == outcome(strict_single, swapped)
+        assert outcome(strict_single, swapped)[0] == "error"
+
+
+def test_body_checks_on_bytes_refuse_as_python_does() -> None:
+    """Each field check of the validation-only parse, at its edges."""
+    require_native()
+    rng = random.Random(25)
+    base = {"prev": hexs(rng, 64), "step": 4, "batch_root": hexs(rng, 64)}
+    edits: list[dict[str, object]] = [
+        {"prev": "A" * 64}, {"prev": "a" * 63}, {"prev": "\\u0061" * 64}, {"prev": 1},
+        {"step": 5}, {"step": -4}, {"step": "4"}, {"step": True}, {"step": 10**18 - 1},
+        {"weights": "ab" * 15}, {"weights": "ab" * 16}, {"weights": "ab" * 64},
+        {"weights": "ab" * 64 + "a"}, {"weights": "ab" * 65}, {"loss": "1e5"},
+        {"loss": "-Infinity"}, {"loss": "infinit"}, {"loss": "1."}, {"loss": "\u0661"},
+        {"loss": "nan\n"}, {"lr": ""}, {"lr": 2}, {"checkpoint": []}, {"checkpoint": {}},
+        {"beacon_checkpoint": 3}, {"epoch": 0}, {"epoch": None}, {"batch_root": None},
+    ]
+    for edit in edits:
+        d = {**base, **edit}
+        d = {k: v for k, v in d.items() if v is not None}
+        raw = _statement(sorted(d.items()))
+        native_agrees(raw)  # if C takes it, exactly as the strict parser does
+        assert outcome(parse_statement, raw) == outcome(strict_single, raw), edit
