@@ -31,7 +31,7 @@ static PyObject *signer_cache;    /* dict: signer str -> public key bytes */
 static PyObject *s_body, *s_kind, *s_run, *s_seq, *s_sig, *s_signer, *s_v, *s_raw, *s_leaf;
 static PyObject *s_prev, *s_step, *s_dataset, *s_lazy_prev;
 static PyObject *kinds[3];        /* "run.open", "step", "run.close" */
-static PyObject *one;
+static PyObject *one, *empty_args;
 
 /* --- field checks (ledger/statement.py BODY_FIELDS, DATASET_FIELDS) ------------------ */
 
@@ -261,7 +261,7 @@ static int check_body_bytes(const FpMember *m, int n, int kind, long long seqv,
 static PyObject *parse_statement(Parser *ps, PyObject *raw_obj, int lazy) {
     const unsigned char *st = ps->p;
     PyObject *body = NULL, *run = NULL, *seq = NULL, *signer = NULL, *sig = NULL,
-             *raw = NULL, *leaf = NULL, *d = NULL, *obj = NULL, *prev = NULL;
+             *raw = NULL, *leaf = NULL, *obj = NULL, *prev = NULL;
     FpMember members[MAX_MEMBERS];
     int nm = 0;
     if (!fp_lit(ps, "{\"body\":", 8) || ps->p >= ps->end || *ps->p != '{') return FAIL;
@@ -291,7 +291,19 @@ static PyObject *parse_statement(Parser *ps, PyObject *raw_obj, int lazy) {
         goto fail;
     ps->p += 90;
     if (!field_key(ps, "signer") || ps->p >= ps->end || *ps->p != '"') goto fail;
-    if (!(signer = fp_parse_string(ps))) goto fail;
+    const unsigned char *sg = ps->p;
+    if (ps->signer && ps->end - sg > ps->signer_len &&
+        !memcmp(sg, ps->signer_at, (size_t)ps->signer_len)) {  /* the same token */
+        signer = ps->signer;
+        Py_INCREF(signer);
+        ps->p += ps->signer_len;
+    } else {
+        if (!(signer = fp_parse_string(ps))) goto fail;
+        Py_INCREF(signer);
+        Py_XSETREF(ps->signer, signer);
+        ps->signer_at = sg;
+        ps->signer_len = ps->p - sg;
+    }
     if (!fp_lit(ps, ",\"v\":1}", 7)) goto fail;
     if (!public_key(signer)) goto fail;
     /* Statement.__post_init__'s checks */
@@ -324,24 +336,35 @@ static PyObject *parse_statement(Parser *ps, PyObject *raw_obj, int lazy) {
     SHA256_Update(&c, "\0", 1);
     SHA256_Update(&c, st, (size_t)n);
     SHA256_Final((unsigned char *)PyBytes_AS_STRING(leaf), &c);
-    if (!(run = PyUnicode_FromStringAndSize((const char *)r, 64))) goto fail;
+    if (ps->run && !memcmp(r, ps->run_at, 64)) {
+        run = ps->run;
+        Py_INCREF(run);
+    } else {
+        if (!(run = PyUnicode_FromStringAndSize((const char *)r, 64))) goto fail;
+        Py_INCREF(run);
+        Py_XSETREF(ps->run, run);
+        ps->run_at = r;
+    }
     if (!(sig = PyBytes_FromStringAndSize((const char *)sigb, 64))) goto fail;
-    if (!(d = PyDict_New())) goto fail;
-    if (PyDict_SetItem(d, s_kind, kinds[kind]) < 0 || PyDict_SetItem(d, s_run, run) < 0 ||
-        PyDict_SetItem(d, s_seq, seq) < 0 || PyDict_SetItem(d, s_signer, signer) < 0 ||
-        PyDict_SetItem(d, s_sig, sig) < 0 ||
-        PyDict_SetItem(d, lazy ? s_lazy_prev : s_body, lazy ? prev : body) < 0 ||
-        PyDict_SetItem(d, s_v, one) < 0 || PyDict_SetItem(d, s_raw, raw) < 0 ||
-        PyDict_SetItem(d, s_leaf, leaf) < 0)
-        goto fail;
+    /* object.__new__ then plain attribute stores: the instance keeps its attributes
+     * inline, with the keys its class shares (cheaper to make and to free than a dict) */
     PyTypeObject *t = (PyTypeObject *)statement_type;
-    if (!(obj = t->tp_alloc(t, 0)) || PyObject_GenericSetDict(obj, d, NULL) < 0) goto fail;
-    Py_DECREF(d);
+    if (!(obj = t->tp_new(t, empty_args, NULL))) goto fail;
+    if (PyObject_GenericSetAttr(obj, s_kind, kinds[kind]) < 0 ||
+        PyObject_GenericSetAttr(obj, s_run, run) < 0 ||
+        PyObject_GenericSetAttr(obj, s_seq, seq) < 0 ||
+        PyObject_GenericSetAttr(obj, s_signer, signer) < 0 ||
+        PyObject_GenericSetAttr(obj, s_sig, sig) < 0 ||
+        PyObject_GenericSetAttr(obj, lazy ? s_lazy_prev : s_body, lazy ? prev : body) < 0 ||
+        PyObject_GenericSetAttr(obj, s_v, one) < 0 ||
+        PyObject_GenericSetAttr(obj, s_raw, raw) < 0 ||
+        PyObject_GenericSetAttr(obj, s_leaf, leaf) < 0)
+        goto fail;
     Py_XDECREF(body); Py_XDECREF(prev); Py_DECREF(run); Py_DECREF(seq); Py_DECREF(signer);
     Py_DECREF(sig); Py_DECREF(raw); Py_DECREF(leaf);
     return obj;
 fail:
-    Py_XDECREF(obj); Py_XDECREF(d); Py_XDECREF(prev);
+    Py_XDECREF(obj); Py_XDECREF(prev);
     Py_XDECREF(body); Py_XDECREF(run); Py_XDECREF(seq); Py_XDECREF(signer); Py_XDECREF(sig);
     Py_XDECREF(raw); Py_XDECREF(leaf);
     return FAIL;
@@ -355,12 +378,21 @@ static void parser_init(Parser *ps, const char *data, Py_ssize_t len, Py_ssize_t
     ps->memo = NULL;
     ps->buf = NULL;
     ps->cap = 0;
+    ps->run = ps->signer = NULL;
+    ps->run_at = ps->signer_at = NULL;
+    ps->signer_len = 0;
+}
+
+static void parser_free(Parser *ps) {
+    Py_XDECREF(ps->memo);
+    PyMem_Free(ps->buf);
+    Py_XDECREF(ps->run);
+    Py_XDECREF(ps->signer);
 }
 
 static PyObject *not_fast(Parser *ps) {
     PyErr_Clear();  /* whatever went wrong, the Python parser will meet it again */
-    Py_XDECREF(ps->memo);
-    PyMem_Free(ps->buf);
+    parser_free(ps);
     Py_RETURN_NONE;
 }
 
@@ -378,8 +410,7 @@ static PyObject *parse_one(PyObject *self, PyObject *args) {
         Py_XDECREF(st);
         return not_fast(&ps);
     }
-    Py_DECREF(ps.memo);
-    PyMem_Free(ps.buf);
+    parser_free(&ps);
     return st;
 }
 
@@ -422,8 +453,7 @@ static PyObject *parse_batch(PyObject *self, PyObject *args) {
         Py_DECREF(out);
         return not_fast(&ps);
     }
-    Py_DECREF(ps.memo);
-    PyMem_Free(ps.buf);
+    parser_free(&ps);
     return Py_BuildValue("Nn", out, next);
 }
 
@@ -567,6 +597,6 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
             if (!intern(&r->key, r->name)) return NULL;
             r->len = strlen(r->name);
         }
-    if (!(one = PyLong_FromLong(1)) || !(signer_cache = PyDict_New())) return NULL;
+    if (!(one = PyLong_FromLong(1)) || !(empty_args = PyTuple_New(0)) || !(signer_cache = PyDict_New())) return NULL;
     return PyModule_Create(&module);
 }

@@ -21,6 +21,11 @@ typedef struct {
     PyObject *memo;  /* object keys seen in this call, shared */
     unsigned char *buf;
     Py_ssize_t cap;
+    /* the previous statement's run and signer strings and where their bytes are: a
+     * batch's statements mostly repeat them, and then share one object */
+    PyObject *run, *signer;
+    const unsigned char *run_at, *signer_at;
+    Py_ssize_t signer_len;
 } Parser;
 
 /* lowercase hex digit values and base64 std values; -1: not one */

@@ -312,6 +312,9 @@ def _signer_key(signer: str) -> tuple[Verifier, nacl.signing.VerifyKey]:
 
 # --- the statement value ------------------------------------------------------------
 
+_NO_PREV: JSON = []  # a marker: "not set by the native parser"
+
+
 @dataclass(frozen=True)
 class Statement:
     """One parsed, well-formed statement. ``raw`` is its canonical encoding (the entry)."""
@@ -366,10 +369,8 @@ class Statement:
 
     @property
     def prev(self) -> str | None:
-        d = self.__dict__
-        if "_prev" in d:  # the native parser's (its body is built only on demand)
-            p: JSON = d["_prev"]
-        else:
+        p: JSON = getattr(self, "_prev", _NO_PREV)  # the native parser's, without a body
+        if p is _NO_PREV:
             p = self.body.get("prev")
         return p if isinstance(p, str) else None
 
@@ -397,7 +398,7 @@ class Statement:
     def leaf_hash(self) -> bytes:
         """RFC 6962 leaf hash of the statement as a log entry (the native parser hands
         it over already computed)."""
-        h: bytes | None = self.__dict__.get("_leaf")
+        h: bytes | None = getattr(self, "_leaf", None)
         return h if h is not None else hashlib.sha256(b"\x00" + self.raw).digest()
 
     @classmethod

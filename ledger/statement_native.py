@@ -91,9 +91,8 @@ class LazyBody:
     def __get__(self, st: Statement | None, owner: type | None = None) -> Any:
         if st is None:
             raise AttributeError("body")
-        d = st.__dict__
-        if "_prev" not in d:  # not from the native parser: a body was never set
+        if not hasattr(st, "_prev"):  # not from the native parser: a body was never set
             raise AttributeError("body")
-        body = json.loads(d["raw"])["body"]
-        d["body"] = body
+        body = json.loads(st.raw)["body"]
+        object.__setattr__(st, "body", body)  # kept: found before this descriptor
         return body

@@ -18,7 +18,7 @@ from ledger.merkle import leaf_hash
 from ledger.note import b64encode
 from ledger.statement import Statement, parse_statement, parse_statement_array
 from tests.test_statement_fast import fields, native_agrees, outcome, require_native, strict_single
-from tests.test_statement_native import TRAINER, Gen, hexs, mutate
+from tests.test_statement_native import OTHER, TRAINER, Gen, hexs, mutate
 
 
 def _native(raw: bytes, lazy: bool, monkeypatch: pytest.MonkeyPatch) -> object:
@@ -121,3 +121,27 @@ def test_body_checks_on_bytes_refuse_as_python_does() -> None:
         raw = _statement(sorted(d.items()))
         native_agrees(raw)  # if C takes it, exactly as the strict parser does
         assert outcome(parse_statement, raw) == outcome(strict_single, raw), edit
+
+
+def test_a_batch_shares_run_and_signer_objects_only_where_equal() -> None:
+    """The native parser reuses the previous statement's run and signer string when the
+    bytes are the same token: alternating signers (one a prefix of the other's name) and
+    runs give exactly the strict parser's fields."""
+    require_native()
+    rng = random.Random(26)
+    signers = [str(TRAINER.verifier), str(OTHER.verifier)]
+    runs = ["ab" * 32, "ab" * 31 + "ac", "cd" * 32]
+    items = []
+    for _ in range(40):
+        seq = rng.randrange(1, 99)
+        raw = _statement([("batch_root", hexs(rng, 64)), ("prev", hexs(rng, 64)),
+                          ("step", seq - 1)], seq)
+        raw = raw.replace(b"ab" * 32, rng.choice(runs).encode(), 1)
+        raw = raw.replace(signers[0].encode(), rng.choice(signers).encode())
+        items.append(raw)
+    sts = statement_native.parse_batch(b"[" + b",".join(items) + b"]")
+    assert sts is not None
+    assert [fields(s) for s in sts] == [fields(strict_single(x)) for x in items]  # type: ignore[arg-type]
+    for a, b in zip(sts, sts[1:]):
+        assert (a.signer is b.signer) == (a.signer == b.signer)
+        assert (a.run is b.run) == (a.run == b.run)
