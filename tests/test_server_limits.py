@@ -262,3 +262,18 @@ def test_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
         r = httpx.post(srv.url + "/add", content=t.opened, timeout=10)  # still writing
         assert r.status_code == 200, r.text
         assert json.loads(r.content)["index"] == 0
+
+
+def test_a_batch_names_its_statement_over_the_entry_limit(tmp_path: Path) -> None:
+    """A statement longer than an entry may be (tlog-tiles bundles prefix entries with
+    16 bits) is refused with 413 and its position in the batch; nothing is stored."""
+    with LogServer(tmp_path) as srv:
+        t = Trainer()
+        small = t.step()
+        big = t.step(note="x" * 70_000)
+        r = httpx.post(srv.url + "/add-batch", content=batch_body([t.opened, small, big]),
+                       timeout=30)
+        assert r.status_code == 413, r.text
+        assert r.json()["detail"] == f"statement #2 has {len(big)} bytes; the limit is 65535"
+        assert r.json()["statement"] == 2
+        assert httpx.get(srv.url + "/health", timeout=10).json()["size"] == 0
