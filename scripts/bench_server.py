@@ -249,7 +249,7 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "scripts"))
         from bench_frontends import compare
         compare(a.db, a.batch, 12 if a.quick else a.batches, a.batch_clients,
-                5 if a.quick else a.seconds)
+                5 if a.quick else a.seconds, a.stages)
         return
     if a.quick:
         a.adds, a.batches, a.reads, a.seconds = 12_800, 12, 10_000, 5
