@@ -272,7 +272,7 @@ class LogServer:
             body = await self._body(scope, receive,
                                     min(MAX_ENTRY_SIZE, self.max_request_bytes), "statement",
                                     held)
-            st = parse_statement(body)
+            st = parse_statement(body, lazy=True)  # the write path reads no body
             verify_signatures([st], False)
         return await self._witnessed(await seq.submit([st], batch=False, verified=True))
 
@@ -301,9 +301,10 @@ class LogServer:
             body = await self._body(scope, receive, self.max_request_bytes, "batch", held)
             if len(body) >= PARSE_OFF_LOOP:  # keep the event loop answering meanwhile
                 sts = await asyncio.get_running_loop().run_in_executor(
-                    self._verify_pool, parse_statement_array, body)
+                    self._verify_pool, functools.partial(parse_statement_array, body,
+                                                         lazy=True))
             else:
-                sts = parse_statement_array(body)
+                sts = parse_statement_array(body, lazy=True)  # the write path reads no body
             del body
             if len(sts) > self.max_batch:
                 raise TooLarge(f"batch of {len(sts)} statements; this log takes at most "

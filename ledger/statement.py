@@ -410,12 +410,14 @@ class Statement:
 setattr(Statement, "body", native.LazyBody())  # noqa: B010 (a class attribute after @dataclass)
 
 
-def parse_statement(data: bytes) -> Statement:
-    """Parse one statement from its exact canonical bytes (signature not verified)."""
+def parse_statement(data: bytes, *, lazy: bool = False) -> Statement:
+    """Parse one statement from its exact canonical bytes (signature not verified).
+    ``lazy``: if the native parser takes it, its body is validated but decoded only on
+    first use (for callers that do not read it: the log server's write path)."""
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedError("a statement is bytes")
     data = bytes(data)
-    st = native.parse_one(data)
+    st = native.parse_one(data, lazy)
     if st is not None:
         return st
     fast = canonical_values(data, array=False)
@@ -426,15 +428,16 @@ def parse_statement(data: bytes) -> Statement:
 
 _WS = " \t\n\r"
 
-def parse_statement_array(data: bytes) -> list[Statement]:
+def parse_statement_array(data: bytes, *, lazy: bool = False) -> list[Statement]:
     """Parse a JSON array of statements (``POST /add-batch``).
 
     Whitespace may separate the array's elements, but each element must be the exact
     canonical encoding of its statement: those bytes become the log entry. Errors name
-    the failing statement's position (``error.statement``, 0-based).
+    the failing statement's position (``error.statement``, 0-based). ``lazy``: as for
+    :func:`parse_statement`.
     """
     data = bytes(data)
-    sts = native.parse_batch(data)
+    sts = native.parse_batch(data, lazy)
     if sts is not None:
         return sts
     fast = canonical_values(data, array=True)

@@ -1,6 +1,6 @@
-"""The native parser's validation-only mode (ledger/_fastpath.c with
-``statement_native.LAZY_BODY``, the default): the body is checked in C without being
-built, and ``Statement.body`` is decoded from ``raw`` on first use. Against the native
+"""The native parser's validation-only mode (ledger/_fastpath.c, ``lazy=True``: the log
+server's write path): the body is checked in C without being built, and
+``Statement.body`` is decoded from ``raw`` on first use. Against the native
 parser that builds the body and against the strict Python parser: the same statements
 taken, the same fields, body, prev and leaf hash, the same refusals (named by the Python
 path either way) - on generated valid, faulty and mutated statements, and on bodies
@@ -21,17 +21,28 @@ from tests.test_statement_fast import fields, native_agrees, outcome, require_na
 from tests.test_statement_native import OTHER, TRAINER, Gen, hexs, mutate
 
 
-def _native(raw: bytes, lazy: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+def _native(raw: bytes, lazy: bool) -> object:
     """What C makes of ``raw`` alone and inside a batch of two, in one mode."""
-    monkeypatch.setattr(statement_native, "LAZY_BODY", lazy)
-    one = statement_native.parse_one(raw)
-    two = statement_native.parse_batch(b"[" + raw + b"," + raw + b"]")
+    one = statement_native.parse_one(raw, lazy)
+    two = statement_native.parse_batch(b"[" + raw + b"," + raw + b"]", lazy)
     return (None if one is None else fields(one),
             None if two is None else [fields(s) for s in two])
 
 
-def test_lazy_and_built_bodies_take_the_same_statements(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def lazy_agrees(data: bytes) -> bool:
+    """:func:`native_agrees` for the lazy mode: C takes ``data`` only if the strict
+    parser does, with the same fields (the body decoded on use) and leaf hash."""
+    st = statement_native.parse_one(data, True)
+    if st is None:
+        return False
+    ref = strict_single(data)
+    assert isinstance(ref, Statement)
+    assert fields(st) == fields(ref) and st.prev == ref.prev
+    assert st.leaf_hash() == leaf_hash(data)
+    return True
+
+
+def test_lazy_and_built_bodies_take_the_same_statements() -> None:
     require_native()
     gen, rng = Gen(21), random.Random(22)
     took = 0
@@ -39,12 +50,12 @@ def test_lazy_and_built_bodies_take_the_same_statements(
         raw = gen.statement(faulty=i % 3 == 2)
         if i % 2:
             raw = mutate(rng, raw)
-        lazy = _native(raw, True, monkeypatch)
-        assert lazy == _native(raw, False, monkeypatch), raw
+        lazy = _native(raw, True)
+        assert lazy == _native(raw, False), raw
         took += lazy[0] is not None
-        if lazy[0] is not None:  # and the strict parser agrees (fields, leaf hash)
-            monkeypatch.setattr(statement_native, "LAZY_BODY", True)
-            assert native_agrees(raw)
+        assert lazy_agrees(raw) == (lazy[0] is not None)  # and the strict parser agrees
+        assert outcome(lambda d: parse_statement(d, lazy=True), raw) == \
+            outcome(strict_single, raw)
     assert took > 700  # a third faulty, half mutated: both sides exercised
 
 
@@ -53,7 +64,9 @@ def test_the_body_is_built_on_first_use_only() -> None:
     gen = Gen(23)
     raws = [r for r in (gen.statement() for _ in range(40))  # those C takes
             if statement_native.parse_one(r) is not None]
-    sts = parse_statement_array(b"[" + b",".join(raws) + b"]")
+    batch = b"[" + b",".join(raws) + b"]"
+    assert all("body" in vars(s) for s in parse_statement_array(batch))  # eager: default
+    sts = parse_statement_array(batch, lazy=True)
     assert len(raws) > 20 and len(sts) == len(raws)
     for st, raw in zip(sts, raws, strict=True):
         ref = strict_single(raw)
@@ -92,11 +105,11 @@ def test_escaped_keys_are_ordered_by_code_point() -> None:
             d[k] = rng.choice([0, "x", {}, [1], None])
         members = sorted(d.items())
         raw = _statement(members)
-        assert native_agrees(raw), raw  # canonical: C takes it
+        assert native_agrees(raw) and lazy_agrees(raw), raw  # canonical: C takes it
         i = rng.randrange(len(members) - 1)  # two members swapped: never canonical
         members[i], members[i + 1] = members[i + 1], members[i]
         swapped = _statement(members)
-        assert not native_agrees(swapped)
+        assert not native_agrees(swapped) and not lazy_agrees(swapped)
         assert outcome(parse_statement, swapped) == outcome(strict_single, swapped)
         assert outcome(strict_single, swapped)[0] == "error"
 
@@ -119,8 +132,9 @@ def test_body_checks_on_bytes_refuse_as_python_does() -> None:
         d = {**base, **edit}
         d = {k: v for k, v in d.items() if v is not None}
         raw = _statement(sorted(d.items()))
-        native_agrees(raw)  # if C takes it, exactly as the strict parser does
-        assert outcome(parse_statement, raw) == outcome(strict_single, raw), edit
+        assert native_agrees(raw) == lazy_agrees(raw)  # if C takes it, as strict does
+        assert outcome(lambda d: parse_statement(d, lazy=True), raw) == \
+            outcome(strict_single, raw), edit
 
 
 def test_a_batch_shares_run_and_signer_objects_only_where_equal() -> None:
@@ -139,7 +153,7 @@ def test_a_batch_shares_run_and_signer_objects_only_where_equal() -> None:
         raw = raw.replace(b"ab" * 32, rng.choice(runs).encode(), 1)
         raw = raw.replace(signers[0].encode(), rng.choice(signers).encode())
         items.append(raw)
-    sts = statement_native.parse_batch(b"[" + b",".join(items) + b"]")
+    sts = statement_native.parse_batch(b"[" + b",".join(items) + b"]", True)
     assert sts is not None
     assert [fields(s) for s in sts] == [fields(strict_single(x)) for x in items]  # type: ignore[arg-type]
     for a, b in zip(sts, sts[1:]):
