@@ -159,3 +159,15 @@ def test_a_batch_shares_run_and_signer_objects_only_where_equal() -> None:
     for a, b in zip(sts, sts[1:]):
         assert (a.signer is b.signer) == (a.signer == b.signer)
         assert (a.run is b.run) == (a.run == b.run)
+
+
+def test_without_the_extension_lazy_parsing_is_the_python_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lazy`` only tells C not to build bodies: without C, the same statements."""
+    gen = Gen(27)
+    raws = [r for r in (gen.statement() for _ in range(12)) if outcome(strict_single, r)[0] == "ok"]
+    batch = b"[" + b",".join(raws) + b"]"
+    want = [fields(s) for s in parse_statement_array(batch)]
+    monkeypatch.setattr(statement_native, "_native", None)
+    assert [fields(s) for s in parse_statement_array(batch, lazy=True)] == want
+    assert [fields(parse_statement(r, lazy=True)) for r in raws] == want
