@@ -29,14 +29,19 @@ static PyObject *statement_type;  /* ledger.statement.Statement */
 static PyObject *resolver;        /* signer str -> 32-byte Ed25519 public key, or raises */
 static PyObject *signer_cache;    /* dict: signer str -> public key bytes */
 static PyObject *s_body, *s_kind, *s_run, *s_seq, *s_sig, *s_signer, *s_v, *s_raw, *s_leaf;
-static PyObject *s_prev, *s_step, *s_dataset;
+static PyObject *s_prev, *s_step, *s_dataset, *s_lazy_prev;
 static PyObject *kinds[3];        /* "run.open", "step", "run.close" */
-static PyObject *one;
+static PyObject *one, *empty_args;
 
 /* --- field checks (ledger/statement.py BODY_FIELDS, DATASET_FIELDS) ------------------ */
 
 enum { C_HASH, C_HEX, C_INT, C_DECIMAL, C_STR, C_OBJ };
-typedef struct { const char *name; int check; int required; PyObject *key; } Rule;
+typedef struct {
+    const char *name;
+    int check, required;
+    PyObject *key;
+    size_t len;
+} Rule;
 
 static Rule open_rules[] = {
     {"seed_commitment", C_HASH, 1}, {"dataset", C_OBJ, 1}, {"recipe", C_OBJ, 0},
@@ -72,12 +77,11 @@ static int digits(const Py_UCS1 *s, Py_ssize_t n, Py_ssize_t *i) {
     return *i > j;
 }
 
-/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? or, any case, -?(nan|inf|infinity);
- * ASCII strings only (anything else: not fast; the regular expression decides). */
-static int decimal(PyObject *v) {
-    if (!PyUnicode_Check(v) || !PyUnicode_IS_ASCII(v)) return 0;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(v), i = 0;
-    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(v);
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? or, any case, -?(nan|inf|infinity), in
+ * ASCII; any other byte (an escape, a non-ASCII character): not fast, the regular
+ * expression decides. */
+static int decimal_bytes(const Py_UCS1 *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
     if (i < n && s[i] == '-') i++;
     if (i < n && (s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z') {
         char w[9];
@@ -104,6 +108,11 @@ static int decimal(PyObject *v) {
     return i == n;
 }
 
+static int decimal(PyObject *v) {
+    if (!PyUnicode_Check(v) || !PyUnicode_IS_ASCII(v)) return 0;
+    return decimal_bytes(PyUnicode_1BYTE_DATA(v), PyUnicode_GET_LENGTH(v));
+}
+
 static int check_fields(PyObject *obj, Rule *rules) {
     for (Rule *r = rules; r->name; r++) {
         PyObject *v = PyDict_GetItemWithError(obj, r->key);
@@ -121,6 +130,46 @@ static int check_fields(PyObject *obj, Rule *rules) {
         default: ok = PyDict_Check(v);
         }
         if (!ok) return 0;
+    }
+    return 1;
+}
+
+/* The same checks on a value's canonical bytes [v, e) (validation-only parsing). */
+static int all_hex(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (fp_hexval(s[i]) < 0) return 0;
+    return 1;
+}
+
+static int check_bytes(const unsigned char *v, const unsigned char *e, int check) {
+    Py_ssize_t n = e - v - 2;  /* a string's length between its quotes */
+    switch (check) {
+    case C_HASH: return *v == '"' && n == 64 && all_hex(v + 1, n);
+    case C_HEX: return *v == '"' && n >= 32 && n <= 128 && !(n % 2) && all_hex(v + 1, n);
+    case C_INT: return *v >= '0' && *v <= '9';  /* at most 18 digits: in range */
+    case C_DECIMAL: return *v == '"' && decimal_bytes(v + 1, n);
+    case C_STR: return *v == '"';
+    default: return *v == '{';
+    }
+}
+
+/* The member named by `r` (keys with an escape never match a field name), or NULL. */
+static const FpMember *member(const FpMember *m, int n, const Rule *r) {
+    for (int i = 0; i < n; i++)
+        if ((size_t)m[i].klen == r->len && m[i].k[0] == (unsigned char)r->name[0] &&
+            !memcmp(m[i].k, r->name, r->len))
+            return m + i;
+    return NULL;
+}
+
+static int check_members(const FpMember *m, int n, Rule *rules) {
+    for (Rule *r = rules; r->name; r++) {
+        const FpMember *x = member(m, n, r);
+        if (!x) {
+            if (r->required) return 0;
+            continue;
+        }
+        if (!check_bytes(x->v, x->vend, r->check)) return 0;
     }
     return 1;
 }
@@ -166,15 +215,60 @@ static int field_key(Parser *ps, const char *name) {
     return fp_lit(ps, ",\"", 2) && fp_lit(ps, name, n) && fp_lit(ps, "\":", 2);
 }
 
-/* One statement at ps->p ('{'), exactly canonical and valid -> Statement, else NULL. */
-static PyObject *parse_statement(Parser *ps, PyObject *raw_obj) {
+#define MAX_MEMBERS 64  /* body members recorded by the validation-only parse */
+
+static Rule prev_rule = {"prev", C_HASH, 1, NULL, 4};
+static Rule step_rule = {"step", C_INT, 1, NULL, 4};
+static Rule dataset_rule = {"dataset", C_OBJ, 1, NULL, 7};
+
+/* Statement.__post_init__'s body checks on the members of a body validated, not built:
+ * 1 if they pass, with *prev the body's prev (a new str; None for a run.open). */
+static int check_body_bytes(const FpMember *m, int n, int kind, long long seqv,
+                            const unsigned char *b0, const unsigned char *b1,
+                            const unsigned char *r, PyObject **prev) {
+    if (!check_members(m, n, rules_of[kind])) return 0;
+    if (kind == 0) {
+        if (seqv != 0 || member(m, n, &prev_rule)) return 0;
+        const FpMember *d = member(m, n, &dataset_rule);
+        FpMember dm[MAX_MEMBERS];
+        int dn;
+        Parser sub = {.start = d->v, .p = d->v, .end = d->vend};
+        if (!fp_scan_object(&sub, dm, MAX_MEMBERS, &dn) || !check_members(dm, dn, dataset_rules))
+            return 0;
+        unsigned char h[32];
+        static const char hx[] = "0123456789abcdef";
+        SHA256(b0, (size_t)(b1 - b0), h);
+        for (int i = 0; i < 32; i++)
+            if (r[2 * i] != hx[h[i] >> 4] || r[2 * i + 1] != hx[h[i] & 15]) return 0;
+        Py_INCREF(Py_None);
+        *prev = Py_None;
+        return 1;
+    }
+    if (seqv == 0) return 0;
+    if (kind == 1) {
+        const FpMember *st = member(m, n, &step_rule);
+        Parser sub = {.start = st->v, .p = st->v, .end = st->vend};
+        long long stepv;
+        if (!fp_scan_int(&sub, &stepv) || stepv != seqv - 1) return 0;
+    }
+    const FpMember *pv = member(m, n, &prev_rule);
+    return (*prev = PyUnicode_FromStringAndSize((const char *)pv->v + 1, 64)) != NULL;
+}
+
+/* One statement at ps->p ('{'), exactly canonical and valid -> Statement, else NULL.
+ * With `lazy` the body is validated without being built: the Statement gets its prev
+ * as _prev and Python builds the body on first use (ledger/statement.py). */
+static PyObject *parse_statement(Parser *ps, PyObject *raw_obj, int lazy) {
     const unsigned char *st = ps->p;
     PyObject *body = NULL, *run = NULL, *seq = NULL, *signer = NULL, *sig = NULL,
-             *raw = NULL, *leaf = NULL, *d = NULL, *obj = NULL;
+             *raw = NULL, *leaf = NULL, *obj = NULL, *prev = NULL;
+    FpMember members[MAX_MEMBERS];
+    int nm = 0;
     if (!fp_lit(ps, "{\"body\":", 8) || ps->p >= ps->end || *ps->p != '{') return FAIL;
     const unsigned char *b0 = ps->p;
     ps->depth = 0;
-    if (!(body = fp_parse_object(ps))) return FAIL;
+    if (lazy ? !fp_scan_object(ps, members, MAX_MEMBERS, &nm) : !(body = fp_parse_object(ps)))
+        return FAIL;
     const unsigned char *b1 = ps->p;
     int kind;
     if (field_key(ps, "kind") == 0) goto fail;
@@ -197,12 +291,26 @@ static PyObject *parse_statement(Parser *ps, PyObject *raw_obj) {
         goto fail;
     ps->p += 90;
     if (!field_key(ps, "signer") || ps->p >= ps->end || *ps->p != '"') goto fail;
-    if (!(signer = fp_parse_string(ps))) goto fail;
+    const unsigned char *sg = ps->p;
+    if (ps->signer && ps->end - sg > ps->signer_len &&
+        !memcmp(sg, ps->signer_at, (size_t)ps->signer_len)) {  /* the same token */
+        signer = ps->signer;
+        Py_INCREF(signer);
+        ps->p += ps->signer_len;
+    } else {
+        if (!(signer = fp_parse_string(ps))) goto fail;
+        Py_INCREF(signer);
+        Py_XSETREF(ps->signer, signer);
+        ps->signer_at = sg;
+        ps->signer_len = ps->p - sg;
+    }
     if (!fp_lit(ps, ",\"v\":1}", 7)) goto fail;
     if (!public_key(signer)) goto fail;
     /* Statement.__post_init__'s checks */
-    if (!check_fields(body, rules_of[kind])) goto fail;
-    if (kind == 0) {
+    if (lazy) {
+        if (!check_body_bytes(members, nm, kind, seqv, b0, b1, r, &prev)) goto fail;
+    } else if (!check_fields(body, rules_of[kind])) goto fail;
+    else if (kind == 0) {
         if (seqv != 0) goto fail;
         int has = PyDict_Contains(body, s_prev);
         if (has != 0) goto fail;
@@ -228,23 +336,35 @@ static PyObject *parse_statement(Parser *ps, PyObject *raw_obj) {
     SHA256_Update(&c, "\0", 1);
     SHA256_Update(&c, st, (size_t)n);
     SHA256_Final((unsigned char *)PyBytes_AS_STRING(leaf), &c);
-    if (!(run = PyUnicode_FromStringAndSize((const char *)r, 64))) goto fail;
+    if (ps->run && !memcmp(r, ps->run_at, 64)) {
+        run = ps->run;
+        Py_INCREF(run);
+    } else {
+        if (!(run = PyUnicode_FromStringAndSize((const char *)r, 64))) goto fail;
+        Py_INCREF(run);
+        Py_XSETREF(ps->run, run);
+        ps->run_at = r;
+    }
     if (!(sig = PyBytes_FromStringAndSize((const char *)sigb, 64))) goto fail;
-    if (!(d = PyDict_New())) goto fail;
-    if (PyDict_SetItem(d, s_kind, kinds[kind]) < 0 || PyDict_SetItem(d, s_run, run) < 0 ||
-        PyDict_SetItem(d, s_seq, seq) < 0 || PyDict_SetItem(d, s_signer, signer) < 0 ||
-        PyDict_SetItem(d, s_sig, sig) < 0 || PyDict_SetItem(d, s_body, body) < 0 ||
-        PyDict_SetItem(d, s_v, one) < 0 || PyDict_SetItem(d, s_raw, raw) < 0 ||
-        PyDict_SetItem(d, s_leaf, leaf) < 0)
-        goto fail;
+    /* object.__new__ then plain attribute stores: the instance keeps its attributes
+     * inline, with the keys its class shares (cheaper to make and to free than a dict) */
     PyTypeObject *t = (PyTypeObject *)statement_type;
-    if (!(obj = t->tp_alloc(t, 0)) || PyObject_GenericSetDict(obj, d, NULL) < 0) goto fail;
-    Py_DECREF(d);
-    Py_DECREF(body); Py_DECREF(run); Py_DECREF(seq); Py_DECREF(signer); Py_DECREF(sig);
-    Py_DECREF(raw); Py_DECREF(leaf);
+    if (!(obj = t->tp_new(t, empty_args, NULL))) goto fail;
+    if (PyObject_GenericSetAttr(obj, s_kind, kinds[kind]) < 0 ||
+        PyObject_GenericSetAttr(obj, s_run, run) < 0 ||
+        PyObject_GenericSetAttr(obj, s_seq, seq) < 0 ||
+        PyObject_GenericSetAttr(obj, s_signer, signer) < 0 ||
+        PyObject_GenericSetAttr(obj, s_sig, sig) < 0 ||
+        PyObject_GenericSetAttr(obj, lazy ? s_lazy_prev : s_body, lazy ? prev : body) < 0 ||
+        PyObject_GenericSetAttr(obj, s_v, one) < 0 ||
+        PyObject_GenericSetAttr(obj, s_raw, raw) < 0 ||
+        PyObject_GenericSetAttr(obj, s_leaf, leaf) < 0)
+        goto fail;
+    Py_XDECREF(body); Py_XDECREF(prev); Py_DECREF(run); Py_DECREF(seq); Py_DECREF(signer);
+    Py_DECREF(sig); Py_DECREF(raw); Py_DECREF(leaf);
     return obj;
 fail:
-    Py_XDECREF(obj); Py_XDECREF(d);
+    Py_XDECREF(obj); Py_XDECREF(prev);
     Py_XDECREF(body); Py_XDECREF(run); Py_XDECREF(seq); Py_XDECREF(signer); Py_XDECREF(sig);
     Py_XDECREF(raw); Py_XDECREF(leaf);
     return FAIL;
@@ -258,39 +378,51 @@ static void parser_init(Parser *ps, const char *data, Py_ssize_t len, Py_ssize_t
     ps->memo = NULL;
     ps->buf = NULL;
     ps->cap = 0;
+    ps->run = ps->signer = NULL;
+    ps->run_at = ps->signer_at = NULL;
+    ps->signer_len = 0;
+}
+
+static void parser_free(Parser *ps) {
+    Py_XDECREF(ps->memo);
+    PyMem_Free(ps->buf);
+    Py_XDECREF(ps->run);
+    Py_XDECREF(ps->signer);
 }
 
 static PyObject *not_fast(Parser *ps) {
     PyErr_Clear();  /* whatever went wrong, the Python parser will meet it again */
-    Py_XDECREF(ps->memo);
-    PyMem_Free(ps->buf);
+    parser_free(ps);
     Py_RETURN_NONE;
 }
 
-/* parse_one(data: bytes) -> Statement | None */
-static PyObject *parse_one(PyObject *self, PyObject *data) {
+/* parse_one(data: bytes, lazy: bool) -> Statement | None */
+static PyObject *parse_one(PyObject *self, PyObject *args) {
+    PyObject *data;
+    int lazy;
+    if (!PyArg_ParseTuple(args, "Op", &data, &lazy)) return NULL;
     if (!statement_type || !PyBytes_CheckExact(data)) Py_RETURN_NONE;
     Parser ps;
     parser_init(&ps, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), 0);
     if (!(ps.memo = PyDict_New())) return not_fast(&ps);
-    PyObject *st = parse_statement(&ps, data);
+    PyObject *st = parse_statement(&ps, data, lazy);
     if (!st || ps.p != ps.end) {
         Py_XDECREF(st);
         return not_fast(&ps);
     }
-    Py_DECREF(ps.memo);
-    PyMem_Free(ps.buf);
+    parser_free(&ps);
     return st;
 }
 
-/* parse_batch(data: bytes, pos: int, count: int) -> (list, next) | None: up to `count`
- * statements of the canonical batch `data` (a JSON array, no whitespace) from byte
- * `pos`, which must start a statement; `next` is where the next one starts, or -1 after
- * the last (the final ']' is the last byte of `data`). */
+/* parse_batch(data: bytes, pos: int, count: int, lazy: bool) -> (list, next) | None: up
+ * to `count` statements of the canonical batch `data` (a JSON array, no whitespace) from
+ * byte `pos`, which must start a statement; `next` is where the next one starts, or -1
+ * after the last (the final ']' is the last byte of `data`). */
 static PyObject *parse_batch(PyObject *self, PyObject *args) {
     PyObject *data;
     Py_ssize_t pos, count;
-    if (!PyArg_ParseTuple(args, "Snn", &data, &pos, &count)) return NULL;
+    int lazy;
+    if (!PyArg_ParseTuple(args, "Snnp", &data, &pos, &count, &lazy)) return NULL;
     Py_ssize_t len = PyBytes_GET_SIZE(data);
     if (!statement_type || pos < 1 || pos >= len || count < 1) Py_RETURN_NONE;
     Parser ps;
@@ -303,7 +435,7 @@ static PyObject *parse_batch(PyObject *self, PyObject *args) {
     }
     Py_ssize_t next = -1;
     for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *st = parse_statement(&ps, NULL);
+        PyObject *st = parse_statement(&ps, NULL, lazy);
         if (!st || PyList_Append(out, st) < 0) {
             Py_XDECREF(st);
             Py_DECREF(out);
@@ -321,8 +453,7 @@ static PyObject *parse_batch(PyObject *self, PyObject *args) {
         Py_DECREF(out);
         return not_fast(&ps);
     }
-    Py_DECREF(ps.memo);
-    PyMem_Free(ps.buf);
+    parser_free(&ps);
     return Py_BuildValue("Nn", out, next);
 }
 
@@ -432,9 +563,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"parse_one", parse_one, METH_O, "parse_one(data) -> Statement | None"},
+    {"parse_one", parse_one, METH_VARARGS, "parse_one(data, lazy) -> Statement | None"},
     {"parse_batch", parse_batch, METH_VARARGS,
-     "parse_batch(data, pos, count) -> (list of Statement, next) | None"},
+     "parse_batch(data, pos, count, lazy) -> (list of Statement, next) | None"},
     {"verify", verify, METH_VARARGS, "verify(statements, start) -> first failing index"},
     {"configure", configure, METH_VARARGS, "configure(Statement, resolver)"},
     {NULL, NULL, 0, NULL}};
@@ -457,13 +588,15 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         !intern(&s_seq, "seq") || !intern(&s_sig, "sig") || !intern(&s_signer, "signer") ||
         !intern(&s_v, "v") || !intern(&s_raw, "raw") || !intern(&s_leaf, "_leaf") ||
         !intern(&s_prev, "prev") || !intern(&s_step, "step") ||
-        !intern(&s_dataset, "dataset") || !intern(&kinds[0], "run.open") ||
+        !intern(&s_dataset, "dataset") || !intern(&s_lazy_prev, "_prev") || !intern(&kinds[0], "run.open") ||
         !intern(&kinds[1], "step") || !intern(&kinds[2], "run.close"))
         return NULL;
     Rule *all[] = {open_rules, step_rules, close_rules, dataset_rules};
     for (int i = 0; i < 4; i++)
-        for (Rule *r = all[i]; r->name; r++)
+        for (Rule *r = all[i]; r->name; r++) {
             if (!intern(&r->key, r->name)) return NULL;
-    if (!(one = PyLong_FromLong(1)) || !(signer_cache = PyDict_New())) return NULL;
+            r->len = strlen(r->name);
+        }
+    if (!(one = PyLong_FromLong(1)) || !(empty_args = PyTuple_New(0)) || !(signer_cache = PyDict_New())) return NULL;
     return PyModule_Create(&module);
 }

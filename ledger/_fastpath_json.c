@@ -45,30 +45,31 @@ static int utf8_len(const unsigned char *p, const unsigned char *end) {
     return n;
 }
 
-/* A JSON string at ps->p (the opening quote) in canonical spelling -> str. */
-PyObject *fp_parse_string(Parser *ps) {
-    const unsigned char *s = ++ps->p, *end = ps->end, *q = s;
+/* The closing quote of the canonical JSON string at ps->p (its opening quote), or NULL;
+ * *ascii: no byte >= 0x80, *escaped: holds a backslash escape. */
+static const unsigned char *scan_string(Parser *ps, int *ascii_out, int *escaped_out) {
+    const unsigned char *s = ps->p + 1, *end = ps->end, *q = s;
     int ascii = 1, escaped = 0;
     while (1) {
         while (q < end && STR_CLASS[*q] == S_PLAIN) q++;
-        if (q >= end) return FAIL;
+        if (q >= end) return NULL;
         unsigned char c = *q;
         if (c == '"') break;
-        if (c < 0x20) return FAIL;
+        if (c < 0x20) return NULL;
         if (c == '\\') {
             escaped = 1;
-            if (q + 1 >= end) return FAIL;
+            if (q + 1 >= end) return NULL;
             unsigned char e = q[1];
             if (e == '"' || e == '\\' || e == 'b' || e == 'f' || e == 'n' || e == 'r' ||
                 e == 't') {
                 q += 2;
                 continue;
             }
-            if (e != 'u' || end - q < 6 || q[2] != '0' || q[3] != '0') return FAIL;
+            if (e != 'u' || end - q < 6 || q[2] != '0' || q[3] != '0') return NULL;
             int h = fp_hexval(q[4]), l = fp_hexval(q[5]);
-            if (h < 0 || l < 0) return FAIL;
+            if (h < 0 || l < 0) return NULL;
             int v = h * 16 + l;
-            if (v >= 0x20 || v == 8 || v == 9 || v == 10 || v == 12 || v == 13) return FAIL;
+            if (v >= 0x20 || v == 8 || v == 9 || v == 10 || v == 12 || v == 13) return NULL;
             q += 6;
             continue;
         }
@@ -77,10 +78,20 @@ PyObject *fp_parse_string(Parser *ps) {
             continue;
         }
         int n = utf8_len(q, end);
-        if (!n) return FAIL;
+        if (!n) return NULL;
         ascii = 0;
         q += n;
     }
+    *ascii_out = ascii;
+    *escaped_out = escaped;
+    return q;
+}
+
+/* A JSON string at ps->p (the opening quote) in canonical spelling -> str. */
+PyObject *fp_parse_string(Parser *ps) {
+    int ascii, escaped;
+    const unsigned char *s = ps->p + 1, *q = scan_string(ps, &ascii, &escaped);
+    if (!q) return FAIL;
     ps->p = q + 1;
     Py_ssize_t len = q - s;
     if (!escaped) {
@@ -118,10 +129,10 @@ PyObject *fp_parse_string(Parser *ps) {
     return PyUnicode_DecodeUTF8((const char *)ps->buf, o - ps->buf, "strict");
 }
 
-PyObject *fp_parse_int(Parser *ps) {
+int fp_scan_int(Parser *ps, long long *out) {
     const unsigned char *q = ps->p, *end = ps->end;
     int neg = 0;
-    if (*q == '-') {
+    if (q < end && *q == '-') {
         neg = 1;
         q++;
     }
@@ -130,11 +141,17 @@ PyObject *fp_parse_int(Parser *ps) {
     while (q < end && *q >= '0' && *q <= '9') {
         v = v * 10 + (*q - '0');
         q++;
-        if (q - d > MAX_DIGITS) return FAIL;
+        if (q - d > MAX_DIGITS) return 0;
     }
-    if (q == d || (*d == '0' && (q - d > 1 || neg))) return FAIL;  /* "", "01", "-0" */
+    if (q == d || (*d == '0' && (q - d > 1 || neg))) return 0;  /* "", "01", "-0" */
     ps->p = q;
-    return PyLong_FromLongLong(neg ? -v : v);
+    *out = neg ? -v : v;
+    return 1;
+}
+
+PyObject *fp_parse_int(Parser *ps) {
+    long long v;
+    return fp_scan_int(ps, &v) ? PyLong_FromLongLong(v) : FAIL;
 }
 
 PyObject *fp_parse_object(Parser *ps) {
@@ -232,4 +249,112 @@ static PyObject *parse_value(Parser *ps) {
         if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) return fp_parse_int(ps);
         return FAIL;
     }
+}
+
+/* --- validation only: the same grammar, nothing built ----------------------------- */
+
+/* The next byte of a key's decoded UTF-8 (escapes are single bytes below 0x80). */
+static unsigned char key_byte(const unsigned char **p) {
+    const unsigned char *q = *p;
+    if (*q != '\\') {
+        *p = q + 1;
+        return *q;
+    }
+    *p = q + 2;
+    switch (q[1]) {
+    case 'b': return 8;
+    case 'f': return 12;
+    case 'n': return 10;
+    case 'r': return 13;
+    case 't': return 9;
+    case 'u': *p = q + 6; return (unsigned char)(fp_hexval(q[4]) * 16 + fp_hexval(q[5]));
+    default: return q[1];
+    }
+}
+
+/* <0, 0, >0 as the decoded keys a and b (raw canonical string contents) compare by
+ * code point, which is the order of their UTF-8 bytes. */
+static int key_cmp(const FpMember *a, const FpMember *b) {
+    if (!a->kesc && !b->kesc) {
+        Py_ssize_t n = a->klen < b->klen ? a->klen : b->klen;
+        int c = memcmp(a->k, b->k, (size_t)n);
+        return c ? c : (a->klen > b->klen) - (a->klen < b->klen);
+    }
+    const unsigned char *p = a->k, *pe = a->k + a->klen, *q = b->k, *qe = b->k + b->klen;
+    while (p < pe && q < qe) {
+        unsigned char x = key_byte(&p), y = key_byte(&q);
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return (p < pe) - (q < qe);
+}
+
+int fp_skip_value(Parser *ps) {
+    if (ps->p >= ps->end) return 0;
+    int ascii, escaped;
+    long long v;
+    switch (*ps->p) {
+    case '{': return fp_scan_object(ps, NULL, 0, NULL);
+    case '"': {
+        const unsigned char *q = scan_string(ps, &ascii, &escaped);
+        if (!q) return 0;
+        ps->p = q + 1;
+        return 1;
+    }
+    case '[':
+        if (++ps->depth > MAX_DEPTH) return 0;
+        ps->p++;
+        if (fp_lit(ps, "]", 1)) {
+            ps->depth--;
+            return 1;
+        }
+        while (1) {
+            if (!fp_skip_value(ps)) return 0;
+            if (fp_lit(ps, ",", 1)) continue;
+            if (fp_lit(ps, "]", 1)) break;
+            return 0;
+        }
+        ps->depth--;
+        return 1;
+    case 'n': return fp_lit(ps, "null", 4);
+    case 't': return fp_lit(ps, "true", 4);
+    case 'f': return fp_lit(ps, "false", 5);
+    default:
+        return (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) && fp_scan_int(ps, &v);
+    }
+}
+
+int fp_scan_object(Parser *ps, FpMember *out, int max, int *count) {
+    if (++ps->depth > MAX_DEPTH) return 0;
+    ps->p++;
+    int n = 0;
+    FpMember cur, prev = {0};
+    if (fp_lit(ps, "}", 1)) goto done;
+    while (1) {
+        int ascii, escaped;
+        const unsigned char *q;
+        if (ps->p >= ps->end || *ps->p != '"' || !(q = scan_string(ps, &ascii, &escaped)))
+            return 0;
+        cur.k = ps->p + 1;
+        cur.klen = q - cur.k;
+        cur.kesc = escaped;
+        if (n && key_cmp(&prev, &cur) >= 0) return 0;  /* sorted by code point, no twins */
+        ps->p = q + 1;
+        if (!fp_lit(ps, ":", 1)) return 0;
+        cur.v = ps->p;
+        if (!fp_skip_value(ps)) return 0;
+        cur.vend = ps->p;
+        if (out) {
+            if (n >= max) return 0;  /* more members than the caller can hold: not fast */
+            out[n] = cur;
+        }
+        prev = cur;
+        n++;
+        if (fp_lit(ps, ",", 1)) continue;
+        if (fp_lit(ps, "}", 1)) break;
+        return 0;
+    }
+done:
+    ps->depth--;
+    if (count) *count = n;
+    return 1;
 }

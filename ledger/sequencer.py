@@ -459,10 +459,11 @@ class Sequencer:
                                                   state.last_leaf, state.closed)
                 seq0, pos0 = nxt, pos
             kind = st.kind
+            # _prev and _leaf: what the native parser attaches (else the slower accessors)
             if (closed or st.seq != nxt or st.signer != signer or kind == "run.open"
-                    or st.body.get("prev") != last.hex()):
+                    or (getattr(st, "_prev", None) or st.prev) != last.hex()):
                 return None
-            last = st.leaf_hash()
+            last = getattr(st, "_leaf", None) or st.leaf_hash()
             add(last)
             nxt += 1
             closed = kind == "run.close"

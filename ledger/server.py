@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from operator import attrgetter
 from typing import Any
 
 from starlette.applications import Starlette
@@ -84,6 +85,7 @@ from .witnessing import WitnessPublisher, WitnessTarget
 
 VERIFY_CHUNK = 64  # statements per verify task (smaller batches: one task)
 PARSE_OFF_LOOP = 64 << 10  # bodies at least this large are parsed on a worker thread
+_RAW = attrgetter("raw")
 TRIM_AFTER = 0.05  # seconds without a large body before freed memory goes back
 
 
@@ -270,7 +272,7 @@ class LogServer:
             body = await self._body(scope, receive,
                                     min(MAX_ENTRY_SIZE, self.max_request_bytes), "statement",
                                     held)
-            st = parse_statement(body)
+            st = parse_statement(body, lazy=True)  # the write path reads no body
             verify_signatures([st], False)
         return await self._witnessed(await seq.submit([st], batch=False, verified=True))
 
@@ -299,20 +301,21 @@ class LogServer:
             body = await self._body(scope, receive, self.max_request_bytes, "batch", held)
             if len(body) >= PARSE_OFF_LOOP:  # keep the event loop answering meanwhile
                 sts = await asyncio.get_running_loop().run_in_executor(
-                    self._verify_pool, parse_statement_array, body)
+                    self._verify_pool, functools.partial(parse_statement_array, body,
+                                                         lazy=True))
             else:
-                sts = parse_statement_array(body)
+                sts = parse_statement_array(body, lazy=True)  # the write path reads no body
             del body
             if len(sts) > self.max_batch:
                 raise TooLarge(f"batch of {len(sts)} statements; this log takes at most "
                                f"{self.max_batch} per request",
                                hint="split the batch into smaller requests")
-            for k, st in enumerate(sts):
-                if len(st.raw) > MAX_ENTRY_SIZE:
-                    e = TooLarge(f"statement #{k} has {len(st.raw)} bytes; the limit is "
-                                 f"{MAX_ENTRY_SIZE}")
-                    setattr(e, "statement", k)  # noqa: B010
-                    raise e
+            if max(map(len, map(_RAW, sts)), default=0) > MAX_ENTRY_SIZE:  # a C loop
+                k = next(k for k, st in enumerate(sts) if len(st.raw) > MAX_ENTRY_SIZE)
+                e = TooLarge(f"statement #{k} has {len(sts[k].raw)} bytes; the limit is "
+                             f"{MAX_ENTRY_SIZE}")
+                setattr(e, "statement", k)  # noqa: B010
+                raise e
             await self._verify_batch(sts)
         return await self._witnessed(await seq.submit(sts, batch=True, verified=True))
 

@@ -312,6 +312,9 @@ def _signer_key(signer: str) -> tuple[Verifier, nacl.signing.VerifyKey]:
 
 # --- the statement value ------------------------------------------------------------
 
+_NO_PREV: JSON = []  # a marker: "not set by the native parser"
+
+
 @dataclass(frozen=True)
 class Statement:
     """One parsed, well-formed statement. ``raw`` is its canonical encoding (the entry)."""
@@ -366,7 +369,9 @@ class Statement:
 
     @property
     def prev(self) -> str | None:
-        p = self.body.get("prev")
+        p: JSON = getattr(self, "_prev", _NO_PREV)  # the native parser's, without a body
+        if p is _NO_PREV:
+            p = self.body.get("prev")
         return p if isinstance(p, str) else None
 
     def unsigned_json(self) -> dict[str, JSON]:
@@ -393,7 +398,7 @@ class Statement:
     def leaf_hash(self) -> bytes:
         """RFC 6962 leaf hash of the statement as a log entry (the native parser hands
         it over already computed)."""
-        h: bytes | None = self.__dict__.get("_leaf")
+        h: bytes | None = getattr(self, "_leaf", None)
         return h if h is not None else hashlib.sha256(b"\x00" + self.raw).digest()
 
     @classmethod
@@ -401,12 +406,18 @@ class Statement:
         return parse_statement(data)
 
 
-def parse_statement(data: bytes) -> Statement:
-    """Parse one statement from its exact canonical bytes (signature not verified)."""
+# the body of a statement the native parser validated without building it
+setattr(Statement, "body", native.LazyBody())  # noqa: B010 (a class attribute after @dataclass)
+
+
+def parse_statement(data: bytes, *, lazy: bool = False) -> Statement:
+    """Parse one statement from its exact canonical bytes (signature not verified).
+    ``lazy``: if the native parser takes it, its body is validated but decoded only on
+    first use (for callers that do not read it: the log server's write path)."""
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedError("a statement is bytes")
     data = bytes(data)
-    st = native.parse_one(data)
+    st = native.parse_one(data, lazy)
     if st is not None:
         return st
     fast = canonical_values(data, array=False)
@@ -417,15 +428,16 @@ def parse_statement(data: bytes) -> Statement:
 
 _WS = " \t\n\r"
 
-def parse_statement_array(data: bytes) -> list[Statement]:
+def parse_statement_array(data: bytes, *, lazy: bool = False) -> list[Statement]:
     """Parse a JSON array of statements (``POST /add-batch``).
 
     Whitespace may separate the array's elements, but each element must be the exact
     canonical encoding of its statement: those bytes become the log entry. Errors name
-    the failing statement's position (``error.statement``, 0-based).
+    the failing statement's position (``error.statement``, 0-based). ``lazy``: as for
+    :func:`parse_statement`.
     """
     data = bytes(data)
-    sts = native.parse_batch(data)
+    sts = native.parse_batch(data, lazy)
     if sts is not None:
         return sts
     fast = canonical_values(data, array=True)

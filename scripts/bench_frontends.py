@@ -13,18 +13,26 @@ Ed25519 signature check alone, on one core (the one thing a frontend must do per
 statement), so the report splits a frontend's CPU into verification and everything
 else - parsing, canonical-form and field checks, admission, storage, replies, HTTP and
 the event loop are all "not verification".
+
+Why two frontends cost more each than one: a fourth configuration runs two frontends
+with every client on the first (the second idle but following the tree), and for each
+frontend the report gives its CPU per entry, its statements per integration round
+(from /metrics) and its context switches per request (from /proc).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench_server import make_runs, verify_cpu_us
-from benchlib import cpu_seconds, http_request, run_load, start_potd
+from benchlib import cpu_seconds, http_request, run_load, start_potd, thread_cpu
 
 from ledger.log import Log
 from ledger.note import Signer
@@ -65,9 +73,13 @@ def postgres_cpu(postmaster: int | None) -> dict[int, float]:
     return {p: cpu_seconds(p) for p in postgres_pids(postmaster)}
 
 
-def start(db: str, key: Path, d: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
-    p, url = start_potd(["ledger", "serve", "--db", db, "--key", str(key), "--port", "0"],
-                        d / f"server{n}.err")
+def start(db: str, key: Path, d: Path, n: int, stages: bool = False
+          ) -> tuple[subprocess.Popen[bytes], int]:
+    """Frontend ``n``; with ``stages`` under scripts/stage_clock.py (to d/stagesN.json)."""
+    args = ["ledger", "serve", "--db", db, "--key", str(key), "--port", "0"]
+    cmd = ([sys.executable, str(Path(__file__).parent / "stage_clock.py"),
+            str(d / f"stages{n}.json"), *args] if stages else None)
+    p, url = start_potd(args, d / f"server{n}.err", cmd=cmd)
     return p, int(url.rsplit(":", 1)[1])
 
 
@@ -86,23 +98,44 @@ def drop_database(url: str, name: str) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
 
 
+def switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of all of a process's threads."""
+    return sum(v + i for _, _, v, i in thread_cpu(pid).values())
+
+
+def rounds(port: int) -> tuple[float, float]:
+    """``(statements, integration rounds)`` a frontend reports on /metrics so far."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    got = dict(re.findall(r"(?m)^potd_integration_batch_size_(sum|count) (\S+)$", text))
+    return float(got.get("sum", 0)), float(got.get("count", 0))
+
+
 def one(label: str, db: str, frontends: int, runs: list[list[bytes]], batch: int,
-        seconds: float, d: Path, key: Signer, trainer: Signer) -> dict[str, Any]:
+        seconds: float, d: Path, key: Signer, trainer: Signer, idle: bool = False,
+        stages: bool = False) -> dict[str, Any]:
+    """One configuration; ``idle``: every client on the first frontend; ``stages``: the
+    frontends' CPU by write-path stage too (scripts/stage_clock.py)."""
     (d / "log.key").write_text(key.private_string())
     Log.create(db, key).store.close()
     store = open_store(db)
     store.ensure_indexes()
     store.set_signer_allowed(str(trainer.verifier), True)
     store.close()
-    procs = [start(db, d / "log.key", d, k) for k in range(frontends)]
+    procs = [start(db, d / "log.key", d, k, stages) for k in range(frontends)]
     try:
         reqs = [[http_request("POST", "/add-batch", b"[" + b",".join(r[i:i + batch]) + b"]")
                  for i in range(0, len(r), batch)] for r in runs]
         fe0 = [cpu_seconds(p.pid) for p, _ in procs]
+        sw0 = [switches(p.pid) for p, _ in procs]
+        r0 = [rounds(port) for _, port in procs]
         postmaster = postmaster_pid(db) if "postgresql" in db else None
         pg0 = postgres_cpu(postmaster)
-        res = run_load([port for _, port in procs], reqs, seconds)
-        fe = sum(cpu_seconds(p.pid) - c for (p, _), c in zip(procs, fe0, strict=True))
+        res = run_load([port for _, port in procs][:1 if idle else None], reqs, seconds)
+        fe = [cpu_seconds(p.pid) - c for (p, _), c in zip(procs, fe0, strict=True)]
+        sw = [switches(p.pid) - c for (p, _), c in zip(procs, sw0, strict=True)]
+        r1 = [rounds(port) for _, port in procs]
         pg1 = postgres_cpu(postmaster)
         pg = sum(c - pg0.get(p, 0.0) for p, c in pg1.items())
     finally:
@@ -110,18 +143,33 @@ def one(label: str, db: str, frontends: int, runs: list[list[bytes]], batch: int
             p.terminate()
             p.wait(30)
     ok = res["statuses"].get(200, 0) * batch
+    per_frontend = []
+    for k in range(frontends):
+        entries, n = r1[k][0] - r0[k][0], r1[k][1] - r0[k][1]
+        reqs_k = max(1.0, entries / batch)
+        per_frontend.append({"cpu_s": round(fe[k], 3), "entries": round(entries),
+                             "per_round": round(entries / n) if n else 0,
+                             "switches_per_request": round(sw[k] / reqs_k, 1)})
+        f = d / f"stages{k}.json"
+        if stages and f.exists() and entries:
+            per_frontend[-1]["stages_us"] = {
+                name: round(1e6 * v / entries, 2)
+                for name, v in json.loads(f.read_text()).items()}
     return {"config": label, "entries": ok, "seconds": round(res["seconds"], 2),
             "per_s": round(ok / res["seconds"]), "statuses": res["statuses"],
-            "frontend_cpu_us": round(1e6 * fe / max(ok, 1), 1),
-            "db_cpu_us": round(1e6 * pg / max(ok, 1), 1) if "postgresql" in db else None}
+            "frontend_cpu_us": round(1e6 * sum(fe) / max(ok, 1), 1),
+            "db_cpu_us": round(1e6 * pg / max(ok, 1), 1) if "postgresql" in db else None,
+            "frontends": per_frontend}
 
 
-def compare(url: str, batch: int, batches: int, clients: int, seconds: float) -> None:
+def compare(url: str, batch: int, batches: int, clients: int, seconds: float,
+            stages: bool = False) -> None:
     trainer = Signer.generate("trainer.bench")
     key = Signer.generate("bench.example/log")
     per_client = -(-batches // clients)
-    configs = [("SQLite, 1 frontend", None, 1), ("PostgreSQL, 1 frontend", 0, 1),
-               ("PostgreSQL, 2 frontends", 1, 2)]
+    configs = [("SQLite, 1 frontend", None, 1, False), ("PostgreSQL, 1 frontend", 0, 1, False),
+               ("PostgreSQL, 2 frontends", 1, 2, False),
+               ("PostgreSQL, 2 frontends, 1 idle", 2, 2, True)]
     print(f"signing {len(configs)} x {clients} runs x {per_client * batch} statements ...",
           flush=True)
     all_runs = [make_runs(trainer, clients, per_client * batch - 1, 1000 * k)
@@ -129,7 +177,7 @@ def compare(url: str, batch: int, batches: int, clients: int, seconds: float) ->
     verify_us, parse_us = verify_cpu_us([s for r in all_runs[0] for s in r][:5000])
     results = []
     with tempfile.TemporaryDirectory(prefix="potd-bench-") as tmp:
-        for k, (label, n, frontends) in enumerate(configs):
+        for k, (label, n, frontends, idle) in enumerate(configs):
             d = Path(tmp, str(k))
             d.mkdir()
             if n is None:
@@ -138,7 +186,7 @@ def compare(url: str, batch: int, batches: int, clients: int, seconds: float) ->
                 db, name = new_database(url, n)
             try:
                 results.append(one(label, db, frontends, all_runs[k], batch, seconds, d, key,
-                                   trainer))
+                                   trainer, idle, stages))
             finally:
                 if name:
                     drop_database(url, name)
@@ -152,5 +200,23 @@ def compare(url: str, batch: int, batches: int, clients: int, seconds: float) ->
               f"{r['per_s'] / base:>9.2f} {r['frontend_cpu_us']:>22} "
               f"{other:>8.1f} ({100 * other / verify_us:.0f} %)  "
               f"{r['db_cpu_us'] if r['db_cpu_us'] is not None else '-':>16}")
+    print("\nby frontend: CPU µs per entry it took (not verification), statements per "
+          "integration round, context switches per request")
+    for r in results:
+        cells = []
+        for f in r["frontends"]:
+            if f["entries"]:
+                us = 1e6 * f["cpu_s"] / f["entries"]
+                cells.append(f"{us:.1f} ({us - verify_us:.1f}), {f['per_round']}/round, "
+                             f"{f['switches_per_request']} sw/req")
+                st = f.get("stages_us")
+                if st:
+                    cells[-1] += " [" + ", ".join(
+                        f"{k.rsplit('.', 1)[-1]} {st[k]:.1f}" for k in
+                        ("verify.ed25519", "parse", "flush", "flush.refresh",
+                         "flush.admit.log_append.store", "flush.replies") if k in st) + "]"
+            else:
+                cells.append(f"idle: {f['cpu_s']:.2f} s CPU")
+        print(f"  {r['config']:32} " + " | ".join(cells))
     print(f"\nbaseline, same run: Ed25519 check of one statement {verify_us:.1f} µs of CPU "
           f"(parsing it {parse_us:.1f} µs, counted as not verification)")

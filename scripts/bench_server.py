@@ -182,7 +182,7 @@ def ed25519_cpu_us(statements: list[bytes], rounds: int = 3
             native.append(1e6 * (time.thread_time() - t) / len(parsed))
         t = time.thread_time()
         for raw in statements:
-            parse_statement(raw)
+            parse_statement(raw, lazy=True)  # as the server's write path parses
         parse.append(1e6 * (time.thread_time() - t) / len(statements))
     return (statistics.median(native) if native else None, statistics.median(verify),
             statistics.median(parse))
@@ -249,7 +249,7 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "scripts"))
         from bench_frontends import compare
         compare(a.db, a.batch, 12 if a.quick else a.batches, a.batch_clients,
-                5 if a.quick else a.seconds)
+                5 if a.quick else a.seconds, a.stages)
         return
     if a.quick:
         a.adds, a.batches, a.reads, a.seconds = 12_800, 12, 10_000, 5
@@ -306,8 +306,10 @@ def main() -> None:
                 results.append(summarize(f"add-batch of {a.batch}", res, a.batch))
                 n = max(res["statuses"].get(200, 0) * a.batch, 1)
                 results[-1]["frontend_cpu_us"] = round(1e6 * batch_cpu / n, 1)
-                results[-1]["threads"] = [(name, round(1e6 * cpu / n, 1), round(faults / n, 2))
-                                          for name, cpu, faults in threads]
+                per_req = max(res["statuses"].get(200, 0), 1)
+                results[-1]["threads"] = [(name, round(1e6 * cpu / n, 1), round(faults / n, 2),
+                                           round(vol / per_req, 1), round(invol / per_req, 1))
+                                          for name, cpu, faults, vol, invol in threads]
             if "add" not in phases and "batch" not in phases:  # something to read
                 run_load(port, [[post("/add-batch", b"[" + b",".join(r) + b"]")]
                                 for r in runs], a.seconds)
@@ -348,9 +350,10 @@ def main() -> None:
             if stages is not None:
                 print_stages(stages, r)
             if stages is not None and r.get("threads"):
-                print("  CPU per entry by thread (µs; minor page faults per entry):")
-                for name, us, faults in r["threads"]:
-                    print(f"    {name:26} {us:7.1f} {faults:8.2f}")
+                print("  CPU per entry by thread (µs; minor page faults per entry; "
+                      "voluntary and involuntary context switches per request):")
+                for name, us, faults, vol, invol in r["threads"]:
+                    print(f"    {name:26} {us:7.1f} {faults:8.2f} {vol:8.1f} {invol:8.1f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"phases": results, "library_per_s": {
             str(a.clients): round(lib1), str(a.batch): round(lib2)},
@@ -373,20 +376,21 @@ def print_stages(stages: dict[str, float], phase: dict[str, Any]) -> None:
     print(f"    {'outside these (loop, HTTP)':24} {phase['frontend_cpu_us'] - top:7.1f}")
 
 
-def by_thread(pid: int, before: dict[int, tuple[float, int]],
-              after: dict[int, tuple[float, int]]) -> list[tuple[str, float, int]]:
-    """``(name, CPU seconds, minor faults)`` of each thread that ran between two
-    :func:`thread_cpu` snapshots, busiest first: the main thread is the event loop; of
-    the others, the two busiest are the verify threads (Ed25519 and parsing), then the
-    flush thread (admission, storage, replies)."""
+def by_thread(pid: int, before: dict[int, tuple[float, int, int, int]],
+              after: dict[int, tuple[float, int, int, int]]
+              ) -> list[tuple[str, float, int, int, int]]:
+    """``(name, CPU seconds, minor faults, voluntary and involuntary context switches)``
+    of each thread that ran between two :func:`thread_cpu` snapshots, busiest first: the
+    main thread is the event loop; of the others, the two busiest are the verify threads
+    (Ed25519 and parsing), then the flush thread (admission, storage, replies)."""
     rows = []
-    for tid, (cpu, faults) in after.items():
-        c0, f0 = before.get(tid, (0.0, 0))
+    for tid, (cpu, faults, vol, invol) in after.items():
+        c0, f0, v0, i0 = before.get(tid, (0.0, 0, 0, 0))
         if cpu - c0 > 0 or faults - f0 > 0:
-            rows.append((tid, cpu - c0, faults - f0))
+            rows.append((tid, cpu - c0, faults - f0, vol - v0, invol - i0))
     rows.sort(key=lambda r: (r[0] != pid, -r[1]))
-    return [("main (event loop)" if tid == pid else f"thread {tid}", cpu, faults)
-            for tid, cpu, faults in rows]
+    return [("main (event loop)" if tid == pid else f"thread {tid}", cpu, faults, vol, invol)
+            for tid, cpu, faults, vol, invol in rows]
 
 
 def health(port: int) -> dict[str, Any]:

@@ -107,10 +107,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
-    """``{thread id: (user + system CPU seconds, minor page faults)}`` of a process's
-    threads, from /proc (threads that ended are missing)."""
-    out: dict[int, tuple[float, int]] = {}
+def thread_cpu(pid: int) -> dict[int, tuple[float, int, int, int]]:
+    """``{thread id: (user + system CPU seconds, minor page faults, voluntary and
+    involuntary context switches)}`` of a process's threads, from /proc (threads that
+    ended are missing)."""
+    out: dict[int, tuple[float, int, int, int]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
@@ -118,9 +119,13 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
     for t in tids:
         try:
             f = Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/task/{t}/status").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        out[int(t)] = ((int(f[11]) + int(f[12])) / TICK, int(f[7]))
+        switches = dict(re.findall(r"(?m)^(\w+_ctxt_switches):\s*(\d+)", status))
+        out[int(t)] = ((int(f[11]) + int(f[12])) / TICK, int(f[7]),
+                       int(switches.get("voluntary_ctxt_switches", 0)),
+                       int(switches.get("nonvoluntary_ctxt_switches", 0)))
     return out
 
 

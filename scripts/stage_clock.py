@@ -74,6 +74,8 @@ def install() -> None:
     _clock(ledger.sequencer, "_replies", "flush.replies.join")
     _clock(ledger.merkle.CompactRange, "extend", "flush.admit.log_append.hashes")
     _clock(ledger.sequencer.Sequencer, "_admit_fast", "flush.admit.checks")
+    # a shared store: catching up with the tree other frontends committed
+    _clock(ledger.log.Log, "refresh", "flush.refresh")
 
 
 def main() -> None:
