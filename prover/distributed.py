@@ -146,15 +146,23 @@ def init_process_group(rank: int, world: int, address: str,
 
 
 class _Share:
-    """The communication hook's state: this rank's share of the current batch."""
+    """The communication hook's state: this rank's share of the current batch, and what
+    carries the agreement's rows along with the last bucket (:meth:`prover.agreement.
+    Agreement.carry_rows`; None: nothing)."""
 
     def __init__(self) -> None:
         self.weight = 1.0
+        self.carry: Any = None
 
 
 def _weighted_allreduce(state: _Share, bucket: Any) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: sum over ranks of each rank's gradient times its share."""
+    """DDP communication hook: sum over ranks of each rank's gradient times its share
+    (the last bucket: with the agreement's rows, when a job waits for them)."""
     buf = bucket.buffer()
+    if state.carry is not None and bucket.is_last():
+        fut = state.carry(buf, state.weight)
+        if fut is not None:
+            return fut
     buf.mul_(state.weight)
     work: Any = dist.all_reduce(buf, async_op=True)
     fut: torch.futures.Future[list[torch.Tensor]] = work.get_future()
@@ -201,8 +209,12 @@ class _Ranks:
         # small weights are hashed on the training thread, large ones on the agreement's
         # thread (the session's threshold for streaming them to the commit process)
         size = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        # on the CPU the rows ride on the next step's gradient all-reduce (gloo; CUDA
+        # buckets would cost a device round trip: their own all-gather there)
         self._agreement = Agreement(self.alg, self._agreed, self.profile,
-                                    threaded=size >= SMALL_STATE)
+                                    threaded=size >= SMALL_STATE, carry=not cuda)
+        if self._agreement.carry:
+            self._share.carry = self._agreement.carry_rows
         # step t+1's update waits for step t's agreement (prover.agreement); registered
         # before the session's own pre-hook, which waits for the hasher thread
         self.optimizer.register_step_pre_hook(self._wait_agreed)
@@ -224,7 +236,8 @@ class _Ranks:
             state = self._weights_state(batch.step)
             if self._agreement.threaded or self._keeps_state(batch.step):
                 state = snapshot(state)  # read after the next forward pass
-            self._agreement.submit(Job(batch, state, x, y, loss))
+            self._agreement.submit(Job(batch, state, x, y, loss,
+                                       last=batch.step == len(self.plan) - 1))
         return loss
 
     def _wait_agreed(self, *_: Any) -> None:
@@ -389,8 +402,11 @@ class DataParallelSession(_Ranks, TrainingSession):
                          hint="call train_step(batch) on every rank")
 
     def flush(self) -> None:
+        """Make every agreed step durable: the steps trained so far, but for the last
+        one trained when its agreement rides on the next step's gradient all-reduce (it
+        is recorded then, or at ``close``)."""
         if hasattr(self, "_agreement"):
-            self._agreement.wait()
+            self._agreement.wait(alone=False)
         super().flush()
 
     def close(self, timeout: float | None = 600) -> None:
