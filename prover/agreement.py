@@ -3,17 +3,18 @@ kept off the training loop's critical path.
 
 After step ``t`` every rank hands :meth:`Agreement.submit` a job: its weights after the
 step, the examples it fed, the shard of the global batch they should be, and its shard
-loss. Each rank hashes the weights and the examples and all-gathers (weights hash, fed
-digest, loss) over a gloo process group of its own on the CPU (the training loop's DDP
+loss. Each rank hashes the weights and the examples and gathers every rank's row
+(weights hash, fed digest, loss) — on the next step's gradient all-reduce (below), or
+all-gathered over a gloo process group of its own on the CPU (the training loop's DDP
 all-reduces use the default group; a separate group, so the agreement's collectives
-never interleave with DDP's on one group), checks every row and hands the agreed step
+never interleave with DDP's on one group) — checks every row and hands the agreed step
 on (rank 0: to the commit process). Meanwhile the training loop runs step ``t+1``'s
 forward and backward. Two ways, by the size of the weights:
 
 * small weights (the default tiny recipes): :meth:`submit` hashes on the training
   thread right away (the weights are those after step ``t``; a few hundred microseconds
   of hashing beat a thread's wake-ups and its contention for the GIL with the training
-  loop). With ``carry`` (ranks on the CPU) the rows then ride on step ``t+1``'s
+  loop). With ``carry`` (two ranks on the CPU) the rows then ride on step ``t+1``'s
   gradient all-reduce (:meth:`carry_rows`, called from DDP's communication hook: each
   rank writes its row, its bytes as numbers, into its own slot of an extension of the
   gradient bucket that is zero elsewhere, so the sum over ranks is every rank's row,
@@ -22,8 +23,8 @@ forward and backward. Two ways, by the size of the weights:
   (the last step, or a step without backward) is all-gathered on its own when every
   rank waits for it: at the next update, or at ``finish`` (``flush`` on rank 0 alone
   leaves a carried-to-be job in flight: the other ranks are not there to gather it).
-  Without ``carry`` (CUDA) :meth:`submit` starts the all-gather without waiting for it
-  and :meth:`wait` completes it, checks the rows and hands the step on;
+  Without ``carry`` (CUDA, more ranks) :meth:`submit` starts the all-gather without
+  waiting for it and :meth:`wait` completes it, checks the rows and hands the step on;
 * large weights (``threaded``): a thread does all of it (the parameters themselves,
   which change only in ``optimizer.step()``, and copies of the buffers, which the next
   forward pass may change), overlapped with the next step's forward and backward.
@@ -39,6 +40,10 @@ Invariants (both ways):
   rank 0 never records (spools, submits) step ``t`` before step ``t``'s agreement
   passed, and after a failed agreement it records nothing more.
 * At most one job is in flight (:meth:`submit` waits for the previous one).
+* Every rank gathers a job the same way: carried by the same bucket of the same
+  all-reduce, or all-gathered alone at the same call (the next update, ``finish``; a
+  failure elsewhere (:meth:`abandon`) gathers only a job the others can still join: one
+  carried already, or the last step's).
 
 Trusts: the other ranks are the trainer's own processes (as :mod:`prover.distributed`);
 the recipe changes parameters only in ``optimizer.step()``, as the single-process
@@ -137,7 +142,10 @@ def _byte_view(t: torch.Tensor) -> memoryview:
     contiguous CPU tensor of numbers, on a little-endian machine): its own memory."""
     if (t.dtype in _NUMPY_DTYPES and t.device.type == "cpu" and not t.requires_grad
             and t.is_contiguous() and (_LITTLE or t.element_size() == 1)):
-        return memoryview(t.numpy()).cast("B")
+        try:
+            return memoryview(t.numpy()).cast("B")
+        except TypeError:  # no elements: memoryview cannot cast it
+            pass
     return tensor_bytes(t)
 
 
@@ -229,6 +237,7 @@ class Agreement:
         self.hasher = StateHasher(alg)
         self.on_agreed, self.profile, self.threaded = on_agreed, profile, threaded
         self.carry = carry and not threaded
+        self.carried = self.alone = 0  # jobs a gradient all-reduce carried; gathered alone
         # the gradient bucket extended by the rows (views of one tensor), reused
         self._ext: tuple[torch.Tensor, Any, torch.Tensor] | None = None
         self.error: BaseException | None = None
@@ -371,6 +380,7 @@ class Agreement:
         with timed(self.profile, "gather" if wait else "launch"):
             # the group's own call: dist.all_gather's checks cost the loop more
             g.work = self.group.allgather([self._got], [self._local])
+            self.alone += 1
             if wait:
                 self._wait_work(g, timeout)
 
@@ -400,6 +410,7 @@ class Agreement:
             work: Any = dist.all_reduce(whole, async_op=True)
             fut: torch.futures.Future[list[torch.Tensor]] = work.get_future()
             g.carried = (fut, rows)
+            self.carried += 1
 
         def bucket(f: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
             f.value()  # raises the all-reduce's error
