@@ -63,7 +63,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,7 @@ class Job:
     y: torch.Tensor
     loss: float
     last: bool = False  # the run's last step: no later gradient all-reduce carries it
+    sliced: bool = False  # x and y are rows lo:hi of the batch's own x and y (its shard)
 
 
 def snapshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -200,14 +201,12 @@ class StepProfile:
         return out
 
 
-@contextmanager
-def _untimed() -> Iterator[None]:
-    yield
+_UNTIMED = nullcontext()  # reusable: no generator made per step and part
 
 
 def timed(profile: StepProfile | None, part: str) -> Any:
     """``profile.timed(part)``, or nothing without a profile."""
-    return profile.timed(part) if profile is not None else _untimed()
+    return profile.timed(part) if profile is not None else _UNTIMED
 
 
 @dataclass
@@ -365,9 +364,9 @@ class Agreement:
             bounds = shard_bounds(len(batch.indexes), self.world)
             expected = shard_digests(batch.x, batch.y, bounds)
             lo, hi = bounds[self.rank]
-            fed = (expected[self.rank] if _same_memory(job.x, batch.x[lo:hi])
-                   and _same_memory(job.y, batch.y[lo:hi])
-                   else shard_digest(job.x, job.y))
+            fed = (expected[self.rank] if job.sliced or (
+                _same_memory(job.x, batch.x[lo:hi]) and _same_memory(job.y, batch.y[lo:hi]))
+                else shard_digest(job.x, job.y))
         self._row[:] = mine + fed + struct.pack(">d", job.loss)
         g = _Gather(job, mine, expected, None)
         if launch:

@@ -170,8 +170,10 @@ class _Ranks:
             state = self._weights_state(batch.step)
             if self._agreement.threaded or self._keeps_state(batch.step):
                 state = snapshot(state)  # read after the next forward pass
+            # the default shard is the batch's own rows (an overriding shard() is checked)
             self._agreement.submit(Job(batch, state, x, y, loss,
-                                       last=batch.step == len(self.plan) - 1))
+                                       last=batch.step == len(self.plan) - 1,
+                                       sliced=type(self).shard is _Ranks.shard))
         return loss
 
     def _wait_agreed(self, *_: Any) -> None:

@@ -39,9 +39,12 @@ same code differ by that much here: a prover overhead inside the A/A range is no
 ``--profile`` adds, for rank 0 and rank 1 of the prover runs, each part's wall and CPU
 time per step (medians over the rounds' steps): ``step`` (the whole train_step, on the
 training thread), ``submit`` (the step's agreement started: ``hash``, the weights;
-``examples``, the shard digests; ``launch``, starting the all-gather), ``wait`` (the
-next update waiting for it: ``gather``, the all-gather's end, with the wait for the
-slower rank; the check; ``record``, rank 0's hand-off to the commit process); and the
+``examples``, the shard digests), ``launch`` (two ranks on the CPU: the next step's
+last gradient bucket all-reduced with the rows, the whole hook, which plain DDP's
+``mul_`` and all-reduce of the bucket would cost too; else starting the rows' own
+all-gather), ``wait`` (the next update waiting for it: ``gather``, reading the rows
+(the all-gather's end, with the wait for the slower rank, where it has its own); the
+check; ``record``, rank 0's hand-off to the commit process); and the
 CPU per step of rank 0's threads by name (``native``: torch's and gloo's own). With
 large weights the agreement runs on a thread (``potd-agreement``) and ``gather`` is
 the whole all-gather there.
