@@ -437,7 +437,13 @@ class Agreement:
         if g.carried is not None:  # complete: DDP waited for its buckets' all-reduces
             with timed(p, "gather"):
                 fut, got = g.carried
-                fut.wait()
+                try:
+                    fut.wait()
+                except RuntimeError as e:  # gloo: a peer gone (the backward saw it too)
+                    raise DataParallelError(f"the gradient all-reduce carrying step "
+                                            f"{batch.step}'s agreement failed: {e}",
+                                            hint="another rank stopped or hangs; see its "
+                                            "error") from None
                 flat = got.astype("uint8").tobytes()
             rows = [flat[r * ROW:(r + 1) * ROW] for r in range(self.world)]
         else:
