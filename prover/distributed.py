@@ -57,9 +57,7 @@ drifts or reads the wrong data, not a trainer who lies: that is the audit's job)
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +78,15 @@ from prover.derive import (
     schedule,
     shard_bounds,
 )
+from prover.dp_group import (  # re-exported: the group's side of a run
+    _cuda_count,
+    _Share,
+    _weighted_allreduce,
+    backend_for,
+    init_process_group,
+    local_rank,
+    rank_device,
+)
 from prover.recipes import Recipe, train_step
 from prover.session import SMALL_STATE, Batch, TrainingSession
 from prover.session_commit import _optimizer_tensors
@@ -87,7 +94,6 @@ from prover.session_commit import _optimizer_tensors
 __all__ = ["DataParallelError", "DataParallelSession", "DataParallelWorker", "backend_for",
            "data_parallel_session", "init_process_group", "rank_device"]
 
-TIMEOUT = datetime.timedelta(minutes=10)
 # rank 0's records reach the commit process in batches of up to this many seconds (and
 # at most 32 records; a crash loses at most these unspooled steps, which a resume
 # re-trains): one spool transaction, one evidence sync and one wake-up of the commit
@@ -96,74 +102,6 @@ TIMEOUT = datetime.timedelta(minutes=10)
 # and the log share the machine with the ranks: their CPU per step comes out of the
 # ranks' (measured in scripts/bench_ddp.py)
 COMMIT_BATCH_SECONDS, SUBMIT_INTERVAL = 0.25, 2.0
-
-
-def backend_for(device: torch.device | str) -> str:
-    """The torch.distributed backend for ranks on ``device``: NCCL on CUDA, else gloo."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-def local_rank() -> int | None:
-    """``LOCAL_RANK`` as a launcher (torchrun) sets it, else None."""
-    v = os.environ.get("LOCAL_RANK", "")
-    return int(v) if v.isdigit() else None
-
-
-def rank_device(base: torch.device | str, rank: int, local: int | None = None,
-                count: int | None = None) -> torch.device:
-    """The device of rank ``rank`` in a run on ``base``: the CPU for every rank of a CPU
-    run; on CUDA, ``cuda:local`` under a launcher that gives the local rank (torchrun's
-    ``LOCAL_RANK``), else ``cuda:i+rank`` for local ranks started from ``cuda:i``.
-    ``count``: the CUDA devices here, checked when given (a
-    :class:`~ledger.errors.UsageError` names the devices there are)."""
-    base = torch.device(base)
-    if base.type != "cuda":
-        return torch.device("cpu")
-    i = local if local is not None else (base.index or 0) + rank
-    if count is not None and i >= count:
-        raise UsageError(f"rank {rank} would train on cuda:{i}, but this machine has "
-                         f"{count} CUDA device{'s' if count != 1 else ''}",
-                         hint="start at most one process per GPU on each node "
-                              "(torchrun --nproc-per-node)" if local is not None else
-                              f"--nproc N from --device cuda:I needs cuda:I..cuda:I+N-1: "
-                              f"lower --nproc or the index (0..{count - 1})")
-    return torch.device("cuda", i)
-
-
-def _cuda_count(device: torch.device) -> int | None:
-    return torch.cuda.device_count() if device.type == "cuda" else None
-
-
-def init_process_group(rank: int, world: int, address: str,
-                       device: torch.device | str = "cpu") -> None:
-    """Join the process group at ``address`` (host:port) with the backend for ``device``
-    (:func:`backend_for`; on CUDA, after making ``device`` this process's current one)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    dist.init_process_group(backend_for(dev), init_method=f"tcp://{address}", rank=rank,
-                            world_size=world, timeout=TIMEOUT)
-
-
-class _Share:
-    """The communication hook's state: this rank's share of the current batch."""
-
-    def __init__(self) -> None:
-        self.weight = 1.0
-
-
-def _weighted_allreduce(state: _Share, bucket: Any) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: sum over ranks of each rank's gradient times its share."""
-    buf = bucket.buffer()
-    buf.mul_(state.weight)
-    work: Any = dist.all_reduce(buf, async_op=True)
-    fut: torch.futures.Future[list[torch.Tensor]] = work.get_future()
-    return fut.then(lambda f: f.value()[0])
-
-
-# DDP checks the hook's annotations as objects (this module's are strings)
-_weighted_allreduce.__annotations__ = {"state": _Share, "bucket": dist.GradBucket,  # type: ignore[attr-defined]
-                                       "return": torch.futures.Future[torch.Tensor]}
 
 
 class _Ranks:
@@ -201,8 +139,16 @@ class _Ranks:
         # small weights are hashed on the training thread, large ones on the agreement's
         # thread (the session's threshold for streaming them to the commit process)
         size = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        # two ranks on the CPU: the rows ride on the next step's gradient all-reduce
+        # (gloo). Each sum there is of two numbers, the same bits however gloo splits the
+        # longer buffer (an exact audit replays the plain hook); with more ranks the
+        # order of the sums depends on the split, and CUDA buckets would cost a device
+        # round trip: the rows' own all-gather there
         self._agreement = Agreement(self.alg, self._agreed, self.profile,
-                                    threaded=size >= SMALL_STATE)
+                                    threaded=size >= SMALL_STATE,
+                                    carry=not cuda and self.world == 2)
+        if self._agreement.carry:
+            self._share.carry = self._agreement.carry_rows
         # step t+1's update waits for step t's agreement (prover.agreement); registered
         # before the session's own pre-hook, which waits for the hasher thread
         self.optimizer.register_step_pre_hook(self._wait_agreed)
@@ -224,7 +170,10 @@ class _Ranks:
             state = self._weights_state(batch.step)
             if self._agreement.threaded or self._keeps_state(batch.step):
                 state = snapshot(state)  # read after the next forward pass
-            self._agreement.submit(Job(batch, state, x, y, loss))
+            # the default shard is the batch's own rows (an overriding shard() is checked)
+            self._agreement.submit(Job(batch, state, x, y, loss,
+                                       last=batch.step == len(self.plan) - 1,
+                                       sliced=type(self).shard is _Ranks.shard))
         return loss
 
     def _wait_agreed(self, *_: Any) -> None:
@@ -389,8 +338,11 @@ class DataParallelSession(_Ranks, TrainingSession):
                          hint="call train_step(batch) on every rank")
 
     def flush(self) -> None:
+        """Make every agreed step durable: the steps trained so far, but for the last
+        one trained when its agreement rides on the next step's gradient all-reduce (it
+        is recorded then, or at ``close``)."""
         if hasattr(self, "_agreement"):
-            self._agreement.wait()
+            self._agreement.wait(alone=False)
         super().flush()
 
     def close(self, timeout: float | None = 600) -> None:

@@ -87,10 +87,14 @@ def new_hasher(algorithm: str, threads: int | None = None) -> _Hasher:
 
 
 def dtype_name(t: torch.Tensor) -> str:
+    return dtype_name_of(t.dtype)
+
+
+def dtype_name_of(dtype: torch.dtype) -> str:
     try:
-        return _DTYPE_NAMES[str(t.dtype)]
+        return _DTYPE_NAMES[str(dtype)]
     except KeyError:
-        raise UsageError(f"tensor dtype {t.dtype} has no safetensors name") from None
+        raise UsageError(f"tensor dtype {dtype} has no safetensors name") from None
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ledger.errors import UsageError
-from prover.distributed import TIMEOUT, _cuda_count, backend_for, local_rank, rank_device
+from prover.dp_group import TIMEOUT, _cuda_count, backend_for, local_rank, rank_device
 
 __all__ = ["join_from_environment"]
 

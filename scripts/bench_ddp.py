@@ -10,6 +10,12 @@ Alternates ``--rounds`` times, on the same recipe, data and machine:
   run of the same recipe: per-step weights hashes all-gathered and checked, statements
   signed, spooled and streamed to the log, evidence every k steps.
 
+Every variant trains the same recipe, data set, model shape, batch split and thread
+count (plain DDP with a fixed seed; the prover's seed comes from the log, so its batch
+order and initial weights differ, not the work per step); each round starts with
+another variant (plain, prover, ...; then prover, ..., plain; ...), and the first
+``--warmup`` steps of every run (default 8) are left out of every figure.
+
 Reports rank 0's median and mean step time for each and the overhead (prover / plain - 1),
 medians over the rounds; the time to train (wall time from the first step to the end of
 the last: for the prover, the last step's agreement), over all rounds and per round;
@@ -21,6 +27,11 @@ step of all of them together (both ranks, plus the prover's two), against plain 
 two ranks: on a machine whose cores the ranks fill, the prover's extra CPU comes out of
 the ranks' time.
 
+``--aa`` runs plain DDP a second time in every round (an A/A run, in the same rotation)
+and prints its overheads over the first beside the prover's (A/B): median step, time to
+train and CPU of all processes, the median and range over the rounds. Two runs of the
+same code differ by that much here: a prover overhead inside the A/A range is noise.
+
     .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1     # tiny-gpt, 36 steps
     .venv/bin/python scripts/bench_ddp.py --rounds 3 --threads 1 \
         --set n_embd=128 n_layer=4 n_head=4 block=128               # 0.8M parameters
@@ -28,9 +39,12 @@ the ranks' time.
 ``--profile`` adds, for rank 0 and rank 1 of the prover runs, each part's wall and CPU
 time per step (medians over the rounds' steps): ``step`` (the whole train_step, on the
 training thread), ``submit`` (the step's agreement started: ``hash``, the weights;
-``examples``, the shard digests; ``launch``, starting the all-gather), ``wait`` (the
-next update waiting for it: ``gather``, the all-gather's end, with the wait for the
-slower rank; the check; ``record``, rank 0's hand-off to the commit process); and the
+``examples``, the shard digests), ``launch`` (two ranks on the CPU: the next step's
+last gradient bucket all-reduced with the rows, the whole hook, which plain DDP's
+``mul_`` and all-reduce of the bucket would cost too; else starting the rows' own
+all-gather), ``wait`` (the next update waiting for it: ``gather``, reading the rows
+(the all-gather's end, with the wait for the slower rank, where it has its own); the
+check; ``record``, rank 0's hand-off to the commit process); and the
 CPU per step of rank 0's threads by name (``native``: torch's and gloo's own). With
 large weights the agreement runs on a thread (``potd-agreement``) and ``gather`` is
 the whole all-gather there.
@@ -113,7 +127,7 @@ class BenchWorker(DataParallelWorker):
 
 
 def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str, Any],
-               steps: int, out: Any, threads: int) -> None:
+               steps: int, out: Any, threads: int, warmup: int = 0) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(threads)
@@ -131,6 +145,8 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
     current = -1
     start, cpu0 = time.perf_counter(), time.process_time()
     for step, epoch, offset in schedule(len(data), r.batch_size, r.epochs)[:steps]:
+        if step == warmup:  # what the warm-up steps cost is left out, as for the prover
+            start, cpu0 = time.perf_counter(), time.process_time()
         if epoch != current:
             order, current = permutation(SEED, len(data), epoch), epoch
         idx = order[offset:offset + r.batch_size]
@@ -139,21 +155,23 @@ def plain_rank(rank: int, world: int, address: str, spec: str, config: dict[str,
         share.weight = (hi - lo) / len(idx)
         t0, c0 = time.perf_counter(), time.process_time()
         train_step(r, ddp, opt, x, y, SEED, step)
-        times.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu0
     out.put((rank, times, cpus, total, cpu / len(times)))  # cpu: the whole process's
     dist.destroy_process_group()
 
 
-def plain(spec: str, config: dict[str, Any], steps: int
+def plain(spec: str, config: dict[str, Any], steps: int, warmup: int = 0
           ) -> tuple[list[float], list[float], float, float]:
-    """Rank 0's step times and CPU, the time to train, and both ranks' CPU per step."""
+    """Rank 0's step times and CPU, the time to train, and both ranks' CPU per step (all
+    after the first ``warmup`` steps)."""
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     address = free_address()
     procs = [ctx.Process(target=plain_rank, args=(r, 2, address, spec, config, steps, q,
-                                                  torch.get_num_threads()))
+                                                  torch.get_num_threads(), warmup))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -212,14 +230,15 @@ def by_thread_name(before: dict[int, float], after: dict[int, float], steps: int
 
 def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any],
            steps: int, tag: str, server_pid: int, profiles: list[StepProfile] | None = None,
-           sync: bool = False) -> tuple[list[float], list[float], dict[str, float]]:
+           sync: bool = False, warmup: int = 0
+           ) -> tuple[list[float], list[float], dict[str, float]]:
     """Rank 0's step times, and the CPU seconds per step that the commit process and the
     log server (sharing the machine with the ranks) used during the steps, and
     ``cpu["train"]``: the wall seconds from the first step to the last step's agreement
     (the time to train, the plain run's loop's counterpart), and ``cpu["ranks"]``: both
     ranks' CPU seconds per step (all their threads). ``profiles``:
     add rank 0's and rank 1's part timings to these two. ``sync``: each step waits for
-    its agreement (see :class:`BenchSession`)."""
+    its agreement (see :class:`BenchSession`). All after the first ``warmup`` steps."""
     r = get_recipe(spec, **config)
     out = d / f"{tag}-rank1.json"
     os.environ[BENCH_ENV] = json.dumps({"profile": str(out) if profiles is not None else None,
@@ -234,16 +253,21 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
     s.open()
     assert s._committer is not None
     pids = {"commit_process": s._committer.proc.pid, "log_server": server_pid}
-    before = {k: cpu_seconds(p) for k, p in pids.items()}
-    threads0 = thread_cpu(os.getpid())
-    rank1 = task_cpu(procs[0].pid)
+
+    def readings() -> tuple[Any, ...]:
+        return ({k: cpu_seconds(p) for k, p in pids.items()}, thread_cpu(os.getpid()),
+                task_cpu(procs[0].pid), time.perf_counter(), time.process_time())
+
+    before, threads0, rank1, start, cpu0 = readings()
     times, cpus = [], []
-    start, cpu0 = time.perf_counter(), time.process_time()
     for b in s.batches():
+        if b.step == warmup:  # what the warm-up steps cost is left out, as for plain DDP
+            before, threads0, rank1, start, cpu0 = readings()
         t0, c0 = time.perf_counter(), time.process_time()
         s.train_step(b)
-        times.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+        if b.step >= warmup:
+            times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
     s._agreement.wait()  # the last step agreed (and handed to the commit process)
     train, rank0 = time.perf_counter() - start, time.process_time() - cpu0
     rank1 = task_cpu(procs[0].pid) - rank1
@@ -259,6 +283,11 @@ def prover(d: Path, url: str, log_key: Signer, spec: str, config: dict[str, Any]
         for part, xs in json.loads(out.read_text()).items():
             profiles[1].parts.setdefault(part, []).extend(tuple(x) for x in xs)
     return times[:steps], cpus[:steps], cpu
+
+
+def spread_of(xs: list[float]) -> dict[str, float]:
+    """Median, smallest and largest of ``xs`` (the rounds' values)."""
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def main() -> None:
@@ -278,6 +307,13 @@ def main() -> None:
                     help="each round also runs the prover with every step waiting for its "
                          "agreement (the agreement on the critical path, as before it ran "
                          "beside the next step): overhead of both over plain DDP")
+    ap.add_argument("--aa", action="store_true",
+                    help="each round also runs plain DDP a second time (an A/A run): its "
+                         "overheads over the first show how far two runs of the same code "
+                         "differ here, the noise to read the prover's overheads against")
+    ap.add_argument("--warmup", type=int, default=8,
+                    help="steps at the start of every run left out of the step times, the "
+                         "time to train and the CPU per step (default 8)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     if args.threads:
@@ -287,9 +323,13 @@ def main() -> None:
     config = {**parse_settings(tuple(args.set)), "epochs": args.epochs}
     r = get_recipe(args.recipe, **config)
     steps = len(schedule(len(as_datasets(call_data(r)).train), r.batch_size, r.epochs))
+    if not 0 <= args.warmup < steps:
+        ap.error(f"--warmup must be from 0 to {steps - 1} (this run has {steps} steps)")
     rounds: list[dict[str, float]] = []
-    all_steps: dict[str, list[float]] = {"plain": [], "prover": [], "sync": []}
+    all_steps: dict[str, list[float]] = {"plain": [], "prover": [], "sync": [], "aa": []}
     profiles = [StepProfile(), StepProfile()] if args.profile else None
+    variants = ["plain", "prover"] + (["sync"] if args.compare_sync else []) \
+        + (["aa"] if args.aa else [])
     with tempfile.TemporaryDirectory() as td:
         d = Path(td)
         key = Signer.generate("bench.example/ddp-log")
@@ -298,9 +338,19 @@ def main() -> None:
         with ServerProcess(str(d / "l.db"), str(d / "l.key"),
                            extra=["--open-registration"]) as srv:
             for i in range(args.rounds):
-                p, pc, ptrain, pranks = plain(r.spec, config, steps)
-                q, qc, cpu = prover(d, srv.url, key, r.spec, config, steps, f"r{i}",
-                                    srv.proc.pid, profiles)
+                # each round starts with another variant (the first run of a round may
+                # find the caches, the page cache and the other jobs otherwise)
+                order = variants[i % len(variants):] + variants[:i % len(variants)]
+                got: dict[str, Any] = {}
+                for v in order:
+                    if v in ("plain", "aa"):
+                        got[v] = plain(r.spec, config, steps, args.warmup)
+                    else:
+                        got[v] = prover(d, srv.url, key, r.spec, config, steps, f"{v}{i}",
+                                        srv.proc.pid, profiles if v == "prover" else None,
+                                        sync=v == "sync", warmup=args.warmup)
+                p, pc, ptrain, pranks = got["plain"]
+                q, qc, cpu = got["prover"]
                 rounds.append({"plain_median": statistics.median(p),
                                "prover_median": statistics.median(q),
                                "plain_mean": statistics.mean(p),
@@ -320,10 +370,9 @@ def main() -> None:
                     rounds[-1]["plain_cpu_median"] - 1
                 all_steps["plain"] += p
                 all_steps["prover"] += q
-                sync = ""
+                sync = aa = ""
                 if args.compare_sync:
-                    w, wc, _ = prover(d, srv.url, key, r.spec, config, steps, f"s{i}",
-                                      srv.proc.pid, sync=True)
+                    w, wc, _ = got["sync"]
                     all_steps["sync"] += w
                     rounds[-1].update(sync_median=statistics.median(w),
                                       sync_cpu_median=statistics.median(wc))
@@ -333,9 +382,22 @@ def main() -> None:
                             f"{rounds[-1]['sync_median'] * 1e3:.3f} ms: "
                             f"{rounds[-1]['sync_overhead']:+.1%}, CPU "
                             f"{rounds[-1]['sync_cpu_median'] * 1e3:.3f} ms")
-                print(f"round {i}: plain DDP {rounds[-1]['plain_median'] * 1e3:.3f} ms, "
+                if args.aa:  # plain DDP against itself: what the same code differs by
+                    a, _, atrain, aranks = got["aa"]
+                    all_steps["aa"] += a
+                    rounds[-1].update(aa_median=statistics.median(a), aa_train=atrain,
+                                      aa_total_cpu=aranks)
+                    rounds[-1]["aa_overhead"] = rounds[-1]["aa_median"] / \
+                        rounds[-1]["plain_median"] - 1
+                    rounds[-1]["aa_train_overhead"] = atrain / ptrain - 1
+                    aa = (f"; A/A (plain DDP again): median step "
+                          f"{rounds[-1]['aa_overhead']:+.1%}, time to train "
+                          f"{rounds[-1]['aa_train_overhead']:+.1%}, CPU per step of all "
+                          f"processes {(aranks - pranks) * 1e3:+.2f} ms")
+                print(f"round {i} ({', '.join(order)}): plain DDP "
+                      f"{rounds[-1]['plain_median'] * 1e3:.3f} ms, "
                       f"prover {rounds[-1]['prover_median'] * 1e3:.3f} ms per step (median, "
-                      f"rank 0, {steps} steps): {rounds[-1]['overhead']:+.1%}; rank 0's CPU "
+                      f"rank 0, {len(p)} steps): {rounds[-1]['overhead']:+.1%}; rank 0's CPU "
                       f"per step {rounds[-1]['plain_cpu_median'] * 1e3:.3f} / "
                       f"{rounds[-1]['prover_cpu_median'] * 1e3:.3f} ms; CPU per step "
                       f"of the commit process {cpu['commit_process'] * 1e3:.2f} ms, of the "
@@ -344,9 +406,9 @@ def main() -> None:
                       f"({rounds[-1]['train_overhead']:+.1%}); CPU per step of all "
                       f"processes {pranks * 1e3:.2f} / "
                       f"{rounds[-1]['prover_total_cpu'] * 1e3:.2f} ms; load average "
-                      f"{os.getloadavg()[0]:.1f}{sync}", flush=True)
+                      f"{os.getloadavg()[0]:.1f}{sync}{aa}", flush=True)
     med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
-    out = {"recipe": args.recipe, "steps": steps, "rounds": rounds,
+    out = {"recipe": args.recipe, "steps": steps, "warmup": args.warmup, "rounds": rounds,
            "overhead_median": round(med["prover_median"] / med["plain_median"] - 1, 3),
            "overhead_mean": round(med["prover_mean"] / med["plain_mean"] - 1, 3),
            "overhead_rounds_median": round(med["overhead"], 3),
@@ -376,6 +438,25 @@ def main() -> None:
         out["sync_overhead_median"] = round(med["sync_median"] / med["plain_median"] - 1, 3)
         out["sync_overhead_all_steps_median"] = round(pooled["sync"] / pooled["plain"] - 1, 3)
         out["sync_cpu_ms"] = round(med["sync_cpu_median"] * 1e3, 3)
+    if args.aa:
+        def spread(key: str) -> dict[str, float]:
+            xs = [x[key] for x in rounds]
+            return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3),
+                    "max": round(max(xs), 3),
+                    "median_abs": round(statistics.median(abs(x) for x in xs), 3)}
+
+        out["aa"] = {"overhead": spread("aa_overhead"),
+                     "train_overhead": spread("aa_train_overhead"),
+                     "overhead_all_steps_median": round(pooled["aa"] / pooled["plain"] - 1, 3),
+                     "train_overhead_total": round(sum(x["aa_train"] for x in rounds)
+                                                   / sum(x["plain_train"] for x in rounds)
+                                                   - 1, 3),
+                     "extra_cpu_ms": {k: round(v * 1e3, 3) for k, v in spread_of(
+                         [x["aa_total_cpu"] - x["plain_total_cpu"] for x in rounds]).items()}}
+        out["ab"] = {"overhead": spread("overhead"), "train_overhead": spread("train_overhead"),
+                     "extra_cpu_ms": {k: round(v * 1e3, 3) for k, v in spread_of(
+                         [x["prover_total_cpu"] - x["plain_total_cpu"]
+                          for x in rounds]).items()}}
     if profiles is not None:
         out["profile"] = {f"rank{i}": p.summary() for i, p in enumerate(profiles)}
     print(f"DDP 2 ranks, {args.recipe} {' '.join(args.set)}: plain DDP "
@@ -390,14 +471,30 @@ def main() -> None:
           f"{out['cpu_overhead_rounds_median']:+.1%}); CPU per step of the commit "
           f"process {out['commit_process_cpu_ms']} ms, of the log server "
           f"{out['log_server_cpu_ms']} ms (medians); median of all {len(all_steps['plain'])} "
-          f"steps: {out['overhead_all_steps_median']:+.1%}; time to train ({steps} steps, "
-          f"to the last step's agreement): plain {out['plain_train_s']} s, prover "
+          f"steps: {out['overhead_all_steps_median']:+.1%}; time to train "
+          f"({steps - args.warmup} steps after the warm-up, to the last step's agreement): "
+          f"plain {out['plain_train_s']} s, prover "
           f"{out['prover_train_s']} s (medians), {out['train_overhead_total']:+.1%} over "
           f"all rounds, median of the rounds' {out['train_overhead_rounds_median']:+.1%}; "
           f"CPU per step of all processes (both ranks; the prover's commit process and log "
           f"server too): plain {out['plain_total_cpu_ms']} ms, prover "
           f"{out['prover_total_cpu_ms']} ms (medians), the prover's extra "
           f"{out['extra_cpu_ms_rounds_median']} ms (median of the rounds')")
+    if args.aa:
+        aa, ab = out["aa"], out["ab"]
+
+        def rng(x: dict[str, float], ms: bool = False) -> str:
+            f = (lambda v: f"{v:+.2f} ms") if ms else (lambda v: f"{v:+.1%}")
+            return f"median {f(x['median'])}, rounds {f(x['min'])} to {f(x['max'])}"
+
+        print(f"noise, A/A (plain DDP against plain DDP, the same rounds): median step "
+              f"{rng(aa['overhead'])} (median of all steps "
+              f"{aa['overhead_all_steps_median']:+.1%}); time to train "
+              f"{rng(aa['train_overhead'])} ({aa['train_overhead_total']:+.1%} over all "
+              f"rounds); CPU per step of all processes {rng(aa['extra_cpu_ms'], True)}")
+        print(f"A/B (the prover against plain DDP), the same way: median step "
+              f"{rng(ab['overhead'])}; time to train {rng(ab['train_overhead'])}; CPU per "
+              f"step of all processes {rng(ab['extra_cpu_ms'], True)}")
     if args.compare_sync:
         print(f"with each step waiting for its agreement: {out['sync_median_ms']} ms per "
               f"step, {out['sync_overhead_median']:+.1%} (median step), "

@@ -66,10 +66,27 @@ def test_shard_digest_is_equal_exactly_for_the_same_examples() -> None:
     assert shard_digest(torch.zeros(0, 3), torch.zeros(0)) != shard_digest(torch.zeros(0, 2),
                                                                            torch.zeros(0))
     # the shards of a global batch, from one byte view of it (as the agreement takes them)
-    for xs, ys in [(x, y), (z[:, ::2], torch.arange(8)), (x.bool(), y.to(torch.bfloat16))]:
+    for xs, ys in [(x, y), (z[:, ::2], torch.arange(8)), (x.bool(), y.to(torch.bfloat16)),
+                   (z.half(), x.to(torch.uint8)), (z.double(), x.to(torch.int16))]:
         bounds = shard_bounds(8, 3)
-        assert shard_digests(xs, ys, bounds) == [shard_digest(xs[lo:hi], ys[lo:hi])
-                                                 for lo, hi in bounds]
+        got = shard_digests(xs, ys, bounds)
+        assert got == [shard_digest(xs[lo:hi], ys[lo:hi]) for lo, hi in bounds]
+        assert got == [_shard_digest_by_definition(xs[lo:hi], ys[lo:hi]) for lo, hi in bounds]
+
+
+def _shard_digest_by_definition(x: torch.Tensor, y: torch.Tensor) -> bytes:
+    """SHA-256 of the header and each tensor's potd-tensors-v1 frame and bytes, from
+    prover.hashing's own framing (no fast path)."""
+    import hashlib
+
+    from prover.agreement import SHARD_HEADER
+    from prover.hashing import _frame, dtype_name, tensor_bytes
+
+    h = hashlib.sha256(SHARD_HEADER)
+    for name, t in (("x", x), ("y", y)):
+        raw = tensor_bytes(t)
+        h.update(_frame(name, dtype_name(t), t.shape, raw.nbytes) + bytes(raw))
+    return h.digest()
 
 
 def test_auditor_checks_the_committed_world() -> None:
@@ -131,11 +148,17 @@ class LastStepDriftingWorker(DriftingWorker):
 
 
 class HashingSession(DataParallelSession):
-    """Rank 0, also hashing its weights independently after every step."""
+    """Rank 0, also hashing its weights independently after every step; flushes after
+    step 5 and counts the statements spooled then."""
 
     def train_step(self, batch: Batch) -> float:
         loss = super().train_step(batch)
         self.after.append(hash_tensors(self.model.state_dict(), self.alg))
+        if batch.step == 5:
+            from prover.spool import Spool
+
+            self.flush()
+            self.spooled_at_5 = Spool(self.spool.path).counts()[0]
         return loss
 
 
@@ -262,6 +285,15 @@ def test_each_step_commits_the_weights_hash_the_ranks_agreed_on(
     assert [b["step"] for b in steps] == list(range(len(s.plan)))
     assert [b["weights"] for b in steps] == s.after  # type: ignore[attr-defined]
     assert sum("checkpoint" in b for b in steps) >= 2
+    a = s._agreement
+    if a.threaded:  # every step's rows all-gathered on the agreement's thread
+        assert (a.carried, a.alone) == (0, len(s.plan))
+        assert s.spooled_at_5 == 1 + 6  # type: ignore[attr-defined]
+    else:  # every step's rows rode on the next step's gradient all-reduce, but the last's
+        assert (a.carried, a.alone) == (len(s.plan) - 1, 1)
+        # a flush on rank 0 alone makes the agreed steps durable (0..4); step 5's rows
+        # wait for step 6's all-reduce, which the other rank is not in yet
+        assert s.spooled_at_5 == 1 + 5  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

@@ -150,7 +150,7 @@ s.open()
 print(s.run_id, flush=True)
 for b in s.batches():
     s.train_step(b)
-    if b.step == 31:  # steps 30 and 31 spooled past the checkpoint at 29
+    if b.step == 31:  # step 30 spooled past the checkpoint at 29 (31 in flight)
         s.flush()
         os.kill(os.getpid(), 9)
 """

@@ -32,7 +32,7 @@ with data_parallel_session(get_recipe("digits-mlp", epochs=1), LogClient(url, vk
                            Signer.parse(open(tkey).read()), ev, ev + "/spool.db") as run:
     for b in run.batches():
         run.train_step(b)
-        if rank == 0 and b.step == 31:  # steps 30 and 31 spooled past the checkpoint at 29
+        if rank == 0 and b.step == 31:  # step 30 spooled past the checkpoint at 29
             run.flush()
             print("spooled", flush=True)
             time.sleep(600)  # killed here
