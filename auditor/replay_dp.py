@@ -178,7 +178,7 @@ def _wrapped(model: torch.nn.Module, device: torch.device) -> tuple[Any, Any]:
     """The DDP wrapper of this process's model (built once per model) and its share."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from prover.distributed import _Share, _weighted_allreduce
+    from prover.dp_group import _Share, _weighted_allreduce
 
     if id(model) not in _DDP:
         share = _Share()

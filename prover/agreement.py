@@ -144,7 +144,7 @@ def _byte_view(t: torch.Tensor) -> memoryview:
     if (t.dtype in _NUMPY_DTYPES and t.device.type == "cpu" and not t.requires_grad
             and t.is_contiguous() and (_LITTLE or t.element_size() == 1)):
         try:
-            return memoryview(t.numpy()).cast("B")
+            return t.numpy().data.cast("B")
         except TypeError:  # no elements: memoryview cannot cast it
             pass
     return tensor_bytes(t)

@@ -125,6 +125,7 @@ class _Ranks:
     device: torch.device
     agreed: str  # the weights hash after the last agreed step
     losses: list[float]  # the global batch's loss of every agreed step
+    plan: list[tuple[int, int, int]]  # (step, epoch, offset) of every step of the run
     profile: StepProfile | None = None  # per-part timings (scripts/bench_ddp.py --profile)
 
     def _wrap(self) -> None:

@@ -79,9 +79,9 @@ def _weighted_allreduce(state: _Share, bucket: Any) -> torch.futures.Future[torc
     (the last bucket: with the agreement's rows, when a job waits for them)."""
     buf = bucket.buffer()
     if state.carry is not None and bucket.is_last():
-        fut = state.carry(buf, state.weight)
-        if fut is not None:
-            return fut
+        carried: torch.futures.Future[torch.Tensor] | None = state.carry(buf, state.weight)
+        if carried is not None:
+            return carried
     buf.mul_(state.weight)
     work: Any = dist.all_reduce(buf, async_op=True)
     fut: torch.futures.Future[list[torch.Tensor]] = work.get_future()
