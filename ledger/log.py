@@ -280,13 +280,8 @@ class Log:
                                    _Overlay(self.store, old.size, levels, old_edge))
                 check_tree(proof, new.size, new.root, old.size, old.root)
             cp_row = (new.size, str(new), _now_ms())
-            if run_spans:
-                self.store.append(old.size, stored, levels, cp_row, run_rows=run_rows,
-                                  run_spans=run_spans)
-            elif run_rows:
-                self.store.append(old.size, stored, levels, cp_row, run_rows=run_rows)
-            else:
-                self.store.append(old.size, stored, levels, cp_row)
+            self.store.append(old.size, stored, levels, cp_row, run_rows=run_rows,
+                              run_spans=run_spans)
             self._range = rng
             self._checkpoint = new
             return Appended(old.size, tuple(leaves), new, tuple(levels), tuple(old_edge))

@@ -37,9 +37,18 @@ from ..tiles import decode_bundle, encode_bundle
 RunSpan = tuple[str, int, int, int]
 
 
-def span_rows(spans: Sequence[RunSpan]) -> list[tuple[str, int, int]]:
-    """The run-index rows of ``spans``, in order."""
-    return [(run, seq + k, index + k) for run, seq, index, n in spans for k in range(n)]
+def split_spans(run_rows: Sequence[tuple[str, int, int]], run_spans: Sequence[RunSpan]
+                ) -> tuple[list[tuple[str, int, int]], list[RunSpan]]:
+    """``(rows, spans)`` to store: ``run_rows`` with every one-row span as a row, and
+    the spans of several rows (one statement each, making its rows in the database)."""
+    rows = list(run_rows)
+    spans = []
+    for span in run_spans:
+        if span[3] == 1:
+            rows.append(span[:3])
+        elif span[3] > 1:
+            spans.append(span)
+    return rows, spans
 
 BLOCK = 256  # stored hashes per block row
 BUNDLE = 256  # entries per entry bundle (tlog-tiles)

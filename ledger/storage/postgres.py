@@ -36,6 +36,7 @@ from .base import (
     check_schema,
     entry_spans,
     full_bundles,
+    split_spans,
 )
 
 _SCHEMA = (
@@ -344,13 +345,7 @@ class PostgresStore:
                         checkpoint)
             cur.execute("UPDATE meta SET value=%s WHERE key='size'",
                         (str(old_size + len(entries)),))
-            single = list(run_rows)
-            spans = []
-            for span in run_spans:
-                if span[3] == 1:
-                    single.append(span[:3])
-                elif span[3] > 1:
-                    spans.append(span)
+            single, spans = split_spans(run_rows, run_spans)
             if spans:
                 cur.executemany("INSERT INTO run_entries (run, seq, idx) SELECT %s, %s + k, "
                                 "%s + k FROM generate_series(0, %s - 1) AS k", spans)

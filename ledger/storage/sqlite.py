@@ -43,6 +43,7 @@ from .base import (
     check_schema,
     entry_spans,
     full_bundles,
+    split_spans,
 )
 from .dbfile import lock_writer, rollback, storage_failure
 from .sqlite_indexes import SQLiteIndexes
@@ -385,12 +386,9 @@ class SQLiteStore(SQLiteIndexes):
                                  "VALUES (?, ?, ?)", checkpoint)
                     conn.execute("UPDATE meta SET value=? WHERE key='size'",
                                  (str(old_size + len(entries)),))
-                    single = list(run_rows)
-                    for span in run_spans:
-                        if span[3] == 1:
-                            single.append(span[:3])
-                        elif span[3] > 1:
-                            conn.execute(_SPAN_INSERT, span)
+                    single, spans = split_spans(run_rows, run_spans)
+                    for span in spans:
+                        conn.execute(_SPAN_INSERT, span)
                     if single:
                         conn.executemany("INSERT INTO run_entries (run, seq, idx) "
                                          "VALUES (?, ?, ?)", single)
